@@ -1,0 +1,3 @@
+from gradstore.cli.main import main
+
+raise SystemExit(main())

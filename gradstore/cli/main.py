@@ -1,0 +1,299 @@
+"""`gradstore` command line: a thin layer mapping flags onto the Python API.
+
+Exit status: 0 success; 2 bad input or usage (one line on stderr); 1 unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from gradstore.errors import GradstoreError
+
+
+class UsageError(GradstoreError):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().rstrip("b")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(float(t))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 4GB or 512MB") from None
+
+
+IMPORT_EXAMPLES = """examples:
+  gradstore import ./store pool --vectors ckpt1/all_orig.pt --checkpoint 1 --lr 2e-5 --ids ids.txt
+  gradstore import ./store pool --vectors ckpt2/all_orig.pt --checkpoint 2 --lr 1e-5 --ids ids.txt
+  gradstore import ./store mmlu --vectors mmlu.npy --subtasks subjects.txt --kind target
+"""
+
+SELECT_EXAMPLES = """examples:
+  gradstore select ./store --pool pool --target mmlu --budget 5%
+  gradstore select ./store --pool pool --target mmlu --target bbh --budget 0.01 --budget 0.05
+  gradstore select ./store --pool pool --budget 1000 --method omp --format json --out sel.json
+  gradstore select ./store --pool pool --target mmlu --budget 5% --method less
+"""
+
+INFO_EXAMPLES = """examples:
+  gradstore info ./store
+  gradstore info ./store pool --format json
+"""
+
+
+def build_parser() -> Parser:
+    p = Parser(
+        prog="gradstore",
+        description="An embedded gradient store with training-data selection (GTP).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    imp = sub.add_parser(
+        "import",
+        help="import precomputed gradient vectors (.npy / .pt)",
+        epilog=IMPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    imp.add_argument("store", help="store path (created if missing)")
+    imp.add_argument("table", help="table to create or add a checkpoint to")
+    imp.add_argument("--vectors", required=True, help=".npy (N x d) or .pt tensor file")
+    imp.add_argument("--checkpoint", default="0", help="checkpoint name (default 0)")
+    imp.add_argument("--ids", help="text file, one example id per line (default: row numbers)")
+    imp.add_argument("--subtasks", help="text file, one subtask label per line")
+    imp.add_argument("--lr", type=float, help="learning rate at this checkpoint (its weight)")
+    imp.add_argument("--vector-dtype", choices=["float16", "float32"], default="float16")
+    imp.add_argument("--kind", choices=["pool", "target"], help="what the table is for")
+    imp.add_argument("--grad-type", choices=["adam", "sgd", "sign"], help="gradient type")
+    imp.add_argument("--model", help="model id the gradients came from")
+    imp.add_argument("--projection", help="projection kind, e.g. rademacher")
+    imp.add_argument("--proj-seed", type=int, help="projection seed")
+    imp.set_defaults(func=cmd_import)
+
+    sel = sub.add_parser(
+        "select",
+        help="choose training examples (gtp, omp, less, random)",
+        epilog=SELECT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sel.add_argument("store", help="store path")
+    sel.add_argument("--pool", required=True, help="pool table")
+    sel.add_argument(
+        "--target",
+        action="append",
+        help="target table (repeat for several; omit for in-domain selection)",
+    )
+    sel.add_argument(
+        "--budget",
+        action="append",
+        required=True,
+        help="count (1000), fraction (0.05) or percentage (5%%); repeatable",
+    )
+    sel.add_argument("--method", choices=["gtp", "omp", "less", "random"], default="gtp")
+    sel.add_argument(
+        "--target-mode",
+        choices=["mean", "joint"],
+        default="mean",
+        help="match the target mean, or its subtask means jointly",
+    )
+    sel.add_argument(
+        "--no-normalize",
+        action="store_true",
+        help="do not unit-normalise each checkpoint's gradient",
+    )
+    sel.add_argument("--m", type=int, help="GTP candidates per scan (default 2k)")
+    sel.add_argument("--max-iter", type=int, default=10, help="GTP scans at most (default 10)")
+    sel.add_argument(
+        "--tol",
+        type=float,
+        default=1e-3,
+        help="GTP stops when the residual improves by less (default 1e-3)",
+    )
+    sel.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    sel.add_argument(
+        "--checkpoint-weights",
+        type=float,
+        nargs="+",
+        help="weights per checkpoint (default: stored learning rates)",
+    )
+    sel.add_argument(
+        "--scan-mode",
+        choices=["auto", "ram", "stream"],
+        default="auto",
+        help="in-RAM pool or streamed from Lance (auto: by --memory-budget)",
+    )
+    sel.add_argument(
+        "--memory-budget",
+        type=_size,
+        help="largest pool held in RAM, e.g. 8GB (default 40%% of RAM)",
+    )
+    sel.add_argument("--format", choices=["text", "json"], default="text")
+    sel.add_argument("--out", help="also write the selections as JSON to this file")
+    sel.add_argument("--quiet", action="store_true", help="no progress bars")
+    sel.set_defaults(func=cmd_select)
+
+    inf = sub.add_parser(
+        "info",
+        help="describe a store or one table",
+        epilog=INFO_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    inf.add_argument("store", help="store path")
+    inf.add_argument("table", nargs="?", help="table (default: the whole store)")
+    inf.add_argument("--format", choices=["text", "json"], default="text")
+    inf.set_defaults(func=cmd_info)
+    return p
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    import gradstore
+    from gradstore.store.importing import read_lines, read_vector_file
+
+    vectors = read_vector_file(args.vectors)
+    ids = read_lines(args.ids, "ids") if args.ids else None
+    subtasks = read_lines(args.subtasks, "subtasks") if args.subtasks else None
+    projection = None
+    if args.projection or args.proj_seed is not None:
+        projection = {
+            "kind": args.projection or "unknown",
+            "seed": args.proj_seed,
+            "dim": int(vectors.shape[-1]) if vectors.ndim == 2 else None,
+        }
+    store = gradstore.open(args.store)
+    res = store.import_vectors(
+        args.table,
+        vectors,
+        checkpoint=args.checkpoint,
+        ids=ids,
+        subtasks=subtasks,
+        lr=args.lr,
+        kind=args.kind,
+        vector_dtype=args.vector_dtype,
+        projection=projection,
+        grad_type=args.grad_type,
+        model=args.model,
+    )
+    verb = "created" if res["created"] else "added checkpoint to"
+    print(f"{verb} table {args.table!r}: {res['rows']} rows, checkpoint {res['checkpoint']!r}")
+    return 0
+
+
+def _print_selection(sel) -> None:
+    print(
+        f"selection {sel.selection_id}  method={sel.method}  target={sel.target or '(in-domain)'}"
+        f"  budget={sel.budget} (k={sel.k})  chosen={len(sel.ids)}  "
+        f"residual={sel.residual:.4f}  {sel.seconds:.2f}s"
+    )
+    show = min(10, len(sel.ids))
+    for r in range(show):
+        print(f"  {r + 1:>5}  {sel.ids[r]:<30}  {sel.weights[r]:.6g}")
+    if len(sel.ids) > show:
+        print(f"  ... {len(sel.ids) - show} more (--format json or --out for all)")
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    import gradstore
+
+    store = gradstore.open(args.store, create=False)
+    targets = args.target or [None]
+    sels = store.select(
+        args.pool,
+        target=list(targets),
+        budget=list(args.budget),
+        method=args.method,
+        target_mode=args.target_mode,
+        normalize=not args.no_normalize,
+        m=args.m,
+        max_iter=args.max_iter,
+        tol=args.tol,
+        seed=args.seed,
+        checkpoint_weights=args.checkpoint_weights,
+        mode=args.scan_mode,
+        memory_budget=args.memory_budget,
+        progress=not args.quiet,
+    )
+    payload = [s.to_dict() for s in sels]
+    if args.out:
+        Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
+    if args.format == "json":
+        print(json.dumps(payload))
+    else:
+        for s in sels:
+            _print_selection(s)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import gradstore
+
+    store = gradstore.open(args.store, create=False)
+    info = store.info(args.table)
+    if args.format == "json":
+        print(json.dumps(info, indent=1, default=str))
+        return 0
+    tables = info["tables"].values() if args.table is None else [info]
+    if args.table is None:
+        print(
+            f"store {info['uri']}: {len(info['tables'])} table(s), "
+            f"{info['selections']} selection(s)"
+        )
+    for t in tables:
+        ck = ", ".join(
+            f"{c['name']}" + (f" (lr {c['lr']:g})" if c["lr"] is not None else "")
+            for c in t["checkpoints"]
+        )
+        pr = t["projection"]
+        print(
+            f"{t['table']}: {t['kind']}, {t['rows']} rows x {t['dim']} dims {t['vector_dtype']}, "
+            f"checkpoints [{ck}], projection {pr['kind']} (seed {pr['seed']}), "
+            f"grad {t['grad_type']}, model {t['model']}"
+        )
+        for s in t.get("selections", []):
+            print(
+                f"  selection {s['selection_id']}: {s['method']} target={s['target']} "
+                f"budget={s['budget']} chosen={s['k']} residual={s['residual']:.4f}"
+            )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    except GradstoreError as exc:
+        msg = str(exc).replace("\n", " ")
+        print(msg if isinstance(exc, UsageError) else f"gradstore: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gradstore: interrupted; nothing partial was committed", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception:  # a bug, not bad input: keep the traceback for the report
+        traceback.print_exc()
+        print(
+            "gradstore: unexpected error (exit 1); please report it with the trace above",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,8 @@
+"""The one exception type for errors a user can cause."""
+
+
+class GradstoreError(Exception):
+    """Bad input or usage: the message names the bad value and the fix.
+
+    The CLI prints it as one line on stderr and exits with status 2.
+    """

@@ -1,0 +1,140 @@
+"""Gradient Trajectory Pursuit (GTP): joint k-sparse non-negative matching.
+
+    minimise ||A w - y||^2  subject to  w >= 0, ||w||_0 <= k
+
+Each iteration does one correlation scan over the pool for all queries at once
+(``A^T [r_1 ... r_Q]``), merges the current support S with the m best new
+candidates into U, and chooses the new support by a greedy pass with NNLS
+refits restricted to U (which needs only the Gram matrix of U, not another
+scan). See GTP.md for why the greedy support update replaces CoSaMP's
+prune-by-weight rule.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from gradstore.selectors.greedy import greedy_nnls_gram
+from gradstore.selectors.query import PursuitResult, Query, relative_residual
+from gradstore.selectors.scan import ScanQuery, correlation_scan
+from gradstore.selectors.stacked import StackedPool
+
+
+class _State:
+    def __init__(self, q: Query, width: int) -> None:
+        self.q = q
+        self.rows = np.zeros(0, dtype=np.int64)
+        self.W = np.zeros((0, q.Y.shape[1]))
+        self.AS = torch.zeros((0, width))
+        self.GSS = torch.zeros((0, 0))
+        self.R = q.Y.copy()
+        self.residual = 1.0 if q.yy > 0 else 0.0
+        self.history = [self.residual]
+        self.done = q.yy == 0
+        self.seconds_nnls = 0.0
+
+
+def _merged_gram(st: _State, A_new: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """Gram matrix of U = S + new rows, reusing the cached Gram of S."""
+    AS = st.AS
+    s, n = AS.shape[0], A_new.shape[0]
+    G = torch.empty((s + n, s + n))
+    G[:s, :s] = st.GSS
+    if s:
+        cross = AS @ A_new.T
+        G[:s, s:] = cross
+        G[s:, :s] = cross.T
+    G[s:, s:] = A_new @ A_new.T
+    return G.numpy(), torch.cat([AS, A_new], 0)
+
+
+def gtp(
+    pool: StackedPool,
+    queries: Sequence[Query],
+    *,
+    max_iter: int = 10,
+    tol: float = 1e-3,
+    progress: Callable[[str], None] | None = None,
+    scan_progress: Callable[[int], None] | None = None,
+) -> list[PursuitResult]:
+    """Run one pursuit per query, all advancing in lockstep over shared scans.
+
+    Parameters
+    ----------
+    pool : StackedPool
+        The N candidate rows a_i (width D).
+    queries : sequence of Query
+        Targets Y (D, C) with budgets k and candidate counts m (default 2k).
+    max_iter : int
+        Most correlation scans per query.
+    tol : float
+        Stop a query when an iteration improves its relative residual by less
+        than this fraction.
+    """
+    states = [_State(q, pool.width) for q in queries]
+    scans = 0
+    scan_seconds = 0.0
+    for it in range(max_iter):
+        active = [st for st in states if not st.done]
+        if not active:
+            break
+        R = np.concatenate([st.R for st in active], 1)
+        scan_q, col = [], 0
+        for st in active:
+            C = st.R.shape[1]
+            scan_q.append(ScanQuery(slice(col, col + C), int(st.q.m), exclude=st.rows))
+            col += C
+        t0 = time.perf_counter()
+        found = correlation_scan(pool, R, scan_q, progress=scan_progress)
+        scan_seconds += time.perf_counter() - t0
+        scans += 1
+        for st, (cand, _) in zip(active, found, strict=True):
+            _advance(pool, st, cand, tol)
+        if progress is not None:
+            best = max(st.residual for st in active)
+            progress(f"iteration {it + 1}: {len(active)} active, worst residual {best:.4f}")
+    results = []
+    for st in states:
+        results.append(
+            PursuitResult(
+                rows=st.rows,
+                weights=st.W,
+                residual=st.residual,
+                history=st.history,
+                scans=scans,
+                seconds_nnls=st.seconds_nnls,
+                seconds_scan=scan_seconds,
+            )
+        )
+    return results
+
+
+def _advance(pool: StackedPool, st: _State, cand: np.ndarray, tol: float) -> None:
+    if len(cand) == 0:
+        st.done = True
+        return
+    A_new = pool.rows(cand)
+    G, AU = _merged_gram(st, A_new)
+    U = np.concatenate([st.rows, cand])
+    Y32 = torch.from_numpy(st.q.Y.astype(np.float32))
+    B = (AU @ Y32).double().numpy()
+    t0 = time.perf_counter()
+    res = greedy_nnls_gram(G, B, st.q.yy, st.q.k)
+    st.seconds_nnls += time.perf_counter() - t0
+    new_res = float(np.sqrt(res.residual_sq / st.q.yy)) if st.q.yy > 0 else 0.0
+    improved = new_res < st.residual * (1 - tol)
+    if new_res < st.residual:
+        sel = torch.from_numpy(res.support)
+        st.rows = U[res.support]
+        st.W = res.weights
+        st.AS = AU.index_select(0, sel)
+        st.GSS = torch.from_numpy(G).index_select(0, sel).index_select(1, sel)
+        st.R = st.q.Y - st.AS.double().numpy().T @ st.W
+        st.residual = relative_residual(st.AS.numpy(), st.W, st.q.Y)
+    st.history.append(st.residual)
+    if not improved:
+        st.done = True

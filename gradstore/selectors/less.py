@@ -1,0 +1,39 @@
+"""LESS top-k (Xia et al. 2024): score each pool example alone, keep the k best.
+
+score_i = max over subtasks s of mean_{j in s} sum_t eta_t cos(g_i^t, g_j^t),
+with eta_t the checkpoint learning rates normalised to sum 1. In the stacked
+space (unit rows, s_t = sqrt(eta_t)) this is max_s <a_i, y_s> where y_s is the
+mean stacked row of subtask s, so one scan over the pool answers it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from gradstore.selectors.scan import MAXIMUM, ScanQuery, correlation_scan
+from gradstore.selectors.stacked import StackedPool
+
+
+def less_topk(
+    pool: StackedPool,
+    Ys: list[np.ndarray],
+    ks: list[int],
+    *,
+    scan_progress: Callable[[int], None] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Top-k rows and their LESS scores for each (Y (D, S), k), in one scan.
+
+    ``pool`` must be normalised (LESS scores are cosines).
+    """
+    if not pool.normalize:
+        raise ValueError("LESS scores are cosines: build the StackedPool with normalize=True")
+    cols = [np.asarray(Y, dtype=np.float64).reshape(pool.width, -1) for Y in Ys]
+    R = np.concatenate(cols, 1)
+    queries, start = [], 0
+    for Y, k in zip(cols, ks, strict=True):
+        queries.append(ScanQuery(slice(start, start + Y.shape[1]), k, reduce=MAXIMUM))
+        start += Y.shape[1]
+    return correlation_scan(pool, R, queries, progress=scan_progress)
+

@@ -1,0 +1,54 @@
+"""What a selector is asked (a query) and what it answers (a pursuit result)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Query:
+    """Match ``Y`` (D, C) with at most ``k`` pool rows; C > 1 for subtask-joint targets."""
+
+    Y: np.ndarray
+    k: int
+    m: int | None = None
+
+    def __post_init__(self) -> None:
+        Y = np.asarray(self.Y, dtype=np.float64)
+        self.Y = Y[:, None] if Y.ndim == 1 else Y
+        if self.m is None:
+            self.m = 2 * self.k
+
+    @property
+    def yy(self) -> float:
+        return float(np.sum(self.Y * self.Y))
+
+
+@dataclass
+class PursuitResult:
+    """Selected pool rows in selection order, weights (n, C) >= 0, relative residual."""
+
+    rows: np.ndarray
+    weights: np.ndarray
+    residual: float
+    history: list[float] = field(default_factory=list)
+    scans: int = 0
+    seconds_nnls: float = 0.0
+    seconds_scan: float = 0.0
+
+    @property
+    def total_weights(self) -> np.ndarray:
+        """One weight per selected row: the sum over target columns."""
+        return self.weights.sum(1) if self.weights.ndim == 2 else self.weights
+
+
+def relative_residual(AS: np.ndarray, W: np.ndarray, Y: np.ndarray) -> float:
+    """``||A_S^T W - Y||_F / ||Y||_F`` with AS (n, D), W (n, C), Y (D, C)."""
+    yn = float(np.linalg.norm(Y))
+    if yn == 0:
+        return 0.0
+    if len(AS) == 0:
+        return 1.0
+    return float(np.linalg.norm(AS.T.astype(np.float64) @ W - Y)) / yn

@@ -1,0 +1,167 @@
+"""Correlation scans ``A^T R`` over a gradient source, for many queries at once.
+
+One pass over the pool serves every column of ``R``; each query keeps its own
+running top-m. The same code runs on an in-RAM tensor and on record batches
+streamed from Lance, so the two modes give the same candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gradstore.selectors.stacked import StackedPool
+
+POSITIVE = "positive"  # score = sum over the query's columns of max(c, 0); only score > 0 kept
+MAXIMUM = "max"  # score = max over the query's columns (LESS's max over subtasks), any sign
+
+
+@dataclass
+class ScanQuery:
+    """One query of a scan: which columns of R are its, how many candidates to keep."""
+
+    columns: slice
+    m: int
+    exclude: np.ndarray | None = None
+    reduce: str = POSITIVE
+
+
+@dataclass
+class ScanStats:
+    rows: int = 0
+    seconds_matmul: float = 0.0
+
+
+def _block_scores(
+    x: torch.Tensor, mult: torch.Tensor, r_parts: list[torch.Tensor]
+) -> torch.Tensor:
+    """Correlations of one block (b, T*d) with R: sum_t mult[:, t] * (x_t @ R_t), (b, C)."""
+    d = r_parts[0].shape[0]
+    out = None
+    for t, r_t in enumerate(r_parts):
+        part = x[:, t * d : (t + 1) * d] @ r_t
+        part.mul_(mult[:, t : t + 1])
+        out = part if out is None else out.add_(part)
+    assert out is not None
+    return out
+
+
+def _reduce(corr: torch.Tensor, queries: Sequence[ScanQuery]) -> torch.Tensor:
+    cols = []
+    for q in queries:
+        c = corr[:, q.columns]
+        if q.reduce == POSITIVE:
+            cols.append(c.clamp(min=0).sum(1))
+        else:
+            cols.append(c.max(1).values)
+    return torch.stack(cols, 1)
+
+
+def correlation_scan(
+    pool: StackedPool,
+    R: np.ndarray,
+    queries: Sequence[ScanQuery],
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Top-m rows of ``A^T R`` per query, in one pass over the pool.
+
+    Parameters
+    ----------
+    pool : StackedPool
+        N stacked rows a_i of width D = T*d.
+    R : (D, C) array
+        Residual (or target) columns of all queries side by side.
+    queries : sequence of ScanQuery
+        Column groups of R; rows in ``exclude`` are never returned.
+
+    Returns
+    -------
+    list of (rows, scores)
+        Per query, int64 row positions and float32 scores, best first.
+    """
+    source = pool.source
+    T, d = source.num_checkpoints, source.dim
+    R = np.asarray(R, dtype=np.float32)
+    if R.ndim == 1:
+        R = R[:, None]
+    if R.shape[0] != T * d:
+        raise ValueError(f"R has {R.shape[0]} rows, the pool has width {T * d}")
+    r_parts = [torch.from_numpy(np.ascontiguousarray(R[t * d : (t + 1) * d])) for t in range(T)]
+    Q = len(queries)
+    M = max(1, max(min(q.m, pool.num_rows) for q in queries))
+    excl = None
+    if any(q.exclude is not None and len(q.exclude) for q in queries):
+        mask = np.zeros((pool.num_rows, Q), dtype=bool)
+        for j, q in enumerate(queries):
+            if q.exclude is not None and len(q.exclude):
+                mask[np.asarray(q.exclude, dtype=np.int64), j] = True
+        excl = torch.from_numpy(mask)
+    mult = pool._mult_t
+    chunk_rows = max(65536, 4 * M)
+    best_v = torch.full((0, Q), -torch.inf)
+    best_i = torch.zeros((0, Q), dtype=torch.int64)
+    buf_v: list[torch.Tensor] = []
+    buf_start: list[int] = []
+    buffered = 0
+    block_rows = getattr(source, "block_rows", 4096)
+    threads = getattr(source, "scan_threads", None)
+    old_threads = torch.get_num_threads()
+    fbuf: torch.Tensor | None = None
+
+    def merge() -> None:
+        nonlocal best_v, best_i, buf_v, buf_start, buffered
+        if not buf_v:
+            return
+        vals = torch.cat(buf_v, 0)
+        idx = torch.cat(
+            [torch.arange(s, s + v.shape[0]) for s, v in zip(buf_start, buf_v, strict=True)]
+        )
+        idx = idx[:, None].expand(-1, Q)
+        all_v = torch.cat([best_v, vals], 0)
+        all_i = torch.cat([best_i, idx], 0)
+        keep = min(M, all_v.shape[0])
+        top_v, pos = torch.topk(all_v, keep, dim=0)
+        best_v, best_i = top_v, torch.gather(all_i, 0, pos)
+        buf_v, buf_start, buffered = [], [], 0
+
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        with torch.inference_mode():
+            for start, block in source.iter_blocks(block_rows):
+                b = block.shape[0]
+                if block.dtype != torch.float32:
+                    if fbuf is None or fbuf.shape[0] < b:
+                        fbuf = torch.empty((max(b, block_rows), block.shape[1]))
+                    x = fbuf[:b]
+                    x.copy_(block)
+                else:
+                    x = block
+                corr = _block_scores(x, mult[start : start + b], r_parts)
+                scores = _reduce(corr, queries)
+                if excl is not None:
+                    scores.masked_fill_(excl[start : start + b], -torch.inf)
+                buf_v.append(scores)
+                buf_start.append(start)
+                buffered += b
+                if buffered >= chunk_rows:
+                    merge()
+                if progress is not None:
+                    progress(b)
+            merge()
+    finally:
+        torch.set_num_threads(old_threads)
+    results = []
+    for j, q in enumerate(queries):
+        m = min(q.m, best_v.shape[0])
+        v = best_v[:m, j].numpy()
+        i = best_i[:m, j].numpy()
+        ok = np.isfinite(v)
+        if q.reduce == POSITIVE:
+            ok &= v > 0
+        results.append((i[ok].astype(np.int64), v[ok].astype(np.float32)))
+    return results

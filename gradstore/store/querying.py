@@ -1,0 +1,192 @@
+"""Answering selection queries: store tables in, selectors run, selections out."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from gradstore.errors import GradstoreError
+from gradstore.selectors.budget import Budget, budget_count, budget_label
+from gradstore.selectors.gtp import gtp
+from gradstore.selectors.less import less_topk
+from gradstore.selectors.omp import fit_support, omp
+from gradstore.selectors.query import Query
+from gradstore.selectors.random_subset import random_subset
+from gradstore.selectors.stacked import StackedPool, stack_rows
+from gradstore.store.meta import TableMeta
+from gradstore.store.selections import Selection
+
+if TYPE_CHECKING:
+    from gradstore.store.store import Store
+
+METHODS = ("gtp", "omp", "less", "random")
+TARGET_MODES = ("mean", "joint")
+
+
+def check_compatible(pool: str, pmeta: TableMeta, target: str, tmeta: TableMeta) -> None:
+    """Refuse a pool/target pair whose vectors do not live in the same space."""
+    checks = [
+        ("dimension", pmeta.dim, tmeta.dim),
+        ("checkpoints", pmeta.checkpoint_names, tmeta.checkpoint_names),
+        ("projection", pmeta.projection, tmeta.projection),
+    ]
+    if pmeta.model is not None and tmeta.model is not None:
+        checks.append(("model", pmeta.model, tmeta.model))
+    for what, a, b in checks:
+        if a != b:
+            raise GradstoreError(
+                f"pool {pool!r} and target {target!r} differ in {what}: {a} vs {b}; "
+                "ingest both with the same model, checkpoints and projection"
+            )
+
+
+class ScanProgress:
+    """One progress bar per pass over the pool."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.desc, self.count = total, desc, 0
+        self.bar: tqdm | None = None
+
+    def __call__(self, rows: int) -> None:
+        if self.bar is None or self.bar.n >= self.total:
+            self.close()
+            self.count += 1
+            self.bar = tqdm(total=self.total, desc=f"{self.desc} scan {self.count}",
+                            unit="row", unit_scale=True, leave=False)
+        self.bar.update(rows)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def target_matrix(
+    store: Store, spool: StackedPool, pool: str, pmeta: TableMeta, target: str | None,
+    per_subtask: bool,
+) -> np.ndarray:
+    """The target columns Y (D, C) in the pool's stacked space."""
+    if target is None:
+        return spool.mean()[:, None]
+    if target == pool:
+        raise GradstoreError(
+            f"target {target!r} is the pool itself; omit --target for in-domain selection"
+        )
+    tmeta = store.meta(target)
+    check_compatible(pool, pmeta, target, tmeta)
+    _, X = store.vectors(target)
+    rows = stack_rows(X, spool.scales, spool.normalize, len(pmeta.checkpoints))
+    labels = store.subtasks(target)
+    if per_subtask and any(s is not None for s in labels):
+        keys = sorted({s or "" for s in labels})
+        lab = np.array([s or "" for s in labels])
+        Y = np.stack([rows[lab == key].mean(0) for key in keys], 1)
+    else:
+        Y = rows.mean(0)[:, None]
+    if not np.any(Y):
+        raise GradstoreError(f"target {target!r} has all-zero gradients; nothing to match")
+    return Y
+
+
+def run_selection(
+    store: Store,
+    pool: str,
+    targets: Sequence[str | None],
+    budgets: Sequence[Budget],
+    method: str = "gtp",
+    *,
+    target_mode: str = "mean",
+    normalize: bool = True,
+    m: int | None = None,
+    max_iter: int = 10,
+    tol: float = 1e-3,
+    seed: int = 0,
+    checkpoint_weights: Sequence[float] | None = None,
+    mode: str = "auto",
+    memory_budget: int | None = None,
+    progress: bool = False,
+    save: bool = True,
+) -> list[Selection]:
+    """Answer every (target, budget) pair in one run over the pool."""
+    if method not in METHODS:
+        raise GradstoreError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    if target_mode not in TARGET_MODES:
+        raise GradstoreError(f"target mode {target_mode!r} is not one of mean, joint")
+    if not targets or not budgets:
+        raise GradstoreError("give at least one target (or none for in-domain) and one budget")
+    if max_iter < 1:
+        raise GradstoreError(f"max_iter {max_iter} must be at least 1")
+    if m is not None and m < 1:
+        raise GradstoreError(f"candidate count m={m} must be at least 1")
+    pmeta = store.meta(pool)
+    n = store.num_rows(pool)
+    ks = [budget_count(b, n) for b in budgets]
+    labels = [budget_label(b) for b in budgets]
+    if checkpoint_weights is not None:
+        eta: Any = list(checkpoint_weights)
+    elif all(lr is not None for lr in pmeta.lrs) and sum(pmeta.lrs) > 0:  # type: ignore[arg-type]
+        eta = pmeta.lrs
+    else:
+        eta = None
+    t0 = time.perf_counter()
+    source = store.source(pool, mode, memory_budget)
+    spool = StackedPool(source, eta, normalize=True if method == "less" else normalize)
+    per_subtask = method == "less" or target_mode == "joint"
+    Ys = [target_matrix(store, spool, pool, pmeta, t, per_subtask) for t in targets]
+    pairs = [(ti, bi) for ti in range(len(targets)) for bi in range(len(budgets))]
+    bar = ScanProgress(n, method) if progress else None
+    results: list[tuple[np.ndarray, np.ndarray, float, list[float]]] = []
+    try:
+        if method in ("gtp", "omp"):
+            queries = [Query(Ys[ti], ks[bi], m=m if m is not None else 2 * ks[bi])
+                       for ti, bi in pairs]
+            if method == "gtp":
+                out = gtp(spool, queries, max_iter=max_iter, tol=tol, scan_progress=bar)
+            else:
+                step = tqdm(total=max(ks), desc="omp", unit="pick", leave=False) if progress \
+                    else None
+                out = omp(spool, queries, progress=(lambda _: step.update(1)) if step else None)
+                if step is not None:
+                    step.close()
+            results = [(r.rows, r.total_weights, r.residual, r.history) for r in out]
+        elif method == "less":
+            found = less_topk(spool, [Ys[ti] for ti, _ in pairs], [ks[bi] for _, bi in pairs],
+                              scan_progress=bar)
+            for (ti, _), (rows, _) in zip(pairs, found, strict=True):
+                _, res = fit_support(spool, rows, Ys[ti])
+                results.append((rows, np.ones(len(rows)), res, []))
+        else:
+            for ti, bi in pairs:
+                rows = random_subset(n, ks[bi], seed=seed)
+                _, res = fit_support(spool, rows, Ys[ti])
+                results.append((rows, np.ones(len(rows)), res, []))
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    ids = store.ids(pool)
+    created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    params = {
+        "target_mode": target_mode, "normalize": normalize, "m": m, "max_iter": max_iter,
+        "tol": tol, "seed": seed, "checkpoint_weights": eta, "scan_mode": type(source).__name__,
+        "queries_in_run": len(pairs), "pool_rows": n,
+    }
+    sels = []
+    for (ti, bi), (rows, w, res, hist) in zip(pairs, results, strict=True):
+        sels.append(
+            Selection(
+                selection_id=uuid.uuid4().hex[:12], method=method, budget=labels[bi], k=ks[bi],
+                pool=pool, target=targets[ti], ids=[ids[i] for i in rows],
+                weights=np.asarray(w, dtype=np.float64), residual=float(res), seconds=seconds,
+                created=created, history=[float(h) for h in hist], params=dict(params),
+            )
+        )
+    if save:
+        store._save(sels)
+    return sels

@@ -1,0 +1,108 @@
+"""Selections: the answer to one (target, budget) query, persisted in the store."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+SELECTIONS_TABLE = "_selections"
+
+SELECTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("selection_id", pa.string(), nullable=False),
+        pa.field("created", pa.string()),
+        pa.field("pool", pa.string()),
+        pa.field("target", pa.string()),
+        pa.field("method", pa.string()),
+        pa.field("budget", pa.string()),
+        pa.field("k", pa.int64()),
+        pa.field("ids", pa.list_(pa.string())),
+        pa.field("weights", pa.list_(pa.float64())),
+        pa.field("residual", pa.float64()),
+        pa.field("seconds", pa.float64()),
+        pa.field("history", pa.list_(pa.float64())),
+        pa.field("params", pa.string()),
+    ]
+)
+
+
+@dataclass
+class Selection:
+    """Chosen pool examples, in selection order, with non-negative weights."""
+
+    selection_id: str
+    method: str
+    budget: str
+    k: int
+    pool: str
+    target: str | None
+    ids: list[str]
+    weights: np.ndarray
+    residual: float
+    seconds: float
+    created: str = ""
+    history: list[float] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_polars(self):  # -> polars.DataFrame
+        import polars as pl
+
+        return pl.DataFrame(
+            {
+                "rank": np.arange(1, len(self.ids) + 1, dtype=np.int64),
+                "id": self.ids,
+                "weight": np.asarray(self.weights, dtype=np.float64),
+            }
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form the CLI prints (INTERFACE.md)."""
+        return {
+            "selection_id": self.selection_id,
+            "target": self.target,
+            "budget": self.budget,
+            "method": self.method,
+            "ids": list(self.ids),
+            "weights": [float(w) for w in self.weights],
+            "residual": float(self.residual),
+            "seconds": float(self.seconds),
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "selection_id": self.selection_id,
+            "created": self.created,
+            "pool": self.pool,
+            "target": self.target,
+            "method": self.method,
+            "budget": self.budget,
+            "k": int(self.k),
+            "ids": list(self.ids),
+            "weights": [float(w) for w in self.weights],
+            "residual": float(self.residual),
+            "seconds": float(self.seconds),
+            "history": [float(h) for h in self.history],
+            "params": json.dumps(self.params, sort_keys=True, default=str),
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Selection:
+        return cls(
+            selection_id=rec["selection_id"],
+            method=rec["method"],
+            budget=rec["budget"],
+            k=int(rec["k"]),
+            pool=rec["pool"],
+            target=rec["target"],
+            ids=list(rec["ids"] or []),
+            weights=np.asarray(rec["weights"] or [], dtype=np.float64),
+            residual=float(rec["residual"]),
+            seconds=float(rec["seconds"]),
+            created=rec.get("created") or "",
+            history=list(rec.get("history") or []),
+            params=json.loads(rec.get("params") or "{}"),
+        )

@@ -1,0 +1,427 @@
+"""The gradient store: LanceDB tables of per-example gradient vectors, plus selections."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lance
+import lancedb
+import numpy as np
+import pyarrow as pa
+
+from gradstore.errors import GradstoreError
+from gradstore.selectors.budget import Budget
+from gradstore.selectors.source import TensorSource
+from gradstore.store.importing import (
+    validate_ids,
+    validate_subtasks,
+    validate_vectors,
+)
+from gradstore.store.lance_source import LanceSource
+from gradstore.store.meta import (
+    VECTOR_DTYPES,
+    ProjectionSpec,
+    TableMeta,
+    base_fields,
+    checkpoint_fields,
+)
+from gradstore.store.selections import SELECTIONS_SCHEMA, SELECTIONS_TABLE, Selection
+
+WRITE_BATCH_ROWS = 1000  # ~16 MB pages at 8192 dims scan fastest (LANCE.md)
+
+
+def _default_memory_budget() -> int:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    return int(total * 0.4)
+
+
+def _stored(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """The values exactly as the table will hold them."""
+    return np.ascontiguousarray(arr, dtype=np.float16 if dtype == "float16" else np.float32)
+
+
+def _vector_batch(stored: np.ndarray, dim: int) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(stored.reshape(-1)), dim)
+
+
+def _norms(stored: np.ndarray) -> np.ndarray:
+    """Row norms of the stored values (so norms and vectors always agree)."""
+    return np.linalg.norm(stored.astype(np.float32), axis=1).astype(np.float32)
+
+
+class Store:
+    """An embedded gradient store at a local path (or any URI LanceDB supports)."""
+
+    def __init__(self, uri: str | Path, create: bool = True) -> None:
+        self.uri = str(uri)
+        local = "://" not in self.uri
+        if local and not Path(self.uri).exists():
+            if not create:
+                raise GradstoreError(
+                    f"store {self.uri!r} does not exist; create it with `gradstore import` "
+                    "or `gradstore ingest`, or check the path"
+                )
+            Path(self.uri).mkdir(parents=True)
+        if local and not Path(self.uri).is_dir():
+            raise GradstoreError(f"store {self.uri!r} is a file, not a directory")
+        self.db = lancedb.connect(self.uri)
+        self._ram_cache: dict[tuple[str, int], TensorSource] = {}
+
+    # ---------------------------------------------------------------- tables
+    def _all_tables(self) -> list[str]:
+        res = self.db.list_tables()
+        names = getattr(res, "tables", res)
+        return sorted(names)
+
+    def tables(self) -> list[str]:
+        """Names of the gradient tables (pool and target tables)."""
+        return [t for t in self._all_tables() if not t.startswith("_")]
+
+    def _dataset(self, table: str) -> lance.LanceDataset:
+        if table not in self._all_tables():
+            have = ", ".join(self.tables()) or "none"
+            raise GradstoreError(
+                f"table {table!r} is not in store {self.uri!r} (tables: {have}); "
+                "check the name or ingest it first"
+            )
+        return self.db.open_table(table).to_lance()
+
+    def meta(self, table: str) -> TableMeta:
+        """The provenance stored with a table."""
+        return TableMeta.from_schema(self._dataset(table).schema, table)
+
+    def num_rows(self, table: str) -> int:
+        return self._dataset(table).count_rows()
+
+    def ids(self, table: str) -> list[str]:
+        ds = self._dataset(table)
+        tbl = ds.to_table(columns=["id", "row"])
+        order = np.argsort(tbl.column("row").to_numpy(), kind="stable")
+        ids = tbl.column("id").to_pylist()
+        if np.array_equal(order, np.arange(len(order))):
+            return ids
+        return [ids[i] for i in order]
+
+    def subtasks(self, table: str) -> list[str | None]:
+        return self._dataset(table).to_table(columns=["subtask"]).column("subtask").to_pylist()
+
+    def info(self, table: str | None = None) -> dict[str, Any]:
+        """Rows, dims, checkpoints, projection, model and stored selections."""
+        if table is None:
+            return {
+                "uri": self.uri,
+                "tables": {t: self._table_summary(t) for t in self.tables()},
+                "selections": len(self.selections()),
+            }
+        return self._table_summary(table, full=True)
+
+    def _table_summary(self, table: str, full: bool = False) -> dict[str, Any]:
+        ds = self._dataset(table)
+        meta = TableMeta.from_schema(ds.schema, table)
+        out: dict[str, Any] = {
+            "table": table,
+            "kind": meta.kind,
+            "rows": ds.count_rows(),
+            "dim": meta.dim,
+            "vector_dtype": meta.vector_dtype,
+            "checkpoints": [{"name": c.name, "lr": c.lr} for c in meta.checkpoints],
+            "projection": asdict(meta.projection),
+            "grad_type": meta.grad_type,
+            "model": meta.model,
+        }
+        if full:
+            subt = [s for s in self.subtasks(table) if s is not None]
+            out["subtasks"] = len(set(subt))
+            out["version"] = ds.version
+            out["selections"] = [
+                {
+                    "selection_id": s.selection_id,
+                    "method": s.method,
+                    "budget": s.budget,
+                    "target": s.target,
+                    "k": len(s.ids),
+                    "residual": s.residual,
+                }
+                for s in self.selections()
+                if s.pool == table
+            ]
+        return out
+
+    # ---------------------------------------------------------------- import
+    def import_vectors(
+        self,
+        table: str,
+        vectors: Any,
+        checkpoint: str = "0",
+        ids: Sequence[str] | None = None,
+        subtasks: Sequence[str] | None = None,
+        lr: float | None = None,
+        *,
+        kind: str | None = None,
+        vector_dtype: str = "float16",
+        projection: ProjectionSpec | dict | None = None,
+        grad_type: str | None = None,
+        model: str | None = None,
+        tokens: Sequence[int] | None = None,
+        losses: Sequence[float] | None = None,
+    ) -> dict[str, Any]:
+        """Add one checkpoint's (N, d) vectors to ``table`` (created if missing).
+
+        Calling again with another ``checkpoint`` adds that checkpoint's vectors to
+        the same rows, matched by id when ``ids`` are given, else by row order.
+        Everything is validated before anything is written.
+        """
+        if not table or table.startswith("_") or "/" in table:
+            raise GradstoreError(
+                f"table name {table!r} is not allowed; use letters, digits, '-', '_'"
+            )
+        if vector_dtype not in VECTOR_DTYPES:
+            raise GradstoreError(f"vector dtype {vector_dtype!r} is not one of float16, float32")
+        if lr is not None and (not np.isfinite(lr) or lr < 0):
+            raise GradstoreError(f"learning rate {lr!r} must be a finite number >= 0")
+        checkpoint = str(checkpoint)
+        arr = validate_vectors(vectors)
+        n, dim = arr.shape
+        if isinstance(projection, dict):
+            projection = ProjectionSpec(**projection)
+        exists = table in self._all_tables()
+        if exists:
+            meta = self.meta(table)
+            vector_dtype = meta.vector_dtype
+        if vector_dtype == "float16" and np.abs(arr).max() >= 65504:
+            raise GradstoreError(
+                f"vectors reach {np.abs(arr).max():.3g}, beyond float16's range; "
+                "import with --vector-dtype float32 (or rescale them)"
+            )
+        extra_cols = {"tokens": tokens, "losses": losses}
+        for name, col in extra_cols.items():
+            if col is not None and len(col) != n:
+                raise GradstoreError(f"{len(col)} {name} given for {n} vector rows")
+        if not exists:
+            ids_l = validate_ids(list(ids) if ids is not None else None, n)
+            sub_l = validate_subtasks(list(subtasks) if subtasks is not None else None, n)
+            meta = TableMeta(
+                kind=kind or "pool",
+                dim=dim,
+                vector_dtype=vector_dtype,
+                projection=projection or ProjectionSpec(kind="unknown", dim=dim),
+                grad_type=grad_type,
+                model=model,
+            )
+            self._create(table, meta, arr, ids_l, sub_l, checkpoint, lr, tokens, losses)
+            return {"table": table, "rows": n, "checkpoint": checkpoint, "created": True}
+        self._check_addition(table, meta, dim, checkpoint, projection, grad_type, model)
+        existing = self.ids(table)
+        if ids is None:
+            if n != len(existing):
+                raise GradstoreError(
+                    f"table {table!r} has {len(existing)} rows but {n} vectors were given; "
+                    "give --ids to match rows by id, or the same number of rows"
+                )
+            source_of_row = np.arange(n)
+        else:
+            ids_l = validate_ids(list(ids), n)
+            pos = {x: i for i, x in enumerate(ids_l)}
+            missing = [x for x in existing if x not in pos]
+            extra = len(ids_l) - (len(existing) - len(missing))
+            if missing or extra:
+                raise GradstoreError(
+                    f"ids do not match table {table!r}: {len(missing)} stored ids missing "
+                    f"(e.g. {missing[:3]}), {extra} new ids; "
+                    "a checkpoint must cover the same examples"
+                )
+            source_of_row = np.array([pos[x] for x in existing], dtype=np.int64)
+        if subtasks is not None:
+            stored = self.subtasks(table)
+            given = [list(subtasks)[i] for i in source_of_row]
+            if any(s is not None for s in stored) and [str(g) for g in given] != stored:
+                raise GradstoreError(
+                    f"subtask labels differ from those stored in {table!r}; omit --subtasks "
+                    "when adding a checkpoint"
+                )
+        self._add_checkpoint(table, meta, arr, source_of_row, checkpoint, lr, losses)
+        return {"table": table, "rows": n, "checkpoint": checkpoint, "created": False}
+
+    def _check_addition(self, table, meta, dim, checkpoint, projection, grad_type, model) -> None:
+        if dim != meta.dim:
+            raise GradstoreError(
+                f"vectors have {dim} dims but table {table!r} has {meta.dim}; "
+                "use the same projection for every checkpoint"
+            )
+        if checkpoint in meta.checkpoint_names:
+            raise GradstoreError(
+                f"checkpoint {checkpoint!r} is already in table {table!r} "
+                f"(has {meta.checkpoint_names}); use another --checkpoint name"
+            )
+        if projection is not None and projection != meta.projection:
+            raise GradstoreError(
+                f"projection {projection} differs from table {table!r}'s {meta.projection}"
+            )
+        for what, given, stored in (
+            ("gradient type", grad_type, meta.grad_type),
+            ("model", model, meta.model),
+        ):
+            if given is not None and stored is not None and given != stored:
+                raise GradstoreError(f"{what} {given!r} differs from table {table!r}'s {stored!r}")
+
+    def _create(self, table, meta, arr, ids, subtasks, checkpoint, lr, tokens, losses) -> None:
+        n, dim = arr.shape
+        fields = base_fields() + checkpoint_fields(0, checkpoint, lr, dim, meta.vector_dtype)
+        schema = pa.schema(fields, metadata=meta.to_schema_metadata())
+
+        def batches():
+            for s in range(0, n, WRITE_BATCH_ROWS):
+                e = min(n, s + WRITE_BATCH_ROWS)
+                stored = _stored(arr[s:e], meta.vector_dtype)
+                yield pa.RecordBatch.from_arrays(
+                    [
+                        pa.array(ids[s:e], pa.string()),
+                        pa.array(np.arange(s, e, dtype=np.int64)),
+                        pa.array(subtasks[s:e] if subtasks else [None] * (e - s), pa.string()),
+                        pa.array(
+                            tokens[s:e] if tokens is not None else [None] * (e - s), pa.int32()
+                        ),
+                        pa.array([None] * (e - s), pa.string()),
+                        _vector_batch(stored, dim),
+                        pa.array(_norms(stored)),
+                        pa.array(
+                            losses[s:e] if losses is not None else [None] * (e - s), pa.float32()
+                        ),
+                    ],
+                    schema=schema,
+                )
+
+        reader = pa.RecordBatchReader.from_batches(schema, batches())
+        with warnings.catch_warnings():
+            # 2.0 files scanned fastest for float16 vectors here (LANCE.md)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.db.create_table(table, data=reader, data_storage_version="2.0")
+
+    def _add_checkpoint(self, table, meta, arr, source_of_row, checkpoint, lr, losses) -> None:
+        ds = self._dataset(table)
+        index = len(meta.checkpoints)
+        dim = meta.dim
+        out_schema = pa.schema(checkpoint_fields(index, checkpoint, lr, dim, meta.vector_dtype))
+        losses_arr = None if losses is None else np.asarray(losses, dtype=np.float32)
+
+        def udf(batch: pa.RecordBatch) -> pa.RecordBatch:
+            rows = batch.column("row").to_numpy()
+            src = source_of_row[rows]
+            stored = _stored(arr[src], meta.vector_dtype)
+            return pa.RecordBatch.from_arrays(
+                [
+                    _vector_batch(stored, dim),
+                    pa.array(_norms(stored)),
+                    pa.array(
+                        losses_arr[src] if losses_arr is not None else [None] * len(src),
+                        pa.float32(),
+                    ),
+                ],
+                schema=out_schema,
+            )
+
+        ds.add_columns(lance.batch_udf(output_schema=out_schema)(udf), read_columns=["row"])
+
+    # ---------------------------------------------------------------- reading
+    def vectors(self, table: str, checkpoint: str | None = None) -> tuple[list[str], np.ndarray]:
+        """``(ids, X)``: one checkpoint's vectors, or all side by side (None), float32."""
+        ds = self._dataset(table)
+        meta = TableMeta.from_schema(ds.schema, table)
+        cols = self._columns(table, meta, checkpoint)
+        src = LanceSource(ds, cols, meta.dim)
+        X = src.load().float().numpy()
+        return self.ids(table), X
+
+    def _columns(self, table: str, meta: TableMeta, checkpoint: str | None) -> list[str]:
+        if checkpoint is None:
+            return [c.column for c in meta.checkpoints]
+        for c in meta.checkpoints:
+            if c.name == str(checkpoint):
+                return [c.column]
+        raise GradstoreError(
+            f"checkpoint {checkpoint!r} is not in table {table!r} (has {meta.checkpoint_names})"
+        )
+
+    def source(self, table: str, mode: str = "auto", memory_budget: int | None = None):
+        """A gradient source over all checkpoints: in RAM if it fits the budget, else streamed."""
+        ds = self._dataset(table)
+        meta = TableMeta.from_schema(ds.schema, table)
+        if not meta.checkpoints:
+            raise GradstoreError(f"table {table!r} has no vectors")
+        cols = [c.column for c in meta.checkpoints]
+        lsrc = LanceSource(ds, cols, meta.dim)
+        if mode not in ("auto", "ram", "stream"):
+            raise GradstoreError(f"scan mode {mode!r} is not one of auto, ram, stream")
+        if mode == "auto":
+            itemsize = 2 if meta.vector_dtype == "float16" else 4
+            need = lsrc.num_rows * len(cols) * meta.dim * itemsize
+            budget = _default_memory_budget() if memory_budget is None else memory_budget
+            mode = "ram" if need <= budget else "stream"
+        if mode == "stream":
+            return lsrc
+        key = (table, ds.version)
+        if key not in self._ram_cache:
+            self._ram_cache = {key: TensorSource(lsrc.load(), len(cols))}
+            self._ram_cache[key]._norms = lsrc.row_norms()
+        return self._ram_cache[key]
+
+    # ---------------------------------------------------------------- selections
+    def _selections_table(self, create: bool):
+        if SELECTIONS_TABLE in self._all_tables():
+            return self.db.open_table(SELECTIONS_TABLE)
+        if not create:
+            return None
+        return self.db.create_table(SELECTIONS_TABLE, schema=SELECTIONS_SCHEMA)
+
+    def selections(self) -> list[Selection]:
+        tbl = self._selections_table(create=False)
+        if tbl is None:
+            return []
+        return [Selection.from_record(r) for r in tbl.to_arrow().to_pylist()]
+
+    def selection(self, selection_id: str) -> Selection:
+        tbl = self._selections_table(create=False)
+        if tbl is not None:
+            sid = selection_id.replace("'", "")
+            rows = tbl.to_lance().to_table(filter=f"selection_id = '{sid}'").to_pylist()
+            if rows:
+                return Selection.from_record(rows[0])
+        raise GradstoreError(
+            f"selection {selection_id!r} is not in store {self.uri!r}; "
+            "`gradstore info STORE` lists the stored selections"
+        )
+
+    def _save(self, sels: list[Selection]) -> None:
+        tbl = self._selections_table(create=True)
+        tbl.add(pa.Table.from_pylist([s.to_record() for s in sels], schema=SELECTIONS_SCHEMA))
+
+    # ---------------------------------------------------------------- select
+    def select(
+        self,
+        pool: str,
+        target: str | None | Sequence[str | None] = None,
+        budget: Budget | Sequence[Budget] = 0.05,
+        method: str = "gtp",
+        **options: Any,
+    ) -> Selection | list[Selection]:
+        """Choose pool examples for each (target, budget); lists in, list out."""
+        from gradstore.store.querying import run_selection
+
+        many = isinstance(target, (list, tuple)) or isinstance(budget, (list, tuple))
+        targets = list(target) if isinstance(target, (list, tuple)) else [target]
+        budgets = list(budget) if isinstance(budget, (list, tuple)) else [budget]
+        sels = run_selection(self, pool, targets, budgets, method, **options)
+        return sels if many else sels[0]
+
+
+def open(uri: str | Path, create: bool = True) -> Store:  # noqa: A001 - the public name
+    """Open (or create) the store at ``uri``."""
+    return Store(uri, create=create)
