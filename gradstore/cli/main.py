@@ -118,7 +118,7 @@ def build_parser() -> Parser:
         help="do not unit-normalise each checkpoint's gradient",
     )
     sel.add_argument("--m", type=int, help="GTP candidates per scan (default 2k)")
-    sel.add_argument("--max-iter", type=int, default=10, help="GTP scans at most (default 10)")
+    sel.add_argument("--max-iter", type=int, default=30, help="GTP scans at most (default 30)")
     sel.add_argument(
         "--tol",
         type=float,

@@ -8,11 +8,27 @@ candidate set) pays O(p^2) per step instead of a fresh solve.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from gradstore.selectors.nnls import nnls_gram
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch single-threaded: the O(p^2) steps are too small to share, and with
+    another busy process on a 2-core machine a second OpenMP thread made them ~50x slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
 
 # A column whose Schur complement falls below this share of its own norm is
 # (numerically) a combination of the support: it cannot improve the fit.
@@ -25,32 +41,38 @@ class IncrementalNNLS:
     The support is kept equal to the passive set: a column whose weight falls to
     zero is removed (and reported), so every weight is > 0 and the solution is
     the least-squares fit on the support, i.e. the NNLS optimum over it.
+    Buffers are torch float64 so that rank-one updates run in place on views
+    (numpy's outer products allocated p^2 fresh memory per step and ran ~10x slower).
     """
 
     def __init__(self, capacity: int) -> None:
         cap = max(1, capacity)
-        self.H = np.zeros((cap, cap))  # inverse Gram of the support
-        self.G = np.zeros((cap, cap))  # Gram of the support
-        self.b = np.zeros(cap)
-        self.x = np.zeros(cap)
+        self.H = torch.zeros((cap, cap), dtype=torch.float64)  # inverse Gram of the support
+        self.G = torch.zeros((cap, cap), dtype=torch.float64)  # Gram of the support
+        self.b = torch.zeros(cap, dtype=torch.float64)
+        self.x = torch.zeros(cap, dtype=torch.float64)
         self.p = 0
 
     def _grow(self) -> None:
         cap = self.H.shape[0] * 2
+        p = self.p
         for name in ("H", "G"):
-            old = getattr(self, name)
-            new = np.zeros((cap, cap))
-            new[: self.p, : self.p] = old[: self.p, : self.p]
+            new = torch.zeros((cap, cap), dtype=torch.float64)
+            new[:p, :p] = getattr(self, name)[:p, :p]
             setattr(self, name, new)
         for name in ("b", "x"):
-            old = getattr(self, name)
-            new = np.zeros(cap)
-            new[: self.p] = old[: self.p]
+            new = torch.zeros(cap, dtype=torch.float64)
+            new[:p] = getattr(self, name)[:p]
             setattr(self, name, new)
 
     @property
     def weights(self) -> np.ndarray:
-        return self.x[: self.p]
+        return self.x[: self.p].numpy().copy()
+
+    @property
+    def fit(self) -> float:
+        """``b_S . x_S`` = ||A_S x||^2 at the least-squares optimum."""
+        return float(self.b[: self.p] @ self.x[: self.p])
 
     def add(self, g: np.ndarray, gamma: float, b_new: float) -> tuple[bool, list[int]]:
         """Add a column with Gram entries ``g`` (against the support), ``gamma`` (with itself).
@@ -60,79 +82,98 @@ class IncrementalNNLS:
         order before this call, that dropped out with zero weight.
         """
         p = self.p
-        H = self.H[:p, :p]
-        v = H @ g if p else np.zeros(0)
-        s = gamma - float(g @ v) if p else gamma
+        gt = torch.from_numpy(np.ascontiguousarray(g, dtype=np.float64))
+        if p:
+            v = torch.mv(self.H[:p, :p], gt)
+            s = gamma - float(gt @ v)
+        else:
+            v = torch.zeros(0, dtype=torch.float64)
+            s = gamma
         if not s > DEPENDENT * max(gamma, 1e-300):
             return False, []
         if p + 1 > self.H.shape[0]:
             self._grow()
-            H = self.H[:p, :p]
-        delta = (b_new - float(g @ self.x[:p])) / s
-        z = np.empty(p + 1)
+        delta = (b_new - float(gt @ self.x[:p])) / s
+        z = torch.empty(p + 1, dtype=torch.float64)
         z[:p] = self.x[:p] - delta * v
         z[p] = delta
-        # inverse Gram of the grown support (block inverse)
-        H += np.outer(v, v) / s
+        self.H[:p, :p].addr_(v, v, alpha=1.0 / s)
         self.H[:p, p] = -v / s
         self.H[p, :p] = -v / s
         self.H[p, p] = 1.0 / s
-        self.G[:p, p] = g
-        self.G[p, :p] = g
+        self.G[:p, p] = gt
+        self.G[p, :p] = gt
         self.G[p, p] = gamma
         self.b[p] = b_new
-        old_x = np.zeros(p + 1)
+        old_x = torch.zeros(p + 1, dtype=torch.float64)
         old_x[:p] = self.x[:p]
         self.p = p + 1
-        removed = self._settle(old_x, z)
-        return True, removed
+        return True, self._settle(old_x, z)
 
-    def _settle(self, x: np.ndarray, z: np.ndarray) -> list[int]:
+    def _settle(self, x: torch.Tensor, z: torch.Tensor) -> list[int]:
         """Lawson-Hanson inner loop: step from feasible ``x`` toward ``z`` until z > 0."""
-        alive = np.arange(self.p)  # original positions of the current support
+        alive = list(range(self.p))  # original positions of the current support
         removed: list[int] = []
-        while np.any(z <= 0):
+        while self.p and bool((z <= 0).any()):
             neg = z <= 0
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = np.where(neg, x / (x - z), np.inf)
-            alpha = float(np.clip(np.min(ratio), 0.0, 1.0))
+            ratio = torch.where(neg, x / (x - z), torch.full_like(x, float("inf")))
+            alpha = float(ratio.min().clamp(0.0, 1.0))
             x = x + alpha * (z - x)
-            drop = np.flatnonzero(
-                (x <= 1e-14 * max(1.0, float(np.abs(x).max()))) | (neg & (ratio <= alpha))
-            )
-            for pos in sorted(drop.tolist(), reverse=True):
+            tiny = 1e-14 * max(1.0, float(x.abs().max()))
+            drop = torch.nonzero((x <= tiny) | (neg & (ratio <= alpha))).flatten().tolist()
+            keep = [i for i in range(self.p) if i not in set(drop)]
+            for pos in sorted(drop, reverse=True):
                 self._remove_at(pos)
-                removed.append(int(alive[pos]))
-                alive = np.delete(alive, pos)
-                x = np.delete(x, pos)
-            if self.p == 0:
-                z = np.zeros(0)
-                break
-            z = self.H[: self.p, : self.p] @ self.b[: self.p]
+                removed.append(alive.pop(pos))
+            x = x[keep]
+            z = torch.mv(self.H[: self.p, : self.p], self.b[: self.p])
         self.x[: self.p] = z
         return removed
 
     def _remove_at(self, i: int) -> None:
         p = self.p
-        H = self.H
-        hi = H[:p, i].copy()
-        hii = hi[i]
-        H[:p, :p] -= np.outer(hi, hi) / hii
+        hi = self.H[:p, i].clone()
+        self.H[:p, :p].addr_(hi, hi, alpha=-1.0 / float(hi[i]))
         for M in (self.H, self.G):
-            M[i : p - 1, :p] = M[i + 1 : p, :p]
-            M[:p, i : p - 1] = M[:p, i + 1 : p]
-        self.b[i : p - 1] = self.b[i + 1 : p]
-        self.x[i : p - 1] = self.x[i + 1 : p]
+            M[i : p - 1, :p] = M[i + 1 : p, :p].clone()
+            M[:p, i : p - 1] = M[:p, i + 1 : p].clone()
+        for v in (self.b, self.x):
+            v[i : p - 1] = v[i + 1 : p].clone()
         self.p = p - 1
+
+    def removal_costs(self) -> np.ndarray:
+        """Rise of ||A_S x - y||^2 if each support column alone were dropped: x_i^2 / H_ii."""
+        p = self.p
+        return (self.x[:p] ** 2 / torch.diagonal(self.H[:p, :p])).numpy()
+
+    def remove(self, i: int) -> list[int]:
+        """Drop support position ``i``; returns positions (after that) that fell to zero."""
+        x_old = torch.cat([self.x[:i], self.x[i + 1 : self.p]])
+        self._remove_at(i)
+        z = torch.mv(self.H[: self.p, : self.p], self.b[: self.p])
+        return self._settle(x_old, z)
+
+    def clone(self) -> IncrementalNNLS:
+        other = IncrementalNNLS(1)
+        p = self.p
+        cap = max(p + 1, 2)
+        other.H = torch.zeros((cap, cap), dtype=torch.float64)
+        other.G = torch.zeros((cap, cap), dtype=torch.float64)
+        other.H[:p, :p] = self.H[:p, :p]
+        other.G[:p, :p] = self.G[:p, :p]
+        other.b = torch.zeros(cap, dtype=torch.float64)
+        other.x = torch.zeros(cap, dtype=torch.float64)
+        other.b[:p] = self.b[:p]
+        other.x[:p] = self.x[:p]
+        other.p = p
+        return other
 
     def refresh(self) -> None:
         """Re-derive the inverse and the weights from the Gram (bounds rounding drift)."""
         p = self.p
-        if p == 0:
-            return
-        G = self.G[:p, :p]
-        self.H[:p, :p] = np.linalg.inv(G)
-        self.x[:p] = self.H[:p, :p] @ self.b[:p]
+        if p:
+            self.H[:p, :p] = torch.linalg.inv(self.G[:p, :p])
+            self.x[:p] = torch.mv(self.H[:p, :p], self.b[:p])
 
 
 @dataclass
@@ -142,6 +183,7 @@ class GreedyResult:
     support: np.ndarray
     weights: np.ndarray
     residual_sq: float
+    solver: IncrementalNNLS | None = None
 
 
 def _scores(c: np.ndarray) -> np.ndarray:
@@ -162,12 +204,22 @@ def polish(
     return out
 
 
-def greedy_nnls_gram(
+def greedy_nnls_gram(*args, **kwargs) -> GreedyResult:
+    """OMP with NNLS refits restricted to n candidates (see ``_greedy``)."""
+    with one_thread():
+        return _greedy(*args, **kwargs)
+
+
+def _greedy(
     G: np.ndarray,
     B: np.ndarray,
     yy: float,
     k: int,
     *,
+    init: int = 0,
+    solver: IncrementalNNLS | None = None,
+    init_weights: np.ndarray | None = None,
+    floor: float | None = None,
     rel_tol: float = 1e-6,
 ) -> GreedyResult:
     """OMP with NNLS refits restricted to n candidates, from their Gram matrix.
@@ -182,6 +234,18 @@ def greedy_nnls_gram(
         ``||Y||_F^2``.
     k : int
         Largest support size.
+    init : int
+        The first ``init`` candidates are the current support, kept and grown
+        (warm start); 0 chooses the support from scratch.
+    solver : IncrementalNNLS, optional
+        With ``init`` (one target column): the solver already holding those
+        ``init`` columns in order; it is updated in place.
+    init_weights : (init, C) array, optional
+        Their current weights (several target columns).
+    floor : float, optional
+        Stop early once the best candidate's score falls below
+        ``floor * ||r|| / ||r_0||`` (r_0 the residual at the start): rows outside
+        the candidate set are then likely better, and a new scan should look.
     rel_tol : float
         Stop once the relative residual ``||A_S W - Y|| / ||Y||`` is below this.
     """
@@ -190,25 +254,37 @@ def greedy_nnls_gram(
     G32 = np.asarray(G, dtype=np.float32)
     B64 = np.asarray(B, dtype=np.float64)
     diag = np.diag(G).astype(np.float64)
-    banned = np.zeros(n, dtype=bool)
-    banned |= diag <= 0
-    order: list[int] = []  # candidate positions on the support, selection order
-    GT = np.zeros((max(k, 1), n), dtype=np.float32)  # rows G[j] of the support, same order
-    solvers = [IncrementalNNLS(min(k, 256) + 1) for _ in range(C)] if C == 1 else []
-    W = np.zeros((0, C))
+    banned = diag <= 0
+    order: list[int] = list(range(init))  # candidate positions on the support, in order
+    banned[:init] = True
+    GT = np.zeros((max(k, init, 1), n), dtype=np.float32)  # rows G[j] of the support
+    GT[:init] = G32[:init]
+    if C == 1 and solver is None:
+        if init:
+            raise ValueError("a warm start with one target column needs its solver")
+        solver = IncrementalNNLS(min(k, 256) + 1)
+    if C == 1:
+        assert solver is not None and solver.p == init
+        W = solver.weights.reshape(-1, 1).copy()
+        res_sq = max(yy - solver.fit, 0.0)
+    else:
+        W = np.zeros((init, C)) if init_weights is None else np.asarray(init_weights, float)
+        res_sq = _residual_sq(G, B64, np.arange(init), W, yy)
+    res0_sq = res_sq
     stop_sq = (rel_tol**2) * yy
-    res_sq = yy
-    while len(order) < k:
+    while len(order) < k and res_sq > stop_sq:
         p = len(order)
-        c = B64 - (GT[:p].T.astype(np.float64) @ W if p else 0.0)
+        c = B64 - (GT[:p].T @ W.astype(np.float32) if p else 0.0)
         score = _scores(np.atleast_2d(c.reshape(n, C)))
         score[banned] = -np.inf
         j = int(np.argmax(score))
         if not score[j] > 1e-12 * max(np.sqrt(yy), 1e-300):
             break
+        if floor is not None and score[j] < floor * np.sqrt(res_sq / max(res0_sq, 1e-300)):
+            break
         banned[j] = True
         if C == 1:
-            solver = solvers[0]
+            assert solver is not None
             idx = np.asarray(order, dtype=np.int64)
             added, removed = solver.add(
                 G[j, idx].astype(np.float64) if p else np.zeros(0), diag[j], B64[j, 0]
@@ -222,28 +298,61 @@ def greedy_nnls_gram(
                 order = [order[i] for i in keep]
                 GT[: len(keep)] = GT[keep]
             W = solver.weights.reshape(-1, 1)
-            res_sq = max(yy - float(solver.b[: solver.p] @ solver.weights), 0.0)
+            res_sq = max(yy - solver.fit, 0.0)
         else:
             order.append(j)
             GT[p] = G32[j]
             idx = np.asarray(order, dtype=np.int64)
-            W0 = np.vstack([W, np.zeros((1, C))])
-            W = polish(G, B64, idx, W0)
+            W = polish(G, B64, idx, np.vstack([W, np.zeros((1, C))]))
             alive = np.flatnonzero(W.sum(1) > 0)
             if len(alive) < len(order):
                 order = [order[i] for i in alive]
                 GT[: len(alive)] = GT[alive]
                 W = W[alive]
-            idx = np.asarray(order, dtype=np.int64)
-            Gs = G[np.ix_(idx, idx)].astype(np.float64)
-            res_sq = max(yy - 2 * float(np.sum(B64[idx] * W)) + float(np.sum(W * (Gs @ W))), 0.0)
-        if res_sq <= stop_sq:
-            break
+            res_sq = _residual_sq(G, B64, np.asarray(order, dtype=np.int64), W, yy)
     support = np.asarray(order, dtype=np.int64)
-    if len(support):
+    if len(support) and C > 1:
         W = polish(G, B64, support, W)
         alive = W.sum(1) > 0
         support, W = support[alive], W[alive]
-        Gs = np.asarray(G[np.ix_(support, support)], dtype=np.float64)
-        res_sq = max(yy - 2 * float(np.sum(B64[support] * W)) + float(np.sum(W * (Gs @ W))), 0.0)
-    return GreedyResult(support=support, weights=W.reshape(len(support), C), residual_sq=res_sq)
+        res_sq = _residual_sq(G, B64, support, W, yy)
+    return GreedyResult(support=support, weights=np.asarray(W).reshape(len(support), C),
+                        residual_sq=res_sq, solver=solver if C == 1 else None)
+
+
+def _residual_sq(G, B, support, W, yy) -> float:
+    """||A_S W - Y||_F^2 from Gram quantities."""
+    if len(support) == 0:
+        return yy
+    Gs = np.asarray(G[np.ix_(support, support)], dtype=np.float64)
+    return max(yy - 2 * float(np.sum(B[support] * W)) + float(np.sum(W * (Gs @ W))), 0.0)
+
+
+def swap_refine(
+    G: np.ndarray, B: np.ndarray, yy: float, k: int, solver: IncrementalNNLS, swaps: int
+) -> GreedyResult:
+    """Exchange up to ``swaps`` support columns for better candidates (one target column).
+
+    The first ``solver.p`` candidates are the current support. A forward greedy
+    pass adds up to ``swaps`` of the other candidates, then a backward pass drops
+    the columns whose removal raises the residual least (x_i^2 / H_ii), until k
+    are left. The solver is not modified; the result carries a new one.
+    """
+    with one_thread():
+        return _swap(G, B, yy, k, solver, swaps)
+
+
+def _swap(G, B, yy, k, solver, swaps) -> GreedyResult:
+    init = solver.p
+    trial = solver.clone()
+    fwd = _greedy(G, B, yy, k + swaps, init=init, solver=trial)
+    order = fwd.support.tolist()
+    while trial.p > k:
+        i = int(np.argmin(trial.removal_costs()))
+        removed = trial.remove(i)
+        order.pop(i)
+        for pos in sorted(removed, reverse=True):
+            order.pop(pos)
+    support = np.asarray(order, dtype=np.int64)
+    return GreedyResult(support=support, weights=trial.weights.reshape(-1, 1),
+                        residual_sq=max(yy - trial.fit, 0.0), solver=trial)

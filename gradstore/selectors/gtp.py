@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from gradstore.selectors.greedy import greedy_nnls_gram
+from gradstore.selectors.greedy import IncrementalNNLS, greedy_nnls_gram, swap_refine
 from gradstore.selectors.query import PursuitResult, Query, relative_residual
 from gradstore.selectors.scan import ScanQuery, correlation_scan
 from gradstore.selectors.stacked import StackedPool
@@ -36,6 +36,8 @@ class _State:
         self.history = [self.residual]
         self.done = q.yy == 0
         self.seconds_nnls = 0.0
+        self.solver: IncrementalNNLS | None = None
+        self.growing = True  # support still below k: grow it from each scan's candidates
 
 
 def _merged_gram(st: _State, A_new: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
@@ -56,8 +58,10 @@ def gtp(
     pool: StackedPool,
     queries: Sequence[Query],
     *,
-    max_iter: int = 10,
+    max_iter: int = 30,
     tol: float = 1e-3,
+    grow_floor: float = 0.5,
+    swap_fraction: float | None = 0.25,
     progress: Callable[[str], None] | None = None,
     scan_progress: Callable[[int], None] | None = None,
 ) -> list[PursuitResult]:
@@ -74,6 +78,14 @@ def gtp(
     tol : float
         Stop a query when an iteration improves its relative residual by less
         than this fraction.
+    grow_floor : float
+        While the support grows, stop taking candidates from the merged set once
+        the best one scores below ``grow_floor`` times the weakest candidate of the
+        scan (scaled by the residual's shrinkage); 0 fills to k at once.
+    swap_fraction : float or None
+        Once the support has k examples, each step exchanges up to this share of
+        it for better candidates (forward-backward, O(swaps * k^2)); None
+        re-chooses the whole support from U by a greedy pass from scratch.
     """
     states = [_State(q, pool.width) for q in queries]
     scans = 0
@@ -92,8 +104,10 @@ def gtp(
         found = correlation_scan(pool, R, scan_q, progress=scan_progress)
         scan_seconds += time.perf_counter() - t0
         scans += 1
-        for st, (cand, _) in zip(active, found, strict=True):
-            _advance(pool, st, cand, tol)
+        for st, (cand, score) in zip(active, found, strict=True):
+            floor = float(score[-1]) if len(cand) >= int(st.q.m) else 0.0
+            n_swaps = st.q.k if swap_fraction is None else int(np.ceil(swap_fraction * st.q.k))
+            _advance(pool, st, cand, grow_floor * floor, tol, n_swaps)
         if progress is not None:
             best = max(st.residual for st in active)
             progress(f"iteration {it + 1}: {len(active)} active, worst residual {best:.4f}")
@@ -113,8 +127,18 @@ def gtp(
     return results
 
 
-def _advance(pool: StackedPool, st: _State, cand: np.ndarray, tol: float) -> None:
-    if len(cand) == 0:
+def _advance(
+    pool: StackedPool, st: _State, cand: np.ndarray, floor: float, tol: float, swaps: int
+) -> None:
+    """One GTP step for one query, given the scan's new candidates.
+
+    While the support is below k it is grown from the merged set, keeping what is
+    chosen (a warm start) and stopping once the candidates left look worse than
+    what the next scan would find. Once it has k examples (or the candidates run
+    out), each step re-chooses the whole support from U = S + new candidates by a
+    greedy pass with NNLS refits (GTP.md), and is kept only if the residual drops.
+    """
+    if len(cand) == 0 and not (st.growing and len(st.rows)):
         st.done = True
         return
     A_new = pool.rows(cand)
@@ -122,8 +146,24 @@ def _advance(pool: StackedPool, st: _State, cand: np.ndarray, tol: float) -> Non
     U = np.concatenate([st.rows, cand])
     Y32 = torch.from_numpy(st.q.Y.astype(np.float32))
     B = (AU @ Y32).double().numpy()
+    s = len(st.rows)
+    single = st.q.Y.shape[1] == 1
     t0 = time.perf_counter()
-    res = greedy_nnls_gram(G, B, st.q.yy, st.q.k)
+    if st.growing:
+        if single and st.solver is None:
+            st.solver = IncrementalNNLS(min(st.q.k, 256) + 1)
+        assert not single or st.solver.p == s
+        res = greedy_nnls_gram(
+            G, B, st.q.yy, st.q.k, init=s, solver=st.solver.clone() if single else None,
+            init_weights=None if single else st.W, floor=floor,
+        )
+        grew = len(res.support) > s or not np.array_equal(res.support, np.arange(s))
+        if len(res.support) >= st.q.k or not grew or len(cand) == 0:
+            st.growing = False
+    elif single and st.solver is not None and swaps:
+        res = swap_refine(G, B, st.q.yy, st.q.k, st.solver, swaps)
+    else:
+        res = greedy_nnls_gram(G, B, st.q.yy, st.q.k)
     st.seconds_nnls += time.perf_counter() - t0
     new_res = float(np.sqrt(res.residual_sq / st.q.yy)) if st.q.yy > 0 else 0.0
     improved = new_res < st.residual * (1 - tol)
@@ -135,6 +175,8 @@ def _advance(pool: StackedPool, st: _State, cand: np.ndarray, tol: float) -> Non
         st.GSS = torch.from_numpy(G).index_select(0, sel).index_select(1, sel)
         st.R = st.q.Y - st.AS.double().numpy().T @ st.W
         st.residual = relative_residual(st.AS.numpy(), st.W, st.q.Y)
+        if res.solver is not None:
+            st.solver = res.solver
     st.history.append(st.residual)
-    if not improved:
+    if not improved and not st.growing:
         st.done = True

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from gradstore.selectors.greedy import IncrementalNNLS, polish
+from gradstore.selectors.greedy import IncrementalNNLS, one_thread, polish
 from gradstore.selectors.query import PursuitResult, Query, relative_residual
 from gradstore.selectors.scan import ScanQuery, correlation_scan
 from gradstore.selectors.stacked import StackedPool
@@ -54,7 +54,7 @@ class _OmpState:
                 self.order = [self.order[i] for i in keep]
                 self.AS[: len(keep)] = self.AS[keep]
                 self.B[: len(keep)] = self.B[keep]
-            self.W = self.solver.weights.reshape(-1, 1).copy()
+            self.W = self.solver.weights.reshape(-1, 1)
         else:
             self.banned.append(row)
             self.order.append(row)
@@ -110,8 +110,9 @@ def omp(
         if picked:
             rows = np.array([r for _, r in picked], dtype=np.int64)
             A = pool.rows(rows).numpy()
-            for (st, r), a in zip(picked, A, strict=True):
-                st.add(r, a, rel_tol)
+            with one_thread():
+                for (st, r), a in zip(picked, A, strict=True):
+                    st.add(r, a, rel_tol)
         if progress is not None:
             progress(len(active))
     out = []

@@ -36,17 +36,19 @@ class ScanStats:
 
 
 def _block_scores(
-    x: torch.Tensor, mult: torch.Tensor, r_parts: list[torch.Tensor]
+    block: torch.Tensor, mult: torch.Tensor, R: torch.Tensor, buf: torch.Tensor
 ) -> torch.Tensor:
-    """Correlations of one block (b, T*d) with R: sum_t mult[:, t] * (x_t @ R_t), (b, C)."""
-    d = r_parts[0].shape[0]
-    out = None
-    for t, r_t in enumerate(r_parts):
-        part = x[:, t * d : (t + 1) * d] @ r_t
-        part.mul_(mult[:, t : t + 1])
-        out = part if out is None else out.add_(part)
-    assert out is not None
-    return out
+    """Correlations of one raw block (b, T*d) with R (T*d, C): (block * mult) @ R, (b, C).
+
+    The per-row, per-checkpoint multipliers are applied while converting into the
+    float32 buffer, so the product is one contiguous matmul (a strided per-checkpoint
+    product ran ~5x slower here).
+    """
+    b, T = mult.shape
+    x = buf[:b]
+    x.copy_(block)  # float16 -> float32 into a reused buffer: faster than a fused mul
+    x.view(b, T, -1).mul_(mult[:, :, None])
+    return x @ R
 
 
 def _reduce(corr: torch.Tensor, queries: Sequence[ScanQuery]) -> torch.Tensor:
@@ -90,7 +92,7 @@ def correlation_scan(
         R = R[:, None]
     if R.shape[0] != T * d:
         raise ValueError(f"R has {R.shape[0]} rows, the pool has width {T * d}")
-    r_parts = [torch.from_numpy(np.ascontiguousarray(R[t * d : (t + 1) * d])) for t in range(T)]
+    Rt = torch.from_numpy(np.ascontiguousarray(R))
     Q = len(queries)
     M = max(1, max(min(q.m, pool.num_rows) for q in queries))
     excl = None
@@ -107,10 +109,10 @@ def correlation_scan(
     buf_v: list[torch.Tensor] = []
     buf_start: list[int] = []
     buffered = 0
-    block_rows = getattr(source, "block_rows", 4096)
+    block_rows = getattr(source, "block_rows", 1024)
     threads = getattr(source, "scan_threads", None)
     old_threads = torch.get_num_threads()
-    fbuf: torch.Tensor | None = None
+    fbuf = torch.empty((block_rows, T * d))
 
     def merge() -> None:
         nonlocal best_v, best_i, buf_v, buf_start, buffered
@@ -134,14 +136,9 @@ def correlation_scan(
         with torch.inference_mode():
             for start, block in source.iter_blocks(block_rows):
                 b = block.shape[0]
-                if block.dtype != torch.float32:
-                    if fbuf is None or fbuf.shape[0] < b:
-                        fbuf = torch.empty((max(b, block_rows), block.shape[1]))
-                    x = fbuf[:b]
-                    x.copy_(block)
-                else:
-                    x = block
-                corr = _block_scores(x, mult[start : start + b], r_parts)
+                if fbuf.shape[0] < b:
+                    fbuf = torch.empty((b, T * d))
+                corr = _block_scores(block, mult[start : start + b], Rt, fbuf)
                 scores = _reduce(corr, queries)
                 if excl is not None:
                     scores.masked_fill_(excl[start : start + b], -torch.inf)

@@ -83,6 +83,8 @@ class StackedPool:
     def rows(self, positions: np.ndarray) -> torch.Tensor:
         """Stacked rows a_i for the given positions, float32 (n, T*d)."""
         positions = np.asarray(positions, dtype=np.int64)
+        if len(positions) == 0:
+            return torch.zeros((0, self.width))
         x = self.source.take(positions)
         n = x.shape[0]
         t = self.source.num_checkpoints
@@ -93,7 +95,7 @@ class StackedPool:
         """The pool's mean stacked row (T*d,) float64: the in-domain target."""
         t = self.source.num_checkpoints
         total = torch.zeros(self.width, dtype=torch.float64)
-        for start, block in self.source.iter_blocks(getattr(self.source, "block_rows", 4096)):
+        for start, block in self.source.iter_blocks(getattr(self.source, "block_rows", 1024)):
             b = block.shape[0]
             mult = self._mult_t[start : start + b]
             x = block.float().reshape(b, t, -1) * mult[:, :, None]

@@ -104,7 +104,7 @@ def run_selection(
     target_mode: str = "mean",
     normalize: bool = True,
     m: int | None = None,
-    max_iter: int = 10,
+    max_iter: int = 30,
     tol: float = 1e-3,
     seed: int = 0,
     checkpoint_weights: Sequence[float] | None = None,
