@@ -8,12 +8,16 @@ with ``G = A.T @ A`` (symmetric positive semi-definite, possibly singular) and
 ``b = A.T @ y``; this is the same as ``min ||A x - y||_2`` subject to ``x >= 0``.
 
 * :func:`nnls_gram` -- Lawson-Hanson active set, exact to tolerance, warm-startable.
-  The Cholesky factor of ``G[P, P]`` is updated in place (append: one triangular
-  solve; removal: a vectorised rank-one update), so one outer iteration costs
-  ``O(n |P|)``.
-* :func:`nnls_pg` -- accelerated projected gradient (FISTA with restart) for large n.
-* :func:`nnls_auto` -- picks one of the two; for large n it runs projected gradient
-  first and polishes the result with the active-set method.
+  The Cholesky factor of ``G[P, P]`` is updated in place (adding a column: one
+  triangular solve; removing one: a blocked, vectorised rank-one update of the
+  trailing part), columns that are linearly dependent on ``P`` are never added,
+  and the ``O(n |P|)`` dual ``b - G x`` is shared by up to ``_MAX_BATCH``
+  additions.  Adding one column to a solved problem and warm-starting from the
+  old solution typically costs one factorisation and two inner solves.
+* :func:`nnls_pg` -- accelerated projected gradient (FISTA with restart and
+  backtracking) for large n.
+* :func:`nnls_auto` -- active set up to ``AUTO_ACTIVE_SET_MAX_N`` columns; beyond,
+  projected gradient locates the support and the active set polishes exactly.
 * :func:`nnls` -- convenience front end taking ``A`` and ``y``.
 
 All decisions (which column enters, dependence tests, stopping rules) are made on
@@ -27,11 +31,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.linalg import LinAlgError, solve_triangular
-from scipy.linalg.blas import dtpsv
-from scipy.linalg.lapack import dpstrf
+from numpy.lib.stride_tricks import as_strided
+from scipy.linalg import LinAlgError
+from scipy.linalg.blas import dtbsv
+from scipy.linalg.lapack import dpotrf, dpstrf
 from scipy.optimize import nnls as _scipy_nnls
-from scipy.sparse.linalg import ArpackError, LinearOperator, eigsh
 
 __all__ = ["nnls", "nnls_auto", "nnls_gram", "nnls_pg", "nnls_residual"]
 
@@ -39,6 +43,16 @@ _EPS = float(np.finfo(np.float64).eps)
 #: A candidate column j is linearly dependent on the passive set when its Schur
 #: complement ``G_jj - G_jP G_PP^{-1} G_Pj`` is at most this times ``G_jj``.
 _DEP_TOL = 1e-12
+#: At most this many columns are added per full dual evaluation.
+_MAX_BATCH = 32
+#: ``nnls_auto`` (large n): active-set probe length, projected-gradient target KKT
+#: residual, iteration cap and stall window (see ``_large_auto``).
+_AUTO_PROBE_ITERS = 512
+_AUTO_PG_TOL = 1e-3
+_AUTO_PG_MAX_ITER = 300
+_AUTO_PG_STALL = 32
+#: Column block size of the factor update after a removal.
+_DEL_BLOCK = 128
 #: ``nnls`` hands problems with at most this many columns to scipy directly.
 SCIPY_MAX_COLS = 400
 #: ``nnls_auto`` uses the active-set method alone up to this many columns.
@@ -115,14 +129,16 @@ def nnls_residual(G: np.ndarray, b: np.ndarray, yy: float, x: np.ndarray) -> flo
 class _LawsonHanson:
     """State of one Lawson-Hanson solve.
 
-    The passive set is ``pidx[:k]`` (in factor order).  The lower Cholesky factor
-    ``L`` of ``G[P, P]`` is stored row-packed in ``ap``: row ``i`` of ``L`` occupies
-    ``ap[i(i+1)/2 : i(i+1)/2 + i + 1]``, which is the column-major packed upper
-    storage of ``L.T`` that BLAS ``dtpsv`` reads, so a leading block of the buffer is
-    always a valid factor and appending a row is a plain write.  ``u = L^{-1} b_P``
-    is kept so that ``z = G_PP^{-1} b_P = L^{-T} u`` costs one triangular solve.
-    ``gp[:k]`` holds the rows ``G[j]`` of the passive columns (in slot order
-    ``gp_idx``) for the dual ``w = b - G[:, P] x_P``.
+    The passive set is ``pidx[:k]`` (in factor order).  The upper Cholesky factor
+    ``R`` (``R^T R = G[P, P]``) lives in ``ab``, a Fortran-ordered ``(cap, cap)``
+    array in LAPACK upper band storage with ``kd = cap - 1``: column ``j`` of ``R``
+    (rows ``0..j``) sits in the last ``j + 1`` rows of column ``j`` of ``ab``.  So
+    ``ab[:, :k]`` is contiguous and is passed to BLAS ``dtbsv`` without a copy,
+    appending a column is a contiguous write, and a removal is a few strided block
+    moves.  ``u = R^{-T} b_P`` is kept so that ``z = G_PP^{-1} b_P = R^{-1} u``
+    costs one triangular solve.  ``gp[:k]`` holds the rows ``G[j]`` of the passive
+    columns (in slot order ``gp_idx``) for the dual ``w = b - G[:, P] x_P``; once
+    P grows past n / 2 that copy is dropped and the dual is ``b - G x``.
     """
 
     def __init__(self, G, b, s, valid, tol_abs, max_iter):
@@ -137,11 +153,16 @@ class _LawsonHanson:
         self.u = np.zeros(n)
         self.x = np.zeros(n)
         self.cap = 0
-        self.ap = np.zeros(0)
+        self.ab = np.zeros((0, 0), order="F")
+        self.flat = self.ab.ravel(order="F")
         self.gp = np.zeros((0, n))
         self.gp_idx = np.zeros(n, dtype=np.intp)
         self.slot = np.full(n, -1, dtype=np.intp)
         self.stale = False  # factor modified by updates since the last rebuild
+        # Columns that may not enter for now: dependent on P (cleared when P loses
+        # a column) or rejected with a non-positive weight (cleared when x moves).
+        self.dep_blocked = np.zeros(n, dtype=bool)
+        self.neg_blocked = np.zeros(n, dtype=bool)
         self.iterations = 0
         self.inner_solves = 0
 
@@ -150,26 +171,45 @@ class _LawsonHanson:
         if k <= self.cap:
             return
         cap = min(self.n, max(k, 2 * self.cap, 32))
-        ap = np.zeros(cap * (cap + 1) // 2)
-        m = self.k * (self.k + 1) // 2
-        ap[:m] = self.ap[:m]
-        gp = np.empty((cap, self.n))
-        gp[: self.k] = self.gp[: self.k]
-        self.ap, self.gp, self.cap = ap, gp, cap
+        ab = np.zeros((cap, cap), order="F")
+        if self.k:
+            ab[cap - self.cap :, : self.k] = self.ab[:, : self.k]
+        if self.gp is not None:
+            if cap <= self.n // 2:
+                gp = np.empty((cap, self.n))
+                gp[: self.k] = self.gp[: self.k]
+                self.gp = gp
+            else:
+                self.gp = None  # k n > n^2 / 2: the full product is as cheap
+        self.ab, self.cap = ab, cap
+        self.flat = ab.ravel(order="F")  # a view: ab is Fortran-contiguous
+
+    def _square(self, i0: int, j0: int, rows: int, cols: int) -> np.ndarray:
+        """Strided view ``V`` with ``V[r, c]`` at the storage place of ``R[i0+r, j0+c]``.
+
+        Entries with ``i0 + r > j0 + c`` alias unused padding of later columns; this
+        is harmless for ``rows <= k - j0`` (see ``_delete_pos``)."""
+        cap = self.cap
+        start = cap - 1 + i0 + j0 * (cap - 1)
+        return as_strided(
+            self.flat[start:], shape=(rows, cols), strides=(8, 8 * (cap - 1)), writeable=True
+        )
 
     def _fwd(self, rhs: np.ndarray) -> np.ndarray:
-        """``L^{-1} rhs`` for the current factor (rhs has length k)."""
+        """``R^{-T} rhs`` for the current factor (rhs has length k)."""
         if self.k == 0:
             return np.zeros(0)
-        return dtpsv(self.k, self.ap, rhs, lower=0, trans=1)
+        return dtbsv(self.cap - 1, self.ab[:, : self.k], rhs, lower=0, trans=1)
 
     def _bwd(self, rhs: np.ndarray) -> np.ndarray:
-        """``L^{-T} rhs`` for the current factor (rhs has length k)."""
+        """``R^{-1} rhs`` for the current factor (rhs has length k)."""
         if self.k == 0:
             return np.zeros(0)
-        return dtpsv(self.k, self.ap, rhs, lower=0, trans=0)
+        return dtbsv(self.cap - 1, self.ab[:, : self.k], rhs, lower=0, trans=0)
 
     def _gp_add(self, j: int) -> None:
+        if self.gp is None:
+            return
         sl = self.k  # slots are compact: 0..k-1 are used
         self.gp[sl] = self.G[j]
         self.gp_idx[sl] = j
@@ -177,6 +217,8 @@ class _LawsonHanson:
 
     def _gp_remove(self, j: int, last: int) -> None:
         """Free j's slot; ``last`` is the highest used slot before removal."""
+        if self.gp is None:
+            return
         sl = self.slot[j]
         if sl != last:
             jj = self.gp_idx[last]
@@ -204,11 +246,11 @@ class _LawsonHanson:
         if not schur > _DEP_TOL * g_jj:
             return False
         self._reserve(k + 1)
-        o = k * (k + 1) // 2
-        ljj = math.sqrt(schur)
-        self.ap[o : o + k] = r
-        self.ap[o + k] = ljj
-        self.u[k] = (self.b[j] - float(r @ self.u[:k])) / ljj
+        rjj = math.sqrt(schur)
+        col = self.ab[self.cap - 1 - k :, k]
+        col[:k] = r
+        col[k] = rjj
+        self.u[k] = (self.b[j] - float(r @ self.u[:k])) / rjj
         self._gp_add(j)
         self.pidx[k] = j
         self.in_p[j] = True
@@ -220,72 +262,115 @@ class _LawsonHanson:
         k = self.k
         j = int(self.pidx[pos])
         if pos < k - 1:
-            m = k - pos  # rows pos..k-1 change
-            o0 = pos * (pos + 1) // 2
-            o1 = k * (k + 1) // 2
-            rows = pos + np.arange(m)
-            block = np.zeros((m, k))
-            block[np.arange(k)[None, :] <= rows[:, None]] = self.ap[o0:o1]
-            v = block[1:, pos].copy()
-            l31 = block[1:, :pos]
-            l33 = block[1:, pos + 1 :]
-            # L33' L33'^T = L33 L33^T + v v^T.  With p = L33^{-1} v, the Cholesky
-            # factor of I + p p^T is M = diag(d) + tril(p gamma^T, -1) with
-            # t_i = 1 + sum_{l<=i} p_l^2, d_i = sqrt(t_i / t_{i-1}),
-            # gamma_i = p_i / sqrt(t_i t_{i-1}); then L33' = L33 M.
-            pv = solve_triangular(l33, v, lower=True, check_finite=False)
+            mm = k - pos - 1
+            # R = [[R11, r12, R13], [0, r22, v^T], [0, 0, R33]]; without column pos
+            # the Gram matrix of the trailing block is R33^T R33 + v v^T.
+            v = self._square(pos, pos + 1, 1, mm)[0].copy()
+            # With p = R33^{-T} v the Cholesky factor of I + p p^T is
+            # M = diag(d) + tril(p gamma^T, -1), t_i = 1 + sum_{l<=i} p_l^2,
+            # d_i = sqrt(t_i / t_{i-1}), gamma_i = p_i / sqrt(t_i t_{i-1}), and the
+            # new trailing factor is M^T R33:
+            #   R33'[j, :] = d_j R33[j, :] + gamma_j sum_{l > j} p_l R33[l, :].
+            # Band storage is invariant along diagonals, so ab[:, pos+1:k] is R33.
+            cap = self.cap
+            pv = dtbsv(cap - 1, self.ab[:, pos + 1 : k], v, lower=0, trans=1)
             t = 1.0 + np.cumsum(pv * pv)
             tprev = np.concatenate(([1.0], t[:-1]))
             dd = np.sqrt(t / tprev)
             gam = pv / np.sqrt(t * tprev)
-            q = l33 * pv
-            tail = np.cumsum(q[:, ::-1], axis=1)[:, ::-1] - q
-            l33n = l33 * dd + tail * gam
-            newblock = np.concatenate((l31, l33n), axis=1)
-            mask = np.arange(k - 1)[None, :] <= rows[:-1, None]
-            self.ap[o0 : o1 - k] = newblock[mask]
+            if pos:
+                # R13 moves one column left: R[i, j] is stored at flat index
+                # cap - 1 + i + j (cap - 1), so the whole block shifts by cap - 1.
+                src_start = cap - 1 + (pos + 1) * (cap - 1)
+                shape, strides = (mm, pos), (8 * (cap - 1), 8)
+                src = as_strided(self.flat[src_start:], shape=shape, strides=strides).copy()
+                dst = as_strided(
+                    self.flat[src_start - (cap - 1) :], shape=shape, strides=strides, writeable=True
+                )
+                dst[...] = src
+            # Update R33 in blocks of columns (only rows 0..c1-1 are non-zero) and
+            # write R33' one row up and one column left.  Reading a block before
+            # writing it is enough: a block only overwrites columns already read,
+            # and the sub-diagonal part of a block write lands in padding rows that
+            # hold no factor data (pos + r < cap - 1 for every row r written).
+            for c0 in range(0, mm, _DEL_BLOCK):
+                c1 = min(mm, c0 + _DEL_BLOCK)
+                blk = np.triu(self._square(pos + 1, pos + 1 + c0, c1, c1 - c0), -c0)
+                q = blk * pv[:c1, None]
+                tail = np.cumsum(q[::-1], axis=0)[::-1]
+                tail -= q
+                tail *= gam[:c1, None]
+                blk *= dd[:c1, None]
+                blk += tail
+                self._square(pos, pos + c0, c1, c1 - c0)[...] = blk
             self.pidx[pos : k - 1] = self.pidx[pos + 1 : k]
             self.stale = True
         self._gp_remove(j, k - 1)
         self.in_p[j] = False
         self.k = k - 1
 
-    def rebuild(self, cols: np.ndarray) -> None:
-        """Factor ``G[cols, cols]`` from scratch (pivoted Cholesky on the scaled
-        matrix); columns found dependent are left out of P and get x = 0."""
+    def rebuild(self, cols: np.ndarray, strict: bool = False) -> bool:
+        """Factor ``G[cols, cols]`` from scratch; columns found dependent are left
+        out of P and get x = 0.
+
+        Columns are ordered by decreasing current weight, so that the ones most
+        likely to be removed later (small weights) sit at the end of the factor,
+        where removing them is cheap.  Plain Cholesky is tried first; if it fails
+        or a pivot is tiny (``R_jj^2 <= _DEP_TOL G_jj``), pivoted Cholesky on the
+        scaled matrix decides which columns to keep -- unless ``strict``, in which
+        case P is left empty and False is returned."""
         cols = np.asarray(cols, dtype=np.intp)
-        for j in self.pidx[: self.k]:
-            self.in_p[j] = False
-            self.slot[j] = -1
+        self.in_p[self.pidx[: self.k]] = False
+        self.slot[self.pidx[: self.k]] = -1
         self.k = 0
         self.stale = False
         if cols.size == 0:
-            return
+            return True
+        cols = cols[np.argsort(-self.x[cols], kind="stable")]
         sc = self.s[cols]
-        gs = self.G[np.ix_(cols, cols)] / np.outer(sc, sc)
-        c, piv, rank, info = dpstrf(gs, tol=_DEP_TOL, lower=1)
-        if info < 0:  # pragma: no cover - invalid argument, should not happen
-            raise LinAlgError(f"dpstrf failed with info={info}")
-        order = piv[:rank] - 1
-        kept = cols[order]
-        low = np.tril(c[:rank, :rank]) * sc[order][:, None]
-        dropped = np.setdiff1d(cols, kept)
-        self.x[dropped] = 0.0
+        gs = self.G[np.ix_(cols, cols)]
+        gs /= sc[:, None]
+        gs /= sc[None, :]
+        c, info = dpotrf(gs, lower=0, clean=1)
+        if info == 0 and float(np.min(np.diagonal(c))) ** 2 > _DEP_TOL:
+            kept = cols
+            rank = cols.size
+            rfac = c
+        elif strict:
+            self.x[cols] = 0.0
+            return False
+        else:
+            c, piv, rank, info = dpstrf(gs, tol=_DEP_TOL, lower=0)
+            if info < 0:  # pragma: no cover - invalid argument, should not happen
+                raise LinAlgError(f"dpstrf failed with info={info}")
+            rank = int(rank)
+            order = piv[:rank] - 1
+            kept = cols[order]
+            sc = sc[order]
+            rfac = np.triu(c[:rank, :rank])
+            self.x[np.setdiff1d(cols, kept)] = 0.0
+        if rank == 0:
+            return True
         self._reserve(rank)
-        self.ap[: rank * (rank + 1) // 2] = low[np.tri(rank, dtype=bool)]
+        rfac *= sc[None, :]
+        self._square(0, 0, rank, rank)[...] = rfac
         self.pidx[:rank] = kept
         self.in_p[kept] = True
-        self.gp[:rank] = self.G[kept]
-        self.gp_idx[:rank] = kept
-        self.slot[kept] = np.arange(rank)
-        self.k = int(rank)
+        if self.gp is not None:
+            self.gp[:rank] = self.G[kept]
+            self.gp_idx[:rank] = kept
+            self.slot[kept] = np.arange(rank)
+        self.k = rank
         self._refresh_u()
+        return True
 
     # ----- Lawson-Hanson --------------------------------------------------- #
     def dual(self) -> np.ndarray:
         k = self.k
         if k == 0:
             return self.b.copy()
+        if self.gp is None:
+            return self.b - self.G @ self.x
         return self.b - self.x[self.gp_idx[:k]] @ self.gp[:k]
 
     def inner(self, new: int | None) -> tuple[str, bool]:
@@ -337,25 +422,37 @@ class _LawsonHanson:
         if (xn > 0.0).all() and np.isfinite(xn).all():
             self.x[pset] = xn
 
-    def solve(self, x0: np.ndarray | None) -> np.ndarray:
-        n, s, valid = self.n, self.s, self.valid
-        if x0 is not None:
-            start = np.flatnonzero((x0 > 0.0) & valid)
-            if start.size:
-                self.x[start] = x0[start]
-                self.rebuild(start)
-                self.inner(None)
-        dep_blocked = np.zeros(n, dtype=bool)
-        neg_blocked = np.zeros(n, dtype=bool)
-        excluded = ~valid
-        bscale_noise = float(np.max(np.abs(self.b) / s, initial=0.0))
+    def start(self, x0: np.ndarray | None, strict: bool = False) -> bool:
+        """Warm start: the positive entries of ``x0`` form the initial passive set.
+
+        With ``strict``, gives up (returns False, state left empty) if those columns
+        are linearly dependent."""
+        if x0 is None:
+            return True
+        first = np.flatnonzero((x0 > 0.0) & self.valid)
+        if first.size:
+            self.x[first] = x0[first]
+            if not self.rebuild(first, strict=strict):
+                return False
+            self.inner(None)
+        return True
+
+    def run(self) -> bool:
+        """Outer Lawson-Hanson loop until the dual tolerance is met (returns True) or
+        ``self.iterations`` reaches ``self.max_iter`` (returns False)."""
+        n, s, x, b = self.n, self.s, self.x, self.b
+        dep_blocked, neg_blocked = self.dep_blocked, self.neg_blocked
+        excluded = ~self.valid
+        bscale_noise = float(np.max(np.abs(b) / s, initial=0.0))
         refactored = False
         while True:
             w = self.dual()
             ws = w / s
             k = self.k
             pset = self.pidx[:k]
-            xs_l1 = float(np.dot(self.x[pset], s[pset]))
+            xs_l1 = float(np.dot(x[pset], s[pset]))
+            # The computed dual carries rounding noise ~ eps (|b| + |G| |x|); never
+            # ask for more than a generous multiple of it.
             tol_eff = max(self.tol_abs, 64.0 * _EPS * (bscale_noise + xs_l1))
             if k and self.stale and not refactored:
                 # Safety net: the updated factor must still solve G_PP x_P = b_P.
@@ -365,24 +462,61 @@ class _LawsonHanson:
                     self.inner(None)
                     continue
             cand = np.where(self.in_p | dep_blocked | neg_blocked | excluded, -np.inf, ws)
-            j = int(np.argmax(cand))
-            if not cand[j] > tol_eff or self.iterations >= self.max_iter:
-                break
-            self.iterations += 1
-            if not self.append(j):
-                dep_blocked[j] = True
-                continue
-            status, removed = self.inner(j)
-            if status == "rejected":
-                neg_blocked[j] = True
+            # Candidates for this round, best first.  Classic Lawson-Hanson takes
+            # only the best one; taking a few more (each re-checked against the
+            # current dual, O(k)) amortises the O(n k) full dual over several
+            # additions without losing the descent / termination guarantees.
+            nb = min(_MAX_BATCH, max(1, n // 64))
+            if nb == 1:
+                batch = np.array([int(np.argmax(cand))])
             else:
-                refactored = False
-                neg_blocked[:] = False
-                if removed:
-                    dep_blocked[:] = False
+                top = np.argpartition(cand, n - nb)[n - nb :]
+                batch = top[np.argsort(cand[top])[::-1]]
+            batch = batch[cand[batch] > tol_eff]
+            if batch.size == 0:
+                return True
+            if self.iterations >= self.max_iter:
+                return False
+            for pos, j in enumerate(batch):
+                j = int(j)
+                if self.iterations >= self.max_iter:
+                    break
+                if pos:
+                    if self.in_p[j] or neg_blocked[j] or dep_blocked[j]:
+                        continue
+                    kk = self.k
+                    wj = b[j] - float(self.G[j, self.pidx[:kk]] @ x[self.pidx[:kk]])
+                    if not wj / s[j] > tol_eff:
+                        continue
+                self.iterations += 1
+                if not self.append(j):
+                    dep_blocked[j] = True
+                    continue
+                status, removed = self.inner(j)
+                if status == "rejected":
+                    neg_blocked[j] = True
+                else:
+                    refactored = False
+                    neg_blocked[:] = False
+                    if removed:
+                        dep_blocked[:] = False
+
+    def result(self) -> np.ndarray:
+        """Refined, non-negative solution (n,)."""
         self.refine()
         out = np.where(self.in_p, np.maximum(self.x, 0.0), 0.0)
+        if not np.isfinite(out).all():  # pragma: no cover - defensive, never seen
+            inv_s = np.where(self.valid, 1.0 / self.s, 0.0)
+            bs = np.where(self.valid, self.b * inv_s, 0.0)
+            bscale = float(np.max(np.abs(bs)))
+            xs = _pg_scaled(self.G, inv_s, bs, bscale, np.zeros(self.n), 1e-8, 5000)[0]
+            out = np.maximum(xs * inv_s, 0.0)
         return out
+
+    def solve(self, x0: np.ndarray | None) -> np.ndarray:
+        self.start(x0)
+        self.run()
+        return self.result()
 
 
 def nnls_gram(
@@ -440,65 +574,78 @@ def _active_set(G, b, x0, tol_abs, max_iter=None):
 # --------------------------------------------------------------------------- #
 # accelerated projected gradient
 # --------------------------------------------------------------------------- #
-def _lambda_max(G: np.ndarray, inv_s: np.ndarray) -> float:
-    """Largest eigenvalue of ``diag(inv_s) G diag(inv_s)`` (slightly over-estimated)."""
-    n = G.shape[0]
-    if n <= 400:
-        gs = G * np.outer(inv_s, inv_s)
-        return float(np.linalg.eigvalsh(gs)[-1]) * (1.0 + 1e-6) + 1e-300
+def _pg_scaled(G, inv_s, bs, bscale, xs, tol, max_iter, stall_window=None):
+    """FISTA with backtracking and function-value restart on the scaled problem.
 
-    def mv(v):
-        v = np.ravel(v)
-        return inv_s * (G @ (inv_s * v))
+    ``L`` starts from a Rayleigh quotient after a few power iterations (a lower
+    bound on the largest eigenvalue) and is increased whenever a step violates the
+    majorisation condition ``d^T G d <= L d^T d`` (``G d`` is known for free from
+    the two gradients).  Returns ``(x, kkt, converged)`` with ``x`` the last
+    accepted (scaled) iterate and ``kkt`` its KKT residual relative to ``bscale``.
+    With ``stall_window`` set, gives up (``converged=False``) as soon as the
+    residual fails to drop by a factor 1.5 over that many iterations.
+    """
 
-    op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
-    v0 = np.full(n, 1.0 / math.sqrt(n))
-    try:
-        lam = float(eigsh(op, k=1, which="LA", tol=1e-4, v0=v0, return_eigenvectors=False)[0])
-        return lam * 1.01 + 1e-300
-    except ArpackError:  # pragma: no cover - fall back to a Gershgorin-type bound
-        return float(np.max(np.abs(G) @ inv_s * inv_s)) + 1e-300
-
-
-def _pg_scaled(G, inv_s, bs, bscale, xs, tol, max_iter):
-    """FISTA with function-value restart on the scaled problem; returns scaled x."""
     def mv(v):
         return inv_s * (G @ (inv_s * v))
 
-    lip = _lambda_max(G, inv_s)
-    usable = inv_s > 0
-    x = np.where(usable, np.maximum(xs, 0.0), 0.0)
-    gx = mv(x) if x.any() else np.zeros_like(x)
-    fx = 0.5 * float(x @ gx) - float(bs @ x)
-    y, gy, t = x, gx, 1.0
-    just_restarted = True
-    for _ in range(max_iter):
-        xn = np.maximum(y - (gy - bs) / lip, 0.0)
-        xn[~usable] = 0.0
-        gxn = mv(xn)
-        grad = gxn - bs
-        pos = xn > 0.0
-        kkt = max(
+    def kkt_of(xv, grad):
+        pos = xv > 0.0
+        r = max(
             float(np.max(np.abs(grad[pos]), initial=0.0)),
             float(np.max(-grad[~pos & usable], initial=0.0)),
         )
+        return r / bscale
+
+    usable = inv_s > 0
+    x = np.where(usable, np.maximum(xs, 0.0), 0.0)
+    gx = mv(x) if x.any() else np.zeros_like(x)
+    kkt = kkt_of(x, gx - bs)
+    if kkt <= tol:
+        return x, kkt, True
+    v = usable.astype(np.float64)
+    lip = 0.0
+    for _ in range(4):
+        nv = math.sqrt(float(v @ v))
+        if nv == 0.0:
+            break
+        v /= nv
+        gv = mv(v)
+        lip = max(lip, float(v @ gv))
+        v = gv
+    lip = max(lip, 1e-300)
+    fx = 0.5 * float(x @ gx) - float(bs @ x)
+    y, gy, t = x, gx, 1.0
+    window_start = kkt
+    for it in range(1, max_iter + 1):
+        while True:
+            xn = np.maximum(y - (gy - bs) / lip, 0.0)
+            xn[~usable] = 0.0
+            gxn = mv(xn)
+            d = xn - y
+            dd = float(d @ d)
+            dgd = float(d @ (gxn - gy))
+            if dgd <= lip * dd * (1.0 + 1e-12) or dd == 0.0:
+                break
+            lip = max(2.0 * lip, 1.1 * dgd / dd)
         fxn = 0.5 * float(xn @ gxn) - float(bs @ xn)
-        if kkt <= tol * bscale:
-            return xn
-        if fxn > fx + 1e-15 * abs(fx):
-            if just_restarted:
-                lip *= 2.0  # a plain projected-gradient step went uphill: step too long
-            # restart momentum from the better point
+        if fxn > fx + 1e-15 * abs(fx) and t > 1.0:
+            # Momentum overshot: restart from the last accepted point.
             y, gy, t = x, gx, 1.0
-            just_restarted = True
-            continue
-        tn = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
-        beta = (t - 1.0) / tn
-        y = xn + beta * (xn - x)
-        gy = gxn + beta * (gxn - gx)
-        x, gx, fx, t = xn, gxn, fxn, tn
-        just_restarted = False
-    return x
+        else:
+            tn = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+            beta = (t - 1.0) / tn
+            y = xn + beta * (xn - x)
+            gy = gxn + beta * (gxn - gx)
+            x, gx, fx, t = xn, gxn, fxn, tn
+            kkt = kkt_of(x, gx - bs)
+            if kkt <= tol:
+                return x, kkt, True
+        if stall_window and it % stall_window == 0:
+            if kkt > window_start / 1.5:
+                return x, kkt, False
+            window_start = kkt
+    return x, kkt, False
 
 
 def nnls_pg(
@@ -511,8 +658,10 @@ def nnls_pg(
 ) -> np.ndarray:
     """Accelerated projected gradient NNLS in Gram form.
 
-    FISTA with adaptive (function-value) restart and step ``1 / L``, ``L`` the
-    largest eigenvalue of the Jacobi-scaled ``G`` (Lanczos via ``eigsh``).
+    FISTA with adaptive (function-value) restart and step ``1 / L`` on the
+    Jacobi-scaled problem; ``L`` (largest eigenvalue of ``D^{-1/2} G D^{-1/2}``) is
+    estimated by power iterations and increased by backtracking when a step
+    shows it too small.
 
     Parameters
     ----------
@@ -543,33 +692,51 @@ def nnls_pg(
         return np.zeros(n)
     inv_s = np.where(valid, 1.0 / s, 0.0)
     xs = np.zeros(n) if x0 is None else x0 * s
-    x = _pg_scaled(G, inv_s, bs, bscale, xs, tol, max_iter)
+    x = _pg_scaled(G, inv_s, bs, bscale, xs, tol, max_iter)[0]
     return np.maximum(x * inv_s, 0.0)
 
 
 # --------------------------------------------------------------------------- #
 # dispatch and front end
 # --------------------------------------------------------------------------- #
-def _polish(G, b, x, tol, rounds=8):
-    """Active-set polish of an approximate solution ``x`` of the full problem."""
+def _large_auto(G, b, x0, tol):
+    """``nnls_auto`` for large n: active-set probe, projected gradient, polish.
+
+    1. Up to ``_AUTO_PROBE_ITERS`` Lawson-Hanson additions.  Sparse solutions end
+       here, exactly, for a fraction of the cost of a projected-gradient run.
+    2. Otherwise FISTA, warm-started from the probe, until the relative KKT
+       residual is below ``_AUTO_PG_TOL``; from its support the active-set method
+       then finishes exactly (usually a handful of additions and removals).
+    3. If FISTA stalls (ill-conditioned ``G``: the residual fails to drop by 1.5x
+       over ``_AUTO_PG_STALL`` iterations), or its support is linearly dependent
+       (rank-deficient ``G``), its iterate is a poor warm start -- the active set
+       would remove many columns one by one -- so the probe's Lawson-Hanson run is
+       simply continued to the end instead.
+    """
     n = b.shape[0]
     s, valid, bs, bscale = _scaling(G, b)
+    if bscale == 0.0:
+        return np.zeros(n)
     tol_abs = tol * bscale
-    work = np.flatnonzero(x > 0.0)
-    for _ in range(rounds):
-        if work.size == 0:
-            break
-        xw = _active_set(G[np.ix_(work, work)], b[work], x[work], tol_abs)
-        x = np.zeros(n)
-        x[work] = xw
-        w = b - G[:, work] @ xw if work.size < n // 2 else b - G @ x
-        ws = np.where(valid & (x <= 0.0), w / s, -np.inf)
-        viol = np.flatnonzero(ws > tol_abs)
-        if viol.size == 0:
-            return x
-        work = np.union1d(np.flatnonzero(x > 0.0), viol)
-    # Final, exact Lawson-Hanson pass on the full problem, warm-started.
-    return nnls_gram(G, b, x0=x, tol=tol)
+    lh = _LawsonHanson(G, b, s, valid, tol_abs, _AUTO_PROBE_ITERS)
+    lh.start(x0)
+    if lh.run():
+        return lh.result()
+    inv_s = np.where(valid, 1.0 / s, 0.0)
+    xs = lh.result() * s
+    xs, _, ok = _pg_scaled(
+        G, inv_s, bs, bscale, xs, _AUTO_PG_TOL, _AUTO_PG_MAX_ITER, _AUTO_PG_STALL
+    )
+    if ok:
+        polish = _LawsonHanson(G, b, s, valid, tol_abs, 3 * n + 10)
+        # On a rank-deficient G projected gradient tends to a dense minimiser whose
+        # support is linearly dependent; that is no useful warm start either.
+        if polish.start(xs * inv_s, strict=True):
+            polish.run()
+            return polish.result()
+    lh.max_iter = lh.iterations + 3 * n + 10
+    lh.run()
+    return lh.result()
 
 
 def nnls_auto(
@@ -599,18 +766,18 @@ def nnls_auto(
 
     Notes
     -----
-    ``n <= AUTO_ACTIVE_SET_MAX_N``: :func:`nnls_gram`.  Larger n: a loosely
-    converged :func:`nnls_pg` run identifies the support, the active-set method
-    solves the problem restricted to it (adding any KKT violators), and the result
-    satisfies the same tolerance as :func:`nnls_gram`.
+    ``n <= AUTO_ACTIVE_SET_MAX_N``: :func:`nnls_gram`.  Larger n: a short
+    active-set probe (ends exactly if the solution is sparse), then accelerated
+    projected gradient to locate the support, then an active-set polish from it;
+    if projected gradient stalls the active-set method runs to the end instead.
+    Either way the result satisfies the same tolerance as :func:`nnls_gram`.
     """
     G, b = _check_gram(G, b)
     n = b.shape[0]
     x0 = _warm(x0, n)
     if n <= AUTO_ACTIVE_SET_MAX_N:
         return nnls_gram(G, b, x0=x0, tol=tol)
-    x = nnls_pg(G, b, x0=x0, tol=1e-4, max_iter=300)
-    return _polish(G, b, x, tol)
+    return _large_auto(G, b, x0, tol)
 
 
 def nnls(A: np.ndarray, y: np.ndarray, *, tol: float = 1e-10) -> np.ndarray:
