@@ -48,7 +48,6 @@ class IncrementalNNLS:
     def __init__(self, capacity: int) -> None:
         cap = max(1, capacity)
         self.H = torch.zeros((cap, cap), dtype=torch.float64)  # inverse Gram of the support
-        self.G = torch.zeros((cap, cap), dtype=torch.float64)  # Gram of the support
         self.b = torch.zeros(cap, dtype=torch.float64)
         self.x = torch.zeros(cap, dtype=torch.float64)
         self.p = 0
@@ -56,10 +55,9 @@ class IncrementalNNLS:
     def _grow(self) -> None:
         cap = self.H.shape[0] * 2
         p = self.p
-        for name in ("H", "G"):
-            new = torch.zeros((cap, cap), dtype=torch.float64)
-            new[:p, :p] = getattr(self, name)[:p, :p]
-            setattr(self, name, new)
+        new = torch.zeros((cap, cap), dtype=torch.float64)
+        new[:p, :p] = self.H[:p, :p]
+        self.H = new
         for name in ("b", "x"):
             new = torch.zeros(cap, dtype=torch.float64)
             new[:p] = getattr(self, name)[:p]
@@ -101,9 +99,6 @@ class IncrementalNNLS:
         self.H[:p, p] = -v / s
         self.H[p, :p] = -v / s
         self.H[p, p] = 1.0 / s
-        self.G[:p, p] = gt
-        self.G[p, :p] = gt
-        self.G[p, p] = gamma
         self.b[p] = b_new
         old_x = torch.zeros(p + 1, dtype=torch.float64)
         old_x[:p] = self.x[:p]
@@ -134,9 +129,9 @@ class IncrementalNNLS:
         p = self.p
         hi = self.H[:p, i].clone()
         self.H[:p, :p].addr_(hi, hi, alpha=-1.0 / float(hi[i]))
-        for M in (self.H, self.G):
-            M[i : p - 1, :p] = M[i + 1 : p, :p].clone()
-            M[:p, i : p - 1] = M[:p, i + 1 : p].clone()
+        H = self.H
+        H[i : p - 1, :p] = H[i + 1 : p, :p].clone()
+        H[:p, i : p - 1] = H[:p, i + 1 : p].clone()
         for v in (self.b, self.x):
             v[i : p - 1] = v[i + 1 : p].clone()
         self.p = p - 1
@@ -158,22 +153,13 @@ class IncrementalNNLS:
         p = self.p
         cap = max(p + 1, 2)
         other.H = torch.zeros((cap, cap), dtype=torch.float64)
-        other.G = torch.zeros((cap, cap), dtype=torch.float64)
         other.H[:p, :p] = self.H[:p, :p]
-        other.G[:p, :p] = self.G[:p, :p]
         other.b = torch.zeros(cap, dtype=torch.float64)
         other.x = torch.zeros(cap, dtype=torch.float64)
         other.b[:p] = self.b[:p]
         other.x[:p] = self.x[:p]
         other.p = p
         return other
-
-    def refresh(self) -> None:
-        """Re-derive the inverse and the weights from the Gram (bounds rounding drift)."""
-        p = self.p
-        if p:
-            self.H[:p, :p] = torch.linalg.inv(self.G[:p, :p])
-            self.x[:p] = torch.mv(self.H[:p, :p], self.b[:p])
 
 
 @dataclass

@@ -30,7 +30,10 @@ class _State:
         self.rows = np.zeros(0, dtype=np.int64)
         self.W = np.zeros((0, q.Y.shape[1]))
         self.AS = torch.zeros((0, width))
-        self.GSS = torch.zeros((0, 0))
+        # the last merged set U, its rows and Gram matrix: most of the next U is in it
+        self.U_rows = np.zeros(0, dtype=np.int64)
+        self.U_A = torch.zeros((0, width))
+        self.U_G = torch.zeros((0, 0))
         self.R = q.Y.copy()
         self.residual = 1.0 if q.yy > 0 else 0.0
         self.history = [self.residual]
@@ -40,18 +43,34 @@ class _State:
         self.growing = True  # support still below k: grow it from each scan's candidates
 
 
-def _merged_gram(st: _State, A_new: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-    """Gram matrix of U = S + new rows, reusing the cached Gram of S."""
-    AS = st.AS
-    s, n = AS.shape[0], A_new.shape[0]
-    G = torch.empty((s + n, s + n))
-    G[:s, :s] = st.GSS
-    if s:
-        cross = AS @ A_new.T
-        G[:s, s:] = cross
-        G[s:, :s] = cross.T
-    G[s:, s:] = A_new @ A_new.T
-    return G.numpy(), torch.cat([AS, A_new], 0)
+def _merge(
+    pool: StackedPool, st: _State, cand: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """U = S + candidates (S first, in support order), its rows and Gram matrix.
+
+    Rows and Gram entries already known from the previous U are reused; only the
+    candidates new to U are fetched and multiplied.
+    """
+    where = {int(r): i for i, r in enumerate(st.U_rows)}
+    known = np.array([int(r) in where for r in cand], dtype=bool)
+    U = np.concatenate([st.rows, cand[known], cand[~known]])
+    old = torch.tensor(
+        [where[int(r)] for r in U[: len(U) - int((~known).sum())]], dtype=torch.int64
+    )
+    A_old = st.U_A.index_select(0, old)
+    A_new = pool.rows(cand[~known])
+    o, n = len(old), A_new.shape[0]
+    G = torch.empty((o + n, o + n))
+    G[:o, :o] = st.U_G.index_select(0, old).index_select(1, old)
+    if o and n:
+        cross = A_old @ A_new.T
+        G[:o, o:] = cross
+        G[o:, :o] = cross.T
+    if n:
+        G[o:, o:] = A_new @ A_new.T
+    AU = torch.cat([A_old, A_new], 0)
+    st.U_rows, st.U_A, st.U_G = U, AU, G
+    return U, G.numpy(), AU
 
 
 def gtp(
@@ -62,6 +81,7 @@ def gtp(
     tol: float = 1e-3,
     grow_floor: float = 0.5,
     swap_fraction: float | None = 0.25,
+    max_swaps: int = 256,
     progress: Callable[[str], None] | None = None,
     scan_progress: Callable[[int], None] | None = None,
 ) -> list[PursuitResult]:
@@ -86,6 +106,8 @@ def gtp(
         Once the support has k examples, each step exchanges up to this share of
         it for better candidates (forward-backward, O(swaps * k^2)); None
         re-chooses the whole support from U by a greedy pass from scratch.
+    max_swaps : int
+        At most this many exchanges per step (their cost grows as swaps * k^2).
     """
     states = [_State(q, pool.width) for q in queries]
     scans = 0
@@ -106,7 +128,9 @@ def gtp(
         scans += 1
         for st, (cand, score) in zip(active, found, strict=True):
             floor = float(score[-1]) if len(cand) >= int(st.q.m) else 0.0
-            n_swaps = st.q.k if swap_fraction is None else int(np.ceil(swap_fraction * st.q.k))
+            n_swaps = (
+                0 if swap_fraction is None else min(max_swaps, int(np.ceil(swap_fraction * st.q.k)))
+            )
             _advance(pool, st, cand, grow_floor * floor, tol, n_swaps)
         if progress is not None:
             best = max(st.residual for st in active)
@@ -135,15 +159,14 @@ def _advance(
     While the support is below k it is grown from the merged set, keeping what is
     chosen (a warm start) and stopping once the candidates left look worse than
     what the next scan would find. Once it has k examples (or the candidates run
-    out), each step re-chooses the whole support from U = S + new candidates by a
-    greedy pass with NNLS refits (GTP.md), and is kept only if the residual drops.
+    out), each step exchanges up to ``swaps`` members of S for better ones in
+    U = S + new candidates (or, with swaps=0, re-chooses the whole support from U by
+    a greedy pass with NNLS refits, as GTP.md), kept only if the residual drops.
     """
     if len(cand) == 0 and not (st.growing and len(st.rows)):
         st.done = True
         return
-    A_new = pool.rows(cand)
-    G, AU = _merged_gram(st, A_new)
-    U = np.concatenate([st.rows, cand])
+    U, G, AU = _merge(pool, st, cand)
     Y32 = torch.from_numpy(st.q.Y.astype(np.float32))
     B = (AU @ Y32).double().numpy()
     s = len(st.rows)
@@ -154,8 +177,14 @@ def _advance(
             st.solver = IncrementalNNLS(min(st.q.k, 256) + 1)
         assert not single or st.solver.p == s
         res = greedy_nnls_gram(
-            G, B, st.q.yy, st.q.k, init=s, solver=st.solver.clone() if single else None,
-            init_weights=None if single else st.W, floor=floor,
+            G,
+            B,
+            st.q.yy,
+            st.q.k,
+            init=s,
+            solver=st.solver.clone() if single else None,
+            init_weights=None if single else st.W,
+            floor=floor,
         )
         grew = len(res.support) > s or not np.array_equal(res.support, np.arange(s))
         if len(res.support) >= st.q.k or not grew or len(cand) == 0:
@@ -172,7 +201,6 @@ def _advance(
         st.rows = U[res.support]
         st.W = res.weights
         st.AS = AU.index_select(0, sel)
-        st.GSS = torch.from_numpy(G).index_select(0, sel).index_select(1, sel)
         st.R = st.q.Y - st.AS.double().numpy().T @ st.W
         st.residual = relative_residual(st.AS.numpy(), st.W, st.q.Y)
         if res.solver is not None:
