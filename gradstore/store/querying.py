@@ -47,24 +47,21 @@ def check_compatible(pool: str, pmeta: TableMeta, target: str, tmeta: TableMeta)
 
 
 class ScanProgress:
-    """One progress bar per pass over the pool."""
+    """One progress bar for all passes over the pool: rows scanned, rate, pass number."""
 
     def __init__(self, total: int, desc: str) -> None:
-        self.total, self.desc, self.count = total, desc, 0
-        self.bar: tqdm | None = None
+        self.total, self.count, self.done_rows = total, 0, 0
+        self.bar = tqdm(desc=desc, unit="row", unit_scale=True, mininterval=0.5)
 
     def __call__(self, rows: int) -> None:
-        if self.bar is None or self.bar.n >= self.total:
-            self.close()
+        if self.done_rows % self.total == 0:
             self.count += 1
-            self.bar = tqdm(total=self.total, desc=f"{self.desc} scan {self.count}",
-                            unit="row", unit_scale=True, leave=False)
+            self.bar.set_postfix_str(f"scan {self.count}", refresh=False)
+        self.done_rows += rows
         self.bar.update(rows)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        self.bar.close()
 
 
 def target_matrix(
