@@ -59,7 +59,12 @@ class TensorSource:
     Loaded once and reused across queries: the in-RAM scan mode.
     """
 
-    def __init__(self, matrix: torch.Tensor | np.ndarray, num_checkpoints: int = 1) -> None:
+    def __init__(
+        self,
+        matrix: torch.Tensor | np.ndarray,
+        num_checkpoints: int = 1,
+        norms: np.ndarray | None = None,
+    ) -> None:
         if isinstance(matrix, np.ndarray):
             matrix = torch.from_numpy(np.ascontiguousarray(matrix))
         if matrix.ndim != 2:
@@ -72,7 +77,7 @@ class TensorSource:
             )
         self.matrix = matrix.contiguous()
         self._T = num_checkpoints
-        self._norms: np.ndarray | None = None
+        self._norms: np.ndarray | None = norms  # known norms (e.g. stored with the table)
 
     @property
     def num_rows(self) -> int:

@@ -369,8 +369,7 @@ class Store:
             return lsrc
         key = (table, ds.version)
         if key not in self._ram_cache:
-            self._ram_cache = {key: TensorSource(lsrc.load(), len(cols))}
-            self._ram_cache[key]._norms = lsrc.row_norms()
+            self._ram_cache = {key: TensorSource(lsrc.load(), len(cols), lsrc.row_norms())}
         return self._ram_cache[key]
 
     # ---------------------------------------------------------------- selections
