@@ -149,13 +149,9 @@ class IncrementalNNLS:
         return self._settle(x_old, z)
 
     def clone(self) -> IncrementalNNLS:
-        other = IncrementalNNLS(1)
         p = self.p
-        cap = max(p + 1, 2)
-        other.H = torch.zeros((cap, cap), dtype=torch.float64)
+        other = IncrementalNNLS(max(p + 1, 2))
         other.H[:p, :p] = self.H[:p, :p]
-        other.b = torch.zeros(cap, dtype=torch.float64)
-        other.x = torch.zeros(cap, dtype=torch.float64)
         other.b[:p] = self.b[:p]
         other.x[:p] = self.x[:p]
         other.p = p

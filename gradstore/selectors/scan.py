@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gradstore.selectors.source import DEFAULT_BLOCK_ROWS
 from gradstore.selectors.stacked import StackedPool
 
 POSITIVE = "positive"  # score = sum over the query's columns of max(c, 0); only score > 0 kept
@@ -27,12 +28,6 @@ class ScanQuery:
     m: int
     exclude: np.ndarray | None = None
     reduce: str = POSITIVE
-
-
-@dataclass
-class ScanStats:
-    rows: int = 0
-    seconds_matmul: float = 0.0
 
 
 def _block_scores(
@@ -109,7 +104,7 @@ def correlation_scan(
     buf_v: list[torch.Tensor] = []
     buf_start: list[int] = []
     buffered = 0
-    block_rows = getattr(source, "block_rows", 1024)
+    block_rows = getattr(source, "block_rows", DEFAULT_BLOCK_ROWS)
     threads = getattr(source, "scan_threads", None)
     old_threads = torch.get_num_threads()
     fbuf = torch.empty((block_rows, T * d))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from gradstore.errors import GradstoreError
-from gradstore.selectors.source import GradientSource, stacked_norms
+from gradstore.selectors.source import DEFAULT_BLOCK_ROWS, GradientSource, stacked_norms
 
 
 def checkpoint_scales(eta: np.ndarray | list[float] | None, num_checkpoints: int) -> np.ndarray:
@@ -95,7 +95,8 @@ class StackedPool:
         """The pool's mean stacked row (T*d,) float64: the in-domain target."""
         t = self.source.num_checkpoints
         total = torch.zeros(self.width, dtype=torch.float64)
-        for start, block in self.source.iter_blocks(getattr(self.source, "block_rows", 1024)):
+        block_rows = getattr(self.source, "block_rows", DEFAULT_BLOCK_ROWS)
+        for start, block in self.source.iter_blocks(block_rows):
             b = block.shape[0]
             mult = self._mult_t[start : start + b]
             x = block.float().reshape(b, t, -1) * mult[:, :, None]
