@@ -1,0 +1,247 @@
+"""Random projections of per-example gradients, (B, P) -> (B, d).
+
+A projection is a pure function of its ``ProjectionSpec`` (kind, seed, input_dim, dim, nnz):
+pool and target gradients projected in different runs, batch sizes or machines agree.
+Randomness comes from ``PCG64.random_raw`` seeded by
+``SeedSequence([seed, block_index, kind_tag])`` for fixed blocks of ``BLOCK_ROWS`` input
+coordinates; both are stable across numpy versions and platforms.
+
+Rademacher bit convention: for input coordinate ``i`` (block ``b = i // BLOCK_ROWS``, row
+``r = i % BLOCK_ROWS``) and output column ``j``, let ``w`` be word
+``(j // 64) * BLOCK_ROWS + r`` of block ``b``'s raw stream. Then
+``M[i, j] = (-1) ** ((w >> (j % 64)) & 1) / sqrt(d)`` (bit 0 = least significant bit).
+The sign of an entry depends on (seed, i, j) only, never on d or P.
+
+CountSketch convention: coordinate ``i`` uses words ``r * nnz + s`` (s < nnz) of block ``b``'s
+stream. Output columns are split into nnz segments ``[s*d//nnz, (s+1)*d//nnz)``; nonzero ``s``
+lands in segment ``s`` at offset ``((w >> 32) * width_s) >> 32`` (so the nnz buckets are
+distinct), with value ``(-1) ** (w & 1) / sqrt(nnz)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from gradstore.errors import GradstoreError
+from gradstore.store.meta import ProjectionSpec
+
+PROJECTION_KINDS = ("rademacher", "countsketch", "none")
+BLOCK_ROWS = 1024  # input coordinates per generator block; part of the projection's definition
+RADEMACHER_TAG = 1
+COUNTSKETCH_TAG = 2
+_EXPAND_ROWS = 256  # rows expanded to floats per matmul (cache-sized; affects only rounding)
+_SCATTER_COLUMNS = 16384  # input coordinates per index_add_ (bounds the temporary)
+
+
+class Projector(Protocol):
+    """Maps per-example gradients (B, input_dim) to (B, dim) float32 on the input's device."""
+
+    spec: ProjectionSpec
+
+    def project(self, grads: torch.Tensor) -> torch.Tensor: ...
+
+
+def _raw_words(seed: int, block_index: int, tag: int, count: int) -> np.ndarray:
+    """``count`` uint64 words of block ``block_index``'s stream (little-endian dtype)."""
+    bit_generator = np.random.PCG64(np.random.SeedSequence([seed, block_index, tag]))
+    return bit_generator.random_raw(count).astype("<u8", copy=False)
+
+
+def _check_count(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise GradstoreError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_grads(grads: torch.Tensor, input_dim: int) -> torch.Tensor:
+    """Validate a (B, input_dim) floating tensor and return it as float32."""
+    if not isinstance(grads, torch.Tensor):
+        raise GradstoreError(f"grads must be a torch.Tensor, got {type(grads).__name__}")
+    if grads.ndim != 2:
+        raise GradstoreError(
+            f"grads must be 2-D (batch, {input_dim}), got shape {tuple(grads.shape)}; "
+            "flatten each example's gradient into one row"
+        )
+    if grads.shape[1] != input_dim:
+        raise GradstoreError(
+            f"grads have {grads.shape[1]} columns but this projection expects "
+            f"input_dim={input_dim}; build the projector for the model's trainable parameters"
+        )
+    if not grads.is_floating_point():
+        raise GradstoreError(f"grads must be floating point, got dtype {grads.dtype}")
+    return grads.to(torch.float32)
+
+
+def _check_rows(start: int, stop: int, input_dim: int) -> None:
+    if not 0 <= start <= stop <= input_dim:
+        raise GradstoreError(
+            f"rows [{start}, {stop}) are outside [0, {input_dim}); need 0 <= start <= stop"
+        )
+
+
+class RademacherProjector:
+    """Dense ±1/sqrt(dim) matrix (input_dim, dim), generated block by block, never stored."""
+
+    def __init__(self, input_dim: int, dim: int, seed: int) -> None:
+        input_dim = _check_count("input_dim", input_dim)
+        dim = _check_count("dim", dim)
+        seed = _check_count("seed", seed, minimum=0)
+        self.spec = ProjectionSpec("rademacher", seed, dim, input_dim, None)
+        self.words_per_row = -(-dim // 64)
+        bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little")
+        # byte value -> its 8 entries, bit k of the byte -> entry k
+        self._byte_table = torch.from_numpy((1.0 - 2.0 * bits).astype(np.float32) / math.sqrt(dim))
+
+    def _block_bytes(self, block_index: int) -> torch.Tensor:
+        """Sign bytes of one block, (BLOCK_ROWS, words_per_row * 8) uint8 on the CPU."""
+        words = _raw_words(
+            self.spec.seed, block_index, RADEMACHER_TAG, self.words_per_row * BLOCK_ROWS
+        )
+        by_word_column = words.view(np.uint8).reshape(self.words_per_row, BLOCK_ROWS, 8)
+        return torch.from_numpy(np.ascontiguousarray(by_word_column.transpose(1, 0, 2))).view(
+            BLOCK_ROWS, -1
+        )
+
+    def matrix_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of the projection matrix, (stop - start, dim) float32 on the CPU."""
+        _check_rows(start, stop, self.spec.input_dim)
+        parts = []
+        for block_index in range(start // BLOCK_ROWS, -(-stop // BLOCK_ROWS)):
+            first = block_index * BLOCK_ROWS
+            sign_bytes = self._block_bytes(block_index)[max(start - first, 0) : stop - first]
+            expanded = torch.index_select(self._byte_table, 0, sign_bytes.reshape(-1).int())
+            parts.append(expanded.view(sign_bytes.shape[0], -1)[:, : self.spec.dim])
+        return torch.cat(parts) if parts else torch.zeros(0, self.spec.dim, dtype=torch.float32)
+
+    def project(self, grads: torch.Tensor) -> torch.Tensor:
+        """Project (B, input_dim) gradients to (B, dim) float32 on the same device."""
+        grads = _check_grads(grads, self.spec.input_dim)
+        device, dim = grads.device, self.spec.dim
+        out = torch.zeros(grads.shape[0], dim, dtype=torch.float32, device=device)
+        table = self._byte_table.to(device)
+        chunk = torch.empty(
+            _EXPAND_ROWS, self.words_per_row * 64, dtype=torch.float32, device=device
+        )
+        for block_index in range(-(-self.spec.input_dim // BLOCK_ROWS)):
+            first = block_index * BLOCK_ROWS
+            rows = min(BLOCK_ROWS, self.spec.input_dim - first)
+            sign_bytes = self._block_bytes(block_index)[:rows].to(device)
+            for lo in range(0, rows, _EXPAND_ROWS):
+                hi = min(lo + _EXPAND_ROWS, rows)
+                block = chunk[: hi - lo]
+                index = sign_bytes[lo:hi].reshape(-1).int()
+                torch.index_select(table, 0, index, out=block.view(-1, 8))
+                out.addmm_(grads[:, first + lo : first + hi], block[:, :dim])
+        return out
+
+
+class CountSketchProjector:
+    """Sparse sign sketch: each input coordinate adds ±g/sqrt(nnz) to nnz distinct buckets."""
+
+    def __init__(self, input_dim: int, dim: int, seed: int, nnz: int = 1) -> None:
+        input_dim = _check_count("input_dim", input_dim)
+        dim = _check_count("dim", dim)
+        seed = _check_count("seed", seed, minimum=0)
+        nnz = _check_count("nnz", nnz)
+        if nnz > dim:
+            raise GradstoreError(f"nnz={nnz} exceeds dim={dim}; use 1 <= nnz <= dim")
+        if dim >= 2**32:
+            raise GradstoreError(f"countsketch dim must be < 2**32, got {dim}")
+        self.spec = ProjectionSpec("countsketch", seed, dim, input_dim, nnz)
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _cpu_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Buckets (nnz, input_dim) int64 and values (nnz, input_dim) float32."""
+        spec = self.spec
+        edges = np.array([s * spec.dim // spec.nnz for s in range(spec.nnz + 1)], dtype=np.uint64)
+        starts, widths = edges[:-1], np.diff(edges)
+        buckets = np.empty((spec.input_dim, spec.nnz), dtype=np.int64)
+        negative = np.empty((spec.input_dim, spec.nnz), dtype=bool)
+        for first in range(0, spec.input_dim, BLOCK_ROWS):
+            rows = min(BLOCK_ROWS, spec.input_dim - first)
+            words = _raw_words(spec.seed, first // BLOCK_ROWS, COUNTSKETCH_TAG, rows * spec.nnz)
+            words = words.reshape(rows, spec.nnz)
+            offsets = ((words >> np.uint64(32)) * widths) >> np.uint64(32)
+            buckets[first : first + rows] = starts + offsets
+            negative[first : first + rows] = (words & np.uint64(1)).astype(bool)
+        values = np.where(negative, -1.0, 1.0).astype(np.float32) / np.float32(math.sqrt(spec.nnz))
+        return torch.from_numpy(buckets.T.copy()), torch.from_numpy(values.T.copy())
+
+    def _device_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._tables:
+            cpu = self._tables.get(torch.device("cpu")) or self._cpu_tables()
+            self._tables[torch.device("cpu")] = cpu
+            self._tables[device] = (cpu[0].to(device), cpu[1].to(device))
+        return self._tables[device]
+
+    def matrix_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of the sketch as a dense (stop - start, dim) float32 CPU tensor."""
+        _check_rows(start, stop, self.spec.input_dim)
+        buckets, values = self._device_tables(torch.device("cpu"))
+        rows = torch.zeros(stop - start, self.spec.dim, dtype=torch.float32)
+        rows.scatter_(1, buckets[:, start:stop].T, values[:, start:stop].T)
+        return rows
+
+    def project(self, grads: torch.Tensor) -> torch.Tensor:
+        """Project (B, input_dim) gradients to (B, dim) float32 on the same device."""
+        grads = _check_grads(grads, self.spec.input_dim)
+        buckets, values = self._device_tables(grads.device)
+        out = torch.zeros(grads.shape[0], self.spec.dim, dtype=torch.float32, device=grads.device)
+        for lo in range(0, self.spec.input_dim, _SCATTER_COLUMNS):
+            hi = min(lo + _SCATTER_COLUMNS, self.spec.input_dim)
+            for s in range(self.spec.nnz):
+                out.index_add_(1, buckets[s, lo:hi], grads[:, lo:hi] * values[s, lo:hi])
+        return out
+
+
+class IdentityProjector:
+    """Kind "none": no projection, dim == input_dim."""
+
+    def __init__(self, input_dim: int) -> None:
+        input_dim = _check_count("input_dim", input_dim)
+        self.spec = ProjectionSpec("none", None, input_dim, input_dim, None)
+
+    def matrix_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of the identity, (stop - start, input_dim) float32."""
+        _check_rows(start, stop, self.spec.input_dim)
+        return torch.eye(self.spec.input_dim, dtype=torch.float32)[start:stop]
+
+    def project(self, grads: torch.Tensor) -> torch.Tensor:
+        """Return the (B, input_dim) gradients as float32 (the input itself if already so)."""
+        return _check_grads(grads, self.spec.input_dim)
+
+
+def make_projector(
+    kind: str, input_dim: int, dim: int | None = 8192, seed: int = 0, nnz: int | None = None
+) -> Projector:
+    """Build a projector; ``none`` ignores dim, seed and nnz; countsketch's nnz defaults to 1."""
+    if kind not in PROJECTION_KINDS:
+        raise GradstoreError(
+            f"unknown projection kind {kind!r}; use one of {', '.join(PROJECTION_KINDS)}"
+        )
+    if kind == "none":
+        return IdentityProjector(input_dim)
+    if dim is None:
+        raise GradstoreError(f"projection kind {kind!r} needs an output dim, got None")
+    if kind == "countsketch":
+        return CountSketchProjector(input_dim, dim, seed, 1 if nnz is None else nnz)
+    if nnz is not None:
+        raise GradstoreError(f"nnz={nnz!r} applies only to countsketch; leave it None for {kind}")
+    return RademacherProjector(input_dim, dim, seed)
+
+
+def projector_from_spec(spec: ProjectionSpec) -> Projector:
+    """Rebuild the projector a table's ``ProjectionSpec`` describes."""
+    if spec.input_dim is None:
+        raise GradstoreError(
+            f"projection spec {spec} has no input_dim; it cannot be reproduced, re-ingest "
+            "with a known projection"
+        )
+    if spec.kind in ("rademacher", "countsketch") and spec.seed is None:
+        raise GradstoreError(f"projection spec {spec} has no seed; it cannot be reproduced")
+    seed = 0 if spec.seed is None else spec.seed
+    return make_projector(spec.kind, spec.input_dim, spec.dim, seed, spec.nnz)
