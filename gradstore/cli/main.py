@@ -50,6 +50,20 @@ SELECT_EXAMPLES = """examples:
   gradstore select ./store --pool pool --target mmlu --budget 5% --method less
 """
 
+INGEST_EXAMPLES = """examples:
+  # a pool at every warm-up checkpoint (Adam-preconditioned, as LESS)
+  gradstore ingest ./store pool --model HuggingFaceTB/SmolLM2-135M-Instruct --data pool.jsonl \
+      --checkpoint warmup/checkpoint-1 --checkpoint warmup/checkpoint-2
+  # a target set at the same checkpoints (plain SGD gradients by default), with subtasks
+  gradstore ingest ./store mmlu --kind target --model HuggingFaceTB/SmolLM2-135M-Instruct \
+      --data mmlu_dev.jsonl --subtask-field subject \
+      --checkpoint warmup/checkpoint-1 --checkpoint warmup/checkpoint-2
+  # a GGUF model from a local directory, a fresh LoRA, a small projection
+  gradstore ingest ./store pool --model ./smollm2 --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf \
+      --data pool.parquet --proj-dim 1024 --grad-type sgd
+Running the same command again after an interruption writes only the missing rows.
+"""
+
 INFO_EXAMPLES = """examples:
   gradstore info ./store
   gradstore info ./store pool --format json
@@ -148,6 +162,8 @@ def build_parser() -> Parser:
     sel.add_argument("--quiet", action="store_true", help="no progress bars")
     sel.set_defaults(func=cmd_select)
 
+    _add_ingest(sub)
+
     inf = sub.add_parser(
         "info",
         help="describe a store or one table",
@@ -159,6 +175,83 @@ def build_parser() -> Parser:
     inf.add_argument("--format", choices=["text", "json"], default="text")
     inf.set_defaults(func=cmd_info)
     return p
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _add_ingest(sub) -> None:
+    ing = sub.add_parser(
+        "ingest",
+        help="compute per-example gradients of a data file and store them",
+        epilog=INGEST_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ing.add_argument("store", help="store path (created if missing)")
+    ing.add_argument("table", help="table to write (resumed if an earlier run was interrupted)")
+    ing.add_argument("--model", required=True, help="Hugging Face id or local model directory")
+    ing.add_argument("--gguf-file", help="GGUF weights file inside --model's directory")
+    ing.add_argument("--data", required=True, help=".jsonl, .json, .parquet or a datasets dir")
+    ing.add_argument("--split", help="split of a saved DatasetDict")
+    ing.add_argument(
+        "--checkpoint", action="append", default=[], metavar="DIR",
+        help="LoRA checkpoint dir (adapter + optimizer state); repeat for each; "
+        "none: a fresh LoRA",
+    )
+    ing.add_argument("--kind", choices=["pool", "target"], default="pool")
+    ing.add_argument(
+        "--grad-type", choices=["adam", "sgd", "sign"],
+        help="default: adam for a pool with optimizer state, else sgd",
+    )
+    ing.add_argument("--projection", choices=["rademacher", "countsketch", "none"],
+                     default="rademacher")
+    ing.add_argument("--proj-dim", type=int, default=8192, help="projected dims (default 8192)")
+    ing.add_argument("--seed", type=int, default=0,
+                     help="projection and fresh-LoRA seed; pool and targets must share it")
+    ing.add_argument("--nnz", type=int, help="nonzeros per coordinate of countsketch")
+    ing.add_argument("--max-length", type=int, default=2048, help="tokens per example")
+    ing.add_argument("--batch-size", type=int, default=8)
+    ing.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    ing.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                     default="auto", help="model weights (auto: float32 on CPU, bf16 on CUDA)")
+    ing.add_argument("--lora-r", type=int, default=8, help="fresh LoRA rank")
+    ing.add_argument("--lora-alpha", type=int, default=32, help="fresh LoRA alpha")
+    ing.add_argument("--lora-targets", type=_csv, help="fresh LoRA modules, e.g. q_proj,v_proj")
+    ing.add_argument("--lr", type=float, action="append",
+                     help="learning rate per checkpoint, in order (default: from its state)")
+    ing.add_argument("--subtask-field", help="data field holding subtask labels")
+    ing.add_argument("--vector-dtype", choices=["float16", "float32"], default="float16")
+    ing.add_argument("--write-rows", type=int, default=512, help="rows per commit")
+    ing.add_argument("--overwrite", action="store_true", help="replace an existing table")
+    ing.add_argument("--format", choices=["text", "json"], default="text",
+                     help="how to print the final summary")
+    ing.add_argument("--quiet", action="store_true", help="no progress bar")
+    ing.set_defaults(func=cmd_ingest)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import gradstore
+    from gradstore.grads.ingest import IngestConfig
+
+    cfg = IngestConfig(
+        table=args.table, model=args.model, data=args.data,
+        checkpoints=tuple(args.checkpoint), kind=args.kind, grad_type=args.grad_type,
+        projection=args.projection, proj_dim=args.proj_dim, seed=args.seed, nnz=args.nnz,
+        max_length=args.max_length, batch_size=args.batch_size, device=args.device,
+        dtype=args.dtype, gguf_file=args.gguf_file, lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
+        vector_dtype=args.vector_dtype, subtask_field=args.subtask_field, split=args.split,
+        lrs=tuple(args.lr) if args.lr else None, write_rows=args.write_rows,
+        overwrite=args.overwrite, progress=not args.quiet,
+    )
+    cfg.validate()  # before opening (and creating) the store
+    summary = gradstore.open(args.store).ingest(cfg)
+    if args.format == "json":
+        print(json.dumps(summary.to_dict()))
+    else:
+        print("\n".join(summary.lines()))
+    return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -282,7 +375,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(msg if isinstance(exc, UsageError) else f"gradstore: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("gradstore: interrupted; nothing partial was committed", file=sys.stderr)
+        print(
+            "gradstore: interrupted; what was committed is kept (rerun the same command to "
+            "resume an ingestion)",
+            file=sys.stderr,
+        )
         return 130
     except BrokenPipeError:
         return 0

@@ -10,18 +10,24 @@ import pyarrow as pa
 from gradstore.errors import GradstoreError
 
 META_KEY = "gradstore"
+INGEST_KEY = "gradstore.ingest"  # how an ingested table was made, and whether it is finished
 FORMAT_VERSION = 1
 VECTOR_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 
 
 @dataclass(frozen=True)
 class ProjectionSpec:
-    """How the stored vectors were projected: kind, seed and output dimension."""
+    """How the stored vectors were projected: kind, seed and output dimension.
+
+    ``input_dim`` is the raw gradient length; ``nnz`` the nonzeros per input
+    coordinate of a sparse sketch (None for dense kinds).
+    """
 
     kind: str = "unknown"
     seed: int | None = None
     dim: int | None = None
     input_dim: int | None = None
+    nnz: int | None = None
 
 
 @dataclass(frozen=True)
@@ -45,12 +51,22 @@ class TableMeta:
     model: str | None = None
     checkpoints: list[Checkpoint] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    ingest: dict = field(default_factory=dict)
 
     def to_schema_metadata(self) -> dict[str, str]:
         data = asdict(self)
         data.pop("checkpoints")  # per-column field metadata, committed with each column
+        ingest = data.pop("ingest")  # rewritten as ingestion progresses
         data["format_version"] = FORMAT_VERSION
-        return {META_KEY: json.dumps(data, sort_keys=True)}
+        out = {META_KEY: json.dumps(data, sort_keys=True)}
+        if ingest:
+            out[INGEST_KEY] = json.dumps(ingest, sort_keys=True)
+        return out
+
+    @property
+    def incomplete(self) -> bool:
+        """True while an ingestion into this table has not finished."""
+        return self.ingest.get("status") == "running"
 
     @classmethod
     def from_schema(cls, schema: pa.Schema, table: str) -> TableMeta:
@@ -63,6 +79,8 @@ class TableMeta:
         data = json.loads(raw)
         data.pop("format_version", None)
         data["projection"] = ProjectionSpec(**data.get("projection") or {})
+        ingest = (schema.metadata or {}).get(INGEST_KEY.encode())
+        data["ingest"] = json.loads(ingest) if ingest else {}
         meta = cls(**data)
         meta.checkpoints = checkpoints_from_schema(schema)
         return meta

@@ -29,8 +29,19 @@ METHODS = ("gtp", "omp", "less", "random")
 TARGET_MODES = ("mean", "joint")
 
 
+def check_complete(table: str, meta: TableMeta) -> None:
+    """Refuse a table whose ingestion was interrupted."""
+    if meta.incomplete:
+        raise GradstoreError(
+            f"table {table!r} is incomplete: its ingestion stopped before all "
+            f"{meta.ingest.get('expected_rows', '?')} rows were written; rerun the same "
+            "`gradstore ingest` command to finish it"
+        )
+
+
 def check_compatible(pool: str, pmeta: TableMeta, target: str, tmeta: TableMeta) -> None:
     """Refuse a pool/target pair whose vectors do not live in the same space."""
+    check_complete(target, tmeta)
     checks = [
         ("dimension", pmeta.dim, tmeta.dim),
         ("checkpoints", pmeta.checkpoint_names, tmeta.checkpoint_names),
@@ -38,6 +49,10 @@ def check_compatible(pool: str, pmeta: TableMeta, target: str, tmeta: TableMeta)
     ]
     if pmeta.model is not None and tmeta.model is not None:
         checks.append(("model", pmeta.model, tmeta.model))
+    p_adapters = pmeta.ingest.get("settings", {}).get("adapters")
+    t_adapters = tmeta.ingest.get("settings", {}).get("adapters")
+    if p_adapters and t_adapters:
+        checks.append(("adapter weights", p_adapters, t_adapters))
     for what, a, b in checks:
         if a != b:
             raise GradstoreError(
@@ -122,6 +137,7 @@ def run_selection(
     if m is not None and m < 1:
         raise GradstoreError(f"candidate count m={m} must be at least 1")
     pmeta = store.meta(pool)
+    check_complete(pool, pmeta)
     n = store.num_rows(pool)
     ks = [budget_count(b, n) for b in budgets]
     labels = [budget_label(b) for b in budgets]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import warnings
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from gradstore.store.importing import (
 )
 from gradstore.store.lance_source import LanceSource
 from gradstore.store.meta import (
+    INGEST_KEY,
     VECTOR_DTYPES,
     ProjectionSpec,
     TableMeta,
@@ -33,6 +36,19 @@ from gradstore.store.meta import (
 from gradstore.store.selections import SELECTIONS_SCHEMA, SELECTIONS_TABLE, Selection
 
 WRITE_BATCH_ROWS = 1000  # ~16 MB pages at 8192 dims scan fastest (LANCE.md)
+
+
+@dataclass
+class RowBlock:
+    """Complete rows to write: ids and per-row fields, one (n, d) array per checkpoint."""
+
+    ids: Sequence[str]
+    rows: Sequence[int]
+    vectors: list[np.ndarray]
+    subtasks: Sequence[str | None] | None = None
+    tokens: Sequence[int] | None = None
+    content_hashes: Sequence[str] | None = None
+    losses: list[np.ndarray] | None = None
 
 
 def _default_memory_budget() -> int:
@@ -102,13 +118,8 @@ class Store:
         return self._dataset(table).count_rows()
 
     def ids(self, table: str) -> list[str]:
-        ds = self._dataset(table)
-        tbl = ds.to_table(columns=["id", "row"])
-        order = np.argsort(tbl.column("row").to_numpy(), kind="stable")
-        ids = tbl.column("id").to_pylist()
-        if np.array_equal(order, np.arange(len(order))):
-            return ids
-        return [ids[i] for i in order]
+        """Example ids in storage order, the order of every vector read."""
+        return self._dataset(table).to_table(columns=["id"]).column("id").to_pylist()
 
     def subtasks(self, table: str) -> list[str | None]:
         return self._dataset(table).to_table(columns=["subtask"]).column("subtask").to_pylist()
@@ -218,6 +229,11 @@ class Store:
             )
             self._create(table, meta, arr, ids_l, sub_l, checkpoint, lr, tokens, losses)
             return {"table": table, "rows": n, "checkpoint": checkpoint, "created": True}
+        if meta.incomplete:
+            raise GradstoreError(
+                f"table {table!r} is still being ingested; finish that first (rerun the same "
+                "`gradstore ingest` command)"
+            )
         self._check_addition(table, meta, dim, checkpoint, projection, grad_type, model)
         existing = self.ids(table)
         if ids is None:
@@ -273,48 +289,109 @@ class Store:
                 raise GradstoreError(f"{what} {given!r} differs from table {table!r}'s {stored!r}")
 
     def _create(self, table, meta, arr, ids, subtasks, checkpoint, lr, tokens, losses) -> None:
-        n, dim = arr.shape
-        fields = base_fields() + checkpoint_fields(0, checkpoint, lr, dim, meta.vector_dtype)
-        schema = pa.schema(fields, metadata=meta.to_schema_metadata())
+        n = arr.shape[0]
 
-        def batches():
+        def blocks():
             for s in range(0, n, WRITE_BATCH_ROWS):
                 e = min(n, s + WRITE_BATCH_ROWS)
-                stored = _stored(arr[s:e], meta.vector_dtype)
-                yield pa.RecordBatch.from_arrays(
-                    [
-                        pa.array(ids[s:e], pa.string()),
-                        pa.array(np.arange(s, e, dtype=np.int64)),
-                        pa.array(subtasks[s:e] if subtasks else [None] * (e - s), pa.string()),
-                        pa.array(
-                            tokens[s:e] if tokens is not None else [None] * (e - s), pa.int32()
-                        ),
-                        pa.array([None] * (e - s), pa.string()),
-                        _vector_batch(stored, dim),
-                        pa.array(_norms(stored)),
-                        pa.array(
-                            losses[s:e] if losses is not None else [None] * (e - s), pa.float32()
-                        ),
-                    ],
-                    schema=schema,
+                yield RowBlock(
+                    ids=ids[s:e],
+                    rows=np.arange(s, e, dtype=np.int64),
+                    subtasks=subtasks[s:e] if subtasks else None,
+                    tokens=tokens[s:e] if tokens is not None else None,
+                    vectors=[arr[s:e]],
+                    losses=[losses[s:e]] if losses is not None else None,
                 )
 
-        reader = pa.RecordBatchReader.from_batches(schema, batches())
+        self.create_table(table, meta, [(checkpoint, lr)], blocks())
+
+    @staticmethod
+    def _schema(meta: TableMeta, checkpoints: Sequence[tuple[str, float | None]]) -> pa.Schema:
+        fields = base_fields()
+        for i, (name, lr) in enumerate(checkpoints):
+            fields += checkpoint_fields(i, name, lr, meta.dim, meta.vector_dtype)
+        return pa.schema(fields, metadata=meta.to_schema_metadata())
+
+    @staticmethod
+    def _record_batch(schema: pa.Schema, meta: TableMeta, block: RowBlock) -> pa.RecordBatch:
+        n = len(block.ids)
+
+        def opt(values, typ):
+            return pa.array(values if values is not None else [None] * n, typ)
+
+        cols = [
+            pa.array(block.ids, pa.string()),
+            pa.array(np.asarray(block.rows, dtype=np.int64)),
+            opt(block.subtasks, pa.string()),
+            opt(block.tokens, pa.int32()),
+            opt(block.content_hashes, pa.string()),
+        ]
+        for i, vec in enumerate(block.vectors):
+            stored = _stored(vec, meta.vector_dtype)
+            cols += [
+                _vector_batch(stored, meta.dim),
+                pa.array(_norms(stored)),
+                opt(None if block.losses is None else block.losses[i], pa.float32()),
+            ]
+        return pa.RecordBatch.from_arrays(cols, schema=schema)
+
+    def create_table(
+        self, table: str, meta: TableMeta, checkpoints: Sequence[tuple[str, float | None]],
+        blocks: Iterable[RowBlock] = (),
+    ) -> None:
+        """Create ``table`` with one vector column per (checkpoint name, lr), and ``blocks``."""
+        schema = self._schema(meta, checkpoints)
+        batches = (self._record_batch(schema, meta, b) for b in blocks)
+        reader = pa.RecordBatchReader.from_batches(schema, batches)
         with warnings.catch_warnings():
             # 2.0 files scanned fastest for float16 vectors here (LANCE.md)
             warnings.simplefilter("ignore", DeprecationWarning)
             self.db.create_table(table, data=reader, data_storage_version="2.0")
 
+    def append_rows(self, table: str, block: RowBlock) -> None:
+        """Append complete rows (every checkpoint's vectors) in one atomic commit."""
+        ds = self._dataset(table)
+        meta = TableMeta.from_schema(ds.schema, table)
+        if len(block.vectors) != len(meta.checkpoints):
+            raise GradstoreError(
+                f"{len(block.vectors)} checkpoints given for table {table!r}, which has "
+                f"{len(meta.checkpoints)}"
+            )
+        schema = ds.schema
+        batch = self._record_batch(schema, meta, block)
+        self.db.open_table(table).add(pa.Table.from_batches([batch], schema=schema))
+
+    def update_ingest_state(self, table: str, state: dict[str, Any]) -> None:
+        """Replace the ingestion record kept in ``table``'s schema metadata."""
+        self._dataset(table).update_schema_metadata({INGEST_KEY: json.dumps(state)})
+
+    def compact(self, table: str) -> None:
+        """Merge the fragments of many small appends and drop the superseded files."""
+        ds = self._dataset(table)
+        if len(ds.get_fragments()) > 1:
+            ds.optimize.compact_files(target_rows_per_fragment=1 << 20)
+            ds = self._dataset(table)
+            ds.cleanup_old_versions(older_than=datetime.timedelta(0))
+
+    def drop_table(self, table: str) -> None:
+        self._dataset(table)  # a clear error when missing
+        self.db.drop_table(table)
+        self._ram_cache.clear()
+
     def _add_checkpoint(self, table, meta, arr, source_of_row, checkpoint, lr, losses) -> None:
         ds = self._dataset(table)
         index = len(meta.checkpoints)
         dim = meta.dim
+        # storage position of each `row` value (rows may have gaps where ingestion skipped)
+        stored_rows = ds.to_table(columns=["row"]).column("row").to_numpy()
+        order = np.argsort(stored_rows)
+        sorted_rows = stored_rows[order]
         out_schema = pa.schema(checkpoint_fields(index, checkpoint, lr, dim, meta.vector_dtype))
         losses_arr = None if losses is None else np.asarray(losses, dtype=np.float32)
 
         def udf(batch: pa.RecordBatch) -> pa.RecordBatch:
             rows = batch.column("row").to_numpy()
-            src = source_of_row[rows]
+            src = source_of_row[order[np.searchsorted(sorted_rows, rows)]]
             stored = _stored(arr[src], meta.vector_dtype)
             return pa.RecordBatch.from_arrays(
                 [
@@ -401,6 +478,30 @@ class Store:
     def _save(self, sels: list[Selection]) -> None:
         tbl = self._selections_table(create=True)
         tbl.add(pa.Table.from_pylist([s.to_record() for s in sels], schema=SELECTIONS_SCHEMA))
+
+    # ---------------------------------------------------------------- ingest
+    def ingest(self, table_or_config: Any = None, /, **options: Any):
+        """Compute and store per-example gradients (see :class:`IngestConfig`).
+
+        ``store.ingest("pool", model=..., data=..., checkpoints=[...])`` or
+        ``store.ingest(IngestConfig(...))``; returns an ``IngestSummary``.
+        Rerunning an interrupted ingestion finishes it.
+        """
+        from gradstore.grads.ingest import IngestConfig, ingest
+
+        if isinstance(table_or_config, IngestConfig):
+            cfg = table_or_config
+        else:
+            if "checkpoints" in options and options["checkpoints"] is not None:
+                options["checkpoints"] = tuple(str(c) for c in options["checkpoints"])
+            for key in ("lora_targets", "lrs"):
+                if options.get(key) is not None:
+                    options[key] = tuple(options[key])
+            try:
+                cfg = IngestConfig(table=table_or_config, **options)
+            except TypeError as exc:
+                raise GradstoreError(f"ingest options: {exc}") from exc
+        return ingest(self, cfg)
 
     # ---------------------------------------------------------------- select
     def select(

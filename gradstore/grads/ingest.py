@@ -1,0 +1,514 @@
+"""Ingestion: a data file, a model and its checkpoints in; projected per-example gradients out.
+
+examples -> tokenised batches -> per-example LoRA gradients at every checkpoint
+-> gradient type (sgd / sign / adam) -> projection -> rows appended to the store.
+
+Each append is one Lance commit holding complete rows (every checkpoint), so a
+run killed at any point leaves a valid table; running the same command again
+computes only the missing examples. The run's settings and a fingerprint of the
+tokenised data are kept with the table, and a rerun with different ones is
+refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from gradstore.errors import GradstoreError
+from gradstore.grads.data import read_records
+from gradstore.grads.examples import TokenizedExample, tokenize_records
+from gradstore.grads.grad_types import GRAD_TYPES, apply_grad_type
+from gradstore.grads.model import (
+    CheckpointWeights,
+    LoraSpec,
+    activate,
+    fresh_lora,
+    load_adapter_weights,
+    load_model,
+    load_tokenizer,
+    lora_from_checkpoints,
+    model_identity,
+    resolve_device,
+    resolve_dtype,
+    weights_fingerprint,
+)
+from gradstore.grads.optimizer_state import (
+    AdamMoments,
+    checkpoint_lr,
+    load_adam_moments,
+    optimizer_file,
+)
+from gradstore.grads.per_example import PerExampleGradients, collate
+from gradstore.grads.projection import PROJECTION_KINDS, make_projector
+from gradstore.store.meta import VECTOR_DTYPES, TableMeta
+from gradstore.store.store import RowBlock
+
+if TYPE_CHECKING:
+    from gradstore.store.store import Store
+
+FRESH_CHECKPOINT = "init"
+RAW_BUFFER_BYTES = 512 << 20  # raw (unprojected) gradients held before one projection call
+FLOAT16_MAX = 65504.0
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """One `gradstore ingest` run. Every field maps to a command-line flag."""
+
+    table: str
+    model: str
+    data: str
+    checkpoints: tuple[str, ...] = ()
+    kind: str = "pool"
+    """pool or target."""
+    grad_type: str | None = None
+    """adam, sgd or sign; default adam for a pool with optimizer state, else sgd."""
+    projection: str = "rademacher"
+    proj_dim: int = 8192
+    seed: int = 0
+    """Projection seed (and fresh-LoRA init seed): pool and targets must share it."""
+    nnz: int | None = None
+    """Nonzeros per input coordinate of the countsketch projection."""
+    max_length: int = 2048
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+    """Model weights: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16."""
+    gguf_file: str | None = None
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_targets: tuple[str, ...] | None = None
+    vector_dtype: str = "float16"
+    subtask_field: str | None = None
+    split: str | None = None
+    lrs: tuple[float, ...] | None = None
+    """Learning rates of the checkpoints, overriding what their saved state says."""
+    write_rows: int = 512
+    """Rows per append (one Lance commit); at most this much work is lost on a crash."""
+    flush_seconds: float = 60.0
+    overwrite: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        def bad(msg: str) -> None:
+            raise GradstoreError(msg)
+
+        if not self.table or self.table.startswith("_") or "/" in self.table:
+            bad(f"table name {self.table!r} is not allowed; use letters, digits, '-', '_'")
+        if self.kind not in ("pool", "target"):
+            bad(f"kind {self.kind!r} is not one of pool, target")
+        if self.grad_type is not None and self.grad_type not in GRAD_TYPES:
+            bad(f"gradient type {self.grad_type!r} is not one of {', '.join(GRAD_TYPES)}")
+        if self.projection not in PROJECTION_KINDS:
+            bad(f"projection {self.projection!r} is not one of {', '.join(PROJECTION_KINDS)}")
+        if self.proj_dim < 1:
+            bad(f"--proj-dim {self.proj_dim} must be at least 1")
+        if self.max_length < 2:
+            bad(f"--max-length {self.max_length} must be at least 2")
+        if self.batch_size < 1:
+            bad(f"--batch-size {self.batch_size} must be at least 1")
+        if self.vector_dtype not in VECTOR_DTYPES:
+            bad(f"vector dtype {self.vector_dtype!r} is not one of float16, float32")
+        if self.lrs is not None and len(self.lrs) != max(1, len(self.checkpoints)):
+            bad(f"{len(self.lrs)} learning rates given for {len(self.checkpoints)} checkpoints")
+        if self.write_rows < 1:
+            bad(f"write_rows {self.write_rows} must be at least 1")
+        for c in self.checkpoints:
+            if not Path(c).is_dir():
+                bad(f"checkpoint directory {c!r} does not exist")
+
+
+@dataclass
+class IngestSummary:
+    """What a run did, for the final report."""
+
+    table: str
+    rows_written: int = 0
+    rows_present: int = 0
+    rows_expected: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    skipped_ids: dict[str, list[str]] = field(default_factory=dict)
+    truncated: int = 0
+    seconds: float = 0.0
+    checkpoints: list[str] = field(default_factory=list)
+    grad_type: str = ""
+    projection: dict = field(default_factory=dict)
+    status: str = ""
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.rows_written / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["examples_per_second"] = round(self.examples_per_second, 3)
+        return out
+
+    def lines(self) -> list[str]:
+        out = [
+            f"table {self.table}: {self.status}; {self.rows_written} rows written in "
+            f"{self.seconds:.1f} s ({self.examples_per_second:.2f} examples/s), "
+            f"{self.rows_present} already present, {self.rows_expected} expected",
+            f"checkpoints {', '.join(self.checkpoints)}; gradients {self.grad_type}; "
+            f"projection {self.projection.get('kind')} to {self.projection.get('dim')} dims",
+        ]
+        if self.truncated:
+            out.append(f"{self.truncated} examples truncated to --max-length (response kept)")
+        for reason, count in self.skipped.items():
+            ids = ", ".join(self.skipped_ids.get(reason, [])[:5])
+            out.append(f"skipped {count} examples: {reason} (e.g. {ids})")
+        return out
+
+
+@dataclass
+class _Plan:
+    """Everything decided before the model is loaded."""
+
+    examples: list[TokenizedExample]
+    checkpoint_names: list[str]
+    lrs: list[float | None]
+    adapter_weights: list[dict[str, torch.Tensor]] | None
+    grad_type: str
+    settings: dict[str, Any]
+    data_fingerprint: str
+
+
+def _checkpoint_names(paths: list[Path]) -> list[str]:
+    names = [p.resolve().name for p in paths]
+    if len(set(names)) != len(names):
+        names = [f"{p.resolve().parent.name}/{p.resolve().name}" for p in paths]
+    if len(set(names)) != len(names):
+        raise GradstoreError(f"checkpoints {[str(p) for p in paths]} are given more than once")
+    return names
+
+
+def _data_fingerprint(examples: list[TokenizedExample]) -> str:
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(f"{ex.id}\x00{ex.content_hash}\x00{ex.subtask}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def plan_ingest(cfg: IngestConfig, tokenizer) -> tuple[_Plan, IngestSummary]:
+    """Read and tokenise the data, resolve checkpoints, lrs and the gradient type."""
+    cfg.validate()
+    records = read_records(cfg.data, split=cfg.split)
+    report = tokenize_records(
+        records, tokenizer, max_length=cfg.max_length, subtask_field=cfg.subtask_field
+    )
+    summary = IngestSummary(table=cfg.table, truncated=report.truncated)
+    for reason, ids in report.skipped.items():
+        summary.skipped[reason] = len(ids)
+        summary.skipped_ids[reason] = list(ids[:5])
+    if not report.examples:
+        reasons = ", ".join(f"{k}: {v}" for k, v in summary.skipped.items())
+        raise GradstoreError(
+            f"no example in {cfg.data!r} has tokens to take a loss on ({reasons}); "
+            "check the data format (chat, prompt/completion, Alpaca or text)"
+        )
+    paths = [Path(c) for c in cfg.checkpoints]
+    if paths:
+        names = _checkpoint_names(paths)
+        adapters = [load_adapter_weights(p) for p in paths]
+        lrs = list(cfg.lrs) if cfg.lrs else [checkpoint_lr(p) for p in paths]
+        fingerprints = {n: weights_fingerprint(w) for n, w in zip(names, adapters, strict=True)}
+    else:
+        names, adapters = [FRESH_CHECKPOINT], None
+        lrs = list(cfg.lrs) if cfg.lrs else [None]
+        spec = _lora_spec(cfg)
+        fingerprints = {FRESH_CHECKPOINT: f"fresh LoRA r={spec.r} alpha={spec.alpha} "
+                        f"targets={spec.targets} seed={spec.seed}"}
+    has_state = bool(paths) and all(optimizer_file(p) is not None for p in paths)
+    grad_type = cfg.grad_type or ("adam" if cfg.kind == "pool" and has_state else "sgd")
+    if grad_type == "adam" and not has_state:
+        missing = [str(p) for p in paths if optimizer_file(p) is None] or ["a fresh LoRA"]
+        raise GradstoreError(
+            f"adam gradients need a saved optimizer state, which {missing[0]} lacks; "
+            "give --checkpoint directories saved with optimizer.pt, or --grad-type sgd"
+        )
+    settings = {
+        "model": model_identity(cfg.model, cfg.gguf_file),
+        "checkpoints": names,
+        "adapters": fingerprints,
+        "grad_type": grad_type,
+        "projection": {"kind": cfg.projection, "dim": cfg.proj_dim, "seed": cfg.seed,
+                       "nnz": cfg.nnz},
+        "max_length": cfg.max_length,
+        "lora": None if paths else asdict(_lora_spec(cfg)),
+        "subtask_field": cfg.subtask_field,
+    }
+    plan = _Plan(
+        report.examples, names, lrs, adapters, grad_type, settings,
+        _data_fingerprint(report.examples),
+    )
+    summary.checkpoints, summary.grad_type = names, grad_type
+    summary.rows_expected = len(report.examples)
+    return plan, summary
+
+
+def _lora_spec(cfg: IngestConfig) -> LoraSpec:
+    return LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, targets=cfg.lora_targets, seed=cfg.seed)
+
+
+def _existing_ids(store: Store, cfg: IngestConfig, plan: _Plan) -> set[str]:
+    """Ids already written by an earlier run of the same ingestion, checked to match."""
+    if cfg.table not in store.tables():
+        return set()
+    meta = store.meta(cfg.table)
+    before = meta.ingest.get("settings")
+    if before is None:
+        raise GradstoreError(
+            f"table {cfg.table!r} exists and was not written by `gradstore ingest`; "
+            "choose another table name, or pass --overwrite to replace it"
+        )
+    diff = [k for k in plan.settings if before.get(k) != plan.settings[k]]
+    if diff:
+        k = diff[0]
+        raise GradstoreError(
+            f"table {cfg.table!r} was ingested with {k}={before.get(k)!r}, this run asks for "
+            f"{plan.settings[k]!r}; rerun with the same options, choose another table name, "
+            "or pass --overwrite to replace it"
+        )
+    if meta.ingest.get("data_fingerprint") != plan.data_fingerprint:
+        raise GradstoreError(
+            f"table {cfg.table!r} was ingested from different data (the examples or their "
+            "tokenisation changed); choose another table name, or pass --overwrite"
+        )
+    return set(store.ids(cfg.table)) | set(meta.ingest.get("nonfinite_ids", []))
+
+
+def ingest(store: Store, cfg: IngestConfig) -> IngestSummary:
+    """Run (or resume) one ingestion; returns its summary."""
+    start = time.perf_counter()
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
+    plan, summary = plan_ingest(cfg, tokenizer)
+    if cfg.overwrite and cfg.table in store.tables():
+        store.drop_table(cfg.table)
+    present = _existing_ids(store, cfg, plan)
+    todo = [i for i, ex in enumerate(plan.examples) if ex.id not in present]
+    summary.rows_present = len(plan.examples) - len(todo)
+    if not todo and store.meta(cfg.table).ingest.get("status") == "complete":
+        summary.status = "complete, nothing to do"
+        summary.projection = asdict(store.meta(cfg.table).projection)
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+    runner = _Runner(cfg, plan, device, dtype, tokenizer)
+    summary.projection = asdict(runner.projector.spec)
+    if cfg.table not in store.tables():
+        _create(store, cfg, plan, runner)
+    writer = _Writer(store, cfg, plan)
+    bar = tqdm(
+        total=len(todo), desc=f"ingest {cfg.table}", unit="ex", disable=not cfg.progress,
+        mininterval=1.0,
+    )
+    try:
+        for block in runner.run(todo, on_batch=bar.update):
+            writer.add(block)
+        writer.flush()
+    except KeyboardInterrupt:
+        writer.flush()
+        summary.rows_written = writer.written
+        raise
+    finally:
+        bar.close()
+    summary.rows_written = writer.written
+    summary.skipped.update(runner.skipped)
+    for reason, ids in runner.skipped_ids.items():
+        summary.skipped_ids[reason] = ids[:5]
+    _finish(store, cfg, plan, runner)
+    summary.status = "complete"
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _ingest_state(plan: _Plan, status: str, **more: Any) -> dict[str, Any]:
+    return {
+        "status": status,
+        "expected_rows": len(plan.examples),
+        "settings": plan.settings,
+        "data_fingerprint": plan.data_fingerprint,
+        **more,
+    }
+
+
+def _create(store: Store, cfg: IngestConfig, plan: _Plan, runner: _Runner) -> None:
+    meta = TableMeta(
+        kind=cfg.kind,
+        dim=runner.projector.spec.dim,
+        vector_dtype=cfg.vector_dtype,
+        projection=runner.projector.spec,
+        grad_type=plan.grad_type,
+        model=plan.settings["model"],
+        extra={"source": str(cfg.data), "model_path": cfg.model, "gguf_file": cfg.gguf_file},
+        ingest=_ingest_state(plan, "running"),
+    )
+    store.create_table(cfg.table, meta, list(zip(plan.checkpoint_names, plan.lrs, strict=True)))
+
+
+def _finish(store: Store, cfg: IngestConfig, plan: _Plan, runner: _Runner) -> None:
+    store.compact(cfg.table)
+    nonfinite = set(store.meta(cfg.table).ingest.get("nonfinite_ids", [])) | runner.nonfinite
+    written = store.num_rows(cfg.table)
+    if written + len(nonfinite) != len(plan.examples):
+        raise GradstoreError(  # every example is either written or skipped, exactly once
+            f"table {cfg.table!r} holds {written} rows plus {len(nonfinite)} skipped, "
+            f"but {len(plan.examples)} examples were planned; rerun with --overwrite"
+        )
+    store.update_ingest_state(
+        cfg.table, _ingest_state(plan, "complete", nonfinite_ids=sorted(nonfinite))
+    )
+
+
+class _Writer:
+    """Buffers rows and appends them in commits of ``write_rows`` (or every flush_seconds)."""
+
+    def __init__(self, store: Store, cfg: IngestConfig, plan: _Plan) -> None:
+        self.store, self.cfg, self.plan = store, cfg, plan
+        self.blocks: list[RowBlock] = []
+        self.pending = 0
+        self.written = 0
+        self.last = time.monotonic()
+
+    def add(self, block: RowBlock) -> None:
+        if not block.ids:
+            return
+        self.blocks.append(block)
+        self.pending += len(block.ids)
+        if (
+            self.pending >= self.cfg.write_rows
+            or time.monotonic() - self.last >= self.cfg.flush_seconds
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        if self.blocks:
+            merged = _concat(self.blocks)
+            self.store.append_rows(self.cfg.table, merged)
+            self.written += len(merged.ids)
+        self.blocks, self.pending, self.last = [], 0, time.monotonic()
+
+
+def _concat(blocks: list[RowBlock]) -> RowBlock:
+    T = len(blocks[0].vectors)
+    return RowBlock(
+        ids=[i for b in blocks for i in b.ids],
+        rows=[r for b in blocks for r in b.rows],
+        vectors=[np.concatenate([b.vectors[t] for b in blocks]) for t in range(T)],
+        subtasks=[s for b in blocks for s in b.subtasks],
+        tokens=[s for b in blocks for s in b.tokens],
+        content_hashes=[s for b in blocks for s in b.content_hashes],
+        losses=[np.concatenate([b.losses[t] for b in blocks]) for t in range(T)],
+    )
+
+
+class _Runner:
+    """The model side: per-example gradients at every checkpoint, transformed and projected."""
+
+    def __init__(self, cfg: IngestConfig, plan: _Plan, device, dtype, tokenizer) -> None:
+        self.cfg, self.plan, self.device = cfg, plan, device
+        lm = load_model(cfg.model, cfg.gguf_file, dtype, device)
+        paths = [Path(c) for c in cfg.checkpoints]
+        if paths:
+            self.model = lora_from_checkpoints(lm, paths).to(device)
+        else:
+            self.model = fresh_lora(lm, _lora_spec(cfg)).to(device)
+        self.grads = PerExampleGradients(self.model)
+        if paths:
+            self.checkpoints = [
+                CheckpointWeights(n, p, w, lr)
+                for n, p, w, lr in zip(
+                    plan.checkpoint_names, paths, plan.adapter_weights, plan.lrs, strict=True
+                )
+            ]
+        else:
+            from peft import get_peft_model_state_dict
+
+            state = get_peft_model_state_dict(self.model)
+            state = {k: v.detach().clone() for k, v in state.items()}
+            self.checkpoints = [CheckpointWeights(FRESH_CHECKPOINT, None, state, plan.lrs[0])]
+        self.moments: list[AdamMoments | None] = [
+            load_adam_moments(c.path, self.grads.slots).to(device)
+            if plan.grad_type == "adam" else None
+            for c in self.checkpoints
+        ]
+        dim = self.grads.num_params if cfg.projection == "none" else cfg.proj_dim
+        self.projector = make_projector(
+            cfg.projection, self.grads.num_params, dim, seed=cfg.seed, nnz=cfg.nnz
+        )
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.skipped: Counter[str] = Counter()
+        self.skipped_ids: dict[str, list[str]] = {}
+        self.nonfinite: set[str] = set()
+        T, P = len(self.checkpoints), self.grads.num_params
+        # one projection call per chunk amortises generating the projection matrix
+        by_memory = RAW_BUFFER_BYTES // max(1, T * P * 4)
+        self.chunk = max(cfg.batch_size, min(by_memory, cfg.write_rows, 256))
+
+    def run(self, todo: list[int], on_batch=None):
+        """Yield one RowBlock per chunk of examples (indices into plan.examples).
+
+        ``on_batch(n)`` is called after each batch of ``n`` examples is done.
+        """
+        examples = self.plan.examples
+        for start in range(0, len(todo), self.chunk):
+            chunk = sorted(todo[start : start + self.chunk], key=lambda i: examples[i].num_tokens)
+            yield self._chunk([examples[i] for i in chunk], chunk, on_batch)
+
+    def _chunk(self, exs: list[TokenizedExample], rows: list[int], on_batch) -> RowBlock:
+        T, bs = len(self.checkpoints), self.cfg.batch_size
+        raw = torch.empty(T, len(exs), self.grads.num_params, dtype=torch.float32,
+                          device=self.device)
+        losses = np.empty((T, len(exs)), dtype=np.float32)
+        for s in range(0, len(exs), bs):
+            part = exs[s : s + bs]
+            batch = collate(
+                [e.input_ids for e in part], [e.loss_mask for e in part], self.pad_id, self.device
+            )
+            for t, ckpt in enumerate(self.checkpoints):
+                if T > 1 or s == 0:
+                    activate(self.model, ckpt)
+                g, loss = self.grads(batch)
+                raw[t, s : s + len(part)] = apply_grad_type(g, self.plan.grad_type,
+                                                             self.moments[t])
+                losses[t, s : s + len(part)] = loss.cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(part))
+        projected = self.projector.project(raw.view(T * len(exs), -1))
+        vecs = projected.view(T, len(exs), -1).cpu().numpy()
+        ok = np.isfinite(vecs).all(axis=(0, 2)) & np.isfinite(losses).all(axis=0)
+        if not ok.all():
+            reason = "non-finite gradient or loss (try --dtype float32)"
+            bad = [e.id for e, good in zip(exs, ok, strict=True) if not good]
+            self.skipped[reason] += len(bad)
+            self.skipped_ids.setdefault(reason, []).extend(bad[:5])
+            self.nonfinite.update(bad)
+        if self.cfg.vector_dtype == "float16" and ok.any():
+            peak = float(np.abs(vecs[:, ok]).max())
+            if peak >= FLOAT16_MAX:
+                raise GradstoreError(
+                    f"projected gradients reach {peak:.3g}, beyond float16's range; "
+                    "rerun with --vector-dtype float32 and --overwrite"
+                )
+        keep = [i for i in np.argsort(rows, kind="stable") if ok[i]]  # written in data order
+        return RowBlock(
+            ids=[exs[i].id for i in keep],
+            rows=[rows[i] for i in keep],
+            vectors=[vecs[t, keep] for t in range(T)],
+            subtasks=[exs[i].subtask for i in keep],
+            tokens=[exs[i].num_tokens for i in keep],
+            content_hashes=[exs[i].content_hash for i in keep],
+            losses=[losses[t, keep] for t in range(T)],
+        )

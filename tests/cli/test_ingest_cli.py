@@ -1,0 +1,115 @@
+"""`gradstore ingest` as a user runs it: summary, exit status 2 on bad input, kill -9 resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import lance
+import numpy as np
+import pytest
+
+import gradstore
+from tests.cli.test_cli import run
+from tests.grads.models import save_tiny_llama
+from tests.grads.test_ingest import write_chat_data
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, chat_tokenizer):
+    d = save_tiny_llama(tmp_path_factory.mktemp("llama"))
+    chat_tokenizer.save_pretrained(d)
+    return d
+
+
+def ingest_args(store, table, model_dir, data, *more):
+    return ["ingest", store, table, "--model", model_dir, "--data", data, "--proj-dim", "16",
+            "--device", "cpu", "--quiet", *more]
+
+
+def test_ingest_prints_summary_and_json(tmp_path, model_dir):
+    data = write_chat_data(tmp_path / "d.jsonl", 5)
+    res = run(*ingest_args(tmp_path / "s", "pool", model_dir, data))
+    assert "table pool: complete; 5 rows written" in res.stdout
+    assert "examples/s" in res.stdout
+    res = run(*ingest_args(tmp_path / "s", "pool", model_dir, data, "--format", "json"))
+    summary = json.loads(res.stdout)
+    assert summary["rows_written"] == 0 and summary["rows_present"] == 5
+    info = run("info", tmp_path / "s", "pool", "--format", "json")
+    assert json.loads(info.stdout)["rows"] == 5
+
+
+@pytest.mark.parametrize(
+    "more, match",
+    [
+        (["--grad-type", "adam"], "optimizer state"),
+        (["--checkpoint", "/no/such/dir"], "does not exist"),
+        (["--proj-dim", "0"], "proj-dim"),
+        (["--max-length", "1"], "max-length"),
+        (["--batch-size", "0"], "batch-size"),
+        (["--lr", "1e-3", "--lr", "2e-3"], "learning rates"),
+        (["--split", "train"], "split"),
+    ],
+)
+def test_bad_options_exit_2(tmp_path, model_dir, more, match):
+    data = write_chat_data(tmp_path / "d.jsonl", 2)
+    res = run(*ingest_args(tmp_path / "s", "t", model_dir, data, *more), ok=False)
+    assert res.returncode == 2, res.stderr
+    assert match in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_bad_data_exit_2_and_store_kept(tmp_path, model_dir):
+    good = write_chat_data(tmp_path / "d.jsonl", 3)
+    run(*ingest_args(tmp_path / "s", "pool", model_dir, good))
+    before = gradstore.open(tmp_path / "s").vectors("pool")[1]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(good.read_text() + '{"messages": [\n')
+    res = run(*ingest_args(tmp_path / "s", "pool", model_dir, bad), ok=False)
+    assert res.returncode == 2 and "line 4" in res.stderr
+    res = run(*ingest_args(tmp_path / "s", "pool", model_dir, tmp_path / "missing.jsonl"),
+              ok=False)
+    assert res.returncode == 2 and "missing.jsonl" in res.stderr
+    res = run(*ingest_args(tmp_path / "s", "pool", model_dir, good, "--grad-type", "sign"),
+              ok=False)
+    assert res.returncode == 2 and "grad_type" in res.stderr
+    np.testing.assert_array_equal(gradstore.open(tmp_path / "s").vectors("pool")[1], before)
+
+
+def test_kill_9_mid_run_then_resume(tmp_path, model_dir):
+    """A real SIGKILL while rows are being committed; the rerun completes the same table."""
+    data = write_chat_data(tmp_path / "d.jsonl", 400, seed=9)
+    args = [str(a) for a in ingest_args(tmp_path / "s", "pool", model_dir, data,
+                                        "--write-rows", "8", "--batch-size", "4")]
+    proc = subprocess.Popen([sys.executable, "-m", "gradstore", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    table_path = tmp_path / "s" / "pool.lance"
+    rows, deadline = 0, time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            rows = lance.dataset(str(table_path)).count_rows()
+        except (ValueError, OSError, RuntimeError):
+            rows = 0
+        if rows > 0:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    partial = gradstore.open(tmp_path / "s")
+    assert partial.meta("pool").incomplete
+    n_partial = partial.num_rows("pool")
+    assert 0 < n_partial < 400
+
+    res = run(*args, "--format", "json")
+    summary = json.loads(res.stdout)
+    assert summary["rows_present"] + summary["rows_written"] == 400
+    run(*ingest_args(tmp_path / "ref", "pool", model_dir, data, "--batch-size", "4"))
+    ids_a, A = gradstore.open(tmp_path / "s").vectors("pool")
+    ids_b, B = gradstore.open(tmp_path / "ref").vectors("pool")
+    assert ids_a == ids_b and len(set(ids_a)) == 400
+    np.testing.assert_allclose(A, B, rtol=1e-3, atol=1e-4)
