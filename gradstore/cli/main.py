@@ -356,6 +356,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"{t['table']}: {t['kind']}, {t['rows']} rows x {t['dim']} dims {t['vector_dtype']}, "
             f"checkpoints [{ck}], projection {pr['kind']} (seed {pr['seed']}), "
             f"grad {t['grad_type']}, model {t['model']}"
+            + ("  [INCOMPLETE: rerun its ingest command]" if t["status"] == "running" else "")
         )
         for s in t.get("selections", []):
             print(

