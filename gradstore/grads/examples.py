@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from gradstore.errors import GradstoreError
 from gradstore.grads.data import Record
@@ -410,12 +411,14 @@ def tokenize_records(
     tokenizer: Any,
     max_length: int = 2048,
     subtask_field: str | None = None,
+    progress: bool = False,
 ) -> TokenizeReport:
     """Tokenise every record; skipped ones are listed by reason, never silently dropped."""
     _check_max_length(max_length)
     tok = _Tok.of(tokenizer)
     report = TokenizeReport(examples=[])
-    for record in records:
+    show = progress and len(records) >= 2000
+    for record in tqdm(records, desc="tokenise", unit="ex", disable=not show, mininterval=1.0):
         out = _tokenize(record, tok, max_length, subtask_field)
         if isinstance(out, str):
             report.skipped.setdefault(out, []).append(record.id)

@@ -140,6 +140,9 @@ class IngestSummary:
     skipped_ids: dict[str, list[str]] = field(default_factory=dict)
     truncated: int = 0
     seconds: float = 0.0
+    """Wall time of the whole run, model loading and tokenisation included."""
+    loop_seconds: float = 0.0
+    """Time spent computing and writing gradients (what examples/s is measured over)."""
     checkpoints: list[str] = field(default_factory=list)
     grad_type: str = ""
     projection: dict = field(default_factory=dict)
@@ -147,7 +150,7 @@ class IngestSummary:
 
     @property
     def examples_per_second(self) -> float:
-        return self.rows_written / self.seconds if self.seconds > 0 else 0.0
+        return self.rows_written / self.loop_seconds if self.loop_seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -157,7 +160,8 @@ class IngestSummary:
     def lines(self) -> list[str]:
         out = [
             f"table {self.table}: {self.status}; {self.rows_written} rows written in "
-            f"{self.seconds:.1f} s ({self.examples_per_second:.2f} examples/s), "
+            f"{self.loop_seconds:.1f} s ({self.examples_per_second:.2f} examples/s; "
+            f"{self.seconds:.1f} s in all with loading), "
             f"{self.rows_present} already present, {self.rows_expected} expected",
             f"checkpoints {', '.join(self.checkpoints)}; gradients {self.grad_type}; "
             f"projection {self.projection.get('kind')} to {self.projection.get('dim')} dims",
@@ -199,12 +203,15 @@ def _data_fingerprint(examples: list[TokenizedExample]) -> str:
     return h.hexdigest()[:32]
 
 
-def plan_ingest(cfg: IngestConfig, tokenizer) -> tuple[_Plan, IngestSummary]:
+def plan_ingest(
+    cfg: IngestConfig, tokenizer, dtype: torch.dtype | None = None
+) -> tuple[_Plan, IngestSummary]:
     """Read and tokenise the data, resolve checkpoints, lrs and the gradient type."""
     cfg.validate()
     records = read_records(cfg.data, split=cfg.split)
     report = tokenize_records(
-        records, tokenizer, max_length=cfg.max_length, subtask_field=cfg.subtask_field
+        records, tokenizer, max_length=cfg.max_length, subtask_field=cfg.subtask_field,
+        progress=cfg.progress,
     )
     summary = IngestSummary(table=cfg.table, truncated=report.truncated)
     for reason, ids in report.skipped.items():
@@ -244,6 +251,7 @@ def plan_ingest(cfg: IngestConfig, tokenizer) -> tuple[_Plan, IngestSummary]:
         "projection": {"kind": cfg.projection, "dim": cfg.proj_dim, "seed": cfg.seed,
                        "nnz": cfg.nnz},
         "max_length": cfg.max_length,
+        "dtype": str(dtype or resolve_dtype(cfg.dtype, resolve_device(cfg.device))),
         "lora": None if paths else asdict(_lora_spec(cfg)),
         "subtask_field": cfg.subtask_field,
     }
@@ -295,7 +303,7 @@ def ingest(store: Store, cfg: IngestConfig) -> IngestSummary:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
-    plan, summary = plan_ingest(cfg, tokenizer)
+    plan, summary = plan_ingest(cfg, tokenizer, dtype)
     if cfg.overwrite and cfg.table in store.tables():
         store.drop_table(cfg.table)
     present = _existing_ids(store, cfg, plan)
@@ -316,6 +324,7 @@ def ingest(store: Store, cfg: IngestConfig) -> IngestSummary:
     if cfg.table not in store.tables():
         _create(store, cfg, plan, runner)
     writer = _Writer(store, cfg, plan)
+    loop_start = time.perf_counter()
     bar = tqdm(
         total=len(todo), desc=f"ingest {cfg.table}", unit="ex", disable=not cfg.progress,
         mininterval=1.0,
@@ -331,6 +340,7 @@ def ingest(store: Store, cfg: IngestConfig) -> IngestSummary:
     finally:
         bar.close()
     summary.rows_written = writer.written
+    summary.loop_seconds = time.perf_counter() - loop_start
     summary.skipped.update(runner.skipped)
     for reason, ids in runner.skipped_ids.items():
         summary.skipped_ids[reason] = ids[:5]

@@ -51,12 +51,14 @@ def model_identity(model: str, gguf_file: str | None) -> str:
 
 
 def _load_kwargs(model: str, gguf_file: str | None) -> dict[str, Any]:
-    if gguf_file:
-        if not (Path(model) / gguf_file).exists() and not Path(gguf_file).is_absolute():
-            if Path(model).exists():
-                raise GradstoreError(f"GGUF file {gguf_file!r} is not in {model!r}")
-        return {"gguf_file": gguf_file}
-    return {}
+    if not gguf_file:
+        return {}
+    if Path(model).is_dir() and not (Path(model) / gguf_file).exists():
+        raise GradstoreError(
+            f"GGUF file {gguf_file!r} is not in {model!r}; --gguf-file names a file inside "
+            "the --model directory"
+        )
+    return {"gguf_file": gguf_file}
 
 
 def load_tokenizer(model: str, gguf_file: str | None = None):

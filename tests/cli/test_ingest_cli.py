@@ -53,6 +53,8 @@ def test_ingest_prints_summary_and_json(tmp_path, model_dir):
         (["--batch-size", "0"], "batch-size"),
         (["--lr", "1e-3", "--lr", "2e-3"], "learning rates"),
         (["--split", "train"], "split"),
+        (["--gguf-file", "nope.gguf"], "GGUF file"),
+        (["--device", "nonsense"], "device"),
     ],
 )
 def test_bad_options_exit_2(tmp_path, model_dir, more, match):

@@ -374,3 +374,42 @@ def test_non_finite_gradients_are_skipped_and_reported(tmp_path, llama_dir, chec
     assert store.num_rows("t") == 0 and not store.meta("t").incomplete
     again = store.ingest("t", **kw)  # the skipped examples are not recomputed
     assert again.status.startswith("complete, nothing")
+
+
+def test_bfloat16_model_gives_close_gradients(tmp_path, llama_dir, checkpoints):
+    data = write_chat_data(tmp_path / "d.jsonl", 4, seed=11)
+    store = gradstore.open(tmp_path / "store")
+    kw = dict(model=str(llama_dir), data=str(data), checkpoints=checkpoints[:1],
+              grad_type="sgd", projection="none", vector_dtype="float32", device="cpu",
+              progress=False)
+    store.ingest("f32", dtype="float32", **kw)
+    store.ingest("bf16", dtype="bfloat16", **kw)
+    _, A = store.vectors("f32")
+    _, B = store.vectors("bf16")
+    cos = (A * B).sum(1) / np.linalg.norm(A, axis=1) / np.linalg.norm(B, axis=1)
+    assert cos.min() > 0.98, cos
+
+
+def test_ctrl_c_commits_what_was_computed(tmp_path, llama_dir, monkeypatch):
+    from gradstore.grads import ingest as ingest_module
+
+    data = write_chat_data(tmp_path / "d.jsonl", 12, seed=12)
+    store = gradstore.open(tmp_path / "store")
+    kw = dict(model=str(llama_dir), data=str(data), proj_dim=8, device="cpu", progress=False,
+              batch_size=2, write_rows=5, flush_seconds=1e9)  # chunks of 4: one buffered
+    real_chunk = ingest_module._Runner._chunk
+    calls = {"n": 0}
+
+    def chunk_then_ctrl_c(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_chunk(self, *args)
+
+    monkeypatch.setattr(ingest_module._Runner, "_chunk", chunk_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        store.ingest("t", **kw)
+    assert store.num_rows("t") == 4  # the buffered chunk was committed on the way out
+    monkeypatch.undo()
+    s = store.ingest("t", **kw)
+    assert s.rows_present == 4 and s.rows_written == 8 and store.num_rows("t") == 12
