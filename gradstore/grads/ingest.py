@@ -304,9 +304,8 @@ def ingest(store: Store, cfg: IngestConfig) -> IngestSummary:
     dtype = resolve_dtype(cfg.dtype, device)
     tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
     plan, summary = plan_ingest(cfg, tokenizer, dtype)
-    if cfg.overwrite and cfg.table in store.tables():
-        store.drop_table(cfg.table)
-    present = _existing_ids(store, cfg, plan)
+    replace = cfg.overwrite and cfg.table in store.tables()
+    present = set() if replace else _existing_ids(store, cfg, plan)
     todo = [i for i, ex in enumerate(plan.examples) if ex.id not in present]
     summary.rows_present = len(plan.examples) - len(todo)
     if not todo:  # finished, or stopped after its last commit
@@ -321,6 +320,8 @@ def ingest(store: Store, cfg: IngestConfig) -> IngestSummary:
 
     runner = _Runner(cfg, plan, device, dtype, tokenizer)
     summary.projection = asdict(runner.projector.spec)
+    if replace:  # only now: a bad model or checkpoint must not cost the old table
+        store.drop_table(cfg.table)
     if cfg.table not in store.tables():
         _create(store, cfg, plan, runner)
     writer = _Writer(store, cfg, plan)

@@ -262,6 +262,10 @@ def test_rerun_with_other_settings_or_data_is_refused(tmp_path, llama_dir, check
     with pytest.raises(GradstoreError, match="different data"):
         store.ingest("pool", data=str(other), **kw)
     np.testing.assert_array_equal(store.vectors("pool")[1], before)  # nothing changed
+    bad_model = dict(kw, model=str(tmp_path))
+    with pytest.raises(GradstoreError, match="cannot load"):
+        store.ingest("pool", data=str(other), overwrite=True, **bad_model)
+    np.testing.assert_array_equal(store.vectors("pool")[1], before)  # overwrite failed early
     s = store.ingest("pool", data=str(other), overwrite=True, **kw)
     assert s.rows_written == 4
 
