@@ -52,14 +52,14 @@ SELECT_EXAMPLES = """examples:
 
 INGEST_EXAMPLES = """examples:
   # a pool at every warm-up checkpoint (Adam-preconditioned, as LESS)
-  gradstore ingest ./store pool --model HuggingFaceTB/SmolLM2-135M-Instruct --data pool.jsonl \
+  gradstore ingest ./store pool --model HuggingFaceTB/SmolLM2-135M-Instruct --data pool.jsonl \\
       --checkpoint warmup/checkpoint-1 --checkpoint warmup/checkpoint-2
   # a target set at the same checkpoints (plain SGD gradients by default), with subtasks
-  gradstore ingest ./store mmlu --kind target --model HuggingFaceTB/SmolLM2-135M-Instruct \
-      --data mmlu_dev.jsonl --subtask-field subject \
+  gradstore ingest ./store mmlu --kind target --model HuggingFaceTB/SmolLM2-135M-Instruct \\
+      --data mmlu_dev.jsonl --subtask-field subject \\
       --checkpoint warmup/checkpoint-1 --checkpoint warmup/checkpoint-2
   # a GGUF model from a local directory, a fresh LoRA, a small projection
-  gradstore ingest ./store pool --model ./smollm2 --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf \
+  gradstore ingest ./store pool --model ./smollm2 --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf \\
       --data pool.parquet --proj-dim 1024 --grad-type sgd
 Running the same command again after an interruption writes only the missing rows.
 """

@@ -456,6 +456,8 @@ class _Runner:
             state = get_peft_model_state_dict(self.model)
             state = {k: v.detach().clone() for k, v in state.items()}
             self.checkpoints = [CheckpointWeights(FRESH_CHECKPOINT, None, state, plan.lrs[0])]
+        for ckpt in self.checkpoints:  # a checkpoint that does not fit fails before any work
+            activate(self.model, ckpt)
         self.moments: list[AdamMoments | None] = [
             load_adam_moments(c.path, self.grads.slots).to(device)
             if plan.grad_type == "adam" else None

@@ -207,7 +207,13 @@ def lora_from_checkpoints(lm: nn.Module, paths: list[Path]):
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        model = get_peft_model(lm, cfg)
+        try:
+            model = get_peft_model(lm, cfg)
+        except ValueError as exc:
+            raise GradstoreError(
+                f"checkpoint {str(paths[0])!r} does not fit this model ({exc}); "
+                "was it trained on another base model?"
+            ) from exc
     return model.eval()
 
 
@@ -227,7 +233,13 @@ def activate(model: nn.Module, ckpt: CheckpointWeights) -> None:
     """Load one checkpoint's adapter weights into the (shared) LoRA modules."""
     from peft import set_peft_model_state_dict
 
-    result = set_peft_model_state_dict(model, ckpt.weights)
+    try:
+        result = set_peft_model_state_dict(model, ckpt.weights)
+    except RuntimeError as exc:  # size mismatches
+        raise GradstoreError(
+            f"adapter weights of checkpoint {ckpt.name!r} do not fit the model "
+            f"({str(exc).splitlines()[0]} ...); was it trained on this base model?"
+        ) from exc
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     missing = [
         k for k in (getattr(result, "missing_keys", []) or [])

@@ -417,3 +417,27 @@ def test_ctrl_c_commits_what_was_computed(tmp_path, llama_dir, monkeypatch):
     monkeypatch.undo()
     s = store.ingest("t", **kw)
     assert s.rows_present == 4 and s.rows_written == 8 and store.num_rows("t") == 12
+
+
+def test_checkpoint_from_another_base_model_is_refused(tmp_path, llama_dir, gpt2_dir,
+                                                        checkpoints):
+    data = write_chat_data(tmp_path / "d.jsonl", 2)
+    store = gradstore.open(tmp_path / "store")
+    # LoRA on q/k/v/o: those modules do not exist in GPT-2
+    with pytest.raises(GradstoreError, match="another base model"):
+        store.ingest("t", model=str(gpt2_dir), data=str(data), checkpoints=checkpoints[:1],
+                     grad_type="sgd", device="cpu", progress=False)
+    # same module names, other sizes: a wider Llama
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    wide = tmp_path / "wide"
+    LlamaForCausalLM(LlamaConfig(
+        vocab_size=300, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2,
+    )).save_pretrained(wide)
+    for f in llama_dir.glob("*token*"):
+        (wide / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(GradstoreError, match="do not fit the model"):
+        store.ingest("t", model=str(wide), data=str(data), checkpoints=checkpoints[:1],
+                     grad_type="sgd", device="cpu", progress=False)
+    assert store.tables() == []
