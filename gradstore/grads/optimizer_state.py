@@ -1,8 +1,9 @@
 """A checkpoint's saved Adam state and learning rate, mapped onto the flat LoRA gradient.
 
 Hugging Face's Trainer saves ``optimizer.state_dict()`` as ``optimizer.pt``
-(``optimizer.bin`` when accelerate saves it). The state is keyed by position, not
-name: the Trainer puts the parameters that get weight decay first and the others
+(``optimizer.bin`` when accelerate saves it; under FSDP, as in LESS's warm-up, that
+state is keyed by parameter name and is matched by name). A plain state is keyed by
+position, not name: the Trainer puts the parameters that get weight decay first and the others
 (biases, norms) second, each in ``named_parameters`` order. That order is rebuilt
 here and checked shape by shape; a state that records ``param_names`` is matched
 by name instead. Any mismatch stops with an error rather than pairing a gradient
@@ -23,6 +24,7 @@ from gradstore.grads.per_example import ParamSlot
 
 OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")
 CHECKPOINT_INFO = "gradstore_checkpoint.json"  # written by `gradstore warmup`
+_WRAPPER_SEGMENTS = {"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod", "module"}
 _NO_DECAY = re.compile(r"norm", re.IGNORECASE)  # owning module name of a no-decay weight
 
 
@@ -50,6 +52,9 @@ def optimizer_file(path: Path) -> Path | None:
 
 
 def _normal_name(name: str) -> str:
+    """A parameter name without wrapper segments (FSDP, activation checkpointing) or the
+    peft prefix and adapter name, so names saved by other setups match the model's."""
+    name = ".".join(p for p in name.split(".") if p not in _WRAPPER_SEGMENTS)
     name = name.removeprefix("base_model.model.")
     return re.sub(r"\.(default)(?=\.weight$|\.bias$)", "", name)
 
@@ -89,6 +94,8 @@ def load_adam_moments(path: Path, slots: list[ParamSlot]) -> AdamMoments:
     (beta1, beta2), eps = betas.pop(), epss.pop()
     index_order = [i for g in groups for i in g["params"]]
     names = [n for g in groups for n in (g.get("param_names") or [])]
+    if index_order and all(isinstance(i, str) for i in index_order):
+        names = index_order  # FSDP's optim_state_dict (LESS's optimizer.bin): keyed by name
     if len(index_order) != len(slots):
         raise GradstoreError(
             f"optimizer state {str(file)!r} covers {len(index_order)} parameters but the model "

@@ -441,3 +441,28 @@ def test_checkpoint_from_another_base_model_is_refused(tmp_path, llama_dir, gpt2
         store.ingest("t", model=str(wide), data=str(data), checkpoints=checkpoints[:1],
                      grad_type="sgd", device="cpu", progress=False)
     assert store.tables() == []
+
+
+def test_fsdp_name_keyed_optimizer_state(tmp_path, llama_dir, checkpoints, chat_tokenizer):
+    """LESS's warm-up ran under FSDP: optimizer.bin keyed by (wrapped) parameter names."""
+    ckpt = tmp_path / "checkpoint-9"
+    ckpt.mkdir()
+    for f in checkpoints[0].iterdir():
+        if not f.name.startswith("optimizer"):
+            (ckpt / f.name).write_bytes(f.read_bytes())
+    state = torch.load(checkpoints[0] / "optimizer.pt", weights_only=True)
+    model = get_peft_model(load(llama_dir), LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS))
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    wrapped = [n.replace("model.layers.", "model._fsdp_wrapped_module.layers.") for n in names]
+    order = list(range(len(names)))[::-1]  # saved in another order: must be matched by name
+    group = dict(state["param_groups"][0], params=[wrapped[i] for i in order])
+    fsdp = {"state": {wrapped[i]: state["state"][i] for i in order}, "param_groups": [group]}
+    torch.save(fsdp, ckpt / "optimizer.bin")
+    data = write_chat_data(tmp_path / "d.jsonl", 3, seed=13)
+    store = gradstore.open(tmp_path / "store")
+    store.ingest("pool", model=str(llama_dir), data=str(data), checkpoints=[ckpt],
+                 projection="none", vector_dtype="float32", device="cpu", progress=False)
+    ref, _ = reference_vectors(llama_dir, checkpoints[0], data, chat_tokenizer, "adam", None)
+    got = stored(store, "pool", "checkpoint-9")
+    for i in ref:
+        assert np.linalg.norm(got[i] - ref[i]) / np.linalg.norm(ref[i]) < 1e-5
