@@ -358,6 +358,13 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"grad {t['grad_type']}, model {t['model']}"
             + ("  [INCOMPLETE: rerun its ingest command]" if t["status"] == "running" else "")
         )
+        if "ingest" in t:
+            ing = t["ingest"]
+            print(
+                f"  ingested from {ing['source']} ({ing['expected_rows']} examples, "
+                f"max length {ing['max_length']}, dtype {ing['dtype']}), "
+                f"{t['rows']} rows stored"
+            )
         for s in t.get("selections", []):
             print(
                 f"  selection {s['selection_id']}: {s['method']} target={s['target']} "

@@ -153,6 +153,13 @@ class Store:
             subt = [s for s in self.subtasks(table) if s is not None]
             out["subtasks"] = len(set(subt))
             out["version"] = ds.version
+            if meta.ingest:
+                out["ingest"] = {
+                    "source": meta.extra.get("source"),
+                    "expected_rows": meta.ingest.get("expected_rows"),
+                    "skipped_nonfinite": len(meta.ingest.get("nonfinite_ids", [])),
+                    **meta.ingest.get("settings", {}),
+                }
             out["selections"] = [
                 {
                     "selection_id": s.selection_id,

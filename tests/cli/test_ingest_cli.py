@@ -40,7 +40,12 @@ def test_ingest_prints_summary_and_json(tmp_path, model_dir):
     summary = json.loads(res.stdout)
     assert summary["rows_written"] == 0 and summary["rows_present"] == 5
     info = run("info", tmp_path / "s", "pool", "--format", "json")
-    assert json.loads(info.stdout)["rows"] == 5
+    described = json.loads(info.stdout)
+    assert described["rows"] == 5 and described["status"] == "complete"
+    assert described["ingest"]["source"] == str(data)
+    assert described["ingest"]["grad_type"] == "sgd"
+    text = run("info", tmp_path / "s", "pool").stdout
+    assert f"ingested from {data} (5 examples" in text
 
 
 @pytest.mark.parametrize(
