@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -179,12 +180,18 @@ class _Plan:
     """Everything decided before the model is loaded."""
 
     examples: list[TokenizedExample]
+    checkpoint_paths: list[Path]
     checkpoint_names: list[str]
     lrs: list[float | None]
     adapter_weights: list[dict[str, torch.Tensor]] | None
     grad_type: str
     settings: dict[str, Any]
     data_fingerprint: str
+
+
+def _natural_key(path: str) -> list:
+    parts = re.split(r"(\d+)", str(Path(path).resolve()))
+    return [int(p) if p.isdigit() else p for p in parts]
 
 
 def _checkpoint_names(paths: list[Path]) -> list[str]:
@@ -223,11 +230,13 @@ def plan_ingest(
             f"no example in {cfg.data!r} has tokens to take a loss on ({reasons}); "
             "check the data format (chat, prompt/completion, Alpaca or text)"
         )
-    paths = [Path(c) for c in cfg.checkpoints]
+    # training order (checkpoint-2 before checkpoint-10), whatever order they were given in
+    order = sorted(range(len(cfg.checkpoints)), key=lambda i: _natural_key(cfg.checkpoints[i]))
+    paths = [Path(cfg.checkpoints[i]) for i in order]
     if paths:
         names = _checkpoint_names(paths)
         adapters = [load_adapter_weights(p) for p in paths]
-        lrs = list(cfg.lrs) if cfg.lrs else [checkpoint_lr(p) for p in paths]
+        lrs = [cfg.lrs[i] for i in order] if cfg.lrs else [checkpoint_lr(p) for p in paths]
         fingerprints = {n: weights_fingerprint(w) for n, w in zip(names, adapters, strict=True)}
     else:
         names, adapters = [FRESH_CHECKPOINT], None
@@ -257,7 +266,7 @@ def plan_ingest(
     }
     settings = json.loads(json.dumps(settings))  # compared with the stored (JSON) copy
     plan = _Plan(
-        report.examples, names, lrs, adapters, grad_type, settings,
+        report.examples, paths, names, lrs, adapters, grad_type, settings,
         _data_fingerprint(report.examples),
     )
     summary.checkpoints, summary.grad_type = names, grad_type
@@ -437,7 +446,7 @@ class _Runner:
     def __init__(self, cfg: IngestConfig, plan: _Plan, device, dtype, tokenizer) -> None:
         self.cfg, self.plan, self.device = cfg, plan, device
         lm = load_model(cfg.model, cfg.gguf_file, dtype, device)
-        paths = [Path(c) for c in cfg.checkpoints]
+        paths = plan.checkpoint_paths
         if paths:
             self.model = lora_from_checkpoints(lm, paths).to(device)
         else:

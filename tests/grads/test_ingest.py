@@ -195,7 +195,11 @@ def test_pool_and_target_select(tmp_path, llama_dir, checkpoints):
     kw = dict(model=str(llama_dir), checkpoints=checkpoints, proj_dim=64, device="cpu",
               progress=False)
     store.ingest("pool", data=str(pool), **kw)
-    store.ingest("target", data=str(target), kind="target", subtask_field="subject", **kw)
+    # checkpoints given in another order are put in training order
+    target_kw = dict(kw, checkpoints=checkpoints[::-1])
+    store.ingest("target", data=str(target), kind="target", subtask_field="subject",
+                 **target_kw)
+    assert store.meta("target").checkpoint_names == ["checkpoint-1", "checkpoint-2"]
     assert store.meta("target").grad_type == "sgd"
     assert sorted(set(store.subtasks("target"))) == ["geo", "math"]
     sel = store.select("pool", target="target", budget=4)
@@ -466,3 +470,13 @@ def test_fsdp_name_keyed_optimizer_state(tmp_path, llama_dir, checkpoints, chat_
     got = stored(store, "pool", "checkpoint-9")
     for i in ref:
         assert np.linalg.norm(got[i] - ref[i]) / np.linalg.norm(ref[i]) < 1e-5
+
+
+def test_checkpoint_dirs_sort_in_training_order(tmp_path):
+    from gradstore.grads.ingest import _natural_key
+
+    given = [str(tmp_path / f"checkpoint-{s}") for s in (105, 21, 1050, 42)]
+    ordered = sorted(given, key=_natural_key)
+    assert [Path(p).name for p in ordered] == [
+        "checkpoint-21", "checkpoint-42", "checkpoint-105", "checkpoint-1050"
+    ]
