@@ -163,11 +163,14 @@ class PerExampleGradients:
 
         def attach(layer: nn.Linear, slot: ParamSlot):
             def forward_hook(_mod, inputs, output):
+                if not output.requires_grad:  # e.g. a no-grad recomputation
+                    return
                 x = inputs[0]
 
                 def grad_hook(gout):
                     dest = grads[:, slot.offset : slot.offset + slot.numel].view(B, *slot.shape)
-                    dest.copy_(torch.bmm(gout.float().transpose(1, 2), x.float()))
+                    # add, not copy: a layer applied twice in one forward gets both terms
+                    dest.add_(torch.bmm(gout.float().transpose(1, 2), x.float()))
 
                 output.register_hook(grad_hook)
 

@@ -39,7 +39,7 @@ def random_examples(rng, n, lo=5, hi=24):
 def autograd_one(model, ids, mask):
     """The gradient of one example alone: HF's own masked mean loss, batch of 1, no padding."""
     labels = torch.tensor(np.where(mask, ids, -100))[None]
-    out = model(input_ids=torch.tensor(ids)[None], labels=labels)
+    out = model(input_ids=torch.tensor(ids)[None], labels=labels, use_cache=False)
     params = [p for _, p in model.named_parameters() if p.requires_grad]
     gs = torch.autograd.grad(out.loss, params)
     return torch.cat([g.reshape(-1) for g in gs]), float(out.loss)
@@ -96,3 +96,18 @@ def test_non_lora_trainable_falls_back_to_loop(llama_dir):
     G, _ = pe(collate(seqs, masks, pad_id=0))
     ref, _ = autograd_one(model, seqs[1], masks[1])
     assert float((G[1] - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_layer_used_twice_sums_both_uses(llama_dir):
+    """Weight sharing: a LoRA layer applied twice in one forward gets both gradient terms."""
+    model = peft_model(llama_dir, LLAMA_TARGETS)
+    layers = model.base_model.model.model.layers
+    shared = torch.nn.ModuleList([layers[0], layers[1], layers[0]])
+    model.base_model.model.model.layers = shared
+    model.base_model.model.config.num_hidden_layers = 3
+    rng = np.random.default_rng(3)
+    seqs, masks = random_examples(rng, 3)
+    G, _ = PerExampleGradients(model, strategy="hooks")(collate(seqs, masks, pad_id=0))
+    for b in range(3):
+        ref, _ = autograd_one(model, seqs[b], masks[b])
+        assert float((G[b] - ref).norm() / ref.norm()) < 1e-5
