@@ -17,7 +17,7 @@ import json
 import re
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -289,7 +289,12 @@ def _existing_ids(store: Store, cfg: IngestConfig, plan: _Plan) -> set[str]:
             f"table {cfg.table!r} exists and was not written by `gradstore ingest`; "
             "choose another table name, or pass --overwrite to replace it"
         )
-    diff = [k for k in plan.settings if before.get(k) != plan.settings[k]]
+    def differs(key: str) -> bool:
+        if key == "checkpoints":  # the same set; columns stay in the order they were added
+            return sorted(before.get(key) or []) != sorted(plan.settings[key])
+        return before.get(key) != plan.settings[key]
+
+    diff = [k for k in plan.settings if differs(k)]
     if diff:
         k = diff[0]
         raise GradstoreError(
@@ -314,6 +319,11 @@ def ingest(store: Store, cfg: IngestConfig) -> IngestSummary:
     tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
     plan, summary = plan_ingest(cfg, tokenizer, dtype)
     replace = cfg.overwrite and cfg.table in store.tables()
+    added = None if replace else _checkpoints_to_add(store, cfg, plan)
+    if added:
+        _add_checkpoints(store, cfg, plan, added, summary, (device, dtype, tokenizer))
+        summary.seconds = time.perf_counter() - start
+        return summary
     present = set() if replace else _existing_ids(store, cfg, plan)
     todo = [i for i, ex in enumerate(plan.examples) if ex.id not in present]
     summary.rows_present = len(plan.examples) - len(todo)
@@ -331,7 +341,18 @@ def ingest(store: Store, cfg: IngestConfig) -> IngestSummary:
     summary.projection = asdict(runner.projector.spec)
     if replace:  # only now: a bad model or checkpoint must not cost the old table
         store.drop_table(cfg.table)
-    if cfg.table not in store.tables():
+    _write_rows(store, cfg, plan, runner, todo, summary)
+    summary.status = "complete"
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _write_rows(
+    store: Store, cfg: IngestConfig, plan: _Plan, runner: _Runner, todo: list[int],
+    summary: IngestSummary,
+) -> None:
+    """Compute ``todo`` (indices into plan.examples), append them, mark the table complete."""
+    if cfg.table not in store._all_tables():
         _create(store, cfg, plan, runner)
     writer = _Writer(store, cfg, plan)
     loop_start = time.perf_counter()
@@ -355,9 +376,88 @@ def ingest(store: Store, cfg: IngestConfig) -> IngestSummary:
     for reason, ids in runner.skipped_ids.items():
         summary.skipped_ids[reason] = ids[:5]
     _finish(store, cfg, plan, runner.nonfinite)
-    summary.status = "complete"
-    summary.seconds = time.perf_counter() - start
-    return summary
+
+
+# ------------------------------------------------------------ adding checkpoints later
+def _checkpoints_to_add(store: Store, cfg: IngestConfig, plan: _Plan) -> list[str] | None:
+    """Checkpoint names this run adds to a finished table that has all else in common."""
+    if cfg.table not in store.tables():
+        return None
+    meta = store.meta(cfg.table)
+    before = meta.ingest.get("settings")
+    if before is None or meta.ingest.get("status") != "complete":
+        return None
+    have = set(meta.checkpoint_names)  # columns: includes any added before a crash
+    wanted = plan.settings["checkpoints"]
+    new = [n for n in wanted if n not in have]
+    if not new or not have <= set(wanted):
+        return None
+    same = all(before.get(k) == v for k, v in plan.settings.items()
+               if k not in ("checkpoints", "adapters"))
+    known = before.get("adapters") or {}
+    adapters_agree = all(known[n] == plan.settings["adapters"][n] for n in have if n in known)
+    same_data = meta.ingest.get("data_fingerprint") == plan.data_fingerprint
+    return new if same and adapters_agree and same_data else None
+
+
+def _add_checkpoints(
+    store: Store, cfg: IngestConfig, plan: _Plan, new: list[str], summary: IngestSummary,
+    loaded: tuple,
+) -> None:
+    """Compute only the new checkpoints for the table's rows, then add them as columns.
+
+    The new vectors are first written, resumably, to a hidden staging table; each
+    checkpoint then joins the table in one atomic column addition.
+    """
+    meta = store.meta(cfg.table)
+    stage = replace(cfg, table=f"_add_{cfg.table}")
+    have = set(store.ids(cfg.table))
+    pick = [i for i, n in enumerate(plan.checkpoint_names) if n in new]
+    examples = [ex for ex in plan.examples if ex.id in have]
+    settings = dict(
+        plan.settings, checkpoints=new, adapters={n: plan.settings["adapters"][n] for n in new}
+    )
+    sub = _Plan(
+        examples, [plan.checkpoint_paths[i] for i in pick], new, [plan.lrs[i] for i in pick],
+        [plan.adapter_weights[i] for i in pick], plan.grad_type, settings,
+        _data_fingerprint(examples),
+    )
+    present: set[str] = set()
+    if stage.table in store._all_tables():
+        smeta = store.meta(stage.table)
+        if (smeta.ingest.get("settings") == settings
+                and smeta.ingest.get("data_fingerprint") == sub.data_fingerprint):
+            present = set(store.ids(stage.table))
+        else:  # scratch space of an earlier, different attempt
+            store.drop_table(stage.table)
+    todo = [i for i, ex in enumerate(examples) if ex.id not in present]
+    summary.rows_present = len(examples) - len(todo)
+    if todo or store.meta(stage.table).incomplete:
+        runner = _Runner(stage, sub, *loaded)
+        if runner.projector.spec != meta.projection:
+            raise GradstoreError(
+                f"table {cfg.table!r} was projected with {meta.projection}, this run with "
+                f"{runner.projector.spec}; the new checkpoints cannot join it"
+            )
+        _write_rows(store, stage, sub, runner, todo, summary)
+    bad = store.meta(stage.table).ingest.get("nonfinite_ids", [])
+    if bad:
+        raise GradstoreError(
+            f"{len(bad)} examples of table {cfg.table!r} have non-finite gradients at the new "
+            f"checkpoints (e.g. {bad[:3]}), so the checkpoints cannot be added as columns; "
+            "ingest into a new table instead"
+        )
+    for name, lr in zip(sub.checkpoint_names, sub.lrs, strict=True):
+        ids, X = store.vectors(stage.table, name)
+        store.import_vectors(
+            cfg.table, X, checkpoint=name, ids=ids, lr=lr, losses=store.losses(stage.table, name),
+            projection=meta.projection, grad_type=meta.grad_type, model=meta.model,
+        )
+    state = dict(meta.ingest, settings=plan.settings)
+    store.update_ingest_state(cfg.table, state)
+    store.drop_table(stage.table)
+    summary.projection = asdict(meta.projection)
+    summary.status = f"complete, added checkpoints {', '.join(new)}"
 
 
 def _ingest_state(plan: _Plan, status: str, **more: Any) -> dict[str, Any]:

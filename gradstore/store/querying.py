@@ -44,7 +44,8 @@ def check_compatible(pool: str, pmeta: TableMeta, target: str, tmeta: TableMeta)
     check_complete(target, tmeta)
     checks = [
         ("dimension", pmeta.dim, tmeta.dim),
-        ("checkpoints", pmeta.checkpoint_names, tmeta.checkpoint_names),
+        # the same checkpoints, in any column order (a checkpoint may be added later)
+        ("checkpoints", sorted(pmeta.checkpoint_names), sorted(tmeta.checkpoint_names)),
         ("projection", pmeta.projection, tmeta.projection),
     ]
     if pmeta.model is not None and tmeta.model is not None:
@@ -92,7 +93,10 @@ def target_matrix(
         )
     tmeta = store.meta(target)
     check_compatible(pool, pmeta, target, tmeta)
-    _, X = store.vectors(target)
+    if tmeta.checkpoint_names == pmeta.checkpoint_names:
+        _, X = store.vectors(target)
+    else:  # side by side in the pool's checkpoint order
+        X = np.hstack([store.vectors(target, name)[1] for name in pmeta.checkpoint_names])
     rows = stack_rows(X, spool.scales, spool.normalize, len(pmeta.checkpoints))
     labels = store.subtasks(target)
     if per_subtask and any(s is not None for s in labels):

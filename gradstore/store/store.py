@@ -32,6 +32,7 @@ from gradstore.store.meta import (
     TableMeta,
     base_fields,
     checkpoint_fields,
+    loss_column,
 )
 from gradstore.store.selections import SELECTIONS_SCHEMA, SELECTIONS_TABLE, Selection
 
@@ -424,6 +425,15 @@ class Store:
         src = LanceSource(ds, cols, meta.dim)
         X = src.load().float().numpy()
         return self.ids(table), X
+
+    def losses(self, table: str, checkpoint: str) -> np.ndarray:
+        """Each example's loss at ``checkpoint`` (storage order; NaN where unknown)."""
+        ds = self._dataset(table)
+        meta = TableMeta.from_schema(ds.schema, table)
+        self._columns(table, meta, checkpoint)  # a clear error when the checkpoint is missing
+        col = loss_column(meta.checkpoint_names.index(str(checkpoint)))
+        values = ds.to_table(columns=[col]).column(col).to_numpy(zero_copy_only=False)
+        return np.asarray(values, dtype=np.float32)
 
     def _columns(self, table: str, meta: TableMeta, checkpoint: str | None) -> list[str]:
         if checkpoint is None:

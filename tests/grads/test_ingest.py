@@ -480,3 +480,56 @@ def test_checkpoint_dirs_sort_in_training_order(tmp_path):
     assert [Path(p).name for p in ordered] == [
         "checkpoint-21", "checkpoint-42", "checkpoint-105", "checkpoint-1050"
     ]
+
+
+def test_adding_a_checkpoint_to_a_finished_table(tmp_path, llama_dir, checkpoints,
+                                                 monkeypatch):
+    """A later run with one more checkpoint computes only that one, resumably."""
+    data = write_chat_data(tmp_path / "pool.jsonl", 9, seed=14)
+    target = write_chat_data(tmp_path / "target.jsonl", 3, seed=15)
+    kw = dict(model=str(llama_dir), data=str(data), proj_dim=32, device="cpu", progress=False,
+              batch_size=2, write_rows=3)
+    ref = gradstore.open(tmp_path / "ref")
+    ref.ingest("pool", checkpoints=checkpoints, **kw)
+
+    store = gradstore.open(tmp_path / "store")
+    store.ingest("pool", checkpoints=checkpoints[1:], **kw)  # the later one first
+    before = store.vectors("pool", "checkpoint-2")[1]
+    real_append = store.append_rows
+    calls = {"n": 0}
+
+    def append_then_die(table, block):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Crash()
+        real_append(table, block)
+
+    monkeypatch.setattr(store, "append_rows", append_then_die)
+    with pytest.raises(Crash):
+        store.ingest("pool", checkpoints=checkpoints, **kw)
+    monkeypatch.undo()
+    assert store.meta("pool").checkpoint_names == ["checkpoint-2"]  # untouched meanwhile
+    s = store.ingest("pool", checkpoints=checkpoints, **kw)
+    assert s.status == "complete, added checkpoints checkpoint-1"
+    assert s.rows_present == 3 and s.rows_written == 6  # resumed from the staging table
+    assert store.tables() == ["pool"]  # the staging table is gone
+    meta = store.meta("pool")
+    assert meta.checkpoint_names == ["checkpoint-2", "checkpoint-1"]
+    assert meta.lrs == ref.meta("pool").lrs[::-1]
+    np.testing.assert_array_equal(store.vectors("pool", "checkpoint-2")[1], before)
+    ids, added = store.vectors("pool", "checkpoint-1")
+    ref_ids, expected = ref.vectors("pool", "checkpoint-1")
+    assert ids == ref_ids
+    np.testing.assert_allclose(added, expected, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(store.losses("pool", "checkpoint-1"),
+                               ref.losses("pool", "checkpoint-1"), rtol=1e-5)
+    again = store.ingest("pool", checkpoints=checkpoints, **kw)
+    assert again.status == "complete, nothing to do"
+    # a target ingested in one run (training order) matches the pool's column order
+    store.ingest("t", data=str(target), kind="target", checkpoints=checkpoints,
+                 **{k: v for k, v in kw.items() if k != "data"})
+    ref.ingest("t", data=str(target), kind="target", checkpoints=checkpoints,
+               **{k: v for k, v in kw.items() if k != "data"})
+    got = store.select("pool", target="t", budget=3, method="less")
+    want = ref.select("pool", target="t", budget=3, method="less")
+    assert got.ids == want.ids
