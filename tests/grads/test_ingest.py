@@ -214,6 +214,20 @@ class Crash(Exception):
     pass
 
 
+def crash_on_append(monkeypatch, store, nth: int) -> None:
+    """Make the store's nth append fail, as a process dying mid-run would."""
+    real_append = store.append_rows
+    calls = {"n": 0}
+
+    def append_then_die(table, block):
+        calls["n"] += 1
+        if calls["n"] == nth:
+            raise Crash()
+        real_append(table, block)
+
+    monkeypatch.setattr(store, "append_rows", append_then_die)
+
+
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path, llama_dir, checkpoints,
                                                      monkeypatch):
     data = write_chat_data(tmp_path / "pool.jsonl", 23, seed=4)
@@ -223,16 +237,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, llama_dir, checkp
     full.ingest("pool", **kw)
 
     crashed = gradstore.open(tmp_path / "crashed")
-    calls = {"n": 0}
-    real_append = crashed.append_rows
-
-    def append_then_die(table, block):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise Crash()
-        real_append(table, block)
-
-    monkeypatch.setattr(crashed, "append_rows", append_then_die)
+    crash_on_append(monkeypatch, crashed, 3)
     with pytest.raises(Crash):
         crashed.ingest("pool", **kw)
     monkeypatch.undo()
@@ -495,16 +500,7 @@ def test_adding_a_checkpoint_to_a_finished_table(tmp_path, llama_dir, checkpoint
     store = gradstore.open(tmp_path / "store")
     store.ingest("pool", checkpoints=checkpoints[1:], **kw)  # the later one first
     before = store.vectors("pool", "checkpoint-2")[1]
-    real_append = store.append_rows
-    calls = {"n": 0}
-
-    def append_then_die(table, block):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise Crash()
-        real_append(table, block)
-
-    monkeypatch.setattr(store, "append_rows", append_then_die)
+    crash_on_append(monkeypatch, store, 2)
     with pytest.raises(Crash):
         store.ingest("pool", checkpoints=checkpoints, **kw)
     monkeypatch.undo()
