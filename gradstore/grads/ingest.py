@@ -320,7 +320,7 @@ def ingest(store: Store, cfg: IngestConfig) -> IngestSummary:
     plan, summary = plan_ingest(cfg, tokenizer, dtype)
     replace = cfg.overwrite and cfg.table in store.tables()
     added = None if replace else _checkpoints_to_add(store, cfg, plan)
-    if added:
+    if added is not None:
         _add_checkpoints(store, cfg, plan, added, summary, (device, dtype, tokenizer))
         summary.seconds = time.perf_counter() - start
         return summary
@@ -389,9 +389,9 @@ def _checkpoints_to_add(store: Store, cfg: IngestConfig, plan: _Plan) -> list[st
         return None
     have = set(meta.checkpoint_names)  # columns: includes any added before a crash
     wanted = plan.settings["checkpoints"]
-    new = [n for n in wanted if n not in have]
-    if not new or not have <= set(wanted):
+    if set(before.get("checkpoints") or []) == set(wanted) or not have <= set(wanted):
         return None
+    new = [n for n in wanted if n not in have]  # empty: only the bookkeeping was missed
     same = all(before.get(k) == v for k, v in plan.settings.items()
                if k not in ("checkpoints", "adapters"))
     known = before.get("adapters") or {}
@@ -411,6 +411,22 @@ def _add_checkpoints(
     """
     meta = store.meta(cfg.table)
     stage = replace(cfg, table=f"_add_{cfg.table}")
+    if new:
+        _compute_and_add_columns(store, cfg, stage, plan, new, summary, loaded)
+    store.update_ingest_state(cfg.table, dict(meta.ingest, settings=plan.settings))
+    if stage.table in store._all_tables():
+        store.drop_table(stage.table)
+    summary.projection = asdict(meta.projection)
+    summary.status = f"complete, added checkpoints {', '.join(new) or '(finished)'}"
+
+
+def _compute_and_add_columns(
+    store: Store, cfg: IngestConfig, stage: IngestConfig, plan: _Plan, new: list[str],
+    summary: IngestSummary, loaded: tuple,
+) -> None:
+    meta = store.meta(cfg.table)
+    if store.num_rows(cfg.table) == 0:
+        raise GradstoreError(f"table {cfg.table!r} has no rows; there is nothing to add to")
     have = set(store.ids(cfg.table))
     pick = [i for i, n in enumerate(plan.checkpoint_names) if n in new]
     examples = [ex for ex in plan.examples if ex.id in have]
@@ -453,11 +469,6 @@ def _add_checkpoints(
             cfg.table, X, checkpoint=name, ids=ids, lr=lr, losses=store.losses(stage.table, name),
             projection=meta.projection, grad_type=meta.grad_type, model=meta.model,
         )
-    state = dict(meta.ingest, settings=plan.settings)
-    store.update_ingest_state(cfg.table, state)
-    store.drop_table(stage.table)
-    summary.projection = asdict(meta.projection)
-    summary.status = f"complete, added checkpoints {', '.join(new)}"
 
 
 def _ingest_state(plan: _Plan, status: str, **more: Any) -> dict[str, Any]:

@@ -529,3 +529,27 @@ def test_adding_a_checkpoint_to_a_finished_table(tmp_path, llama_dir, checkpoint
     got = store.select("pool", target="t", budget=3, method="less")
     want = ref.select("pool", target="t", budget=3, method="less")
     assert got.ids == want.ids
+
+
+def test_crash_after_columns_added_before_bookkeeping(tmp_path, llama_dir, checkpoints,
+                                                      monkeypatch):
+    data = write_chat_data(tmp_path / "pool.jsonl", 3, seed=16)
+    kw = dict(model=str(llama_dir), data=str(data), proj_dim=16, device="cpu", progress=False)
+    store = gradstore.open(tmp_path / "store")
+    store.ingest("pool", checkpoints=checkpoints[:1], **kw)
+    real_update = store.update_ingest_state
+
+    def die_on_main_table(table, state):
+        if table == "pool":
+            raise Crash()
+        real_update(table, state)
+
+    monkeypatch.setattr(store, "update_ingest_state", die_on_main_table)
+    with pytest.raises(Crash):
+        store.ingest("pool", checkpoints=checkpoints, **kw)
+    monkeypatch.undo()
+    assert store.meta("pool").checkpoint_names == ["checkpoint-1", "checkpoint-2"]
+    s = store.ingest("pool", checkpoints=checkpoints, **kw)
+    assert s.status == "complete, added checkpoints (finished)" and s.rows_written == 0
+    assert store.tables() == ["pool"]
+    assert store.ingest("pool", checkpoints=checkpoints, **kw).status.endswith("nothing to do")
