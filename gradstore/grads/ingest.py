@@ -278,6 +278,20 @@ def _lora_spec(cfg: IngestConfig) -> LoraSpec:
     return LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, targets=cfg.lora_targets, seed=cfg.seed)
 
 
+def _differing_settings(
+    before: dict[str, Any], now: dict[str, Any], ignore: tuple[str, ...] = ()
+) -> list[str]:
+    """Settings keys whose stored and requested values differ (checkpoints as a set:
+    columns stay in the order they were added)."""
+
+    def differs(key: str) -> bool:
+        if key == "checkpoints":
+            return sorted(before.get(key) or []) != sorted(now[key])
+        return before.get(key) != now[key]
+
+    return [k for k in now if k not in ignore and differs(k)]
+
+
 def _existing_ids(store: Store, cfg: IngestConfig, plan: _Plan) -> set[str]:
     """Ids already written by an earlier run of the same ingestion, checked to match."""
     if cfg.table not in store.tables():
@@ -289,12 +303,7 @@ def _existing_ids(store: Store, cfg: IngestConfig, plan: _Plan) -> set[str]:
             f"table {cfg.table!r} exists and was not written by `gradstore ingest`; "
             "choose another table name, or pass --overwrite to replace it"
         )
-    def differs(key: str) -> bool:
-        if key == "checkpoints":  # the same set; columns stay in the order they were added
-            return sorted(before.get(key) or []) != sorted(plan.settings[key])
-        return before.get(key) != plan.settings[key]
-
-    diff = [k for k in plan.settings if differs(k)]
+    diff = _differing_settings(before, plan.settings)
     if diff:
         k = diff[0]
         raise GradstoreError(
@@ -392,8 +401,7 @@ def _checkpoints_to_add(store: Store, cfg: IngestConfig, plan: _Plan) -> list[st
     if set(before.get("checkpoints") or []) == set(wanted) or not have <= set(wanted):
         return None
     new = [n for n in wanted if n not in have]  # empty: only the bookkeeping was missed
-    same = all(before.get(k) == v for k, v in plan.settings.items()
-               if k not in ("checkpoints", "adapters"))
+    same = not _differing_settings(before, plan.settings, ignore=("checkpoints", "adapters"))
     known = before.get("adapters") or {}
     adapters_agree = all(known[n] == plan.settings["adapters"][n] for n in have if n in known)
     same_data = meta.ingest.get("data_fingerprint") == plan.data_fingerprint
@@ -619,7 +627,7 @@ class _Runner:
                 [e.input_ids for e in part], [e.loss_mask for e in part], self.pad_id, self.device
             )
             for t, ckpt in enumerate(self.checkpoints):
-                if T > 1 or s == 0:
+                if T > 1:  # a single checkpoint stays loaded from __init__
                     activate(self.model, ckpt)
                 g, loss = self.grads(batch)
                 raw[t, s : s + len(part)] = apply_grad_type(g, self.plan.grad_type,

@@ -180,9 +180,8 @@ class PerExampleGradients:
             for layer, slot in self._layers:
                 handles.append(attach(layer, slot))
             losses = self._forward(batch)
-            params = [layer.weight for layer, _ in self._layers]
             # the hooks fill `grads`; parameter .grad is neither needed nor kept
-            torch.autograd.grad(losses.sum(), params, allow_unused=True)
+            torch.autograd.grad(losses.sum(), self._params, allow_unused=True)
         finally:
             for h in handles:
                 h.remove()

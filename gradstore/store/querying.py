@@ -93,10 +93,8 @@ def target_matrix(
         )
     tmeta = store.meta(target)
     check_compatible(pool, pmeta, target, tmeta)
-    if tmeta.checkpoint_names == pmeta.checkpoint_names:
-        _, X = store.vectors(target)
-    else:  # side by side in the pool's checkpoint order
-        X = np.hstack([store.vectors(target, name)[1] for name in pmeta.checkpoint_names])
+    # side by side in the pool's checkpoint order (the target's columns may differ)
+    X = np.hstack([store.vectors(target, name)[1] for name in pmeta.checkpoint_names])
     rows = stack_rows(X, spool.scales, spool.normalize, len(pmeta.checkpoints))
     labels = store.subtasks(target)
     if per_subtask and any(s is not None for s in labels):
