@@ -187,7 +187,10 @@ def lora_from_checkpoints(lm: nn.Module, paths: list[Path]):
     from peft import LoraConfig, get_peft_model
 
     cfgs = [adapter_config(p) for p in paths]
-    keys = ("r", "lora_alpha", "target_modules", "peft_type", "use_dora", "bias")
+    keys = (
+        "r", "lora_alpha", "target_modules", "peft_type", "use_dora", "bias",
+        "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern",
+    )
     first = {k: cfgs[0].get(k) for k in keys}
     for p, c in zip(paths[1:], cfgs[1:], strict=True):
         other = {k: c.get(k) for k in keys}
@@ -204,6 +207,10 @@ def lora_from_checkpoints(lm: nn.Module, paths: list[Path]):
         target_modules=sorted(targets) if isinstance(targets, list) else targets,
         bias=first.get("bias") or "none", use_dora=bool(first.get("use_dora")),
         modules_to_save=cfgs[0].get("modules_to_save"),
+        layers_to_transform=first.get("layers_to_transform"),
+        layers_pattern=first.get("layers_pattern"),
+        rank_pattern=first.get("rank_pattern") or {},
+        alpha_pattern=first.get("alpha_pattern") or {},
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

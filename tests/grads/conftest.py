@@ -91,3 +91,23 @@ def plain_tokenizer(tmp_path_factory):
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
     )
     return _save(tmp_path_factory.mktemp("plain_tokenizer"), tok, None)
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory, chat_tokenizer):
+    """A 2-layer Llama with the ChatML tokenizer, saved like a user's model directory."""
+    from tests.grads.models import save_tiny_llama
+
+    d = save_tiny_llama(tmp_path_factory.mktemp("llama"))
+    chat_tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory, plain_tokenizer):
+    """A 2-layer GPT-2 with the plain tokenizer."""
+    from tests.grads.models import save_tiny_gpt2
+
+    d = save_tiny_gpt2(tmp_path_factory.mktemp("gpt2"))
+    plain_tokenizer.save_pretrained(d)
+    return d

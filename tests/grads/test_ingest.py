@@ -15,7 +15,7 @@ from gradstore.errors import GradstoreError
 from gradstore.grads.data import read_records
 from gradstore.grads.examples import tokenize_records
 from gradstore.grads.projection import make_projector
-from tests.grads.models import load, save_tiny_gpt2, save_tiny_llama
+from tests.grads.models import load
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 WORDS = "the cat dog sea star capital France Paris two plus four nine poem night fox".split()
@@ -40,20 +40,6 @@ def write_chat_data(path: Path, n: int, seed: int = 0, subtasks: bool = False) -
                 row["subject"] = ["geo", "math"][i % 2]
             f.write(json.dumps(row) + "\n")
     return path
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory, chat_tokenizer):
-    d = save_tiny_llama(tmp_path_factory.mktemp("llama"))
-    chat_tokenizer.save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory, plain_tokenizer):
-    d = save_tiny_gpt2(tmp_path_factory.mktemp("gpt2"))
-    plain_tokenizer.save_pretrained(d)
-    return d
 
 
 def train_checkpoints(model_dir: Path, out: Path, steps=(3, 3), lr=1e-2) -> list[Path]:
