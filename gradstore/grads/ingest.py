@@ -497,7 +497,8 @@ def _create(store: Store, cfg: IngestConfig, plan: _Plan, runner: _Runner) -> No
         projection=runner.projector.spec,
         grad_type=plan.grad_type,
         model=plan.settings["model"],
-        extra={"source": str(cfg.data), "model_path": cfg.model, "gguf_file": cfg.gguf_file},
+        extra={"source": str(Path(cfg.data).resolve()), "split": cfg.split,
+               "model_path": cfg.model, "gguf_file": cfg.gguf_file},
         ingest=_ingest_state(plan, "running"),
     )
     store.create_table(cfg.table, meta, list(zip(plan.checkpoint_names, plan.lrs, strict=True)))

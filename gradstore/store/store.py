@@ -539,6 +539,17 @@ class Store:
         sels = run_selection(self, pool, targets, budgets, method, **options)
         return sels if many else sels[0]
 
+    # ---------------------------------------------------------------- export
+    def export(self, selection_id: str, out: str | Path, data: str | Path | None = None,
+               **options: Any):
+        """Write the selected rows of the original data file, with ``rank`` and ``weight``.
+
+        ``data`` defaults to the file the pool was ingested from; returns an ``ExportSummary``.
+        """
+        from gradstore.export import export_selection
+
+        return export_selection(self, selection_id, out, data=data, **options)
+
 
 def open(uri: str | Path, create: bool = True) -> Store:  # noqa: A001 - the public name
     """Open (or create) the store at ``uri``."""

@@ -1,0 +1,201 @@
+"""Export a stored selection as training data: the chosen rows of the original data file.
+
+Each output row is the original row's fields unchanged (plus ``id`` when the row had
+none, so it can be matched back), then a 1-based ``rank`` and the selection ``weight``,
+in selection order. Output is ``.jsonl`` or ``.parquet``, written atomically.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gradstore.errors import GradstoreError
+from gradstore.grads.data import read_records
+
+if TYPE_CHECKING:
+    from gradstore.store.store import Store
+
+OUT_SUFFIXES = (".jsonl", ".parquet")
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What an export wrote."""
+
+    selection_id: str
+    out: str
+    rows: int
+    method: str
+    target: str | None
+    budget: str
+
+    def lines(self) -> list[str]:
+        """Human-readable report lines."""
+        target = self.target if self.target is not None else "(in-domain)"
+        return [
+            f"exported {self.rows} rows of selection {self.selection_id} to {self.out}",
+            f"method {self.method}, target {target}, budget {self.budget}",
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def export_selection(
+    store: Store,
+    selection_id: str,
+    out: str | Path,
+    data: str | Path | None = None,
+    split: str | None = None,
+    weight_column: str = "weight",
+    rank_column: str = "rank",
+    overwrite: bool = True,
+) -> ExportSummary:
+    """Write the rows of ``data`` chosen by selection ``selection_id`` to ``out``.
+
+    ``data`` (and ``split``) default to the file the pool table was ingested from.
+    """
+    sel = store.selection(selection_id)
+    out_p = Path(out)
+    suffix = _out_suffix(out_p)
+    if weight_column == rank_column or "id" in (weight_column, rank_column):
+        raise GradstoreError(
+            f"weight column {weight_column!r} and rank column {rank_column!r} must differ "
+            "from each other and from 'id'; pick other --weight-column/--rank-column names"
+        )
+    source, source_split = _recorded_source(store, sel.pool)
+    if data is None:
+        if source is None or not Path(source).exists():
+            known = f" (recorded source {source!r} does not exist)" if source else ""
+            raise GradstoreError(
+                f"pool table {sel.pool!r} has no usable data file{known}; pass --data with "
+                "the file the pool was ingested from"
+            )
+        data, split = source, split if split is not None else source_split
+    data_p = Path(data)
+    if out_p.resolve() == data_p.resolve():
+        raise GradstoreError(
+            f"output {out_p} is the input data file; choose another output path"
+        )
+    if out_p.is_dir():
+        raise GradstoreError(f"output {out_p} is a directory; give a file path ending in {suffix}")
+    if out_p.exists() and not overwrite:
+        raise GradstoreError(f"output {out_p} exists; remove it or allow overwriting")
+
+    by_id = {r.id: r for r in read_records(data_p, split=split)}
+    missing = [i for i in sel.ids if i not in by_id]
+    if missing:
+        hint = f" ({source})" if source else ""
+        raise GradstoreError(
+            f"{len(missing)} of {len(sel.ids)} selected ids are not in {data_p} "
+            f"(e.g. {', '.join(map(repr, missing[:3]))}); --data must be the file pool "
+            f"{sel.pool!r} was ingested from{hint}"
+        )
+    rows: list[dict[str, Any]] = []
+    for rank, (rid, w) in enumerate(zip(sel.ids, sel.weights, strict=True), start=1):
+        rec = by_id[rid]
+        for col, flag in ((weight_column, "--weight-column"), (rank_column, "--rank-column")):
+            if col in rec.fields:
+                raise GradstoreError(
+                    f"{rec.where} already has a field {col!r}; pass {flag} with another name"
+                )
+        row = dict(rec.fields) if "id" in rec.fields else {"id": rid, **rec.fields}
+        if row["id"] is None:  # a null id: the record id is the row number
+            row["id"] = rid
+        row[rank_column] = rank
+        row[weight_column] = float(w)
+        rows.append(row)
+    _write_atomic(out_p, suffix, rows)
+    return ExportSummary(
+        selection_id=sel.selection_id,
+        out=str(out_p),
+        rows=len(rows),
+        method=sel.method,
+        target=sel.target,
+        budget=sel.budget,
+    )
+
+
+def read_export(path: str | Path) -> list[dict[str, Any]]:
+    """Read an exported ``.jsonl`` or ``.parquet`` file back as a list of rows."""
+    p = Path(path)
+    if not p.is_file():
+        raise GradstoreError(f"export file {p} does not exist; check the path")
+    if _out_suffix(p) == ".jsonl":
+        with p.open(encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    import pyarrow.parquet as pq
+
+    return pq.read_table(p).to_pylist()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _out_suffix(p: Path) -> str:
+    suffix = p.suffix.lower()
+    if suffix not in OUT_SUFFIXES:
+        raise GradstoreError(
+            f"output {p}: unsupported extension {p.suffix or '(none)'!r}; "
+            f"use one of {', '.join(OUT_SUFFIXES)}"
+        )
+    return suffix
+
+
+def _recorded_source(store: Store, pool: str) -> tuple[str | None, str | None]:
+    """The data file (and split) the pool table was ingested from, if recorded."""
+    try:
+        extra = store.meta(pool).extra
+    except GradstoreError:  # the pool table was dropped since the selection
+        return None, None
+    source, split = extra.get("source"), extra.get("split")
+    return (str(source) if source else None), (str(split) if split else None)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    raise GradstoreError(
+        f"value {value!r} ({type(value).__name__}) cannot be written as JSON; "
+        "export to .parquet instead"
+    )
+
+
+def _write_atomic(out: Path, suffix: str, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` to a temp file beside ``out``, then rename it over ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+    try:
+        if suffix == ".jsonl":
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+        else:
+            os.close(fd)
+            _write_parquet(tmp, rows)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # every key of every row (from_pylist alone would keep only the first row's keys)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    try:
+        table = pa.Table.from_pydict({k: [row.get(k) for row in rows] for k in columns})
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise GradstoreError(
+            f"rows cannot be stored as one parquet table ({e}); export to .jsonl instead"
+        ) from e
+    pq.write_table(table, path)
