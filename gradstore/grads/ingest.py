@@ -565,7 +565,7 @@ class _Runner:
 
     def __init__(self, cfg: IngestConfig, plan: _Plan, device, dtype, tokenizer) -> None:
         self.cfg, self.plan, self.device = cfg, plan, device
-        lm = load_model(cfg.model, cfg.gguf_file, dtype, device)
+        lm = load_model(cfg.model, cfg.gguf_file, dtype, device, progress=cfg.progress)
         paths = plan.checkpoint_paths
         if paths:
             self.model = lora_from_checkpoints(lm, paths).to(device)

@@ -14,6 +14,9 @@ from torch import nn
 
 from gradstore.errors import GradstoreError
 
+# peft reads a deprecated transformers attribute on every get_peft_model: noise to our users
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -77,13 +80,22 @@ def load_tokenizer(model: str, gguf_file: str | None = None):
     return tok
 
 
-def load_model(model: str, gguf_file: str | None, dtype: torch.dtype, device: torch.device):
-    """The base causal LM, frozen, in eval mode, on ``device``."""
+def load_model(
+    model: str, gguf_file: str | None, dtype: torch.dtype, device: torch.device,
+    progress: bool = True,
+):
+    """The base causal LM, frozen, in eval mode, on ``device``.
+
+    ``progress=False`` also silences transformers' own loading bars (``--quiet``).
+    """
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    bars = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()
     try:
         lm = AutoModelForCausalLM.from_pretrained(
             model, dtype=dtype, **_load_kwargs(model, gguf_file)
@@ -95,6 +107,8 @@ def load_model(model: str, gguf_file: str | None, dtype: torch.dtype, device: to
         ) from exc
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     lm.config.use_cache = False
     for p in lm.parameters():
         p.requires_grad_(False)

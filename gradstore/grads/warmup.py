@@ -258,7 +258,7 @@ class _Trainer:
         self.cfg, self.examples, self.pad_id = cfg, examples, pad_id
         self.device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, self.device)
-        lm = load_model(cfg.model, cfg.gguf_file, dtype, self.device)
+        lm = load_model(cfg.model, cfg.gguf_file, dtype, self.device, progress=cfg.progress)
         leaves = {name.rsplit(".", 1)[-1] for name, _ in lm.named_modules()}
         targets: list[str] | str
         if cfg.lora_targets:

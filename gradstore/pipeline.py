@@ -1,0 +1,200 @@
+"""`gradstore run`: warm-up, ingest pool and targets, select, export, in one resumable command.
+
+Everything lands in one working directory::
+
+    OUT/warmup/checkpoint-*      the warm-up trajectory (adapter + AdamW state + lr)
+    OUT/store/                   the gradient store (table ``pool`` and one per target)
+    OUT/selections/*.jsonl       one exported training set per (target, method, budget)
+    OUT/run.json                 what was selected and where it was written
+
+Each step is the library call of the matching command, so running the same
+command again after an interruption resumes the step that was cut off and skips
+the finished ones (a finished warm-up or ingestion is recognised, not redone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gradstore.errors import GradstoreError
+
+METHODS = ("gtp", "less", "omp", "random")
+POOL_TABLE = "pool"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One `gradstore run`. Every field maps to a command-line flag."""
+
+    model: str
+    data: str
+    """The pool file."""
+    out: str
+    """Working directory (created; a rerun resumes in it)."""
+    targets: tuple[str, ...] = ()
+    """Target data files; none: in-domain selection."""
+    budgets: tuple[str, ...] = ("5%",)
+    methods: tuple[str, ...] = ("gtp",)
+    gguf_file: str | None = None
+    split: str | None = None
+    subtask_field: str | None = None
+    target_mode: str = "mean"
+    fraction: float = 0.05
+    num_examples: int | None = None
+    epochs: int = 4
+    lr: float = 2e-5
+    warmup_ratio: float = 0.03
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 2048
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] | None = None
+    lora_layers: str | None = None
+    grad_type: str | None = None
+    """Pool gradients (default adam); targets always use sgd."""
+    projection: str = "rademacher"
+    proj_dim: int = 8192
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    vector_dtype: str = "float16"
+    progress: bool = True
+
+    def validate(self) -> None:
+        from gradstore.selectors.budget import parse_budget
+
+        if not self.methods or any(m not in METHODS for m in self.methods):
+            raise GradstoreError(
+                f"--method {list(self.methods)} must name some of {', '.join(METHODS)}"
+            )
+        if not self.budgets:
+            raise GradstoreError("give at least one --budget, e.g. 5%")
+        for b in self.budgets:
+            parse_budget(b)
+        for path in (self.data, *self.targets):
+            if not Path(path).exists():
+                raise GradstoreError(f"data file {path!r} does not exist; check the path")
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise GradstoreError(f"--out {self.out!r} is a file; give a working directory")
+
+
+@dataclass
+class RunSummary:
+    out: str
+    store: str
+    checkpoints: list[str]
+    selections: list[dict[str, Any]]
+    seconds: float
+    steps: dict[str, str] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        out = [f"gradstore run in {self.out} ({self.seconds:.0f}s)"]
+        out += [f"  {step}: {what}" for step, what in self.steps.items()]
+        out.append(f"  {'method':<7} {'target':<16} {'budget':<7} {'k':>5}  residual  export")
+        for s in self.selections:
+            out.append(
+                f"  {s['method']:<7} {s['target'] or '(in-domain)':<16} {s['budget']:<7} "
+                f"{s['k']:>5}  {s['residual']:8.4f}  {s['export']}"
+            )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def target_tables(paths: tuple[str, ...]) -> list[str]:
+    """A table name per target file: its stem, made safe and unique."""
+    names: list[str] = []
+    for p in paths:
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(p).name.split(".")[0]).strip("_") or "target"
+        name, n = stem, 2
+        while name in names or name == POOL_TABLE:
+            name, n = f"{stem}_{n}", n + 1
+        names.append(name)
+    return names
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "", text.replace("%", "pct")) or "budget"
+
+
+def run_pipeline(cfg: RunConfig) -> RunSummary:
+    import gradstore
+    from gradstore.grads.data import read_records
+    from gradstore.grads.ingest import IngestConfig
+    from gradstore.grads.warmup import WarmupConfig, warmup
+    from gradstore.selectors.budget import budget_count
+
+    cfg.validate()
+    started = time.perf_counter()
+    n = len(read_records(cfg.data, cfg.split))  # bad data or budgets fail before any training
+    for b in cfg.budgets:
+        budget_count(b, n)
+    for path in cfg.targets:
+        read_records(path)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    steps: dict[str, str] = {}
+
+    warm = warmup(WarmupConfig(
+        model=cfg.model, data=cfg.data, out=str(out / "warmup"), gguf_file=cfg.gguf_file,
+        split=cfg.split, fraction=cfg.fraction, num_examples=cfg.num_examples,
+        epochs=cfg.epochs, lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum, max_length=cfg.max_length, lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
+        lora_layers=cfg.lora_layers, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
+        progress=cfg.progress,
+    ))
+    steps["warm-up"] = (f"{len(warm.checkpoints)} checkpoints from {warm.examples} examples "
+                        f"({warm.status})")
+    checkpoints = tuple(warm.checkpoint_paths)
+
+    store = gradstore.open(out / "store")
+    common = dict(
+        model=cfg.model, gguf_file=cfg.gguf_file, checkpoints=checkpoints,
+        projection=cfg.projection, proj_dim=cfg.proj_dim, seed=cfg.seed,
+        max_length=cfg.max_length, batch_size=cfg.batch_size, device=cfg.device,
+        dtype=cfg.dtype, vector_dtype=cfg.vector_dtype, progress=cfg.progress,
+    )
+    pool = store.ingest(IngestConfig(
+        table=POOL_TABLE, data=cfg.data, split=cfg.split, kind="pool", grad_type=cfg.grad_type,
+        **common,
+    ))
+    steps["ingest pool"] = f"{pool.rows_present + pool.rows_written} rows ({pool.status})"
+    names = target_tables(cfg.targets)
+    for name, path in zip(names, cfg.targets, strict=True):
+        t = store.ingest(IngestConfig(
+            table=name, data=path, kind="target", subtask_field=cfg.subtask_field, **common,
+        ))
+        steps[f"ingest {name}"] = f"{t.rows_present + t.rows_written} rows ({t.status})"
+
+    records = []
+    sel_dir = out / "selections"
+    for method in cfg.methods:
+        sels = store.select(
+            POOL_TABLE, target=list(names) or [None], budget=list(cfg.budgets), method=method,
+            target_mode=cfg.target_mode, seed=cfg.seed, progress=cfg.progress,
+        )
+        for sel in sels:
+            path = sel_dir / f"{sel.target or 'in-domain'}-{method}-{_slug(sel.budget)}.jsonl"
+            store.export(sel.selection_id, path, data=cfg.data, split=cfg.split)
+            records.append({
+                "selection_id": sel.selection_id, "method": method, "target": sel.target,
+                "budget": sel.budget, "k": len(sel.ids), "residual": float(sel.residual),
+                "seconds": float(sel.seconds), "export": str(path),
+            })
+    summary = RunSummary(str(out), str(out / "store"), list(checkpoints), records,
+                         time.perf_counter() - started, steps)
+    tmp = out / ".run.json.tmp"
+    tmp.write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
+    os.replace(tmp, out / "run.json")
+    return summary
