@@ -72,9 +72,14 @@ def report(run_json: Path) -> None:
     share = per_skill[TARGET_SKILL] / len(pool)
     print(f"selected examples of the target's skill ({TARGET_SKILL!r}; "
           f"{per_skill[TARGET_SKILL]} of the {len(pool)} pool examples):")
+    allowed = max(1, round(0.05 * len(pool)))
     for method, hits, k in counts:
-        print(f"  {method:<7} {hits:>3} / {k}")
-    print(f"  (a uniform draw of {counts[0][2]} would average {share * counts[0][2]:.1f})")
+        note = ""
+        if k < allowed:
+            note = (f"  (stopped at {k} of the {allowed} allowed: more examples did not "
+                    "lower the residual)")
+        print(f"  {method:<7} {hits:>3} / {k}{note}")
+    print(f"  (a uniform draw of {allowed} would average {share * allowed:.1f})")
 
 
 def main() -> None:

@@ -99,11 +99,11 @@ class RunSummary:
     def lines(self) -> list[str]:
         out = [f"gradstore run in {self.out} ({self.seconds:.0f}s)"]
         out += [f"  {step}: {what}" for step, what in self.steps.items()]
-        out.append(f"  {'method':<7} {'target':<16} {'budget':<7} {'k':>5}  residual  export")
+        out.append(f"  {'method':<7} {'target':<16} {'budget':<7} {'chosen':>9}  residual  export")
         for s in self.selections:
             out.append(
                 f"  {s['method']:<7} {s['target'] or '(in-domain)':<16} {s['budget']:<7} "
-                f"{s['k']:>5}  {s['residual']:8.4f}  {s['export']}"
+                f"{s['chosen']:>4} of {s['k']:<4}{s['residual']:8.4f}  {s['export']}"
             )
         return out
 
@@ -189,8 +189,8 @@ def run_pipeline(cfg: RunConfig) -> RunSummary:
             store.export(sel.selection_id, path, data=cfg.data, split=cfg.split)
             records.append({
                 "selection_id": sel.selection_id, "method": method, "target": sel.target,
-                "budget": sel.budget, "k": len(sel.ids), "residual": float(sel.residual),
-                "seconds": float(sel.seconds), "export": str(path),
+                "budget": sel.budget, "k": int(sel.k), "chosen": len(sel.ids),
+                "residual": float(sel.residual), "seconds": float(sel.seconds), "export": str(path),
             })
     summary = RunSummary(str(out), str(out / "store"), list(checkpoints), records,
                          time.perf_counter() - started, steps)

@@ -582,8 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "gradstore: interrupted; what was committed is kept (rerun the same command to "
-            "resume an ingestion)",
+            "gradstore: interrupted; what was committed is kept (run the same command again "
+            "to resume)",
             file=sys.stderr,
         )
         return 130
