@@ -66,6 +66,8 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "auto"
     vector_dtype: str = "float16"
+    overwrite: bool = False
+    """Replace a warm-up and tables in ``out`` left by a run with other settings."""
     progress: bool = True
 
     def validate(self) -> None:
@@ -127,6 +129,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "", text.replace("%", "pct")) or "budget"
 
 
+def _ingest(store, overwrite: bool, cfg):
+    """Ingest (resuming); with ``overwrite``, a table from other settings is replaced, while one
+    from the same settings is kept rather than recomputed."""
+    from dataclasses import replace
+
+    try:
+        return store.ingest(cfg)
+    except GradstoreError:
+        if not overwrite or cfg.table not in store.tables():
+            raise
+        return store.ingest(replace(cfg, overwrite=True))
+
+
 def run_pipeline(cfg: RunConfig) -> RunSummary:
     import gradstore
     from gradstore.grads.data import read_records
@@ -152,7 +167,7 @@ def run_pipeline(cfg: RunConfig) -> RunSummary:
         grad_accum=cfg.grad_accum, max_length=cfg.max_length, lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
         lora_layers=cfg.lora_layers, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
-        progress=cfg.progress,
+        overwrite=cfg.overwrite, progress=cfg.progress,
     ))
     steps["warm-up"] = (f"{len(warm.checkpoints)} checkpoints from {warm.examples} examples "
                         f"({warm.status})")
@@ -165,14 +180,14 @@ def run_pipeline(cfg: RunConfig) -> RunSummary:
         max_length=cfg.max_length, batch_size=cfg.batch_size, device=cfg.device,
         dtype=cfg.dtype, vector_dtype=cfg.vector_dtype, progress=cfg.progress,
     )
-    pool = store.ingest(IngestConfig(
+    pool = _ingest(store, cfg.overwrite, IngestConfig(
         table=POOL_TABLE, data=cfg.data, split=cfg.split, kind="pool", grad_type=cfg.grad_type,
         **common,
     ))
     steps["ingest pool"] = f"{pool.rows_present + pool.rows_written} rows ({pool.status})"
     names = target_tables(cfg.targets)
     for name, path in zip(names, cfg.targets, strict=True):
-        t = store.ingest(IngestConfig(
+        t = _ingest(store, cfg.overwrite, IngestConfig(
             table=name, data=path, kind="target", subtask_field=cfg.subtask_field, **common,
         ))
         steps[f"ingest {name}"] = f"{t.rows_present + t.rows_written} rows ({t.status})"

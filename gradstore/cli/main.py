@@ -394,6 +394,8 @@ def _add_run(sub) -> None:
     r.add_argument("--proj-dim", type=int, default=8192, help="projected dims (default 8192)")
     r.add_argument("--vector-dtype", choices=["float16", "float32"], default="float16")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace what a run with other settings left in --out")
     r.add_argument("--format", choices=["text", "json"], default="text")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
@@ -412,7 +414,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         lora_targets=args.lora_targets, lora_layers=args.lora_layers, grad_type=args.grad_type,
         projection=args.projection, proj_dim=args.proj_dim, seed=args.seed, device=args.device,
-        dtype=args.dtype, vector_dtype=args.vector_dtype, progress=not args.quiet,
+        dtype=args.dtype, vector_dtype=args.vector_dtype, overwrite=args.overwrite,
+        progress=not args.quiet,
     ))
     _print_summary(summary, args.format)
     return 0

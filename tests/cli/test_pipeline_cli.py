@@ -118,3 +118,21 @@ def test_export_errors_exit_2(tmp_path):
         assert res.returncode == 2 and match in res.stderr, res.stderr
     res = run("export", tmp_path / "missing", "--selection", "x", "--out", "o.jsonl", ok=False)
     assert res.returncode == 2
+
+
+def test_run_with_other_settings_needs_overwrite(tmp_path, model_dir):
+    pool = write_chat_data(tmp_path / "pool.jsonl", 12)
+    base = ["run", "--model", model_dir, "--data", pool, "--out", tmp_path / "work",
+            "--fraction", "0.5", "--epochs", "1", "--batch-size", "3", "--proj-dim", "16",
+            "--budget", "3", "--quiet", "--format", "json"]
+    first = json.loads(run(*base, "--lr", "1e-3").stdout)
+    res = run(*base, "--lr", "5e-3", ok=False)
+    assert res.returncode == 2 and "--overwrite" in res.stderr
+    second = json.loads(run(*base, "--lr", "5e-3", "--overwrite").stdout)
+    assert second["steps"]["warm-up"].endswith("(complete)")
+    store = gradstore.open(tmp_path / "work" / "store")
+    assert store.meta("pool").ingest["status"] == "complete"
+    lrs = [json.loads((tmp_path / "work" / "warmup" / "checkpoint-2" /
+                       "gradstore_checkpoint.json").read_text())["settings"]["lr"]]
+    assert lrs == [5e-3] and first["selections"][0]["selection_id"] != \
+        second["selections"][0]["selection_id"]
