@@ -84,3 +84,13 @@ def test_missing_store_or_table(tmp_path):
     one_line_exit_2(run("info", s, "ghost", ok=False), "ghost")
     one_line_exit_2(run("export", s, "--selection", "latest", "--out", tmp_path / "o.jsonl",
                         ok=False), "no selections")
+
+
+def test_float16_overflow_on_import(tmp_path):
+    np.save(tmp_path / "big.npy", np.full((3, 4), 1e6, dtype=np.float32))
+    res = run("import", tmp_path / "s", "t", "--vectors", tmp_path / "big.npy", ok=False)
+    one_line_exit_2(res, "--vector-dtype float32")
+    assert gradstore.open(tmp_path / "s").tables() == []
+    run("import", tmp_path / "s", "t", "--vectors", tmp_path / "big.npy",
+        "--vector-dtype", "float32")
+    assert gradstore.open(tmp_path / "s").vectors("t")[1].max() == 1e6
