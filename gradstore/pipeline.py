@@ -143,13 +143,20 @@ def _ingest(store, overwrite: bool, cfg):
 
 
 def run_pipeline(cfg: RunConfig) -> RunSummary:
+    from gradstore.grads.model import shared_models
+
+    cfg.validate()
+    with shared_models():  # the model and tokenizer are loaded once for all steps
+        return _run(cfg)
+
+
+def _run(cfg: RunConfig) -> RunSummary:
     import gradstore
     from gradstore.grads.data import read_records
     from gradstore.grads.ingest import IngestConfig
     from gradstore.grads.warmup import WarmupConfig, warmup
     from gradstore.selectors.budget import budget_count
 
-    cfg.validate()
     started = time.perf_counter()
     n = len(read_records(cfg.data, cfg.split))  # bad data or budgets fail before any training
     for b in cfg.budgets:

@@ -39,6 +39,7 @@ from gradstore.grads.model import (
     load_tokenizer,
     lora_from_checkpoints,
     model_identity,
+    release_model,
     resolve_device,
     resolve_dtype,
     weights_fingerprint,
@@ -351,6 +352,7 @@ def ingest(store: Store, cfg: IngestConfig) -> IngestSummary:
     if replace:  # only now: a bad model or checkpoint must not cost the old table
         store.drop_table(cfg.table)
     _write_rows(store, cfg, plan, runner, todo, summary)
+    release_model(runner.model)
     summary.status = "complete"
     summary.seconds = time.perf_counter() - start
     return summary
@@ -464,6 +466,7 @@ def _compute_and_add_columns(
                 f"{runner.projector.spec}; the new checkpoints cannot join it"
             )
         _write_rows(store, stage, sub, runner, todo, summary)
+        release_model(runner.model)
     bad = store.meta(stage.table).ingest.get("nonfinite_ids", [])
     if bad:
         raise GradstoreError(

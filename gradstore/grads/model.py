@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,42 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+_shared: dict[str, dict] | None = None  # tokenizers and free base models, inside shared_models()
+
+
+@contextmanager
+def shared_models() -> Iterator[None]:
+    """Load each tokenizer and base model once for the steps run inside this block.
+
+    `gradstore run` trains, then ingests a pool and targets with the same model: each
+    step takes the base model (``load_model``), wraps it in LoRA and gives it back
+    unwrapped (``release_model``), so the next step skips loading it again. Outside
+    the block every call loads afresh.
+    """
+    global _shared
+    outer = _shared
+    if outer is None:
+        _shared = {"tokenizers": {}, "models": {}}
+    try:
+        yield
+    finally:
+        if outer is None:
+            _shared = None
+
+
+def release_model(model: nn.Module) -> None:
+    """Give a base model (or a peft model around one) back for reuse inside ``shared_models``."""
+    if _shared is None:
+        return
+    base = model.unload() if hasattr(model, "unload") else model  # peft: LoRA layers removed
+    key = getattr(base, "_gradstore_key", None)
+    if key is None:
+        return
+    for p in base.parameters():
+        p.requires_grad_(False)
+    _shared["models"][key] = base.eval()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -66,6 +104,15 @@ def _load_kwargs(model: str, gguf_file: str | None) -> dict[str, Any]:
 
 def load_tokenizer(model: str, gguf_file: str | None = None):
     """The model's tokenizer, with a pad token (eos when it has none)."""
+    if _shared is not None and (model, gguf_file) in _shared["tokenizers"]:
+        return _shared["tokenizers"][(model, gguf_file)]
+    tok = _load_tokenizer(model, gguf_file)
+    if _shared is not None:
+        _shared["tokenizers"][(model, gguf_file)] = tok
+    return tok
+
+
+def _load_tokenizer(model: str, gguf_file: str | None):
     from transformers import AutoTokenizer
 
     try:
@@ -91,6 +138,9 @@ def load_model(
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    key = (model, gguf_file, str(dtype), str(device))
+    if _shared is not None and key in _shared["models"]:
+        return _shared["models"].pop(key)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     bars = hf_logging.is_progress_bar_enabled()
@@ -112,6 +162,7 @@ def load_model(
     lm.config.use_cache = False
     for p in lm.parameters():
         p.requires_grad_(False)
+    lm._gradstore_key = key
     return lm.to(device).eval()
 
 

@@ -39,6 +39,7 @@ from gradstore.grads.model import (
     load_model,
     load_tokenizer,
     model_identity,
+    release_model,
     resolve_device,
     resolve_dtype,
 )
@@ -452,6 +453,7 @@ def warmup(cfg: WarmupConfig | None = None, /, **options: Any) -> WarmupSummary:
             trainer.save(out, epoch, lr, lr_end, loss, settings)
     finally:
         bar.close()
+    release_model(trainer.model)
     _write_run_info(out, settings, "complete")
     cks = [_summary_of(p) for _, p in _completed(out)]
     return WarmupSummary(str(out), cks, len(report.examples), report.skipped, trainer.step,

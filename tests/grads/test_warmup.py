@@ -206,3 +206,25 @@ def test_no_trainable_examples(tmp_path, llama_dir):
     data.write_text("".join(json.dumps(row | {"id": i}) + "\n" for i in range(4)))
     with pytest.raises(GradstoreError, match="no.*response|response token"):
         warmup(base(llama_dir, data, tmp_path / "w", fraction=1.0, epochs=1))
+
+
+def test_shared_models_load_once_and_change_nothing(tmp_path, llama_dir):
+    from gradstore.grads import model as model_module
+
+    data = write_chat_data(tmp_path / "pool.jsonl", 10)
+    store = gradstore.open(tmp_path / "store")
+    opts = dict(model=str(llama_dir), data=str(data), proj_dim=16, vector_dtype="float32",
+                progress=False)
+    with model_module.shared_models():
+        s = warmup(base(llama_dir, data, tmp_path / "w", epochs=1))
+        (key,) = model_module._shared["models"]  # given back after training
+        shared = model_module._shared["models"][key]
+        store.ingest("a", checkpoints=s.checkpoint_paths, **opts)
+        store.ingest("t", kind="target", checkpoints=s.checkpoint_paths, **opts)
+        assert model_module._shared["models"][key] is shared  # the same object all along
+        assert not [n for n, _ in shared.named_modules() if "lora" in n]
+    assert model_module._shared is None
+    store.ingest("b", checkpoints=s.checkpoint_paths, **opts)  # fresh loads
+    store.ingest("u", kind="target", checkpoints=s.checkpoint_paths, **opts)
+    for x, y in (("a", "b"), ("t", "u")):
+        np.testing.assert_array_equal(store.vectors(x)[1], store.vectors(y)[1])
