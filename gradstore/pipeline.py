@@ -66,6 +66,7 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "auto"
     vector_dtype: str = "float16"
+    gradient_checkpointing: bool = False
     overwrite: bool = False
     """Replace a warm-up and tables in ``out`` left by a run with other settings."""
     progress: bool = True
@@ -174,7 +175,8 @@ def _run(cfg: RunConfig) -> RunSummary:
         grad_accum=cfg.grad_accum, max_length=cfg.max_length, lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
         lora_layers=cfg.lora_layers, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
-        overwrite=cfg.overwrite, progress=cfg.progress,
+        overwrite=cfg.overwrite, gradient_checkpointing=cfg.gradient_checkpointing,
+        progress=cfg.progress,
     ))
     steps["warm-up"] = (f"{len(warm.checkpoints)} checkpoints from {warm.examples} examples "
                         f"({warm.status})")

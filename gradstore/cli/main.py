@@ -275,6 +275,8 @@ def _add_training_flags(p) -> None:
                    help="batches per optimizer step (default 1)")
     g.add_argument("--lora-dropout", type=float, default=0.0)
     g.add_argument("--lora-layers", help="LoRA only on these layers: top:N or e.g. 20,21,22")
+    g.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations: less memory for long sequences, slower")
 
 
 def _add_warmup(sub) -> None:
@@ -315,7 +317,7 @@ def cmd_warmup(args: argparse.Namespace) -> int:
         lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         lora_targets=args.lora_targets, lora_layers=args.lora_layers, seed=args.seed,
         device=args.device, dtype=args.dtype, overwrite=args.overwrite,
-        progress=not args.quiet,
+        gradient_checkpointing=args.gradient_checkpointing, progress=not args.quiet,
     ))
     _print_summary(summary, args.format)
     return 0
@@ -415,7 +417,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         lora_targets=args.lora_targets, lora_layers=args.lora_layers, grad_type=args.grad_type,
         projection=args.projection, proj_dim=args.proj_dim, seed=args.seed, device=args.device,
         dtype=args.dtype, vector_dtype=args.vector_dtype, overwrite=args.overwrite,
-        progress=not args.quiet,
+        gradient_checkpointing=args.gradient_checkpointing, progress=not args.quiet,
     ))
     _print_summary(summary, args.format)
     return 0

@@ -91,6 +91,8 @@ class WarmupConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory for long sequences."""
     overwrite: bool = False
     progress: bool = True
 
@@ -125,7 +127,7 @@ class WarmupConfig:
     def training_settings(self) -> dict[str, Any]:
         """What decides the weights: a rerun into the same directory must match these."""
         d = asdict(self)
-        for k in ("out", "device", "overwrite", "progress", "data"):
+        for k in ("out", "device", "overwrite", "progress", "data", "gradient_checkpointing"):
             d.pop(k)
         d["model"] = model_identity(self.model, self.gguf_file)
         d["lora_targets"] = list(self.lora_targets) if self.lora_targets else None
@@ -286,6 +288,8 @@ class _Trainer:
                     f"LoRA targets/layers do not fit this model: {exc}; pass module names "
                     "that exist (--lora-targets q_proj,v_proj) and layers it has"
                 ) from exc
+        if cfg.gradient_checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         decay = [(n, p) for n, p in named if not n.endswith("bias") and "norm" not in n]
         decayed = {n for n, _ in decay}
@@ -453,6 +457,8 @@ def warmup(cfg: WarmupConfig | None = None, /, **options: Any) -> WarmupSummary:
             trainer.save(out, epoch, lr, lr_end, loss, settings)
     finally:
         bar.close()
+    if cfg.gradient_checkpointing:
+        trainer.model.get_base_model().gradient_checkpointing_disable()
     release_model(trainer.model)
     _write_run_info(out, settings, "complete")
     cks = [_summary_of(p) for _, p in _completed(out)]

@@ -228,3 +228,15 @@ def test_shared_models_load_once_and_change_nothing(tmp_path, llama_dir):
     store.ingest("u", kind="target", checkpoints=s.checkpoint_paths, **opts)
     for x, y in (("a", "b"), ("t", "u")):
         np.testing.assert_array_equal(store.vectors(x)[1], store.vectors(y)[1])
+
+
+def test_gradient_checkpointing_trains_the_same_weights(tmp_path, llama_dir):
+    data = write_chat_data(tmp_path / "pool.jsonl", 12)
+    a = warmup(base(llama_dir, data, tmp_path / "a", epochs=1))
+    b = warmup(base(llama_dir, data, tmp_path / "b", epochs=1, gradient_checkpointing=True))
+    wa = load_peft_weights(a.checkpoints[0].path, device="cpu")
+    wb = load_peft_weights(b.checkpoints[0].path, device="cpu")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-7)
+    assert float(wa[next(k for k in wa if "lora_B" in k)].abs().max()) > 0  # it trained
