@@ -103,6 +103,15 @@ def content_hash(input_ids: np.ndarray, loss_mask: np.ndarray) -> str:
     return h.hexdigest()[:32]
 
 
+def data_fingerprint(examples: list[TokenizedExample]) -> str:
+    """A hash of the tokenised examples (ids, tokens, loss masks, subtasks) in order: a rerun
+    on changed data is told apart from one on the same data."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(f"{ex.id}\x00{ex.content_hash}\x00{ex.subtask}\n".encode())
+    return h.hexdigest()[:32]
+
+
 # --------------------------------------------------------------------------- formats
 
 

@@ -12,7 +12,6 @@ refused rather than mixed in.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 
 from gradstore.errors import GradstoreError
 from gradstore.grads.data import read_records
-from gradstore.grads.examples import TokenizedExample, tokenize_records
+from gradstore.grads.examples import TokenizedExample, data_fingerprint, tokenize_records
 from gradstore.grads.grad_types import GRAD_TYPES, apply_grad_type
 from gradstore.grads.model import (
     CheckpointWeights,
@@ -204,13 +203,6 @@ def _checkpoint_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def _data_fingerprint(examples: list[TokenizedExample]) -> str:
-    h = hashlib.sha256()
-    for ex in examples:
-        h.update(f"{ex.id}\x00{ex.content_hash}\x00{ex.subtask}\n".encode())
-    return h.hexdigest()[:32]
-
-
 def plan_ingest(
     cfg: IngestConfig, tokenizer, dtype: torch.dtype | None = None
 ) -> tuple[_Plan, IngestSummary]:
@@ -268,7 +260,7 @@ def plan_ingest(
     settings = json.loads(json.dumps(settings))  # compared with the stored (JSON) copy
     plan = _Plan(
         report.examples, paths, names, lrs, adapters, grad_type, settings,
-        _data_fingerprint(report.examples),
+        data_fingerprint(report.examples),
     )
     summary.checkpoints, summary.grad_type = names, grad_type
     summary.rows_expected = len(report.examples)
@@ -446,7 +438,7 @@ def _compute_and_add_columns(
     sub = _Plan(
         examples, [plan.checkpoint_paths[i] for i in pick], new, [plan.lrs[i] for i in pick],
         [plan.adapter_weights[i] for i in pick], plan.grad_type, settings,
-        _data_fingerprint(examples),
+        data_fingerprint(examples),
     )
     present: set[str] = set()
     if stage.table in store._all_tables():

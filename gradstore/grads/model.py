@@ -176,7 +176,8 @@ class LoraSpec:
     seed: int = 0
 
 
-def _pick_targets(lm: nn.Module, targets: tuple[str, ...] | None) -> list[str] | str:
+def pick_lora_targets(lm: nn.Module, targets: tuple[str, ...] | None) -> list[str] | str:
+    """The modules to adapt: as given, else q/k/v/o projections when present, else all linear."""
     if targets:
         if list(targets) == ["all-linear"]:
             return "all-linear"
@@ -199,7 +200,7 @@ def fresh_lora(lm: nn.Module, spec: LoraSpec):
         raise GradstoreError(f"LoRA rank {spec.r} / alpha {spec.alpha} must be positive")
     cfg = LoraConfig(
         r=spec.r, lora_alpha=spec.alpha, lora_dropout=0.0,
-        target_modules=_pick_targets(lm, spec.targets), bias="none",
+        target_modules=pick_lora_targets(lm, spec.targets), bias="none",
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)

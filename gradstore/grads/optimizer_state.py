@@ -59,14 +59,15 @@ def _normal_name(name: str) -> str:
     return re.sub(r"\.(default)(?=\.weight$|\.bias$)", "", name)
 
 
+def decays(name: str) -> bool:
+    """Whether the Trainer applies weight decay to parameter ``name`` (not biases, norms)."""
+    module, _, leaf = name.rpartition(".")
+    return leaf != "bias" and not _NO_DECAY.search(module)
+
+
 def trainer_order(slots: list[ParamSlot]) -> list[ParamSlot]:
     """The Trainer's parameter order: weight-decayed parameters first, then the rest."""
-
-    def decays(slot: ParamSlot) -> bool:
-        module, _, leaf = slot.name.rpartition(".")
-        return leaf != "bias" and not _NO_DECAY.search(module)
-
-    return [s for s in slots if decays(s)] + [s for s in slots if not decays(s)]
+    return [s for s in slots if decays(s.name)] + [s for s in slots if not decays(s.name)]
 
 
 def load_adam_moments(path: Path, slots: list[ParamSlot]) -> AdamMoments:

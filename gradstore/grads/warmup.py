@@ -16,7 +16,6 @@ weights as an uninterrupted run; a finished run is not repeated.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -33,17 +32,18 @@ from tqdm.auto import tqdm
 
 from gradstore.errors import GradstoreError
 from gradstore.grads.data import Record, read_records
-from gradstore.grads.examples import TokenizedExample, tokenize_records
+from gradstore.grads.examples import TokenizedExample, data_fingerprint, tokenize_records
 from gradstore.grads.model import (
-    DEFAULT_LORA_TARGETS,
+    load_adapter_weights,
     load_model,
     load_tokenizer,
     model_identity,
+    pick_lora_targets,
     release_model,
     resolve_device,
     resolve_dtype,
 )
-from gradstore.grads.optimizer_state import CHECKPOINT_INFO
+from gradstore.grads.optimizer_state import CHECKPOINT_INFO, decays
 from gradstore.grads.per_example import collate
 
 RUN_INFO = "gradstore_warmup.json"
@@ -237,14 +237,6 @@ def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, 0x45504F43, epoch]).permutation(n)  # "EPOC"
 
 
-def _fingerprint(examples: list[TokenizedExample]) -> str:
-    h = hashlib.sha256()
-    for ex in examples:
-        h.update(ex.id.encode())
-        h.update(ex.content_hash.encode())
-    return h.hexdigest()[:16]
-
-
 def _completed(out: Path) -> list[tuple[int, Path]]:
     found = []
     for p in out.glob(f"{CHECKPOINT_PREFIX}*"):
@@ -262,21 +254,13 @@ class _Trainer:
         self.device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, self.device)
         lm = load_model(cfg.model, cfg.gguf_file, dtype, self.device, progress=cfg.progress)
-        leaves = {name.rsplit(".", 1)[-1] for name, _ in lm.named_modules()}
-        targets: list[str] | str
-        if cfg.lora_targets:
-            targets = list(cfg.lora_targets)
-            if targets == ["all-linear"]:
-                targets = "all-linear"
-        else:
-            targets = (list(DEFAULT_LORA_TARGETS) if set(DEFAULT_LORA_TARGETS) <= leaves
-                       else "all-linear")
         layers = None
         if cfg.lora_layers:
             layers = _parse_layers(cfg.lora_layers, getattr(lm.config, "num_hidden_layers", None))
         lora = LoraConfig(
             r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=targets, bias="none", layers_to_transform=layers or None,
+            target_modules=pick_lora_targets(lm, cfg.lora_targets), bias="none",
+            layers_to_transform=layers or None,
             task_type="CAUSAL_LM",
         )
         with torch.random.fork_rng(devices=[]):
@@ -291,9 +275,8 @@ class _Trainer:
         if cfg.gradient_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        decay = [(n, p) for n, p in named if not n.endswith("bias") and "norm" not in n]
-        decayed = {n for n, _ in decay}
-        no_decay = [(n, p) for n, p in named if n not in decayed]
+        decay = [(n, p) for n, p in named if decays(n)]
+        no_decay = [(n, p) for n, p in named if not decays(n)]
         groups = [{"params": [p for _, p in decay], "param_names": [n for n, _ in decay],
                    "weight_decay": cfg.weight_decay}]
         if no_decay:
@@ -313,9 +296,8 @@ class _Trainer:
 
     def restore(self, path: Path) -> None:
         from peft import set_peft_model_state_dict
-        from peft.utils import load_peft_weights
 
-        set_peft_model_state_dict(self.model, load_peft_weights(str(path), device="cpu"))
+        set_peft_model_state_dict(self.model, load_adapter_weights(path))
         self.optimizer.load_state_dict(
             torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True)
         )
@@ -325,7 +307,8 @@ class _Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.step = int(json.loads((path / CHECKPOINT_INFO).read_text())["global_step"])
 
-    def _loss(self, batch_examples: list[TokenizedExample]) -> tuple[torch.Tensor, int]:
+    def _loss(self, batch_examples: list[TokenizedExample]) -> torch.Tensor:
+        """Summed cross-entropy over the batch's loss tokens."""
         batch = collate(
             [e.input_ids for e in batch_examples], [e.loss_mask for e in batch_examples],
             self.pad_id, self.device,
@@ -334,10 +317,9 @@ class _Trainer:
             input_ids=batch.input_ids, attention_mask=batch.attention_mask
         ).logits
         mask = batch.loss_mask[:, 1:]
-        ce = torch.nn.functional.cross_entropy(
+        return torch.nn.functional.cross_entropy(
             logits[:, :-1][mask].float(), batch.input_ids[:, 1:][mask], reduction="sum"
         )
-        return ce, int(mask.sum())
 
     def epoch(self, epoch: int, bar) -> tuple[float, float, float]:
         """Train one epoch; returns (mean lr of its steps, lr at its end, mean loss)."""
@@ -353,7 +335,7 @@ class _Trainer:
             group = batches[s : s + cfg.grad_accum]
             tokens = sum(int(e.loss_mask[1:].sum()) for b in group for e in b)
             for b in group:
-                ce, _ = self._loss(b)
+                ce = self._loss(b)
                 (ce / tokens).backward()
                 loss_sum += float(ce.detach())
             tok_sum += tokens
@@ -435,7 +417,7 @@ def warmup(cfg: WarmupConfig | None = None, /, **options: Any) -> WarmupSummary:
         )
     settings = cfg.training_settings() | {
         "examples": [e.id for e in report.examples],
-        "data_fingerprint": _fingerprint(report.examples),
+        "data_fingerprint": data_fingerprint(report.examples),
     }
     done = _prepare_out(out, settings, cfg.overwrite)
     if len(done) >= cfg.epochs:
