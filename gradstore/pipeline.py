@@ -153,6 +153,7 @@ def run_pipeline(cfg: RunConfig) -> RunSummary:
 
 def _run(cfg: RunConfig) -> RunSummary:
     import gradstore
+    from gradstore.config import config_from
     from gradstore.grads.data import read_records
     from gradstore.grads.ingest import IngestConfig
     from gradstore.grads.warmup import WarmupConfig, warmup
@@ -168,16 +169,7 @@ def _run(cfg: RunConfig) -> RunSummary:
     out.mkdir(parents=True, exist_ok=True)
     steps: dict[str, str] = {}
 
-    warm = warmup(WarmupConfig(
-        model=cfg.model, data=cfg.data, out=str(out / "warmup"), gguf_file=cfg.gguf_file,
-        split=cfg.split, fraction=cfg.fraction, num_examples=cfg.num_examples,
-        epochs=cfg.epochs, lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, batch_size=cfg.batch_size,
-        grad_accum=cfg.grad_accum, max_length=cfg.max_length, lora_r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
-        lora_layers=cfg.lora_layers, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
-        overwrite=cfg.overwrite, gradient_checkpointing=cfg.gradient_checkpointing,
-        progress=cfg.progress,
-    ))
+    warm = warmup(config_from(WarmupConfig, cfg, out=str(out / "warmup")))
     steps["warm-up"] = (f"{len(warm.checkpoints)} checkpoints from {warm.examples} examples "
                         f"({warm.status})")
     checkpoints = tuple(warm.checkpoint_paths)

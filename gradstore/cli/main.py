@@ -262,7 +262,7 @@ def _add_model_flags(p) -> None:
                    default="auto", help="model weights (auto: float32 on CPU, bf16 on CUDA)")
 
 
-def _add_training_flags(p) -> None:
+def _add_training_flags(p, batch_help: str = "examples per forward pass") -> None:
     g = p.add_argument_group("warm-up training")
     g.add_argument("--fraction", type=float, default=0.05,
                    help="share of the pool trained on, drawn with --seed (default 0.05)")
@@ -277,6 +277,11 @@ def _add_training_flags(p) -> None:
     g.add_argument("--lora-layers", help="LoRA only on these layers: top:N or e.g. 20,21,22")
     g.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations: less memory for long sequences, slower")
+    g.add_argument("--batch-size", type=int, default=8, help=batch_help)
+    g.add_argument("--max-length", type=int, default=2048, help="tokens per example")
+    g.add_argument("--lora-r", type=int, default=8)
+    g.add_argument("--lora-alpha", type=int, default=32)
+    g.add_argument("--lora-targets", type=_csv, help="modules, e.g. q_proj,v_proj")
 
 
 def _add_warmup(sub) -> None:
@@ -293,11 +298,6 @@ def _add_warmup(sub) -> None:
     _add_training_flags(w)
     w.add_argument("--weight-decay", type=float, default=0.0)
     w.add_argument("--max-grad-norm", type=float, default=1.0, help="clipping (0: none)")
-    w.add_argument("--batch-size", type=int, default=8)
-    w.add_argument("--max-length", type=int, default=2048, help="tokens per example")
-    w.add_argument("--lora-r", type=int, default=8)
-    w.add_argument("--lora-alpha", type=int, default=32)
-    w.add_argument("--lora-targets", type=_csv, help="modules, e.g. q_proj,v_proj")
     w.add_argument("--seed", type=int, default=0, help="subset, LoRA init and data order")
     w.add_argument("--overwrite", action="store_true", help="replace another run in --out")
     w.add_argument("--format", choices=["text", "json"], default="text")
@@ -306,19 +306,10 @@ def _add_warmup(sub) -> None:
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:
+    from gradstore.config import config_from
     from gradstore.grads.warmup import WarmupConfig, warmup
 
-    summary = warmup(WarmupConfig(
-        model=args.model, data=args.data, out=args.out, gguf_file=args.gguf_file,
-        split=args.split, fraction=args.fraction, num_examples=args.num_examples,
-        epochs=args.epochs, lr=args.lr, warmup_ratio=args.warmup_ratio,
-        weight_decay=args.weight_decay, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        max_grad_norm=args.max_grad_norm, max_length=args.max_length, lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        lora_targets=args.lora_targets, lora_layers=args.lora_layers, seed=args.seed,
-        device=args.device, dtype=args.dtype, overwrite=args.overwrite,
-        gradient_checkpointing=args.gradient_checkpointing, progress=not args.quiet,
-    ))
+    summary = warmup(config_from(WarmupConfig, args, progress=not args.quiet))
     _print_summary(summary, args.format)
     return 0
 
@@ -384,12 +375,7 @@ def _add_run(sub) -> None:
     r.add_argument("--method", action="append", choices=["gtp", "less", "omp", "random"],
                    help="repeatable (default gtp)")
     r.add_argument("--target-mode", choices=["mean", "joint"], default="mean")
-    _add_training_flags(r)
-    r.add_argument("--batch-size", type=int, default=8, help="training and ingest batch")
-    r.add_argument("--max-length", type=int, default=2048, help="tokens per example")
-    r.add_argument("--lora-r", type=int, default=8)
-    r.add_argument("--lora-alpha", type=int, default=32)
-    r.add_argument("--lora-targets", type=_csv, help="modules, e.g. q_proj,v_proj")
+    _add_training_flags(r, batch_help="examples per batch in training and ingestion")
     r.add_argument("--grad-type", choices=["adam", "sgd", "sign"], help="pool (default adam)")
     r.add_argument("--projection", choices=["rademacher", "countsketch", "none"],
                    default="rademacher")
@@ -404,20 +390,12 @@ def _add_run(sub) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from gradstore.config import config_from
     from gradstore.pipeline import RunConfig, run_pipeline
 
-    summary = run_pipeline(RunConfig(
-        model=args.model, data=args.data, out=args.out, targets=tuple(args.target),
-        budgets=tuple(args.budget or ["5%"]), methods=tuple(args.method or ["gtp"]),
-        gguf_file=args.gguf_file, split=args.split, subtask_field=args.subtask_field,
-        target_mode=args.target_mode, fraction=args.fraction, num_examples=args.num_examples,
-        epochs=args.epochs, lr=args.lr, warmup_ratio=args.warmup_ratio,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
-        lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        lora_targets=args.lora_targets, lora_layers=args.lora_layers, grad_type=args.grad_type,
-        projection=args.projection, proj_dim=args.proj_dim, seed=args.seed, device=args.device,
-        dtype=args.dtype, vector_dtype=args.vector_dtype, overwrite=args.overwrite,
-        gradient_checkpointing=args.gradient_checkpointing, progress=not args.quiet,
+    summary = run_pipeline(config_from(
+        RunConfig, args, targets=tuple(args.target), budgets=tuple(args.budget or ["5%"]),
+        methods=tuple(args.method or ["gtp"]), progress=not args.quiet,
     ))
     _print_summary(summary, args.format)
     return 0
@@ -425,25 +403,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     import gradstore
+    from gradstore.config import config_from
     from gradstore.grads.ingest import IngestConfig
 
-    cfg = IngestConfig(
-        table=args.table, model=args.model, data=args.data,
-        checkpoints=tuple(args.checkpoint), kind=args.kind, grad_type=args.grad_type,
-        projection=args.projection, proj_dim=args.proj_dim, seed=args.seed, nnz=args.nnz,
-        max_length=args.max_length, batch_size=args.batch_size, device=args.device,
-        dtype=args.dtype, gguf_file=args.gguf_file, lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
-        vector_dtype=args.vector_dtype, subtask_field=args.subtask_field, split=args.split,
-        lrs=tuple(args.lr) if args.lr else None, write_rows=args.write_rows,
-        overwrite=args.overwrite, progress=not args.quiet,
+    cfg = config_from(
+        IngestConfig, args, checkpoints=tuple(args.checkpoint),
+        lrs=tuple(args.lr) if args.lr else None, progress=not args.quiet,
     )
     cfg.validate()  # before opening (and creating) the store
     summary = gradstore.open(args.store).ingest(cfg)
-    if args.format == "json":
-        print(json.dumps(summary.to_dict()))
-    else:
-        print("\n".join(summary.lines()))
+    _print_summary(summary, args.format)
     return 0
 
 
