@@ -6,3 +6,7 @@ class GradstoreError(Exception):
 
     The CLI prints it as one line on stderr and exits with status 2.
     """
+
+
+class TableConflict(GradstoreError):
+    """A table already holds results from other settings or data; ``--overwrite`` replaces it."""

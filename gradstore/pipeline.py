@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gradstore.errors import GradstoreError
+from gradstore.errors import GradstoreError, TableConflict
 
 METHODS = ("gtp", "less", "omp", "random")
 POOL_TABLE = "pool"
@@ -137,8 +137,8 @@ def _ingest(store, overwrite: bool, cfg):
 
     try:
         return store.ingest(cfg)
-    except GradstoreError:
-        if not overwrite or cfg.table not in store.tables():
+    except TableConflict:
+        if not overwrite:
             raise
         return store.ingest(replace(cfg, overwrite=True))
 

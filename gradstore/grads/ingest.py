@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gradstore.errors import GradstoreError
+from gradstore.errors import GradstoreError, TableConflict
 from gradstore.grads.data import read_records
 from gradstore.grads.examples import TokenizedExample, data_fingerprint, tokenize_records
 from gradstore.grads.grad_types import GRAD_TYPES, apply_grad_type
@@ -292,20 +292,20 @@ def _existing_ids(store: Store, cfg: IngestConfig, plan: _Plan) -> set[str]:
     meta = store.meta(cfg.table)
     before = meta.ingest.get("settings")
     if before is None:
-        raise GradstoreError(
+        raise TableConflict(
             f"table {cfg.table!r} exists and was not written by `gradstore ingest`; "
             "choose another table name, or pass --overwrite to replace it"
         )
     diff = _differing_settings(before, plan.settings)
     if diff:
         k = diff[0]
-        raise GradstoreError(
+        raise TableConflict(
             f"table {cfg.table!r} was ingested with {k}={before.get(k)!r}, this run asks for "
             f"{plan.settings[k]!r}; rerun with the same options, choose another table name, "
             "or pass --overwrite to replace it"
         )
     if meta.ingest.get("data_fingerprint") != plan.data_fingerprint:
-        raise GradstoreError(
+        raise TableConflict(
             f"table {cfg.table!r} was ingested from different data (the examples or their "
             "tokenisation changed); choose another table name, or pass --overwrite"
         )
