@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +156,6 @@ class WarmupSummary:
     resumed_from: int
     seconds: float
     status: str = "complete"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def checkpoint_paths(self) -> list[str]:

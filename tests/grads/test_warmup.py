@@ -193,10 +193,10 @@ def test_top_layers_only_and_ingest_follows(tmp_path, llama_dir):
 )
 def test_bad_input(tmp_path, llama_dir, kw, match):
     data = write_chat_data(tmp_path / "pool.jsonl", 8)
-    cfg = base(llama_dir, data, tmp_path / "w", epochs=1) if "data" not in kw else None
-    cfg = cfg or base(llama_dir, tmp_path / kw.pop("data"), tmp_path / "w", epochs=1)
+    if "data" in kw:
+        data = tmp_path / kw.pop("data")
     with pytest.raises(GradstoreError, match=match):
-        warmup(WarmupConfig(**(cfg.__dict__ | kw)))
+        warmup(base(llama_dir, data, tmp_path / "w", **({"epochs": 1} | kw)))
     assert not list((tmp_path / "w").glob("checkpoint-*"))
 
 
