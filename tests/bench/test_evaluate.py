@@ -1,0 +1,81 @@
+"""The benchmark's scoring, against plain one-example-at-a-time computations."""
+
+from __future__ import annotations
+
+import evaluate
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+ROWS = [
+    {"id": f"r{i}", "messages": [{"role": "user", "content": q},
+                                 {"role": "assistant", "content": a}]}
+    for i, (q, a) in enumerate([
+        ("Add 37 and 48.", "85"),
+        ("Write 'green apple' in capital letters.", "GREEN APPLE"),
+        ("Sort in ascending order: 41, 7, 19.", "7, 19, 41"),
+        ("Hi", "Hello there, friend"),
+        ("Reverse the letters of 'tamoki'. Then say it twice, please.", "ikomat"),
+    ])
+]
+
+
+@pytest.fixture(scope="module")
+def lm(llama_dir):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(llama_dir)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    return model, tok
+
+
+def _prompt(tok, row):
+    text = tok.apply_chat_template(row["messages"][:1], tokenize=False,
+                                   add_generation_prompt=True)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def test_answer_loss_is_mean_cross_entropy_of_answer_tokens(lm):
+    model, tok = lm
+    expected = []
+    for row in ROWS:
+        full_text = tok.apply_chat_template(row["messages"], tokenize=False)
+        full = tok(full_text, add_special_tokens=False)["input_ids"]
+        start = len(_prompt(tok, row))
+        logits = model(torch.tensor([full])).logits[0]
+        targets = torch.tensor(full[start:])  # the answer, its end-of-turn and newline
+        ce = torch.nn.functional.cross_entropy(logits[start - 1 : len(full) - 1], targets)
+        expected.append(float(ce))
+    got = evaluate.answer_loss(model, tok, ROWS, batch_size=2)
+    assert got == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+
+
+@torch.no_grad()
+def test_batched_greedy_equals_one_at_a_time(lm):
+    model, tok = lm
+    stop = set(evaluate._stop_ids(tok))
+    expected = []
+    for row in ROWS:
+        ids = _prompt(tok, row)
+        n_new = len(tok(row["messages"][1]["content"], add_special_tokens=False)["input_ids"])
+        out = []
+        for _ in range(n_new + 4):
+            nxt = int(model(torch.tensor([ids + out])).logits[0, -1].argmax())
+            if nxt in stop:
+                break
+            out.append(nxt)
+        expected.append(tok.decode(out, skip_special_tokens=True))
+    # batches of 2 and 3 mix prompt lengths, so left padding is exercised; but a batch
+    # may decode longer than one example alone (its longest answer), so compare prefixes
+    got = evaluate.greedy_answers(model, tok, ROWS, batch_size=3)
+    for g, e in zip(got, expected, strict=True):
+        assert g.startswith(e) or e.startswith(g), (g, e)
+    alone = [evaluate.greedy_answers(model, tok, [r], batch_size=1)[0] for r in ROWS]
+    assert alone == expected
+
+
+def test_exact_match_strips_whitespace_only():
+    assert evaluate.is_correct(" 85\n", "85")
+    assert not evaluate.is_correct("85.", "85")
+    assert not evaluate.is_correct("The answer is 85", "85")
