@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 # CPU build of torch from this machine's disk; a looser pin pulls a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install demo test lint bench-selection clean
+.PHONY: install demo test lint bench-selection bench-e2e clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,18 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check gradstore tests benchmarks examples
 
+# matplotlib for the plot; the model as for the demo.
+$(VENV)/.bench-installed: $(VENV)/.demo-installed
+	$(PIP) install --quiet -e '.[test,bench]'
+	touch $@
+
+# The end-to-end quality benchmark (about 90 minutes on 2 CPU cores; resumes if stopped).
+# On a GPU: $(PY) benchmarks/e2e/run.py --device cuda --work bench-e2e-cuda
+bench-e2e: $(VENV)/.bench-installed
+	$(PY) benchmarks/e2e/run.py --work bench-e2e --results benchmarks/results
+
 bench-selection: install
 	$(PY) benchmarks/selection_speed.py --out benchmarks/results
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache demo-out
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo-out bench-e2e
