@@ -15,7 +15,7 @@ import math
 import statistics
 from pathlib import Path
 
-METHOD_ORDER = ["gtp", "less", "omp", "random"]
+METHOD_ORDER = ["gtp", "gtp+adam", "less", "omp", "random"]
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -123,6 +123,9 @@ def markdown(plan: dict, timing: dict, jobs: list[dict], summary: dict, command:
         f"{plan['seeds']} change the LoRA initialisation, the data order and the random "
         "baseline's draw; the warm-up, store and the deterministic selections are shared. "
         "Full pool: one epoch over all of it, one seed.",
+        "- **gtp+adam**: GTP against the same targets ingested with Adam-preconditioned "
+        "gradients, the pool's own space (`gradstore ingest --grad-type adam`); the other "
+        "methods use gradstore's default for targets, plain SGD gradients as in LESS.",
         "- **Metrics**: `acc` exact-match accuracy of batched greedy decoding; `loss` mean "
         "teacher-forced cross-entropy on the answer tokens; `skill` share of the selection from "
         "the target skill; `dups` share of the selection spent on a near-duplicate of an "

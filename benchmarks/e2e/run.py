@@ -46,6 +46,7 @@ import make_pool  # noqa: E402
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 METHODS = ("gtp", "less", "omp", "random")
+ADAM = "-adam"  # suffix of the target tables ingested with Adam-preconditioned gradients
 
 
 @dataclass
@@ -64,6 +65,10 @@ class Plan:
     budgets: list[str] = field(default_factory=lambda: ["0.5%", "1%", "5%"])
     omp_budgets: list[str] = field(default_factory=lambda: ["1%"])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
+    adam_target_methods: list[str] = field(default_factory=lambda: ["gtp"])
+    """Also run these methods against targets ingested with Adam-preconditioned gradients
+    (the pool's space; gradstore's default, after LESS, gives targets plain SGD gradients).
+    Reported as e.g. "gtp+adam"."""
     # gradstore run (warm-up + ingest)
     warmup_fraction: float = 0.05
     warmup_epochs: int = 2
@@ -153,7 +158,23 @@ def stage_pipeline(plan: Plan, work: Path, data: Path) -> dict:
         timing["warmup_and_ingest"] = time.perf_counter() - t0
         write_json(timing_file, timing)
     targets = [f"target-{t}" for t in plan.targets]
+    if plan.adam_target_methods:
+        checkpoints = json.loads((pipe / "run.json").read_text())["checkpoints"]
+        for t in plan.targets:
+            args = ["ingest", str(store), f"target-{t}{ADAM}", "--model", plan.model,
+                    "--data", str(data / f"target-{t}.jsonl"), "--kind", "target",
+                    "--grad-type", "adam", "--proj-dim", str(plan.proj_dim),
+                    "--max-length", str(plan.max_length), "--device", plan.device, "--quiet"]
+            for ck in checkpoints:
+                args += ["--checkpoint", ck]
+            if plan.gguf_file:
+                args += ["--gguf-file", plan.gguf_file]
+            if not (store / f"target-{t}{ADAM}.lance").exists():
+                gradstore_cli(*args)
     calls = []
+    for method in plan.adam_target_methods:
+        calls.append((f"{method}-adamtargets", method, [f"{t}{ADAM}" for t in targets],
+                      plan.budgets, None))
     for method in ("gtp", "less", "omp"):
         budgets = plan.omp_budgets if method == "omp" else plan.budgets
         calls.append((f"{method}-targeted", method, targets, budgets, None))
@@ -177,8 +198,11 @@ def stage_pipeline(plan: Plan, work: Path, data: Path) -> dict:
     for f in sorted(sel_dir.glob("*.json")):
         for s in json.loads(f.read_text()):
             scenario = (s["target"] or "indomain").removeprefix("target-")
-            seed = int(f.stem.split("seed")[1]) if s["method"] == "random" else None
-            selections[sel_key(scenario, s["method"], budget_label(s["budget"], plan), seed)] = s
+            method = s["method"]
+            if scenario.endswith(ADAM):
+                scenario, method = scenario.removesuffix(ADAM), f"{method}+adam"
+            seed = int(f.stem.split("seed")[1]) if method == "random" else None
+            selections[sel_key(scenario, method, budget_label(s["budget"], plan), seed)] = s
     return selections
 
 
@@ -227,6 +251,13 @@ def plan_jobs(plan: Plan) -> list[Job]:
                 for b in budgets:
                     jobs.append(Job(f"{scenario}-{method}-{b}-seed{seed}", "selection", evals,
                                     seed, scenario, method, b, sel_key(scenario, method, b, None)))
+    for seed in plan.seeds:  # the variants last: the main table is complete without them
+        for scenario in plan.targets:
+            for method in (f"{m}+adam" for m in plan.adam_target_methods):
+                for b in plan.budgets:
+                    jobs.append(Job(f"{scenario}-{method}-{b}-seed{seed}", "selection",
+                                    [f"test-{scenario}"], seed, scenario, method, b,
+                                    sel_key(scenario, method, b, None)))
     return jobs
 
 
@@ -344,6 +375,12 @@ def environment() -> dict:
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
 
 
+def plan_matches(recorded: dict, plan: Plan) -> bool:
+    """Whether a working directory's plan.json is this plan; a field that an older
+    plan.json lacks takes its default (a variant added later runs on top)."""
+    return (asdict(plan) | recorded) == asdict(plan)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("bench-e2e"),
@@ -366,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     plan = Plan.for_device(a.device, model=model, gguf_file=gguf, **overrides)
     a.work.mkdir(parents=True, exist_ok=True)
     plan_file = a.work / "plan.json"
-    if plan_file.exists() and json.loads(plan_file.read_text()) != asdict(plan):
+    if plan_file.exists() and not plan_matches(json.loads(plan_file.read_text()), plan):
         sys.exit(f"bench-e2e: {a.work} holds a run with another plan ({plan_file}); use "
                  "another --work directory or delete it")
     write_json(plan_file, asdict(plan))

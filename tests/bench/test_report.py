@@ -46,7 +46,9 @@ def test_job_plan_covers_every_cell_once():
     names = [j.name for j in jobs]
     assert len(names) == len(set(names))
     per_seed = 3 + 4 * (3 + 3 + 1)  # random x budgets; (targets + in-domain) x (gtp, less, omp@1%)
+    per_seed += 3 * 3  # gtp against Adam-gradient targets: targets x budgets
     assert len(jobs) == 2 + len(plan.seeds) * per_seed
+    assert sum(j.method == "gtp+adam" for j in jobs) == 18
     assert {j.kind for j in jobs} == {"base", "full", "selection"}
     for j in jobs:
         if j.method == "random":
@@ -57,6 +59,15 @@ def test_job_plan_covers_every_cell_once():
             assert j.evals == [f"test-{j.scenario}"]
     cuda = run.Plan.for_device("cuda", model="m", gguf_file=None)
     assert cuda.seeds == [0, 1, 2] and cuda.omp_budgets == cuda.budgets
+
+
+def test_an_older_plan_without_a_new_field_still_matches():
+    plan = run.Plan(model="m", gguf_file=None)
+    old = run.asdict(plan)
+    del old["adam_target_methods"]
+    assert run.plan_matches(old, plan)
+    assert not run.plan_matches(old | {"lr": 0.5}, plan)
+    assert not run.plan_matches(old | {"gone": 1}, plan)
 
 
 def fake_job(scenario, method, budget, seed, acc, loss, evals, kind="selection"):
