@@ -330,6 +330,31 @@ def run_job(job: Job, plan: Plan, work: Path, data: Path, selections: dict,
     return result
 
 
+def reuse(job: Job, jobs: list[Job], jobs_dir: Path, selections: dict,
+          pool: dict[str, dict]) -> dict | None:
+    """An earlier job's scores when it trained on the very same selection (same ids in the
+    same order) with the same seed and was scored on these test sets: fine-tuning is
+    deterministic, so running it again would give the same numbers. GTP and OMP often
+    return one selection for several budgets (they stop once more examples no longer
+    lower the residual)."""
+    if job.kind != "selection":
+        return None
+    ids = selections[job.selection]["ids"]
+    for other in jobs:
+        path = jobs_dir / f"{other.name}.json"
+        if (other.name == job.name or other.kind != "selection" or other.seed != job.seed
+                or not path.exists() or selections[other.selection]["ids"] != ids):
+            continue
+        done = json.loads(path.read_text())
+        if not set(job.evals) <= set(done["scores"]):
+            continue
+        return {"job": asdict(job), "reused_from": done.get("reused_from") or other.name,
+                "selection": selection_stats(selections[job.selection], pool, job.scenario),
+                "train": done["train"], "train_seconds": 0.0, "eval_seconds": 0.0,
+                "scores": {e: done["scores"][e] for e in job.evals}}
+    return None
+
+
 def stage_jobs(plan: Plan, work: Path, data: Path, selections: dict) -> None:
     import torch
 
@@ -348,13 +373,17 @@ def stage_jobs(plan: Plan, work: Path, data: Path, selections: dict) -> None:
     with shared_models():
         tokenizer = load_tokenizer(plan.model, plan.gguf_file)
         for n, job in enumerate(todo, 1):
-            res = run_job(job, plan, work, data, selections, pool, sets, tokenizer)
+            res = reuse(job, jobs, jobs_dir, selections, pool)
+            if res is None:
+                res = run_job(job, plan, work, data, selections, pool, sets, tokenizer)
             write_json(jobs_dir / f"{job.name}.json", res)
             acc = ", ".join(f"{k} acc {v['accuracy']:.2f} loss {v['loss']:.3f}"
                             for k, v in res["scores"].items())
             spent = time.perf_counter() - started
-            log(f"job {n}/{len(todo)} {job.name}: {acc}  (train {res['train_seconds']:.0f}s, "
-                f"eval {res['eval_seconds']:.0f}s; ETA {spent / n * (len(todo) - n) / 60:.0f} min)")
+            how = (f"same selection as {res['reused_from']}" if res.get("reused_from") else
+                   f"train {res['train_seconds']:.0f}s, eval {res['eval_seconds']:.0f}s")
+            log(f"job {n}/{len(todo)} {job.name}: {acc}  ({how}; "
+                f"ETA {spent / n * (len(todo) - n) / 60:.0f} min)")
 
 
 # ---------------------------------------------------------------- main

@@ -61,6 +61,25 @@ def test_job_plan_covers_every_cell_once():
     assert cuda.seeds == [0, 1, 2] and cuda.omp_budgets == cuda.budgets
 
 
+def test_a_job_on_an_identical_selection_and_seed_reuses_the_result(tmp_path):
+    plan = run.Plan(model="m", gguf_file=None, targets=["sort"])
+    jobs = [j for j in run.plan_jobs(plan) if j.scenario == "sort" and j.method == "gtp"]
+    a, b, c = [j for j in jobs if j.seed == 0]
+    a1 = next(j for j in jobs if j.seed == 1 and j.budget == a.budget)
+    pool = pool_rows()
+    sel = {a.selection: {"ids": ["sort-1", "sort-2"], "seconds": 0.3},
+           b.selection: {"ids": ["sort-1", "sort-2"], "seconds": 0.4},
+           c.selection: {"ids": ["sort-2", "sort-1"], "seconds": 0.5}}
+    scores = {"test-sort": {"accuracy": 0.25, "loss": 1.0, "n": 100}}
+    (tmp_path / f"{a.name}.json").write_text(json.dumps(
+        {"job": run.asdict(a), "train": {"examples": 2, "epochs": 80}, "scores": scores}))
+    got = run.reuse(b, jobs, tmp_path, sel, pool)
+    assert got["reused_from"] == a.name and got["scores"] == scores
+    assert got["job"]["budget"] == b.budget and got["selection"]["seconds"] == 0.4
+    assert run.reuse(c, jobs, tmp_path, sel, pool) is None  # another order: another run
+    assert run.reuse(a1, jobs, tmp_path, sel, pool) is None  # another seed
+
+
 def test_an_older_plan_without_a_new_field_still_matches():
     plan = run.Plan(model="m", gguf_file=None)
     old = run.asdict(plan)
