@@ -108,6 +108,8 @@ class RunSummary:
                 f"  {s['method']:<7} {s['target'] or '(in-domain)':<16} {s['budget']:<7} "
                 f"{s['chosen']:>4} of {s['k']:<4}{s['residual']:8.4f}  {s['export']}"
             )
+        notes = dict.fromkeys(s["note"] for s in self.selections if s.get("note"))
+        out += [f"  note: {n}" for n in notes]
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,6 +209,7 @@ def _run(cfg: RunConfig) -> RunSummary:
                 "selection_id": sel.selection_id, "method": method, "target": sel.target,
                 "budget": sel.budget, "k": int(sel.k), "chosen": len(sel.ids),
                 "residual": float(sel.residual), "seconds": float(sel.seconds), "export": str(path),
+                "note": store.stop_note(sel),
             })
     summary = RunSummary(str(out), str(out / "store"), list(checkpoints), records,
                          time.perf_counter() - started, steps)

@@ -491,7 +491,19 @@ def cmd_select(args: argparse.Namespace) -> int:
     else:
         for s in sels:
             _print_selection(s)
+    _print_stop_notes(store, sels)
     return 0
+
+
+def _print_stop_notes(store, sels) -> None:
+    """One note on stderr per distinct reason a GTP/OMP selection stopped short of k."""
+    seen = set()
+    for s in sels:
+        note = store.stop_note(s)
+        if note and (s.target, len(s.ids)) not in seen:
+            seen.add((s.target, len(s.ids)))
+            target = s.target or "(in-domain)"
+            print(f"note: {target}, budget {s.budget}: {note}", file=sys.stderr)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -530,6 +530,29 @@ class Store:
         sels = run_selection(self, pool, targets, budgets, method, **options)
         return sels if many else sels[0]
 
+    def stop_note(self, sel: Selection) -> str | None:
+        """Why a GTP/OMP selection holds fewer than k examples, and what to do; None if full.
+
+        Both stop once no further pool example lowers the residual (at the NNLS optimum
+        every other example correlates negatively with what is left of the target). A
+        common cause is a target of another gradient type than the pool: LESS pairs Adam
+        pool gradients with plain SGD target gradients, which suits its cosine ranking,
+        but a weighted sum of Adam vectors then fits an SGD target poorly.
+        """
+        if sel.method not in ("gtp", "omp") or len(sel.ids) >= sel.k:
+            return None
+        note = (f"{sel.method} chose {len(sel.ids)} of the k={sel.k} allowed: more pool examples "
+                f"do not lower the residual ({sel.residual:.2f} of the target's norm)")
+        if sel.target is None:
+            return note
+        pool_type, target_type = self.meta(sel.pool).grad_type, self.meta(sel.target).grad_type
+        if pool_type and target_type and pool_type != target_type:
+            return (f"{note}; the pool holds {pool_type} gradients and target "
+                    f"{sel.target!r} {target_type} ones, which a weighted sum of pool rows fits "
+                    f"poorly: ingest the target with --grad-type {pool_type} for GTP, or use "
+                    "--method less for a top-k ranking of size k")
+        return f"{note}; use --method less for a top-k ranking of size k"
+
     # ---------------------------------------------------------------- export
     def export(self, selection_id: str, out: str | Path, data: str | Path | None = None,
                **options: Any):
