@@ -16,6 +16,8 @@ import statistics
 from pathlib import Path
 
 METHOD_ORDER = ["gtp", "gtp+adam", "less", "omp", "random"]
+COLORS = dict(zip(METHOD_ORDER, ["tab:blue", "tab:cyan", "tab:orange", "tab:green", "tab:red"],
+                  strict=True))
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -34,7 +36,7 @@ def fmt(values: list[float], digits: int = 3, pct: bool = False) -> str:
     scale = 100 if pct else 1
     d = 1 if pct else digits
     text = f"{m * scale:.{d}f}"
-    return text if s is None else f"{text} ± {s * scale:.{d}f}"
+    return text if not s else f"{text} ± {s * scale:.{d}f}"  # same in every seed: no ±
 
 
 def load(work: Path) -> tuple[dict, dict, list[dict]]:
@@ -184,7 +186,8 @@ def plot(plan: dict, summary: dict, path: Path) -> bool:
                     ys.append(100 * m)
                     es.append(100 * (s or 0))
             if xs:
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method,
+                            color=COLORS[method])
         refs = block["references"]
         if "full" in refs:
             ax.axhline(100 * refs["full"]["accuracy"], color="black", ls="--", lw=1,
@@ -197,8 +200,12 @@ def plot(plan: dict, summary: dict, path: Path) -> bool:
         ax.set_title("in-domain (mixed test)" if sc == "indomain" else f"target: {sc}")
         ax.set_ylim(bottom=0)
     axes[0][0].set_ylabel("exact-match accuracy (%)")
-    axes[0][-1].legend(fontsize=8, loc="best")
-    fig.tight_layout()
+    handles: dict = {}
+    for ax in axes[0]:  # one legend for every panel's methods
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
