@@ -3,9 +3,11 @@
 * ``answer_loss``: teacher-forced cross-entropy on the answer tokens, the same
   tokens (and the same chat rendering) gradstore trains on; the mean over
   examples of each example's mean token loss.
-* ``greedy_answers`` / ``exact_match``: batched greedy decoding from the chat
-  prompt (``add_generation_prompt``), left-padded, stopping at end of turn; an
-  answer is right when it equals the reference after stripping whitespace.
+* ``greedy_answers`` / ``exact_match``: batched greedy decoding from the prompt
+  as training renders it (the chat template with ``add_generation_prompt``, or
+  gradstore's fallback for a tokenizer without one), left-padded, stopping at
+  end of turn; an answer is right when it equals the reference after stripping
+  whitespace.
 """
 
 from __future__ import annotations
@@ -30,13 +32,18 @@ def _batches(n: int, size: int, lengths: Sequence[int]) -> list[np.ndarray]:
     return [order[s : s + size] for s in range(0, n, size)]
 
 
-@torch.no_grad()
-def answer_loss(model, tokenizer, rows: Sequence[dict], batch_size: int = 32,
-                max_length: int = 256) -> float:
+def _tokenized(tokenizer, rows: Sequence[dict], max_length: int):
+    """The rows as gradstore trains on them (same rendering, same answer-token mask)."""
     report = tokenize_records(_records(rows), tokenizer, max_length)
     if report.skipped:
         raise ValueError(f"test examples without answer tokens: {report.skipped}")
-    ex = report.examples
+    return report.examples
+
+
+@torch.no_grad()
+def answer_loss(model, tokenizer, rows: Sequence[dict], batch_size: int = 32,
+                max_length: int = 256) -> float:
+    ex = _tokenized(tokenizer, rows, max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     losses = []
@@ -48,10 +55,15 @@ def answer_loss(model, tokenizer, rows: Sequence[dict], batch_size: int = 32,
     return float(np.concatenate(losses).mean())
 
 
-def _prompt_ids(tokenizer, row: dict) -> list[int]:
-    messages = [m for m in row["messages"] if m["role"] != "assistant"]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+def _prompt_ids(tokenizer, rows: Sequence[dict], max_length: int) -> list[list[int]]:
+    """Each row's training sequence up to its last answer: the prompt exactly as training
+    renders it (chat template, or gradstore's fallback and BOS for a tokenizer without one)."""
+    prompts = []
+    for e in _tokenized(tokenizer, rows, max_length):
+        m = e.loss_mask
+        starts = np.flatnonzero(m & ~np.concatenate([[False], m[:-1]]))
+        prompts.append(e.input_ids[: starts[-1]].tolist())
+    return prompts
 
 
 def _stop_ids(tokenizer) -> list[int]:
@@ -65,13 +77,13 @@ def _stop_ids(tokenizer) -> list[int]:
 
 @torch.no_grad()
 def greedy_answers(model, tokenizer, rows: Sequence[dict], batch_size: int = 32,
-                   extra_tokens: int = 4) -> list[str]:
+                   extra_tokens: int = 4, max_length: int = 256) -> list[str]:
     """Greedy completions of each row's prompt, in row order.
 
     Each batch may generate the longest reference answer's token count plus
     ``extra_tokens``: enough to be right, and to show a wrong longer answer.
     """
-    prompts = [_prompt_ids(tokenizer, r) for r in rows]
+    prompts = _prompt_ids(tokenizer, rows, max_length)
     answer_len = [len(tokenizer(r["messages"][-1]["content"], add_special_tokens=False)
                       ["input_ids"]) for r in rows]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -99,8 +111,8 @@ def is_correct(prediction: str, answer: str) -> bool:
     return prediction.strip() == answer.strip()
 
 
-def exact_match(model, tokenizer, rows: Sequence[dict],
-                batch_size: int = 32) -> tuple[float, list[str]]:
-    preds = greedy_answers(model, tokenizer, rows, batch_size)
+def exact_match(model, tokenizer, rows: Sequence[dict], batch_size: int = 32,
+                max_length: int = 256) -> tuple[float, list[str]]:
+    preds = greedy_answers(model, tokenizer, rows, batch_size, max_length=max_length)
     hits = [is_correct(p, r["messages"][-1]["content"]) for p, r in zip(preds, rows, strict=True)]
     return float(np.mean(hits)), preds

@@ -318,7 +318,7 @@ def run_job(job: Job, plan: Plan, work: Path, data: Path, selections: dict,
         for name in job.evals:
             rows = sets[name]
             loss = answer_loss(lm, tokenizer, rows, plan.eval_batch, plan.max_length)
-            acc, preds = exact_match(lm, tokenizer, rows, plan.eval_batch)
+            acc, preds = exact_match(lm, tokenizer, rows, plan.eval_batch, plan.max_length)
             scores[name] = {"loss": loss, "accuracy": acc, "n": len(rows),
                             "wrong_examples": [
                                 {"prompt": r["messages"][0]["content"],

@@ -75,6 +75,28 @@ def test_batched_greedy_equals_one_at_a_time(lm):
     assert alone == expected
 
 
+@torch.no_grad()
+def test_a_tokenizer_without_chat_template_gets_the_training_rendering(gpt2_dir):
+    """No chat template: the prompt is gradstore's fallback rendering after BOS, as in
+    training (apply_chat_template would fail), and decoding continues from it."""
+    model = AutoModelForCausalLM.from_pretrained(gpt2_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(gpt2_dir)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    assert tok.chat_template is None
+    prompts = evaluate._prompt_ids(tok, ROWS, 256)
+    for row, got in zip(ROWS, prompts, strict=True):
+        text = f"<|user|>\n{row['messages'][0]['content']}\n<|assistant|>\n"
+        assert got == [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+    ids, out = prompts[0], []
+    for _ in range(len(tok("85", add_special_tokens=False)["input_ids"]) + 4):
+        nxt = int(model(torch.tensor([ids + out])).logits[0, -1].argmax())
+        if nxt in evaluate._stop_ids(tok):
+            break
+        out.append(nxt)
+    assert evaluate.greedy_answers(model, tok, ROWS[:1]) == [tok.decode(out,
+                                                                        skip_special_tokens=True)]
+
+
 def test_exact_match_strips_whitespace_only():
     assert evaluate.is_correct(" 85\n", "85")
     assert not evaluate.is_correct("85.", "85")
