@@ -20,7 +20,7 @@ import torch
 
 from gradstore.selectors.greedy import IncrementalNNLS, greedy_nnls_gram, swap_refine
 from gradstore.selectors.query import PursuitResult, Query, relative_residual
-from gradstore.selectors.scan import ScanQuery, correlation_scan
+from gradstore.selectors.scan import ScanQuery
 from gradstore.selectors.stacked import StackedPool
 
 
@@ -123,7 +123,7 @@ def gtp(
             scan_q.append(ScanQuery(slice(col, col + C), int(st.q.m), exclude=st.rows))
             col += C
         t0 = time.perf_counter()
-        found = correlation_scan(pool, R, scan_q, progress=scan_progress)
+        found = pool.scan(R, scan_q, progress=scan_progress)
         scan_seconds += time.perf_counter() - t0
         scans += 1
         for st, (cand, score) in zip(active, found, strict=True):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from gradstore.selectors.scan import MAXIMUM, ScanQuery, correlation_scan
+from gradstore.selectors.scan import MAXIMUM, ScanQuery
 from gradstore.selectors.stacked import StackedPool
 
 
@@ -35,5 +35,5 @@ def less_topk(
     for Y, k in zip(cols, ks, strict=True):
         queries.append(ScanQuery(slice(start, start + Y.shape[1]), k, reduce=MAXIMUM))
         start += Y.shape[1]
-    return correlation_scan(pool, R, queries, progress=scan_progress)
+    return pool.scan(R, queries, progress=scan_progress)
 

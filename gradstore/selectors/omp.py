@@ -15,7 +15,7 @@ import torch
 
 from gradstore.selectors.greedy import IncrementalNNLS, one_thread, polish
 from gradstore.selectors.query import PursuitResult, Query, relative_residual
-from gradstore.selectors.scan import ScanQuery, correlation_scan
+from gradstore.selectors.scan import ScanQuery
 from gradstore.selectors.stacked import StackedPool
 
 
@@ -100,7 +100,7 @@ def omp(
             scan_q.append(ScanQuery(slice(col, col + C), 1, exclude=excl))
             col += C
         t0 = time.perf_counter()
-        found = correlation_scan(pool, R, scan_q, progress=scan_progress)
+        found = pool.scan(R, scan_q, progress=scan_progress)
         scan_seconds += time.perf_counter() - t0
         scans += 1
         picked = [(st, int(c[0])) for st, (c, _) in zip(active, found, strict=True) if len(c)]

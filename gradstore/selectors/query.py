@@ -37,6 +37,8 @@ class PursuitResult:
     scans: int = 0
     seconds_nnls: float = 0.0
     seconds_scan: float = 0.0
+    candidates: int | None = None
+    """Partitioned pursuit: size of the union of the parts' selections it chose from."""
 
     @property
     def total_weights(self) -> np.ndarray:

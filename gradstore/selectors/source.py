@@ -110,3 +110,8 @@ class TensorSource:
     def take(self, rows: np.ndarray) -> torch.Tensor:
         index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
         return self.matrix.index_select(0, index).float()
+
+    def part(self, start: int, stop: int) -> TensorSource:
+        """Rows ``start:stop`` as a source of their own (a view, no copy)."""
+        norms = None if self._norms is None else self._norms[start:stop]
+        return TensorSource(self.matrix[start:stop], self._T, norms)

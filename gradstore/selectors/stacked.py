@@ -67,6 +67,7 @@ class StackedPool:
     ) -> None:
         self.source = source
         self.normalize = normalize
+        self.eta = None if eta is None else [float(e) for e in np.asarray(eta).reshape(-1)]
         self.scales = checkpoint_scales(eta, source.num_checkpoints)
         self.multipliers = row_scales(source.row_norms(), self.scales, normalize)
         self._mult_t = torch.from_numpy(self.multipliers)
@@ -79,6 +80,40 @@ class StackedPool:
     def width(self) -> int:
         """Stacked dimension T*d."""
         return self.source.num_checkpoints * self.source.dim
+
+    def scan(self, R: np.ndarray, queries, *, progress=None):
+        """``correlation_scan`` over this pool (a distributed pool runs it as parallel tasks)."""
+        from gradstore.selectors.scan import correlation_scan
+
+        return correlation_scan(self, R, queries, progress=progress)
+
+    def part(self, start: int, stop: int) -> StackedPool:
+        """Rows ``start:stop`` as a pool of their own, in the same stacked space."""
+        return StackedPool(self.source.part(start, stop), self.eta, self.normalize)
+
+    def subset(self, positions: np.ndarray) -> StackedPool:
+        """The rows at ``positions`` (in that order), held in RAM, in the same stacked space."""
+        from gradstore.selectors.source import TensorSource
+
+        positions = np.asarray(positions, dtype=np.int64)
+        raw = self.source.take(positions)
+        stored = getattr(self.source, "dtype", None) or getattr(self.source, "matrix", raw).dtype
+        if stored == torch.float16:  # exact: the values were stored in float16
+            raw = raw.half()
+        norms = self.source.row_norms()[positions]
+        return StackedPool(
+            TensorSource(raw, self.source.num_checkpoints, norms), self.eta, self.normalize
+        )
+
+    def map_parts(self, fn, bounds: list[tuple[int, int]], on_done=None) -> list:
+        """``fn(part)`` for each (start, stop) part, results in order (a distributed pool
+        runs them as parallel tasks); ``on_done(rows)`` after each part."""
+        out = []
+        for a, b in bounds:
+            out.append(fn(self.part(a, b)))
+            if on_done is not None:
+                on_done(b - a)
+        return out
 
     def rows(self, positions: np.ndarray) -> torch.Tensor:
         """Stacked rows a_i for the given positions, float32 (n, T*d)."""

@@ -41,14 +41,62 @@ class LanceSource:
     block_rows = 512  # 256-512-row reads were 2-3x faster than the default here
     scan_threads = 1  # leave the other core to Lance's decode threads
 
-    def __init__(self, dataset: lance.LanceDataset, columns: list[str], dim: int) -> None:
+    def __init__(
+        self,
+        dataset: lance.LanceDataset,
+        columns: list[str],
+        dim: int,
+        rows: tuple[int, int] | None = None,
+        norms: np.ndarray | None = None,
+    ) -> None:
         self.dataset = dataset
         self.columns = columns
         self._dim = dim
-        self._n = dataset.count_rows()
-        self._norms: np.ndarray | None = None
+        total = dataset.count_rows()
+        # a contiguous range of storage positions (one part of a partitioned pool)
+        self._start, stop = (0, total) if rows is None else rows
+        if not 0 <= self._start <= stop <= total:
+            raise ValueError(f"rows {rows} outside the table's {total} rows")
+        self._n = stop - self._start
+        self._whole = self._n == total
+        self._norms: np.ndarray | None = norms
         value_type = dataset.schema.field(columns[0]).type.value_type
         self.dtype = torch.float16 if value_type == pa.float16() else torch.float32
+
+    def part(self, start: int, stop: int, norms: np.ndarray | None = None) -> LanceSource:
+        """The rows ``start:stop`` of this source as a source of their own."""
+        if norms is None and self._norms is not None:
+            norms = self._norms[start:stop]
+        return LanceSource(
+            self.dataset, self.columns, self._dim, (self._start + start, self._start + stop),
+            norms,
+        )
+
+    def _pieces(self) -> list[tuple[lance.LanceFragment, int, int]]:
+        """(fragment, offset, count) pieces covering this source's rows, in storage order."""
+        out, pos = [], 0
+        stop = self._start + self._n
+        for frag in self.dataset.get_fragments():
+            n = frag.count_rows()
+            lo, hi = max(pos, self._start), min(pos + n, stop)
+            if lo < hi:
+                out.append((frag, lo - pos, hi - lo))
+            pos += n
+            if pos >= stop:
+                break
+        return out
+
+    def _batches(self, columns: list[str], batch_size: int):
+        if self._whole:
+            yield from self.dataset.scanner(
+                columns=columns, batch_size=batch_size, scan_in_order=True
+            ).to_batches()
+            return
+        for frag, offset, count in self._pieces():
+            yield from self.dataset.scanner(
+                columns=columns, fragments=[frag], offset=offset, limit=count,
+                batch_size=batch_size, scan_in_order=True,
+            ).to_batches()
 
     @property
     def num_rows(self) -> int:
@@ -65,7 +113,8 @@ class LanceSource:
     def row_norms(self) -> np.ndarray:
         if self._norms is None:
             names = [norm_column(int(c.split("_")[1])) for c in self.columns]
-            tbl = self.dataset.to_table(columns=names)
+            schema = pa.schema([self.dataset.schema.field(n) for n in names])
+            tbl = pa.Table.from_batches(list(self._batches(names, 65536)), schema=schema)
             self._norms = np.stack(
                 [tbl.column(n).to_numpy().astype(np.float32) for n in names], 1
             ).reshape(self._n, len(names))
@@ -81,10 +130,7 @@ class LanceSource:
         width = self.num_checkpoints * self._dim
         buf = torch.empty((block_rows, width), dtype=self.dtype)
         start = 0
-        scanner = self.dataset.scanner(
-            columns=self.columns, batch_size=block_rows, scan_in_order=True
-        )
-        for batch in scanner.to_batches():
+        for batch in self._batches(self.columns, block_rows):
             b = batch.num_rows
             if b == 0:
                 continue
@@ -101,7 +147,7 @@ class LanceSource:
         if len(rows) == 0:
             return out
         order = np.argsort(rows, kind="stable")
-        tbl = self.dataset.take(rows[order], columns=self.columns)
+        tbl = self.dataset.take(self._start + rows[order], columns=self.columns)
         tmp = torch.empty_like(out)
         self._fill(tbl, tmp)
         out[torch.from_numpy(order)] = tmp
@@ -112,8 +158,7 @@ class LanceSource:
         width = self.num_checkpoints * self._dim
         out = torch.empty((self._n, width), dtype=self.dtype)
         start = 0
-        scanner = self.dataset.scanner(columns=self.columns, batch_size=2048, scan_in_order=True)
-        for batch in scanner.to_batches():
+        for batch in self._batches(self.columns, 2048):
             self._fill(batch, out[start : start + batch.num_rows])
             start += batch.num_rows
         return out
