@@ -48,6 +48,8 @@ SELECT_EXAMPLES = """examples:
   gradstore select ./store --pool pool --target mmlu --target bbh --budget 0.01 --budget 0.05
   gradstore select ./store --pool pool --budget 1000 --method omp --format json --out sel.json
   gradstore select ./store --pool pool --target mmlu --budget 5% --method less
+  # scans as Ray tasks; GTP on 8 parts, then on the union of their picks
+  gradstore select ./store --pool pool --target mmlu --budget 5% --ray local --partitions 8
 """
 
 INGEST_EXAMPLES = """examples:
@@ -61,6 +63,9 @@ INGEST_EXAMPLES = """examples:
   # a GGUF model from a local directory, a fresh LoRA, a small projection
   gradstore ingest ./store pool --model ./smollm2 --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf \\
       --data pool.parquet --proj-dim 1024 --grad-type sgd
+  # on Ray: the examples sharded over 4 workers (one model copy each)
+  gradstore ingest ./store pool --model ./smollm2 --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf \
+      --data pool.parquet --checkpoint warmup/checkpoint-1 --ray local --workers 4
 Running the same command again after an interruption writes only the missing rows.
 """
 
@@ -182,6 +187,11 @@ def build_parser() -> Parser:
         type=_size,
         help="largest pool held in RAM, e.g. 8GB (default 40%% of RAM)",
     )
+    sel.add_argument("--partitions", type=int, metavar="P",
+                     help="GTP on P parts of the pool, then on the union of their picks")
+    _add_ray_flag(sel)
+    sel.add_argument("--ray-tasks", type=int, metavar="N",
+                     help="Ray tasks per pass over the pool (default: one per cluster CPU)")
     sel.add_argument("--format", choices=["text", "json"], default="text")
     sel.add_argument("--out", help="also write the selections as JSON to this file")
     sel.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -203,6 +213,14 @@ def build_parser() -> Parser:
     inf.add_argument("--format", choices=["text", "json"], default="text")
     inf.set_defaults(func=cmd_info)
     return p
+
+
+def _add_ray_flag(p) -> None:
+    p.add_argument(
+        "--ray", metavar="ADDRESS",
+        help="run on Ray: 'local' starts a cluster here, 'auto' joins this node's, or "
+        "HOST:PORT / ray://HOST:PORT (needs pip install gradstore[ray])",
+    )
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -248,6 +266,14 @@ def _add_ingest(sub) -> None:
     ing.add_argument("--vector-dtype", choices=["float16", "float32"], default="float16")
     ing.add_argument("--write-rows", type=int, default=512, help="rows per commit")
     ing.add_argument("--overwrite", action="store_true", help="replace an existing table")
+    _add_ray_flag(ing)
+    ing.add_argument("--workers", type=int, metavar="N",
+                     help="Ray workers, one model copy each (default: one per GPU, else "
+                     "cluster CPUs / --worker-cpus)")
+    ing.add_argument("--worker-cpus", type=int, default=1, metavar="C",
+                     help="CPU threads per Ray worker on CPU clusters (default 1)")
+    ing.add_argument("--worker-retries", type=int, default=2, metavar="R",
+                     help="restarts of a Ray worker that dies, retrying its shard (default 2)")
     ing.add_argument("--format", choices=["text", "json"], default="text",
                      help="how to print the final summary")
     ing.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -410,8 +436,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         IngestConfig, args, checkpoints=tuple(args.checkpoint),
         lrs=tuple(args.lr) if args.lr else None, progress=not args.quiet,
     )
+    if args.ray:
+        from gradstore.distributed.cluster import require_ray
+
+        require_ray()
     cfg.validate()  # before opening (and creating) the store
-    summary = gradstore.open(args.store).ingest(cfg)
+    store = gradstore.open(args.store)
+    if args.ray:
+        from gradstore.distributed.ingest import RayIngestOptions, ingest_on_ray
+
+        options = RayIngestOptions(address=args.ray, workers=args.workers,
+                                   worker_cpus=args.worker_cpus, retries=args.worker_retries)
+        summary = ingest_on_ray(store, cfg, options)
+    else:
+        summary = store.ingest(cfg)
     _print_summary(summary, args.format)
     return 0
 
@@ -482,6 +520,9 @@ def cmd_select(args: argparse.Namespace) -> int:
         mode=args.scan_mode,
         memory_budget=args.memory_budget,
         progress=not args.quiet,
+        partitions=args.partitions,
+        ray=args.ray,
+        ray_tasks=args.ray_tasks,
     )
     payload = [s.to_dict() for s in sels]
     if args.out:

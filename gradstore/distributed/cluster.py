@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
@@ -70,17 +71,21 @@ def ray_cluster(address: str, num_cpus: int | None = None) -> Iterator[ModuleTyp
     a test fixture, a Ray job) is used as it is and left running.
     """
     ray = require_ray()
+    explicit = address not in ("local", "auto")
+    if explicit:
+        check_reachable(address)
     if ray.is_initialized():
         yield ray
         return
     kwargs = {"logging_level": "ERROR", "log_to_driver": False}
+    # Ray starts its processes with fork+exec: nothing of Lance runs in the forked child
+    warnings.filterwarnings("ignore", message="lance is not fork-safe")
     try:
         if address == "local":
             ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
         elif address == "auto":
             ray.init(address="auto", **kwargs)
         else:
-            check_reachable(address)
             ray.init(address=address, **kwargs)
     except GradstoreError:
         raise

@@ -51,7 +51,7 @@ from gradstore.grads.optimizer_state import (
 )
 from gradstore.grads.per_example import PerExampleGradients, collate
 from gradstore.grads.projection import PROJECTION_KINDS, make_projector
-from gradstore.store.meta import VECTOR_DTYPES, TableMeta
+from gradstore.store.meta import VECTOR_DTYPES, ProjectionSpec, TableMeta
 from gradstore.store.store import RowBlock
 
 if TYPE_CHECKING:
@@ -176,7 +176,7 @@ class IngestSummary:
 
 
 @dataclass
-class _Plan:
+class IngestPlan:
     """Everything decided before the model is loaded."""
 
     examples: list[TokenizedExample]
@@ -205,7 +205,7 @@ def _checkpoint_names(paths: list[Path]) -> list[str]:
 
 def plan_ingest(
     cfg: IngestConfig, tokenizer, dtype: torch.dtype | None = None
-) -> tuple[_Plan, IngestSummary]:
+) -> tuple[IngestPlan, IngestSummary]:
     """Read and tokenise the data, resolve checkpoints, lrs and the gradient type."""
     cfg.validate()
     records = read_records(cfg.data, split=cfg.split)
@@ -258,13 +258,22 @@ def plan_ingest(
         "subtask_field": cfg.subtask_field,
     }
     settings = json.loads(json.dumps(settings))  # compared with the stored (JSON) copy
-    plan = _Plan(
+    plan = IngestPlan(
         report.examples, paths, names, lrs, adapters, grad_type, settings,
         data_fingerprint(report.examples),
     )
     summary.checkpoints, summary.grad_type = names, grad_type
     summary.rows_expected = len(report.examples)
     return plan, summary
+
+
+def pad_token_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def stage_table(table: str) -> str:
+    """The hidden table where a distributed ingestion records finished, uncommitted shards."""
+    return f"_stage_{table}"
 
 
 def _lora_spec(cfg: IngestConfig) -> LoraSpec:
@@ -285,7 +294,7 @@ def _differing_settings(
     return [k for k in now if k not in ignore and differs(k)]
 
 
-def _existing_ids(store: Store, cfg: IngestConfig, plan: _Plan) -> set[str]:
+def _existing_ids(store: Store, cfg: IngestConfig, plan: IngestPlan) -> set[str]:
     """Ids already written by an earlier run of the same ingestion, checked to match."""
     if cfg.table not in store.tables():
         return set()
@@ -323,23 +332,17 @@ def ingest(store: Store, cfg: IngestConfig) -> IngestSummary:
     replace = cfg.overwrite and cfg.table in store.tables()
     added = None if replace else _checkpoints_to_add(store, cfg, plan)
     if added is not None:
-        _add_checkpoints(store, cfg, plan, added, summary, (device, dtype, tokenizer))
+        _add_checkpoints(store, cfg, plan, added, summary,
+                         (device, dtype, pad_token_id(tokenizer)))
         summary.seconds = time.perf_counter() - start
         return summary
     present = set() if replace else _existing_ids(store, cfg, plan)
     todo = [i for i, ex in enumerate(plan.examples) if ex.id not in present]
     summary.rows_present = len(plan.examples) - len(todo)
     if not todo:  # finished, or stopped after its last commit
-        if store.meta(cfg.table).ingest.get("status") == "complete":
-            summary.status = "complete, nothing to do"
-        else:
-            _finish(store, cfg, plan, set())
-            summary.status = "complete"
-        summary.projection = asdict(store.meta(cfg.table).projection)
-        summary.seconds = time.perf_counter() - start
-        return summary
+        return finish_present(store, cfg, plan, summary, start)
 
-    runner = _Runner(cfg, plan, device, dtype, tokenizer)
+    runner = GradientRunner(cfg, plan, device, dtype, pad_token_id(tokenizer))
     summary.projection = asdict(runner.projector.spec)
     if replace:  # only now: a bad model or checkpoint must not cost the old table
         store.drop_table(cfg.table)
@@ -350,13 +353,28 @@ def ingest(store: Store, cfg: IngestConfig) -> IngestSummary:
     return summary
 
 
+def finish_present(
+    store: Store, cfg: IngestConfig, plan: IngestPlan, summary: IngestSummary, start: float
+) -> IngestSummary:
+    """The summary of a run that found every example already stored (completing the
+    bookkeeping if an earlier run stopped after its last commit)."""
+    if store.meta(cfg.table).ingest.get("status") == "complete":
+        summary.status = "complete, nothing to do"
+    else:
+        _finish(store, cfg, plan, set())
+        summary.status = "complete"
+    summary.projection = asdict(store.meta(cfg.table).projection)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
 def _write_rows(
-    store: Store, cfg: IngestConfig, plan: _Plan, runner: _Runner, todo: list[int],
+    store: Store, cfg: IngestConfig, plan: IngestPlan, runner: GradientRunner, todo: list[int],
     summary: IngestSummary,
 ) -> None:
     """Compute ``todo`` (indices into plan.examples), append them, mark the table complete."""
     if cfg.table not in store._all_tables():
-        _create(store, cfg, plan, runner)
+        create_table(store, cfg, plan, runner.projector.spec)
     writer = _Writer(store, cfg, plan)
     loop_start = time.perf_counter()
     bar = tqdm(
@@ -382,7 +400,7 @@ def _write_rows(
 
 
 # ------------------------------------------------------------ adding checkpoints later
-def _checkpoints_to_add(store: Store, cfg: IngestConfig, plan: _Plan) -> list[str] | None:
+def _checkpoints_to_add(store: Store, cfg: IngestConfig, plan: IngestPlan) -> list[str] | None:
     """Checkpoint names this run adds to a finished table that has all else in common."""
     if cfg.table not in store.tables():
         return None
@@ -403,7 +421,7 @@ def _checkpoints_to_add(store: Store, cfg: IngestConfig, plan: _Plan) -> list[st
 
 
 def _add_checkpoints(
-    store: Store, cfg: IngestConfig, plan: _Plan, new: list[str], summary: IngestSummary,
+    store: Store, cfg: IngestConfig, plan: IngestPlan, new: list[str], summary: IngestSummary,
     loaded: tuple,
 ) -> None:
     """Compute only the new checkpoints for the table's rows, then add them as columns.
@@ -423,7 +441,7 @@ def _add_checkpoints(
 
 
 def _compute_and_add_columns(
-    store: Store, cfg: IngestConfig, stage: IngestConfig, plan: _Plan, new: list[str],
+    store: Store, cfg: IngestConfig, stage: IngestConfig, plan: IngestPlan, new: list[str],
     summary: IngestSummary, loaded: tuple,
 ) -> None:
     meta = store.meta(cfg.table)
@@ -435,7 +453,7 @@ def _compute_and_add_columns(
     settings = dict(
         plan.settings, checkpoints=new, adapters={n: plan.settings["adapters"][n] for n in new}
     )
-    sub = _Plan(
+    sub = IngestPlan(
         examples, [plan.checkpoint_paths[i] for i in pick], new, [plan.lrs[i] for i in pick],
         [plan.adapter_weights[i] for i in pick], plan.grad_type, settings,
         data_fingerprint(examples),
@@ -451,7 +469,7 @@ def _compute_and_add_columns(
     todo = [i for i, ex in enumerate(examples) if ex.id not in present]
     summary.rows_present = len(examples) - len(todo)
     if todo or store.meta(stage.table).incomplete:
-        runner = _Runner(stage, sub, *loaded)
+        runner = GradientRunner(stage, sub, *loaded)
         if runner.projector.spec != meta.projection:
             raise GradstoreError(
                 f"table {cfg.table!r} was projected with {meta.projection}, this run with "
@@ -474,7 +492,7 @@ def _compute_and_add_columns(
         )
 
 
-def _ingest_state(plan: _Plan, status: str, **more: Any) -> dict[str, Any]:
+def _ingest_state(plan: IngestPlan, status: str, **more: Any) -> dict[str, Any]:
     return {
         "status": status,
         "expected_rows": len(plan.examples),
@@ -484,22 +502,25 @@ def _ingest_state(plan: _Plan, status: str, **more: Any) -> dict[str, Any]:
     }
 
 
-def _create(store: Store, cfg: IngestConfig, plan: _Plan, runner: _Runner) -> None:
+def create_table(
+    store: Store, cfg: IngestConfig, plan: IngestPlan, spec: ProjectionSpec, **state: Any
+) -> None:
+    """An empty table marked as being ingested, with the run's settings."""
     meta = TableMeta(
         kind=cfg.kind,
-        dim=runner.projector.spec.dim,
+        dim=spec.dim,
         vector_dtype=cfg.vector_dtype,
-        projection=runner.projector.spec,
+        projection=spec,
         grad_type=plan.grad_type,
         model=plan.settings["model"],
         extra={"source": str(Path(cfg.data).resolve()), "split": cfg.split,
                "model_path": cfg.model, "gguf_file": cfg.gguf_file},
-        ingest=_ingest_state(plan, "running"),
+        ingest=_ingest_state(plan, "running", **state),
     )
     store.create_table(cfg.table, meta, list(zip(plan.checkpoint_names, plan.lrs, strict=True)))
 
 
-def _finish(store: Store, cfg: IngestConfig, plan: _Plan, new_nonfinite: set[str]) -> None:
+def _finish(store: Store, cfg: IngestConfig, plan: IngestPlan, new_nonfinite: set[str]) -> None:
     store.compact(cfg.table)
     nonfinite = set(store.meta(cfg.table).ingest.get("nonfinite_ids", [])) | new_nonfinite
     written = store.num_rows(cfg.table)
@@ -511,12 +532,14 @@ def _finish(store: Store, cfg: IngestConfig, plan: _Plan, new_nonfinite: set[str
     store.update_ingest_state(
         cfg.table, _ingest_state(plan, "complete", nonfinite_ids=sorted(nonfinite))
     )
+    if stage_table(cfg.table) in store._all_tables():  # a distributed run's leftovers
+        store.drop_table(stage_table(cfg.table))
 
 
 class _Writer:
     """Buffers rows and appends them in commits of ``write_rows`` (or every flush_seconds)."""
 
-    def __init__(self, store: Store, cfg: IngestConfig, plan: _Plan) -> None:
+    def __init__(self, store: Store, cfg: IngestConfig, plan: IngestPlan) -> None:
         self.store, self.cfg, self.plan = store, cfg, plan
         self.blocks: list[RowBlock] = []
         self.pending = 0
@@ -536,13 +559,13 @@ class _Writer:
 
     def flush(self) -> None:
         if self.blocks:
-            merged = _concat(self.blocks)
+            merged = concat_blocks(self.blocks)
             self.store.append_rows(self.cfg.table, merged)
             self.written += len(merged.ids)
         self.blocks, self.pending, self.last = [], 0, time.monotonic()
 
 
-def _concat(blocks: list[RowBlock]) -> RowBlock:
+def concat_blocks(blocks: list[RowBlock]) -> RowBlock:
     T = len(blocks[0].vectors)
     return RowBlock(
         ids=[i for b in blocks for i in b.ids],
@@ -555,10 +578,10 @@ def _concat(blocks: list[RowBlock]) -> RowBlock:
     )
 
 
-class _Runner:
+class GradientRunner:
     """The model side: per-example gradients at every checkpoint, transformed and projected."""
 
-    def __init__(self, cfg: IngestConfig, plan: _Plan, device, dtype, tokenizer) -> None:
+    def __init__(self, cfg: IngestConfig, plan: IngestPlan, device, dtype, pad_id: int) -> None:
         self.cfg, self.plan, self.device = cfg, plan, device
         lm = load_model(cfg.model, cfg.gguf_file, dtype, device, progress=cfg.progress)
         paths = plan.checkpoint_paths
@@ -591,7 +614,7 @@ class _Runner:
         self.projector = make_projector(
             cfg.projection, self.grads.num_params, dim, seed=cfg.seed, nnz=cfg.nnz
         )
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.pad_id = pad_id
         self.skipped: Counter[str] = Counter()
         self.skipped_ids: dict[str, list[str]] = {}
         self.nonfinite: set[str] = set()

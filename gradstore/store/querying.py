@@ -16,6 +16,7 @@ from gradstore.selectors.budget import Budget, budget_count, budget_label
 from gradstore.selectors.gtp import gtp
 from gradstore.selectors.less import less_topk
 from gradstore.selectors.omp import fit_support, omp
+from gradstore.selectors.partitioned import partitioned_gtp
 from gradstore.selectors.query import Query
 from gradstore.selectors.random_subset import random_subset
 from gradstore.selectors.stacked import StackedPool, stack_rows
@@ -126,8 +127,17 @@ def run_selection(
     memory_budget: int | None = None,
     progress: bool = False,
     save: bool = True,
+    partitions: int | None = None,
+    ray: str | None = None,
+    ray_tasks: int | None = None,
 ) -> list[Selection]:
-    """Answer every (target, budget) pair in one run over the pool."""
+    """Answer every (target, budget) pair in one run over the pool.
+
+    ``partitions=P`` runs GTP on P parts of the pool, then on the union of their
+    selections. ``ray`` (``local`` or a cluster address) runs every full pass over
+    the pool, and the parts, as Ray tasks (``ray_tasks`` of them per pass; default
+    one per CPU of the cluster).
+    """
     if method not in METHODS:
         raise GradstoreError(f"method {method!r} is not one of {', '.join(METHODS)}")
     if target_mode not in TARGET_MODES:
@@ -138,6 +148,31 @@ def run_selection(
         raise GradstoreError(f"max_iter {max_iter} must be at least 1")
     if m is not None and m < 1:
         raise GradstoreError(f"candidate count m={m} must be at least 1")
+    if partitions is not None and (isinstance(partitions, bool) or int(partitions) != partitions
+                                   or partitions < 1):
+        raise GradstoreError(f"--partitions {partitions!r} must be a whole number >= 1")
+    if partitions is not None and method != "gtp":
+        raise GradstoreError(
+            f"--partitions applies to gtp only, not {method}; drop it (with --ray, {method}'s "
+            "scans are spread over the cluster anyway)"
+        )
+    if ray_tasks is not None and ray_tasks < 1:
+        raise GradstoreError(f"--ray-tasks {ray_tasks} must be at least 1")
+    if ray is None:
+        return _run(store, pool, targets, budgets, method, target_mode, normalize, m, max_iter,
+                    tol, seed, checkpoint_weights, mode, memory_budget, progress, save,
+                    partitions, None, None)
+    from gradstore.distributed.cluster import ray_cluster
+
+    with ray_cluster(ray):
+        return _run(store, pool, targets, budgets, method, target_mode, normalize, m, max_iter,
+                    tol, seed, checkpoint_weights, mode, memory_budget, progress, save,
+                    partitions, ray, ray_tasks)
+
+
+def _run(store, pool, targets, budgets, method, target_mode, normalize, m, max_iter, tol, seed,
+         checkpoint_weights, mode, memory_budget, progress, save, partitions, ray, ray_tasks
+         ) -> list[Selection]:
     pmeta = store.meta(pool)
     check_complete(pool, pmeta)
     n = store.num_rows(pool)
@@ -150,18 +185,30 @@ def run_selection(
     else:
         eta = None
     t0 = time.perf_counter()
-    source = store.source(pool, mode, memory_budget)
-    spool = StackedPool(source, eta, normalize=True if method == "less" else normalize)
+    norm = True if method == "less" else normalize
+    if ray is None:
+        source = store.source(pool, mode, memory_budget)
+        spool = StackedPool(source, eta, normalize=norm)
+    else:
+        from gradstore.distributed.cluster import cluster_resources
+        from gradstore.distributed.pool import DistributedPool
+
+        source = store.source(pool, "stream")
+        tasks = ray_tasks or max(1, int(cluster_resources()["CPU"]))
+        spool = DistributedPool(source, eta, normalize=norm, tasks=tasks)
     per_subtask = method == "less" or target_mode == "joint"
     Ys = [target_matrix(store, spool, pool, pmeta, t, per_subtask) for t in targets]
     pairs = [(ti, bi) for ti in range(len(targets)) for bi in range(len(budgets))]
     bar = ScanProgress(n, method) if progress else None
-    results: list[tuple[np.ndarray, np.ndarray, float, list[float]]] = []
+    results: list[tuple[np.ndarray, np.ndarray, float, list[float], int | None]] = []
     try:
         if method in ("gtp", "omp"):
             queries = [Query(Ys[ti], ks[bi], m=m if m is not None else 2 * ks[bi])
                        for ti, bi in pairs]
-            if method == "gtp":
+            if method == "gtp" and partitions:
+                out = partitioned_gtp(spool, queries, partitions, max_iter=max_iter, tol=tol,
+                                      part_progress=bar)
+            elif method == "gtp":
                 out = gtp(spool, queries, max_iter=max_iter, tol=tol, scan_progress=bar)
             else:
                 step = tqdm(total=max(ks), desc="omp", unit="pick", leave=False) if progress \
@@ -169,18 +216,19 @@ def run_selection(
                 out = omp(spool, queries, progress=(lambda _: step.update(1)) if step else None)
                 if step is not None:
                     step.close()
-            results = [(r.rows, r.total_weights, r.residual, r.history) for r in out]
+            results = [(r.rows, r.total_weights, r.residual, r.history, r.candidates)
+                       for r in out]
         elif method == "less":
             found = less_topk(spool, [Ys[ti] for ti, _ in pairs], [ks[bi] for _, bi in pairs],
                               scan_progress=bar)
             for (ti, _), (rows, _) in zip(pairs, found, strict=True):
                 _, res = fit_support(spool, rows, Ys[ti])
-                results.append((rows, np.ones(len(rows)), res, []))
+                results.append((rows, np.ones(len(rows)), res, [], None))
         else:
             for ti, bi in pairs:
                 rows = random_subset(n, ks[bi], seed=seed)
                 _, res = fit_support(spool, rows, Ys[ti])
-                results.append((rows, np.ones(len(rows)), res, []))
+                results.append((rows, np.ones(len(rows)), res, [], None))
     finally:
         if bar is not None:
             bar.close()
@@ -190,16 +238,18 @@ def run_selection(
     params = {
         "target_mode": target_mode, "normalize": normalize, "m": m, "max_iter": max_iter,
         "tol": tol, "seed": seed, "checkpoint_weights": eta, "scan_mode": type(source).__name__,
-        "queries_in_run": len(pairs), "pool_rows": n,
+        "queries_in_run": len(pairs), "pool_rows": n, "partitions": partitions,
+        "ray": ray, "ray_tasks": getattr(spool, "tasks", None),
     }
     sels = []
-    for (ti, bi), (rows, w, res, hist) in zip(pairs, results, strict=True):
+    for (ti, bi), (rows, w, res, hist, cand) in zip(pairs, results, strict=True):
         sels.append(
             Selection(
                 selection_id=uuid.uuid4().hex[:12], method=method, budget=labels[bi], k=ks[bi],
                 pool=pool, target=targets[ti], ids=[ids[i] for i in rows],
                 weights=np.asarray(w, dtype=np.float64), residual=float(res), seconds=seconds,
-                created=created, history=[float(h) for h in hist], params=dict(params),
+                created=created, history=[float(h) for h in hist],
+                params=dict(params) if cand is None else dict(params, candidates=cand),
             )
         )
     if save:

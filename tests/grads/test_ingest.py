@@ -396,7 +396,7 @@ def test_ctrl_c_commits_what_was_computed(tmp_path, llama_dir, monkeypatch):
     store = gradstore.open(tmp_path / "store")
     kw = dict(model=str(llama_dir), data=str(data), proj_dim=8, device="cpu", progress=False,
               batch_size=2, write_rows=5, flush_seconds=1e9)  # chunks of 4: one buffered
-    real_chunk = ingest_module._Runner._chunk
+    real_chunk = ingest_module.GradientRunner._chunk
     calls = {"n": 0}
 
     def chunk_then_ctrl_c(self, *args):
@@ -405,7 +405,7 @@ def test_ctrl_c_commits_what_was_computed(tmp_path, llama_dir, monkeypatch):
             raise KeyboardInterrupt
         return real_chunk(self, *args)
 
-    monkeypatch.setattr(ingest_module._Runner, "_chunk", chunk_then_ctrl_c)
+    monkeypatch.setattr(ingest_module.GradientRunner, "_chunk", chunk_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         store.ingest("t", **kw)
     assert store.num_rows("t") == 4  # the buffered chunk was committed on the way out

@@ -1,0 +1,343 @@
+"""Ingestion on Ray: the examples sharded over workers that each load the model once.
+
+The driver reads and tokenises the data once, then hands out shards (contiguous
+runs of examples, ``write_rows`` at most) to Ray actors. A worker computes its
+shard's rows exactly as a single-process run does (the same code, the same
+projection seed) and writes them as Lance data files of the table, uncommitted
+and so invisible. The driver records each finished shard (its rows and file
+metadata) in a hidden staging table; when every shard is done it commits all
+files to the table in one version, in data order, and marks the table complete.
+
+A killed worker is restarted by Ray and its shard computed again (its partial
+files are never committed). If the driver itself stops, rerunning the same
+command reuses every recorded shard and computes only the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from gradstore.distributed.cluster import cluster_resources, ray_cluster, require_ray, task_env
+from gradstore.errors import GradstoreError
+from gradstore.grads.ingest import (
+    GradientRunner,
+    IngestConfig,
+    IngestPlan,
+    IngestSummary,
+    _checkpoints_to_add,
+    _existing_ids,
+    _finish,
+    concat_blocks,
+    create_table,
+    finish_present,
+    pad_token_id,
+    plan_ingest,
+    stage_table,
+)
+from gradstore.grads.model import load_tokenizer, resolve_dtype
+from gradstore.store.meta import TableMeta
+
+if TYPE_CHECKING:
+    from gradstore.store.store import Store
+
+STAGE_SCHEMA = pa.schema([
+    pa.field("first", pa.int64()),
+    pa.field("rows", pa.list_(pa.int64())),
+    pa.field("ids", pa.list_(pa.string())),
+    pa.field("nonfinite", pa.list_(pa.string())),
+    pa.field("skipped", pa.string()),
+    pa.field("fragments", pa.string()),
+])
+STAGE_KEY = "stage_token"
+SHARDS_PER_WORKER = 4  # at least this many shards per worker, for an even finish
+
+
+@dataclass(frozen=True)
+class RayIngestOptions:
+    """How a distributed ingestion uses the cluster."""
+
+    address: str = "local"
+    workers: int | None = None
+    """Ray workers (model copies); default one per GPU, else cluster CPUs // worker_cpus."""
+    worker_cpus: int = 1
+    """CPUs (torch threads) per worker when they run on CPU."""
+    retries: int = 2
+    """Restarts of a worker that dies, each retrying the shard it held."""
+
+
+def _device(cfg: IngestConfig, gpus: float) -> str:
+    if cfg.device != "auto":
+        return cfg.device
+    return "cuda" if gpus >= 1 else "cpu"
+
+
+class IngestWorker:
+    """One model copy (a Ray actor): computes shards and writes their Lance files."""
+
+    def __init__(self, cfg: IngestConfig, plan: IngestPlan, pad_id: int, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.error: Exception | None = None
+        try:
+            device = torch.device(cfg.device if cfg.device != "auto" else "cpu")
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise GradstoreError(f"device {cfg.device!r}: a Ray worker sees no CUDA device")
+            dtype = resolve_dtype(cfg.dtype, device)
+            self.runner = GradientRunner(cfg, plan, device, dtype, pad_id)
+        except Exception as exc:  # reported by ready(), where the driver can show it
+            self.error = exc
+
+    def ready(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
+        return {"pid": os.getpid(), "projection": asdict(self.runner.projector.spec)}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def compute(self, examples: list, rows: list[int], uri: str, schema: pa.Schema,
+                version: str) -> dict[str, Any]:
+        """Rows of one shard, written as uncommitted Lance files of the table at ``uri``."""
+        from lance.fragment import write_fragments
+
+        from gradstore.store.store import Store
+
+        r = self.runner
+        r.skipped.clear()
+        r.skipped_ids.clear()
+        r.nonfinite = set()
+        blocks = []
+        for s in range(0, len(examples), r.chunk):
+            part = sorted(range(s, min(len(examples), s + r.chunk)),
+                          key=lambda i: examples[i].num_tokens)
+            blocks.append(r._chunk([examples[i] for i in part], [rows[i] for i in part], None))
+        block = concat_blocks([b for b in blocks if b.ids]) if any(b.ids for b in blocks) else None
+        fragments: list[str] = []
+        if block is not None:
+            meta = TableMeta.from_schema(schema, "stage")
+            batch = Store._record_batch(schema, meta, block)
+            frags = write_fragments(pa.Table.from_batches([batch]), uri, schema=schema,
+                                    data_storage_version=version)
+            fragments = [json.dumps(f.to_json()) for f in frags]
+        return {
+            "first": int(min(rows)),
+            "rows": [int(x) for x in rows],
+            "ids": list(block.ids) if block is not None else [],
+            "nonfinite": sorted(r.nonfinite),
+            "skipped": json.dumps({k: [n, r.skipped_ids.get(k, [])[:5]]
+                                   for k, n in r.skipped.items()}),
+            "fragments": json.dumps(fragments),
+            "pid": os.getpid(),
+        }
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The user-facing error inside a Ray task error, if there is one."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, GradstoreError) else exc
+
+
+class _Stage:
+    """The staging table of one ingestion: finished shards not yet committed."""
+
+    def __init__(self, store: Store, table: str, token: str) -> None:
+        self.store, self.name, self.token = store, stage_table(table), token
+        if self.name in store._all_tables():
+            meta = store._dataset(self.name).schema.metadata or {}
+            if meta.get(STAGE_KEY.encode(), b"").decode() != token:
+                store.drop_table(self.name)  # an earlier run's, for a table since replaced
+        if self.name not in store._all_tables():
+            schema = STAGE_SCHEMA.with_metadata({STAGE_KEY: token})
+            store.db.create_table(self.name, schema=schema)
+        self.tbl = store.db.open_table(self.name)
+
+    def records(self, committed: set[str]) -> list[dict[str, Any]]:
+        """Recorded shards, one per first row, none holding an already committed id."""
+        seen: dict[int, dict[str, Any]] = {}
+        for rec in self.tbl.to_arrow().to_pylist():
+            if rec["first"] in seen or committed.intersection(rec["ids"]):
+                continue
+            seen[rec["first"]] = rec
+        return [seen[k] for k in sorted(seen)]
+
+    def add(self, rec: dict[str, Any]) -> None:
+        self.tbl.add(pa.Table.from_pylist([rec], schema=self.tbl.schema))
+
+
+def _shards(todo: list[int], size: int) -> list[list[int]]:
+    return [todo[s : s + size] for s in range(0, len(todo), size)]
+
+
+def ingest_on_ray(
+    store: Store,
+    cfg: IngestConfig,
+    options: RayIngestOptions | None = None,
+    on_shard: Callable[[dict[str, Any]], None] | None = None,
+) -> IngestSummary:
+    """Run (or resume) one ingestion on Ray; the same table as :func:`ingest` would write.
+
+    ``on_shard(record)`` is called on the driver after each shard is recorded.
+    """
+    options = options or RayIngestOptions()
+    start = time.perf_counter()
+    cfg.validate()
+    if options.workers is not None and options.workers < 1:
+        raise GradstoreError(f"--workers {options.workers} must be at least 1")
+    if options.worker_cpus < 1 or options.retries < 0:
+        raise GradstoreError("--worker-cpus must be at least 1 and --worker-retries at least 0")
+    ray = require_ray()
+    with ray_cluster(options.address):
+        res = cluster_resources()
+        device = _device(cfg, res["GPU"])
+        gpu = device.startswith("cuda")
+        workers = options.workers or (
+            int(res["GPU"]) if gpu else max(1, int(res["CPU"] // options.worker_cpus))
+        )
+        wcfg = replace(cfg, device=device, progress=False)
+        tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
+        dtype = resolve_dtype(cfg.dtype, torch.device("cuda" if gpu else "cpu"))
+        plan, summary = plan_ingest(cfg, tokenizer, dtype)
+        replacing = cfg.overwrite and cfg.table in store.tables()
+        if not replacing and _checkpoints_to_add(store, cfg, plan) is not None:
+            raise GradstoreError(
+                f"table {cfg.table!r} is complete and this run adds checkpoints to it, which "
+                "runs in one process: rerun the command without --ray"
+            )
+        present = set() if replacing else _existing_ids(store, cfg, plan)
+        todo = [i for i, ex in enumerate(plan.examples) if ex.id not in present]
+        summary.rows_present = len(plan.examples) - len(todo)
+        if not todo:
+            return finish_present(store, cfg, plan, summary, start)
+
+        actor_cls = ray.remote(IngestWorker).options(
+            num_cpus=0 if gpu else options.worker_cpus, num_gpus=1 if gpu else 0,
+            max_restarts=options.retries, max_task_retries=options.retries,
+            runtime_env=task_env(),
+        )
+        light = ray.put(replace(plan, examples=[]))
+        actors = [actor_cls.remote(wcfg, light, pad_token_id(tokenizer), options.worker_cpus)
+                  for _ in range(workers)]
+        try:
+            infos = ray.get([a.ready.remote() for a in actors])
+        except Exception as exc:
+            raise _unwrap(exc) from None
+        spec = infos[0]["projection"]
+        if replacing:  # only now: a bad model or checkpoint must not cost the old table
+            store.drop_table(cfg.table)
+        summary.projection = spec
+        loop_start = time.perf_counter()
+        summary.rows_written = _run_shards(store, cfg, plan, spec, todo, actors, summary,
+                                           on_shard)
+        summary.loop_seconds = time.perf_counter() - loop_start
+        summary.status = f"complete ({workers} Ray workers)"
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+
+def _stage_token(store: Store, cfg: IngestConfig, plan: IngestPlan, spec: dict) -> str:
+    """The table's staging token, creating the (empty) table or recording one if needed."""
+    from gradstore.store.meta import ProjectionSpec
+
+    if cfg.table not in store._all_tables():
+        token = secrets.token_hex(8)
+        create_table(store, cfg, plan, ProjectionSpec(**spec), **{STAGE_KEY: token})
+        return token
+    meta = store.meta(cfg.table)
+    if asdict(meta.projection) != spec:
+        raise GradstoreError(
+            f"table {cfg.table!r} was projected with {meta.projection}, the workers with "
+            f"{spec}; rerun with the same options or pass --overwrite"
+        )
+    token = meta.ingest.get(STAGE_KEY)
+    if not token:
+        token = secrets.token_hex(8)
+        store.update_ingest_state(cfg.table, dict(meta.ingest, **{STAGE_KEY: token}))
+    return token
+
+
+def _run_shards(store, cfg, plan, spec, todo, actors, summary, on_shard) -> int:
+    import lance
+    import ray
+
+    token = _stage_token(store, cfg, plan, spec)
+    stage = _Stage(store, cfg.table, token)
+    committed = set(store.ids(cfg.table))
+    done = stage.records(committed)
+    staged_rows = {r for rec in done for r in rec["rows"]}
+    left = [i for i in todo if i not in staged_rows]
+    summary.rows_present += len(todo) - len(left)
+    ds = store._dataset(cfg.table)
+    uri, schema, version = ds.uri, ds.schema, ds.data_storage_version
+    per_worker = -(-len(left) // (len(actors) * SHARDS_PER_WORKER))
+    size = max(cfg.batch_size, min(cfg.write_rows, per_worker))
+    queue = deque(_shards(left, size))
+    bar = tqdm(total=len(left), desc=f"ingest {cfg.table} ({len(actors)} Ray workers)",
+               unit="ex", disable=not cfg.progress, mininterval=1.0)
+    free, pending = list(actors), {}
+    schema_ref = ray.put(schema)
+    written = 0
+    try:
+        while queue or pending:
+            while queue and free:
+                actor, rows = free.pop(), queue.popleft()
+                exs = [plan.examples[i] for i in rows]
+                pending[actor.compute.remote(exs, rows, uri, schema_ref, version)] = (actor, rows)
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                actor, rows = pending.pop(ref)
+                try:
+                    rec = ray.get(ref)
+                except Exception as exc:
+                    err = _unwrap(exc)
+                    if isinstance(err, GradstoreError):
+                        raise err from None
+                    raise GradstoreError(
+                        f"a Ray worker failed on examples {rows[0]}..{rows[-1]} after "
+                        f"{summary.rows_present} were done ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200]}); rerun the same command to resume "
+                        "from the shards already finished"
+                    ) from None
+                pid = rec.pop("pid")
+                stage.add(rec)
+                done.append(rec)
+                written += len(rec["ids"])
+                bar.update(len(rows))
+                free.append(actor)
+                if on_shard is not None:
+                    on_shard(dict(rec, pid=pid))
+    finally:
+        bar.close()
+        for a in actors:
+            ray.kill(a)
+    _commit(store, cfg, plan, stage, committed, summary, lance)
+    return written
+
+
+def _commit(store, cfg, plan, stage, committed, summary, lance) -> None:
+    """All recorded shards' files into the table as one version, then mark it complete."""
+    from lance.fragment import FragmentMetadata
+
+    records = stage.records(committed)
+    fragments = [FragmentMetadata.from_json(f) for rec in records
+                 for f in json.loads(rec["fragments"])]
+    if fragments:
+        ds = store._dataset(cfg.table)
+        lance.LanceDataset.commit(ds.uri, lance.LanceOperation.Append(fragments),
+                                  read_version=ds.version)
+    nonfinite = {x for rec in records for x in rec["nonfinite"]}
+    for rec in records:
+        for reason, (count, ids) in json.loads(rec["skipped"]).items():
+            summary.skipped[reason] = summary.skipped.get(reason, 0) + count
+            known = summary.skipped_ids.setdefault(reason, [])
+            known.extend(ids[: max(0, 5 - len(known))])
+    _finish(store, cfg, plan, nonfinite)

@@ -1,0 +1,175 @@
+"""Ingestion on a real local Ray cluster against the single-process ingestion of the same data."""
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gradstore
+from gradstore.distributed.ingest import RayIngestOptions, ingest_on_ray
+from gradstore.errors import GradstoreError
+from gradstore.grads.ingest import IngestConfig, stage_table
+from tests.grads.test_ingest import train_checkpoints, write_chat_data
+
+N = 48
+
+
+@pytest.fixture(scope="module")
+def setup(llama_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray_ingest")
+    ckpts = train_checkpoints(llama_dir, root / "warmup")
+    data = write_chat_data(root / "pool.jsonl", N, seed=4)
+    return llama_dir, ckpts, data, root
+
+
+def _cfg(setup, **kw) -> IngestConfig:
+    model, ckpts, data, _ = setup
+    base = dict(table="pool", model=str(model), data=str(data),
+                checkpoints=tuple(str(c) for c in ckpts), proj_dim=64, batch_size=4,
+                write_rows=6, progress=False, vector_dtype="float32")
+    return IngestConfig(**(base | kw))
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    """The single-process table: what every distributed run must reproduce."""
+    store = gradstore.open(setup[3] / "reference")
+    store.ingest(_cfg(setup))
+    return _table(store)
+
+
+def _table(store, table="pool") -> dict:
+    ds = store._dataset(table)
+    cols = [c for c in ds.schema.names]
+    tbl = ds.to_table(columns=cols).to_pydict()
+    return {"cols": cols, "data": tbl, "meta": store.meta(table)}
+
+
+def _assert_same_table(got: dict, want: dict) -> None:
+    assert got["cols"] == want["cols"]
+    g, w = got["data"], want["data"]
+    assert g["id"] == w["id"]  # row for row, in data order
+    assert len(set(g["id"])) == len(g["id"]) == N
+    for col in want["cols"]:
+        if col.startswith("vec"):
+            np.testing.assert_allclose(np.array(g[col]), np.array(w[col]), rtol=1e-4, atol=1e-6)
+        elif isinstance(w[col][0], float):
+            np.testing.assert_allclose(g[col], w[col], rtol=1e-4)
+        else:
+            assert g[col] == w[col], col
+    gm, wm = got["meta"], want["meta"]
+    assert gm.projection == wm.projection and gm.grad_type == wm.grad_type
+    assert gm.checkpoint_names == wm.checkpoint_names
+    assert gm.ingest["status"] == "complete"
+    assert gm.ingest["settings"] == wm.ingest["settings"]
+    assert gm.ingest["data_fingerprint"] == wm.ingest["data_fingerprint"]
+
+
+def test_distributed_ingest_equals_single_process(ray_cluster, setup, reference, tmp_path):
+    store = gradstore.open(tmp_path / "s")
+    shards = []
+    summary = ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=2),
+                            on_shard=shards.append)
+    assert summary.rows_written == N and summary.rows_present == 0
+    assert len(shards) >= 4 and len({s["pid"] for s in shards}) == 2  # both workers worked
+    assert sorted(r for s in shards for r in s["rows"]) == list(range(N))
+    _assert_same_table(_table(store), reference)
+    assert stage_table("pool") not in store._all_tables()
+    again = ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=2))
+    assert again.rows_written == 0 and "nothing to do" in again.status
+
+
+def _busy_worker_pids() -> list[int]:
+    """Processes running an IngestWorker method right now (Ray sets their titles)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith("ray::IngestWorker.compute"):
+                out.append(int(p.name))
+    return out
+
+
+def _kill_one_worker(rec: dict, killed: list) -> None:
+    if not killed:
+        busy = _busy_worker_pids()
+        pid = busy[0] if busy else rec["pid"]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+
+def test_killed_worker_is_restarted_and_its_shard_retried(ray_cluster, setup, reference,
+                                                          tmp_path):
+    store = gradstore.open(tmp_path / "s")
+    killed: list[int] = []
+    summary = ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=2, retries=2),
+                            on_shard=lambda rec: _kill_one_worker(rec, killed))
+    assert killed and summary.rows_written == N
+    _assert_same_table(_table(store), reference)
+
+
+def test_killed_worker_then_rerun_gives_the_same_table(ray_cluster, setup, reference, tmp_path):
+    store = gradstore.open(tmp_path / "s")
+    killed: list[int] = []
+    with pytest.raises(GradstoreError, match="rerun the same command"):
+        ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=2, retries=0),
+                      on_shard=lambda rec: _kill_one_worker(rec, killed))
+    # nothing half-written is visible: the table exists, empty and marked incomplete
+    assert store.num_rows("pool") == 0
+    assert store.meta("pool").incomplete
+    with pytest.raises(GradstoreError, match="incomplete"):
+        store.select("pool", budget=3)
+    staged = store._dataset(stage_table("pool")).count_rows()
+    assert staged >= 1
+    summary = ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=2))
+    assert summary.rows_present >= 1 and summary.rows_written + summary.rows_present == N
+    _assert_same_table(_table(store), reference)
+    assert stage_table("pool") not in store._all_tables()
+
+
+def test_interrupted_driver_resumes_from_recorded_shards(ray_cluster, setup, reference,
+                                                         tmp_path):
+    store = gradstore.open(tmp_path / "s")
+    seen = []
+
+    def stop_after_two(rec):
+        seen.append(rec)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=2), on_shard=stop_after_two)
+    assert store.num_rows("pool") == 0
+    done = sum(len(r["ids"]) for r in seen)
+    summary = ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=2))
+    assert summary.rows_present == done and summary.rows_written == N - done
+    _assert_same_table(_table(store), reference)
+
+
+def test_single_process_run_finishes_a_distributed_one(ray_cluster, setup, reference, tmp_path):
+    """Started on Ray, stopped, finished without Ray: the same table, no staging left."""
+    store = gradstore.open(tmp_path / "s")
+
+    def stop(rec):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=2), on_shard=stop)
+    store.ingest(_cfg(setup))
+    _assert_same_table(_table(store), reference)
+    assert stage_table("pool") not in store._all_tables()
+
+
+def test_bad_model_fails_cleanly_and_keeps_the_old_table(ray_cluster, setup, tmp_path):
+    store = gradstore.open(tmp_path / "s")
+    ingest_on_ray(store, _cfg(setup, proj_dim=32), RayIngestOptions(workers=1))
+    before = store.num_rows("pool")
+    bad = _cfg(setup, model=str(setup[0].parent), overwrite=True)
+    with pytest.raises(GradstoreError):
+        ingest_on_ray(store, bad, RayIngestOptions(workers=1))
+    assert store.num_rows("pool") == before and not store.meta("pool").incomplete

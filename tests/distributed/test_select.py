@@ -1,0 +1,103 @@
+"""Selection on Ray against the single-process selectors over the same store."""
+
+import numpy as np
+import pytest
+
+import gradstore
+from gradstore.distributed.pool import DistributedPool
+from gradstore.selectors.gtp import gtp
+from gradstore.selectors.query import Query
+from gradstore.selectors.scan import MAXIMUM, ScanQuery, correlation_scan
+from gradstore.selectors.stacked import StackedPool
+from gradstore.store.store import RowBlock
+from tests.conftest import clustered_rows, unit_rows
+
+T, D = 2, 48
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A float16 pool of 3,000 rows written in 7 appends (7 fragments), and a target table."""
+    rng = np.random.default_rng(5)
+    X = clustered_rows(rng, 3000, T, D) * rng.uniform(0.5, 2, (3000, 1)).astype(np.float32)
+    st = gradstore.open(tmp_path_factory.mktemp("s") / "store")
+    ids = [f"p{i}" for i in range(3000)]
+    st.import_vectors("pool", X[:500, :D], checkpoint="c1", ids=ids[:500], lr=2.0)
+    st.import_vectors("pool", X[:500, D:], checkpoint="c2", ids=ids[:500], lr=1.0)
+    for s in range(500, 3000, 417):
+        e = min(3000, s + 417)
+        st.append_rows("pool", RowBlock(ids=ids[s:e], rows=list(range(s, e)),
+                                        vectors=[X[s:e, :D], X[s:e, D:]]))
+    tgt = unit_rows(rng, 12, T, D) + X[rng.choice(3000, 12)]
+    st.import_vectors("tgt", tgt[:, :D], checkpoint="c1", kind="target",
+                      subtasks=["a", "b"] * 6)
+    st.import_vectors("tgt", tgt[:, D:], checkpoint="c2")
+    assert len(st._dataset("pool").get_fragments()) == 7
+    return st
+
+
+def _pools(store, tasks):
+    local = StackedPool(store.source("pool", "ram"), [2.0, 1.0])
+    dist = DistributedPool(store.source("pool", "stream"), [2.0, 1.0], tasks=tasks)
+    return local, dist
+
+
+@pytest.mark.parametrize("tasks", [1, 3, 8])
+def test_distributed_scan_equals_local_scan(ray_cluster, store, tasks):
+    local, dist = _pools(store, tasks)
+    rng = np.random.default_rng(tasks)
+    R = rng.standard_normal((T * D, 5)).astype(np.float32)
+    excl = rng.choice(3000, 40, replace=False)
+    queries = [ScanQuery(slice(0, 2), 50), ScanQuery(slice(2, 3), 7, exclude=excl),
+               ScanQuery(slice(3, 5), 30, reduce=MAXIMUM)]
+    want = correlation_scan(local, R, queries)
+    got = dist.scan(R, queries)
+    for (wr, ws), (gr, gs), q in zip(want, got, queries, strict=True):
+        assert len(wr) == len(gr) <= q.m
+        np.testing.assert_array_equal(gr, wr)
+        np.testing.assert_allclose(gs, ws, rtol=1e-5, atol=1e-6)
+    assert not set(got[1][0].tolist()) & set(excl.tolist())
+    # an independent check of the scores: the stacked rows times R, by numpy
+    A = local.rows(np.arange(3000)).double().numpy()
+    C = A @ R.astype(np.float64)
+    np.testing.assert_allclose(got[2][1], C[got[2][0], 3:5].max(1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dist.mean(), local.mean(), rtol=1e-6, atol=1e-9)
+
+
+def test_store_select_on_ray_equals_local(ray_cluster, store):
+    for method in ("gtp", "omp", "less"):
+        local = store.select("pool", ["tgt", None], [0.01, 40], method=method, save=False)
+        dist = store.select("pool", ["tgt", None], [0.01, 40], method=method, save=False,
+                            ray="local", ray_tasks=3)
+        for a, b in zip(local, dist, strict=True):
+            assert b.ids == a.ids, method
+            np.testing.assert_allclose(b.weights, a.weights, rtol=1e-4, atol=1e-7)
+            assert b.residual == pytest.approx(a.residual, abs=1e-5)
+            assert b.params["ray"] == "local" and b.params["ray_tasks"] == 3
+
+
+def test_partitioned_select_on_ray_equals_partitioned_local(ray_cluster, store):
+    local = store.select("pool", "tgt", 30, partitions=4, save=False)
+    dist = store.select("pool", "tgt", 30, partitions=4, save=False, ray="local")
+    assert dist.ids == local.ids
+    assert dist.residual == pytest.approx(local.residual, abs=1e-6)
+    assert 30 <= dist.params["candidates"] <= 4 * 30
+    whole = store.select("pool", "tgt", 30, save=False)
+    assert dist.residual <= whole.residual * 1.2  # clustered pool: close to one pursuit
+
+
+def test_gtp_with_distributed_scans_equals_in_ram_gtp(ray_cluster, store):
+    local, dist = _pools(store, 2)
+    y = local.rows(np.arange(0, 3000, 97)).double().numpy().sum(0)
+    (a,) = gtp(local, [Query(y, 25)])
+    (b,) = gtp(dist, [Query(y, 25)])
+    np.testing.assert_array_equal(a.rows, b.rows)
+    assert b.residual == pytest.approx(a.residual, abs=1e-6)
+    assert b.scans == a.scans
+
+
+def test_bad_partition_options(store):
+    with pytest.raises(gradstore.GradstoreError, match="gtp only"):
+        store.select("pool", "tgt", 10, method="less", partitions=2, save=False)
+    with pytest.raises(gradstore.GradstoreError, match="whole number"):
+        store.select("pool", "tgt", 10, partitions=0, save=False)
