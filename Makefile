@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 # CPU build of torch from this machine's disk; a looser pin pulls a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install demo test lint bench-selection bench-e2e clean
+.PHONY: install demo test lint bench-selection bench-e2e bench-distributed clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,12 @@ $(VENV)/.bench-installed: $(VENV)/.demo-installed
 bench-e2e: $(VENV)/.bench-installed
 	$(PY) benchmarks/e2e/run.py --work bench-e2e --results benchmarks/results
 
+# Single process against Ray with 2 workers on a 200K x 8192 synthetic store (~25 min here).
+bench-distributed: $(VENV)/.demo-installed
+	$(PY) benchmarks/distributed.py --out benchmarks/results
+
 bench-selection: install
 	$(PY) benchmarks/selection_speed.py --out benchmarks/results
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache demo-out bench-e2e
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo-out bench-e2e bench-distributed

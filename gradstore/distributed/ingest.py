@@ -60,7 +60,9 @@ STAGE_SCHEMA = pa.schema([
     pa.field("fragments", pa.string()),
 ])
 STAGE_KEY = "stage_token"
-SHARDS_PER_WORKER = 4  # at least this many shards per worker, for an even finish
+# Shards per worker while they are below write_rows: each shard pays one generation of
+# the projection matrix (seconds for a large LoRA), so few, large shards are cheapest.
+SHARDS_PER_WORKER = 1
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,9 @@ def ingest_on_ray(
 ) -> IngestSummary:
     """Run (or resume) one ingestion on Ray; the same table as :func:`ingest` would write.
 
-    ``on_shard(record)`` is called on the driver after each shard is recorded.
+    ``on_shard(record)`` is called on the driver after each shard is recorded; the
+    record holds the shard's ``rows`` and ``ids``, the ``pid`` of the worker that
+    computed it and the ``workers``' pids as they started.
     """
     options = options or RayIngestOptions()
     start = time.perf_counter()
@@ -236,8 +240,9 @@ def ingest_on_ray(
             store.drop_table(cfg.table)
         summary.projection = spec
         loop_start = time.perf_counter()
+        pids = [info["pid"] for info in infos]
         summary.rows_written = _run_shards(store, cfg, plan, spec, todo, actors, summary,
-                                           on_shard)
+                                           on_shard, pids)
         summary.loop_seconds = time.perf_counter() - loop_start
         summary.status = f"complete ({workers} Ray workers)"
         summary.seconds = time.perf_counter() - start
@@ -265,7 +270,7 @@ def _stage_token(store: Store, cfg: IngestConfig, plan: IngestPlan, spec: dict) 
     return token
 
 
-def _run_shards(store, cfg, plan, spec, todo, actors, summary, on_shard) -> int:
+def _run_shards(store, cfg, plan, spec, todo, actors, summary, on_shard, pids) -> int:
     import lance
     import ray
 
@@ -314,7 +319,7 @@ def _run_shards(store, cfg, plan, spec, todo, actors, summary, on_shard) -> int:
                 bar.update(len(rows))
                 free.append(actor)
                 if on_shard is not None:
-                    on_shard(dict(rec, pid=pid))
+                    on_shard(dict(rec, pid=pid, workers=pids))
     finally:
         bar.close()
         for a in actors:

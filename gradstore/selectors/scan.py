@@ -155,5 +155,7 @@ def correlation_scan(
         ok = np.isfinite(v)
         if q.reduce == POSITIVE:
             ok &= v > 0
-        results.append((i[ok].astype(np.int64), v[ok].astype(np.float32)))
+        i, v = i[ok].astype(np.int64), v[ok].astype(np.float32)
+        order = np.lexsort((i, -v))  # best first; equal scores by row, whatever the blocking
+        results.append((i[order], v[order]))
     return results

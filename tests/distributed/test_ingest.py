@@ -2,7 +2,6 @@
 
 import os
 import signal
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,26 +80,12 @@ def test_distributed_ingest_equals_single_process(ray_cluster, setup, reference,
     assert again.rows_written == 0 and "nothing to do" in again.status
 
 
-def _busy_worker_pids() -> list[int]:
-    """Processes running an IngestWorker method right now (Ray sets their titles)."""
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                cmd = (p / "cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if cmd.startswith("ray::IngestWorker.compute"):
-                out.append(int(p.name))
-    return out
-
-
 def _kill_one_worker(rec: dict, killed: list) -> None:
+    """SIGKILL the other worker (busy with its shard) when the first shard is recorded."""
     if not killed:
-        busy = _busy_worker_pids()
-        pid = busy[0] if busy else rec["pid"]
-        os.kill(pid, signal.SIGKILL)
-        killed.append(pid)
+        others = [p for p in rec["workers"] if p != rec["pid"]]
+        os.kill(others[0], signal.SIGKILL)
+        killed.append(others[0])
 
 
 def test_killed_worker_is_restarted_and_its_shard_retried(ray_cluster, setup, reference,
