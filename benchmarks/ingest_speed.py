@@ -39,7 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gradstore  # noqa: E402
 from benchmarks.smollm2 import smollm2_gguf  # noqa: E402
-from gradstore.grads.ingest import IngestConfig, _Runner, _Writer, plan_ingest  # noqa: E402
+from gradstore.grads.ingest import (  # noqa: E402
+    GradientRunner,
+    IngestConfig,
+    _Writer,
+    pad_token_id,
+    plan_ingest,
+)
 from gradstore.grads.model import load_tokenizer, resolve_device, resolve_dtype  # noqa: E402
 from gradstore.grads.per_example import collate, example_losses  # noqa: E402
 from gradstore.grads.projection import make_projector  # noqa: E402
@@ -73,13 +79,13 @@ def peak_mb() -> float:
     return float("nan")
 
 
-def batches_of(runner: _Runner, examples, bs: int):
+def batches_of(runner: GradientRunner, examples, bs: int):
     for s in range(0, len(examples), bs):
         part = examples[s : s + bs]
         yield collate([e.input_ids for e in part], [e.loss_mask for e in part], runner.pad_id)
 
 
-def train_step(runner: _Runner, examples, bs: int) -> None:
+def train_step(runner: GradientRunner, examples, bs: int) -> None:
     params = [p for p in runner.model.parameters() if p.requires_grad]
     for batch in batches_of(runner, examples, bs):
         out = runner.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
@@ -87,7 +93,7 @@ def train_step(runner: _Runner, examples, bs: int) -> None:
         torch.autograd.grad(loss, params)
 
 
-def less_loop(runner: _Runner, examples, projector, interval: int = 16) -> None:
+def less_loop(runner: GradientRunner, examples, projector, interval: int = 16) -> None:
     params = [p for p in runner.model.parameters() if p.requires_grad]
     buf = []
     for ex in examples:
@@ -103,7 +109,7 @@ def less_loop(runner: _Runner, examples, projector, interval: int = 16) -> None:
         projector.project(torch.stack(buf))
 
 
-def gradstore_loop(runner: _Runner, cfg: IngestConfig, plan, store_dir: Path) -> None:
+def gradstore_loop(runner: GradientRunner, cfg: IngestConfig, plan, store_dir: Path) -> None:
     from gradstore.grads.ingest import _create
 
     store = gradstore.open(store_dir)
@@ -114,7 +120,7 @@ def gradstore_loop(runner: _Runner, cfg: IngestConfig, plan, store_dir: Path) ->
     writer.flush()
 
 
-def with_projector(runner: _Runner, projector, fn) -> None:
+def with_projector(runner: GradientRunner, projector, fn) -> None:
     dense, runner.projector = runner.projector, projector
     try:
         fn()
@@ -151,7 +157,8 @@ def main() -> None:
     t_plan = time.perf_counter() - t0
     device = resolve_device("cpu")
     t0 = time.perf_counter()
-    runner = _Runner(cfg, plan, device, resolve_dtype("auto", device), tokenizer)
+    runner = GradientRunner(cfg, plan, device, resolve_dtype("auto", device),
+                            pad_token_id(tokenizer))
     t_load = time.perf_counter() - t0
     examples = plan.examples
     P = runner.grads.num_params

@@ -207,6 +207,13 @@ def ingest_on_ray(
         workers = options.workers or (
             int(res["GPU"]) if gpu else max(1, int(res["CPU"] // options.worker_cpus))
         )
+        need, have = (workers, res["GPU"]) if gpu else (workers * options.worker_cpus, res["CPU"])
+        if need > have:
+            kind = "GPUs" if gpu else "CPUs"
+            raise GradstoreError(
+                f"{workers} Ray workers need {need:g} {kind} but the cluster has {have:g}; "
+                "lower --workers (or --worker-cpus), or add nodes"
+            )
         wcfg = replace(cfg, device=device, progress=False)
         tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
         dtype = resolve_dtype(cfg.dtype, torch.device("cuda" if gpu else "cpu"))

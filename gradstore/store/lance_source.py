@@ -60,6 +60,7 @@ class LanceSource:
         self._n = stop - self._start
         self._whole = self._n == total
         self._norms: np.ndarray | None = norms
+        self._piece_cache: list | None = None
         value_type = dataset.schema.field(columns[0]).type.value_type
         self.dtype = torch.float16 if value_type == pa.float16() else torch.float32
 
@@ -74,6 +75,8 @@ class LanceSource:
 
     def _pieces(self) -> list[tuple[lance.LanceFragment, int, int]]:
         """(fragment, offset, count) pieces covering this source's rows, in storage order."""
+        if self._piece_cache is not None:
+            return self._piece_cache
         out, pos = [], 0
         stop = self._start + self._n
         for frag in self.dataset.get_fragments():
@@ -84,6 +87,7 @@ class LanceSource:
             pos += n
             if pos >= stop:
                 break
+        self._piece_cache = out
         return out
 
     def _batches(self, columns: list[str], batch_size: int):

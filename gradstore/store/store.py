@@ -494,9 +494,15 @@ class Store:
 
         ``store.ingest("pool", model=..., data=..., checkpoints=[...])`` or
         ``store.ingest(IngestConfig(...))``; returns an ``IngestSummary``.
-        Rerunning an interrupted ingestion finishes it.
+        Rerunning an interrupted ingestion finishes it. ``ray="local"`` (or a cluster
+        address) shards the work over Ray workers (``workers``, ``worker_cpus``,
+        ``worker_retries``: see ``RayIngestOptions``).
         """
         from gradstore.grads.ingest import IngestConfig, ingest
+
+        ray = options.pop("ray", None)
+        ray_options = {k: options.pop(k) for k in ("workers", "worker_cpus", "worker_retries")
+                       if k in options}
 
         if isinstance(table_or_config, IngestConfig):
             cfg = table_or_config
@@ -510,7 +516,15 @@ class Store:
                 cfg = IngestConfig(table=table_or_config, **options)
             except TypeError as exc:
                 raise GradstoreError(f"ingest options: {exc}") from exc
-        return ingest(self, cfg)
+        if ray is None:
+            if ray_options:
+                raise GradstoreError(f"{', '.join(ray_options)} apply only with ray=ADDRESS")
+            return ingest(self, cfg)
+        from gradstore.distributed.ingest import RayIngestOptions, ingest_on_ray
+
+        if "worker_retries" in ray_options:
+            ray_options["retries"] = ray_options.pop("worker_retries")
+        return ingest_on_ray(self, cfg, RayIngestOptions(address=ray, **ray_options))
 
     # ---------------------------------------------------------------- select
     def select(

@@ -76,8 +76,10 @@ def test_distributed_ingest_equals_single_process(ray_cluster, setup, reference,
     assert sorted(r for s in shards for r in s["rows"]) == list(range(N))
     _assert_same_table(_table(store), reference)
     assert stage_table("pool") not in store._all_tables()
-    again = ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=2))
+    again = store.ingest(_cfg(setup), ray="local", workers=2)  # the Store API's way in
     assert again.rows_written == 0 and "nothing to do" in again.status
+    with pytest.raises(GradstoreError, match="only with ray"):
+        store.ingest(_cfg(setup), workers=2)
 
 
 def _kill_one_worker(rec: dict, killed: list) -> None:
@@ -158,3 +160,24 @@ def test_bad_model_fails_cleanly_and_keeps_the_old_table(ray_cluster, setup, tmp
     with pytest.raises(GradstoreError):
         ingest_on_ray(store, bad, RayIngestOptions(workers=1))
     assert store.num_rows("pool") == before and not store.meta("pool").incomplete
+
+
+def test_more_workers_than_the_cluster_has_is_refused(ray_cluster, setup, tmp_path):
+    store = gradstore.open(tmp_path / "s")
+    with pytest.raises(GradstoreError, match="need 3 CPUs but the cluster has 2"):
+        ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=3))
+    with pytest.raises(GradstoreError, match="at least 1"):
+        ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=0))
+    assert "pool" not in store.tables()
+
+
+def test_staged_shards_of_a_replaced_table_are_dropped(tmp_path):
+    from gradstore.distributed.ingest import _Stage
+
+    store = gradstore.open(tmp_path / "s")
+    rec = {"first": 0, "rows": [0, 1], "ids": ["a", "b"], "nonfinite": [], "skipped": "{}",
+           "fragments": "[]"}
+    _Stage(store, "pool", "token-a").add(rec)
+    assert len(_Stage(store, "pool", "token-a").records(set())) == 1
+    assert _Stage(store, "pool", "token-a").records({"b"}) == []  # already committed
+    assert _Stage(store, "pool", "token-b").records(set()) == []  # another table's attempt
