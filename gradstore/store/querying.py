@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as _dt
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -61,6 +62,14 @@ def check_compatible(pool: str, pmeta: TableMeta, target: str, tmeta: TableMeta)
                 f"pool {pool!r} and target {target!r} differ in {what}: {a} vs {b}; "
                 "ingest both with the same model, checkpoints and projection"
             )
+
+
+@contextmanager
+def _ray_cluster(address: str) -> Iterator[None]:
+    from gradstore.distributed.cluster import ray_cluster
+
+    with ray_cluster(address):
+        yield
 
 
 class ScanProgress:
@@ -158,100 +167,86 @@ def run_selection(
         )
     if ray_tasks is not None and ray_tasks < 1:
         raise GradstoreError(f"--ray-tasks {ray_tasks} must be at least 1")
-    if ray is None:
-        return _run(store, pool, targets, budgets, method, target_mode, normalize, m, max_iter,
-                    tol, seed, checkpoint_weights, mode, memory_budget, progress, save,
-                    partitions, None, None)
-    from gradstore.distributed.cluster import ray_cluster
-
-    with ray_cluster(ray):
-        return _run(store, pool, targets, budgets, method, target_mode, normalize, m, max_iter,
-                    tol, seed, checkpoint_weights, mode, memory_budget, progress, save,
-                    partitions, ray, ray_tasks)
-
-
-def _run(store, pool, targets, budgets, method, target_mode, normalize, m, max_iter, tol, seed,
-         checkpoint_weights, mode, memory_budget, progress, save, partitions, ray, ray_tasks
-         ) -> list[Selection]:
-    pmeta = store.meta(pool)
-    check_complete(pool, pmeta)
-    n = store.num_rows(pool)
-    ks = [budget_count(b, n) for b in budgets]
-    labels = [budget_label(b) for b in budgets]
-    if checkpoint_weights is not None:
-        eta: Any = list(checkpoint_weights)
-    elif all(lr is not None for lr in pmeta.lrs) and sum(pmeta.lrs) > 0:  # type: ignore[arg-type]
-        eta = pmeta.lrs
-    else:
-        eta = None
-    t0 = time.perf_counter()
-    norm = True if method == "less" else normalize
-    if ray is None:
-        source = store.source(pool, mode, memory_budget)
-        spool = StackedPool(source, eta, normalize=norm)
-    else:
-        from gradstore.distributed.cluster import cluster_resources
-        from gradstore.distributed.pool import DistributedPool
-
-        source = store.source(pool, "stream")
-        tasks = ray_tasks or max(1, int(cluster_resources()["CPU"]))
-        spool = DistributedPool(source, eta, normalize=norm, tasks=tasks)
-    per_subtask = method == "less" or target_mode == "joint"
-    Ys = [target_matrix(store, spool, pool, pmeta, t, per_subtask) for t in targets]
-    pairs = [(ti, bi) for ti in range(len(targets)) for bi in range(len(budgets))]
-    bar = ScanProgress(n, method) if progress else None
-    results: list[tuple[np.ndarray, np.ndarray, float, list[float], int | None]] = []
-    try:
-        if method in ("gtp", "omp"):
-            queries = [Query(Ys[ti], ks[bi], m=m if m is not None else 2 * ks[bi])
-                       for ti, bi in pairs]
-            if method == "gtp" and partitions:
-                out = partitioned_gtp(spool, queries, partitions, max_iter=max_iter, tol=tol,
-                                      part_progress=bar)
-            elif method == "gtp":
-                out = gtp(spool, queries, max_iter=max_iter, tol=tol, scan_progress=bar)
-            else:
-                step = tqdm(total=max(ks), desc="omp", unit="pick", leave=False) if progress \
-                    else None
-                out = omp(spool, queries, progress=(lambda _: step.update(1)) if step else None)
-                if step is not None:
-                    step.close()
-            results = [(r.rows, r.total_weights, r.residual, r.history, r.candidates)
-                       for r in out]
-        elif method == "less":
-            found = less_topk(spool, [Ys[ti] for ti, _ in pairs], [ks[bi] for _, bi in pairs],
-                              scan_progress=bar)
-            for (ti, _), (rows, _) in zip(pairs, found, strict=True):
-                _, res = fit_support(spool, rows, Ys[ti])
-                results.append((rows, np.ones(len(rows)), res, [], None))
+    with nullcontext() if ray is None else _ray_cluster(ray):
+        pmeta = store.meta(pool)
+        check_complete(pool, pmeta)
+        n = store.num_rows(pool)
+        ks = [budget_count(b, n) for b in budgets]
+        labels = [budget_label(b) for b in budgets]
+        if checkpoint_weights is not None:
+            eta: Any = list(checkpoint_weights)
+        elif all(lr is not None for lr in pmeta.lrs) and sum(pmeta.lrs) > 0:  # type: ignore[arg-type]
+            eta = pmeta.lrs
         else:
-            for ti, bi in pairs:
-                rows = random_subset(n, ks[bi], seed=seed)
-                _, res = fit_support(spool, rows, Ys[ti])
-                results.append((rows, np.ones(len(rows)), res, [], None))
-    finally:
-        if bar is not None:
-            bar.close()
-    seconds = time.perf_counter() - t0
-    ids = store.ids(pool)
-    created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    params = {
-        "target_mode": target_mode, "normalize": normalize, "m": m, "max_iter": max_iter,
-        "tol": tol, "seed": seed, "checkpoint_weights": eta, "scan_mode": type(source).__name__,
-        "queries_in_run": len(pairs), "pool_rows": n, "partitions": partitions,
-        "ray": ray, "ray_tasks": getattr(spool, "tasks", None),
-    }
-    sels = []
-    for (ti, bi), (rows, w, res, hist, cand) in zip(pairs, results, strict=True):
-        sels.append(
-            Selection(
-                selection_id=uuid.uuid4().hex[:12], method=method, budget=labels[bi], k=ks[bi],
-                pool=pool, target=targets[ti], ids=[ids[i] for i in rows],
-                weights=np.asarray(w, dtype=np.float64), residual=float(res), seconds=seconds,
-                created=created, history=[float(h) for h in hist],
-                params=dict(params) if cand is None else dict(params, candidates=cand),
+            eta = None
+        t0 = time.perf_counter()
+        norm = True if method == "less" else normalize
+        if ray is None:
+            source = store.source(pool, mode, memory_budget)
+            spool = StackedPool(source, eta, normalize=norm)
+        else:
+            from gradstore.distributed.cluster import cluster_resources
+            from gradstore.distributed.pool import DistributedPool
+
+            source = store.source(pool, "stream")
+            tasks = ray_tasks or max(1, int(cluster_resources()["CPU"]))
+            spool = DistributedPool(source, eta, normalize=norm, tasks=tasks)
+        per_subtask = method == "less" or target_mode == "joint"
+        Ys = [target_matrix(store, spool, pool, pmeta, t, per_subtask) for t in targets]
+        pairs = [(ti, bi) for ti in range(len(targets)) for bi in range(len(budgets))]
+        bar = ScanProgress(n, method) if progress else None
+        results: list[tuple[np.ndarray, np.ndarray, float, list[float], int | None]] = []
+        try:
+            if method in ("gtp", "omp"):
+                queries = [Query(Ys[ti], ks[bi], m=m if m is not None else 2 * ks[bi])
+                           for ti, bi in pairs]
+                if method == "gtp" and partitions:
+                    out = partitioned_gtp(spool, queries, partitions, max_iter=max_iter, tol=tol,
+                                          part_progress=bar)
+                elif method == "gtp":
+                    out = gtp(spool, queries, max_iter=max_iter, tol=tol, scan_progress=bar)
+                else:
+                    step = tqdm(total=max(ks), desc="omp", unit="pick", leave=False) if progress \
+                        else None
+                    out = omp(spool, queries, progress=(lambda _: step.update(1)) if step else None)
+                    if step is not None:
+                        step.close()
+                results = [(r.rows, r.total_weights, r.residual, r.history, r.candidates)
+                           for r in out]
+            elif method == "less":
+                found = less_topk(spool, [Ys[ti] for ti, _ in pairs], [ks[bi] for _, bi in pairs],
+                                  scan_progress=bar)
+                for (ti, _), (rows, _) in zip(pairs, found, strict=True):
+                    _, res = fit_support(spool, rows, Ys[ti])
+                    results.append((rows, np.ones(len(rows)), res, [], None))
+            else:
+                for ti, bi in pairs:
+                    rows = random_subset(n, ks[bi], seed=seed)
+                    _, res = fit_support(spool, rows, Ys[ti])
+                    results.append((rows, np.ones(len(rows)), res, [], None))
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = time.perf_counter() - t0
+        ids = store.ids(pool)
+        created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        params = {
+            "target_mode": target_mode, "normalize": normalize, "m": m, "max_iter": max_iter,
+            "tol": tol, "seed": seed, "checkpoint_weights": eta, "scan_mode": type(source).__name__,
+            "queries_in_run": len(pairs), "pool_rows": n, "partitions": partitions,
+            "ray": ray, "ray_tasks": getattr(spool, "tasks", None),
+        }
+        sels = []
+        for (ti, bi), (rows, w, res, hist, cand) in zip(pairs, results, strict=True):
+            sels.append(
+                Selection(
+                    selection_id=uuid.uuid4().hex[:12], method=method, budget=labels[bi], k=ks[bi],
+                    pool=pool, target=targets[ti], ids=[ids[i] for i in rows],
+                    weights=np.asarray(w, dtype=np.float64), residual=float(res), seconds=seconds,
+                    created=created, history=[float(h) for h in hist],
+                    params=dict(params) if cand is None else dict(params, candidates=cand),
+                )
             )
-        )
-    if save:
-        store._save(sels)
-    return sels
+        if save:
+            store._save(sels)
+        return sels
