@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -353,3 +354,7 @@ def _commit(store, cfg, plan, stage, committed, summary, lance) -> None:
             known = summary.skipped_ids.setdefault(reason, [])
             known.extend(ids[: max(0, 5 - len(known))])
     _finish(store, cfg, plan, nonfinite)
+    # files of shards lost with a killed worker were never committed: delete them (every
+    # worker of this run is gone by now, so no file still being written is unverified)
+    store._dataset(cfg.table).cleanup_old_versions(older_than=timedelta(0),
+                                                   delete_unverified=True)

@@ -2,6 +2,7 @@
 
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,6 +45,14 @@ def _table(store, table="pool") -> dict:
     cols = [c for c in ds.schema.names]
     tbl = ds.to_table(columns=cols).to_pydict()
     return {"cols": cols, "data": tbl, "meta": store.meta(table)}
+
+
+def _assert_no_orphan_files(store, table="pool") -> None:
+    """Every data file in the table's folder belongs to the committed table."""
+    ds = store._dataset(table)
+    used = {f.path for frag in ds.get_fragments() for f in frag.metadata.files}
+    on_disk = {p.name for p in (Path(ds.uri) / "data").iterdir()}
+    assert on_disk == used
 
 
 def _assert_same_table(got: dict, want: dict) -> None:
@@ -98,6 +107,7 @@ def test_killed_worker_is_restarted_and_its_shard_retried(ray_cluster, setup, re
                             on_shard=lambda rec: _kill_one_worker(rec, killed))
     assert killed and summary.rows_written == N
     _assert_same_table(_table(store), reference)
+    _assert_no_orphan_files(store)
 
 
 def test_killed_worker_then_rerun_gives_the_same_table(ray_cluster, setup, reference, tmp_path):
@@ -116,6 +126,7 @@ def test_killed_worker_then_rerun_gives_the_same_table(ray_cluster, setup, refer
     summary = ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=2))
     assert summary.rows_present >= 1 and summary.rows_written + summary.rows_present == N
     _assert_same_table(_table(store), reference)
+    _assert_no_orphan_files(store)
     assert stage_table("pool") not in store._all_tables()
 
 
