@@ -46,7 +46,12 @@ from gradstore.grads.ingest import (
     plan_ingest,
     stage_table,
 )
-from gradstore.grads.model import load_tokenizer, resolve_dtype
+from gradstore.grads.model import (
+    load_adapter_weights,
+    load_tokenizer,
+    resolve_dtype,
+    weights_fingerprint,
+)
 from gradstore.store.meta import TableMeta
 
 if TYPE_CHECKING:
@@ -85,6 +90,21 @@ def _device(cfg: IngestConfig, gpus: float) -> str:
     return "cuda" if gpus >= 1 else "cpu"
 
 
+def _with_adapters(plan: IngestPlan) -> IngestPlan:
+    """The plan with its checkpoints' adapter weights loaded here, checked to be the very
+    weights the driver planned with (a node may see other files at the same path)."""
+    if not plan.checkpoint_paths:
+        return plan
+    weights = [load_adapter_weights(p) for p in plan.checkpoint_paths]
+    for name, path, w in zip(plan.checkpoint_names, plan.checkpoint_paths, weights, strict=True):
+        if weights_fingerprint(w) != plan.settings["adapters"][name]:
+            raise GradstoreError(
+                f"checkpoint {str(path)!r} on a Ray worker's node differs from the driver's; "
+                "give every node the same checkpoint files (a shared path)"
+            )
+    return replace(plan, adapter_weights=weights)
+
+
 class IngestWorker:
     """One model copy (a Ray actor): computes shards and writes their Lance files."""
 
@@ -96,7 +116,7 @@ class IngestWorker:
             if device.type == "cuda" and not torch.cuda.is_available():
                 raise GradstoreError(f"device {cfg.device!r}: a Ray worker sees no CUDA device")
             dtype = resolve_dtype(cfg.dtype, device)
-            self.runner = GradientRunner(cfg, plan, device, dtype, pad_id)
+            self.runner = GradientRunner(cfg, _with_adapters(plan), device, dtype, pad_id)
         except Exception as exc:  # reported by ready(), where the driver can show it
             self.error = exc
 
@@ -236,7 +256,9 @@ def ingest_on_ray(
             max_restarts=options.retries, max_task_retries=options.retries,
             runtime_env=task_env(),
         )
-        light = ray.put(replace(plan, examples=[]))
+        # small enough to travel with the actor's constructor: each worker loads the
+        # adapters itself from the (shared) checkpoint paths
+        light = replace(plan, examples=[], adapter_weights=None)
         actors = [actor_cls.remote(wcfg, light, pad_token_id(tokenizer), options.worker_cpus)
                   for _ in range(workers)]
         try:

@@ -192,3 +192,23 @@ def test_staged_shards_of_a_replaced_table_are_dropped(tmp_path):
     assert len(_Stage(store, "pool", "token-a").records(set())) == 1
     assert _Stage(store, "pool", "token-a").records({"b"}) == []  # already committed
     assert _Stage(store, "pool", "token-b").records(set()) == []  # another table's attempt
+
+
+def test_worker_refuses_checkpoint_files_other_than_the_drivers(setup, tmp_path):
+    from dataclasses import replace
+
+    from gradstore.distributed.ingest import _with_adapters
+    from gradstore.grads.ingest import plan_ingest
+    from gradstore.grads.model import load_tokenizer
+
+    cfg = _cfg(setup)
+    plan, _ = plan_ingest(cfg, load_tokenizer(cfg.model, None))
+    light = replace(plan, examples=[], adapter_weights=None)
+    loaded = _with_adapters(light)
+    for a, b in zip(loaded.adapter_weights, plan.adapter_weights, strict=True):
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    name = plan.checkpoint_names[0]
+    other = replace(light, settings=dict(plan.settings,
+                                         adapters=dict(plan.settings["adapters"], **{name: "x"})))
+    with pytest.raises(GradstoreError, match="differs from the driver's"):
+        _with_adapters(other)
