@@ -18,6 +18,7 @@ import json
 import os
 import re
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,10 +70,17 @@ class RunConfig:
     gradient_checkpointing: bool = False
     overwrite: bool = False
     """Replace a warm-up and tables in ``out`` left by a run with other settings."""
+    ray: str | None = None
+    """Ingest and select on Ray: local, auto or a cluster address (the warm-up runs here)."""
+    workers: int | None = None
+    """Ray ingestion workers (default one per GPU, else one per CPU)."""
     progress: bool = True
 
     def validate(self) -> None:
         from gradstore.selectors.budget import parse_budget
+
+        if self.workers is not None and self.ray is None:
+            raise GradstoreError("--workers applies to Ray ingestion: add --ray ADDRESS")
 
         if not self.methods or any(m not in METHODS for m in self.methods):
             raise GradstoreError(
@@ -132,24 +140,30 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "", text.replace("%", "pct")) or "budget"
 
 
-def _ingest(store, overwrite: bool, cfg):
+def _ingest(store, overwrite: bool, cfg, **ray: Any):
     """Ingest (resuming); with ``overwrite``, a table from other settings is replaced, while one
     from the same settings is kept rather than recomputed."""
     from dataclasses import replace
 
     try:
-        return store.ingest(cfg)
+        return store.ingest(cfg, **ray)
     except TableConflict:
         if not overwrite:
             raise
-        return store.ingest(replace(cfg, overwrite=True))
+        return store.ingest(replace(cfg, overwrite=True), **ray)
 
 
 def run_pipeline(cfg: RunConfig) -> RunSummary:
     from gradstore.grads.model import shared_models
 
     cfg.validate()
-    with shared_models():  # the model and tokenizer are loaded once for all steps
+    if cfg.ray is None:
+        cluster: Any = nullcontext()
+    else:
+        from gradstore.distributed.cluster import ray_cluster
+
+        cluster = ray_cluster(cfg.ray)  # one connection for every step
+    with shared_models(), cluster:  # the model and tokenizer are loaded once for all steps
         return _run(cfg)
 
 
@@ -183,16 +197,17 @@ def _run(cfg: RunConfig) -> RunSummary:
         max_length=cfg.max_length, batch_size=cfg.batch_size, device=cfg.device,
         dtype=cfg.dtype, vector_dtype=cfg.vector_dtype, progress=cfg.progress,
     )
+    ray = {} if cfg.ray is None else {"ray": cfg.ray, "workers": cfg.workers}
     pool = _ingest(store, cfg.overwrite, IngestConfig(
         table=POOL_TABLE, data=cfg.data, split=cfg.split, kind="pool", grad_type=cfg.grad_type,
         **common,
-    ))
+    ), **ray)
     steps["ingest pool"] = f"{pool.rows_present + pool.rows_written} rows ({pool.status})"
     names = target_tables(cfg.targets)
     for name, path in zip(names, cfg.targets, strict=True):
         t = _ingest(store, cfg.overwrite, IngestConfig(
             table=name, data=path, kind="target", subtask_field=cfg.subtask_field, **common,
-        ))
+        ), **ray)
         steps[f"ingest {name}"] = f"{t.rows_present + t.rows_written} rows ({t.status})"
 
     records = []
@@ -201,6 +216,7 @@ def _run(cfg: RunConfig) -> RunSummary:
         sels = store.select(
             POOL_TABLE, target=list(names) or [None], budget=list(cfg.budgets), method=method,
             target_mode=cfg.target_mode, seed=cfg.seed, progress=cfg.progress,
+            ray=cfg.ray,
         )
         for sel in sels:
             path = sel_dir / f"{sel.target or 'in-domain'}-{method}-{_slug(sel.budget)}.jsonl"

@@ -410,6 +410,9 @@ def _add_run(sub) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--overwrite", action="store_true",
                    help="replace what a run with other settings left in --out")
+    _add_ray_flag(r)
+    r.add_argument("--workers", type=int, metavar="N",
+                   help="Ray ingestion workers (default: one per GPU, else one per CPU)")
     r.add_argument("--format", choices=["text", "json"], default="text")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
@@ -419,6 +422,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gradstore.config import config_from
     from gradstore.pipeline import RunConfig, run_pipeline
 
+    if args.ray:
+        from gradstore.distributed.cluster import require_ray
+
+        require_ray()
     summary = run_pipeline(config_from(
         RunConfig, args, targets=tuple(args.target), budgets=tuple(args.budget or ["5%"]),
         methods=tuple(args.method or ["gtp"]), progress=not args.quiet,
