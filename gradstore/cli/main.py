@@ -447,6 +447,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         from gradstore.distributed.cluster import require_ray
 
         require_ray()
+    elif args.workers is not None:
+        raise UsageError("gradstore ingest: --workers applies to Ray ingestion; add --ray ADDRESS")
     cfg.validate()  # before opening (and creating) the store
     store = gradstore.open(args.store)
     if args.ray:
@@ -510,6 +512,8 @@ def _print_selection(sel) -> None:
 def cmd_select(args: argparse.Namespace) -> int:
     import gradstore
 
+    if args.ray_tasks is not None and not args.ray:
+        raise UsageError("gradstore select: --ray-tasks applies with --ray ADDRESS")
     store = gradstore.open(args.store, create=False)
     targets = args.target or [None]
     sels = store.select(

@@ -58,3 +58,11 @@ def test_partitions_out_of_range(store):
     res = run("select", store, "--pool", "pool", "--budget", "5", "--method", "omp",
               "--partitions", "2", ok=False)
     assert res.returncode == 2 and "gtp only" in res.stderr
+
+
+def test_ray_options_without_ray(store, tmp_path):
+    res = run("select", store, "--pool", "pool", "--budget", "5", "--ray-tasks", "2", ok=False)
+    assert res.returncode == 2 and "--ray ADDRESS" in res.stderr
+    res = run("ingest", store, "t", "--model", tmp_path, "--data", tmp_path / "x.jsonl",
+              "--workers", "2", ok=False)
+    assert res.returncode == 2 and "--ray ADDRESS" in res.stderr
