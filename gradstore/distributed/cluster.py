@@ -80,6 +80,7 @@ def ray_cluster(address: str, num_cpus: int | None = None) -> Iterator[ModuleTyp
     kwargs = {"logging_level": "ERROR", "log_to_driver": False}
     # Ray starts its processes with fork+exec: nothing of Lance runs in the forked child
     warnings.filterwarnings("ignore", message="lance is not fork-safe")
+    warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
     try:
         if address == "local":
             ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)

@@ -250,6 +250,8 @@ def ingest_on_ray(
         summary.rows_present = len(plan.examples) - len(todo)
         if not todo:
             return finish_present(store, cfg, plan, summary, start)
+        # a shard holds at least one batch: more workers than that would only load the model
+        workers = min(workers, -(-len(todo) // cfg.batch_size))
 
         actor_cls = ray.remote(IngestWorker).options(
             num_cpus=0 if gpu else options.worker_cpus, num_gpus=1 if gpu else 0,
@@ -259,6 +261,8 @@ def ingest_on_ray(
         # small enough to travel with the actor's constructor: each worker loads the
         # adapters itself from the (shared) checkpoint paths
         light = replace(plan, examples=[], adapter_weights=None)
+        if cfg.progress:
+            tqdm.write(f"starting {workers} Ray workers on {device} (each loads the model once)")
         actors = [actor_cls.remote(wcfg, light, pad_token_id(tokenizer), options.worker_cpus)
                   for _ in range(workers)]
         try:
