@@ -191,7 +191,8 @@ def build_parser() -> Parser:
                      help="GTP on P parts of the pool, then on the union of their picks")
     _add_ray_flag(sel)
     sel.add_argument("--ray-tasks", type=int, metavar="N",
-                     help="Ray tasks per pass over the pool (default: one per cluster CPU)")
+                     help="Ray tasks per pass over the pool (default: one per cluster CPU, "
+                     "at least 4096 rows each)")
     sel.add_argument("--format", choices=["text", "json"], default="text")
     sel.add_argument("--out", help="also write the selections as JSON to this file")
     sel.add_argument("--quiet", action="store_true", help="no progress bars")

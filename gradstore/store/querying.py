@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 METHODS = ("gtp", "omp", "less", "random")
 TARGET_MODES = ("mean", "joint")
+MIN_TASK_ROWS = 4096  # smaller Ray tasks cost more in overhead than they save
 
 
 def check_complete(table: str, meta: TableMeta) -> None:
@@ -189,7 +190,9 @@ def run_selection(
             from gradstore.distributed.pool import DistributedPool
 
             source = store.source(pool, "stream")
-            tasks = ray_tasks or max(1, int(cluster_resources()["CPU"]))
+            # default: one task per CPU, but none smaller than MIN_TASK_ROWS rows
+            tasks = ray_tasks or max(1, min(int(cluster_resources()["CPU"]),
+                                            -(-n // MIN_TASK_ROWS)))
             spool = DistributedPool(source, eta, normalize=norm, tasks=tasks)
         per_subtask = method == "less" or target_mode == "joint"
         Ys = [target_matrix(store, spool, pool, pmeta, t, per_subtask) for t in targets]
