@@ -305,14 +305,12 @@ def _stage_token(store: Store, cfg: IngestConfig, plan: IngestPlan, spec: dict) 
 
 
 def _run_shards(store, cfg, plan, spec, todo, actors, summary, on_shard, pids) -> int:
-    import lance
     import ray
 
     token = _stage_token(store, cfg, plan, spec)
     stage = _Stage(store, cfg.table, token)
     committed = set(store.ids(cfg.table))
-    done = stage.records(committed)
-    staged_rows = {r for rec in done for r in rec["rows"]}
+    staged_rows = {r for rec in stage.records(committed) for r in rec["rows"]}
     left = [i for i in todo if i not in staged_rows]
     summary.rows_present += len(todo) - len(left)
     ds = store._dataset(cfg.table)
@@ -348,7 +346,6 @@ def _run_shards(store, cfg, plan, spec, todo, actors, summary, on_shard, pids) -
                     ) from None
                 pid = rec.pop("pid")
                 stage.add(rec)
-                done.append(rec)
                 written += len(rec["ids"])
                 bar.update(len(rows))
                 free.append(actor)
@@ -358,12 +355,13 @@ def _run_shards(store, cfg, plan, spec, todo, actors, summary, on_shard, pids) -
         bar.close()
         for a in actors:
             ray.kill(a)
-    _commit(store, cfg, plan, stage, committed, summary, lance)
+    _commit(store, cfg, plan, stage, committed, summary)
     return written
 
 
-def _commit(store, cfg, plan, stage, committed, summary, lance) -> None:
+def _commit(store, cfg, plan, stage, committed, summary) -> None:
     """All recorded shards' files into the table as one version, then mark it complete."""
+    import lance
     from lance.fragment import FragmentMetadata
 
     records = stage.records(committed)

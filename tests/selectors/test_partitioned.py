@@ -1,7 +1,5 @@
 """Partitioned GTP (P parts, then the union) against single-process GTP, scipy and brute force."""
 
-import itertools
-
 import numpy as np
 import pytest
 import scipy.optimize
@@ -12,6 +10,7 @@ from gradstore.selectors.query import Query
 from gradstore.selectors.source import TensorSource
 from gradstore.selectors.stacked import StackedPool
 from tests.conftest import clustered_rows, unit_rows
+from tests.selectors.test_pursuit import _best_subset
 
 
 def noisy_planted(seed, n=3000, T=2, d=512, k=20, noise=0.3):
@@ -87,15 +86,6 @@ def test_several_queries_answered_per_part():
         (alone,) = partitioned_gtp(pool, [Query(y, 10)], 3)
         assert np.array_equal(np.sort(alone.rows), np.sort(res.rows))
         assert res.residual == pytest.approx(alone.residual, abs=1e-9)
-
-
-def _best_subset(A, y, k):
-    best = np.inf
-    for size in range(1, k + 1):
-        for sub in itertools.combinations(range(A.shape[0]), size):
-            _, r = scipy.optimize.nnls(A[list(sub)].T, y)
-            best = min(best, r)
-    return best
 
 
 def test_close_to_brute_force_on_tiny_pools():
