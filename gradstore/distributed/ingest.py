@@ -322,7 +322,7 @@ def _run_shards(store, cfg, plan, spec, todo, actors, summary, on_shard, pids) -
                unit="ex", disable=not cfg.progress, mininterval=1.0)
     free, pending = list(actors), {}
     schema_ref = ray.put(schema)
-    written = 0
+    written = finished = 0  # rows stored / examples done (stored or skipped) in this run
     try:
         while queue or pending:
             while queue and free:
@@ -340,13 +340,14 @@ def _run_shards(store, cfg, plan, spec, todo, actors, summary, on_shard, pids) -
                         raise err from None
                     raise GradstoreError(
                         f"a Ray worker failed on examples {rows[0]}..{rows[-1]} after "
-                        f"{summary.rows_present} were done ({type(exc).__name__}: "
+                        f"{summary.rows_present + finished} were done ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:200]}); rerun the same command to resume "
                         "from the shards already finished"
                     ) from None
                 pid = rec.pop("pid")
                 stage.add(rec)
                 written += len(rec["ids"])
+                finished += len(rows)
                 bar.update(len(rows))
                 free.append(actor)
                 if on_shard is not None:

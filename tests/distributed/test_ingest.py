@@ -113,9 +113,10 @@ def test_killed_worker_is_restarted_and_its_shard_retried(ray_cluster, setup, re
 def test_killed_worker_then_rerun_gives_the_same_table(ray_cluster, setup, reference, tmp_path):
     store = gradstore.open(tmp_path / "s")
     killed: list[int] = []
-    with pytest.raises(GradstoreError, match="rerun the same command"):
+    with pytest.raises(GradstoreError, match="rerun the same command") as failed:
         ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=2, retries=0),
                       on_shard=lambda rec: _kill_one_worker(rec, killed))
+    assert "after 0 were done" not in str(failed.value)  # the recorded shard is counted
     # nothing half-written is visible: the table exists, empty and marked incomplete
     assert store.num_rows("pool") == 0
     assert store.meta("pool").incomplete
