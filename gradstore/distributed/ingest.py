@@ -139,12 +139,8 @@ class IngestWorker:
         r.skipped.clear()
         r.skipped_ids.clear()
         r.nonfinite = set()
-        blocks = []
-        for s in range(0, len(examples), r.chunk):
-            part = sorted(range(s, min(len(examples), s + r.chunk)),
-                          key=lambda i: examples[i].num_tokens)
-            blocks.append(r._chunk([examples[i] for i in part], [rows[i] for i in part], None))
-        block = concat_blocks([b for b in blocks if b.ids]) if any(b.ids for b in blocks) else None
+        blocks = [b for b in r.blocks(examples, rows) if b.ids]
+        block = concat_blocks(blocks) if blocks else None
         fragments: list[str] = []
         if block is not None:
             meta = TableMeta.from_schema(schema, "stage")

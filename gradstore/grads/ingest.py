@@ -628,12 +628,17 @@ class GradientRunner:
 
         ``on_batch(n)`` is called after each batch of ``n`` examples is done.
         """
-        examples = self.plan.examples
-        chunks = -(-len(todo) // self.chunk)
-        size = -(-len(todo) // max(1, chunks))  # equal chunks: no small, slow last projection
-        for start in range(0, len(todo), size):
-            chunk = sorted(todo[start : start + size], key=lambda i: examples[i].num_tokens)
-            yield self._chunk([examples[i] for i in chunk], chunk, on_batch)
+        yield from self.blocks([self.plan.examples[i] for i in todo], todo, on_batch)
+
+    def blocks(self, examples: list[TokenizedExample], rows: list[int], on_batch=None):
+        """Yield one RowBlock per chunk of ``examples`` (whose data-order positions are
+        ``rows``), at most ``self.chunk`` per projection call."""
+        chunks = -(-len(examples) // self.chunk)
+        size = -(-len(examples) // max(1, chunks))  # equal chunks: no small, slow last projection
+        for start in range(0, len(examples), size):
+            part = sorted(range(start, min(len(examples), start + size)),
+                          key=lambda i: examples[i].num_tokens)
+            yield self._chunk([examples[i] for i in part], [rows[i] for i in part], on_batch)
 
     def _chunk(self, exs: list[TokenizedExample], rows: list[int], on_batch) -> RowBlock:
         T, bs = len(self.checkpoints), self.cfg.batch_size
