@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gradstore  # noqa: E402
 from gradstore.distributed.cluster import ray_cluster  # noqa: E402
 from gradstore.distributed.pool import DistributedPool  # noqa: E402
-from gradstore.selectors.gtp import gtp  # noqa: E402
+from gradstore.selectors.gtp_paper import gtp_paper as gtp  # noqa: E402
 from gradstore.selectors.partitioned import partitioned_gtp  # noqa: E402
 from gradstore.selectors.query import Query  # noqa: E402
 from gradstore.selectors.scan import ScanQuery, correlation_scan  # noqa: E402

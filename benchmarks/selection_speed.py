@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gradstore  # noqa: E402
-from gradstore.selectors.gtp import gtp  # noqa: E402
+from gradstore.selectors.gtp_paper import gtp_paper as gtp  # noqa: E402
 from gradstore.selectors.less import less_topk  # noqa: E402
 from gradstore.selectors.omp import fit_support, omp  # noqa: E402
 from gradstore.selectors.query import Query  # noqa: E402

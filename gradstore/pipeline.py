@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gradstore.choices import METHODS
 from gradstore.errors import GradstoreError, TableConflict
 
-METHODS = ("gtp", "less", "omp", "random")
 POOL_TABLE = "pool"
 
 
@@ -60,7 +60,8 @@ class RunConfig:
     lora_targets: tuple[str, ...] | None = None
     lora_layers: str | None = None
     grad_type: str | None = None
-    """Pool gradients (default adam); targets always use sgd."""
+    """Pool gradients (default adam). Targets store the pool's type and sgd (GTP and OMP
+    read the first, LESS the second)."""
     projection: str = "rademacher"
     proj_dim: int = 8192
     seed: int = 0
@@ -204,9 +205,12 @@ def _run(cfg: RunConfig) -> RunSummary:
     ), **ray)
     steps["ingest pool"] = f"{pool.rows_present + pool.rows_written} rows ({pool.status})"
     names = target_tables(cfg.targets)
+    pool_type = store.meta(POOL_TABLE).grad_type
+    target_types = pool_type if pool_type == "sgd" else f"{pool_type},sgd"
     for name, path in zip(names, cfg.targets, strict=True):
         t = _ingest(store, cfg.overwrite, IngestConfig(
-            table=name, data=path, kind="target", subtask_field=cfg.subtask_field, **common,
+            table=name, data=path, kind="target", subtask_field=cfg.subtask_field,
+            grad_type=target_types, **common,
         ), **ray)
         steps[f"ingest {name}"] = f"{t.rows_present + t.rows_written} rows ({t.status})"
 

@@ -37,8 +37,11 @@ class TrainSettings:
 
 
 def finetune(model: str, gguf_file: str | None, data: Path, out: Path, settings: TrainSettings,
-             n: int, seed: int, device: str = "cpu", epochs: int | None = None) -> Path:
+             n: int, seed: int, device: str = "cpu", epochs: int | None = None,
+             weight_field: str | None = None) -> Path:
     """Train LoRA on every example of ``data`` (n of them); returns the final checkpoint.
+
+    ``weight_field`` names the rows' loss-weight field (an export's ``weight``).
 
     Always from scratch: a job interrupted before its result was written is redone
     (only its last checkpoint is kept, which a resumed warm-up could not continue from).
@@ -50,7 +53,7 @@ def finetune(model: str, gguf_file: str | None, data: Path, out: Path, settings:
         warmup_ratio=settings.warmup_ratio, batch_size=settings.batch_size,
         max_length=settings.max_length, lora_r=settings.lora_r,
         lora_alpha=settings.lora_alpha, lora_layers=settings.lora_layers, seed=seed,
-        device=device, progress=False,
+        device=device, weight_field=weight_field, progress=False,
     )
     summary = warmup(cfg)
     last = Path(summary.checkpoints[-1].path)

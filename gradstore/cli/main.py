@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from gradstore.choices import GRAD_TYPES, METHODS, PROJECTION_KINDS, TARGET_MODES
 from gradstore.errors import GradstoreError
 
 
@@ -124,7 +125,7 @@ def build_parser() -> Parser:
     imp.add_argument("--lr", type=float, help="learning rate at this checkpoint (its weight)")
     imp.add_argument("--vector-dtype", choices=["float16", "float32"], default="float16")
     imp.add_argument("--kind", choices=["pool", "target"], help="what the table is for")
-    imp.add_argument("--grad-type", choices=["adam", "sgd", "sign"], help="gradient type")
+    imp.add_argument("--grad-type", choices=GRAD_TYPES, help="gradient type")
     imp.add_argument("--model", help="model id the gradients came from")
     imp.add_argument("--projection", help="projection kind, e.g. rademacher")
     imp.add_argument("--proj-seed", type=int, help="projection seed")
@@ -132,7 +133,7 @@ def build_parser() -> Parser:
 
     sel = sub.add_parser(
         "select",
-        help="choose training examples (gtp, omp, less, random)",
+        help="choose training examples (gtp, gtp-paper, omp, less, random)",
         epilog=SELECT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -149,10 +150,12 @@ def build_parser() -> Parser:
         required=True,
         help="count (1000), fraction (0.05) or percentage (5%%); repeatable",
     )
-    sel.add_argument("--method", choices=["gtp", "omp", "less", "random"], default="gtp")
+    sel.add_argument("--method", choices=METHODS, default="gtp",
+                     help="gtp (default): the selection's mean trajectory matches the "
+                     "target's; gtp-paper: GTP as published (NNLS weights); omp; less; random")
     sel.add_argument(
         "--target-mode",
-        choices=["mean", "joint"],
+        choices=TARGET_MODES,
         default="mean",
         help="match the target mean, or its subtask means jointly",
     )
@@ -247,10 +250,12 @@ def _add_ingest(sub) -> None:
     )
     ing.add_argument("--kind", choices=["pool", "target"], default="pool")
     ing.add_argument(
-        "--grad-type", choices=["adam", "sgd", "sign"],
-        help="default: adam for a pool with optimizer state, else sgd",
+        "--grad-type", type=_grad_types, metavar="TYPE[,TYPE]",
+        help="adam, sgd or sign, or several (adam,sgd; the first is the table's own). "
+        "Default with optimizer state: adam for a pool, adam,sgd for a target (GTP reads "
+        "the pool's type, LESS sgd); without: sgd",
     )
-    ing.add_argument("--projection", choices=["rademacher", "countsketch", "none"],
+    ing.add_argument("--projection", choices=PROJECTION_KINDS,
                      default="rademacher")
     ing.add_argument("--proj-dim", type=int, default=8192, help="projected dims (default 8192)")
     ing.add_argument("--seed", type=int, default=0,
@@ -325,6 +330,8 @@ def _add_warmup(sub) -> None:
     _add_training_flags(w)
     w.add_argument("--weight-decay", type=float, default=0.0)
     w.add_argument("--max-grad-norm", type=float, default=1.0, help="clipping (0: none)")
+    w.add_argument("--weight-field", help="row field with a loss weight per example (e.g. an "
+                   "export's weight column; scaled to mean 1)")
     w.add_argument("--seed", type=int, default=0, help="subset, LoRA init and data order")
     w.add_argument("--overwrite", action="store_true", help="replace another run in --out")
     w.add_argument("--format", choices=["text", "json"], default="text")
@@ -399,12 +406,12 @@ def _add_run(sub) -> None:
     r.add_argument("--out", required=True, help="working directory (resumed if it exists)")
     r.add_argument("--budget", action="append",
                    help="count, fraction or percentage; repeatable (default 5%%)")
-    r.add_argument("--method", action="append", choices=["gtp", "less", "omp", "random"],
+    r.add_argument("--method", action="append", choices=METHODS,
                    help="repeatable (default gtp)")
-    r.add_argument("--target-mode", choices=["mean", "joint"], default="mean")
+    r.add_argument("--target-mode", choices=TARGET_MODES, default="mean")
     _add_training_flags(r, batch_help="examples per batch in training and ingestion")
-    r.add_argument("--grad-type", choices=["adam", "sgd", "sign"], help="pool (default adam)")
-    r.add_argument("--projection", choices=["rademacher", "countsketch", "none"],
+    r.add_argument("--grad-type", choices=GRAD_TYPES, help="pool (default adam)")
+    r.add_argument("--projection", choices=PROJECTION_KINDS,
                    default="rademacher")
     r.add_argument("--proj-dim", type=int, default=8192, help="projected dims (default 8192)")
     r.add_argument("--vector-dtype", choices=["float16", "float32"], default="float16")
@@ -417,6 +424,16 @@ def _add_run(sub) -> None:
     r.add_argument("--format", choices=["text", "json"], default="text")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
+
+
+def _grad_types(text: str) -> str:
+    """``--grad-type``: one type or a comma list of different ones."""
+    types = [t.strip() for t in text.split(",")]
+    if not types or any(t not in GRAD_TYPES for t in types) or len(set(types)) != len(types):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not one of {', '.join(GRAD_TYPES)} or a comma list of different ones"
+        )
+    return ",".join(types)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -582,7 +599,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(
             f"{t['table']}: {t['kind']}, {t['rows']} rows x {t['dim']} dims {t['vector_dtype']}, "
             f"checkpoints [{ck}], projection {pr['kind']} (seed {pr['seed']}), "
-            f"grad {t['grad_type']}, model {t['model']}"
+            f"grad {'+'.join(t['grad_types']) or '?'}, model {t['model']}"
             + ("  [INCOMPLETE: rerun its ingest command]" if t["status"] == "running" else "")
         )
         if "ingest" in t:

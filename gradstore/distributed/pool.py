@@ -33,21 +33,28 @@ class TableSnapshot:
     eta: tuple[float, ...] | None
     normalize: bool
 
-    def open_part(self, start: int, stop: int, norms: np.ndarray) -> StackedPool:
+    def open_part(self, start: int, stop: int, norms: np.ndarray,
+                  center: tuple[np.ndarray, np.ndarray] | None) -> StackedPool:
+        """Rows ``start:stop``; ``norms`` those of the stored rows, ``center`` the pool's
+        centre and the part's centred norms (None: uncentred)."""
         import lance
 
         ds = lance.dataset(self.uri, version=self.version)
         src = LanceSource(ds, list(self.columns), self.dim, (start, stop), norms)
-        return StackedPool(src, None if self.eta is None else list(self.eta), self.normalize)
+        eta = None if self.eta is None else list(self.eta)
+        if center is None:
+            return StackedPool(src, eta, self.normalize)
+        return StackedPool(src, eta, self.normalize, center[0], center[1])
 
 
-def _scan_part(snap: TableSnapshot, start: int, stop: int, norms: np.ndarray, R: np.ndarray,
-               queries: list[ScanQuery]) -> list[tuple[np.ndarray, np.ndarray]]:
-    return correlation_scan(snap.open_part(start, stop, norms), R, queries)
+def _scan_part(snap: TableSnapshot, start: int, stop: int, norms: np.ndarray, center,
+               R: np.ndarray, queries: list[ScanQuery]) -> list[tuple[np.ndarray, np.ndarray]]:
+    return correlation_scan(snap.open_part(start, stop, norms, center), R, queries)
 
 
-def _map_part(snap: TableSnapshot, start: int, stop: int, norms: np.ndarray, fn: Callable) -> Any:
-    return fn(snap.open_part(start, stop, norms))
+def _map_part(snap: TableSnapshot, start: int, stop: int, norms: np.ndarray, center,
+              fn: Callable) -> Any:
+    return fn(snap.open_part(start, stop, norms, center))
 
 
 def _part_sum(part: StackedPool) -> np.ndarray:
@@ -74,8 +81,10 @@ class DistributedPool(StackedPool):
         eta: np.ndarray | list[float] | None = None,
         normalize: bool = True,
         tasks: int = 2,
+        center: np.ndarray | None = None,
+        norms: np.ndarray | None = None,
     ) -> None:
-        super().__init__(source, eta, normalize)
+        super().__init__(source, eta, normalize, center, norms)
         self._ray = require_ray()
         ds = source.dataset
         self.snapshot = TableSnapshot(
@@ -86,9 +95,17 @@ class DistributedPool(StackedPool):
         self.bounds = part_bounds(self.num_rows, self.tasks)
         self._snap_ref = self._ray.put(self.snapshot)
         self._norm_refs = [self._ray.put(self._norms_of(a, b)) for a, b in self.bounds]
+        self._center_refs = [None if center is None else
+                             self._ray.put((self.center, self.norms[a:b])) for a, b in self.bounds]
         opts = {"num_cpus": 1, "runtime_env": task_env(), "max_retries": 2}
         self._scan_task = self._ray.remote(_scan_part).options(**opts)
         self._map_task = self._ray.remote(_map_part).options(**opts)
+
+    def pass_bounds(self) -> list[tuple[int, int]]:
+        return self.bounds
+
+    def with_center(self, center: np.ndarray, norms: np.ndarray) -> DistributedPool:
+        return DistributedPool(self.source, self.eta, self.normalize, self.tasks, center, norms)
 
     def _norms_of(self, start: int, stop: int) -> np.ndarray:
         return np.ascontiguousarray(self.source.row_norms()[start:stop])
@@ -115,10 +132,13 @@ class DistributedPool(StackedPool):
             raise ValueError(f"R has {R.shape[0]} rows, the pool has width {self.width}")
         r_ref = self._ray.put(R)
         futures, sizes = [], []
-        for (a, b), norms in zip(self.bounds, self._norm_refs, strict=True):
-            local = [ScanQuery(q.columns, q.m, _local_exclude(q.exclude, a, b), q.reduce)
+        for (a, b), norms, center in zip(self.bounds, self._norm_refs, self._center_refs,
+                                         strict=True):
+            local = [ScanQuery(q.columns, q.m, _local_exclude(q.exclude, a, b), q.reduce,
+                               None if q.penalty is None else q.penalty[a:b], q.sign)
                      for q in queries]
-            futures.append(self._scan_task.remote(self._snap_ref, a, b, norms, r_ref, local))
+            futures.append(self._scan_task.remote(self._snap_ref, a, b, norms, center, r_ref,
+                                                  local))
             sizes.append(b - a)
         parts = self._gather(futures, sizes, progress)
         merged = []
@@ -135,8 +155,10 @@ class DistributedPool(StackedPool):
         return np.sum(sums, axis=0) / max(self.num_rows, 1)
 
     def map_parts(self, fn, bounds: list[tuple[int, int]], on_done=None) -> list:
+        center = None if self.center is None else self.center
         futures = [
-            self._map_task.remote(self._snap_ref, a, b, self._norms_of(a, b), fn)
+            self._map_task.remote(self._snap_ref, a, b, self._norms_of(a, b),
+                                  None if center is None else (center, self.norms[a:b]), fn)
             for a, b in bounds
         ]
         return self._gather(futures, [b - a for a, b in bounds], on_done)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from gradstore.choices import GRAD_TYPES
 from gradstore.errors import GradstoreError
 from gradstore.grads.optimizer_state import AdamMoments
-
-GRAD_TYPES = ("adam", "sgd", "sign")
 
 
 def apply_grad_type(

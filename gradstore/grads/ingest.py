@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from gradstore.choices import GRAD_TYPES, PROJECTION_KINDS
 from gradstore.errors import GradstoreError, TableConflict
 from gradstore.grads.data import read_records
 from gradstore.grads.examples import TokenizedExample, data_fingerprint, tokenize_records
-from gradstore.grads.grad_types import GRAD_TYPES, apply_grad_type
+from gradstore.grads.grad_types import apply_grad_type
 from gradstore.grads.model import (
     CheckpointWeights,
     LoraSpec,
@@ -50,7 +51,7 @@ from gradstore.grads.optimizer_state import (
     optimizer_file,
 )
 from gradstore.grads.per_example import PerExampleGradients, collate
-from gradstore.grads.projection import PROJECTION_KINDS, make_projector
+from gradstore.grads.projection import make_projector
 from gradstore.store.meta import VECTOR_DTYPES, ProjectionSpec, TableMeta
 from gradstore.store.store import RowBlock
 
@@ -72,8 +73,10 @@ class IngestConfig:
     checkpoints: tuple[str, ...] = ()
     kind: str = "pool"
     """pool or target."""
-    grad_type: str | None = None
-    """adam, sgd or sign; default adam for a pool with optimizer state, else sgd."""
+    grad_type: str | tuple[str, ...] | None = None
+    """Gradient types to store, the first one primary: adam, sgd or sign, or several
+    ("adam,sgd"). Default with optimizer state: adam for a pool; adam and sgd for a target
+    (GTP and OMP match the pool's type, LESS reads sgd). Without optimizer state: sgd."""
     projection: str = "rademacher"
     proj_dim: int = 8192
     seed: int = 0
@@ -108,8 +111,12 @@ class IngestConfig:
             bad(f"table name {self.table!r} is not allowed; use letters, digits, '-', '_'")
         if self.kind not in ("pool", "target"):
             bad(f"kind {self.kind!r} is not one of pool, target")
-        if self.grad_type is not None and self.grad_type not in GRAD_TYPES:
-            bad(f"gradient type {self.grad_type!r} is not one of {', '.join(GRAD_TYPES)}")
+        types = self.requested_types()
+        if types is not None:
+            wrong = [t for t in types if t not in GRAD_TYPES]
+            if wrong or not types or len(set(types)) != len(types):
+                bad(f"gradient type {self.grad_type!r} is not one of {', '.join(GRAD_TYPES)} "
+                    "or a comma list of different ones (e.g. adam,sgd)")
         if self.projection not in PROJECTION_KINDS:
             bad(f"projection {self.projection!r} is not one of {', '.join(PROJECTION_KINDS)}")
         if self.proj_dim < 1:
@@ -127,6 +134,23 @@ class IngestConfig:
         for c in self.checkpoints:
             if not Path(c).is_dir():
                 bad(f"checkpoint directory {c!r} does not exist")
+
+    def requested_types(self) -> tuple[str, ...] | None:
+        """``grad_type`` as a tuple of type names (None: the default for the kind)."""
+        if self.grad_type is None:
+            return None
+        if isinstance(self.grad_type, str):
+            return tuple(t.strip() for t in self.grad_type.split(","))
+        return tuple(self.grad_type)
+
+    def grad_types(self, has_state: bool) -> tuple[str, ...]:
+        """The gradient types this run stores, primary first."""
+        given = self.requested_types()
+        if given is not None:
+            return given
+        if not has_state:
+            return ("sgd",)
+        return ("adam",) if self.kind == "pool" else ("adam", "sgd")
 
 
 @dataclass
@@ -146,6 +170,7 @@ class IngestSummary:
     """Time spent computing and writing gradients (what examples/s is measured over)."""
     checkpoints: list[str] = field(default_factory=list)
     grad_type: str = ""
+    """The gradient types stored, e.g. ``adam`` or ``adam+sgd``."""
     projection: dict = field(default_factory=dict)
     status: str = ""
 
@@ -187,6 +212,12 @@ class IngestPlan:
     grad_type: str
     settings: dict[str, Any]
     data_fingerprint: str
+    extra_types: list[str] = field(default_factory=list)
+    """Gradient types stored beside ``grad_type`` for the same examples."""
+
+    @property
+    def grad_types(self) -> list[str]:
+        return [self.grad_type, *self.extra_types]
 
 
 def _natural_key(path: str) -> list:
@@ -238,8 +269,8 @@ def plan_ingest(
         fingerprints = {FRESH_CHECKPOINT: f"fresh LoRA r={spec.r} alpha={spec.alpha} "
                         f"targets={spec.targets} seed={spec.seed}"}
     has_state = bool(paths) and all(optimizer_file(p) is not None for p in paths)
-    grad_type = cfg.grad_type or ("adam" if cfg.kind == "pool" and has_state else "sgd")
-    if grad_type == "adam" and not has_state:
+    grad_type, *extra_types = cfg.grad_types(has_state)
+    if "adam" in (grad_type, *extra_types) and not has_state:
         missing = [str(p) for p in paths if optimizer_file(p) is None] or ["a fresh LoRA"]
         raise GradstoreError(
             f"adam gradients need a saved optimizer state, which {missing[0]} lacks; "
@@ -250,6 +281,7 @@ def plan_ingest(
         "checkpoints": names,
         "adapters": fingerprints,
         "grad_type": grad_type,
+        **({"extra_grad_types": extra_types} if extra_types else {}),
         "projection": {"kind": cfg.projection, "dim": cfg.proj_dim, "seed": cfg.seed,
                        "nnz": cfg.nnz},
         "max_length": cfg.max_length,
@@ -260,9 +292,9 @@ def plan_ingest(
     settings = json.loads(json.dumps(settings))  # compared with the stored (JSON) copy
     plan = IngestPlan(
         report.examples, paths, names, lrs, adapters, grad_type, settings,
-        data_fingerprint(report.examples),
+        data_fingerprint(report.examples), extra_types,
     )
-    summary.checkpoints, summary.grad_type = names, grad_type
+    summary.checkpoints, summary.grad_type = names, "+".join(plan.grad_types)
     summary.rows_expected = len(report.examples)
     return plan, summary
 
@@ -289,9 +321,36 @@ def _differing_settings(
     def differs(key: str) -> bool:
         if key == "checkpoints":
             return sorted(before.get(key) or []) != sorted(now[key])
+        if key == "grad_type":  # the set of stored types, whichever is primary
+            return set(stored_types(before)) != set(stored_types(now))
         return before.get(key) != now[key]
 
-    return [k for k in now if k not in ignore and differs(k)]
+    return [k for k in now if k not in ignore and k != "extra_grad_types" and differs(k)]
+
+
+def stored_types(settings: dict[str, Any]) -> list[str]:
+    """The gradient types an ingestion's settings store, primary first."""
+    return [settings.get("grad_type"), *settings.get("extra_grad_types", [])]
+
+
+def _with_types(plan: IngestPlan, types: list[str]) -> IngestPlan:
+    """``plan`` storing ``types`` (primary first) instead of its own."""
+    settings = {k: v for k, v in plan.settings.items() if k != "extra_grad_types"}
+    settings["grad_type"] = types[0]
+    if types[1:]:
+        settings["extra_grad_types"] = list(types[1:])
+    return replace(plan, grad_type=types[0], extra_types=list(types[1:]), settings=settings)
+
+
+def adopt_stored_types(store: Store, cfg: IngestConfig, plan: IngestPlan) -> IngestPlan:
+    """A table that already stores every type this run asks for keeps its own set (and its
+    primary type): asking for fewer, or in another order, is not a conflict."""
+    if cfg.table not in store.tables():
+        return plan
+    before = store.meta(cfg.table).ingest.get("settings")
+    if before is None or not set(plan.grad_types) <= set(stored_types(before)):
+        return plan
+    return _with_types(plan, stored_types(before))
 
 
 def _existing_ids(store: Store, cfg: IngestConfig, plan: IngestPlan) -> set[str]:
@@ -329,14 +388,22 @@ def ingest(store: Store, cfg: IngestConfig) -> IngestSummary:
     dtype = resolve_dtype(cfg.dtype, device)
     tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
     plan, summary = plan_ingest(cfg, tokenizer, dtype)
-    replace = cfg.overwrite and cfg.table in store.tables()
-    added = None if replace else _checkpoints_to_add(store, cfg, plan)
+    overwrite = cfg.overwrite and cfg.table in store.tables()
+    loaded = (device, dtype, pad_token_id(tokenizer))
+    if not overwrite:
+        plan = adopt_stored_types(store, cfg, plan)
+        summary.grad_type = "+".join(plan.grad_types)
+        new_types = _types_to_add(store, cfg, plan)
+        if new_types:
+            _add_types(store, cfg, plan, new_types, summary, loaded)
+            summary.seconds = time.perf_counter() - start
+            return summary
+    added = None if overwrite else _checkpoints_to_add(store, cfg, plan)
     if added is not None:
-        _add_checkpoints(store, cfg, plan, added, summary,
-                         (device, dtype, pad_token_id(tokenizer)))
+        _add_checkpoints(store, cfg, plan, added, summary, loaded)
         summary.seconds = time.perf_counter() - start
         return summary
-    present = set() if replace else _existing_ids(store, cfg, plan)
+    present = set() if overwrite else _existing_ids(store, cfg, plan)
     todo = [i for i, ex in enumerate(plan.examples) if ex.id not in present]
     summary.rows_present = len(plan.examples) - len(todo)
     if not todo:  # finished, or stopped after its last commit
@@ -344,7 +411,7 @@ def ingest(store: Store, cfg: IngestConfig) -> IngestSummary:
 
     runner = GradientRunner(cfg, plan, device, dtype, pad_token_id(tokenizer))
     summary.projection = asdict(runner.projector.spec)
-    if replace:  # only now: a bad model or checkpoint must not cost the old table
+    if overwrite:  # only now: a bad model or checkpoint must not cost the old table
         store.drop_table(cfg.table)
     _write_rows(store, cfg, plan, runner, todo, summary)
     release_model(runner.model)
@@ -420,6 +487,46 @@ def _checkpoints_to_add(store: Store, cfg: IngestConfig, plan: IngestPlan) -> li
     return new if same and adapters_agree and same_data else None
 
 
+def _types_to_add(store: Store, cfg: IngestConfig, plan: IngestPlan) -> list[str]:
+    """Gradient types this run adds to a finished table that has all else in common
+    (e.g. the pool's type for a target written before targets stored both)."""
+    if cfg.table not in store.tables():
+        return []
+    meta = store.meta(cfg.table)
+    before = meta.ingest.get("settings")
+    if before is None or meta.ingest.get("status") != "complete":
+        return []
+    have = stored_types(before)
+    new = [t for t in plan.grad_types if t not in have]
+    if not new or not set(have) <= set(plan.grad_types):
+        return []
+    same = not _differing_settings(before, plan.settings, ignore=("grad_type",))
+    same_data = meta.ingest.get("data_fingerprint") == plan.data_fingerprint
+    return new if same and same_data else []
+
+
+def _add_types(
+    store: Store, cfg: IngestConfig, plan: IngestPlan, new: list[str], summary: IngestSummary,
+    loaded: tuple,
+) -> None:
+    """Compute only the new gradient types for the table's rows at every checkpoint, then
+    add each as columns (staged resumably like new checkpoints)."""
+    meta = store.meta(cfg.table)
+    stage = replace(cfg, table=f"_add_{cfg.table}", grad_type=tuple(new))
+    sub = _with_types(plan, new)
+    ids = _stage_vectors(store, cfg, stage, sub, summary, loaded, "gradient types")
+    for t in new:
+        vectors = {n: store.vectors(stage.table, n, grad_type=t)[1] for n in meta.checkpoint_names}
+        store.add_grad_type(cfg.table, t, vectors, ids)
+    have = stored_types(meta.ingest["settings"])
+    settings = dict(meta.ingest["settings"], extra_grad_types=[*have[1:], *new])
+    store.update_ingest_state(cfg.table, dict(meta.ingest, settings=settings))
+    store.drop_table(stage.table)
+    summary.grad_type = "+".join([*have, *new])
+    summary.projection = asdict(meta.projection)
+    summary.status = f"complete, added {' and '.join(new)} gradients"
+
+
 def _add_checkpoints(
     store: Store, cfg: IngestConfig, plan: IngestPlan, new: list[str], summary: IngestSummary,
     loaded: tuple,
@@ -445,23 +552,43 @@ def _compute_and_add_columns(
     summary: IngestSummary, loaded: tuple,
 ) -> None:
     meta = store.meta(cfg.table)
-    if store.num_rows(cfg.table) == 0:
-        raise GradstoreError(f"table {cfg.table!r} has no rows; there is nothing to add to")
-    have = set(store.ids(cfg.table))
     pick = [i for i, n in enumerate(plan.checkpoint_names) if n in new]
-    examples = [ex for ex in plan.examples if ex.id in have]
     settings = dict(
         plan.settings, checkpoints=new, adapters={n: plan.settings["adapters"][n] for n in new}
     )
-    sub = IngestPlan(
-        examples, [plan.checkpoint_paths[i] for i in pick], new, [plan.lrs[i] for i in pick],
-        [plan.adapter_weights[i] for i in pick], plan.grad_type, settings,
-        data_fingerprint(examples),
+    sub = replace(
+        plan, checkpoint_paths=[plan.checkpoint_paths[i] for i in pick], checkpoint_names=new,
+        lrs=[plan.lrs[i] for i in pick], adapter_weights=[plan.adapter_weights[i] for i in pick],
+        settings=settings,
     )
+    _stage_vectors(store, cfg, stage, sub, summary, loaded, "checkpoints")
+    for name, lr in zip(sub.checkpoint_names, sub.lrs, strict=True):
+        ids, X = store.vectors(stage.table, name)
+        extra = {t: store.vectors(stage.table, name, grad_type=t)[1] for t in plan.extra_types}
+        store.import_vectors(
+            cfg.table, X, checkpoint=name, ids=ids, lr=lr, losses=store.losses(stage.table, name),
+            projection=meta.projection, grad_type=meta.grad_type, model=meta.model,
+            extra_vectors=extra,
+        )
+
+
+def _stage_vectors(
+    store: Store, cfg: IngestConfig, stage: IngestConfig, sub: IngestPlan,
+    summary: IngestSummary, loaded: tuple, what: str,
+) -> list[str]:
+    """Compute ``sub`` (new checkpoints or gradient types of the table's rows) into the
+    hidden staging table ``stage.table``, resuming an earlier attempt with the same
+    settings; returns the staged ids (storage order)."""
+    meta = store.meta(cfg.table)
+    if store.num_rows(cfg.table) == 0:
+        raise GradstoreError(f"table {cfg.table!r} has no rows; there is nothing to add to")
+    have = set(store.ids(cfg.table))
+    examples = [ex for ex in sub.examples if ex.id in have]
+    sub = replace(sub, examples=examples, data_fingerprint=data_fingerprint(examples))
     present: set[str] = set()
     if stage.table in store._all_tables():
         smeta = store.meta(stage.table)
-        if (smeta.ingest.get("settings") == settings
+        if (smeta.ingest.get("settings") == sub.settings
                 and smeta.ingest.get("data_fingerprint") == sub.data_fingerprint):
             present = set(store.ids(stage.table))
         else:  # scratch space of an earlier, different attempt
@@ -473,23 +600,18 @@ def _compute_and_add_columns(
         if runner.projector.spec != meta.projection:
             raise GradstoreError(
                 f"table {cfg.table!r} was projected with {meta.projection}, this run with "
-                f"{runner.projector.spec}; the new checkpoints cannot join it"
+                f"{runner.projector.spec}; the new {what} cannot join it"
             )
         _write_rows(store, stage, sub, runner, todo, summary)
         release_model(runner.model)
     bad = store.meta(stage.table).ingest.get("nonfinite_ids", [])
     if bad:
         raise GradstoreError(
-            f"{len(bad)} examples of table {cfg.table!r} have non-finite gradients at the new "
-            f"checkpoints (e.g. {bad[:3]}), so the checkpoints cannot be added as columns; "
+            f"{len(bad)} examples of table {cfg.table!r} have non-finite gradients for the new "
+            f"{what} (e.g. {bad[:3]}), so they cannot be added as columns; "
             "ingest into a new table instead"
         )
-    for name, lr in zip(sub.checkpoint_names, sub.lrs, strict=True):
-        ids, X = store.vectors(stage.table, name)
-        store.import_vectors(
-            cfg.table, X, checkpoint=name, ids=ids, lr=lr, losses=store.losses(stage.table, name),
-            projection=meta.projection, grad_type=meta.grad_type, model=meta.model,
-        )
+    return store.ids(stage.table)
 
 
 def _ingest_state(plan: IngestPlan, status: str, **more: Any) -> dict[str, Any]:
@@ -513,6 +635,7 @@ def create_table(
         projection=spec,
         grad_type=plan.grad_type,
         model=plan.settings["model"],
+        extra_types=list(plan.extra_types),
         extra={"source": str(Path(cfg.data).resolve()), "split": cfg.split,
                "model_path": cfg.model, "gguf_file": cfg.gguf_file},
         ingest=_ingest_state(plan, "running", **state),
@@ -575,6 +698,10 @@ def concat_blocks(blocks: list[RowBlock]) -> RowBlock:
         tokens=[s for b in blocks for s in b.tokens],
         content_hashes=[s for b in blocks for s in b.content_hashes],
         losses=[np.concatenate([b.losses[t] for b in blocks]) for t in range(T)],
+        extra_vectors={
+            gt: [np.concatenate([b.extra_vectors[gt][t] for b in blocks]) for t in range(T)]
+            for gt in blocks[0].extra_vectors
+        } if blocks[0].extra_vectors else None,
     )
 
 
@@ -607,7 +734,7 @@ class GradientRunner:
             activate(self.model, ckpt)
         self.moments: list[AdamMoments | None] = [
             load_adam_moments(c.path, self.grads.slots).to(device)
-            if plan.grad_type == "adam" else None
+            if "adam" in plan.grad_types else None
             for c in self.checkpoints
         ]
         dim = self.grads.num_params if cfg.projection == "none" else cfg.proj_dim
@@ -620,7 +747,7 @@ class GradientRunner:
         self.nonfinite: set[str] = set()
         T, P = len(self.checkpoints), self.grads.num_params
         # one projection call per chunk amortises generating the projection matrix
-        by_memory = RAW_BUFFER_BYTES // max(1, T * P * 4)
+        by_memory = RAW_BUFFER_BYTES // max(1, len(plan.grad_types) * T * P * 4)
         self.chunk = max(cfg.batch_size, min(by_memory, cfg.write_rows, 256))
 
     def run(self, todo: list[int], on_batch=None):
@@ -642,8 +769,9 @@ class GradientRunner:
 
     def _chunk(self, exs: list[TokenizedExample], rows: list[int], on_batch) -> RowBlock:
         T, bs = len(self.checkpoints), self.cfg.batch_size
-        raw = torch.empty(T, len(exs), self.grads.num_params, dtype=torch.float32,
-                          device=self.device)
+        types = self.plan.grad_types
+        raw = {t: torch.empty(T, len(exs), self.grads.num_params, dtype=torch.float32,
+                              device=self.device) for t in types}
         losses = np.empty((T, len(exs)), dtype=np.float32)
         for s in range(0, len(exs), bs):
             part = exs[s : s + bs]
@@ -654,14 +782,19 @@ class GradientRunner:
                 if T > 1:  # a single checkpoint stays loaded from __init__
                     activate(self.model, ckpt)
                 g, loss = self.grads(batch)
-                raw[t, s : s + len(part)] = apply_grad_type(g, self.plan.grad_type,
-                                                             self.moments[t])
+                for i, gt in enumerate(types):  # the transform may overwrite g: copy first
+                    src = g if i == len(types) - 1 else g.clone()
+                    raw[gt][t, s : s + len(part)] = apply_grad_type(src, gt, self.moments[t])
                 losses[t, s : s + len(part)] = loss.cpu().numpy()
             if on_batch is not None:
                 on_batch(len(part))
-        projected = self.projector.project(raw.view(T * len(exs), -1))
-        vecs = projected.view(T, len(exs), -1).cpu().numpy()
-        ok = np.isfinite(vecs).all(axis=(0, 2)) & np.isfinite(losses).all(axis=0)
+        vecs = {}
+        for gt in types:
+            projected = self.projector.project(raw[gt].view(T * len(exs), -1))
+            vecs[gt] = projected.view(T, len(exs), -1).cpu().numpy()
+        ok = np.isfinite(losses).all(axis=0)
+        for v in vecs.values():
+            ok &= np.isfinite(v).all(axis=(0, 2))
         if not ok.all():
             reason = "non-finite gradient or loss (try --dtype float32)"
             bad = [e.id for e, good in zip(exs, ok, strict=True) if not good]
@@ -669,19 +802,22 @@ class GradientRunner:
             self.skipped_ids.setdefault(reason, []).extend(bad[:5])
             self.nonfinite.update(bad)
         if self.cfg.vector_dtype == "float16" and ok.any():
-            peak = float(np.abs(vecs[:, ok]).max())
+            peak = max(float(np.abs(v[:, ok]).max()) for v in vecs.values())
             if peak >= FLOAT16_MAX:
                 raise GradstoreError(
                     f"projected gradients reach {peak:.3g}, beyond float16's range; "
                     "rerun with --vector-dtype float32 and --overwrite"
                 )
         keep = [i for i in np.argsort(rows, kind="stable") if ok[i]]  # written in data order
+        main = vecs[self.plan.grad_type]
         return RowBlock(
             ids=[exs[i].id for i in keep],
             rows=[rows[i] for i in keep],
-            vectors=[vecs[t, keep] for t in range(T)],
+            vectors=[main[t, keep] for t in range(T)],
             subtasks=[exs[i].subtask for i in keep],
             tokens=[exs[i].num_tokens for i in keep],
             content_hashes=[exs[i].content_hash for i in keep],
             losses=[losses[t, keep] for t in range(T)],
+            extra_vectors={gt: [vecs[gt][t, keep] for t in range(T)]
+                           for gt in self.plan.extra_types} or None,
         )

@@ -26,10 +26,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from gradstore.choices import PROJECTION_KINDS
 from gradstore.errors import GradstoreError
 from gradstore.store.meta import ProjectionSpec
 
-PROJECTION_KINDS = ("rademacher", "countsketch", "none")
 BLOCK_ROWS = 1024  # input coordinates per generator block; part of the projection's definition
 RADEMACHER_TAG = 1
 COUNTSKETCH_TAG = 2

@@ -93,6 +93,9 @@ class WarmupConfig:
     dtype: str = "auto"
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory for long sequences."""
+    weight_field: str | None = None
+    """A field of the rows holding a loss weight (e.g. an export's ``weight``): each example's
+    loss counts in proportion to it (weights are scaled to mean 1; none: all equal)."""
     overwrite: bool = False
     progress: bool = True
 
@@ -245,11 +248,37 @@ def _completed(out: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def loss_weights(records: list[Record], examples: list[TokenizedExample],
+                 field: str | None) -> dict[str, float] | None:
+    """Each example's loss weight from ``field`` of its row, scaled to mean 1 (None: no
+    field named, every example counts the same)."""
+    if field is None:
+        return None
+    by_id = {r.id: r for r in records}
+    raw = {}
+    for ex in examples:
+        rec = by_id[ex.id]
+        value = rec.fields.get(field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value < 0:
+            raise GradstoreError(
+                f"{rec.where}: loss weight field {field!r} is {value!r}, not a number >= 0; "
+                "give every row a weight or drop --weight-field"
+            )
+        raw[ex.id] = float(value)
+    total = sum(raw.values())
+    if total <= 0:
+        raise GradstoreError(f"every loss weight in field {field!r} is 0; nothing to train on")
+    return {k: v * len(raw) / total for k, v in raw.items()}
+
+
 class _Trainer:
-    def __init__(self, cfg: WarmupConfig, examples: list[TokenizedExample], pad_id: int):
+    def __init__(self, cfg: WarmupConfig, examples: list[TokenizedExample], pad_id: int,
+                 weights: dict[str, float] | None = None):
         from peft import LoraConfig, get_peft_model
 
         self.cfg, self.examples, self.pad_id = cfg, examples, pad_id
+        self.weights = weights
         self.device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, self.device)
         lm = load_model(cfg.model, cfg.gguf_file, dtype, self.device, progress=cfg.progress)
@@ -307,7 +336,8 @@ class _Trainer:
         self.step = int(json.loads((path / CHECKPOINT_INFO).read_text())["global_step"])
 
     def _loss(self, batch_examples: list[TokenizedExample]) -> torch.Tensor:
-        """Summed cross-entropy over the batch's loss tokens."""
+        """Summed cross-entropy over the batch's loss tokens (each example's tokens times
+        its loss weight, when there are weights)."""
         batch = collate(
             [e.input_ids for e in batch_examples], [e.loss_mask for e in batch_examples],
             self.pad_id, self.device,
@@ -316,9 +346,15 @@ class _Trainer:
             input_ids=batch.input_ids, attention_mask=batch.attention_mask
         ).logits
         mask = batch.loss_mask[:, 1:]
-        return torch.nn.functional.cross_entropy(
-            logits[:, :-1][mask].float(), batch.input_ids[:, 1:][mask], reduction="sum"
+        if self.weights is None:
+            return torch.nn.functional.cross_entropy(
+                logits[:, :-1][mask].float(), batch.input_ids[:, 1:][mask], reduction="sum"
+            )
+        ce = torch.nn.functional.cross_entropy(
+            logits[:, :-1][mask].float(), batch.input_ids[:, 1:][mask], reduction="none"
         )
+        w = torch.tensor([self.weights[e.id] for e in batch_examples], device=ce.device)
+        return (ce * w[:, None].expand_as(mask)[mask]).sum()
 
     def epoch(self, epoch: int, bar) -> tuple[float, float, float]:
         """Train one epoch; returns (mean lr of its steps, lr at its end, mean loss)."""
@@ -414,17 +450,20 @@ def warmup(cfg: WarmupConfig | None = None, /, **options: Any) -> WarmupSummary:
             f"none of the {len(subset)} warm-up examples has a response token to train on "
             f"({', '.join(report.skipped)}); check the data format or raise --max-length"
         )
+    weights = loss_weights(subset, report.examples, cfg.weight_field)
     settings = cfg.training_settings() | {
         "examples": [e.id for e in report.examples],
         "data_fingerprint": data_fingerprint(report.examples),
     }
+    if weights is not None:
+        settings["loss_weights"] = [round(weights[e.id], 9) for e in report.examples]
     done = _prepare_out(out, settings, cfg.overwrite)
     if len(done) >= cfg.epochs:
         cks = [_summary_of(p) for _, p in done[: cfg.epochs]]
         return WarmupSummary(str(out), cks, len(report.examples), report.skipped, cks[-1].step,
                              cfg.epochs, time.perf_counter() - started, "already complete")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    trainer = _Trainer(cfg, report.examples, pad_id)
+    trainer = _Trainer(cfg, report.examples, pad_id, weights)
     if done:
         trainer.restore(done[-1][1])
     else:

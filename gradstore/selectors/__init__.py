@@ -2,6 +2,7 @@
 
 from gradstore.selectors.budget import budget_count, parse_budget
 from gradstore.selectors.gtp import gtp
+from gradstore.selectors.gtp_paper import gtp_paper
 from gradstore.selectors.less import less_topk
 from gradstore.selectors.omp import fit_support, omp
 from gradstore.selectors.query import PursuitResult, Query
@@ -12,6 +13,6 @@ from gradstore.selectors.stacked import StackedPool
 
 __all__ = [
     "GradientSource", "PursuitResult", "Query", "ScanQuery", "StackedPool", "TensorSource",
-    "budget_count", "correlation_scan", "fit_support", "gtp", "less_topk", "omp",
+    "budget_count", "correlation_scan", "fit_support", "gtp", "gtp_paper", "less_topk", "omp",
     "parse_budget", "random_subset",
 ]

@@ -1,13 +1,35 @@
-"""Gradient Trajectory Pursuit (GTP): joint k-sparse non-negative matching.
+"""Gradient Trajectory Pursuit, fitted as the trainer will use the selection (the default).
 
-    minimise ||A w - y||^2  subject to  w >= 0, ||w||_0 <= k
+    minimise  || (1/k) sum_{i in S} a_i - y ||_2   over  |S| = k
 
-Each iteration does one correlation scan over the pool for all queries at once
-(``A^T [r_1 ... r_Q]``), merges the current support S with the m best new
-candidates into U, and chooses the new support by a greedy pass with NNLS
-refits restricted to U (which needs only the Gram matrix of U, not another
-scan). See GTP.md for why the greedy support update replaces CoSaMP's
-prune-by-weight rule.
+A trainer gives every selected example the same weight, so the gradient trajectory
+that training on S follows is the *mean* of the selected rows. This pursuit chooses
+S so that this mean matches the target's mean trajectory ``y``, instead of fitting
+``y`` with free non-negative weights that training then ignores (the paper's
+objective, :func:`gradstore.selectors.gtp_paper.gtp_paper`). Measured on the
+end-to-end benchmark (docs/selection.md), the free-weight fit spends a large budget
+on rows of other skills that fit the last few percent of ``y`` with tiny weights;
+with the trainer's weights such a row moves the mean away from ``y`` and is not
+chosen, and the selection keeps the target's variety instead of its single most
+typical kind of example (which a top-k ranking such as LESS picks).
+
+The pursuit shares GTP's structure: one correlation scan over the pool per round
+for every query at once, then work on a small candidate set only.
+
+* **Grow.** With t rows chosen, adding row i gives ``||s + a_i - (t+1) y||^2 =
+  ||r||^2 - 2 a_i.r + ||a_i||^2`` with ``r = (t+1) y - s`` and ``s`` the sum of the
+  chosen rows, so the best next row maximises ``a_i.r - ||a_i||^2 / 2``. A scan
+  returns the m best rows U; rows are then taken from U greedily, each pick
+  updating U's scores through U's Gram matrix (``r`` gains ``y - a_j``), until U's
+  best falls below the scan's m-th score; then the pool is scanned again.
+* **Swap.** With k rows chosen, exchanging member j for outsider i changes
+  ``||k y - s||^2`` by ``2 a_j.r - 2 a_i.r + ||a_i - a_j||^2``; each round scans
+  for the best outsiders and the members whose removal costs least, applies the
+  best improving exchanges among them, and stops when a round improves the
+  relative residual by less than ``tol``.
+
+With several target columns (subtask means) the target is their average: every
+subtask counts the same, as LESS's max-over-subtasks rule lets each count.
 """
 
 from __future__ import annotations
@@ -18,59 +40,48 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from gradstore.selectors.greedy import IncrementalNNLS, greedy_nnls_gram, swap_refine
-from gradstore.selectors.query import PursuitResult, Query, relative_residual
-from gradstore.selectors.scan import ScanQuery
+from gradstore.selectors.greedy import one_thread
+from gradstore.selectors.query import PursuitResult, Query
+from gradstore.selectors.scan import MAXIMUM, ScanQuery
 from gradstore.selectors.stacked import StackedPool
+
+MAX_CANDIDATES = 4096
+"""Most rows a round works on (its Gram matrix is m^2 floats: 64 MB at 4096)."""
+MIN_CANDIDATES = 256
+"""Fewest rows a round looks at: for small k, 2k candidates left the greedy choice (and
+the swaps) short of what the exact greedy finds, and 256 rows cost little."""
 
 
 class _State:
+    """One query's pursuit: chosen rows in order and the sum of their stacked rows."""
+
     def __init__(self, q: Query, width: int) -> None:
         self.q = q
-        self.rows = np.zeros(0, dtype=np.int64)
-        self.W = np.zeros((0, q.Y.shape[1]))
-        self.AS = torch.zeros((0, width))
-        # the last merged set U, its rows and Gram matrix: most of the next U is in it
-        self.U_rows = np.zeros(0, dtype=np.int64)
-        self.U_A = torch.zeros((0, width))
-        self.U_G = torch.zeros((0, 0))
-        self.R = q.Y.copy()
-        self.residual = 1.0 if q.yy > 0 else 0.0
-        self.history = [self.residual]
-        self.done = q.yy == 0
+        self.k = int(q.k)
+        self.m = max(1, min(max(int(q.m), MIN_CANDIDATES), MAX_CANDIDATES))
+        self.y = np.asarray(q.Y, dtype=np.float64).mean(1)
+        self.yn = float(np.linalg.norm(self.y))
+        self.rows: list[int] = []
+        self.s = np.zeros(width)
+        self.done = self.k == 0
+        self.history: list[float] = []
         self.seconds_nnls = 0.0
-        self.solver: IncrementalNNLS | None = None
-        self.growing = True  # support still below k: grow it from each scan's candidates
 
+    @property
+    def growing(self) -> bool:
+        return len(self.rows) < self.k
 
-def _merge(
-    pool: StackedPool, st: _State, cand: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """U = S + candidates (S first, in support order), its rows and Gram matrix.
+    def residual_vector(self) -> np.ndarray:
+        """``(t+1) y - s`` while growing (t rows chosen), ``k y - s`` once full."""
+        t = len(self.rows)
+        return (t + 1 if self.growing else t) * self.y - self.s
 
-    Rows and Gram entries already known from the previous U are reused; only the
-    candidates new to U are fetched and multiplied.
-    """
-    where = {int(r): i for i, r in enumerate(st.U_rows)}
-    known = np.array([int(r) in where for r in cand], dtype=bool)
-    U = np.concatenate([st.rows, cand[known], cand[~known]])
-    old = torch.tensor(
-        [where[int(r)] for r in U[: len(U) - int((~known).sum())]], dtype=torch.int64
-    )
-    A_old = st.U_A.index_select(0, old)
-    A_new = pool.rows(cand[~known])
-    o, n = len(old), A_new.shape[0]
-    G = torch.empty((o + n, o + n))
-    G[:o, :o] = st.U_G.index_select(0, old).index_select(1, old)
-    if o and n:
-        cross = A_old @ A_new.T
-        G[:o, o:] = cross
-        G[o:, :o] = cross.T
-    if n:
-        G[o:, o:] = A_new @ A_new.T
-    AU = torch.cat([A_old, A_new], 0)
-    st.U_rows, st.U_A, st.U_G = U, AU, G
-    return U, G.numpy(), AU
+    def relative_residual(self) -> float:
+        if self.yn == 0:
+            return 0.0
+        if not self.rows:
+            return 1.0
+        return float(np.linalg.norm(self.s / len(self.rows) - self.y)) / self.yn
 
 
 def gtp(
@@ -79,132 +90,187 @@ def gtp(
     *,
     max_iter: int = 30,
     tol: float = 1e-3,
-    grow_floor: float = 0.5,
-    swap_fraction: float | None = 0.25,
     max_swaps: int = 256,
     progress: Callable[[str], None] | None = None,
     scan_progress: Callable[[int], None] | None = None,
 ) -> list[PursuitResult]:
-    """Run one pursuit per query, all advancing in lockstep over shared scans.
+    """Choose k rows per query whose mean stacked row matches the query's target.
 
     Parameters
     ----------
     pool : StackedPool
-        The N candidate rows a_i (width D).
+        The N candidate rows a_i (width D), usually centred (``pool.centered()``).
     queries : sequence of Query
-        Targets Y (D, C) with budgets k and candidate counts m (default 2k).
+        Targets Y (D, C) (their column mean is matched), budgets k, candidates m
+        per scan (default 2k, at most ``MAX_CANDIDATES``).
     max_iter : int
-        Most correlation scans per query.
+        Most swap rounds (scans) once a query has k rows; growing to k always
+        completes, in as many scans as it needs.
     tol : float
-        Stop a query when an iteration improves its relative residual by less
-        than this fraction.
-    grow_floor : float
-        While the support grows, stop taking candidates from the merged set once
-        the best one scores below ``grow_floor`` times the weakest candidate of the
-        scan (scaled by the residual's shrinkage); 0 fills to k at once.
-    swap_fraction : float or None
-        Once the support has k examples, each step exchanges up to this share of
-        it for better candidates (forward-backward, O(swaps * k^2)); None
-        re-chooses the whole support from U by a greedy pass from scratch.
+        Stop swapping when a round improves the relative residual by less than this
+        fraction.
     max_swaps : int
-        At most this many exchanges per step (their cost grows as swaps * k^2).
+        Most exchanges applied per swap round.
+
+    Returns
+    -------
+    list of PursuitResult
+        Rows in selection order, weights all 1 (the trainer's), the relative
+        residual ``||mean(a_S) - y|| / ||y||`` and its history per round.
     """
     states = [_State(q, pool.width) for q in queries]
-    scans = 0
-    scan_seconds = 0.0
-    for it in range(max_iter):
+    for st in states:
+        if st.k > pool.num_rows:
+            raise ValueError(f"budget {st.k} exceeds the pool's {pool.num_rows} rows")
+    sq_norms = _squared_norms(pool)
+    scans, scan_seconds, swap_rounds = 0, 0.0, 0
+    while True:
         active = [st for st in states if not st.done]
         if not active:
             break
-        R = np.concatenate([st.R for st in active], 1)
-        scan_q, col = [], 0
-        for st in active:
-            C = st.R.shape[1]
-            scan_q.append(ScanQuery(slice(col, col + C), int(st.q.m), exclude=st.rows))
-            col += C
         t0 = time.perf_counter()
-        found = pool.scan(R, scan_q, progress=scan_progress)
+        found = _scan(pool, active, sq_norms, scan_progress)
         scan_seconds += time.perf_counter() - t0
         scans += 1
-        for st, (cand, score) in zip(active, found, strict=True):
-            floor = float(score[-1]) if len(cand) >= int(st.q.m) else 0.0
-            n_swaps = (
-                0 if swap_fraction is None else min(max_swaps, int(np.ceil(swap_fraction * st.q.k)))
-            )
-            _advance(pool, st, cand, grow_floor * floor, tol, n_swaps)
+        swapping = False
+        for st, cand in zip(active, found, strict=True):
+            t1 = time.perf_counter()
+            if st.growing:
+                _grow(pool, st, *cand, sq_norms)
+            else:
+                swapping = True
+                before = st.relative_residual()
+                swapped = _swap(pool, st, *cand, sq_norms, max_swaps)
+                after = st.relative_residual()
+                if not swapped or after > before * (1 - tol) or swap_rounds + 1 >= max_iter:
+                    st.done = True
+            st.seconds_nnls += time.perf_counter() - t1
+            st.history.append(st.relative_residual())
+        swap_rounds += swapping
         if progress is not None:
-            best = max(st.residual for st in active)
-            progress(f"iteration {it + 1}: {len(active)} active, worst residual {best:.4f}")
-    results = []
-    for st in states:
-        results.append(
-            PursuitResult(
-                rows=st.rows,
-                weights=st.W,
-                residual=st.residual,
-                history=st.history,
-                scans=scans,
-                seconds_nnls=st.seconds_nnls,
-                seconds_scan=scan_seconds,
-            )
+            worst = max(st.relative_residual() for st in active)
+            progress(f"scan {scans}: {len(active)} active, worst residual {worst:.4f}")
+    return [
+        PursuitResult(
+            rows=np.asarray(st.rows, dtype=np.int64),
+            weights=np.ones((len(st.rows), 1)),
+            residual=st.relative_residual(),
+            history=st.history,
+            scans=scans,
+            seconds_nnls=st.seconds_nnls,
+            seconds_scan=scan_seconds,
         )
-    return results
+        for st in states
+    ]
 
 
-def _advance(
-    pool: StackedPool, st: _State, cand: np.ndarray, floor: float, tol: float, swaps: int
-) -> None:
-    """One GTP step for one query, given the scan's new candidates.
+def _squared_norms(pool: StackedPool) -> np.ndarray | None:
+    """``||a_i||^2`` per row, or None when every row has the same norm (normalised rows:
+    the sum of the squared checkpoint scales) and the scores need no per-row term."""
+    sq = (pool.multipliers.astype(np.float64) ** 2 * pool.norms.astype(np.float64) ** 2).sum(1)
+    if pool.normalize and np.allclose(sq[sq > 0], 1.0, rtol=1e-4):
+        return None
+    return sq
 
-    While the support is below k it is grown from the merged set, keeping what is
-    chosen (a warm start) and stopping once the candidates left look worse than
-    what the next scan would find. Once it has k examples (or the candidates run
-    out), each step exchanges up to ``swaps`` members of S for better ones in
-    U = S + new candidates (or, with swaps=0, re-chooses the whole support from U by
-    a greedy pass with NNLS refits, as GTP.md), kept only if the residual drops.
-    """
-    if len(cand) == 0 and not (st.growing and len(st.rows)):
+
+def _scan(
+    pool: StackedPool, active: list[_State], sq_norms: np.ndarray | None, progress
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """One pass for every active query: the best outsiders to add (all queries) and, for
+    queries at k, the members whose removal costs least. Returns (outsiders, members)."""
+    half = None if sq_norms is None else sq_norms / 2
+    cols, qs = [], []
+    for st in active:
+        col = len(cols)
+        cols.append(st.residual_vector())
+        chosen = np.asarray(st.rows, dtype=np.int64)
+        qs.append(ScanQuery(slice(col, col + 1), st.m, exclude=chosen, reduce=MAXIMUM,
+                            penalty=half))
+        if not st.growing:  # members: score -a.r - |a|^2/2, outsiders excluded
+            outside = np.setdiff1d(np.arange(pool.num_rows), chosen)
+            qs.append(ScanQuery(slice(col, col + 1), min(st.m, st.k), exclude=outside,
+                                reduce=MAXIMUM, penalty=half, sign=-1.0))
+    found = pool.scan(np.stack(cols, 1), qs, progress=progress)
+    out, j = [], 0
+    for st in active:
+        if st.growing:
+            out.append((found[j][0], None))
+            j += 1
+        else:
+            out.append((found[j][0], found[j + 1][0]))
+            j += 2
+    return out
+
+
+def _norms_of(rows: np.ndarray, A: torch.Tensor, sq_norms: np.ndarray | None) -> np.ndarray:
+    if sq_norms is not None:
+        return sq_norms[rows]
+    return (A.double() ** 2).sum(1).numpy()
+
+
+def _grow(pool: StackedPool, st: _State, cand: np.ndarray, _members, sq_norms) -> None:
+    """Add rows of the candidate set greedily until it holds none better than the scan's
+    cut-off (the next scan may find better ones) or the query has k rows."""
+    if len(cand) == 0:
         st.done = True
         return
-    U, G, AU = _merge(pool, st, cand)
-    Y32 = torch.from_numpy(st.q.Y.astype(np.float32))
-    B = (AU @ Y32).double().numpy()
-    s = len(st.rows)
-    single = st.q.Y.shape[1] == 1
-    t0 = time.perf_counter()
-    if st.growing:
-        if single and st.solver is None:
-            st.solver = IncrementalNNLS(min(st.q.k, 256) + 1)
-        assert not single or st.solver.p == s
-        res = greedy_nnls_gram(
-            G,
-            B,
-            st.q.yy,
-            st.q.k,
-            init=s,
-            solver=st.solver.clone() if single else None,
-            init_weights=None if single else st.W,
-            floor=floor,
-        )
-        grew = len(res.support) > s or not np.array_equal(res.support, np.arange(s))
-        if len(res.support) >= st.q.k or not grew or len(cand) == 0:
-            st.growing = False
-    elif single and st.solver is not None and swaps:
-        res = swap_refine(G, B, st.q.yy, st.q.k, st.solver, swaps)
-    else:
-        res = greedy_nnls_gram(G, B, st.q.yy, st.q.k)
-    st.seconds_nnls += time.perf_counter() - t0
-    new_res = float(np.sqrt(res.residual_sq / st.q.yy)) if st.q.yy > 0 else 0.0
-    improved = new_res < st.residual * (1 - tol)
-    if new_res < st.residual:
-        sel = torch.from_numpy(res.support)
-        st.rows = U[res.support]
-        st.W = res.weights
-        st.AS = AU.index_select(0, sel)
-        st.R = st.q.Y - st.AS.double().numpy().T @ st.W
-        st.residual = relative_residual(st.AS.numpy(), st.W, st.q.Y)
-        if res.solver is not None:
-            st.solver = res.solver
-    st.history.append(st.residual)
-    if not improved and not st.growing:
-        st.done = True
+    with one_thread(), torch.inference_mode():
+        A = pool.rows(cand)
+        G = (A @ A.T).double().numpy()
+        n = _norms_of(cand, A, sq_norms)
+        A64 = A.double().numpy()
+        c = A64 @ st.residual_vector()
+        yU = A64 @ st.y
+    score = c - n / 2
+    # the scan's cut-off: rows outside U scored at most this (when U is not the whole rest)
+    floor = score.min() if len(cand) >= st.m and len(cand) < pool.num_rows - len(st.rows) \
+        else -np.inf
+    used = np.zeros(len(cand), dtype=bool)
+    while st.growing:
+        masked = np.where(used, -np.inf, score)
+        j = int(np.argmax(masked))
+        if used.all() or (used.any() and masked[j] < floor):
+            break
+        used[j] = True
+        st.rows.append(int(cand[j]))
+        st.s += A64[j]
+        score += yU - G[:, j]
+
+
+def _swap(
+    pool: StackedPool, st: _State, outsiders: np.ndarray, members: np.ndarray, sq_norms,
+    max_swaps: int,
+) -> bool:
+    """Apply the best improving exchanges between the cheapest members and the best
+    outsiders; returns whether any was made."""
+    if len(outsiders) == 0 or len(members) == 0:
+        return False
+    both = np.concatenate([members, outsiders])
+    with one_thread(), torch.inference_mode():
+        A = pool.rows(both)
+        G = (A @ A.T).double().numpy()
+        A64 = A.double().numpy()
+    n = _norms_of(both, A, sq_norms)
+    c = A64 @ st.residual_vector()
+    inside = np.zeros(len(both), dtype=bool)
+    inside[: len(members)] = True
+    made = 0
+    position = {r: i for i, r in enumerate(st.rows)}
+    while made < max_swaps:
+        # change of ||k y - s||^2 when member j leaves and outsider i enters
+        gain_out = 2 * c + n  # for members
+        gain_in = n - 2 * c  # for outsiders
+        mem, out = np.flatnonzero(inside), np.flatnonzero(~inside)
+        delta = gain_out[mem][:, None] + gain_in[out][None, :] - 2 * G[np.ix_(mem, out)]
+        a, b = np.unravel_index(int(np.argmin(delta)), delta.shape)
+        if not delta[a, b] < -1e-12 * max(1.0, st.k * st.yn) ** 2:
+            break
+        j, i = mem[a], out[b]
+        p = position.pop(int(both[j]))
+        st.rows[p] = int(both[i])
+        position[int(both[i])] = p
+        st.s += A64[i] - A64[j]
+        c += G[:, j] - G[:, i]
+        inside[j], inside[i] = False, True
+        made += 1
+    return made > 0

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from gradstore.selectors.gtp import gtp
+from gradstore.selectors.gtp_paper import gtp_paper
 from gradstore.selectors.query import PursuitResult, Query
 from gradstore.selectors.stacked import StackedPool
 
@@ -29,11 +29,16 @@ def part_bounds(num_rows: int, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
+Pursuit = Callable[..., list[PursuitResult]]
+
+
 def part_candidates(
-    part: StackedPool, queries: Sequence[Query], options: dict[str, Any]
+    part: StackedPool, queries: Sequence[Query], pursuit: Pursuit, options: dict[str, Any]
 ) -> list[np.ndarray]:
-    """Each query's GTP selection (row positions within ``part``) with its full budget k."""
-    found = gtp(part, [Query(q.Y, q.k, q.m) for q in queries], **options)
+    """Each query's selection (row positions within ``part``) with its full budget k (at
+    most the part's size)."""
+    found = pursuit(part, [Query(q.Y, min(q.k, part.num_rows), q.m) for q in queries],
+                    **options)
     return [r.rows for r in found]
 
 
@@ -42,10 +47,12 @@ def partitioned_gtp(
     queries: Sequence[Query],
     partitions: int,
     *,
+    pursuit: Pursuit = gtp_paper,
     part_progress: Callable[[int], None] | None = None,
     **options: Any,
 ) -> list[PursuitResult]:
-    """GTP on each of ``partitions`` parts, then on the union of their selections.
+    """A pursuit (GTP) on each of ``partitions`` parts, then on the union of their
+    selections.
 
     Parameters
     ----------
@@ -57,8 +64,10 @@ def partitioned_gtp(
         P, the number of contiguous parts (at most N).
     part_progress : callable, optional
         Called with a part's row count as each part finishes.
+    pursuit : callable
+        ``gtp_paper`` (the paper's distributed form) or ``gtp``.
     **options
-        Passed to :func:`gtp` for the parts and the final pursuit.
+        Passed to the pursuit for the parts and the final run.
 
     Returns
     -------
@@ -66,7 +75,7 @@ def partitioned_gtp(
         Per query, rows are positions in ``pool``; ``candidates`` is the union's size.
     """
     bounds = part_bounds(pool.num_rows, partitions)
-    fn = partial(part_candidates, queries=list(queries), options=options)
+    fn = partial(part_candidates, queries=list(queries), pursuit=pursuit, options=options)
     per_part = pool.map_parts(fn, bounds, on_done=part_progress)
     results = []
     for j, q in enumerate(queries):
@@ -77,7 +86,8 @@ def partitioned_gtp(
             res = 0.0 if q.yy == 0 else 1.0
             results.append(PursuitResult(union, np.zeros((0, C)), res, [res], candidates=0))
             continue
-        final = gtp(pool.subset(union), [Query(q.Y, q.k, q.m)], **options)[0]
+        final = pursuit(pool.subset(union), [Query(q.Y, min(q.k, len(union)), q.m)],
+                        **options)[0]
         results.append(
             PursuitResult(
                 rows=union[final.rows], weights=final.weights, residual=final.residual,

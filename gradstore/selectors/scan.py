@@ -22,38 +22,57 @@ MAXIMUM = "max"  # score = max over the query's columns (LESS's max over subtask
 
 @dataclass
 class ScanQuery:
-    """One query of a scan: which columns of R are its, how many candidates to keep."""
+    """One query of a scan: which columns of R are its, how many candidates to keep.
+
+    Each row's score is the ``reduce`` of ``sign * (a_i . R[:, columns])`` over the
+    columns, minus ``penalty[i]`` when given.
+    """
 
     columns: slice
     m: int
     exclude: np.ndarray | None = None
     reduce: str = POSITIVE
+    penalty: np.ndarray | None = None
+    sign: float = 1.0
 
 
 def _block_scores(
-    block: torch.Tensor, mult: torch.Tensor, R: torch.Tensor, buf: torch.Tensor
+    block: torch.Tensor, mult: torch.Tensor, R: torch.Tensor, buf: torch.Tensor,
+    center: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Correlations of one raw block (b, T*d) with R (T*d, C): (block * mult) @ R, (b, C).
 
     The per-row, per-checkpoint multipliers are applied while converting into the
     float32 buffer, so the product is one contiguous matmul (a strided per-checkpoint
-    product ran ~5x slower here).
+    product ran ~5x slower here). A centred pool subtracts ``mult @ center`` (the
+    centre's share of each correlation, ``center`` from ``StackedPool.center_terms``).
     """
     b, T = mult.shape
     x = buf[:b]
     x.copy_(block)  # float16 -> float32 into a reused buffer: faster than a fused mul
     x.view(b, T, -1).mul_(mult[:, :, None])
-    return x @ R
+    out = x @ R
+    if center is not None:
+        out -= mult @ center
+    return out
 
 
-def _reduce(corr: torch.Tensor, queries: Sequence[ScanQuery]) -> torch.Tensor:
+def _reduce(
+    corr: torch.Tensor, queries: Sequence[ScanQuery], penalties: list[torch.Tensor | None],
+    start: int,
+) -> torch.Tensor:
     cols = []
-    for q in queries:
+    for q, pen in zip(queries, penalties, strict=True):
         c = corr[:, q.columns]
+        if q.sign != 1.0:
+            c = c * q.sign
         if q.reduce == POSITIVE:
-            cols.append(c.clamp(min=0).sum(1))
+            score = c.clamp(min=0).sum(1)
         else:
-            cols.append(c.max(1).values)
+            score = c.max(1).values
+        if pen is not None:
+            score = score - pen[start : start + score.shape[0]]
+        cols.append(score)
     return torch.stack(cols, 1)
 
 
@@ -97,7 +116,10 @@ def correlation_scan(
             if q.exclude is not None and len(q.exclude):
                 mask[np.asarray(q.exclude, dtype=np.int64), j] = True
         excl = torch.from_numpy(mask)
-    mult = pool._mult_t
+    penalties = [None if q.penalty is None else torch.from_numpy(np.asarray(q.penalty,
+                 dtype=np.float32)) for q in queries]
+    mult = pool.multipliers_t
+    center = pool.center_terms(Rt)
     chunk_rows = max(65536, 4 * M)
     best_v = torch.full((0, Q), -torch.inf)
     best_i = torch.zeros((0, Q), dtype=torch.int64)
@@ -133,8 +155,8 @@ def correlation_scan(
                 b = block.shape[0]
                 if fbuf.shape[0] < b:
                     fbuf = torch.empty((b, T * d))
-                corr = _block_scores(block, mult[start : start + b], Rt, fbuf)
-                scores = _reduce(corr, queries)
+                corr = _block_scores(block, mult[start : start + b], Rt, fbuf, center)
+                scores = _reduce(corr, queries, penalties, start)
                 if excl is not None:
                     scores.masked_fill_(excl[start : start + b], -torch.inf)
                 buf_v.append(scores)

@@ -1,13 +1,19 @@
 """The stacked trajectory space: per-checkpoint normalisation and checkpoint weights.
 
 Example i's stored row is ``[g_i^1; ...; g_i^T]``. Selectors work with
-``a_i = [s_1 u(g_i^1); ...; s_T u(g_i^T)]`` where ``u`` is unit normalisation
-(on by default, as LESS) and ``s_t = sqrt(eta_t)`` with ``eta`` the checkpoint
-weights (learning rates) normalised to sum 1, so that
-``<a_i, a_j> = sum_t eta_t cos(g_i^t, g_j^t)``.
+``a_i = [s_1 u(g_i^1 - c^1); ...; s_T u(g_i^T - c^T)]`` where ``u`` is unit
+normalisation (on by default, as LESS), ``s_t = sqrt(eta_t)`` with ``eta`` the
+checkpoint weights (learning rates) normalised to sum 1, so that
+``<a_i, a_j> = sum_t eta_t cos(g_i^t - c^t, g_j^t - c^t)``, and ``c`` an optional
+centre (default none). Centring on the pool's mean row removes the direction every
+example shares: Adam-preconditioned rows are mostly the checkpoint's momentum
+(``m / sqrt(v)``, the same for every example), which hides what sets them apart
+(docs/selection.md).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 import torch
@@ -56,21 +62,87 @@ def stack_rows(
     return out.reshape(n, -1).numpy()
 
 
+def raw_sum(pool: StackedPool) -> np.ndarray:
+    """Sum of a pool's stored rows (no centre, no scaling), float64 (T*d,)."""
+    total = torch.zeros(pool.width, dtype=torch.float64)
+    for _, block in pool.source.iter_blocks(_block_rows(pool.source)):
+        total += block.double().sum(0)
+    return total.numpy()
+
+
+def centered_norms(pool: StackedPool, center: np.ndarray) -> np.ndarray:
+    """Per-checkpoint norms of ``g_i^t - c^t`` for a pool's stored rows, float32 (n, T)."""
+    T = pool.source.num_checkpoints
+    c = torch.from_numpy(np.asarray(center, dtype=np.float32))
+    c2 = (c.reshape(T, -1).double() ** 2).sum(1)
+    sq = torch.from_numpy(pool.source.row_norms().astype(np.float64)) ** 2
+    out = np.empty((pool.num_rows, T), dtype=np.float32)
+    for start, block in pool.source.iter_blocks(_block_rows(pool.source)):
+        b = block.shape[0]
+        dots = (block.float().reshape(b, T, -1) * c.reshape(1, T, -1)).sum(2).double()
+        val = sq[start : start + b] - 2 * dots + c2[None, :]
+        out[start : start + b] = val.clamp(min=0).sqrt().numpy()
+    return out
+
+
+def _block_rows(source: GradientSource) -> int:
+    return getattr(source, "block_rows", DEFAULT_BLOCK_ROWS)
+
+
 class StackedPool:
-    """A gradient source seen in the stacked, weighted, normalised space."""
+    """A gradient source seen in the stacked, weighted, normalised (optionally centred) space.
+
+    ``center`` (T*d,) is subtracted from every stored row before normalisation;
+    ``norms`` (N, T) are the per-checkpoint norms of the (centred) rows when known.
+    """
 
     def __init__(
         self,
         source: GradientSource,
         eta: np.ndarray | list[float] | None = None,
         normalize: bool = True,
+        center: np.ndarray | None = None,
+        norms: np.ndarray | None = None,
     ) -> None:
         self.source = source
         self.normalize = normalize
         self.eta = None if eta is None else [float(e) for e in np.asarray(eta).reshape(-1)]
         self.scales = checkpoint_scales(eta, source.num_checkpoints)
-        self.multipliers = row_scales(source.row_norms(), self.scales, normalize)
+        self.center = None if center is None else np.asarray(center, dtype=np.float32)
+        if norms is None:
+            norms = source.row_norms() if center is None else centered_norms(self, center)
+        self.norms = np.asarray(norms, dtype=np.float32)
+        self.multipliers = row_scales(self.norms, self.scales, normalize)
         self._mult_t = torch.from_numpy(self.multipliers)
+        self._center_t = None if center is None else torch.from_numpy(self.center)
+
+    def centered(self) -> StackedPool:
+        """This pool centred on its own mean stored row (two passes over it)."""
+        bounds = self.pass_bounds()
+        center = np.sum(self.map_parts(raw_sum, bounds), 0) / max(self.num_rows, 1)
+        norms = np.concatenate(self.map_parts(partial(centered_norms, center=center), bounds))
+        return self.with_center(center, norms)
+
+    def pass_bounds(self) -> list[tuple[int, int]]:
+        """The parts a full pass over the pool is split into (one here; one per task for a
+        distributed pool)."""
+        return [(0, self.num_rows)]
+
+    def with_center(self, center: np.ndarray, norms: np.ndarray) -> StackedPool:
+        return StackedPool(self.source, self.eta, self.normalize, center, norms)
+
+    @property
+    def multipliers_t(self) -> torch.Tensor:
+        """Per-row, per-checkpoint multipliers (N, T) float32: scale / norm."""
+        return self._mult_t
+
+    def center_terms(self, R: torch.Tensor) -> torch.Tensor | None:
+        """``M[t, c] = <c^t, R^t_c>`` (T, C): what centring subtracts from a row's
+        per-checkpoint correlations, or None for an uncentred pool."""
+        if self._center_t is None:
+            return None
+        T = self.source.num_checkpoints
+        return (self._center_t.reshape(T, -1, 1) * R.reshape(T, -1, R.shape[1])).sum(1)
 
     @property
     def num_rows(self) -> int:
@@ -89,7 +161,8 @@ class StackedPool:
 
     def part(self, start: int, stop: int) -> StackedPool:
         """Rows ``start:stop`` as a pool of their own, in the same stacked space."""
-        return StackedPool(self.source.part(start, stop), self.eta, self.normalize)
+        return StackedPool(self.source.part(start, stop), self.eta, self.normalize,
+                           self.center, self.norms[start:stop])
 
     def subset(self, positions: np.ndarray) -> StackedPool:
         """The rows at ``positions`` (in that order), held in RAM, in the same stacked space."""
@@ -100,9 +173,10 @@ class StackedPool:
         stored = getattr(self.source, "dtype", None) or getattr(self.source, "matrix", raw).dtype
         if stored == torch.float16:  # exact: the values were stored in float16
             raw = raw.half()
-        norms = self.source.row_norms()[positions]
+        stored_norms = self.source.row_norms()[positions]
         return StackedPool(
-            TensorSource(raw, self.source.num_checkpoints, norms), self.eta, self.normalize
+            TensorSource(raw, self.source.num_checkpoints, stored_norms), self.eta,
+            self.normalize, self.center, self.norms[positions],
         )
 
     def map_parts(self, fn, bounds: list[tuple[int, int]], on_done=None) -> list:
@@ -121,6 +195,8 @@ class StackedPool:
         if len(positions) == 0:
             return torch.zeros((0, self.width))
         x = self.source.take(positions)
+        if self._center_t is not None:
+            x = x - self._center_t
         n = x.shape[0]
         t = self.source.num_checkpoints
         mult = self._mult_t.index_select(0, torch.from_numpy(positions))
@@ -130,10 +206,12 @@ class StackedPool:
         """The pool's mean stacked row (T*d,) float64: the in-domain target."""
         t = self.source.num_checkpoints
         total = torch.zeros(self.width, dtype=torch.float64)
-        block_rows = getattr(self.source, "block_rows", DEFAULT_BLOCK_ROWS)
-        for start, block in self.source.iter_blocks(block_rows):
+        for start, block in self.source.iter_blocks(_block_rows(self.source)):
             b = block.shape[0]
             mult = self._mult_t[start : start + b]
-            x = block.float().reshape(b, t, -1) * mult[:, :, None]
+            x = block.float()
+            if self._center_t is not None:
+                x = x - self._center_t
+            x = x.reshape(b, t, -1) * mult[:, :, None]
             total += x.sum(0).reshape(-1).double()
         return (total / max(self.num_rows, 1)).numpy()

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from gradstore.store.meta import norm_column
+from gradstore.store.meta import norm_of
 
 
 def fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
@@ -116,7 +116,7 @@ class LanceSource:
 
     def row_norms(self) -> np.ndarray:
         if self._norms is None:
-            names = [norm_column(int(c.split("_")[1])) for c in self.columns]
+            names = [norm_of(c) for c in self.columns]
             schema = pa.schema([self.dataset.schema.field(n) for n in names])
             tbl = pa.Table.from_batches(list(self._batches(names, 65536)), schema=schema)
             self._norms = np.stack(

@@ -32,11 +32,17 @@ class ProjectionSpec:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One column of vectors: the checkpoint's name and its learning rate (weight)."""
+    """One checkpoint's vectors: its name, learning rate (weight) and vector column.
+
+    ``column`` holds the table's primary gradient type; ``extra`` maps each further
+    gradient type stored for the same examples (a target keeps the pool's type and
+    plain SGD) to its column.
+    """
 
     name: str
     lr: float | None = None
     column: str = ""
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -52,10 +58,13 @@ class TableMeta:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     ingest: dict = field(default_factory=dict)
+    extra_types: list[str] = field(default_factory=list)
+    """Gradient types stored beside ``grad_type`` (read from the columns, not saved here)."""
 
     def to_schema_metadata(self) -> dict[str, str]:
         data = asdict(self)
         data.pop("checkpoints")  # per-column field metadata, committed with each column
+        data.pop("extra_types")  # the columns say which types are stored
         ingest = data.pop("ingest")  # rewritten as ingestion progresses
         data["format_version"] = FORMAT_VERSION
         out = {META_KEY: json.dumps(data, sort_keys=True)}
@@ -81,9 +90,22 @@ class TableMeta:
         data["projection"] = ProjectionSpec(**data.get("projection") or {})
         ingest = (schema.metadata or {}).get(INGEST_KEY.encode())
         data["ingest"] = json.loads(ingest) if ingest else {}
+        data.pop("extra_types", None)
         meta = cls(**data)
         meta.checkpoints = checkpoints_from_schema(schema)
+        meta.extra_types = [t for t, _ in meta.checkpoints[0].extra] if meta.checkpoints else []
         return meta
+
+    @property
+    def grad_types(self) -> list[str]:
+        """Every gradient type stored, the primary one first (none known: empty)."""
+        return ([self.grad_type] if self.grad_type else []) + self.extra_types
+
+    def columns(self, grad_type: str | None = None) -> list[str]:
+        """The vector column of each checkpoint for ``grad_type`` (None: the primary type)."""
+        if grad_type is None or grad_type == self.grad_type:
+            return [c.column for c in self.checkpoints]
+        return [dict(c.extra)[grad_type] for c in self.checkpoints]
 
     @property
     def checkpoint_names(self) -> list[str]:
@@ -94,12 +116,18 @@ class TableMeta:
         return [c.lr for c in self.checkpoints]
 
 
-def vector_column(index: int) -> str:
-    return f"vec_{index}"
+def vector_column(index: int, grad_type: str | None = None) -> str:
+    """``vec_3`` for the primary gradient type, ``vec_3_sgd`` for a further one."""
+    return f"vec_{index}" if grad_type is None else f"vec_{index}_{grad_type}"
 
 
-def norm_column(index: int) -> str:
-    return f"norm_{index}"
+def norm_column(index: int, grad_type: str | None = None) -> str:
+    return f"norm_{index}" if grad_type is None else f"norm_{index}_{grad_type}"
+
+
+def norm_of(column: str) -> str:
+    """The norm column that belongs to a vector column (``vec_3_sgd`` -> ``norm_3_sgd``)."""
+    return "norm" + column.removeprefix("vec")
 
 
 def loss_column(index: int) -> str:
@@ -107,15 +135,31 @@ def loss_column(index: int) -> str:
 
 
 def checkpoint_fields(
-    index: int, name: str, lr: float | None, dim: int, vector_dtype: str
+    index: int, name: str, lr: float | None, dim: int, vector_dtype: str,
+    extra_types: tuple[str, ...] | list[str] = (),
 ) -> list[pa.Field]:
-    """The three columns one checkpoint adds: vectors, norms, losses."""
+    """The columns one checkpoint adds: vectors, norms, losses, then vectors and norms of
+    each further gradient type."""
     md = {"checkpoint": name, "lr": "" if lr is None else repr(float(lr))}
-    return [
-        pa.field(vector_column(index), pa.list_(VECTOR_DTYPES[vector_dtype], dim), metadata=md),
+    vec_type = pa.list_(VECTOR_DTYPES[vector_dtype], dim)
+    fields = [
+        pa.field(vector_column(index), vec_type, metadata=md),
         pa.field(norm_column(index), pa.float32()),
         pa.field(loss_column(index), pa.float32()),
     ]
+    for t in extra_types:
+        fields += [
+            pa.field(vector_column(index, t), vec_type, metadata=md | {"grad_type": t}),
+            pa.field(norm_column(index, t), pa.float32()),
+        ]
+    return fields
+
+
+def type_fields(
+    index: int, name: str, lr: float | None, dim: int, vector_dtype: str, grad_type: str
+) -> list[pa.Field]:
+    """The two columns a further gradient type adds to checkpoint ``index``."""
+    return checkpoint_fields(index, name, lr, dim, vector_dtype, [grad_type])[3:]
 
 
 def checkpoints_from_schema(schema: pa.Schema) -> list[Checkpoint]:
@@ -129,6 +173,12 @@ def checkpoints_from_schema(schema: pa.Schema) -> list[Checkpoint]:
                 name=md.get(b"checkpoint", str(i).encode()).decode(),
                 lr=float(lr_text) if lr_text else None,
                 column=vector_column(i),
+                extra=tuple(
+                    (f.metadata[b"grad_type"].decode(), f.name)
+                    for f in schema
+                    if f.name.startswith(f"{vector_column(i)}_") and f.metadata
+                    and b"grad_type" in f.metadata
+                ),
             )
         )
         i += 1

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from gradstore.choices import METHODS, PURSUITS, TARGET_MODES
 from gradstore.errors import GradstoreError
 from gradstore.selectors.budget import Budget, budget_count, budget_label
 from gradstore.selectors.gtp import gtp
+from gradstore.selectors.gtp_paper import gtp_paper
 from gradstore.selectors.less import less_topk
 from gradstore.selectors.omp import fit_support, omp
 from gradstore.selectors.partitioned import partitioned_gtp
@@ -27,8 +29,6 @@ from gradstore.store.selections import Selection
 if TYPE_CHECKING:
     from gradstore.store.store import Store
 
-METHODS = ("gtp", "omp", "less", "random")
-TARGET_MODES = ("mean", "joint")
 MIN_TASK_ROWS = 4096  # smaller Ray tasks cost more in overhead than they save
 
 
@@ -91,9 +91,17 @@ class ScanProgress:
         self.bar.close()
 
 
+def target_type(method: str, pmeta: TableMeta, tmeta: TableMeta) -> str | None:
+    """The gradient type of a target that ``method`` reads: LESS scores plain SGD target
+    gradients against the pool (as LESS does); the pursuits fit the target with pool rows,
+    so they read the pool's own type. A target without the wanted type gives what it has."""
+    wanted = "sgd" if method == "less" else pmeta.grad_type
+    return wanted if wanted in tmeta.grad_types else tmeta.grad_type
+
+
 def target_matrix(
     store: Store, spool: StackedPool, pool: str, pmeta: TableMeta, target: str | None,
-    per_subtask: bool,
+    per_subtask: bool, method: str,
 ) -> np.ndarray:
     """The target columns Y (D, C) in the pool's stacked space."""
     if target is None:
@@ -104,8 +112,12 @@ def target_matrix(
         )
     tmeta = store.meta(target)
     check_compatible(pool, pmeta, target, tmeta)
+    gtype = target_type(method, pmeta, tmeta)
     # side by side in the pool's checkpoint order (the target's columns may differ)
-    X = np.hstack([store.vectors(target, name)[1] for name in pmeta.checkpoint_names])
+    X = np.hstack([store.vectors(target, name, grad_type=gtype)[1]
+                   for name in pmeta.checkpoint_names])
+    if spool.center is not None:
+        X = X - spool.center
     rows = stack_rows(X, spool.scales, spool.normalize, len(pmeta.checkpoints))
     labels = store.subtasks(target)
     if per_subtask and any(s is not None for s in labels):
@@ -161,10 +173,10 @@ def run_selection(
     if partitions is not None and (isinstance(partitions, bool) or int(partitions) != partitions
                                    or partitions < 1):
         raise GradstoreError(f"--partitions {partitions!r} must be a whole number >= 1")
-    if partitions is not None and method != "gtp":
+    if partitions is not None and method not in PURSUITS:
         raise GradstoreError(
-            f"--partitions applies to gtp only, not {method}; drop it (with --ray, {method}'s "
-            "scans are spread over the cluster anyway)"
+            f"--partitions applies to gtp and gtp-paper only, not {method}; drop it (with "
+            f"--ray, {method}'s scans are spread over the cluster anyway)"
         )
     if ray_tasks is not None and ray_tasks < 1:
         raise GradstoreError(f"--ray-tasks {ray_tasks} must be at least 1")
@@ -194,20 +206,24 @@ def run_selection(
             tasks = ray_tasks or max(1, min(int(cluster_resources()["CPU"]),
                                             -(-n // MIN_TASK_ROWS)))
             spool = DistributedPool(source, eta, normalize=norm, tasks=tasks)
+        if method == "gtp":
+            spool = spool.centered()
         per_subtask = method == "less" or target_mode == "joint"
-        Ys = [target_matrix(store, spool, pool, pmeta, t, per_subtask) for t in targets]
+        Ys = [target_matrix(store, spool, pool, pmeta, t, per_subtask, method) for t in targets]
+        types = {t: target_type(method, pmeta, store.meta(t)) for t in targets if t is not None}
         pairs = [(ti, bi) for ti in range(len(targets)) for bi in range(len(budgets))]
         bar = ScanProgress(n, method) if progress else None
         results: list[tuple[np.ndarray, np.ndarray, float, list[float], int | None]] = []
         try:
-            if method in ("gtp", "omp"):
+            if method in ("gtp", "gtp-paper", "omp"):
                 queries = [Query(Ys[ti], ks[bi], m=m if m is not None else 2 * ks[bi])
                            for ti, bi in pairs]
-                if method == "gtp" and partitions:
-                    out = partitioned_gtp(spool, queries, partitions, max_iter=max_iter, tol=tol,
-                                          part_progress=bar)
-                elif method == "gtp":
-                    out = gtp(spool, queries, max_iter=max_iter, tol=tol, scan_progress=bar)
+                pursuit = gtp if method == "gtp" else gtp_paper
+                if method in PURSUITS and partitions:
+                    out = partitioned_gtp(spool, queries, partitions, pursuit=pursuit,
+                                          max_iter=max_iter, tol=tol, part_progress=bar)
+                elif method in PURSUITS:
+                    out = pursuit(spool, queries, max_iter=max_iter, tol=tol, scan_progress=bar)
                 else:
                     step = tqdm(total=max(ks), desc="omp", unit="pick", leave=False) if progress \
                         else None
@@ -238,6 +254,7 @@ def run_selection(
             "tol": tol, "seed": seed, "checkpoint_weights": eta, "scan_mode": type(source).__name__,
             "queries_in_run": len(pairs), "pool_rows": n, "partitions": partitions,
             "ray": ray, "ray_tasks": getattr(spool, "tasks", None),
+            "pool_grad_type": pmeta.grad_type, "centered": spool.center is not None,
         }
         sels = []
         for (ti, bi), (rows, w, res, hist, cand) in zip(pairs, results, strict=True):
@@ -247,7 +264,8 @@ def run_selection(
                     pool=pool, target=targets[ti], ids=[ids[i] for i in rows],
                     weights=np.asarray(w, dtype=np.float64), residual=float(res), seconds=seconds,
                     created=created, history=[float(h) for h in hist],
-                    params=dict(params) if cand is None else dict(params, candidates=cand),
+                    params=dict(params, target_grad_type=types.get(targets[ti]))
+                    | ({} if cand is None else {"candidates": cand}),
                 )
             )
         if save:

@@ -33,6 +33,8 @@ from gradstore.store.meta import (
     base_fields,
     checkpoint_fields,
     loss_column,
+    type_fields,
+    vector_column,
 )
 from gradstore.store.selections import SELECTIONS_SCHEMA, SELECTIONS_TABLE, Selection
 
@@ -50,6 +52,8 @@ class RowBlock:
     tokens: Sequence[int] | None = None
     content_hashes: Sequence[str] | None = None
     losses: list[np.ndarray] | None = None
+    extra_vectors: dict[str, list[np.ndarray]] | None = None
+    """Further gradient types of the same rows: type -> one (n, d) array per checkpoint."""
 
 
 def _default_memory_budget() -> int:
@@ -147,6 +151,7 @@ class Store:
             "checkpoints": [{"name": c.name, "lr": c.lr} for c in meta.checkpoints],
             "projection": asdict(meta.projection),
             "grad_type": meta.grad_type,
+            "grad_types": meta.grad_types,
             "model": meta.model,
             "status": meta.ingest.get("status", "imported"),
         }
@@ -183,8 +188,12 @@ class Store:
         model: str | None = None,
         tokens: Sequence[int] | None = None,
         losses: Sequence[float] | None = None,
+        extra_vectors: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Add one checkpoint's (N, d) vectors to ``table`` (created if missing).
+
+        ``extra_vectors`` (adding a checkpoint to a table that stores several gradient
+        types) maps each further type to that checkpoint's (N, d) vectors of the same rows.
 
         Calling again with another ``checkpoint`` adds that checkpoint's vectors to
         the same rows, matched by id when ``ids`` are given, else by row order.
@@ -244,17 +253,7 @@ class Store:
                 )
             source_of_row = np.arange(n)
         else:
-            ids_l = validate_ids(list(ids), n)
-            pos = {x: i for i, x in enumerate(ids_l)}
-            missing = [x for x in existing if x not in pos]
-            extra = len(ids_l) - (len(existing) - len(missing))
-            if missing or extra:
-                raise GradstoreError(
-                    f"ids do not match table {table!r}: {len(missing)} stored ids missing "
-                    f"(e.g. {missing[:3]}), {extra} new ids; "
-                    "a checkpoint must cover the same examples"
-                )
-            source_of_row = np.array([pos[x] for x in existing], dtype=np.int64)
+            source_of_row = self._match_ids(table, ids, n)
         if subtasks is not None:
             stored = self.subtasks(table)
             given = [list(subtasks)[i] for i in source_of_row]
@@ -263,7 +262,11 @@ class Store:
                     f"subtask labels differ from those stored in {table!r}; omit --subtasks "
                     "when adding a checkpoint"
                 )
-        self._add_checkpoint(table, meta, arr, source_of_row, checkpoint, lr, losses)
+        extra = {t: validate_vectors(v) for t, v in (extra_vectors or {}).items()}
+        for t, v in extra.items():
+            if v.shape != arr.shape:
+                raise GradstoreError(f"{t} vectors have shape {v.shape}, expected {arr.shape}")
+        self._add_checkpoint(table, meta, arr, source_of_row, checkpoint, lr, losses, extra)
         return {"table": table, "rows": n, "checkpoint": checkpoint, "created": False}
 
     def _check_addition(self, table, meta, dim, checkpoint, projection, grad_type, model) -> None:
@@ -309,7 +312,8 @@ class Store:
     def _schema(meta: TableMeta, checkpoints: Sequence[tuple[str, float | None]]) -> pa.Schema:
         fields = base_fields()
         for i, (name, lr) in enumerate(checkpoints):
-            fields += checkpoint_fields(i, name, lr, meta.dim, meta.vector_dtype)
+            fields += checkpoint_fields(i, name, lr, meta.dim, meta.vector_dtype,
+                                        meta.extra_types)
         return pa.schema(fields, metadata=meta.to_schema_metadata())
 
     @staticmethod
@@ -326,6 +330,12 @@ class Store:
             opt(block.tokens, pa.int32()),
             opt(block.content_hashes, pa.string()),
         ]
+        extra = block.extra_vectors or {}
+        if sorted(extra) != sorted(meta.extra_types):
+            raise GradstoreError(
+                f"rows carry gradient types {sorted(extra)} beside {meta.grad_type!r}, the table "
+                f"stores {meta.extra_types}"
+            )
         for i, vec in enumerate(block.vectors):
             stored = _stored(vec, meta.vector_dtype)
             cols += [
@@ -333,6 +343,9 @@ class Store:
                 pa.array(_norms(stored)),
                 opt(None if block.losses is None else block.losses[i], pa.float32()),
             ]
+            for t in meta.extra_types:
+                more = _stored(extra[t][i], meta.vector_dtype)
+                cols += [_vector_batch(more, meta.dim), pa.array(_norms(more))]
         return pa.RecordBatch.from_arrays(cols, schema=schema)
 
     def create_table(
@@ -378,41 +391,115 @@ class Store:
         self.db.drop_table(table)
         self._ram_cache.clear()
 
-    def _add_checkpoint(self, table, meta, arr, source_of_row, checkpoint, lr, losses) -> None:
-        ds = self._dataset(table)
+    def _add_checkpoint(
+        self, table, meta, arr, source_of_row, checkpoint, lr, losses, extra=None
+    ) -> None:
+        """Add checkpoint columns (every stored gradient type: ``extra`` maps each further
+        type to its (N, d) array) to all rows in one column addition."""
         index = len(meta.checkpoints)
-        dim = meta.dim
+        extra = extra or {}
+        if sorted(extra) != sorted(meta.extra_types):
+            given = " and ".join([meta.grad_type or "?", *extra])
+            raise GradstoreError(
+                f"table {table!r} stores {' and '.join(meta.grad_types)} gradients for every "
+                f"checkpoint; a new checkpoint needs all of them (given: {given})"
+            )
+        fields = checkpoint_fields(index, checkpoint, lr, meta.dim, meta.vector_dtype,
+                                   meta.extra_types)
+        values = {vector_column(index): arr, loss_column(index): losses}
+        values |= {vector_column(index, t): extra[t] for t in meta.extra_types}
+        self._add_columns(table, meta, fields, values, source_of_row)
+
+    def add_grad_type(
+        self, table: str, grad_type: str, vectors: dict[str, np.ndarray], ids: Sequence[str]
+    ) -> None:
+        """Store a further gradient type for every checkpoint of ``table``.
+
+        ``vectors`` maps each checkpoint name to its (N, d) array, rows matched by ``ids``
+        (every stored id exactly once). Validated first, then added in one column addition.
+        """
+        meta = self.meta(table)
+        if grad_type in meta.grad_types:
+            raise GradstoreError(f"table {table!r} already stores {grad_type} gradients")
+        if sorted(vectors) != sorted(meta.checkpoint_names):
+            raise GradstoreError(
+                f"{grad_type} vectors given for checkpoints {sorted(vectors)}, table {table!r} "
+                f"has {meta.checkpoint_names}"
+            )
+        arrays = {name: validate_vectors(v) for name, v in vectors.items()}
+        for name, a in arrays.items():
+            if a.shape[1] != meta.dim:
+                raise GradstoreError(
+                    f"{grad_type} vectors of checkpoint {name!r} have {a.shape[1]} dims, table "
+                    f"{table!r} has {meta.dim}"
+                )
+        source_of_row = self._match_ids(table, ids, len(next(iter(arrays.values()))))
+        fields, values = [], {}
+        for i, c in enumerate(meta.checkpoints):
+            fields += type_fields(i, c.name, c.lr, meta.dim, meta.vector_dtype, grad_type)
+            values[vector_column(i, grad_type)] = arrays[c.name]
+        self._add_columns(table, meta, fields, values, source_of_row)
+
+    def _match_ids(self, table: str, ids: Sequence[str], n: int) -> np.ndarray:
+        """For each stored row (storage order), the position of its id in ``ids``."""
+        existing = self.ids(table)
+        ids_l = validate_ids(list(ids), n)
+        pos = {x: i for i, x in enumerate(ids_l)}
+        missing = [x for x in existing if x not in pos]
+        extra = len(ids_l) - (len(existing) - len(missing))
+        if missing or extra:
+            raise GradstoreError(
+                f"ids do not match table {table!r}: {len(missing)} stored ids missing "
+                f"(e.g. {missing[:3]}), {extra} new ids; "
+                "a checkpoint must cover the same examples"
+            )
+        return np.array([pos[x] for x in existing], dtype=np.int64)
+
+    def _add_columns(
+        self, table: str, meta: TableMeta, fields: list[pa.Field],
+        values: dict[str, np.ndarray | None], source_of_row: np.ndarray,
+    ) -> None:
+        """Add ``fields`` to every row in one column addition: each vector field takes its
+        array's row ``source_of_row[i]`` (its norm field follows from it), each loss field
+        its array's (or nulls)."""
+        ds = self._dataset(table)
         # storage position of each `row` value (rows may have gaps where ingestion skipped)
         stored_rows = ds.to_table(columns=["row"]).column("row").to_numpy()
         order = np.argsort(stored_rows)
         sorted_rows = stored_rows[order]
-        out_schema = pa.schema(checkpoint_fields(index, checkpoint, lr, dim, meta.vector_dtype))
-        losses_arr = None if losses is None else np.asarray(losses, dtype=np.float32)
+        out_schema = pa.schema(fields)
 
         def udf(batch: pa.RecordBatch) -> pa.RecordBatch:
             rows = batch.column("row").to_numpy()
             src = source_of_row[order[np.searchsorted(sorted_rows, rows)]]
-            stored = _stored(arr[src], meta.vector_dtype)
-            return pa.RecordBatch.from_arrays(
-                [
-                    _vector_batch(stored, dim),
-                    pa.array(_norms(stored)),
-                    pa.array(
-                        losses_arr[src] if losses_arr is not None else [None] * len(src),
-                        pa.float32(),
-                    ),
-                ],
-                schema=out_schema,
-            )
+            cols, last = [], None
+            for f in fields:
+                if f.name in values and pa.types.is_fixed_size_list(f.type):
+                    last = _stored(values[f.name][src], meta.vector_dtype)
+                    cols.append(_vector_batch(last, meta.dim))
+                elif f.name.startswith("norm"):
+                    cols.append(pa.array(_norms(last)))
+                else:
+                    v = values.get(f.name)
+                    cols.append(pa.array(
+                        np.asarray(v, dtype=np.float32)[src] if v is not None
+                        else [None] * len(src), pa.float32()))
+            return pa.RecordBatch.from_arrays(cols, schema=out_schema)
 
         ds.add_columns(lance.batch_udf(output_schema=out_schema)(udf), read_columns=["row"])
 
     # ---------------------------------------------------------------- reading
-    def vectors(self, table: str, checkpoint: str | None = None) -> tuple[list[str], np.ndarray]:
-        """``(ids, X)``: one checkpoint's vectors, or all side by side (None), float32."""
+    def vectors(
+        self, table: str, checkpoint: str | None = None, grad_type: str | None = None
+    ) -> tuple[list[str], np.ndarray]:
+        """``(ids, X)``: one checkpoint's vectors, or all side by side (None), float32.
+
+        ``grad_type`` picks one of the gradient types the table stores (default: its
+        primary type, ``info``'s ``grad_type``).
+        """
         ds = self._dataset(table)
         meta = TableMeta.from_schema(ds.schema, table)
-        cols = self._columns(table, meta, checkpoint)
+        cols = self._columns(table, meta, checkpoint, grad_type)
         src = LanceSource(ds, cols, meta.dim)
         X = src.load().float().numpy()
         return self.ids(table), X
@@ -426,12 +513,20 @@ class Store:
         values = ds.to_table(columns=[col]).column(col).to_numpy(zero_copy_only=False)
         return np.asarray(values, dtype=np.float32)
 
-    def _columns(self, table: str, meta: TableMeta, checkpoint: str | None) -> list[str]:
+    def _columns(
+        self, table: str, meta: TableMeta, checkpoint: str | None, grad_type: str | None = None
+    ) -> list[str]:
+        if grad_type is not None and grad_type not in meta.grad_types:
+            raise GradstoreError(
+                f"table {table!r} holds {' and '.join(meta.grad_types) or 'untyped'} gradients, "
+                f"not {grad_type}; ingest it with --grad-type {grad_type} to add them"
+            )
+        cols = meta.columns(grad_type)
         if checkpoint is None:
-            return [c.column for c in meta.checkpoints]
-        for c in meta.checkpoints:
+            return cols
+        for c, col in zip(meta.checkpoints, cols, strict=True):
             if c.name == str(checkpoint):
-                return [c.column]
+                return [col]
         raise GradstoreError(
             f"checkpoint {checkpoint!r} is not in table {table!r} (has {meta.checkpoint_names})"
         )
@@ -545,27 +640,29 @@ class Store:
         return sels if many else sels[0]
 
     def stop_note(self, sel: Selection) -> str | None:
-        """Why a GTP/OMP selection holds fewer than k examples, and what to do; None if full.
+        """Why a selection holds fewer than k examples, or read a target of another gradient
+        type than the pool, and what to do; None when neither.
 
-        Both stop once no further pool example lowers the residual (at the NNLS optimum
-        every other example correlates negatively with what is left of the target). A
-        common cause is a target of another gradient type than the pool: LESS pairs Adam
-        pool gradients with plain SGD target gradients, which suits its cosine ranking,
-        but a weighted sum of Adam vectors then fits an SGD target poorly.
+        gtp-paper and omp stop once no further pool example lowers the residual (at the
+        NNLS optimum every other example correlates negatively with what is left). This
+        happens above all when the target holds another gradient type than the pool: a
+        weighted sum of Adam rows fits a plain-SGD target poorly. Targets ingested by this
+        version store both types, and each method reads the one it needs.
         """
-        if sel.method not in ("gtp", "omp") or len(sel.ids) >= sel.k:
-            return None
-        note = (f"{sel.method} chose {len(sel.ids)} of the k={sel.k} allowed: more pool examples "
-                f"do not lower the residual ({sel.residual:.2f} of the target's norm)")
-        if sel.target is None:
-            return note
-        pool_type, target_type = self.meta(sel.pool).grad_type, self.meta(sel.target).grad_type
-        if pool_type and target_type and pool_type != target_type:
-            return (f"{note}; the pool holds {pool_type} gradients and target "
-                    f"{sel.target!r} {target_type} ones, which a weighted sum of pool rows fits "
-                    f"poorly: ingest the target with --grad-type {pool_type} for GTP, or use "
-                    "--method less for a top-k ranking of size k")
-        return f"{note}; use --method less for a top-k ranking of size k"
+        note = None
+        if len(sel.ids) < sel.k:
+            note = (f"{sel.method} chose {len(sel.ids)} of the k={sel.k} allowed: more pool "
+                    f"examples do not lower the residual ({sel.residual:.2f} of the target's "
+                    "norm)")
+        used = sel.params.get("target_grad_type")
+        pool_type = sel.params.get("pool_grad_type")
+        wanted = "sgd" if sel.method == "less" else pool_type
+        if sel.target is None or not used or not wanted or used == wanted:
+            return None if note is None else f"{note}; use --method gtp to fill the budget"
+        mismatch = (f"target {sel.target!r} stores only {used} gradients and {sel.method} "
+                    f"reads {wanted} ones; add them with the same `gradstore ingest` command "
+                    f"plus --grad-type {wanted},{used} (only the new type is computed)")
+        return mismatch if note is None else f"{note}; {mismatch}"
 
     # ---------------------------------------------------------------- export
     def export(self, selection_id: str, out: str | Path, data: str | Path | None = None,

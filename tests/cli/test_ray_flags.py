@@ -57,7 +57,7 @@ def test_partitions_out_of_range(store):
     assert res.returncode == 2 and "--partitions" in res.stderr
     res = run("select", store, "--pool", "pool", "--budget", "5", "--method", "omp",
               "--partitions", "2", ok=False)
-    assert res.returncode == 2 and "gtp only" in res.stderr
+    assert res.returncode == 2 and "gtp and gtp-paper only" in res.stderr
 
 
 def test_ray_options_without_ray(store, tmp_path):

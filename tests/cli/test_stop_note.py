@@ -1,4 +1,5 @@
-"""A GTP/OMP selection that stops short of k says why, and what to do about it."""
+"""A selection that stops short of k, or reads a target of another gradient type than it
+needs, says why and what to do about it; the default GTP fills the budget."""
 
 import numpy as np
 import pytest
@@ -24,30 +25,42 @@ def store_path(tmp_path):
     return path
 
 
-def test_gtp_stopping_short_names_the_gradient_type_mismatch(store_path):
+def test_paper_gtp_stopping_short_names_the_gradient_type_mismatch(store_path):
     res = run("select", store_path, "--pool", "pool", "--target", "t_sgd", "--budget", "10",
-              "--method", "gtp")
+              "--method", "gtp-paper")
     assert "chosen=1 " in res.stdout
     assert res.stderr.count("note:") == 1
-    assert "adam gradients and target 't_sgd' sgd ones" in res.stderr
-    assert "--grad-type adam" in res.stderr
+    assert "target 't_sgd' stores only sgd gradients and gtp-paper reads adam ones" in res.stderr
+    assert "--grad-type adam,sgd" in res.stderr
 
 
-@pytest.mark.parametrize("method", ["gtp", "omp"])
+@pytest.mark.parametrize("method", ["gtp-paper", "omp"])
 def test_same_gradient_type_notes_the_stop_only(store_path, method):
     res = run("select", store_path, "--pool", "pool", "--target", "t_adam", "--budget", "10",
               "--method", method, "--format", "json")
     assert f"{method} chose 1 of the k=10 allowed" in res.stderr
-    assert "--grad-type" not in res.stderr and "--method less" in res.stderr
+    assert "--grad-type" not in res.stderr and "--method gtp" in res.stderr
 
 
-def test_no_note_when_the_budget_is_filled(store_path):
-    assert run("select", store_path, "--pool", "pool", "--target", "t_sgd", "--budget", "1",
-               "--method", "gtp").stderr.count("note:") == 0
+def test_default_gtp_fills_the_budget_and_names_a_type_mismatch(store_path):
+    res = run("select", store_path, "--pool", "pool", "--target", "t_adam", "--budget", "10",
+              "--format", "json")
+    assert "chose" not in res.stderr and "note:" not in res.stderr
+    res = run("select", store_path, "--pool", "pool", "--target", "t_sgd", "--budget", "10",
+              "--format", "json")
+    assert "chose" not in res.stderr and res.stderr.count("note:") == 1
+    assert "gtp reads adam ones" in res.stderr
+    store = gradstore.open(store_path, create=False)
+    assert len(store.select("pool", target="t_adam", budget=10).ids) == 10
+
+
+def test_no_note_when_the_budget_is_filled_with_the_right_type(store_path):
+    assert run("select", store_path, "--pool", "pool", "--target", "t_adam", "--budget", "1",
+               "--method", "gtp-paper").stderr.count("note:") == 0
     assert run("select", store_path, "--pool", "pool", "--target", "t_sgd", "--budget", "10",
                "--method", "less").stderr.count("note:") == 0
     store = gradstore.open(store_path, create=False)
-    sel = store.select("pool", target="t_sgd", budget=1, method="gtp")
+    sel = store.select("pool", target="t_adam", budget=1, method="gtp-paper")
     assert len(sel.ids) == 1 and store.stop_note(sel) is None
 
 

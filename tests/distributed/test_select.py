@@ -5,7 +5,7 @@ import pytest
 
 import gradstore
 from gradstore.distributed.pool import DistributedPool
-from gradstore.selectors.gtp import gtp
+from gradstore.selectors.gtp_paper import gtp_paper as gtp
 from gradstore.selectors.query import Query
 from gradstore.selectors.scan import MAXIMUM, ScanQuery, correlation_scan
 from gradstore.selectors.stacked import StackedPool
@@ -97,7 +97,7 @@ def test_gtp_with_distributed_scans_equals_in_ram_gtp(ray_cluster, store):
 
 
 def test_bad_partition_options(store):
-    with pytest.raises(gradstore.GradstoreError, match="gtp only"):
+    with pytest.raises(gradstore.GradstoreError, match="gtp and gtp-paper only"):
         store.select("pool", "tgt", 10, method="less", partitions=2, save=False)
     with pytest.raises(gradstore.GradstoreError, match="whole number"):
         store.select("pool", "tgt", 10, partitions=0, save=False)

@@ -186,7 +186,7 @@ def test_pool_and_target_select(tmp_path, llama_dir, checkpoints):
     store.ingest("target", data=str(target), kind="target", subtask_field="subject",
                  **target_kw)
     assert store.meta("target").checkpoint_names == ["checkpoint-1", "checkpoint-2"]
-    assert store.meta("target").grad_type == "sgd"
+    assert store.meta("target").grad_types == ["adam", "sgd"]  # what GTP and LESS read
     assert sorted(set(store.subtasks("target"))) == ["geo", "math"]
     sel = store.select("pool", target="target", budget=4)
     assert 1 <= len(sel.ids) <= 4 and 0 <= sel.residual < 1  # NNLS may use fewer

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from gradstore.selectors.gtp import gtp
+from gradstore.selectors.gtp_paper import gtp_paper as gtp
 from gradstore.selectors.partitioned import part_bounds, partitioned_gtp
 from gradstore.selectors.query import Query
 from gradstore.selectors.source import TensorSource

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from gradstore.selectors.gtp import gtp
+from gradstore.selectors.gtp_paper import gtp_paper as gtp
 from gradstore.selectors.less import less_topk
 from gradstore.selectors.omp import omp
 from gradstore.selectors.query import Query

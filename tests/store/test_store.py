@@ -8,7 +8,8 @@ import torch
 
 import gradstore
 from gradstore.errors import GradstoreError
-from gradstore.selectors.gtp import gtp
+from gradstore.selectors.gtp import gtp as gtp_uniform
+from gradstore.selectors.gtp_paper import gtp_paper as gtp
 from gradstore.selectors.query import Query
 from gradstore.selectors.source import TensorSource
 from gradstore.selectors.stacked import StackedPool
@@ -134,9 +135,25 @@ def _pool_and_target(store, rng, n=600, T=2, d=32):
     return X, tgt
 
 
+def test_default_gtp_equals_selector_on_the_centred_matrix(store, rng):
+    X, tgt = _pool_and_target(store, rng)
+    sel = store.select("pool", target="tgt", budget=20)
+    X16 = X.astype(np.float16).astype(np.float32)
+    center = X16.astype(np.float64).mean(0)
+    pool = StackedPool(TensorSource(X16 - center.astype(np.float32), 2), eta=[2e-5, 1e-5])
+    tpool = StackedPool(TensorSource(tgt.astype(np.float16).astype(np.float32)
+                                     - center.astype(np.float32), 2), eta=[2e-5, 1e-5])
+    y = tpool.rows(np.arange(12)).double().numpy().mean(0)
+    (ref,) = gtp_uniform(pool, [Query(y, 20)])
+    assert sel.ids == [f"p{i}" for i in ref.rows] and len(sel.ids) == 20
+    np.testing.assert_allclose(sel.weights, 1.0)
+    assert abs(sel.residual - ref.residual) < 1e-5
+    assert sel.params["centered"] and not store.selection(sel.selection_id).history == []
+
+
 def test_select_equals_selector_on_same_matrix(store, rng):
     X, tgt = _pool_and_target(store, rng)
-    sel = store.select("pool", target="tgt", budget=20, method="gtp")
+    sel = store.select("pool", target="tgt", budget=20, method="gtp-paper")
     X16 = X.astype(np.float16).astype(np.float32)
     pool = StackedPool(TensorSource(X16, 2), eta=[2e-5, 1e-5])
     tpool = StackedPool(
@@ -148,7 +165,7 @@ def test_select_equals_selector_on_same_matrix(store, rng):
     np.testing.assert_allclose(sel.weights, ref.total_weights, rtol=1e-5)
     assert abs(sel.residual - ref.residual) < 1e-6
     again = store.selection(sel.selection_id)
-    assert again.ids == sel.ids and again.method == "gtp" and again.budget == "20"
+    assert again.ids == sel.ids and again.method == "gtp-paper" and again.budget == "20"
     np.testing.assert_allclose(again.weights, sel.weights)
     assert again.params["target_mode"] == "mean"
     assert json.dumps(sel.to_dict())
@@ -158,7 +175,7 @@ def test_select_equals_selector_on_same_matrix(store, rng):
 
 def test_streaming_equals_in_ram(store, rng):
     _pool_and_target(store, rng, n=1500)
-    for method in ("gtp", "omp", "less"):
+    for method in ("gtp", "gtp-paper", "omp", "less"):
         ram = store.select("pool", target="tgt", budget=[10, 30], method=method, mode="ram")
         stream = store.select("pool", target="tgt", budget=[10, 30], method=method, mode="stream")
         for a, b in zip(ram, stream, strict=True):

@@ -1,0 +1,23 @@
+"""The named choices every layer shares, defined once (no heavy imports: the CLI reads
+them before torch is loaded)."""
+
+from __future__ import annotations
+
+METHODS = ("gtp", "gtp-paper", "omp", "less", "random")
+"""Selection methods. gtp: the selection's mean gradient trajectory matches the target's
+(each chosen example counts once, as a trainer uses it; pool-centred space); gtp-paper:
+GTP as published (free non-negative weights, CoSaMP-style pursuit); omp: GradMatch's
+greedy with NNLS weights; less: LESS's top-k by cosine; random."""
+
+PURSUITS = ("gtp", "gtp-paper")
+"""The methods ``--partitions`` applies to (a pursuit per part, then on their union)."""
+
+TARGET_MODES = ("mean", "joint")
+"""mean: match the target's mean; joint: each subtask's mean (every subtask counts)."""
+
+GRAD_TYPES = ("adam", "sgd", "sign")
+"""What is stored for a per-example gradient g: Adam's step from the checkpoint's
+moments, g itself, or sign(g)."""
+
+PROJECTION_KINDS = ("rademacher", "countsketch", "none")
+"""How per-example gradients are projected before storage."""

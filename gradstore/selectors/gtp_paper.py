@@ -1,0 +1,210 @@
+"""Gradient Trajectory Pursuit (GTP): joint k-sparse non-negative matching.
+
+    minimise ||A w - y||^2  subject to  w >= 0, ||w||_0 <= k
+
+Each iteration does one correlation scan over the pool for all queries at once
+(``A^T [r_1 ... r_Q]``), merges the current support S with the m best new
+candidates into U, and chooses the new support by a greedy pass with NNLS
+refits restricted to U (which needs only the Gram matrix of U, not another
+scan). See GTP.md for why the greedy support update replaces CoSaMP's
+prune-by-weight rule.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from gradstore.selectors.greedy import IncrementalNNLS, greedy_nnls_gram, swap_refine
+from gradstore.selectors.query import PursuitResult, Query, relative_residual
+from gradstore.selectors.scan import ScanQuery
+from gradstore.selectors.stacked import StackedPool
+
+
+class _State:
+    def __init__(self, q: Query, width: int) -> None:
+        self.q = q
+        self.rows = np.zeros(0, dtype=np.int64)
+        self.W = np.zeros((0, q.Y.shape[1]))
+        self.AS = torch.zeros((0, width))
+        # the last merged set U, its rows and Gram matrix: most of the next U is in it
+        self.U_rows = np.zeros(0, dtype=np.int64)
+        self.U_A = torch.zeros((0, width))
+        self.U_G = torch.zeros((0, 0))
+        self.R = q.Y.copy()
+        self.residual = 1.0 if q.yy > 0 else 0.0
+        self.history = [self.residual]
+        self.done = q.yy == 0
+        self.seconds_nnls = 0.0
+        self.solver: IncrementalNNLS | None = None
+        self.growing = True  # support still below k: grow it from each scan's candidates
+
+
+def _merge(
+    pool: StackedPool, st: _State, cand: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """U = S + candidates (S first, in support order), its rows and Gram matrix.
+
+    Rows and Gram entries already known from the previous U are reused; only the
+    candidates new to U are fetched and multiplied.
+    """
+    where = {int(r): i for i, r in enumerate(st.U_rows)}
+    known = np.array([int(r) in where for r in cand], dtype=bool)
+    U = np.concatenate([st.rows, cand[known], cand[~known]])
+    old = torch.tensor(
+        [where[int(r)] for r in U[: len(U) - int((~known).sum())]], dtype=torch.int64
+    )
+    A_old = st.U_A.index_select(0, old)
+    A_new = pool.rows(cand[~known])
+    o, n = len(old), A_new.shape[0]
+    G = torch.empty((o + n, o + n))
+    G[:o, :o] = st.U_G.index_select(0, old).index_select(1, old)
+    if o and n:
+        cross = A_old @ A_new.T
+        G[:o, o:] = cross
+        G[o:, :o] = cross.T
+    if n:
+        G[o:, o:] = A_new @ A_new.T
+    AU = torch.cat([A_old, A_new], 0)
+    st.U_rows, st.U_A, st.U_G = U, AU, G
+    return U, G.numpy(), AU
+
+
+def gtp_paper(
+    pool: StackedPool,
+    queries: Sequence[Query],
+    *,
+    max_iter: int = 30,
+    tol: float = 1e-3,
+    grow_floor: float = 0.5,
+    swap_fraction: float | None = 0.25,
+    max_swaps: int = 256,
+    progress: Callable[[str], None] | None = None,
+    scan_progress: Callable[[int], None] | None = None,
+) -> list[PursuitResult]:
+    """Run one pursuit per query, all advancing in lockstep over shared scans.
+
+    Parameters
+    ----------
+    pool : StackedPool
+        The N candidate rows a_i (width D).
+    queries : sequence of Query
+        Targets Y (D, C) with budgets k and candidate counts m (default 2k).
+    max_iter : int
+        Most correlation scans per query.
+    tol : float
+        Stop a query when an iteration improves its relative residual by less
+        than this fraction.
+    grow_floor : float
+        While the support grows, stop taking candidates from the merged set once
+        the best one scores below ``grow_floor`` times the weakest candidate of the
+        scan (scaled by the residual's shrinkage); 0 fills to k at once.
+    swap_fraction : float or None
+        Once the support has k examples, each step exchanges up to this share of
+        it for better candidates (forward-backward, O(swaps * k^2)); None
+        re-chooses the whole support from U by a greedy pass from scratch.
+    max_swaps : int
+        At most this many exchanges per step (their cost grows as swaps * k^2).
+    """
+    states = [_State(q, pool.width) for q in queries]
+    scans = 0
+    scan_seconds = 0.0
+    for it in range(max_iter):
+        active = [st for st in states if not st.done]
+        if not active:
+            break
+        R = np.concatenate([st.R for st in active], 1)
+        scan_q, col = [], 0
+        for st in active:
+            C = st.R.shape[1]
+            scan_q.append(ScanQuery(slice(col, col + C), int(st.q.m), exclude=st.rows))
+            col += C
+        t0 = time.perf_counter()
+        found = pool.scan(R, scan_q, progress=scan_progress)
+        scan_seconds += time.perf_counter() - t0
+        scans += 1
+        for st, (cand, score) in zip(active, found, strict=True):
+            floor = float(score[-1]) if len(cand) >= int(st.q.m) else 0.0
+            n_swaps = (
+                0 if swap_fraction is None else min(max_swaps, int(np.ceil(swap_fraction * st.q.k)))
+            )
+            _advance(pool, st, cand, grow_floor * floor, tol, n_swaps)
+        if progress is not None:
+            best = max(st.residual for st in active)
+            progress(f"iteration {it + 1}: {len(active)} active, worst residual {best:.4f}")
+    results = []
+    for st in states:
+        results.append(
+            PursuitResult(
+                rows=st.rows,
+                weights=st.W,
+                residual=st.residual,
+                history=st.history,
+                scans=scans,
+                seconds_nnls=st.seconds_nnls,
+                seconds_scan=scan_seconds,
+            )
+        )
+    return results
+
+
+def _advance(
+    pool: StackedPool, st: _State, cand: np.ndarray, floor: float, tol: float, swaps: int
+) -> None:
+    """One GTP step for one query, given the scan's new candidates.
+
+    While the support is below k it is grown from the merged set, keeping what is
+    chosen (a warm start) and stopping once the candidates left look worse than
+    what the next scan would find. Once it has k examples (or the candidates run
+    out), each step exchanges up to ``swaps`` members of S for better ones in
+    U = S + new candidates (or, with swaps=0, re-chooses the whole support from U by
+    a greedy pass with NNLS refits, as GTP.md), kept only if the residual drops.
+    """
+    if len(cand) == 0 and not (st.growing and len(st.rows)):
+        st.done = True
+        return
+    U, G, AU = _merge(pool, st, cand)
+    Y32 = torch.from_numpy(st.q.Y.astype(np.float32))
+    B = (AU @ Y32).double().numpy()
+    s = len(st.rows)
+    single = st.q.Y.shape[1] == 1
+    t0 = time.perf_counter()
+    if st.growing:
+        if single and st.solver is None:
+            st.solver = IncrementalNNLS(min(st.q.k, 256) + 1)
+        assert not single or st.solver.p == s
+        res = greedy_nnls_gram(
+            G,
+            B,
+            st.q.yy,
+            st.q.k,
+            init=s,
+            solver=st.solver.clone() if single else None,
+            init_weights=None if single else st.W,
+            floor=floor,
+        )
+        grew = len(res.support) > s or not np.array_equal(res.support, np.arange(s))
+        if len(res.support) >= st.q.k or not grew or len(cand) == 0:
+            st.growing = False
+    elif single and st.solver is not None and swaps:
+        res = swap_refine(G, B, st.q.yy, st.q.k, st.solver, swaps)
+    else:
+        res = greedy_nnls_gram(G, B, st.q.yy, st.q.k)
+    st.seconds_nnls += time.perf_counter() - t0
+    new_res = float(np.sqrt(res.residual_sq / st.q.yy)) if st.q.yy > 0 else 0.0
+    improved = new_res < st.residual * (1 - tol)
+    if new_res < st.residual:
+        sel = torch.from_numpy(res.support)
+        st.rows = U[res.support]
+        st.W = res.weights
+        st.AS = AU.index_select(0, sel)
+        st.R = st.q.Y - st.AS.double().numpy().T @ st.W
+        st.residual = relative_residual(st.AS.numpy(), st.W, st.q.Y)
+        if res.solver is not None:
+            st.solver = res.solver
+    st.history.append(st.residual)
+    if not improved and not st.growing:
+        st.done = True
