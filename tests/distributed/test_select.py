@@ -64,8 +64,23 @@ def test_distributed_scan_equals_local_scan(ray_cluster, store, tasks):
     np.testing.assert_allclose(dist.mean(), local.mean(), rtol=1e-6, atol=1e-9)
 
 
+def test_centred_pool_on_ray_equals_local(ray_cluster, store):
+    local, dist = _pools(store, 3)
+    lc, dc = local.centered(), dist.centered()
+    assert isinstance(dc, DistributedPool)
+    np.testing.assert_allclose(dc.center, lc.center, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dc.norms, lc.norms, rtol=1e-5)
+    R = np.random.default_rng(1).standard_normal((T * D, 2)).astype(np.float32)
+    q = [ScanQuery(slice(0, 1), 20, reduce=MAXIMUM), ScanQuery(slice(1, 2), 9, sign=-1.0,
+                                                                 reduce=MAXIMUM)]
+    for (wr, ws), (gr, gs) in zip(correlation_scan(lc, R, q), dc.scan(R, q), strict=True):
+        np.testing.assert_array_equal(gr, wr)
+        np.testing.assert_allclose(gs, ws, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dc.mean(), lc.mean(), rtol=1e-5, atol=1e-8)
+
+
 def test_store_select_on_ray_equals_local(ray_cluster, store):
-    for method in ("gtp", "omp", "less"):
+    for method in ("gtp", "gtp-paper", "omp", "less"):
         local = store.select("pool", ["tgt", None], [0.01, 40], method=method, save=False)
         dist = store.select("pool", ["tgt", None], [0.01, 40], method=method, save=False,
                             ray="local", ray_tasks=3)

@@ -114,6 +114,46 @@ def test_one_step_equals_plain_hf_training(tmp_path, llama_dir):
         torch.testing.assert_close(got[key], v, rtol=1e-5, atol=1e-7)
 
 
+def test_loss_weights_equal_a_weighted_loss_by_hand(tmp_path, llama_dir):
+    """One step with per-example loss weights (a field of the rows, scaled to mean 1) equals
+    the weighted sum of each example's token cross-entropies, by hand, and torch AdamW."""
+    data = write_chat_data(tmp_path / "pool.jsonl", 6)
+    raw = [0.0, 1.0, 2.0, 3.0, 0.5, 1.5]
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    data.write_text("".join(json.dumps(r | {"w": w}) + "\n" for r, w in zip(rows, raw,
+                                                                         strict=True)))
+    cfg = base(llama_dir, data, tmp_path / "warm", fraction=1.0, epochs=1, batch_size=6,
+               warmup_ratio=0.0, max_grad_norm=0.0, lr=1e-3, weight_field="w")
+    warmup(cfg)
+    got = load_peft_weights(str(tmp_path / "warm" / "checkpoint-1"), device="cpu")
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(llama_dir)
+    exs = tokenize_records(read_records(data), tok).examples
+    torch.manual_seed(0)
+    model = get_peft_model(load(llama_dir), LoraConfig(
+        r=8, lora_alpha=32, lora_dropout=0.0, bias="none",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    total, tokens = 0.0, 0
+    for e, w in zip(exs, raw, strict=True):  # one example at a time
+        ids = torch.tensor(e.input_ids)[None]
+        labels = torch.where(torch.tensor(e.loss_mask)[None], ids, -100)
+        n = int(e.loss_mask[1:].sum())
+        total = total + model(input_ids=ids, labels=labels).loss * n * (w * 6 / sum(raw))
+        tokens += n
+    (total / tokens).backward()
+    opt.step()
+    want = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    for k, v in want.items():
+        torch.testing.assert_close(got[k.replace(".default", "")], v, rtol=1e-5, atol=1e-7)
+    with pytest.raises(GradstoreError, match="loss weight field 'w' is 'x'"):
+        data.write_text(data.read_text().replace('"w": 2.0', '"w": "x"'))
+        warmup(base(llama_dir, data, tmp_path / "warm2", fraction=1.0, weight_field="w"))
+
+
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, llama_dir, monkeypatch):
     data = write_chat_data(tmp_path / "pool.jsonl", 24)
     kw = dict(lora_dropout=0.2, epochs=3)
