@@ -47,6 +47,10 @@ from gradstore.selectors.stacked import StackedPool
 
 MAX_CANDIDATES = 4096
 """Most rows a round works on (its Gram matrix is m^2 floats: 64 MB at 4096)."""
+MAX_ALPHA = 64.0
+"""Largest stretch of the target tried in the tolerance search (then LESS-like already)."""
+ALPHA_STEPS = 8
+"""Evaluations of the stretch (doubling, then bisection) in the tolerance search."""
 MIN_CANDIDATES = 256
 """Fewest rows a round looks at: for small k, 2k candidates left the greedy choice (and
 the swaps) short of what the exact greedy finds, and 256 rows cost little."""
@@ -59,8 +63,14 @@ class _State:
         self.q = q
         self.k = int(q.k)
         self.m = max(1, min(max(int(q.m), MIN_CANDIDATES), MAX_CANDIDATES))
-        self.y = np.asarray(q.Y, dtype=np.float64).mean(1)
-        self.yn = float(np.linalg.norm(self.y))
+        self.y0 = np.asarray(q.Y, dtype=np.float64).mean(1)
+        self.yn = float(np.linalg.norm(self.y0))
+        self.y = self.y0  # what the mean is pulled toward: alpha * y0
+        self.tolerance = float(q.tolerance)
+        self.alpha, self.lo, self.hi = 1.0, 1.0, None
+        self.best: tuple[float, list[int], np.ndarray] | None = None
+        self.evaluations = 0
+        self.rounds = 0  # swap rounds at the current alpha
         self.rows: list[int] = []
         self.s = np.zeros(width)
         self.done = self.k == 0
@@ -76,12 +86,41 @@ class _State:
         t = len(self.rows)
         return (t + 1 if self.growing else t) * self.y - self.s
 
-    def relative_residual(self) -> float:
-        if self.yn == 0:
-            return 0.0
+    def error(self) -> float:
+        """``||mean(a_S) - y||`` against the target itself (not the stretched one)."""
         if not self.rows:
-            return 1.0
-        return float(np.linalg.norm(self.s / len(self.rows) - self.y)) / self.yn
+            return self.yn
+        return float(np.linalg.norm(self.s / len(self.rows) - self.y0))
+
+    def relative_residual(self) -> float:
+        return self.error() / self.yn if self.yn > 0 else 0.0
+
+    def settle(self) -> None:
+        """The swaps at this alpha have converged: stop, or move to the next alpha.
+
+        Within ``tolerance`` of the target (its mean's sampling error), the target pulls
+        harder (``alpha * y0``, alpha > 1): the selection turns toward the examples most
+        aligned with it while its mean stays within tolerance. The largest such alpha is
+        found by doubling, then bisection, each step warm-started from the last set.
+        """
+        feasible = self.error() < self.tolerance
+        if self.tolerance <= 0 or (self.evaluations == 0 and not feasible):
+            self.done = True
+            return
+        self.evaluations += 1
+        if feasible:
+            self.best, self.lo = (self.alpha, list(self.rows), self.s.copy()), self.alpha
+        else:
+            self.hi = self.alpha
+        if self.hi is None:
+            nxt = self.alpha * 2 if self.alpha * 2 <= MAX_ALPHA else None
+        else:
+            nxt = (self.lo + self.hi) / 2 if self.evaluations < ALPHA_STEPS else None
+        if nxt is None:
+            self.alpha, self.rows, self.s = self.best[0], self.best[1], self.best[2]
+            self.done = True
+            return
+        self.alpha, self.y, self.rounds = nxt, nxt * self.y0, 0
 
 
 def gtp(
@@ -102,13 +141,14 @@ def gtp(
         The N candidate rows a_i (width D), usually centred (``pool.centered()``).
     queries : sequence of Query
         Targets Y (D, C) (their column mean is matched), budgets k, candidates m
-        per scan (default 2k, at most ``MAX_CANDIDATES``).
+        per scan (default 2k, at least ``MIN_CANDIDATES``, at most ``MAX_CANDIDATES``),
+        and a tolerance: once the selection's mean is within it of the target's, the
+        pursuit prefers the examples most aligned with the target (see ``settle``).
     max_iter : int
-        Most swap rounds (scans) once a query has k rows; growing to k always
-        completes, in as many scans as it needs.
+        Most swap rounds (scans) per stretch of the target once a query has k rows;
+        growing to k always completes, in as many scans as it needs.
     tol : float
-        Stop swapping when a round improves the relative residual by less than this
-        fraction.
+        Stop swapping when a round improves the fit by less than this fraction.
     max_swaps : int
         Most exchanges applied per swap round.
 
@@ -123,7 +163,7 @@ def gtp(
         if st.k > pool.num_rows:
             raise ValueError(f"budget {st.k} exceeds the pool's {pool.num_rows} rows")
     sq_norms = _squared_norms(pool)
-    scans, scan_seconds, swap_rounds = 0, 0.0, 0
+    scans, scan_seconds = 0, 0.0
     while True:
         active = [st for st in states if not st.done]
         if not active:
@@ -132,21 +172,18 @@ def gtp(
         found = _scan(pool, active, sq_norms, scan_progress)
         scan_seconds += time.perf_counter() - t0
         scans += 1
-        swapping = False
         for st, cand in zip(active, found, strict=True):
             t1 = time.perf_counter()
             if st.growing:
                 _grow(pool, st, *cand, sq_norms)
             else:
-                swapping = True
-                before = st.relative_residual()
+                before = _gap(st)
                 swapped = _swap(pool, st, *cand, sq_norms, max_swaps)
-                after = st.relative_residual()
-                if not swapped or after > before * (1 - tol) or swap_rounds + 1 >= max_iter:
-                    st.done = True
+                st.rounds += 1
+                if not swapped or _gap(st) > before * (1 - tol) or st.rounds >= max_iter:
+                    st.settle()
             st.seconds_nnls += time.perf_counter() - t1
             st.history.append(st.relative_residual())
-        swap_rounds += swapping
         if progress is not None:
             worst = max(st.relative_residual() for st in active)
             progress(f"scan {scans}: {len(active)} active, worst residual {worst:.4f}")
@@ -159,9 +196,15 @@ def gtp(
             scans=scans,
             seconds_nnls=st.seconds_nnls,
             seconds_scan=scan_seconds,
+            details={"alpha": st.alpha, "tolerance": st.tolerance},
         )
         for st in states
     ]
+
+
+def _gap(st: _State) -> float:
+    """``||k y - s||`` for the current (stretched) target: what the swaps lower."""
+    return float(np.linalg.norm(st.residual_vector()))
 
 
 def _squared_norms(pool: StackedPool) -> np.ndarray | None:

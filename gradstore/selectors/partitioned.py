@@ -37,8 +37,8 @@ def part_candidates(
 ) -> list[np.ndarray]:
     """Each query's selection (row positions within ``part``) with its full budget k (at
     most the part's size)."""
-    found = pursuit(part, [Query(q.Y, min(q.k, part.num_rows), q.m) for q in queries],
-                    **options)
+    found = pursuit(part, [Query(q.Y, min(q.k, part.num_rows), q.m, q.tolerance)
+                           for q in queries], **options)
     return [r.rows for r in found]
 
 
@@ -86,13 +86,13 @@ def partitioned_gtp(
             res = 0.0 if q.yy == 0 else 1.0
             results.append(PursuitResult(union, np.zeros((0, C)), res, [res], candidates=0))
             continue
-        final = pursuit(pool.subset(union), [Query(q.Y, min(q.k, len(union)), q.m)],
+        final = pursuit(pool.subset(union), [Query(q.Y, min(q.k, len(union)), q.m, q.tolerance)],
                         **options)[0]
         results.append(
             PursuitResult(
                 rows=union[final.rows], weights=final.weights, residual=final.residual,
                 history=final.history, scans=final.scans, seconds_nnls=final.seconds_nnls,
-                seconds_scan=final.seconds_scan, candidates=len(union),
+                seconds_scan=final.seconds_scan, candidates=len(union), details=final.details,
             )
         )
     return results

@@ -9,11 +9,17 @@ import numpy as np
 
 @dataclass
 class Query:
-    """Match ``Y`` (D, C) with at most ``k`` pool rows; C > 1 for subtask-joint targets."""
+    """Match ``Y`` (D, C) with at most ``k`` pool rows; C > 1 for subtask-joint targets.
+
+    ``tolerance`` (gtp only): how far the selection's mean may stay from the target's
+    mean, the target mean's own sampling error (``target_tolerance``); 0: match it as
+    closely as possible.
+    """
 
     Y: np.ndarray
     k: int
     m: int | None = None
+    tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         Y = np.asarray(self.Y, dtype=np.float64)
@@ -39,11 +45,29 @@ class PursuitResult:
     seconds_scan: float = 0.0
     candidates: int | None = None
     """Partitioned pursuit: size of the union of the parts' selections it chose from."""
+    details: dict = field(default_factory=dict)
+    """Method-specific facts worth recording (gtp: ``alpha``, ``tolerance``)."""
 
     @property
     def total_weights(self) -> np.ndarray:
         """One weight per selected row: the sum over target columns."""
         return self.weights.sum(1) if self.weights.ndim == 2 else self.weights
+
+
+def target_tolerance(rows: np.ndarray, labels: np.ndarray | None = None) -> float:
+    """The standard error of a target's mean row: ``sqrt(sum ||y_j - y||^2 / (n (n-1)))``.
+
+    With subtask ``labels``, the target is the average of the subtask means and its error
+    ``sqrt(sum_c se_c^2) / C``; a subtask of one example adds none.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    groups = [rows] if labels is None else [rows[labels == c] for c in np.unique(labels)]
+    var = 0.0
+    for g in groups:
+        n = len(g)
+        if n >= 2:
+            var += float(((g - g.mean(0)) ** 2).sum()) / (n * (n - 1))
+    return float(np.sqrt(var)) / len(groups)
 
 
 def relative_residual(AS: np.ndarray, W: np.ndarray, Y: np.ndarray) -> float:

@@ -20,7 +20,7 @@ from gradstore.selectors.gtp_paper import gtp_paper
 from gradstore.selectors.less import less_topk
 from gradstore.selectors.omp import fit_support, omp
 from gradstore.selectors.partitioned import partitioned_gtp
-from gradstore.selectors.query import Query
+from gradstore.selectors.query import Query, target_tolerance
 from gradstore.selectors.random_subset import random_subset
 from gradstore.selectors.stacked import StackedPool, stack_rows
 from gradstore.store.meta import TableMeta
@@ -102,10 +102,11 @@ def target_type(method: str, pmeta: TableMeta, tmeta: TableMeta) -> str | None:
 def target_matrix(
     store: Store, spool: StackedPool, pool: str, pmeta: TableMeta, target: str | None,
     per_subtask: bool, method: str,
-) -> np.ndarray:
-    """The target columns Y (D, C) in the pool's stacked space."""
+) -> tuple[np.ndarray, float]:
+    """The target columns Y (D, C) in the pool's stacked space, and the sampling error of
+    their mean (``target_tolerance``; 0 for the in-domain target, the pool's own mean)."""
     if target is None:
-        return spool.mean()[:, None]
+        return spool.mean()[:, None], 0.0
     if target == pool:
         raise GradstoreError(
             f"target {target!r} is the pool itself; omit --target for in-domain selection"
@@ -120,15 +121,15 @@ def target_matrix(
         X = X - spool.center
     rows = stack_rows(X, spool.scales, spool.normalize, len(pmeta.checkpoints))
     labels = store.subtasks(target)
+    lab = None
     if per_subtask and any(s is not None for s in labels):
-        keys = sorted({s or "" for s in labels})
         lab = np.array([s or "" for s in labels])
-        Y = np.stack([rows[lab == key].mean(0) for key in keys], 1)
+        Y = np.stack([rows[lab == key].mean(0) for key in np.unique(lab)], 1)
     else:
         Y = rows.mean(0)[:, None]
     if not np.any(Y):
         raise GradstoreError(f"target {target!r} has all-zero gradients; nothing to match")
-    return Y
+    return Y, target_tolerance(rows, lab)
 
 
 def run_selection(
@@ -209,14 +210,17 @@ def run_selection(
         if method == "gtp":
             spool = spool.centered()
         per_subtask = method == "less" or target_mode == "joint"
-        Ys = [target_matrix(store, spool, pool, pmeta, t, per_subtask, method) for t in targets]
+        found = [target_matrix(store, spool, pool, pmeta, t, per_subtask, method)
+                 for t in targets]
+        Ys, tols = [f[0] for f in found], [f[1] for f in found]
         types = {t: target_type(method, pmeta, store.meta(t)) for t in targets if t is not None}
         pairs = [(ti, bi) for ti in range(len(targets)) for bi in range(len(budgets))]
         bar = ScanProgress(n, method) if progress else None
-        results: list[tuple[np.ndarray, np.ndarray, float, list[float], int | None]] = []
+        results: list[tuple[np.ndarray, np.ndarray, float, list[float], dict]] = []
         try:
             if method in ("gtp", "gtp-paper", "omp"):
-                queries = [Query(Ys[ti], ks[bi], m=m if m is not None else 2 * ks[bi])
+                queries = [Query(Ys[ti], ks[bi], m=m if m is not None else 2 * ks[bi],
+                                 tolerance=tols[ti] if method == "gtp" else 0.0)
                            for ti, bi in pairs]
                 pursuit = gtp if method == "gtp" else gtp_paper
                 if method in PURSUITS and partitions:
@@ -230,19 +234,20 @@ def run_selection(
                     out = omp(spool, queries, progress=(lambda _: step.update(1)) if step else None)
                     if step is not None:
                         step.close()
-                results = [(r.rows, r.total_weights, r.residual, r.history, r.candidates)
-                           for r in out]
+                results = [(r.rows, r.total_weights, r.residual, r.history,
+                            ({"candidates": r.candidates} if r.candidates is not None else {})
+                            | r.details) for r in out]
             elif method == "less":
                 found = less_topk(spool, [Ys[ti] for ti, _ in pairs], [ks[bi] for _, bi in pairs],
                                   scan_progress=bar)
                 for (ti, _), (rows, _) in zip(pairs, found, strict=True):
                     _, res = fit_support(spool, rows, Ys[ti])
-                    results.append((rows, np.ones(len(rows)), res, [], None))
+                    results.append((rows, np.ones(len(rows)), res, [], {}))
             else:
                 for ti, bi in pairs:
                     rows = random_subset(n, ks[bi], seed=seed)
                     _, res = fit_support(spool, rows, Ys[ti])
-                    results.append((rows, np.ones(len(rows)), res, [], None))
+                    results.append((rows, np.ones(len(rows)), res, [], {}))
         finally:
             if bar is not None:
                 bar.close()
@@ -257,7 +262,7 @@ def run_selection(
             "pool_grad_type": pmeta.grad_type, "centered": spool.center is not None,
         }
         sels = []
-        for (ti, bi), (rows, w, res, hist, cand) in zip(pairs, results, strict=True):
+        for (ti, bi), (rows, w, res, hist, extra) in zip(pairs, results, strict=True):
             sels.append(
                 Selection(
                     selection_id=uuid.uuid4().hex[:12], method=method, budget=labels[bi], k=ks[bi],
@@ -265,7 +270,7 @@ def run_selection(
                     weights=np.asarray(w, dtype=np.float64), residual=float(res), seconds=seconds,
                     created=created, history=[float(h) for h in hist],
                     params=dict(params, target_grad_type=types.get(targets[ti]))
-                    | ({} if cand is None else {"candidates": cand}),
+                    | extra,
                 )
             )
         if save:

@@ -8,7 +8,7 @@ import pytest
 
 from gradstore.selectors.gtp import gtp
 from gradstore.selectors.partitioned import partitioned_gtp
-from gradstore.selectors.query import Query
+from gradstore.selectors.query import Query, target_tolerance
 from gradstore.selectors.scan import MAXIMUM, ScanQuery, correlation_scan
 from gradstore.selectors.source import TensorSource
 from gradstore.selectors.stacked import StackedPool
@@ -145,3 +145,35 @@ def test_partitioned_uniform_gtp(rng):
     assert len(four.rows) == 10 and four.candidates <= 40
     assert four.residual == pytest.approx(objective(A, four.rows, y), rel=1e-6)
     assert four.residual <= 1.25 * plain.residual
+
+
+def test_target_tolerance_is_the_standard_error_of_the_mean(rng):
+    rows = rng.standard_normal((9, 5))
+    se = np.sqrt(rows.var(0, ddof=1).sum() / 9)
+    assert target_tolerance(rows) == pytest.approx(se)
+    labels = np.array(list("aaabbbbbc"))  # the average of three subtask means
+    parts = [rows[labels == c] for c in "abc"]
+    want = np.sqrt(sum(p.var(0, ddof=1).sum() / len(p) for p in parts[:2])) / 3
+    assert target_tolerance(rows, labels) == pytest.approx(want)
+    assert target_tolerance(rows[:1]) == 0.0
+
+
+def test_within_tolerance_the_selection_turns_to_the_most_aligned_rows():
+    rng = np.random.default_rng(7)
+    pool = StackedPool(TensorSource(clustered_rows(rng, 800, 2, 24, clusters=8), 2))
+    A = dense(pool)
+    y = A[rng.choice(800, 20, replace=False)].mean(0)
+    relevance = A @ y
+    (plain,) = gtp(pool, [Query(y, 40)])
+    assert plain.details["alpha"] == 1.0
+    err = objective(A, plain.rows, y) * np.linalg.norm(y)
+    tol = 1.5 * err  # pure mean matching is well inside: the search stretches the target
+    (tilted,) = gtp(pool, [Query(y, 40, tolerance=tol)])
+    assert tilted.details["alpha"] > 1.0 and tilted.details["tolerance"] == tol
+    assert objective(A, tilted.rows, y) * np.linalg.norm(y) < tol
+    assert relevance[tilted.rows].sum() > relevance[plain.rows].sum()
+    (far,) = gtp(pool, [Query(y, 40, tolerance=1e9)])  # stretched to the limit: LESS-like
+    top = set(np.argsort(-relevance)[:40].tolist())
+    assert len(top & set(far.rows.tolist())) >= 36
+    (tight,) = gtp(pool, [Query(y, 40, tolerance=0.5 * err)])  # out of reach: plain
+    assert tight.rows.tolist() == plain.rows.tolist() and tight.details["alpha"] == 1.0

@@ -143,9 +143,11 @@ def test_default_gtp_equals_selector_on_the_centred_matrix(store, rng):
     pool = StackedPool(TensorSource(X16 - center.astype(np.float32), 2), eta=[2e-5, 1e-5])
     tpool = StackedPool(TensorSource(tgt.astype(np.float16).astype(np.float32)
                                      - center.astype(np.float32), 2), eta=[2e-5, 1e-5])
-    y = tpool.rows(np.arange(12)).double().numpy().mean(0)
-    (ref,) = gtp_uniform(pool, [Query(y, 20)])
+    rows = tpool.rows(np.arange(12)).double().numpy()
+    se = np.sqrt(rows.var(0, ddof=1).sum() / 12)  # the target mean's standard error
+    (ref,) = gtp_uniform(pool, [Query(rows.mean(0), 20, tolerance=se)])
     assert sel.ids == [f"p{i}" for i in ref.rows] and len(sel.ids) == 20
+    assert sel.params["tolerance"] == pytest.approx(se) and sel.params["alpha"] >= 1
     np.testing.assert_allclose(sel.weights, 1.0)
     assert abs(sel.residual - ref.residual) < 1e-5
     assert sel.params["centered"] and not store.selection(sel.selection_id).history == []
@@ -209,9 +211,11 @@ def test_random_and_less_selections(store, rng):
     r2 = store.select("pool", budget=0.05, method="random", seed=1)
     assert r1.ids == r2.ids and len(r1.ids) == 30 and np.all(r1.weights == 1)
     le = store.select("pool", target="tgt", budget=30, method="less")
-    gt = store.select("pool", target="tgt", budget=30, method="gtp")
+    paper = store.select("pool", target="tgt", budget=30, method="gtp-paper")
     assert len(le.ids) == 30
-    assert gt.residual <= le.residual + 1e-9
+    assert paper.residual <= le.residual + 1e-9  # both: the NNLS fit in the same space
+    gt = store.select("pool", target="tgt", budget=30, method="gtp")
+    assert len(gt.ids) == 30 and np.all(gt.weights == 1)
 
 
 def test_incompatible_target_refused(store, rng):
