@@ -13,9 +13,9 @@ import math
 import statistics
 from pathlib import Path
 
-METHOD_ORDER = ["gtp", "less", "random", "gtp-paper", "gtp-paper+w", "omp"]
-COLORS = dict(zip(METHOD_ORDER, ["tab:blue", "tab:orange", "tab:red", "tab:cyan", "tab:purple",
-                                 "tab:green"], strict=True))
+METHOD_ORDER = ["gtp", "gtp-exact", "less", "random", "gtp-paper", "gtp-paper+w", "omp"]
+COLORS = dict(zip(METHOD_ORDER, ["tab:blue", "tab:olive", "tab:orange", "tab:red", "tab:cyan",
+                                 "tab:purple", "tab:green"], strict=True))
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -185,8 +185,11 @@ def _setup_lines(plan: dict, timing: dict, jobs: list[dict], command: str, env: 
         "`gradstore select --format json` per method for each target and in-domain: "
         f"{', '.join(plan['methods'])} at {', '.join(plan['budgets'])}; "
         f"{', '.join(plan['one_budget_methods'])} at {plan['one_budget']}. `gtp` is the "
-        "default (the selection's mean trajectory matches the target's), `gtp-paper` GTP as "
-        "published, `+w` trains on the selection with its weights as loss weights.",
+        "default (the selection's mean trajectory matches the target's to within the target "
+        "mean's standard error, then turns to the examples most aligned with it), "
+        "`gtp-exact` the same with `--tolerance 0` (the mean matched as closely as possible), "
+        "`gtp-paper` GTP as published, `+w` trains on the selection with its weights as loss "
+        "weights.",
         f"- **Fine-tunes**: LoRA r=8 on {plan['lora_layers'] or 'all layers'}, lr {plan['lr']}, "
         f"batch {plan['batch_size']}, linear decay, gradstore's own trainer; every selection "
         f"gets the same {plan['passes']} example passes (epochs = {plan['passes']} / selection "

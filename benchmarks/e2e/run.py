@@ -51,7 +51,9 @@ import make_pool  # noqa: E402
 from benchmarks.smollm2 import smollm2_gguf  # noqa: E402
 from gradstore.selectors.budget import parse_budget  # noqa: E402
 
-WEIGHTED = "+w"  # method suffix: trained with the selection's weights as loss weights
+WEIGHTED = "+w"  # arm suffix: trained with the selection's weights as loss weights
+ARMS = {"gtp-exact": ("gtp", ["--tolerance", "0"])}
+"""Selection arms that are a CLI method with other flags; any other arm is the method."""
 
 
 @dataclass
@@ -71,8 +73,10 @@ class Plan:
     """Skills whose full-pool fine-tune beats the untrained model by >= 10 points of exact
     match (measured once, method-blind; `add`, `reverse` and `roman` stay near 0)."""
     budgets: list[str] = field(default_factory=lambda: ["0.5%", "1%", "5%"])
-    methods: list[str] = field(default_factory=lambda: ["gtp", "less", "random"])
-    """Run at every budget, every target and in-domain."""
+    methods: list[str] = field(
+        default_factory=lambda: ["gtp", "gtp-exact", "less", "random"])
+    """Arms run at every budget, every target and in-domain (``gtp-exact``: gtp matching the
+    target's mean as closely as it can, ``--tolerance 0``)."""
     one_budget_methods: list[str] = field(
         default_factory=lambda: ["gtp-paper", "omp", "gtp-paper" + WEIGHTED])
     one_budget: str = "1%"
@@ -156,22 +160,27 @@ def model_flags(plan: Plan) -> list[str]:
     return flags + (["--gguf-file", plan.gguf_file] if plan.gguf_file else [])
 
 
-def base_method(method: str) -> str:
-    """The selection method behind an arm ("gtp-paper+w" trains gtp-paper's selection)."""
-    return method.removesuffix(WEIGHTED)
+def base_method(arm: str) -> str:
+    """The selection behind an arm ("gtp-paper+w" trains gtp-paper's selection)."""
+    return arm.removesuffix(WEIGHTED)
+
+
+def cli_method(arm: str) -> tuple[str, list[str]]:
+    """The `gradstore select` method and extra flags of a selection arm."""
+    return ARMS.get(arm, (arm, []))
 
 
 def select_calls(plan: Plan) -> list[tuple[str, str, list[str], list[str], int | None]]:
-    """(file stem, method, targets, budgets, seed) of every `gradstore select` call."""
+    """(file stem, selection arm, targets, budgets, seed) of every `gradstore select` call."""
     targets = [f"target-{t}" for t in plan.targets]
     calls = []
-    methods = [m for m in plan.methods if m != "random"]
-    methods += [m for m in dict.fromkeys(map(base_method, plan.one_budget_methods))
-                if m not in methods]
-    for method in methods:
-        budgets = plan.budgets if method in plan.methods else [plan.one_budget]
-        calls.append((f"{method}-targeted", method, targets, budgets, None))
-        calls.append((f"{method}-indomain", method, [], budgets, None))
+    arms = [m for m in plan.methods if m != "random"]
+    arms += [m for m in dict.fromkeys(map(base_method, plan.one_budget_methods))
+             if m not in arms]
+    for arm in arms:
+        budgets = plan.budgets if arm in plan.methods else [plan.one_budget]
+        calls.append((f"{arm}-targeted", arm, targets, budgets, None))
+        calls.append((f"{arm}-indomain", arm, [], budgets, None))
     if "random" in plan.methods:
         for seed in plan.seeds:
             calls.append((f"random-seed{seed}", "random", [], plan.budgets, seed))
@@ -200,11 +209,13 @@ def stage_pipeline(plan: Plan, work: Path, data: Path) -> dict:
         gradstore_cli(*args)
         timing["warmup_and_ingest"] = time.perf_counter() - t0
         write_json(timing_file, timing)
-    for name, method, tgts, budgets, seed in select_calls(plan):
+    calls = select_calls(plan)
+    for name, arm, tgts, budgets, seed in calls:
         out = sel_dir / f"{name}.json"
         if out.exists():
             continue
-        args = ["select", str(store), "--pool", "pool", "--method", method, "--quiet",
+        method, extra = cli_method(arm)
+        args = ["select", str(store), "--pool", "pool", "--method", method, *extra, "--quiet",
                 "--format", "json", "--out", str(out)]
         for t in tgts:
             args += ["--target", t]
@@ -214,12 +225,10 @@ def stage_pipeline(plan: Plan, work: Path, data: Path) -> dict:
             args += ["--seed", str(seed)]
         gradstore_cli(*args)
     selections = {}
-    for f in sorted(sel_dir.glob("*.json")):
-        for s in json.loads(f.read_text()):
+    for name, arm, _, _, seed in calls:
+        for s in json.loads((sel_dir / f"{name}.json").read_text()):
             scenario = (s["target"] or "indomain").removeprefix("target-")
-            seed = int(f.stem.split("seed")[1]) if s["method"] == "random" else None
-            key = sel_key(scenario, s["method"], budget_label(s["budget"], plan), seed)
-            selections[key] = s
+            selections[sel_key(scenario, arm, budget_label(s["budget"], plan), seed)] = s
     return selections
 
 

@@ -172,6 +172,13 @@ def build_parser() -> Parser:
         default=1e-3,
         help="GTP stops when the residual improves by less (default 1e-3)",
     )
+    sel.add_argument(
+        "--tolerance", type=_tolerance, default="auto",
+        help="gtp: how far the selection's mean trajectory may stay from the target's, "
+        "within which it prefers the examples most aligned with the target (auto: the "
+        "target mean's standard error, from its examples; 0: match it as closely as "
+        "possible)",
+    )
     sel.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     sel.add_argument(
         "--checkpoint-weights",
@@ -426,6 +433,18 @@ def _add_run(sub) -> None:
     r.set_defaults(func=cmd_run)
 
 
+def _tolerance(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto' or a number >= 0")
+    return value
+
+
 def _grad_types(text: str) -> str:
     """``--grad-type``: one type or a comma list of different ones."""
     types = [t.strip() for t in text.split(",")]
@@ -544,6 +563,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         m=args.m,
         max_iter=args.max_iter,
         tol=args.tol,
+        tolerance=args.tolerance,
         seed=args.seed,
         checkpoint_weights=args.checkpoint_weights,
         mode=args.scan_mode,

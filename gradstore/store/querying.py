@@ -144,6 +144,7 @@ def run_selection(
     m: int | None = None,
     max_iter: int = 30,
     tol: float = 1e-3,
+    tolerance: float | str = "auto",
     seed: int = 0,
     checkpoint_weights: Sequence[float] | None = None,
     mode: str = "auto",
@@ -167,6 +168,9 @@ def run_selection(
         raise GradstoreError(f"target mode {target_mode!r} is not one of mean, joint")
     if not targets or not budgets:
         raise GradstoreError("give at least one target (or none for in-domain) and one budget")
+    if tolerance != "auto" and not (isinstance(tolerance, (int, float))
+                                    and np.isfinite(tolerance) and tolerance >= 0):
+        raise GradstoreError(f"--tolerance {tolerance!r} must be 'auto' or a number >= 0")
     if max_iter < 1:
         raise GradstoreError(f"max_iter {max_iter} must be at least 1")
     if m is not None and m < 1:
@@ -220,7 +224,8 @@ def run_selection(
         try:
             if method in ("gtp", "gtp-paper", "omp"):
                 queries = [Query(Ys[ti], ks[bi], m=m if m is not None else 2 * ks[bi],
-                                 tolerance=tols[ti] if method == "gtp" else 0.0)
+                                 tolerance=0.0 if method != "gtp" else
+                                 tols[ti] if tolerance == "auto" else float(tolerance))
                            for ti, bi in pairs]
                 pursuit = gtp if method == "gtp" else gtp_paper
                 if method in PURSUITS and partitions:
@@ -256,7 +261,8 @@ def run_selection(
         created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         params = {
             "target_mode": target_mode, "normalize": normalize, "m": m, "max_iter": max_iter,
-            "tol": tol, "seed": seed, "checkpoint_weights": eta, "scan_mode": type(source).__name__,
+            "tol": tol, "target_tolerance": tolerance, "seed": seed, "checkpoint_weights": eta,
+            "scan_mode": type(source).__name__,
             "queries_in_run": len(pairs), "pool_rows": n, "partitions": partitions,
             "ray": ray, "ray_tasks": getattr(spool, "tasks", None),
             "pool_grad_type": pmeta.grad_type, "centered": spool.center is not None,

@@ -47,7 +47,7 @@ def test_job_plan_covers_every_cell_once():
     names = [j.name for j in jobs]
     assert len(names) == len(set(names))
     scenarios = len(plan.targets) + 1  # and in-domain
-    per_seed = 1 + 3 + scenarios * (2 * 3 + 3)  # full pool, random x 3, (gtp, less) x 3 + 3
+    per_seed = 1 + 3 + scenarios * (3 * 3 + 3)  # full, random x 3, (gtp, gtp-exact, less) x 3 + 3
     conv = 2 * 2 * 2  # targets x methods x budgets
     assert len(jobs) == 1 + len(plan.seeds) * per_seed + conv
     assert sum(j.steps_like_full for j in jobs) == conv
@@ -64,9 +64,11 @@ def test_job_plan_covers_every_cell_once():
     weighted = [j for j in jobs if j.method == "gtp-paper+w"]
     assert weighted and all(j.selection.split("|")[1] == "gtp-paper" for j in weighted)
     quick = run.Plan.for_device("cpu", quick=True, model="m", gguf_file=None)
-    assert len(run.plan_jobs(quick)) == 2 * (2 * 3 + 1) + 3 + (2 * 3 + 1)
+    assert len(run.plan_jobs(quick)) == 2 * (3 * 3 + 1) + 3 + (3 * 3 + 1)
     calls = run.select_calls(plan)
-    assert {c[1] for c in calls} == {"gtp", "less", "random", "gtp-paper", "omp"}
+    assert {c[1] for c in calls} == {"gtp", "gtp-exact", "less", "random", "gtp-paper", "omp"}
+    assert run.cli_method("gtp-exact") == ("gtp", ["--tolerance", "0"])
+    assert run.cli_method("less") == ("less", [])
 
 
 def _sels(plan, ids=("sort-1", "sort-2")):
