@@ -43,8 +43,8 @@ from gradstore.selectors.query import Query  # noqa: E402
 from gradstore.selectors.scan import ScanQuery, correlation_scan  # noqa: E402
 from gradstore.selectors.source import TensorSource  # noqa: E402
 from gradstore.selectors.stacked import StackedPool  # noqa: E402
+from gradstore.store.database import RowBlock  # noqa: E402
 from gradstore.store.meta import ProjectionSpec, TableMeta  # noqa: E402
-from gradstore.store.store import RowBlock  # noqa: E402
 
 WRITE_ROWS = 1000
 
@@ -219,7 +219,7 @@ def bench_ingest(store_uri: str, examples: int, workers: int) -> dict:
     from benchmarks.e2e.make_pool import build as build_pool
     from benchmarks.smollm2 import smollm2_gguf
     from gradstore.distributed.ingest import RayIngestOptions, ingest_on_ray
-    from gradstore.grads.ingest import IngestConfig
+    from gradstore.grads.ingestion import IngestConfig
 
     model_dir, gguf = smollm2_gguf()
     work = Path(store_uri).parent / "ingest-data"
@@ -239,7 +239,7 @@ def bench_ingest(store_uri: str, examples: int, workers: int) -> dict:
             t, s = timed(lambda cfg=cfg: store.ingest(cfg))
         else:
             opts = RayIngestOptions(address="local", workers=workers, worker_cpus=1)
-            t, s = timed(lambda cfg=cfg, opts=opts: ingest_on_ray(store, cfg, opts))
+            t, s = timed(lambda cfg=cfg, opts=opts: ingest_on_ray(store.database, cfg, opts))
         out[name] = {"total_s": round(t, 1), "loop_s": round(s.loop_seconds, 1),
                      "examples_per_s_in_loop": round(s.examples_per_second, 2),
                      "rows": s.rows_written}

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gradstore  # noqa: E402
 from benchmarks.smollm2 import smollm2_gguf  # noqa: E402
-from gradstore.grads.ingest import (  # noqa: E402
+from gradstore.grads.ingestion import (  # noqa: E402
     GradientRunner,
     IngestConfig,
     _Writer,
@@ -110,7 +110,7 @@ def less_loop(runner: GradientRunner, examples, projector, interval: int = 16) -
 
 
 def gradstore_loop(runner: GradientRunner, cfg: IngestConfig, plan, store_dir: Path) -> None:
-    from gradstore.grads.ingest import _create
+    from gradstore.grads.ingestion import _create
 
     store = gradstore.open(store_dir)
     _create(store, cfg, plan, runner)

@@ -1,21 +1,45 @@
-"""gradstore: an embedded gradient store with query-style training-data selection."""
+"""gradstore: an embedded gradient store with query-style training-data selection.
 
-from gradstore.errors import GradstoreError
-from gradstore.store import ProjectionSpec, Selection, Store, open
+    store = gradstore.open("./store")
+    store.ingest("pool", model=..., data="pool.jsonl", checkpoints=[...])
+    sel = store.select("pool", target="mmlu", budget="5%")
+
+See the README for the command line and :mod:`gradstore.api` for the Python API.
+"""
+
+from gradstore.api import Store, Table, open
+from gradstore.errors import GradstoreError, TableConflict
+from gradstore.grads.ingestion import IngestConfig, IngestSummary
+from gradstore.grads.warmup import WarmupConfig, WarmupSummary
+from gradstore.ops.export import ExportSummary
+from gradstore.ops.pipeline import RunConfig, RunSummary
+from gradstore.ops.select import SelectOptions
+from gradstore.store.meta import ProjectionSpec, TableMeta
+from gradstore.store.selections import Selection
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "GradstoreError", "ProjectionSpec", "Selection", "Store", "open", "warmup", "__version__",
+    "ExportSummary", "GradstoreError", "IngestConfig", "IngestSummary", "ProjectionSpec",
+    "RunConfig", "RunSummary", "SelectOptions", "Selection", "Store", "Table", "TableConflict",
+    "TableMeta", "WarmupConfig", "WarmupSummary", "__version__", "open", "run", "warmup",
 ]
 
 
-def warmup(config=None, /, **options):  # -> gradstore.grads.warmup.WarmupSummary
+def warmup(config: WarmupConfig | None = None, /, **options) -> WarmupSummary:
     """LoRA warm-up on a seeded slice of the pool, one checkpoint per epoch.
 
     ``gradstore.warmup(model=..., data="pool.jsonl", out="warmup", fraction=0.05, epochs=4)``
     or ``gradstore.warmup(WarmupConfig(...))``; see :mod:`gradstore.grads.warmup`.
     """
-    from gradstore.grads.warmup import warmup as run
+    from gradstore.grads.warmup import warmup as run_warmup
 
-    return run(config, **options)
+    return run_warmup(config, **options)
+
+
+def run(config: RunConfig | None = None, /, **options) -> RunSummary:
+    """The whole pipeline in one resumable call: warm-up, ingestion of the pool and the
+    targets, every selection and its export (``gradstore run``); see :class:`RunConfig`."""
+    from gradstore.ops.pipeline import run_pipeline
+
+    return run_pipeline(config if config is not None else RunConfig(**options))

@@ -12,9 +12,9 @@ import pytest
 
 import gradstore
 from gradstore.errors import GradstoreError
-from gradstore.export import ExportSummary, export_selection, read_export
+from gradstore.ops.export import ExportSummary, export_selection, read_export
+from gradstore.store.database import RowBlock
 from gradstore.store.meta import ProjectionSpec, TableMeta
-from gradstore.store.store import RowBlock
 from tests.grads.test_data import save_dataset_dict_dir, save_dataset_dir
 
 N, D, K = 40, 16, 5
@@ -171,15 +171,15 @@ def test_data_defaults_to_recorded_source(tmp_path):
     X = np.random.default_rng(1).standard_normal((N, D)).astype(np.float32)
     meta = TableMeta(dim=D, vector_dtype="float32", projection=ProjectionSpec(dim=D),
                      extra={"source": str(data)})
-    s.create_table("ingested", meta, [("0", None)],
+    s.database.create_table("ingested", meta, [("0", None)],
                    [RowBlock(ids=IDS, rows=np.arange(N), vectors=[X])])
     sel = s.select("ingested", budget=K, method="gtp")
     out = tmp_path / "out.jsonl"
-    export_selection(s, sel.selection_id, out)
+    export_selection(s.database, sel.selection_id, out)
     check(out, sel, expected(sel, rows))
     data.unlink()
     with pytest.raises(GradstoreError, match=r"recorded source .*data\.jsonl.*--data"):
-        export_selection(s, sel.selection_id, out)
+        export_selection(s.database, sel.selection_id, out)
 
 
 def test_no_recorded_source_asks_for_data(env, tmp_path):
@@ -249,7 +249,7 @@ def test_clashing_column_names(env, tmp_path):
 
 
 def test_failed_write_leaves_old_output(env, tmp_path, monkeypatch):
-    import gradstore.export as export
+    import gradstore.ops.export as export
 
     data = write_data(tmp_path / "data", "jsonl", make_rows("text"))
     out = tmp_path / "out.parquet"

@@ -385,13 +385,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import gradstore
 
     store = gradstore.open(args.store, create=False)
-    sid = args.selection
-    if sid == "latest":
-        sels = sorted(store.selections(), key=lambda s: s.created)
-        if not sels:
-            raise GradstoreError(f"store {args.store!r} holds no selections; run select first")
-        sid = sels[-1].selection_id
-    summary = store.export(sid, args.out, data=args.data, split=args.split,
+    summary = store.export(args.selection, args.out, data=args.data, split=args.split,
                            weight_column=args.weight_column, rank_column=args.rank_column)
     _print_summary(summary, args.format)
     return 0
@@ -457,10 +451,10 @@ def _grad_types(text: str) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gradstore.config import config_from
-    from gradstore.pipeline import RunConfig, run_pipeline
+    from gradstore.ops.pipeline import RunConfig, run_pipeline
 
     if args.ray:
-        from gradstore.distributed.cluster import require_ray
+        from gradstore.distributed import require_ray
 
         require_ray()
     summary = run_pipeline(config_from(
@@ -474,28 +468,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     import gradstore
     from gradstore.config import config_from
-    from gradstore.grads.ingest import IngestConfig
+    from gradstore.grads.ingestion import IngestConfig
 
     cfg = config_from(
         IngestConfig, args, checkpoints=tuple(args.checkpoint),
         lrs=tuple(args.lr) if args.lr else None, progress=not args.quiet,
     )
     if args.ray:
-        from gradstore.distributed.cluster import require_ray
+        from gradstore.distributed import require_ray
 
         require_ray()
     elif args.workers is not None:
         raise UsageError("gradstore ingest: --workers applies to Ray ingestion; add --ray ADDRESS")
     cfg.validate()  # before opening (and creating) the store
     store = gradstore.open(args.store)
-    if args.ray:
-        from gradstore.distributed.ingest import RayIngestOptions, ingest_on_ray
-
-        options = RayIngestOptions(address=args.ray, workers=args.workers,
-                                   worker_cpus=args.worker_cpus, retries=args.worker_retries)
-        summary = ingest_on_ray(store, cfg, options)
-    else:
-        summary = store.ingest(cfg)
+    ray = {} if not args.ray else {"ray": args.ray, "workers": args.workers,
+                                   "worker_cpus": args.worker_cpus,
+                                   "worker_retries": args.worker_retries}
+    summary = store.ingest(cfg, **ray)
     _print_summary(summary, args.format)
     return 0
 

@@ -31,17 +31,15 @@ from tqdm.auto import tqdm
 
 from gradstore.distributed.cluster import cluster_resources, ray_cluster, require_ray, task_env
 from gradstore.errors import GradstoreError
-from gradstore.grads.ingest import (
-    GradientRunner,
+from gradstore.grads.ingestion import (
     IngestConfig,
     IngestPlan,
     IngestSummary,
-    _checkpoints_to_add,
-    _existing_ids,
-    _finish,
-    concat_blocks,
+    checkpoints_to_add,
     create_table,
+    existing_ids,
     finish_present,
+    finish_table,
     pad_token_id,
     plan_ingest,
     stage_table,
@@ -52,10 +50,12 @@ from gradstore.grads.model import (
     resolve_dtype,
     weights_fingerprint,
 )
+from gradstore.grads.runner import GradientRunner
+from gradstore.store.database import Database, RowBlock
 from gradstore.store.meta import TableMeta
 
 if TYPE_CHECKING:
-    from gradstore.store.store import Store
+    from gradstore.store.database import Database
 
 STAGE_SCHEMA = pa.schema([
     pa.field("first", pa.int64()),
@@ -133,18 +133,18 @@ class IngestWorker:
         """Rows of one shard, written as uncommitted Lance files of the table at ``uri``."""
         from lance.fragment import write_fragments
 
-        from gradstore.store.store import Store
+        from gradstore.store.database import Database
 
         r = self.runner
         r.skipped.clear()
         r.skipped_ids.clear()
         r.nonfinite = set()
         blocks = [b for b in r.blocks(examples, rows) if b.ids]
-        block = concat_blocks(blocks) if blocks else None
+        block = RowBlock.concat(blocks) if blocks else None
         fragments: list[str] = []
         if block is not None:
             meta = TableMeta.from_schema(schema, "stage")
-            batch = Store._record_batch(schema, meta, block)
+            batch = Database.record_batch(schema, meta, block)
             frags = write_fragments(pa.Table.from_batches([batch]), uri, schema=schema,
                                     data_storage_version=version)
             fragments = [json.dumps(f.to_json()) for f in frags]
@@ -166,19 +166,19 @@ def _unwrap(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, GradstoreError) else exc
 
 
-class _Stage:
+class ShardLog:
     """The staging table of one ingestion: finished shards not yet committed."""
 
-    def __init__(self, store: Store, table: str, token: str) -> None:
-        self.store, self.name, self.token = store, stage_table(table), token
-        if self.name in store._all_tables():
-            meta = store._dataset(self.name).schema.metadata or {}
+    def __init__(self, db: Database, table: str, token: str) -> None:
+        self.db, self.name, self.token = db, stage_table(table), token
+        if self.name in db.all_tables():
+            meta = db.dataset(self.name).schema.metadata or {}
             if meta.get(STAGE_KEY.encode(), b"").decode() != token:
-                store.drop_table(self.name)  # an earlier run's, for a table since replaced
-        if self.name not in store._all_tables():
+                db.drop_table(self.name)  # an earlier run's, for a table since replaced
+        if self.name not in db.all_tables():
             schema = STAGE_SCHEMA.with_metadata({STAGE_KEY: token})
-            store.db.create_table(self.name, schema=schema)
-        self.tbl = store.db.open_table(self.name)
+            db.plain_table(self.name, schema)
+        self.tbl = db.plain_table(self.name)
 
     def records(self, committed: set[str]) -> list[dict[str, Any]]:
         """Recorded shards, one per first row, none holding an already committed id."""
@@ -198,7 +198,7 @@ def _shards(todo: list[int], size: int) -> list[list[int]]:
 
 
 def ingest_on_ray(
-    store: Store,
+    db: Database,
     cfg: IngestConfig,
     options: RayIngestOptions | None = None,
     on_shard: Callable[[dict[str, Any]], None] | None = None,
@@ -235,17 +235,17 @@ def ingest_on_ray(
         tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
         dtype = resolve_dtype(cfg.dtype, torch.device("cuda" if gpu else "cpu"))
         plan, summary = plan_ingest(cfg, tokenizer, dtype)
-        replacing = cfg.overwrite and cfg.table in store.tables()
-        if not replacing and _checkpoints_to_add(store, cfg, plan) is not None:
+        replacing = cfg.overwrite and cfg.table in db.tables()
+        if not replacing and checkpoints_to_add(db, cfg, plan) is not None:
             raise GradstoreError(
                 f"table {cfg.table!r} is complete and this run adds checkpoints to it, which "
                 "runs in one process: rerun the command without --ray"
             )
-        present = set() if replacing else _existing_ids(store, cfg, plan)
+        present = set() if replacing else existing_ids(db, cfg, plan)
         todo = [i for i, ex in enumerate(plan.examples) if ex.id not in present]
         summary.rows_present = len(plan.examples) - len(todo)
         if not todo:
-            return finish_present(store, cfg, plan, summary, start)
+            return finish_present(db, cfg, plan, summary, start)
         # a shard holds at least one batch: more workers than that would only load the model
         workers = min(workers, -(-len(todo) // cfg.batch_size))
 
@@ -267,11 +267,11 @@ def ingest_on_ray(
             raise _unwrap(exc) from None
         spec = infos[0]["projection"]
         if replacing:  # only now: a bad model or checkpoint must not cost the old table
-            store.drop_table(cfg.table)
+            db.drop_table(cfg.table)
         summary.projection = spec
         loop_start = time.perf_counter()
         pids = [info["pid"] for info in infos]
-        summary.rows_written = _run_shards(store, cfg, plan, spec, todo, actors, summary,
+        summary.rows_written = _run_shards(db, cfg, plan, spec, todo, actors, summary,
                                            on_shard, pids)
         summary.loop_seconds = time.perf_counter() - loop_start
         summary.status = f"complete ({workers} Ray workers)"
@@ -279,15 +279,15 @@ def ingest_on_ray(
         return summary
 
 
-def _stage_token(store: Store, cfg: IngestConfig, plan: IngestPlan, spec: dict) -> str:
+def _stage_token(db: Database, cfg: IngestConfig, plan: IngestPlan, spec: dict) -> str:
     """The table's staging token, creating the (empty) table or recording one if needed."""
     from gradstore.store.meta import ProjectionSpec
 
-    if cfg.table not in store._all_tables():
+    if cfg.table not in db.all_tables():
         token = secrets.token_hex(8)
-        create_table(store, cfg, plan, ProjectionSpec(**spec), **{STAGE_KEY: token})
+        create_table(db, cfg, plan, ProjectionSpec(**spec), **{STAGE_KEY: token})
         return token
-    meta = store.meta(cfg.table)
+    meta = db.meta(cfg.table)
     if asdict(meta.projection) != spec:
         raise GradstoreError(
             f"table {cfg.table!r} was projected with {meta.projection}, the workers with "
@@ -296,20 +296,20 @@ def _stage_token(store: Store, cfg: IngestConfig, plan: IngestPlan, spec: dict) 
     token = meta.ingest.get(STAGE_KEY)
     if not token:
         token = secrets.token_hex(8)
-        store.update_ingest_state(cfg.table, dict(meta.ingest, **{STAGE_KEY: token}))
+        db.update_ingest_state(cfg.table, dict(meta.ingest, **{STAGE_KEY: token}))
     return token
 
 
-def _run_shards(store, cfg, plan, spec, todo, actors, summary, on_shard, pids) -> int:
+def _run_shards(db, cfg, plan, spec, todo, actors, summary, on_shard, pids) -> int:
     import ray
 
-    token = _stage_token(store, cfg, plan, spec)
-    stage = _Stage(store, cfg.table, token)
-    committed = set(store.ids(cfg.table))
+    token = _stage_token(db, cfg, plan, spec)
+    stage = ShardLog(db, cfg.table, token)
+    committed = set(db.ids(cfg.table))
     staged_rows = {r for rec in stage.records(committed) for r in rec["rows"]}
     left = [i for i in todo if i not in staged_rows]
     summary.rows_present += len(todo) - len(left)
-    ds = store._dataset(cfg.table)
+    ds = db.dataset(cfg.table)
     uri, schema, version = ds.uri, ds.schema, ds.data_storage_version
     per_worker = -(-len(left) // (len(actors) * SHARDS_PER_WORKER))
     size = max(cfg.batch_size, min(cfg.write_rows, per_worker))
@@ -352,11 +352,11 @@ def _run_shards(store, cfg, plan, spec, todo, actors, summary, on_shard, pids) -
         bar.close()
         for a in actors:
             ray.kill(a)
-    _commit(store, cfg, plan, stage, committed, summary)
+    _commit(db, cfg, plan, stage, committed, summary)
     return written
 
 
-def _commit(store, cfg, plan, stage, committed, summary) -> None:
+def _commit(db, cfg, plan, stage, committed, summary) -> None:
     """All recorded shards' files into the table as one version, then mark it complete."""
     import lance
     from lance.fragment import FragmentMetadata
@@ -365,7 +365,7 @@ def _commit(store, cfg, plan, stage, committed, summary) -> None:
     fragments = [FragmentMetadata.from_json(f) for rec in records
                  for f in json.loads(rec["fragments"])]
     if fragments:
-        ds = store._dataset(cfg.table)
+        ds = db.dataset(cfg.table)
         lance.LanceDataset.commit(ds.uri, lance.LanceOperation.Append(fragments),
                                   read_version=ds.version)
     nonfinite = {x for rec in records for x in rec["nonfinite"]}
@@ -374,8 +374,8 @@ def _commit(store, cfg, plan, stage, committed, summary) -> None:
             summary.skipped[reason] = summary.skipped.get(reason, 0) + count
             known = summary.skipped_ids.setdefault(reason, [])
             known.extend(ids[: max(0, 5 - len(known))])
-    _finish(store, cfg, plan, nonfinite)
+    finish_table(db, cfg, plan, nonfinite)
     # files of shards lost with a killed worker were never committed: delete them (every
     # worker of this run is gone by now, so no file still being written is unverified)
-    store._dataset(cfg.table).cleanup_old_versions(older_than=timedelta(0),
+    db.dataset(cfg.table).cleanup_old_versions(older_than=timedelta(0),
                                                    delete_unverified=True)

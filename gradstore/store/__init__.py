@@ -1,7 +1,2 @@
-"""The LanceDB gradient store."""
-
-from gradstore.store.meta import Checkpoint, ProjectionSpec, TableMeta
-from gradstore.store.selections import Selection
-from gradstore.store.store import Store, open
-
-__all__ = ["Checkpoint", "ProjectionSpec", "Selection", "Store", "TableMeta", "open"]
+"""The store's persistence: LanceDB tables of gradient vectors, their provenance, the
+selection log (``database.Database``), and the streamed gradient source over a table."""

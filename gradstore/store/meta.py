@@ -13,6 +13,7 @@ META_KEY = "gradstore"
 INGEST_KEY = "gradstore.ingest"  # how an ingested table was made, and whether it is finished
 FORMAT_VERSION = 1
 VECTOR_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
+FLOAT16_MAX = 65504.0  # the largest finite float16: stored vectors must stay below it
 
 
 @dataclass(frozen=True)

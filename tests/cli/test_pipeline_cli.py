@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gradstore
-from gradstore.export import read_export
+from gradstore.ops.export import read_export
 from tests.cli.test_cli import run
 from tests.grads.models import save_tiny_llama
 from tests.grads.test_ingest import write_chat_data

@@ -65,7 +65,7 @@ def test_no_note_when_the_budget_is_filled_with_the_right_type(store_path):
 
 
 def test_run_summary_prints_each_note_once():
-    from gradstore.pipeline import RunSummary
+    from gradstore.ops.pipeline import RunSummary
 
     sel = {"method": "gtp", "target": "t", "budget": "5%", "chosen": 2, "k": 10,
            "residual": 0.9, "export": "x.jsonl", "note": "gtp chose 2 of the k=10 allowed"}

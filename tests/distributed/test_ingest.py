@@ -10,7 +10,7 @@ import pytest
 import gradstore
 from gradstore.distributed.ingest import RayIngestOptions, ingest_on_ray
 from gradstore.errors import GradstoreError
-from gradstore.grads.ingest import IngestConfig, stage_table
+from gradstore.grads.ingestion import IngestConfig, stage_table
 from tests.grads.test_ingest import train_checkpoints, write_chat_data
 
 N = 48
@@ -41,7 +41,7 @@ def reference(setup):
 
 
 def _table(store, table="pool") -> dict:
-    ds = store._dataset(table)
+    ds = store.database.dataset(table)
     cols = [c for c in ds.schema.names]
     tbl = ds.to_table(columns=cols).to_pydict()
     return {"cols": cols, "data": tbl, "meta": store.meta(table)}
@@ -49,7 +49,7 @@ def _table(store, table="pool") -> dict:
 
 def _assert_no_orphan_files(store, table="pool") -> None:
     """Every data file in the table's folder belongs to the committed table."""
-    ds = store._dataset(table)
+    ds = store.database.dataset(table)
     used = {f.path for frag in ds.get_fragments() for f in frag.metadata.files}
     on_disk = {p.name for p in (Path(ds.uri) / "data").iterdir()}
     assert on_disk == used
@@ -78,13 +78,13 @@ def _assert_same_table(got: dict, want: dict) -> None:
 def test_distributed_ingest_equals_single_process(ray_cluster, setup, reference, tmp_path):
     store = gradstore.open(tmp_path / "s")
     shards = []
-    summary = ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=2),
+    summary = ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=2),
                             on_shard=shards.append)
     assert summary.rows_written == N and summary.rows_present == 0
     assert len(shards) >= 4 and len({s["pid"] for s in shards}) == 2  # both workers worked
     assert sorted(r for s in shards for r in s["rows"]) == list(range(N))
     _assert_same_table(_table(store), reference)
-    assert stage_table("pool") not in store._all_tables()
+    assert stage_table("pool") not in store.database.all_tables()
     again = store.ingest(_cfg(setup), ray="local", workers=2)  # the Store API's way in
     assert again.rows_written == 0 and "nothing to do" in again.status
     with pytest.raises(GradstoreError, match="only with ray"):
@@ -103,7 +103,7 @@ def test_killed_worker_is_restarted_and_its_shard_retried(ray_cluster, setup, re
                                                           tmp_path):
     store = gradstore.open(tmp_path / "s")
     killed: list[int] = []
-    summary = ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=2, retries=2),
+    summary = ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=2, retries=2),
                             on_shard=lambda rec: _kill_one_worker(rec, killed))
     assert killed and summary.rows_written == N
     _assert_same_table(_table(store), reference)
@@ -114,7 +114,7 @@ def test_killed_worker_then_rerun_gives_the_same_table(ray_cluster, setup, refer
     store = gradstore.open(tmp_path / "s")
     killed: list[int] = []
     with pytest.raises(GradstoreError, match="rerun the same command") as failed:
-        ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=2, retries=0),
+        ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=2, retries=0),
                       on_shard=lambda rec: _kill_one_worker(rec, killed))
     assert "after 0 were done" not in str(failed.value)  # the recorded shard is counted
     # nothing half-written is visible: the table exists, empty and marked incomplete
@@ -122,13 +122,13 @@ def test_killed_worker_then_rerun_gives_the_same_table(ray_cluster, setup, refer
     assert store.meta("pool").incomplete
     with pytest.raises(GradstoreError, match="incomplete"):
         store.select("pool", budget=3)
-    staged = store._dataset(stage_table("pool")).count_rows()
+    staged = store.database.dataset(stage_table("pool")).count_rows()
     assert staged >= 1
-    summary = ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=2))
+    summary = ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=2))
     assert summary.rows_present >= 1 and summary.rows_written + summary.rows_present == N
     _assert_same_table(_table(store), reference)
     _assert_no_orphan_files(store)
-    assert stage_table("pool") not in store._all_tables()
+    assert stage_table("pool") not in store.database.all_tables()
 
 
 def test_interrupted_driver_resumes_from_recorded_shards(ray_cluster, setup, reference,
@@ -142,10 +142,10 @@ def test_interrupted_driver_resumes_from_recorded_shards(ray_cluster, setup, ref
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=2), on_shard=stop_after_two)
+        ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=2), on_shard=stop_after_two)
     assert store.num_rows("pool") == 0
     done = sum(len(r["ids"]) for r in seen)
-    summary = ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=2))
+    summary = ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=2))
     assert summary.rows_present == done and summary.rows_written == N - done
     _assert_same_table(_table(store), reference)
 
@@ -158,48 +158,48 @@ def test_single_process_run_finishes_a_distributed_one(ray_cluster, setup, refer
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=2), on_shard=stop)
+        ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=2), on_shard=stop)
     store.ingest(_cfg(setup))
     _assert_same_table(_table(store), reference)
-    assert stage_table("pool") not in store._all_tables()
+    assert stage_table("pool") not in store.database.all_tables()
 
 
 def test_bad_model_fails_cleanly_and_keeps_the_old_table(ray_cluster, setup, tmp_path):
     store = gradstore.open(tmp_path / "s")
-    ingest_on_ray(store, _cfg(setup, proj_dim=32), RayIngestOptions(workers=1))
+    ingest_on_ray(store.database, _cfg(setup, proj_dim=32), RayIngestOptions(workers=1))
     before = store.num_rows("pool")
     bad = _cfg(setup, model=str(setup[0].parent), overwrite=True)
     with pytest.raises(GradstoreError):
-        ingest_on_ray(store, bad, RayIngestOptions(workers=1))
+        ingest_on_ray(store.database, bad, RayIngestOptions(workers=1))
     assert store.num_rows("pool") == before and not store.meta("pool").incomplete
 
 
 def test_more_workers_than_the_cluster_has_is_refused(ray_cluster, setup, tmp_path):
     store = gradstore.open(tmp_path / "s")
     with pytest.raises(GradstoreError, match="need 3 CPUs but the cluster has 2"):
-        ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=3))
+        ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=3))
     with pytest.raises(GradstoreError, match="at least 1"):
-        ingest_on_ray(store, _cfg(setup), RayIngestOptions(workers=0))
+        ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=0))
     assert "pool" not in store.tables()
 
 
 def test_staged_shards_of_a_replaced_table_are_dropped(tmp_path):
-    from gradstore.distributed.ingest import _Stage
+    from gradstore.distributed.ingest import ShardLog
 
     store = gradstore.open(tmp_path / "s")
     rec = {"first": 0, "rows": [0, 1], "ids": ["a", "b"], "nonfinite": [], "skipped": "{}",
            "fragments": "[]"}
-    _Stage(store, "pool", "token-a").add(rec)
-    assert len(_Stage(store, "pool", "token-a").records(set())) == 1
-    assert _Stage(store, "pool", "token-a").records({"b"}) == []  # already committed
-    assert _Stage(store, "pool", "token-b").records(set()) == []  # another table's attempt
+    ShardLog(store.database, "pool", "token-a").add(rec)
+    assert len(ShardLog(store.database, "pool", "token-a").records(set())) == 1
+    assert ShardLog(store.database, "pool", "token-a").records({"b"}) == []  # already committed
+    assert ShardLog(store.database, "pool", "token-b").records(set()) == []  # another table's attempt
 
 
 def test_worker_refuses_checkpoint_files_other_than_the_drivers(setup, tmp_path):
     from dataclasses import replace
 
     from gradstore.distributed.ingest import _with_adapters
-    from gradstore.grads.ingest import plan_ingest
+    from gradstore.grads.ingestion import plan_ingest
     from gradstore.grads.model import load_tokenizer
 
     cfg = _cfg(setup)

@@ -9,7 +9,7 @@ from gradstore.selectors.gtp_paper import gtp_paper as gtp
 from gradstore.selectors.query import Query
 from gradstore.selectors.scan import MAXIMUM, ScanQuery, correlation_scan
 from gradstore.selectors.stacked import StackedPool
-from gradstore.store.store import RowBlock
+from gradstore.store.database import RowBlock
 from tests.conftest import clustered_rows, unit_rows
 
 T, D = 2, 48
@@ -26,13 +26,13 @@ def store(tmp_path_factory):
     st.import_vectors("pool", X[:500, D:], checkpoint="c2", ids=ids[:500], lr=1.0)
     for s in range(500, 3000, 417):
         e = min(3000, s + 417)
-        st.append_rows("pool", RowBlock(ids=ids[s:e], rows=list(range(s, e)),
+        st.database.append_rows("pool", RowBlock(ids=ids[s:e], rows=list(range(s, e)),
                                         vectors=[X[s:e, :D], X[s:e, D:]]))
     tgt = unit_rows(rng, 12, T, D) + X[rng.choice(3000, 12)]
     st.import_vectors("tgt", tgt[:, :D], checkpoint="c1", kind="target",
                       subtasks=["a", "b"] * 6)
     st.import_vectors("tgt", tgt[:, D:], checkpoint="c2")
-    assert len(st._dataset("pool").get_fragments()) == 7
+    assert len(st.database.dataset("pool").get_fragments()) == 7
     return st
 
 

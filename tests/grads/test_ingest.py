@@ -128,7 +128,8 @@ def test_adam_vectors_equal_formula_by_hand(tmp_path, llama_dir, checkpoints, ch
         for i in ref:
             rel = np.linalg.norm(got[i] - ref[i]) / np.linalg.norm(ref[i])
             assert rel < 1e-4, (ckpt.name, i, rel)
-    tbl = store._dataset("pool").to_table(columns=["id", "loss_1", "tokens", "content_hash"])
+    tbl = store.database.dataset("pool").to_table(
+        columns=["id", "loss_1", "tokens", "content_hash"])
     rows = {r["id"]: r for r in tbl.to_pylist()}
     for i, want in ref_loss.items():  # checkpoint-2's loss
         assert rows[i]["loss_1"] == pytest.approx(want, rel=1e-5)
@@ -202,7 +203,7 @@ class Crash(Exception):
 
 def crash_on_append(monkeypatch, store, nth: int) -> None:
     """Make the store's nth append fail, as a process dying mid-run would."""
-    real_append = store.append_rows
+    real_append = store.database.append_rows
     calls = {"n": 0}
 
     def append_then_die(table, block):
@@ -211,7 +212,7 @@ def crash_on_append(monkeypatch, store, nth: int) -> None:
             raise Crash()
         real_append(table, block)
 
-    monkeypatch.setattr(store, "append_rows", append_then_die)
+    monkeypatch.setattr(store.database, "append_rows", append_then_die)
 
 
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path, llama_dir, checkpoints,
@@ -464,10 +465,10 @@ def test_fsdp_name_keyed_optimizer_state(tmp_path, llama_dir, checkpoints, chat_
 
 
 def test_checkpoint_dirs_sort_in_training_order(tmp_path):
-    from gradstore.grads.ingest import _natural_key
+    from gradstore.grads.ingestion import natural_key
 
     given = [str(tmp_path / f"checkpoint-{s}") for s in (105, 21, 1050, 42)]
-    ordered = sorted(given, key=_natural_key)
+    ordered = sorted(given, key=natural_key)
     assert [Path(p).name for p in ordered] == [
         "checkpoint-21", "checkpoint-42", "checkpoint-105", "checkpoint-1050"
     ]

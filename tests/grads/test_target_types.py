@@ -106,11 +106,11 @@ def test_old_single_type_target_gets_the_other_type_added(tmp_path, llama_dir, c
     kw = _kw(llama_dir, checkpoints, kind="target")
     store.ingest("t", data=str(data), grad_type="sgd", **kw)
     sgd_before = store.vectors("t", grad_type="sgd")[1]
-    version = store._dataset("t").version
+    version = store.database.dataset("t").version
     summary = store.ingest("t", data=str(data), **kw)  # the new default: adam,sgd
     assert summary.status == "complete, added adam gradients" and summary.grad_type == "sgd+adam"
     meta = store.meta("t")
-    assert meta.grad_types == ["sgd", "adam"] and store._dataset("t").version > version
+    assert meta.grad_types == ["sgd", "adam"] and store.database.dataset("t").version > version
     np.testing.assert_array_equal(store.vectors("t", grad_type="sgd")[1], sgd_before)
     P = meta.projection.input_dim
     proj = make_projector("rademacher", P, 48, seed=0).matrix_rows(0, P)
@@ -118,7 +118,7 @@ def test_old_single_type_target_gets_the_other_type_added(tmp_path, llama_dir, c
     ids, X = store.vectors("t", checkpoints[1].name, grad_type="adam")
     for i, x in zip(ids, X, strict=True):
         assert _rel(x, ref[i]) < 1e-4
-    assert "_add_t" not in store._all_tables()
+    assert "_add_t" not in store.database.all_tables()
     again = store.ingest("t", data=str(data), **kw)  # now nothing is left to do
     assert again.rows_written == 0 and again.status.startswith("complete, nothing")
     asked_less = store.ingest("t", data=str(data), grad_type="sgd", **kw)  # a subset: fine

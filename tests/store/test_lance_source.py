@@ -8,8 +8,8 @@ from gradstore.selectors.partitioned import part_bounds, partitioned_gtp
 from gradstore.selectors.query import Query
 from gradstore.selectors.source import TensorSource
 from gradstore.selectors.stacked import StackedPool
+from gradstore.store.database import RowBlock
 from gradstore.store.lance_source import LanceSource
-from gradstore.store.store import RowBlock
 from tests.conftest import clustered_rows
 
 
@@ -23,10 +23,10 @@ def fragmented(tmp_path, rng):
                          vector_dtype="float32")
     store.import_vectors("pool", X[:40, d:], checkpoint="b", ids=[f"r{i}" for i in range(40)])
     for s, e in [(40, 90), (90, 91), (91, 200), (200, 230)]:
-        store.append_rows("pool", RowBlock(ids=[f"r{i}" for i in range(s, e)],
+        store.database.append_rows("pool", RowBlock(ids=[f"r{i}" for i in range(s, e)],
                                            rows=list(range(s, e)),
                                            vectors=[X[s:e, :d], X[s:e, d:]]))
-    ds = store._dataset("pool")
+    ds = store.database.dataset("pool")
     assert len(ds.get_fragments()) == 5
     meta = store.meta("pool")
     return LanceSource(ds, [c.column for c in meta.checkpoints], d), X

@@ -19,12 +19,17 @@ import os
 import re
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from gradstore.choices import METHODS
 from gradstore.errors import GradstoreError, TableConflict
+from gradstore.grads.ingestion import IngestConfig
+from gradstore.ops.export import export_selection
+from gradstore.ops.ingest import run_ingest
+from gradstore.ops.select import SelectOptions, run_selection, stop_note
+from gradstore.store.database import Database
 
 POOL_TABLE = "pool"
 
@@ -141,17 +146,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "", text.replace("%", "pct")) or "budget"
 
 
-def _ingest(store, overwrite: bool, cfg, **ray: Any):
+def _ingest(db: Database, overwrite: bool, cfg: IngestConfig, ray: str | None, **workers: Any):
     """Ingest (resuming); with ``overwrite``, a table from other settings is replaced, while one
     from the same settings is kept rather than recomputed."""
-    from dataclasses import replace
-
     try:
-        return store.ingest(cfg, **ray)
+        return run_ingest(db, cfg, ray, **workers)
     except TableConflict:
         if not overwrite:
             raise
-        return store.ingest(replace(cfg, overwrite=True), **ray)
+        return run_ingest(db, replace(cfg, overwrite=True), ray, **workers)
 
 
 def run_pipeline(cfg: RunConfig) -> RunSummary:
@@ -161,18 +164,16 @@ def run_pipeline(cfg: RunConfig) -> RunSummary:
     if cfg.ray is None:
         cluster: Any = nullcontext()
     else:
-        from gradstore.distributed.cluster import ray_cluster
+        from gradstore.distributed import session
 
-        cluster = ray_cluster(cfg.ray)  # one connection for every step
+        cluster = session(cfg.ray)  # one connection for every step
     with shared_models(), cluster:  # the model and tokenizer are loaded once for all steps
         return _run(cfg)
 
 
 def _run(cfg: RunConfig) -> RunSummary:
-    import gradstore
     from gradstore.config import config_from
     from gradstore.grads.data import read_records
-    from gradstore.grads.ingest import IngestConfig
     from gradstore.grads.warmup import WarmupConfig, warmup
     from gradstore.selectors.budget import budget_count
 
@@ -191,45 +192,43 @@ def _run(cfg: RunConfig) -> RunSummary:
                         f"({warm.status})")
     checkpoints = tuple(warm.checkpoint_paths)
 
-    store = gradstore.open(out / "store")
+    db = Database(out / "store")
     common = dict(
         model=cfg.model, gguf_file=cfg.gguf_file, checkpoints=checkpoints,
         projection=cfg.projection, proj_dim=cfg.proj_dim, seed=cfg.seed,
         max_length=cfg.max_length, batch_size=cfg.batch_size, device=cfg.device,
         dtype=cfg.dtype, vector_dtype=cfg.vector_dtype, progress=cfg.progress,
     )
-    ray = {} if cfg.ray is None else {"ray": cfg.ray, "workers": cfg.workers}
-    pool = _ingest(store, cfg.overwrite, IngestConfig(
+    workers = {} if cfg.ray is None else {"workers": cfg.workers}
+    pool = _ingest(db, cfg.overwrite, IngestConfig(
         table=POOL_TABLE, data=cfg.data, split=cfg.split, kind="pool", grad_type=cfg.grad_type,
         **common,
-    ), **ray)
+    ), cfg.ray, **workers)
     steps["ingest pool"] = f"{pool.rows_present + pool.rows_written} rows ({pool.status})"
     names = target_tables(cfg.targets)
-    pool_type = store.meta(POOL_TABLE).grad_type
+    pool_type = db.meta(POOL_TABLE).grad_type
     target_types = pool_type if pool_type == "sgd" else f"{pool_type},sgd"
     for name, path in zip(names, cfg.targets, strict=True):
-        t = _ingest(store, cfg.overwrite, IngestConfig(
+        t = _ingest(db, cfg.overwrite, IngestConfig(
             table=name, data=path, kind="target", subtask_field=cfg.subtask_field,
             grad_type=target_types, **common,
-        ), **ray)
+        ), cfg.ray, **workers)
         steps[f"ingest {name}"] = f"{t.rows_present + t.rows_written} rows ({t.status})"
 
     records = []
     sel_dir = out / "selections"
     for method in cfg.methods:
-        sels = store.select(
-            POOL_TABLE, target=list(names) or [None], budget=list(cfg.budgets), method=method,
-            target_mode=cfg.target_mode, seed=cfg.seed, progress=cfg.progress,
-            ray=cfg.ray,
-        )
+        sels = run_selection(db, POOL_TABLE, list(names) or [None], list(cfg.budgets),
+                             SelectOptions(method=method, target_mode=cfg.target_mode,
+                                           seed=cfg.seed, progress=cfg.progress, ray=cfg.ray))
         for sel in sels:
             path = sel_dir / f"{sel.target or 'in-domain'}-{method}-{_slug(sel.budget)}.jsonl"
-            store.export(sel.selection_id, path, data=cfg.data, split=cfg.split)
+            export_selection(db, sel.selection_id, path, data=cfg.data, split=cfg.split)
             records.append({
                 "selection_id": sel.selection_id, "method": method, "target": sel.target,
                 "budget": sel.budget, "k": int(sel.k), "chosen": len(sel.ids),
                 "residual": float(sel.residual), "seconds": float(sel.seconds), "export": str(path),
-                "note": store.stop_note(sel),
+                "note": stop_note(sel),
             })
     summary = RunSummary(str(out), str(out / "store"), list(checkpoints), records,
                          time.perf_counter() - started, steps)

@@ -1,10 +1,10 @@
-"""The gradient store: LanceDB tables of per-example gradient vectors, plus selections."""
+"""Persistence: LanceDB tables of per-example gradient vectors, their metadata, and the
+selection log. Nothing here knows how vectors are computed or chosen."""
 
 from __future__ import annotations
 
 import datetime
 import json
-import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -17,18 +17,13 @@ import numpy as np
 import pyarrow as pa
 
 from gradstore.errors import GradstoreError
-from gradstore.selectors.budget import Budget
-from gradstore.selectors.source import TensorSource
 from gradstore.store.importing import (
     validate_ids,
-    validate_subtasks,
     validate_vectors,
 )
 from gradstore.store.lance_source import LanceSource
 from gradstore.store.meta import (
     INGEST_KEY,
-    VECTOR_DTYPES,
-    ProjectionSpec,
     TableMeta,
     base_fields,
     checkpoint_fields,
@@ -55,13 +50,25 @@ class RowBlock:
     extra_vectors: dict[str, list[np.ndarray]] | None = None
     """Further gradient types of the same rows: type -> one (n, d) array per checkpoint."""
 
-
-def _default_memory_budget() -> int:
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        total = 8 << 30
-    return int(total * 0.4)
+    @classmethod
+    def concat(cls, blocks: list[RowBlock]) -> RowBlock:
+        """The rows of several blocks (same checkpoints and types), in order."""
+        T = len(blocks[0].vectors)
+        extra = blocks[0].extra_vectors
+        return cls(
+            ids=[i for b in blocks for i in b.ids],
+            rows=[r for b in blocks for r in b.rows],
+            vectors=[np.concatenate([b.vectors[t] for b in blocks]) for t in range(T)],
+            subtasks=[s for b in blocks for s in b.subtasks],
+            tokens=[s for b in blocks for s in b.tokens],
+            content_hashes=[s for b in blocks for s in b.content_hashes],
+            losses=[np.concatenate([b.losses[t] for b in blocks]) for t in range(T)],
+            extra_vectors={
+                gt: [np.concatenate([b.extra_vectors[gt][t] for b in blocks])
+                     for t in range(T)]
+                for gt in extra
+            } if extra else None,
+        )
 
 
 def _stored(arr: np.ndarray, dtype: str) -> np.ndarray:
@@ -78,8 +85,12 @@ def _norms(stored: np.ndarray) -> np.ndarray:
     return np.linalg.norm(stored.astype(np.float32), axis=1).astype(np.float32)
 
 
-class Store:
-    """An embedded gradient store at a local path (or any URI LanceDB supports)."""
+class Database:
+    """The store's persistence: LanceDB tables of per-example gradient vectors, their
+    provenance, and the selection log, at a local path (or any URI LanceDB supports).
+
+    Everything here reads or writes Lance; what the rows mean is decided above it
+    (ingestion, selection, import and export are operations over a Database)."""
 
     def __init__(self, uri: str | Path, create: bool = True) -> None:
         self.uri = str(uri)
@@ -94,20 +105,19 @@ class Store:
         if local and not Path(self.uri).is_dir():
             raise GradstoreError(f"store {self.uri!r} is a file, not a directory")
         self.db = lancedb.connect(self.uri)
-        self._ram_cache: dict[tuple[str, int], TensorSource] = {}
 
     # ---------------------------------------------------------------- tables
-    def _all_tables(self) -> list[str]:
+    def all_tables(self) -> list[str]:
         res = self.db.list_tables()
         names = getattr(res, "tables", res)
         return sorted(names)
 
     def tables(self) -> list[str]:
         """Names of the gradient tables (pool and target tables)."""
-        return [t for t in self._all_tables() if not t.startswith("_")]
+        return [t for t in self.all_tables() if not t.startswith("_")]
 
-    def _dataset(self, table: str) -> lance.LanceDataset:
-        if table not in self._all_tables():
+    def dataset(self, table: str) -> lance.LanceDataset:
+        if table not in self.all_tables():
             have = ", ".join(self.tables()) or "none"
             raise GradstoreError(
                 f"table {table!r} is not in store {self.uri!r} (tables: {have}); "
@@ -117,30 +127,30 @@ class Store:
 
     def meta(self, table: str) -> TableMeta:
         """The provenance stored with a table."""
-        return TableMeta.from_schema(self._dataset(table).schema, table)
+        return TableMeta.from_schema(self.dataset(table).schema, table)
 
     def num_rows(self, table: str) -> int:
-        return self._dataset(table).count_rows()
+        return self.dataset(table).count_rows()
 
     def ids(self, table: str) -> list[str]:
         """Example ids in storage order, the order of every vector read."""
-        return self._dataset(table).to_table(columns=["id"]).column("id").to_pylist()
+        return self.dataset(table).to_table(columns=["id"]).column("id").to_pylist()
 
     def subtasks(self, table: str) -> list[str | None]:
-        return self._dataset(table).to_table(columns=["subtask"]).column("subtask").to_pylist()
+        return self.dataset(table).to_table(columns=["subtask"]).column("subtask").to_pylist()
 
     def info(self, table: str | None = None) -> dict[str, Any]:
         """Rows, dims, checkpoints, projection, model and stored selections."""
         if table is None:
             return {
                 "uri": self.uri,
-                "tables": {t: self._table_summary(t) for t in self.tables()},
+                "tables": {t: self.table_summary(t) for t in self.tables()},
                 "selections": [_selection_summary(s) for s in self.selections()],
             }
-        return self._table_summary(table, full=True)
+        return self.table_summary(table, full=True)
 
-    def _table_summary(self, table: str, full: bool = False) -> dict[str, Any]:
-        ds = self._dataset(table)
+    def table_summary(self, table: str, full: bool = False) -> dict[str, Any]:
+        ds = self.dataset(table)
         meta = TableMeta.from_schema(ds.schema, table)
         out: dict[str, Any] = {
             "table": table,
@@ -171,127 +181,12 @@ class Store:
             ]
         return out
 
-    # ---------------------------------------------------------------- import
-    def import_vectors(
-        self,
-        table: str,
-        vectors: Any,
-        checkpoint: str = "0",
-        ids: Sequence[str] | None = None,
-        subtasks: Sequence[str] | None = None,
-        lr: float | None = None,
-        *,
-        kind: str | None = None,
-        vector_dtype: str = "float16",
-        projection: ProjectionSpec | dict | None = None,
-        grad_type: str | None = None,
-        model: str | None = None,
-        tokens: Sequence[int] | None = None,
-        losses: Sequence[float] | None = None,
-        extra_vectors: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Add one checkpoint's (N, d) vectors to ``table`` (created if missing).
-
-        ``extra_vectors`` (adding a checkpoint to a table that stores several gradient
-        types) maps each further type to that checkpoint's (N, d) vectors of the same rows.
-
-        Calling again with another ``checkpoint`` adds that checkpoint's vectors to
-        the same rows, matched by id when ``ids`` are given, else by row order.
-        Everything is validated before anything is written.
-        """
-        if not table or table.startswith("_") or "/" in table:
-            raise GradstoreError(
-                f"table name {table!r} is not allowed; use letters, digits, '-', '_'"
-            )
-        if vector_dtype not in VECTOR_DTYPES:
-            raise GradstoreError(f"vector dtype {vector_dtype!r} is not one of float16, float32")
-        if lr is not None and (not np.isfinite(lr) or lr < 0):
-            raise GradstoreError(f"learning rate {lr!r} must be a finite number >= 0")
-        checkpoint = str(checkpoint)
-        arr = validate_vectors(vectors)
-        n, dim = arr.shape
-        if isinstance(projection, dict):
-            projection = ProjectionSpec(**projection)
-        exists = table in self._all_tables()
-        if exists:
-            meta = self.meta(table)
-            vector_dtype = meta.vector_dtype
-        if vector_dtype == "float16" and np.abs(arr).max() >= 65504:
-            raise GradstoreError(
-                f"vectors reach {np.abs(arr).max():.3g}, beyond float16's range; "
-                "import with --vector-dtype float32 (or rescale them)"
-            )
-        extra_cols = {"tokens": tokens, "losses": losses}
-        for name, col in extra_cols.items():
-            if col is not None and len(col) != n:
-                raise GradstoreError(f"{len(col)} {name} given for {n} vector rows")
-        if not exists:
-            ids_l = validate_ids(list(ids) if ids is not None else None, n)
-            sub_l = validate_subtasks(list(subtasks) if subtasks is not None else None, n)
-            meta = TableMeta(
-                kind=kind or "pool",
-                dim=dim,
-                vector_dtype=vector_dtype,
-                projection=projection or ProjectionSpec(kind="unknown", dim=dim),
-                grad_type=grad_type,
-                model=model,
-            )
-            self._create(table, meta, arr, ids_l, sub_l, checkpoint, lr, tokens, losses)
-            return {"table": table, "rows": n, "checkpoint": checkpoint, "created": True}
-        if meta.incomplete:
-            raise GradstoreError(
-                f"table {table!r} is still being ingested; finish that first (rerun the same "
-                "`gradstore ingest` command)"
-            )
-        self._check_addition(table, meta, dim, checkpoint, projection, grad_type, model)
-        existing = self.ids(table)
-        if ids is None:
-            if n != len(existing):
-                raise GradstoreError(
-                    f"table {table!r} has {len(existing)} rows but {n} vectors were given; "
-                    "give --ids to match rows by id, or the same number of rows"
-                )
-            source_of_row = np.arange(n)
-        else:
-            source_of_row = self._match_ids(table, ids, n)
-        if subtasks is not None:
-            stored = self.subtasks(table)
-            given = [list(subtasks)[i] for i in source_of_row]
-            if any(s is not None for s in stored) and [str(g) for g in given] != stored:
-                raise GradstoreError(
-                    f"subtask labels differ from those stored in {table!r}; omit --subtasks "
-                    "when adding a checkpoint"
-                )
-        extra = {t: validate_vectors(v) for t, v in (extra_vectors or {}).items()}
-        for t, v in extra.items():
-            if v.shape != arr.shape:
-                raise GradstoreError(f"{t} vectors have shape {v.shape}, expected {arr.shape}")
-        self._add_checkpoint(table, meta, arr, source_of_row, checkpoint, lr, losses, extra)
-        return {"table": table, "rows": n, "checkpoint": checkpoint, "created": False}
-
-    def _check_addition(self, table, meta, dim, checkpoint, projection, grad_type, model) -> None:
-        if dim != meta.dim:
-            raise GradstoreError(
-                f"vectors have {dim} dims but table {table!r} has {meta.dim}; "
-                "use the same projection for every checkpoint"
-            )
-        if checkpoint in meta.checkpoint_names:
-            raise GradstoreError(
-                f"checkpoint {checkpoint!r} is already in table {table!r} "
-                f"(has {meta.checkpoint_names}); use another --checkpoint name"
-            )
-        if projection is not None and projection != meta.projection:
-            raise GradstoreError(
-                f"projection {projection} differs from table {table!r}'s {meta.projection}"
-            )
-        for what, given, stored in (
-            ("gradient type", grad_type, meta.grad_type),
-            ("model", model, meta.model),
-        ):
-            if given is not None and stored is not None and given != stored:
-                raise GradstoreError(f"{what} {given!r} differs from table {table!r}'s {stored!r}")
-
-    def _create(self, table, meta, arr, ids, subtasks, checkpoint, lr, tokens, losses) -> None:
+    def create_from_array(
+        self, table: str, meta: TableMeta, arr: np.ndarray, ids: list[str],
+        subtasks: list[str] | None, checkpoint: str, lr: float | None,
+        tokens: Sequence[int] | None, losses: Sequence[float] | None,
+    ) -> None:
+        """A new table holding one checkpoint's (N, d) vectors, written in pages."""
         n = arr.shape[0]
 
         def blocks():
@@ -309,7 +204,7 @@ class Store:
         self.create_table(table, meta, [(checkpoint, lr)], blocks())
 
     @staticmethod
-    def _schema(meta: TableMeta, checkpoints: Sequence[tuple[str, float | None]]) -> pa.Schema:
+    def schema(meta: TableMeta, checkpoints: Sequence[tuple[str, float | None]]) -> pa.Schema:
         fields = base_fields()
         for i, (name, lr) in enumerate(checkpoints):
             fields += checkpoint_fields(i, name, lr, meta.dim, meta.vector_dtype,
@@ -317,7 +212,7 @@ class Store:
         return pa.schema(fields, metadata=meta.to_schema_metadata())
 
     @staticmethod
-    def _record_batch(schema: pa.Schema, meta: TableMeta, block: RowBlock) -> pa.RecordBatch:
+    def record_batch(schema: pa.Schema, meta: TableMeta, block: RowBlock) -> pa.RecordBatch:
         n = len(block.ids)
 
         def opt(values, typ):
@@ -353,8 +248,8 @@ class Store:
         blocks: Iterable[RowBlock] = (),
     ) -> None:
         """Create ``table`` with one vector column per (checkpoint name, lr), and ``blocks``."""
-        schema = self._schema(meta, checkpoints)
-        batches = (self._record_batch(schema, meta, b) for b in blocks)
+        schema = self.schema(meta, checkpoints)
+        batches = (self.record_batch(schema, meta, b) for b in blocks)
         reader = pa.RecordBatchReader.from_batches(schema, batches)
         with warnings.catch_warnings():
             # 2.0 files scanned fastest for float16 vectors here (LANCE.md)
@@ -363,7 +258,7 @@ class Store:
 
     def append_rows(self, table: str, block: RowBlock) -> None:
         """Append complete rows (every checkpoint's vectors) in one atomic commit."""
-        ds = self._dataset(table)
+        ds = self.dataset(table)
         meta = TableMeta.from_schema(ds.schema, table)
         if len(block.vectors) != len(meta.checkpoints):
             raise GradstoreError(
@@ -371,27 +266,26 @@ class Store:
                 f"{len(meta.checkpoints)}"
             )
         schema = ds.schema
-        batch = self._record_batch(schema, meta, block)
+        batch = self.record_batch(schema, meta, block)
         self.db.open_table(table).add(pa.Table.from_batches([batch], schema=schema))
 
     def update_ingest_state(self, table: str, state: dict[str, Any]) -> None:
         """Replace the ingestion record kept in ``table``'s schema metadata."""
-        self._dataset(table).update_schema_metadata({INGEST_KEY: json.dumps(state)})
+        self.dataset(table).update_schema_metadata({INGEST_KEY: json.dumps(state)})
 
     def compact(self, table: str) -> None:
         """Merge the fragments of many small appends and drop the superseded files."""
-        ds = self._dataset(table)
+        ds = self.dataset(table)
         if len(ds.get_fragments()) > 1:
             ds.optimize.compact_files(target_rows_per_fragment=1 << 20)
-            ds = self._dataset(table)
+            ds = self.dataset(table)
             ds.cleanup_old_versions(older_than=datetime.timedelta(0))
 
     def drop_table(self, table: str) -> None:
-        self._dataset(table)  # a clear error when missing
+        self.dataset(table)  # a clear error when missing
         self.db.drop_table(table)
-        self._ram_cache.clear()
 
-    def _add_checkpoint(
+    def add_checkpoint(
         self, table, meta, arr, source_of_row, checkpoint, lr, losses, extra=None
     ) -> None:
         """Add checkpoint columns (every stored gradient type: ``extra`` maps each further
@@ -408,7 +302,7 @@ class Store:
                                    meta.extra_types)
         values = {vector_column(index): arr, loss_column(index): losses}
         values |= {vector_column(index, t): extra[t] for t in meta.extra_types}
-        self._add_columns(table, meta, fields, values, source_of_row)
+        self.add_columns(table, meta, fields, values, source_of_row)
 
     def add_grad_type(
         self, table: str, grad_type: str, vectors: dict[str, np.ndarray], ids: Sequence[str]
@@ -433,14 +327,14 @@ class Store:
                     f"{grad_type} vectors of checkpoint {name!r} have {a.shape[1]} dims, table "
                     f"{table!r} has {meta.dim}"
                 )
-        source_of_row = self._match_ids(table, ids, len(next(iter(arrays.values()))))
+        source_of_row = self.match_ids(table, ids, len(next(iter(arrays.values()))))
         fields, values = [], {}
         for i, c in enumerate(meta.checkpoints):
             fields += type_fields(i, c.name, c.lr, meta.dim, meta.vector_dtype, grad_type)
             values[vector_column(i, grad_type)] = arrays[c.name]
-        self._add_columns(table, meta, fields, values, source_of_row)
+        self.add_columns(table, meta, fields, values, source_of_row)
 
-    def _match_ids(self, table: str, ids: Sequence[str], n: int) -> np.ndarray:
+    def match_ids(self, table: str, ids: Sequence[str], n: int) -> np.ndarray:
         """For each stored row (storage order), the position of its id in ``ids``."""
         existing = self.ids(table)
         ids_l = validate_ids(list(ids), n)
@@ -455,14 +349,14 @@ class Store:
             )
         return np.array([pos[x] for x in existing], dtype=np.int64)
 
-    def _add_columns(
+    def add_columns(
         self, table: str, meta: TableMeta, fields: list[pa.Field],
         values: dict[str, np.ndarray | None], source_of_row: np.ndarray,
     ) -> None:
         """Add ``fields`` to every row in one column addition: each vector field takes its
         array's row ``source_of_row[i]`` (its norm field follows from it), each loss field
         its array's (or nulls)."""
-        ds = self._dataset(table)
+        ds = self.dataset(table)
         # storage position of each `row` value (rows may have gaps where ingestion skipped)
         stored_rows = ds.to_table(columns=["row"]).column("row").to_numpy()
         order = np.argsort(stored_rows)
@@ -497,23 +391,23 @@ class Store:
         ``grad_type`` picks one of the gradient types the table stores (default: its
         primary type, ``info``'s ``grad_type``).
         """
-        ds = self._dataset(table)
+        ds = self.dataset(table)
         meta = TableMeta.from_schema(ds.schema, table)
-        cols = self._columns(table, meta, checkpoint, grad_type)
+        cols = self.columns(table, meta, checkpoint, grad_type)
         src = LanceSource(ds, cols, meta.dim)
         X = src.load().float().numpy()
         return self.ids(table), X
 
     def losses(self, table: str, checkpoint: str) -> np.ndarray:
         """Each example's loss at ``checkpoint`` (storage order; NaN where unknown)."""
-        ds = self._dataset(table)
+        ds = self.dataset(table)
         meta = TableMeta.from_schema(ds.schema, table)
-        self._columns(table, meta, checkpoint)  # a clear error when the checkpoint is missing
+        self.columns(table, meta, checkpoint)  # a clear error when the checkpoint is missing
         col = loss_column(meta.checkpoint_names.index(str(checkpoint)))
         values = ds.to_table(columns=[col]).column(col).to_numpy(zero_copy_only=False)
         return np.asarray(values, dtype=np.float32)
 
-    def _columns(
+    def columns(
         self, table: str, meta: TableMeta, checkpoint: str | None, grad_type: str | None = None
     ) -> list[str]:
         if grad_type is not None and grad_type not in meta.grad_types:
@@ -531,44 +425,44 @@ class Store:
             f"checkpoint {checkpoint!r} is not in table {table!r} (has {meta.checkpoint_names})"
         )
 
-    def source(self, table: str, mode: str = "auto", memory_budget: int | None = None):
-        """A gradient source over all checkpoints: in RAM if it fits the budget, else streamed."""
-        ds = self._dataset(table)
+    def lance_source(self, table: str, grad_type: str | None = None) -> LanceSource:
+        """Every checkpoint's vectors of ``table`` (of ``grad_type``, default its primary
+        one), side by side, streamed from Lance (the gradient-source interface)."""
+        ds = self.dataset(table)
         meta = TableMeta.from_schema(ds.schema, table)
         if not meta.checkpoints:
             raise GradstoreError(f"table {table!r} has no vectors")
-        cols = [c.column for c in meta.checkpoints]
-        lsrc = LanceSource(ds, cols, meta.dim)
-        if mode not in ("auto", "ram", "stream"):
-            raise GradstoreError(f"scan mode {mode!r} is not one of auto, ram, stream")
-        if mode == "auto":
-            itemsize = 2 if meta.vector_dtype == "float16" else 4
-            need = lsrc.num_rows * len(cols) * meta.dim * itemsize
-            budget = _default_memory_budget() if memory_budget is None else memory_budget
-            mode = "ram" if need <= budget else "stream"
-        if mode == "stream":
-            return lsrc
-        key = (table, ds.version)
-        if key not in self._ram_cache:
-            self._ram_cache = {key: TensorSource(lsrc.load(), len(cols), lsrc.row_norms())}
-        return self._ram_cache[key]
+        return LanceSource(ds, self.columns(table, meta, None, grad_type), meta.dim)
+
+    def plain_table(self, name: str, schema: pa.Schema | None = None):
+        """A hidden bookkeeping table (a staging record, a log), opened, or created empty
+        with ``schema`` when given and missing; a LanceDB table (``add``, ``to_arrow``)."""
+        if name not in self.all_tables() and schema is not None:
+            return self.db.create_table(name, schema=schema)
+        return self.db.open_table(name)
 
     # ---------------------------------------------------------------- selections
-    def _selections_table(self, create: bool):
-        if SELECTIONS_TABLE in self._all_tables():
+    def selections_table(self, create: bool):
+        if SELECTIONS_TABLE in self.all_tables():
             return self.db.open_table(SELECTIONS_TABLE)
         if not create:
             return None
         return self.db.create_table(SELECTIONS_TABLE, schema=SELECTIONS_SCHEMA)
 
     def selections(self) -> list[Selection]:
-        tbl = self._selections_table(create=False)
+        tbl = self.selections_table(create=False)
         if tbl is None:
             return []
         return [Selection.from_record(r) for r in tbl.to_arrow().to_pylist()]
 
     def selection(self, selection_id: str) -> Selection:
-        tbl = self._selections_table(create=False)
+        """The stored selection ``selection_id`` (``latest``: the most recent one)."""
+        if selection_id == "latest":
+            sels = sorted(self.selections(), key=lambda s: s.created)
+            if not sels:
+                raise GradstoreError(f"store {self.uri!r} holds no selections; run select first")
+            return sels[-1]
+        tbl = self.selections_table(create=False)
         if tbl is not None:
             sid = selection_id.replace("'", "")
             rows = tbl.to_lance().to_table(filter=f"selection_id = '{sid}'").to_pylist()
@@ -579,102 +473,9 @@ class Store:
             "`gradstore info STORE` lists the stored selections"
         )
 
-    def _save(self, sels: list[Selection]) -> None:
-        tbl = self._selections_table(create=True)
+    def save_selections(self, sels: list[Selection]) -> None:
+        tbl = self.selections_table(create=True)
         tbl.add(pa.Table.from_pylist([s.to_record() for s in sels], schema=SELECTIONS_SCHEMA))
-
-    # ---------------------------------------------------------------- ingest
-    def ingest(self, table_or_config: Any = None, /, **options: Any):
-        """Compute and store per-example gradients (see :class:`IngestConfig`).
-
-        ``store.ingest("pool", model=..., data=..., checkpoints=[...])`` or
-        ``store.ingest(IngestConfig(...))``; returns an ``IngestSummary``.
-        Rerunning an interrupted ingestion finishes it. ``ray="local"`` (or a cluster
-        address) shards the work over Ray workers (``workers``, ``worker_cpus``,
-        ``worker_retries``: see ``RayIngestOptions``).
-        """
-        from gradstore.grads.ingest import IngestConfig, ingest
-
-        ray = options.pop("ray", None)
-        ray_options = {k: options.pop(k) for k in ("workers", "worker_cpus", "worker_retries")
-                       if k in options}
-
-        if isinstance(table_or_config, IngestConfig):
-            cfg = table_or_config
-        else:
-            if "checkpoints" in options and options["checkpoints"] is not None:
-                options["checkpoints"] = tuple(str(c) for c in options["checkpoints"])
-            for key in ("lora_targets", "lrs"):
-                if options.get(key) is not None:
-                    options[key] = tuple(options[key])
-            try:
-                cfg = IngestConfig(table=table_or_config, **options)
-            except TypeError as exc:
-                raise GradstoreError(f"ingest options: {exc}") from exc
-        if ray is None:
-            if ray_options:
-                raise GradstoreError(f"{', '.join(ray_options)} apply only with ray=ADDRESS")
-            return ingest(self, cfg)
-        from gradstore.distributed.ingest import RayIngestOptions, ingest_on_ray
-
-        if "worker_retries" in ray_options:
-            ray_options["retries"] = ray_options.pop("worker_retries")
-        return ingest_on_ray(self, cfg, RayIngestOptions(address=ray, **ray_options))
-
-    # ---------------------------------------------------------------- select
-    def select(
-        self,
-        pool: str,
-        target: str | None | Sequence[str | None] = None,
-        budget: Budget | Sequence[Budget] = 0.05,
-        method: str = "gtp",
-        **options: Any,
-    ) -> Selection | list[Selection]:
-        """Choose pool examples for each (target, budget); lists in, list out."""
-        from gradstore.store.querying import run_selection
-
-        many = isinstance(target, (list, tuple)) or isinstance(budget, (list, tuple))
-        targets = list(target) if isinstance(target, (list, tuple)) else [target]
-        budgets = list(budget) if isinstance(budget, (list, tuple)) else [budget]
-        sels = run_selection(self, pool, targets, budgets, method, **options)
-        return sels if many else sels[0]
-
-    def stop_note(self, sel: Selection) -> str | None:
-        """Why a selection holds fewer than k examples, or read a target of another gradient
-        type than the pool, and what to do; None when neither.
-
-        gtp-paper and omp stop once no further pool example lowers the residual (at the
-        NNLS optimum every other example correlates negatively with what is left). This
-        happens above all when the target holds another gradient type than the pool: a
-        weighted sum of Adam rows fits a plain-SGD target poorly. Targets ingested by this
-        version store both types, and each method reads the one it needs.
-        """
-        note = None
-        if len(sel.ids) < sel.k:
-            note = (f"{sel.method} chose {len(sel.ids)} of the k={sel.k} allowed: more pool "
-                    f"examples do not lower the residual ({sel.residual:.2f} of the target's "
-                    "norm)")
-        used = sel.params.get("target_grad_type")
-        pool_type = sel.params.get("pool_grad_type")
-        wanted = "sgd" if sel.method == "less" else pool_type
-        if sel.target is None or not used or not wanted or used == wanted:
-            return None if note is None else f"{note}; use --method gtp to fill the budget"
-        mismatch = (f"target {sel.target!r} stores only {used} gradients and {sel.method} "
-                    f"reads {wanted} ones; add them with the same `gradstore ingest` command "
-                    f"plus --grad-type {wanted},{used} (only the new type is computed)")
-        return mismatch if note is None else f"{note}; {mismatch}"
-
-    # ---------------------------------------------------------------- export
-    def export(self, selection_id: str, out: str | Path, data: str | Path | None = None,
-               **options: Any):
-        """Write the selected rows of the original data file, with ``rank`` and ``weight``.
-
-        ``data`` defaults to the file the pool was ingested from; returns an ``ExportSummary``.
-        """
-        from gradstore.export import export_selection
-
-        return export_selection(self, selection_id, out, data=data, **options)
-
 
 def _selection_summary(s: Selection) -> dict[str, Any]:
     return {
@@ -689,6 +490,3 @@ def _selection_summary(s: Selection) -> dict[str, Any]:
     }
 
 
-def open(uri: str | Path, create: bool = True) -> Store:  # noqa: A001 - the public name
-    """Open (or create) the store at ``uri``."""
-    return Store(uri, create=create)

@@ -13,13 +13,11 @@ import os
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gradstore.errors import GradstoreError
 from gradstore.grads.data import read_records
-
-if TYPE_CHECKING:
-    from gradstore.store.store import Store
+from gradstore.store.database import Database
 
 OUT_SUFFIXES = (".jsonl", ".parquet")
 
@@ -48,7 +46,7 @@ class ExportSummary:
 
 
 def export_selection(
-    store: Store,
+    db: Database,
     selection_id: str,
     out: str | Path,
     data: str | Path | None = None,
@@ -61,7 +59,7 @@ def export_selection(
 
     ``data`` (and ``split``) default to the file the pool table was ingested from.
     """
-    sel = store.selection(selection_id)
+    sel = db.selection(selection_id)
     out_p = Path(out)
     suffix = _out_suffix(out_p)
     if weight_column == rank_column or "id" in (weight_column, rank_column):
@@ -69,7 +67,7 @@ def export_selection(
             f"weight column {weight_column!r} and rank column {rank_column!r} must differ "
             "from each other and from 'id'; pick other --weight-column/--rank-column names"
         )
-    source, source_split = _recorded_source(store, sel.pool)
+    source, source_split = _recorded_source(db, sel.pool)
     if data is None:
         if source is None or not Path(source).exists():
             known = f" (recorded source {source!r} does not exist)" if source else ""
@@ -148,10 +146,10 @@ def _out_suffix(p: Path) -> str:
     return suffix
 
 
-def _recorded_source(store: Store, pool: str) -> tuple[str | None, str | None]:
+def _recorded_source(db: Database, pool: str) -> tuple[str | None, str | None]:
     """The data file (and split) the pool table was ingested from, if recorded."""
     try:
-        extra = store.meta(pool).extra
+        extra = db.meta(pool).extra
     except GradstoreError:  # the pool table was dropped since the selection
         return None, None
     source, split = extra.get("source"), extra.get("split")

@@ -1,0 +1,222 @@
+"""The public Python API: ``gradstore.open(uri)`` gives a :class:`Store`, whose tables are
+:class:`Table` values; ``gradstore.warmup`` and ``gradstore.run`` run the warm-up and the
+whole pipeline.
+
+The facade decides nothing itself: each method validates its arguments into the
+operation's options and calls the operation (``gradstore.ops``) over the store's
+persistence (:class:`gradstore.store.database.Database`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gradstore.errors import GradstoreError
+from gradstore.grads.ingestion import IngestConfig, IngestSummary
+from gradstore.ops.export import ExportSummary, export_selection
+from gradstore.ops.importing import import_vectors
+from gradstore.ops.ingest import run_ingest
+from gradstore.ops.select import SelectOptions, SourceCache, pool_source, run_selection, stop_note
+from gradstore.selectors.budget import Budget
+from gradstore.store.database import Database
+from gradstore.store.meta import TableMeta
+from gradstore.store.selections import Selection
+
+RAY_INGEST_KEYS = ("workers", "worker_cpus", "worker_retries")
+
+
+class Store:
+    """An embedded gradient store at a local path (or any URI LanceDB supports)."""
+
+    def __init__(self, uri: str | Path, create: bool = True) -> None:
+        self.database = Database(uri, create=create)
+        """The persistence underneath (Lance tables, the selection log)."""
+        self.uri = self.database.uri
+        self._cache = SourceCache()
+
+    def __repr__(self) -> str:
+        return f"gradstore.Store({self.uri!r})"
+
+    # ---------------------------------------------------------------- tables
+    def tables(self) -> list[str]:
+        """Names of the gradient tables (pool and target tables)."""
+        return self.database.tables()
+
+    def table(self, name: str) -> Table:
+        """Table ``name`` as a value (a clear error when it is missing)."""
+        self.database.dataset(name)
+        return Table(self, name)
+
+    def meta(self, table: str) -> TableMeta:
+        """The provenance stored with a table."""
+        return self.database.meta(table)
+
+    def num_rows(self, table: str) -> int:
+        return self.database.num_rows(table)
+
+    def ids(self, table: str) -> list[str]:
+        """Example ids in storage order, the order of every vector read."""
+        return self.database.ids(table)
+
+    def subtasks(self, table: str) -> list[str | None]:
+        return self.database.subtasks(table)
+
+    def info(self, table: str | None = None) -> dict[str, Any]:
+        """Rows, dims, checkpoints, projection, gradient types, model, selections."""
+        return self.database.info(table)
+
+    def vectors(self, table: str, checkpoint: str | None = None,
+                grad_type: str | None = None) -> tuple[list[str], np.ndarray]:
+        """``(ids, X)``: one checkpoint's vectors, or all side by side (None), float32."""
+        return self.database.vectors(table, checkpoint, grad_type)
+
+    def losses(self, table: str, checkpoint: str) -> np.ndarray:
+        """Each example's loss at ``checkpoint`` (storage order; NaN where unknown)."""
+        return self.database.losses(table, checkpoint)
+
+    def source(self, table: str, mode: str = "auto", memory_budget: int | None = None):
+        """The table's rows for the selectors: in RAM if they fit, else streamed."""
+        if mode not in ("auto", "ram", "stream"):
+            raise GradstoreError(f"scan mode {mode!r} is not one of auto, ram, stream")
+        return pool_source(self.database, table, mode, memory_budget, self._cache)
+
+    # ---------------------------------------------------------------- writing
+    def import_vectors(self, table: str, vectors: Any, checkpoint: str = "0",
+                       ids: Sequence[str] | None = None, subtasks: Sequence[str] | None = None,
+                       lr: float | None = None, **provenance: Any) -> dict[str, Any]:
+        """Add one checkpoint's (N, d) vectors to ``table`` (created if missing); see
+        :func:`gradstore.ops.importing.import_vectors` for ``kind``, ``vector_dtype``,
+        ``projection``, ``grad_type``, ``model``, ``tokens`` and ``losses``."""
+        return import_vectors(self.database, table, vectors, checkpoint, ids, subtasks, lr,
+                              **provenance)
+
+    def ingest(self, table_or_config: Any = None, /, **options: Any) -> IngestSummary:
+        """Compute and store per-example gradients (see :class:`IngestConfig`).
+
+        ``store.ingest("pool", model=..., data=..., checkpoints=[...])`` or
+        ``store.ingest(IngestConfig(...))``. Rerunning an interrupted ingestion finishes
+        it. ``ray="local"`` (or a cluster address) shards the work over Ray workers
+        (``workers``, ``worker_cpus``, ``worker_retries``).
+        """
+        ray = options.pop("ray", None)
+        ray_options = {k: options.pop(k) for k in RAY_INGEST_KEYS if k in options}
+        if ray is None and ray_options:
+            raise GradstoreError(f"{', '.join(ray_options)} apply only with ray=ADDRESS")
+        if isinstance(table_or_config, IngestConfig):
+            cfg = table_or_config
+        else:
+            cfg = IngestConfig.from_options(table=table_or_config, **options)
+        return run_ingest(self.database, cfg, ray, **ray_options)
+
+    # ---------------------------------------------------------------- select
+    def select(
+        self,
+        pool: str,
+        target: str | None | Sequence[str | None] = None,
+        budget: Budget | Sequence[Budget] = 0.05,
+        method: str = "gtp",
+        *,
+        target_mode: str = "mean",
+        tolerance: float | str = "auto",
+        normalize: bool = True,
+        m: int | None = None,
+        max_iter: int = 30,
+        tol: float = 1e-3,
+        seed: int = 0,
+        checkpoint_weights: Sequence[float] | None = None,
+        mode: str = "auto",
+        memory_budget: int | None = None,
+        partitions: int | None = None,
+        ray: str | None = None,
+        ray_tasks: int | None = None,
+        progress: bool = False,
+        save: bool = True,
+    ) -> Selection | list[Selection]:
+        """Choose pool examples for each (target, budget); lists in, list out.
+
+        ``method``: gtp (default), gtp-paper, omp, less or random. ``tolerance`` (gtp):
+        how far the selection's mean trajectory may stay from the target's (``auto``: the
+        target mean's standard error). ``mode``: ``ram``, ``stream`` or ``auto`` (RAM when
+        the pool fits ``memory_budget`` bytes). ``partitions``: the pursuit on P parts,
+        then on the union of their picks. ``ray``: the passes as Ray tasks.
+        """
+        opts = SelectOptions(
+            method=method, target_mode=target_mode, normalize=normalize, m=m,
+            max_iter=max_iter, tol=tol, tolerance=tolerance, seed=seed,
+            checkpoint_weights=checkpoint_weights, mode=mode, memory_budget=memory_budget,
+            progress=progress, save=save, partitions=partitions, ray=ray, ray_tasks=ray_tasks,
+        )
+        many = isinstance(target, list | tuple) or isinstance(budget, list | tuple)
+        targets = list(target) if isinstance(target, list | tuple) else [target]
+        budgets = list(budget) if isinstance(budget, list | tuple) else [budget]
+        targets = [t.name if isinstance(t, Table) else t for t in targets]
+        sels = run_selection(self.database, pool, targets, budgets, opts, self._cache)
+        return sels if many else sels[0]
+
+    def selections(self) -> list[Selection]:
+        """Every stored selection, oldest first."""
+        return self.database.selections()
+
+    def selection(self, selection_id: str) -> Selection:
+        return self.database.selection(selection_id)
+
+    def stop_note(self, sel: Selection) -> str | None:
+        """Why a selection holds fewer than k examples, or read a target of another gradient
+        type than it needs, and what to do; None when neither."""
+        return stop_note(sel)
+
+    # ---------------------------------------------------------------- export
+    def export(self, selection_id: str, out: str | Path, data: str | Path | None = None,
+               **options: Any) -> ExportSummary:
+        """Write the selected rows of the original data file, with ``rank`` and ``weight``.
+
+        ``data`` defaults to the file the pool was ingested from.
+        """
+        return export_selection(self.database, selection_id, out, data=data, **options)
+
+
+class Table:
+    """One table of a store, as a value: ``store.table("pool")``."""
+
+    def __init__(self, store: Store, name: str) -> None:
+        self.store, self.name = store, name
+
+    def __repr__(self) -> str:
+        return f"gradstore.Table({self.name!r} in {self.store.uri!r})"
+
+    @property
+    def meta(self) -> TableMeta:
+        return self.store.meta(self.name)
+
+    @property
+    def num_rows(self) -> int:
+        return self.store.num_rows(self.name)
+
+    def ids(self) -> list[str]:
+        return self.store.ids(self.name)
+
+    def subtasks(self) -> list[str | None]:
+        return self.store.subtasks(self.name)
+
+    def info(self) -> dict[str, Any]:
+        return self.store.info(self.name)
+
+    def vectors(self, checkpoint: str | None = None,
+                grad_type: str | None = None) -> tuple[list[str], np.ndarray]:
+        return self.store.vectors(self.name, checkpoint, grad_type)
+
+    def select(self, target: str | Table | None | Sequence[str | Table | None] = None,
+               budget: Budget | Sequence[Budget] = 0.05, method: str = "gtp",
+               **options: Any) -> Selection | list[Selection]:
+        """This table as the pool: ``store.table("pool").select("mmlu", "5%")``; the
+        options are :meth:`Store.select`'s."""
+        return self.store.select(self.name, target, budget, method, **options)
+
+
+def open(uri: str | Path, create: bool = True) -> Store:  # noqa: A001 - the public name
+    """Open (or create) the store at ``uri``."""
+    return Store(uri, create=create)

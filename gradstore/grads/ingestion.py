@@ -1,0 +1,535 @@
+"""Ingestion's parts, shared by the single-process run (``gradstore.ops.ingest``) and
+the Ray driver (``gradstore.distributed.ingest``): the plan (examples, checkpoints,
+gradient types, settings), the resume policy (what a table already holds and whether a
+run may continue it), the row writer and the table's bookkeeping."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm.auto import tqdm
+
+from gradstore.choices import GRAD_TYPES, PROJECTION_KINDS
+from gradstore.errors import GradstoreError, TableConflict
+from gradstore.grads.data import read_records
+from gradstore.grads.examples import TokenizedExample, data_fingerprint, tokenize_records
+from gradstore.grads.model import (
+    LoraSpec,
+    load_adapter_weights,
+    model_identity,
+    resolve_device,
+    resolve_dtype,
+    weights_fingerprint,
+)
+from gradstore.grads.optimizer_state import (
+    checkpoint_lr,
+    optimizer_file,
+)
+from gradstore.store.database import Database, RowBlock
+from gradstore.store.meta import VECTOR_DTYPES, ProjectionSpec, TableMeta
+
+if TYPE_CHECKING:
+    from gradstore.grads.runner import GradientRunner
+
+
+FRESH_CHECKPOINT = "init"
+RAW_BUFFER_BYTES = 512 << 20  # raw (unprojected) gradients held before one projection call
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """One `gradstore ingest` run. Every field maps to a command-line flag."""
+
+    table: str
+    model: str
+    data: str
+    checkpoints: tuple[str, ...] = ()
+    kind: str = "pool"
+    """pool or target."""
+    grad_type: str | tuple[str, ...] | None = None
+    """Gradient types to store, the first one primary: adam, sgd or sign, or several
+    ("adam,sgd"). Default with optimizer state: adam for a pool; adam and sgd for a target
+    (GTP and OMP match the pool's type, LESS reads sgd). Without optimizer state: sgd."""
+    projection: str = "rademacher"
+    proj_dim: int = 8192
+    seed: int = 0
+    """Projection seed (and fresh-LoRA init seed): pool and targets must share it."""
+    nnz: int | None = None
+    """Nonzeros per input coordinate of the countsketch projection."""
+    max_length: int = 2048
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+    """Model weights: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16."""
+    gguf_file: str | None = None
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_targets: tuple[str, ...] | None = None
+    vector_dtype: str = "float16"
+    subtask_field: str | None = None
+    split: str | None = None
+    lrs: tuple[float, ...] | None = None
+    """Learning rates of the checkpoints, overriding what their saved state says."""
+    write_rows: int = 512
+    """Rows per append (one Lance commit); at most this much work is lost on a crash."""
+    flush_seconds: float = 60.0
+    overwrite: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        def bad(msg: str) -> None:
+            raise GradstoreError(msg)
+
+        if not self.table or self.table.startswith("_") or "/" in self.table:
+            bad(f"table name {self.table!r} is not allowed; use letters, digits, '-', '_'")
+        if self.kind not in ("pool", "target"):
+            bad(f"kind {self.kind!r} is not one of pool, target")
+        types = self.requested_types()
+        if types is not None:
+            wrong = [t for t in types if t not in GRAD_TYPES]
+            if wrong or not types or len(set(types)) != len(types):
+                bad(f"gradient type {self.grad_type!r} is not one of {', '.join(GRAD_TYPES)} "
+                    "or a comma list of different ones (e.g. adam,sgd)")
+        if self.projection not in PROJECTION_KINDS:
+            bad(f"projection {self.projection!r} is not one of {', '.join(PROJECTION_KINDS)}")
+        if self.proj_dim < 1:
+            bad(f"--proj-dim {self.proj_dim} must be at least 1")
+        if self.max_length < 2:
+            bad(f"--max-length {self.max_length} must be at least 2")
+        if self.batch_size < 1:
+            bad(f"--batch-size {self.batch_size} must be at least 1")
+        if self.vector_dtype not in VECTOR_DTYPES:
+            bad(f"vector dtype {self.vector_dtype!r} is not one of float16, float32")
+        if self.lrs is not None and len(self.lrs) != max(1, len(self.checkpoints)):
+            bad(f"{len(self.lrs)} learning rates given for {len(self.checkpoints)} checkpoints")
+        if self.write_rows < 1:
+            bad(f"write_rows {self.write_rows} must be at least 1")
+        for c in self.checkpoints:
+            if not Path(c).is_dir():
+                bad(f"checkpoint directory {c!r} does not exist")
+
+    @classmethod
+    def from_options(cls, **options: Any) -> IngestConfig:
+        """A config from keyword options as the Python API takes them (lists allowed)."""
+        if options.get("checkpoints") is not None:
+            options["checkpoints"] = tuple(str(c) for c in options["checkpoints"])
+        for key in ("lora_targets", "lrs"):
+            if options.get(key) is not None:
+                options[key] = tuple(options[key])
+        try:
+            return cls(**options)
+        except TypeError as exc:
+            raise GradstoreError(f"ingest options: {exc}") from exc
+
+    def requested_types(self) -> tuple[str, ...] | None:
+        """``grad_type`` as a tuple of type names (None: the default for the kind)."""
+        if self.grad_type is None:
+            return None
+        if isinstance(self.grad_type, str):
+            return tuple(t.strip() for t in self.grad_type.split(","))
+        return tuple(self.grad_type)
+
+    def grad_types(self, has_state: bool) -> tuple[str, ...]:
+        """The gradient types this run stores, primary first."""
+        given = self.requested_types()
+        if given is not None:
+            return given
+        if not has_state:
+            return ("sgd",)
+        return ("adam",) if self.kind == "pool" else ("adam", "sgd")
+
+
+@dataclass
+class IngestSummary:
+    """What a run did, for the final report."""
+
+    table: str
+    rows_written: int = 0
+    rows_present: int = 0
+    rows_expected: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    skipped_ids: dict[str, list[str]] = field(default_factory=dict)
+    truncated: int = 0
+    seconds: float = 0.0
+    """Wall time of the whole run, model loading and tokenisation included."""
+    loop_seconds: float = 0.0
+    """Time spent computing and writing gradients (what examples/s is measured over)."""
+    checkpoints: list[str] = field(default_factory=list)
+    grad_type: str = ""
+    """The gradient types stored, e.g. ``adam`` or ``adam+sgd``."""
+    projection: dict = field(default_factory=dict)
+    status: str = ""
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.rows_written / self.loop_seconds if self.loop_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["examples_per_second"] = round(self.examples_per_second, 3)
+        return out
+
+    def lines(self) -> list[str]:
+        out = [
+            f"table {self.table}: {self.status}; {self.rows_written} rows written in "
+            f"{self.loop_seconds:.1f} s ({self.examples_per_second:.2f} examples/s; "
+            f"{self.seconds:.1f} s in all with loading), "
+            f"{self.rows_present} already present, {self.rows_expected} expected",
+            f"checkpoints {', '.join(self.checkpoints)}; gradients {self.grad_type}; "
+            f"projection {self.projection.get('kind')} to {self.projection.get('dim')} dims",
+        ]
+        if self.truncated:
+            out.append(f"{self.truncated} examples truncated to --max-length (response kept)")
+        for reason, count in self.skipped.items():
+            ids = ", ".join(self.skipped_ids.get(reason, [])[:5])
+            out.append(f"skipped {count} examples: {reason} (e.g. {ids})")
+        return out
+
+
+@dataclass
+class IngestPlan:
+    """Everything decided before the model is loaded."""
+
+    examples: list[TokenizedExample]
+    checkpoint_paths: list[Path]
+    checkpoint_names: list[str]
+    lrs: list[float | None]
+    adapter_weights: list[dict[str, torch.Tensor]] | None
+    grad_type: str
+    settings: dict[str, Any]
+    data_fingerprint: str
+    extra_types: list[str] = field(default_factory=list)
+    """Gradient types stored beside ``grad_type`` for the same examples."""
+
+    @property
+    def grad_types(self) -> list[str]:
+        return [self.grad_type, *self.extra_types]
+
+
+def natural_key(path: str) -> list:
+    parts = re.split(r"(\d+)", str(Path(path).resolve()))
+    return [int(p) if p.isdigit() else p for p in parts]
+
+
+def _checkpoint_names(paths: list[Path]) -> list[str]:
+    names = [p.resolve().name for p in paths]
+    if len(set(names)) != len(names):
+        names = [f"{p.resolve().parent.name}/{p.resolve().name}" for p in paths]
+    if len(set(names)) != len(names):
+        raise GradstoreError(f"checkpoints {[str(p) for p in paths]} are given more than once")
+    return names
+
+
+def plan_ingest(
+    cfg: IngestConfig, tokenizer, dtype: torch.dtype | None = None
+) -> tuple[IngestPlan, IngestSummary]:
+    """Read and tokenise the data, resolve checkpoints, lrs and the gradient type."""
+    cfg.validate()
+    records = read_records(cfg.data, split=cfg.split)
+    report = tokenize_records(
+        records, tokenizer, max_length=cfg.max_length, subtask_field=cfg.subtask_field,
+        progress=cfg.progress,
+    )
+    summary = IngestSummary(table=cfg.table, truncated=report.truncated)
+    for reason, ids in report.skipped.items():
+        summary.skipped[reason] = len(ids)
+        summary.skipped_ids[reason] = list(ids[:5])
+    if not report.examples:
+        reasons = ", ".join(f"{k}: {v}" for k, v in summary.skipped.items())
+        raise GradstoreError(
+            f"no example in {cfg.data!r} has tokens to take a loss on ({reasons}); "
+            "check the data format (chat, prompt/completion, Alpaca or text)"
+        )
+    # training order (checkpoint-2 before checkpoint-10), whatever order they were given in
+    order = sorted(range(len(cfg.checkpoints)), key=lambda i: natural_key(cfg.checkpoints[i]))
+    paths = [Path(cfg.checkpoints[i]) for i in order]
+    if paths:
+        names = _checkpoint_names(paths)
+        adapters = [load_adapter_weights(p) for p in paths]
+        lrs = [cfg.lrs[i] for i in order] if cfg.lrs else [checkpoint_lr(p) for p in paths]
+        fingerprints = {n: weights_fingerprint(w) for n, w in zip(names, adapters, strict=True)}
+    else:
+        names, adapters = [FRESH_CHECKPOINT], None
+        lrs = list(cfg.lrs) if cfg.lrs else [None]
+        spec = lora_spec(cfg)
+        fingerprints = {FRESH_CHECKPOINT: f"fresh LoRA r={spec.r} alpha={spec.alpha} "
+                        f"targets={spec.targets} seed={spec.seed}"}
+    has_state = bool(paths) and all(optimizer_file(p) is not None for p in paths)
+    grad_type, *extra_types = cfg.grad_types(has_state)
+    if "adam" in (grad_type, *extra_types) and not has_state:
+        missing = [str(p) for p in paths if optimizer_file(p) is None] or ["a fresh LoRA"]
+        raise GradstoreError(
+            f"adam gradients need a saved optimizer state, which {missing[0]} lacks; "
+            "give --checkpoint directories saved with optimizer.pt, or --grad-type sgd"
+        )
+    settings = {
+        "model": model_identity(cfg.model, cfg.gguf_file),
+        "checkpoints": names,
+        "adapters": fingerprints,
+        "grad_type": grad_type,
+        **({"extra_grad_types": extra_types} if extra_types else {}),
+        "projection": {"kind": cfg.projection, "dim": cfg.proj_dim, "seed": cfg.seed,
+                       "nnz": cfg.nnz},
+        "max_length": cfg.max_length,
+        "dtype": str(dtype or resolve_dtype(cfg.dtype, resolve_device(cfg.device))),
+        "lora": None if paths else asdict(lora_spec(cfg)),
+        "subtask_field": cfg.subtask_field,
+    }
+    settings = json.loads(json.dumps(settings))  # compared with the stored (JSON) copy
+    plan = IngestPlan(
+        report.examples, paths, names, lrs, adapters, grad_type, settings,
+        data_fingerprint(report.examples), extra_types,
+    )
+    summary.checkpoints, summary.grad_type = names, "+".join(plan.grad_types)
+    summary.rows_expected = len(report.examples)
+    return plan, summary
+
+
+def pad_token_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def stage_table(table: str) -> str:
+    """The hidden table where a distributed ingestion records finished, uncommitted shards."""
+    return f"_stage_{table}"
+
+
+def lora_spec(cfg: IngestConfig) -> LoraSpec:
+    return LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, targets=cfg.lora_targets, seed=cfg.seed)
+
+
+def differing_settings(
+    before: dict[str, Any], now: dict[str, Any], ignore: tuple[str, ...] = ()
+) -> list[str]:
+    """Settings keys whose stored and requested values differ (checkpoints as a set:
+    columns stay in the order they were added)."""
+
+    def differs(key: str) -> bool:
+        if key == "checkpoints":
+            return sorted(before.get(key) or []) != sorted(now[key])
+        if key == "grad_type":  # the set of stored types, whichever is primary
+            return set(stored_types(before)) != set(stored_types(now))
+        return before.get(key) != now[key]
+
+    return [k for k in now if k not in ignore and k != "extra_grad_types" and differs(k)]
+
+
+def stored_types(settings: dict[str, Any]) -> list[str]:
+    """The gradient types an ingestion's settings store, primary first."""
+    return [settings.get("grad_type"), *settings.get("extra_grad_types", [])]
+
+
+def with_types(plan: IngestPlan, types: list[str]) -> IngestPlan:
+    """``plan`` storing ``types`` (primary first) instead of its own."""
+    settings = {k: v for k, v in plan.settings.items() if k != "extra_grad_types"}
+    settings["grad_type"] = types[0]
+    if types[1:]:
+        settings["extra_grad_types"] = list(types[1:])
+    return replace(plan, grad_type=types[0], extra_types=list(types[1:]), settings=settings)
+
+
+def adopt_stored_types(db: Database, cfg: IngestConfig, plan: IngestPlan) -> IngestPlan:
+    """A table that already stores every type this run asks for keeps its own set (and its
+    primary type): asking for fewer, or in another order, is not a conflict."""
+    if cfg.table not in db.tables():
+        return plan
+    before = db.meta(cfg.table).ingest.get("settings")
+    if before is None or not set(plan.grad_types) <= set(stored_types(before)):
+        return plan
+    return with_types(plan, stored_types(before))
+
+
+def existing_ids(db: Database, cfg: IngestConfig, plan: IngestPlan) -> set[str]:
+    """Ids already written by an earlier run of the same ingestion, checked to match."""
+    if cfg.table not in db.tables():
+        return set()
+    meta = db.meta(cfg.table)
+    before = meta.ingest.get("settings")
+    if before is None:
+        raise TableConflict(
+            f"table {cfg.table!r} exists and was not written by `gradstore ingest`; "
+            "choose another table name, or pass --overwrite to replace it"
+        )
+    diff = differing_settings(before, plan.settings)
+    if diff:
+        k = diff[0]
+        raise TableConflict(
+            f"table {cfg.table!r} was ingested with {k}={before.get(k)!r}, this run asks for "
+            f"{plan.settings[k]!r}; rerun with the same options, choose another table name, "
+            "or pass --overwrite to replace it"
+        )
+    if meta.ingest.get("data_fingerprint") != plan.data_fingerprint:
+        raise TableConflict(
+            f"table {cfg.table!r} was ingested from different data (the examples or their "
+            "tokenisation changed); choose another table name, or pass --overwrite"
+        )
+    return set(db.ids(cfg.table)) | set(meta.ingest.get("nonfinite_ids", []))
+
+
+def checkpoints_to_add(db: Database, cfg: IngestConfig, plan: IngestPlan) -> list[str] | None:
+    """Checkpoint names this run adds to a finished table that has all else in common."""
+    if cfg.table not in db.tables():
+        return None
+    meta = db.meta(cfg.table)
+    before = meta.ingest.get("settings")
+    if before is None or meta.ingest.get("status") != "complete":
+        return None
+    have = set(meta.checkpoint_names)  # columns: includes any added before a crash
+    wanted = plan.settings["checkpoints"]
+    if set(before.get("checkpoints") or []) == set(wanted) or not have <= set(wanted):
+        return None
+    new = [n for n in wanted if n not in have]  # empty: only the bookkeeping was missed
+    same = not differing_settings(before, plan.settings, ignore=("checkpoints", "adapters"))
+    known = before.get("adapters") or {}
+    adapters_agree = all(known[n] == plan.settings["adapters"][n] for n in have if n in known)
+    same_data = meta.ingest.get("data_fingerprint") == plan.data_fingerprint
+    return new if same and adapters_agree and same_data else None
+
+
+def types_to_add(db: Database, cfg: IngestConfig, plan: IngestPlan) -> list[str]:
+    """Gradient types this run adds to a finished table that has all else in common
+    (e.g. the pool's type for a target written before targets stored both)."""
+    if cfg.table not in db.tables():
+        return []
+    meta = db.meta(cfg.table)
+    before = meta.ingest.get("settings")
+    if before is None or meta.ingest.get("status") != "complete":
+        return []
+    have = stored_types(before)
+    new = [t for t in plan.grad_types if t not in have]
+    if not new or not set(have) <= set(plan.grad_types):
+        return []
+    same = not differing_settings(before, plan.settings, ignore=("grad_type",))
+    same_data = meta.ingest.get("data_fingerprint") == plan.data_fingerprint
+    return new if same and same_data else []
+
+
+def ingest_state(plan: IngestPlan, status: str, **more: Any) -> dict[str, Any]:
+    return {
+        "status": status,
+        "expected_rows": len(plan.examples),
+        "settings": plan.settings,
+        "data_fingerprint": plan.data_fingerprint,
+        **more,
+    }
+
+
+def create_table(
+    db: Database, cfg: IngestConfig, plan: IngestPlan, spec: ProjectionSpec, **state: Any
+) -> None:
+    """An empty table marked as being ingested, with the run's settings."""
+    meta = TableMeta(
+        kind=cfg.kind,
+        dim=spec.dim,
+        vector_dtype=cfg.vector_dtype,
+        projection=spec,
+        grad_type=plan.grad_type,
+        model=plan.settings["model"],
+        extra_types=list(plan.extra_types),
+        extra={"source": str(Path(cfg.data).resolve()), "split": cfg.split,
+               "model_path": cfg.model, "gguf_file": cfg.gguf_file},
+        ingest=ingest_state(plan, "running", **state),
+    )
+    db.create_table(cfg.table, meta, list(zip(plan.checkpoint_names, plan.lrs, strict=True)))
+
+
+def finish_table(
+    db: Database, cfg: IngestConfig, plan: IngestPlan, new_nonfinite: set[str]
+) -> None:
+    db.compact(cfg.table)
+    nonfinite = set(db.meta(cfg.table).ingest.get("nonfinite_ids", [])) | new_nonfinite
+    written = db.num_rows(cfg.table)
+    if written + len(nonfinite) != len(plan.examples):
+        raise GradstoreError(  # every example is either written or skipped, exactly once
+            f"table {cfg.table!r} holds {written} rows plus {len(nonfinite)} skipped, "
+            f"but {len(plan.examples)} examples were planned; rerun with --overwrite"
+        )
+    db.update_ingest_state(
+        cfg.table, ingest_state(plan, "complete", nonfinite_ids=sorted(nonfinite))
+    )
+    if stage_table(cfg.table) in db.all_tables():  # a distributed run's leftovers
+        db.drop_table(stage_table(cfg.table))
+
+
+class RowWriter:
+    """Buffers rows and appends them in commits of ``write_rows`` (or every flush_seconds)."""
+
+    def __init__(self, db: Database, cfg: IngestConfig, plan: IngestPlan) -> None:
+        self.db, self.cfg, self.plan = db, cfg, plan
+        self.blocks: list[RowBlock] = []
+        self.pending = 0
+        self.written = 0
+        self.last = time.monotonic()
+
+    def add(self, block: RowBlock) -> None:
+        if not block.ids:
+            return
+        self.blocks.append(block)
+        self.pending += len(block.ids)
+        if (
+            self.pending >= self.cfg.write_rows
+            or time.monotonic() - self.last >= self.cfg.flush_seconds
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        if self.blocks:
+            merged = RowBlock.concat(self.blocks)
+            self.db.append_rows(self.cfg.table, merged)
+            self.written += len(merged.ids)
+        self.blocks, self.pending, self.last = [], 0, time.monotonic()
+
+
+def write_rows(
+    db: Database, cfg: IngestConfig, plan: IngestPlan, runner: GradientRunner, todo: list[int],
+    summary: IngestSummary,
+) -> None:
+    """Compute ``todo`` (indices into plan.examples), append them, mark the table complete."""
+    if cfg.table not in db.all_tables():
+        create_table(db, cfg, plan, runner.projector.spec)
+    writer = RowWriter(db, cfg, plan)
+    loop_start = time.perf_counter()
+    bar = tqdm(
+        total=len(todo), desc=f"ingest {cfg.table}", unit="ex", disable=not cfg.progress,
+        mininterval=1.0,
+    )
+    try:
+        for block in runner.run(todo, on_batch=bar.update):
+            writer.add(block)
+        writer.flush()
+    except KeyboardInterrupt:
+        writer.flush()
+        summary.rows_written = writer.written
+        raise
+    finally:
+        bar.close()
+    summary.rows_written = writer.written
+    summary.loop_seconds = time.perf_counter() - loop_start
+    summary.skipped.update(runner.skipped)
+    for reason, ids in runner.skipped_ids.items():
+        summary.skipped_ids[reason] = ids[:5]
+    finish_table(db, cfg, plan, runner.nonfinite)
+
+
+def finish_present(
+    db: Database, cfg: IngestConfig, plan: IngestPlan, summary: IngestSummary, start: float
+) -> IngestSummary:
+    """The summary of a run that found every example already stored (completing the
+    bookkeeping if an earlier run stopped after its last commit)."""
+    if db.meta(cfg.table).ingest.get("status") == "complete":
+        summary.status = "complete, nothing to do"
+    else:
+        finish_table(db, cfg, plan, set())
+        summary.status = "complete"
+    summary.projection = asdict(db.meta(cfg.table).projection)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+# ------------------------------------------------------------ adding checkpoints later

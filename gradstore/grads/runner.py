@@ -1,0 +1,153 @@
+"""The model side of ingestion: per-example gradients at every checkpoint, transformed to
+each stored gradient type and projected, as blocks of complete rows."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import torch
+
+from gradstore.errors import GradstoreError
+from gradstore.grads.examples import TokenizedExample
+from gradstore.grads.grad_types import apply_grad_type
+from gradstore.grads.ingestion import (
+    FRESH_CHECKPOINT,
+    RAW_BUFFER_BYTES,
+    IngestConfig,
+    IngestPlan,
+    lora_spec,
+)
+from gradstore.grads.model import (
+    CheckpointWeights,
+    activate,
+    fresh_lora,
+    load_model,
+    lora_from_checkpoints,
+)
+from gradstore.grads.optimizer_state import (
+    AdamMoments,
+    load_adam_moments,
+)
+from gradstore.grads.per_example import PerExampleGradients, collate
+from gradstore.grads.projection import make_projector
+from gradstore.store.database import RowBlock
+from gradstore.store.meta import FLOAT16_MAX
+
+
+class GradientRunner:
+    """The model side: per-example gradients at every checkpoint, transformed and projected."""
+
+    def __init__(self, cfg: IngestConfig, plan: IngestPlan, device, dtype, pad_id: int) -> None:
+        self.cfg, self.plan, self.device = cfg, plan, device
+        lm = load_model(cfg.model, cfg.gguf_file, dtype, device, progress=cfg.progress)
+        paths = plan.checkpoint_paths
+        if paths:
+            self.model = lora_from_checkpoints(lm, paths).to(device)
+        else:
+            self.model = fresh_lora(lm, lora_spec(cfg)).to(device)
+        self.grads = PerExampleGradients(self.model)
+        if paths:
+            self.checkpoints = [
+                CheckpointWeights(n, p, w, lr)
+                for n, p, w, lr in zip(
+                    plan.checkpoint_names, paths, plan.adapter_weights, plan.lrs, strict=True
+                )
+            ]
+        else:
+            from peft import get_peft_model_state_dict
+
+            state = get_peft_model_state_dict(self.model)
+            state = {k: v.detach().clone() for k, v in state.items()}
+            self.checkpoints = [CheckpointWeights(FRESH_CHECKPOINT, None, state, plan.lrs[0])]
+        for ckpt in self.checkpoints:  # a checkpoint that does not fit fails before any work
+            activate(self.model, ckpt)
+        self.moments: list[AdamMoments | None] = [
+            load_adam_moments(c.path, self.grads.slots).to(device)
+            if "adam" in plan.grad_types else None
+            for c in self.checkpoints
+        ]
+        dim = self.grads.num_params if cfg.projection == "none" else cfg.proj_dim
+        self.projector = make_projector(
+            cfg.projection, self.grads.num_params, dim, seed=cfg.seed, nnz=cfg.nnz
+        )
+        self.pad_id = pad_id
+        self.skipped: Counter[str] = Counter()
+        self.skipped_ids: dict[str, list[str]] = {}
+        self.nonfinite: set[str] = set()
+        T, P = len(self.checkpoints), self.grads.num_params
+        # one projection call per chunk amortises generating the projection matrix
+        by_memory = RAW_BUFFER_BYTES // max(1, len(plan.grad_types) * T * P * 4)
+        self.chunk = max(cfg.batch_size, min(by_memory, cfg.write_rows, 256))
+
+    def run(self, todo: list[int], on_batch=None):
+        """Yield one RowBlock per chunk of examples (indices into plan.examples).
+
+        ``on_batch(n)`` is called after each batch of ``n`` examples is done.
+        """
+        yield from self.blocks([self.plan.examples[i] for i in todo], todo, on_batch)
+
+    def blocks(self, examples: list[TokenizedExample], rows: list[int], on_batch=None):
+        """Yield one RowBlock per chunk of ``examples`` (whose data-order positions are
+        ``rows``), at most ``self.chunk`` per projection call."""
+        chunks = -(-len(examples) // self.chunk)
+        size = -(-len(examples) // max(1, chunks))  # equal chunks: no small, slow last projection
+        for start in range(0, len(examples), size):
+            part = sorted(range(start, min(len(examples), start + size)),
+                          key=lambda i: examples[i].num_tokens)
+            yield self._chunk([examples[i] for i in part], [rows[i] for i in part], on_batch)
+
+    def _chunk(self, exs: list[TokenizedExample], rows: list[int], on_batch) -> RowBlock:
+        T, bs = len(self.checkpoints), self.cfg.batch_size
+        types = self.plan.grad_types
+        raw = {t: torch.empty(T, len(exs), self.grads.num_params, dtype=torch.float32,
+                              device=self.device) for t in types}
+        losses = np.empty((T, len(exs)), dtype=np.float32)
+        for s in range(0, len(exs), bs):
+            part = exs[s : s + bs]
+            batch = collate(
+                [e.input_ids for e in part], [e.loss_mask for e in part], self.pad_id, self.device
+            )
+            for t, ckpt in enumerate(self.checkpoints):
+                if T > 1:  # a single checkpoint stays loaded from __init__
+                    activate(self.model, ckpt)
+                g, loss = self.grads(batch)
+                for i, gt in enumerate(types):  # the transform may overwrite g: copy first
+                    src = g if i == len(types) - 1 else g.clone()
+                    raw[gt][t, s : s + len(part)] = apply_grad_type(src, gt, self.moments[t])
+                losses[t, s : s + len(part)] = loss.cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(part))
+        vecs = {}
+        for gt in types:
+            projected = self.projector.project(raw[gt].view(T * len(exs), -1))
+            vecs[gt] = projected.view(T, len(exs), -1).cpu().numpy()
+        ok = np.isfinite(losses).all(axis=0)
+        for v in vecs.values():
+            ok &= np.isfinite(v).all(axis=(0, 2))
+        if not ok.all():
+            reason = "non-finite gradient or loss (try --dtype float32)"
+            bad = [e.id for e, good in zip(exs, ok, strict=True) if not good]
+            self.skipped[reason] += len(bad)
+            self.skipped_ids.setdefault(reason, []).extend(bad[:5])
+            self.nonfinite.update(bad)
+        if self.cfg.vector_dtype == "float16" and ok.any():
+            peak = max(float(np.abs(v[:, ok]).max()) for v in vecs.values())
+            if peak >= FLOAT16_MAX:
+                raise GradstoreError(
+                    f"projected gradients reach {peak:.3g}, beyond float16's range; "
+                    "rerun with --vector-dtype float32 and --overwrite"
+                )
+        keep = [i for i in np.argsort(rows, kind="stable") if ok[i]]  # written in data order
+        main = vecs[self.plan.grad_type]
+        return RowBlock(
+            ids=[exs[i].id for i in keep],
+            rows=[rows[i] for i in keep],
+            vectors=[main[t, keep] for t in range(T)],
+            subtasks=[exs[i].subtask for i in keep],
+            tokens=[exs[i].num_tokens for i in keep],
+            content_hashes=[exs[i].content_hash for i in keep],
+            losses=[losses[t, keep] for t in range(T)],
+            extra_vectors={gt: [vecs[gt][t, keep] for t in range(T)]
+                           for gt in self.plan.extra_types} or None,
+        )

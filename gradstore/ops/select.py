@@ -1,0 +1,408 @@
+"""``gradstore select``: store tables in, selectors run, selections out.
+
+One run answers every (target, budget) pair with shared passes over the pool. The pool is
+read in RAM when it fits the memory budget, else streamed from Lance, or its passes run as
+Ray tasks (``--ray``); the selectors are the same in each case.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from gradstore.choices import METHODS, PURSUITS, TARGET_MODES
+from gradstore.errors import GradstoreError
+from gradstore.selectors.budget import Budget, budget_count, budget_label
+from gradstore.selectors.gtp import gtp
+from gradstore.selectors.gtp_paper import gtp_paper
+from gradstore.selectors.less import less_topk
+from gradstore.selectors.omp import fit_support, omp
+from gradstore.selectors.partitioned import partitioned_gtp
+from gradstore.selectors.query import Query, target_tolerance
+from gradstore.selectors.random_subset import random_subset
+from gradstore.selectors.source import TensorSource
+from gradstore.selectors.stacked import StackedPool, stack_rows
+from gradstore.store.database import Database
+from gradstore.store.lance_source import LanceSource
+from gradstore.store.meta import TableMeta
+from gradstore.store.selections import Selection
+
+MIN_TASK_ROWS = 4096  # smaller Ray tasks cost more in overhead than they save
+
+
+def check_complete(table: str, meta: TableMeta) -> None:
+    """Refuse a table whose ingestion was interrupted."""
+    if meta.incomplete:
+        raise GradstoreError(
+            f"table {table!r} is incomplete: its ingestion stopped before all "
+            f"{meta.ingest.get('expected_rows', '?')} rows were written; rerun the same "
+            "`gradstore ingest` command to finish it"
+        )
+
+
+def check_compatible(pool: str, pmeta: TableMeta, target: str, tmeta: TableMeta) -> None:
+    """Refuse a pool/target pair whose vectors do not live in the same space."""
+    check_complete(target, tmeta)
+    checks = [
+        ("dimension", pmeta.dim, tmeta.dim),
+        # the same checkpoints, in any column order (a checkpoint may be added later)
+        ("checkpoints", sorted(pmeta.checkpoint_names), sorted(tmeta.checkpoint_names)),
+        ("projection", pmeta.projection, tmeta.projection),
+    ]
+    if pmeta.model is not None and tmeta.model is not None:
+        checks.append(("model", pmeta.model, tmeta.model))
+    p_adapters = pmeta.ingest.get("settings", {}).get("adapters")
+    t_adapters = tmeta.ingest.get("settings", {}).get("adapters")
+    if p_adapters and t_adapters:
+        checks.append(("adapter weights", p_adapters, t_adapters))
+    for what, a, b in checks:
+        if a != b:
+            raise GradstoreError(
+                f"pool {pool!r} and target {target!r} differ in {what}: {a} vs {b}; "
+                "ingest both with the same model, checkpoints and projection"
+            )
+
+
+class ScanProgress:
+    """One progress bar for all passes over the pool: rows scanned, rate, pass number."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.count, self.done_rows = total, 0, 0
+        self.bar = tqdm(desc=desc, unit="row", unit_scale=True, mininterval=0.5)
+
+    def __call__(self, rows: int) -> None:
+        if self.done_rows % self.total == 0:
+            self.count += 1
+            self.bar.set_postfix_str(f"scan {self.count}", refresh=False)
+        self.done_rows += rows
+        self.bar.update(rows)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def target_type(method: str, pmeta: TableMeta, tmeta: TableMeta) -> str | None:
+    """The gradient type of a target that ``method`` reads: LESS scores plain SGD target
+    gradients against the pool (as LESS does); the pursuits fit the target with pool rows,
+    so they read the pool's own type. A target without the wanted type gives what it has."""
+    wanted = "sgd" if method == "less" else pmeta.grad_type
+    return wanted if wanted in tmeta.grad_types else tmeta.grad_type
+
+
+def target_matrix(
+    db: Database, spool: StackedPool, pool: str, pmeta: TableMeta, target: str | None,
+    per_subtask: bool, method: str,
+) -> tuple[np.ndarray, float]:
+    """The target columns Y (D, C) in the pool's stacked space, and the sampling error of
+    their mean (``target_tolerance``; 0 for the in-domain target, the pool's own mean)."""
+    if target is None:
+        return spool.mean()[:, None], 0.0
+    if target == pool:
+        raise GradstoreError(
+            f"target {target!r} is the pool itself; omit --target for in-domain selection"
+        )
+    tmeta = db.meta(target)
+    check_compatible(pool, pmeta, target, tmeta)
+    gtype = target_type(method, pmeta, tmeta)
+    # side by side in the pool's checkpoint order (the target's columns may differ)
+    X = np.hstack([db.vectors(target, name, grad_type=gtype)[1]
+                   for name in pmeta.checkpoint_names])
+    if spool.center is not None:
+        X = X - spool.center
+    rows = stack_rows(X, spool.scales, spool.normalize, len(pmeta.checkpoints))
+    labels = db.subtasks(target)
+    lab = None
+    if per_subtask and any(s is not None for s in labels):
+        lab = np.array([s or "" for s in labels])
+        Y = np.stack([rows[lab == key].mean(0) for key in np.unique(lab)], 1)
+    else:
+        Y = rows.mean(0)[:, None]
+    if not np.any(Y):
+        raise GradstoreError(f"target {target!r} has all-zero gradients; nothing to match")
+    return Y, target_tolerance(rows, lab)
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    """How one ``select`` run chooses (everything but the pool, targets and budgets)."""
+
+    method: str = "gtp"
+    target_mode: str = "mean"
+    normalize: bool = True
+    m: int | None = None
+    max_iter: int = 30
+    tol: float = 1e-3
+    tolerance: float | str = "auto"
+    seed: int = 0
+    checkpoint_weights: Sequence[float] | None = None
+    mode: str = "auto"
+    memory_budget: int | None = None
+    progress: bool = False
+    save: bool = True
+    partitions: int | None = None
+    ray: str | None = None
+    ray_tasks: int | None = None
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise GradstoreError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.target_mode not in TARGET_MODES:
+            raise GradstoreError(f"target mode {self.target_mode!r} is not one of mean, joint")
+        if self.tolerance != "auto" and not (isinstance(self.tolerance, int | float)
+                                             and np.isfinite(self.tolerance)
+                                             and self.tolerance >= 0):
+            raise GradstoreError(
+                f"--tolerance {self.tolerance!r} must be 'auto' or a number >= 0")
+        if self.max_iter < 1:
+            raise GradstoreError(f"max_iter {self.max_iter} must be at least 1")
+        if self.m is not None and self.m < 1:
+            raise GradstoreError(f"candidate count m={self.m} must be at least 1")
+        p = self.partitions
+        if p is not None and (isinstance(p, bool) or int(p) != p or p < 1):
+            raise GradstoreError(f"--partitions {p!r} must be a whole number >= 1")
+        if p is not None and self.method not in PURSUITS:
+            raise GradstoreError(
+                f"--partitions applies to gtp and gtp-paper only, not {self.method}; drop it "
+                f"(with --ray, {self.method}'s scans are spread over the cluster anyway)"
+            )
+        if self.ray_tasks is not None and self.ray_tasks < 1:
+            raise GradstoreError(f"--ray-tasks {self.ray_tasks} must be at least 1")
+        if self.mode not in ("auto", "ram", "stream"):
+            raise GradstoreError(f"scan mode {self.mode!r} is not one of auto, ram, stream")
+
+
+def default_memory_budget() -> int:
+    """40% of the machine's RAM: the largest pool held in memory by default."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    return int(total * 0.4)
+
+
+@dataclass
+class SourceCache:
+    """The last pool read into RAM (by table and version), reused by the next selection."""
+
+    key: tuple[str, int] | None = None
+    source: TensorSource | None = None
+
+
+def pool_source(db: Database, table: str, mode: str, memory_budget: int | None,
+                cache: SourceCache) -> TensorSource | LanceSource:
+    """The pool's rows in RAM when they fit ``memory_budget`` (or ``mode='ram'``), else
+    streamed from Lance."""
+    lsrc = db.lance_source(table)
+    if mode == "auto":
+        meta = db.meta(table)
+        itemsize = 2 if meta.vector_dtype == "float16" else 4
+        need = lsrc.num_rows * lsrc.num_checkpoints * lsrc.dim * itemsize
+        budget = default_memory_budget() if memory_budget is None else memory_budget
+        mode = "ram" if need <= budget else "stream"
+    if mode == "stream":
+        return lsrc
+    key = (table, lsrc.dataset.version)
+    if cache.key != key:
+        cache.key, cache.source = key, TensorSource(lsrc.load(), lsrc.num_checkpoints,
+                                                    lsrc.row_norms())
+    return cache.source
+
+
+def checkpoint_weights(pmeta: TableMeta, given: Sequence[float] | None) -> list[float] | None:
+    """The checkpoints' weights: as given, else the stored learning rates, else equal."""
+    if given is not None:
+        return list(given)
+    if all(lr is not None for lr in pmeta.lrs) and sum(pmeta.lrs) > 0:  # type: ignore[arg-type]
+        return list(pmeta.lrs)  # type: ignore[arg-type]
+    return None
+
+
+def stacked_pool(db: Database, pool: str, opts: SelectOptions, eta,
+                 cache: SourceCache) -> StackedPool:
+    """The pool in the method's stacked space: local, or with its passes on Ray; centred
+    on its mean row for gtp."""
+    norm = True if opts.method == "less" else opts.normalize
+    if opts.ray is None:
+        spool = StackedPool(pool_source(db, pool, opts.mode, opts.memory_budget, cache), eta,
+                            normalize=norm)
+    else:
+        from gradstore.distributed import DistributedPool, cluster_resources
+
+        n = db.num_rows(pool)
+        # default: one task per CPU, but none smaller than MIN_TASK_ROWS rows
+        tasks = opts.ray_tasks or max(1, min(int(cluster_resources()["CPU"]),
+                                             -(-n // MIN_TASK_ROWS)))
+        spool = DistributedPool(db.lance_source(pool), eta, normalize=norm, tasks=tasks)
+    return spool.centered() if opts.method == "gtp" else spool
+
+
+@dataclass
+class Answer:
+    """One query's answer before it becomes a Selection."""
+
+    rows: np.ndarray
+    weights: np.ndarray
+    residual: float
+    history: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def answer_queries(spool: StackedPool, Ys: list[np.ndarray], tols: list[float],
+                   ks: list[int], pairs: list[tuple[int, int]], opts: SelectOptions,
+                   bar: ScanProgress | None) -> list[Answer]:
+    """Every (target, budget) pair's answer, in ``pairs`` order, sharing the passes."""
+    method = opts.method
+    if method in ("gtp", "gtp-paper", "omp"):
+        queries = [Query(Ys[ti], ks[bi], m=opts.m if opts.m is not None else 2 * ks[bi],
+                         tolerance=_tolerance(opts, tols[ti])) for ti, bi in pairs]
+        return [Answer(r.rows, r.total_weights, r.residual, r.history,
+                       ({"candidates": r.candidates} if r.candidates is not None else {})
+                       | r.details) for r in _pursue(spool, queries, opts, bar, max(ks))]
+    if method == "less":
+        found = less_topk(spool, [Ys[ti] for ti, _ in pairs], [ks[bi] for _, bi in pairs],
+                          scan_progress=bar)
+        rows_of = [rows for rows, _ in found]
+    else:
+        rows_of = [random_subset(spool.num_rows, ks[bi], seed=opts.seed) for _, bi in pairs]
+    out = []
+    for (ti, _), rows in zip(pairs, rows_of, strict=True):
+        _, res = fit_support(spool, rows, Ys[ti])
+        out.append(Answer(rows, np.ones(len(rows)), res))
+    return out
+
+
+def _tolerance(opts: SelectOptions, target_error: float) -> float:
+    if opts.method != "gtp":
+        return 0.0
+    return target_error if opts.tolerance == "auto" else float(opts.tolerance)
+
+
+def _pursue(spool, queries, opts: SelectOptions, bar, kmax: int):
+    if opts.method in PURSUITS:
+        pursuit = gtp if opts.method == "gtp" else gtp_paper
+        if opts.partitions:
+            return partitioned_gtp(spool, queries, opts.partitions, pursuit=pursuit,
+                                   max_iter=opts.max_iter, tol=opts.tol, part_progress=bar)
+        return pursuit(spool, queries, max_iter=opts.max_iter, tol=opts.tol, scan_progress=bar)
+    step = tqdm(total=kmax, desc="omp", unit="pick", leave=False) if opts.progress else None
+    try:
+        return omp(spool, queries, progress=(lambda _: step.update(1)) if step else None)
+    finally:
+        if step is not None:
+            step.close()
+
+
+def run_selection(
+    db: Database,
+    pool: str,
+    targets: Sequence[str | None],
+    budgets: Sequence[Budget],
+    opts: SelectOptions,
+    cache: SourceCache | None = None,
+) -> list[Selection]:
+    """Answer every (target, budget) pair in one run over the pool.
+
+    ``opts.partitions=P`` runs the pursuit on P parts of the pool, then on the union of
+    their selections. ``opts.ray`` (``local`` or a cluster address) runs every full pass
+    over the pool, and the parts, as Ray tasks (``ray_tasks`` of them per pass; default
+    one per CPU of the cluster).
+    """
+    opts.validate()
+    if not targets or not budgets:
+        raise GradstoreError("give at least one target (or none for in-domain) and one budget")
+    cache = cache or SourceCache()
+    if opts.ray is None:
+        session: Any = nullcontext()
+    else:
+        from gradstore.distributed import session as ray_session
+
+        session = ray_session(opts.ray)
+    with session:
+        pmeta = db.meta(pool)
+        check_complete(pool, pmeta)
+        n = db.num_rows(pool)
+        ks = [budget_count(b, n) for b in budgets]
+        eta = checkpoint_weights(pmeta, opts.checkpoint_weights)
+        t0 = time.perf_counter()
+        spool = stacked_pool(db, pool, opts, eta, cache)
+        per_subtask = opts.method == "less" or opts.target_mode == "joint"
+        found = [target_matrix(db, spool, pool, pmeta, t, per_subtask, opts.method)
+                 for t in targets]
+        pairs = [(ti, bi) for ti in range(len(targets)) for bi in range(len(budgets))]
+        bar = ScanProgress(n, opts.method) if opts.progress else None
+        try:
+            answers = answer_queries(spool, [f[0] for f in found], [f[1] for f in found], ks,
+                                     pairs, opts, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = time.perf_counter() - t0
+        types = {t: target_type(opts.method, pmeta, db.meta(t)) for t in targets
+                 if t is not None}
+        params = _params(opts, eta, spool, pmeta, n, len(pairs))
+        ids = db.ids(pool)
+        sels = [
+            Selection(
+                selection_id=uuid.uuid4().hex[:12], method=opts.method,
+                budget=budget_label(budgets[bi]), k=ks[bi], pool=pool, target=targets[ti],
+                ids=[ids[i] for i in a.rows], weights=np.asarray(a.weights, dtype=np.float64),
+                residual=float(a.residual), seconds=seconds, created=_now(),
+                history=[float(h) for h in a.history],
+                params=dict(params, target_grad_type=types.get(targets[ti])) | a.extra,
+            )
+            for (ti, bi), a in zip(pairs, answers, strict=True)
+        ]
+        if opts.save:
+            db.save_selections(sels)
+        return sels
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _params(opts: SelectOptions, eta, spool: StackedPool, pmeta: TableMeta, n: int,
+            queries: int) -> dict[str, Any]:
+    """What a selection records about how it was made."""
+    return {
+        "target_mode": opts.target_mode, "normalize": opts.normalize, "m": opts.m,
+        "max_iter": opts.max_iter, "tol": opts.tol, "target_tolerance": opts.tolerance,
+        "seed": opts.seed, "checkpoint_weights": eta,
+        "scan_mode": type(spool.source).__name__, "queries_in_run": queries, "pool_rows": n,
+        "partitions": opts.partitions, "ray": opts.ray,
+        "ray_tasks": getattr(spool, "tasks", None), "pool_grad_type": pmeta.grad_type,
+        "centered": spool.center is not None,
+    }
+
+
+def stop_note(sel: Selection) -> str | None:
+    """Why a selection holds fewer than k examples, or read a target of another gradient
+    type than the pool, and what to do; None when neither.
+
+    gtp-paper and omp stop once no further pool example lowers the residual (at the NNLS
+    optimum every other example correlates negatively with what is left). This happens
+    above all when the target holds another gradient type than the pool: a weighted sum of
+    Adam rows fits a plain-SGD target poorly. Targets ingested by this version store both
+    types, and each method reads the one it needs.
+    """
+    note = None
+    if len(sel.ids) < sel.k:
+        note = (f"{sel.method} chose {len(sel.ids)} of the k={sel.k} allowed: more pool "
+                f"examples do not lower the residual ({sel.residual:.2f} of the target's norm)")
+    used = sel.params.get("target_grad_type")
+    wanted = "sgd" if sel.method == "less" else sel.params.get("pool_grad_type")
+    if sel.target is None or not used or not wanted or used == wanted:
+        return None if note is None else f"{note}; use --method gtp to fill the budget"
+    mismatch = (f"target {sel.target!r} stores only {used} gradients and {sel.method} reads "
+                f"{wanted} ones; add them with the same `gradstore ingest` command plus "
+                f"--grad-type {wanted},{used} (only the new type is computed)")
+    return mismatch if note is None else f"{note}; {mismatch}"
