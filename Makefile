@@ -27,10 +27,13 @@ demo: $(VENV)/.demo-installed
 
 test: install
 	$(VENV)/bin/ruff check gradstore tests benchmarks examples
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not benchmark"
 
+# ruff (incl. no private names across modules) and the import contracts in pyproject.toml
 lint: install
 	$(VENV)/bin/ruff check gradstore tests benchmarks examples
+	$(VENV)/bin/lint-imports
 
 # matplotlib for the plot; the model as for the demo.
 $(VENV)/.bench-installed: $(VENV)/.demo-installed

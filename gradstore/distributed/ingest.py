@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import torch
@@ -53,9 +53,6 @@ from gradstore.grads.model import (
 from gradstore.grads.runner import GradientRunner
 from gradstore.store.database import Database, RowBlock
 from gradstore.store.meta import TableMeta
-
-if TYPE_CHECKING:
-    from gradstore.store.database import Database
 
 STAGE_SCHEMA = pa.schema([
     pa.field("first", pa.int64()),

@@ -10,10 +10,9 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from gradstore.choices import GRAD_TYPES, PROJECTION_KINDS
 from gradstore.errors import GradstoreError, TableConflict
@@ -33,10 +32,6 @@ from gradstore.grads.optimizer_state import (
 )
 from gradstore.store.database import Database, RowBlock
 from gradstore.store.meta import VECTOR_DTYPES, ProjectionSpec, TableMeta
-
-if TYPE_CHECKING:
-    from gradstore.grads.runner import GradientRunner
-
 
 FRESH_CHECKPOINT = "init"
 RAW_BUFFER_BYTES = 512 << 20  # raw (unprojected) gradients held before one projection call
@@ -484,37 +479,6 @@ class RowWriter:
             self.db.append_rows(self.cfg.table, merged)
             self.written += len(merged.ids)
         self.blocks, self.pending, self.last = [], 0, time.monotonic()
-
-
-def write_rows(
-    db: Database, cfg: IngestConfig, plan: IngestPlan, runner: GradientRunner, todo: list[int],
-    summary: IngestSummary,
-) -> None:
-    """Compute ``todo`` (indices into plan.examples), append them, mark the table complete."""
-    if cfg.table not in db.all_tables():
-        create_table(db, cfg, plan, runner.projector.spec)
-    writer = RowWriter(db, cfg, plan)
-    loop_start = time.perf_counter()
-    bar = tqdm(
-        total=len(todo), desc=f"ingest {cfg.table}", unit="ex", disable=not cfg.progress,
-        mininterval=1.0,
-    )
-    try:
-        for block in runner.run(todo, on_batch=bar.update):
-            writer.add(block)
-        writer.flush()
-    except KeyboardInterrupt:
-        writer.flush()
-        summary.rows_written = writer.written
-        raise
-    finally:
-        bar.close()
-    summary.rows_written = writer.written
-    summary.loop_seconds = time.perf_counter() - loop_start
-    summary.skipped.update(runner.skipped)
-    for reason, ids in runner.skipped_ids.items():
-        summary.skipped_ids[reason] = ids[:5]
-    finish_table(db, cfg, plan, runner.nonfinite)
 
 
 def finish_present(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 _shared: dict[str, dict] | None = None  # tokenizers and free base models, inside shared_models()
+_model_keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # base model -> load key
 
 
 @contextmanager
@@ -51,7 +53,7 @@ def release_model(model: nn.Module) -> None:
     if _shared is None:
         return
     base = model.unload() if hasattr(model, "unload") else model  # peft: LoRA layers removed
-    key = getattr(base, "_gradstore_key", None)
+    key = _model_keys.get(base)
     if key is None:
         return
     for p in base.parameters():
@@ -162,7 +164,7 @@ def load_model(
     lm.config.use_cache = False
     for p in lm.parameters():
         p.requires_grad_(False)
-    lm._gradstore_key = key
+    _model_keys[lm] = key
     return lm.to(device).eval()
 
 

@@ -15,22 +15,26 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, replace
 
+from tqdm.auto import tqdm
+
 from gradstore.errors import GradstoreError
 from gradstore.grads.examples import data_fingerprint
 from gradstore.grads.ingestion import (
     IngestConfig,
     IngestPlan,
     IngestSummary,
+    RowWriter,
     adopt_stored_types,
     checkpoints_to_add,
+    create_table,
     existing_ids,
     finish_present,
+    finish_table,
     pad_token_id,
     plan_ingest,
     stored_types,
     types_to_add,
     with_types,
-    write_rows,
 )
 from gradstore.grads.model import (
     load_tokenizer,
@@ -205,3 +209,32 @@ def _stage_vectors(
     return db.ids(stage.table)
 
 
+def write_rows(
+    db: Database, cfg: IngestConfig, plan: IngestPlan, runner: GradientRunner, todo: list[int],
+    summary: IngestSummary,
+) -> None:
+    """Compute ``todo`` (indices into plan.examples), append them, mark the table complete."""
+    if cfg.table not in db.all_tables():
+        create_table(db, cfg, plan, runner.projector.spec)
+    writer = RowWriter(db, cfg, plan)
+    loop_start = time.perf_counter()
+    bar = tqdm(
+        total=len(todo), desc=f"ingest {cfg.table}", unit="ex", disable=not cfg.progress,
+        mininterval=1.0,
+    )
+    try:
+        for block in runner.run(todo, on_batch=bar.update):
+            writer.add(block)
+        writer.flush()
+    except KeyboardInterrupt:
+        writer.flush()
+        summary.rows_written = writer.written
+        raise
+    finally:
+        bar.close()
+    summary.rows_written = writer.written
+    summary.loop_seconds = time.perf_counter() - loop_start
+    summary.skipped.update(runner.skipped)
+    for reason, ids in runner.skipped_ids.items():
+        summary.skipped_ids[reason] = ids[:5]
+    finish_table(db, cfg, plan, runner.nonfinite)

@@ -9,15 +9,34 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from gradstore.selectors.source import DEFAULT_BLOCK_ROWS
-from gradstore.selectors.stacked import StackedPool
+from gradstore.selectors.source import GradientSource
 
 POSITIVE = "positive"  # score = sum over the query's columns of max(c, 0); only score > 0 kept
 MAXIMUM = "max"  # score = max over the query's columns (LESS's max over subtasks), any sign
+
+
+class ScannedPool(Protocol):
+    """What a scan reads of a pool (``StackedPool`` is one): its rows, and how each stored
+    row maps into the stacked space."""
+
+    source: GradientSource
+
+    @property
+    def num_rows(self) -> int: ...
+
+    @property
+    def multipliers_t(self) -> torch.Tensor:
+        """(N, T) scale per row and checkpoint (checkpoint weight / row norm)."""
+        ...
+
+    def center_terms(self, R: torch.Tensor) -> torch.Tensor | None:
+        """(T, C) what centring subtracts, or None."""
+        ...
 
 
 @dataclass
@@ -77,7 +96,7 @@ def _reduce(
 
 
 def correlation_scan(
-    pool: StackedPool,
+    pool: ScannedPool,
     R: np.ndarray,
     queries: Sequence[ScanQuery],
     *,
@@ -87,8 +106,8 @@ def correlation_scan(
 
     Parameters
     ----------
-    pool : StackedPool
-        N stacked rows a_i of width D = T*d.
+    pool : ScannedPool
+        N stacked rows a_i of width D = T*d (a ``StackedPool``).
     R : (D, C) array
         Residual (or target) columns of all queries side by side.
     queries : sequence of ScanQuery
@@ -126,8 +145,8 @@ def correlation_scan(
     buf_v: list[torch.Tensor] = []
     buf_start: list[int] = []
     buffered = 0
-    block_rows = getattr(source, "block_rows", DEFAULT_BLOCK_ROWS)
-    threads = getattr(source, "scan_threads", None)
+    block_rows = source.block_rows
+    threads = source.scan_threads
     old_threads = torch.get_num_threads()
     fbuf = torch.empty((block_rows, T * d))
 

@@ -37,6 +37,22 @@ class GradientSource(Protocol):
         """Dimension of one checkpoint's (projected) gradient."""
         ...
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """How the values are stored: float16 or float32 (blocks come in this dtype)."""
+        ...
+
+    @property
+    def block_rows(self) -> int:
+        """Rows per block that a pass over this source reads fastest."""
+        ...
+
+    @property
+    def scan_threads(self) -> int | None:
+        """Torch threads during a pass (None: leave them); a streamed source leaves cores
+        to its decoder."""
+        ...
+
     def row_norms(self) -> np.ndarray:
         """Per-checkpoint L2 norms, float32 of shape (num_rows, num_checkpoints)."""
         ...
@@ -47,6 +63,10 @@ class GradientSource(Protocol):
 
     def take(self, rows: np.ndarray) -> torch.Tensor:
         """Rows at the given positions, float32 tensor of shape (len(rows), T*d), in that order."""
+        ...
+
+    def part(self, start: int, stop: int) -> GradientSource:
+        """Rows ``start:stop`` as a source of their own."""
         ...
 
 
@@ -94,6 +114,13 @@ class TensorSource:
     @property
     def dim(self) -> int:
         return int(self.matrix.shape[1]) // self._T
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.matrix.dtype
+
+    block_rows = DEFAULT_BLOCK_ROWS
+    scan_threads = None  # in RAM: no decoder to leave a core to
 
     def row_norms(self) -> np.ndarray:
         if self._norms is None:

@@ -13,13 +13,15 @@ example shares: Adam-preconditioned rows are mostly the checkpoint's momentum
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import numpy as np
 import torch
 
 from gradstore.errors import GradstoreError
-from gradstore.selectors.source import DEFAULT_BLOCK_ROWS, GradientSource, stacked_norms
+from gradstore.selectors.scan import ScanQuery, correlation_scan
+from gradstore.selectors.source import GradientSource, TensorSource, stacked_norms
 
 
 def checkpoint_scales(eta: np.ndarray | list[float] | None, num_checkpoints: int) -> np.ndarray:
@@ -65,7 +67,7 @@ def stack_rows(
 def raw_sum(pool: StackedPool) -> np.ndarray:
     """Sum of a pool's stored rows (no centre, no scaling), float64 (T*d,)."""
     total = torch.zeros(pool.width, dtype=torch.float64)
-    for _, block in pool.source.iter_blocks(_block_rows(pool.source)):
+    for _, block in pool.source.iter_blocks(pool.source.block_rows):
         total += block.double().sum(0)
     return total.numpy()
 
@@ -77,16 +79,12 @@ def centered_norms(pool: StackedPool, center: np.ndarray) -> np.ndarray:
     c2 = (c.reshape(T, -1).double() ** 2).sum(1)
     sq = torch.from_numpy(pool.source.row_norms().astype(np.float64)) ** 2
     out = np.empty((pool.num_rows, T), dtype=np.float32)
-    for start, block in pool.source.iter_blocks(_block_rows(pool.source)):
+    for start, block in pool.source.iter_blocks(pool.source.block_rows):
         b = block.shape[0]
         dots = (block.float().reshape(b, T, -1) * c.reshape(1, T, -1)).sum(2).double()
         val = sq[start : start + b] - 2 * dots + c2[None, :]
         out[start : start + b] = val.clamp(min=0).sqrt().numpy()
     return out
-
-
-def _block_rows(source: GradientSource) -> int:
-    return getattr(source, "block_rows", DEFAULT_BLOCK_ROWS)
 
 
 class StackedPool:
@@ -153,10 +151,9 @@ class StackedPool:
         """Stacked dimension T*d."""
         return self.source.num_checkpoints * self.source.dim
 
-    def scan(self, R: np.ndarray, queries, *, progress=None):
+    def scan(self, R: np.ndarray, queries: Sequence[ScanQuery], *,
+             progress: Callable[[int], None] | None = None):
         """``correlation_scan`` over this pool (a distributed pool runs it as parallel tasks)."""
-        from gradstore.selectors.scan import correlation_scan
-
         return correlation_scan(self, R, queries, progress=progress)
 
     def part(self, start: int, stop: int) -> StackedPool:
@@ -166,12 +163,9 @@ class StackedPool:
 
     def subset(self, positions: np.ndarray) -> StackedPool:
         """The rows at ``positions`` (in that order), held in RAM, in the same stacked space."""
-        from gradstore.selectors.source import TensorSource
-
         positions = np.asarray(positions, dtype=np.int64)
         raw = self.source.take(positions)
-        stored = getattr(self.source, "dtype", None) or getattr(self.source, "matrix", raw).dtype
-        if stored == torch.float16:  # exact: the values were stored in float16
+        if self.source.dtype == torch.float16:  # exact: the values were stored in float16
             raw = raw.half()
         stored_norms = self.source.row_norms()[positions]
         return StackedPool(
@@ -206,7 +200,7 @@ class StackedPool:
         """The pool's mean stacked row (T*d,) float64: the in-domain target."""
         t = self.source.num_checkpoints
         total = torch.zeros(self.width, dtype=torch.float64)
-        for start, block in self.source.iter_blocks(_block_rows(self.source)):
+        for start, block in self.source.iter_blocks(self.source.block_rows):
             b = block.shape[0]
             mult = self._mult_t[start : start + b]
             x = block.float()

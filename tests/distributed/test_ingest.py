@@ -142,7 +142,8 @@ def test_interrupted_driver_resumes_from_recorded_shards(ray_cluster, setup, ref
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=2), on_shard=stop_after_two)
+        ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=2),
+                      on_shard=stop_after_two)
     assert store.num_rows("pool") == 0
     done = sum(len(r["ids"]) for r in seen)
     summary = ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=2))
@@ -192,7 +193,7 @@ def test_staged_shards_of_a_replaced_table_are_dropped(tmp_path):
     ShardLog(store.database, "pool", "token-a").add(rec)
     assert len(ShardLog(store.database, "pool", "token-a").records(set())) == 1
     assert ShardLog(store.database, "pool", "token-a").records({"b"}) == []  # already committed
-    assert ShardLog(store.database, "pool", "token-b").records(set()) == []  # another table's attempt
+    assert ShardLog(store.database, "pool", "token-b").records(set()) == []  # another attempt's
 
 
 def test_worker_refuses_checkpoint_files_other_than_the_drivers(setup, tmp_path):

@@ -391,13 +391,13 @@ def test_bfloat16_model_gives_close_gradients(tmp_path, llama_dir, checkpoints):
 
 
 def test_ctrl_c_commits_what_was_computed(tmp_path, llama_dir, monkeypatch):
-    from gradstore.grads import ingest as ingest_module
+    from gradstore.grads import runner as runner_module
 
     data = write_chat_data(tmp_path / "d.jsonl", 12, seed=12)
     store = gradstore.open(tmp_path / "store")
     kw = dict(model=str(llama_dir), data=str(data), proj_dim=8, device="cpu", progress=False,
               batch_size=2, write_rows=5, flush_seconds=1e9)  # chunks of 4: one buffered
-    real_chunk = ingest_module.GradientRunner._chunk
+    real_chunk = runner_module.GradientRunner._chunk
     calls = {"n": 0}
 
     def chunk_then_ctrl_c(self, *args):
@@ -406,7 +406,7 @@ def test_ctrl_c_commits_what_was_computed(tmp_path, llama_dir, monkeypatch):
             raise KeyboardInterrupt
         return real_chunk(self, *args)
 
-    monkeypatch.setattr(ingest_module.GradientRunner, "_chunk", chunk_then_ctrl_c)
+    monkeypatch.setattr(runner_module.GradientRunner, "_chunk", chunk_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         store.ingest("t", **kw)
     assert store.num_rows("t") == 4  # the buffered chunk was committed on the way out
@@ -524,14 +524,14 @@ def test_crash_after_columns_added_before_bookkeeping(tmp_path, llama_dir, check
     kw = dict(model=str(llama_dir), data=str(data), proj_dim=16, device="cpu", progress=False)
     store = gradstore.open(tmp_path / "store")
     store.ingest("pool", checkpoints=checkpoints[:1], **kw)
-    real_update = store.update_ingest_state
+    real_update = store.database.update_ingest_state
 
     def die_on_main_table(table, state):
         if table == "pool":
             raise Crash()
         real_update(table, state)
 
-    monkeypatch.setattr(store, "update_ingest_state", die_on_main_table)
+    monkeypatch.setattr(store.database, "update_ingest_state", die_on_main_table)
     with pytest.raises(Crash):
         store.ingest("pool", checkpoints=checkpoints, **kw)
     monkeypatch.undo()
