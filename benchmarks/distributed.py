@@ -218,8 +218,7 @@ def bench_ingest(store_uri: str, examples: int, workers: int) -> dict:
     """SmolLM2-135M per-example gradients: one process (2 threads) vs Ray workers (1 each)."""
     from benchmarks.e2e.make_pool import build as build_pool
     from benchmarks.smollm2 import smollm2_gguf
-    from gradstore.distributed.ingest import RayIngestOptions, ingest_on_ray
-    from gradstore.grads.ingestion import IngestConfig
+    from gradstore.config import IngestConfig, with_options
 
     model_dir, gguf = smollm2_gguf()
     work = Path(store_uri).parent / "ingest-data"
@@ -231,15 +230,15 @@ def bench_ingest(store_uri: str, examples: int, workers: int) -> dict:
     out = {}
     for name in ("single", "ray"):
         table = f"ingest_{name}"
-        cfg = IngestConfig(table=table, model=str(model_dir), gguf_file=gguf, data=str(data),
-                           proj_dim=8192, batch_size=8, overwrite=True, progress=False,
-                           lora_targets=("q_proj", "v_proj"))
+        cfg = IngestConfig.from_options(
+            table=table, model=str(model_dir), gguf_file=gguf, data=str(data), proj_dim=8192,
+            batch_size=8, overwrite=True, progress=False, lora_targets=("q_proj", "v_proj"))
         if name == "single":
             torch.set_num_threads(2)
             t, s = timed(lambda cfg=cfg: store.ingest(cfg))
         else:
-            opts = RayIngestOptions(address="local", workers=workers, worker_cpus=1)
-            t, s = timed(lambda cfg=cfg, opts=opts: ingest_on_ray(store.database, cfg, opts))
+            ray = with_options(cfg, ray="local", workers=workers, worker_cpus=1)
+            t, s = timed(lambda cfg=ray: store.ingest(cfg))
         out[name] = {"total_s": round(t, 1), "loop_s": round(s.loop_seconds, 1),
                      "examples_per_s_in_loop": round(s.examples_per_second, 2),
                      "rows": s.rows_written}

@@ -8,21 +8,31 @@ See the README for the command line and :mod:`gradstore.api` for the Python API.
 """
 
 from gradstore.api import Store, Table, open
+from gradstore.config import (
+    GradientConfig,
+    IngestConfig,
+    ModelConfig,
+    RayConfig,
+    RunConfig,
+    SelectConfig,
+    TrainConfig,
+    WarmupConfig,
+)
 from gradstore.errors import GradstoreError, TableConflict
-from gradstore.grads.ingestion import IngestConfig, IngestSummary
-from gradstore.grads.warmup import WarmupConfig, WarmupSummary
+from gradstore.grads.ingestion import IngestSummary
+from gradstore.grads.warmup import WarmupSummary
 from gradstore.ops.export import ExportSummary
-from gradstore.ops.pipeline import RunConfig, RunSummary
-from gradstore.ops.select import SelectOptions
+from gradstore.ops.pipeline import RunSummary
 from gradstore.store.meta import ProjectionSpec, TableMeta
 from gradstore.store.selections import Selection
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ExportSummary", "GradstoreError", "IngestConfig", "IngestSummary", "ProjectionSpec",
-    "RunConfig", "RunSummary", "SelectOptions", "Selection", "Store", "Table", "TableConflict",
-    "TableMeta", "WarmupConfig", "WarmupSummary", "__version__", "open", "run", "warmup",
+    "ExportSummary", "GradientConfig", "GradstoreError", "IngestConfig", "IngestSummary",
+    "ModelConfig", "ProjectionSpec", "RayConfig", "RunConfig", "RunSummary", "SelectConfig",
+    "Selection", "Store", "Table", "TableConflict", "TableMeta", "TrainConfig", "WarmupConfig",
+    "WarmupSummary", "__version__", "open", "run", "warmup",
 ]
 
 
@@ -42,4 +52,4 @@ def run(config: RunConfig | None = None, /, **options) -> RunSummary:
     targets, every selection and its export (``gradstore run``); see :class:`RunConfig`."""
     from gradstore.ops.pipeline import run_pipeline
 
-    return run_pipeline(config if config is not None else RunConfig(**options))
+    return run_pipeline(config if config is not None else RunConfig.from_options(**options))

@@ -15,18 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from gradstore.budget import Budget
+from gradstore.config import IngestConfig, SelectConfig, with_options
 from gradstore.errors import GradstoreError
-from gradstore.grads.ingestion import IngestConfig, IngestSummary
+from gradstore.grads.ingestion import IngestSummary
 from gradstore.ops.export import ExportSummary, export_selection
 from gradstore.ops.importing import import_vectors
 from gradstore.ops.ingest import run_ingest
-from gradstore.ops.select import SelectOptions, SourceCache, pool_source, run_selection, stop_note
-from gradstore.selectors.budget import Budget
+from gradstore.ops.select import SourceCache, pool_source, run_selection, stop_note
 from gradstore.store.database import Database
 from gradstore.store.meta import TableMeta
 from gradstore.store.selections import Selection
-
-RAY_INGEST_KEYS = ("workers", "worker_cpus", "worker_retries")
 
 
 class Store:
@@ -98,19 +97,15 @@ class Store:
         """Compute and store per-example gradients (see :class:`IngestConfig`).
 
         ``store.ingest("pool", model=..., data=..., checkpoints=[...])`` or
-        ``store.ingest(IngestConfig(...))``. Rerunning an interrupted ingestion finishes
-        it. ``ray="local"`` (or a cluster address) shards the work over Ray workers
+        ``store.ingest(IngestConfig(...), **overrides)``. Rerunning an interrupted ingestion
+        finishes it. ``ray="local"`` (or a cluster address) shards the work over Ray workers
         (``workers``, ``worker_cpus``, ``worker_retries``).
         """
-        ray = options.pop("ray", None)
-        ray_options = {k: options.pop(k) for k in RAY_INGEST_KEYS if k in options}
-        if ray is None and ray_options:
-            raise GradstoreError(f"{', '.join(ray_options)} apply only with ray=ADDRESS")
-        if isinstance(table_or_config, IngestConfig):
-            cfg = table_or_config
+        if isinstance(table_or_config, IngestConfig):  # options override its fields
+            cfg = with_options(table_or_config, **options) if options else table_or_config
         else:
             cfg = IngestConfig.from_options(table=table_or_config, **options)
-        return run_ingest(self.database, cfg, ray, **ray_options)
+        return run_ingest(self.database, cfg)
 
     # ---------------------------------------------------------------- select
     def select(
@@ -144,10 +139,11 @@ class Store:
         the pool fits ``memory_budget`` bytes). ``partitions``: the pursuit on P parts,
         then on the union of their picks. ``ray``: the passes as Ray tasks.
         """
-        opts = SelectOptions(
+        opts = SelectConfig(
             method=method, target_mode=target_mode, normalize=normalize, m=m,
             max_iter=max_iter, tol=tol, tolerance=tolerance, seed=seed,
-            checkpoint_weights=checkpoint_weights, mode=mode, memory_budget=memory_budget,
+            checkpoint_weights=None if checkpoint_weights is None else tuple(checkpoint_weights),
+            mode=mode, memory_budget=memory_budget,
             progress=progress, save=save, partitions=partitions, ray=ray, ray_tasks=ray_tasks,
         )
         many = isinstance(target, list | tuple) or isinstance(budget, list | tuple)

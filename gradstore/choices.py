@@ -21,3 +21,9 @@ moments, g itself, or sign(g)."""
 
 PROJECTION_KINDS = ("rademacher", "countsketch", "none")
 """How per-example gradients are projected before storage."""
+
+SCAN_MODES = ("auto", "ram", "stream")
+"""How a selection reads the pool: in RAM, streamed from Lance, or by its size (auto)."""
+
+VECTOR_DTYPES = ("float16", "float32")
+"""How stored vectors are kept."""

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
+from gradstore.config import WarmupConfig
 from gradstore.grads.model import load_model, release_model, resolve_device, resolve_dtype
-from gradstore.grads.warmup import WarmupConfig, warmup
+from gradstore.grads.warmup import warmup
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def finetune(model: str, gguf_file: str | None, data: Path, out: Path, settings:
     (only its last checkpoint is kept, which a resumed warm-up could not continue from).
     """
     shutil.rmtree(out, ignore_errors=True)
-    cfg = WarmupConfig(
+    cfg = WarmupConfig.from_options(
         model=model, gguf_file=gguf_file, data=str(data), out=str(out), fraction=1.0,
         epochs=epochs or settings.epochs_for(n), lr=settings.lr,
         warmup_ratio=settings.warmup_ratio, batch_size=settings.batch_size,

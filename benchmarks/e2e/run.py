@@ -49,7 +49,7 @@ sys.path.insert(1, str(HERE.parents[1]))  # the repository: benchmarks.smollm2
 import make_pool  # noqa: E402
 
 from benchmarks.smollm2 import smollm2_gguf  # noqa: E402
-from gradstore.selectors.budget import parse_budget  # noqa: E402
+from gradstore.budget import parse_budget  # noqa: E402
 
 WEIGHTED = "+w"  # arm suffix: trained with the selection's weights as loss weights
 ARMS = {"gtp-exact": ("gtp", ["--tolerance", "0"])}

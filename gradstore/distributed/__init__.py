@@ -9,8 +9,7 @@
 
 from gradstore.distributed.cluster import cluster_resources, require_ray
 from gradstore.distributed.cluster import ray_cluster as session
-from gradstore.distributed.ingest import RayIngestOptions, ingest_on_ray
+from gradstore.distributed.ingest import ingest_on_ray
 from gradstore.distributed.pool import DistributedPool
 
-__all__ = ["DistributedPool", "RayIngestOptions", "cluster_resources", "ingest_on_ray",
-           "require_ray", "session"]
+__all__ = ["DistributedPool", "cluster_resources", "ingest_on_ray", "require_ray", "session"]

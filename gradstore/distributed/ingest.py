@@ -21,7 +21,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from datetime import timedelta
 from typing import Any
 
@@ -29,10 +29,10 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
+from gradstore.config import IngestConfig, with_options
 from gradstore.distributed.cluster import cluster_resources, ray_cluster, require_ray, task_env
 from gradstore.errors import GradstoreError
 from gradstore.grads.ingestion import (
-    IngestConfig,
     IngestPlan,
     IngestSummary,
     checkpoints_to_add,
@@ -68,22 +68,9 @@ STAGE_KEY = "stage_token"
 SHARDS_PER_WORKER = 1
 
 
-@dataclass(frozen=True)
-class RayIngestOptions:
-    """How a distributed ingestion uses the cluster."""
-
-    address: str = "local"
-    workers: int | None = None
-    """Ray workers (model copies); default one per GPU, else cluster CPUs // worker_cpus."""
-    worker_cpus: int = 1
-    """CPUs (torch threads) per worker when they run on CPU."""
-    retries: int = 2
-    """Restarts of a worker that dies, each retrying the shard it held."""
-
-
 def _device(cfg: IngestConfig, gpus: float) -> str:
-    if cfg.device != "auto":
-        return cfg.device
+    if cfg.lm.device != "auto":
+        return cfg.lm.device
     return "cuda" if gpus >= 1 else "cpu"
 
 
@@ -109,10 +96,10 @@ class IngestWorker:
         torch.set_num_threads(threads)
         self.error: Exception | None = None
         try:
-            device = torch.device(cfg.device if cfg.device != "auto" else "cpu")
+            device = torch.device(cfg.lm.device if cfg.lm.device != "auto" else "cpu")
             if device.type == "cuda" and not torch.cuda.is_available():
-                raise GradstoreError(f"device {cfg.device!r}: a Ray worker sees no CUDA device")
-            dtype = resolve_dtype(cfg.dtype, device)
+                raise GradstoreError(f"device {cfg.lm.device!r}: a Ray worker sees no CUDA device")
+            dtype = resolve_dtype(cfg.lm.dtype, device)
             self.runner = GradientRunner(cfg, _with_adapters(plan), device, dtype, pad_id)
         except Exception as exc:  # reported by ready(), where the driver can show it
             self.error = exc
@@ -197,7 +184,7 @@ def _shards(todo: list[int], size: int) -> list[list[int]]:
 def ingest_on_ray(
     db: Database,
     cfg: IngestConfig,
-    options: RayIngestOptions | None = None,
+
     on_shard: Callable[[dict[str, Any]], None] | None = None,
 ) -> IngestSummary:
     """Run (or resume) one ingestion on Ray; the same table as :func:`ingest` would write.
@@ -206,15 +193,11 @@ def ingest_on_ray(
     record holds the shard's ``rows`` and ``ids``, the ``pid`` of the worker that
     computed it and the ``workers``' pids as they started.
     """
-    options = options or RayIngestOptions()
+    options = cfg.cluster
     start = time.perf_counter()
     cfg.validate()
-    if options.workers is not None and options.workers < 1:
-        raise GradstoreError(f"--workers {options.workers} must be at least 1")
-    if options.worker_cpus < 1 or options.retries < 0:
-        raise GradstoreError("--worker-cpus must be at least 1 and --worker-retries at least 0")
     ray = require_ray()
-    with ray_cluster(options.address):
+    with ray_cluster(options.ray or "local"):
         res = cluster_resources()
         device = _device(cfg, res["GPU"])
         gpu = device.startswith("cuda")
@@ -228,9 +211,9 @@ def ingest_on_ray(
                 f"{workers} Ray workers need {need:g} {kind} but the cluster has {have:g}; "
                 "lower --workers (or --worker-cpus), or add nodes"
             )
-        wcfg = replace(cfg, device=device, progress=False)
-        tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
-        dtype = resolve_dtype(cfg.dtype, torch.device("cuda" if gpu else "cpu"))
+        wcfg = with_options(cfg, device=device, progress=False)
+        tokenizer = load_tokenizer(cfg.lm.model, cfg.lm.gguf_file)
+        dtype = resolve_dtype(cfg.lm.dtype, torch.device("cuda" if gpu else "cpu"))
         plan, summary = plan_ingest(cfg, tokenizer, dtype)
         replacing = cfg.overwrite and cfg.table in db.tables()
         if not replacing and checkpoints_to_add(db, cfg, plan) is not None:
@@ -244,11 +227,11 @@ def ingest_on_ray(
         if not todo:
             return finish_present(db, cfg, plan, summary, start)
         # a shard holds at least one batch: more workers than that would only load the model
-        workers = min(workers, -(-len(todo) // cfg.batch_size))
+        workers = min(workers, -(-len(todo) // cfg.gradients.batch_size))
 
         actor_cls = ray.remote(IngestWorker).options(
             num_cpus=0 if gpu else options.worker_cpus, num_gpus=1 if gpu else 0,
-            max_restarts=options.retries, max_task_retries=options.retries,
+            max_restarts=options.worker_retries, max_task_retries=options.worker_retries,
             runtime_env=task_env(),
         )
         # small enough to travel with the actor's constructor: each worker loads the
@@ -309,7 +292,7 @@ def _run_shards(db, cfg, plan, spec, todo, actors, summary, on_shard, pids) -> i
     ds = db.dataset(cfg.table)
     uri, schema, version = ds.uri, ds.schema, ds.data_storage_version
     per_worker = -(-len(left) // (len(actors) * SHARDS_PER_WORKER))
-    size = max(cfg.batch_size, min(cfg.write_rows, per_worker))
+    size = max(cfg.gradients.batch_size, min(cfg.gradients.write_rows, per_worker))
     queue = deque(_shards(left, size))
     bar = tqdm(total=len(left), desc=f"ingest {cfg.table} ({len(actors)} Ray workers)",
                unit="ex", disable=not cfg.progress, mininterval=1.0)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from gradstore.choices import GRAD_TYPES, PROJECTION_KINDS
+from gradstore.config import IngestConfig
 from gradstore.errors import GradstoreError, TableConflict
 from gradstore.grads.data import read_records
 from gradstore.grads.examples import TokenizedExample, data_fingerprint, tokenize_records
@@ -31,113 +31,10 @@ from gradstore.grads.optimizer_state import (
     optimizer_file,
 )
 from gradstore.store.database import Database, RowBlock
-from gradstore.store.meta import VECTOR_DTYPES, ProjectionSpec, TableMeta
+from gradstore.store.meta import ProjectionSpec, TableMeta
 
 FRESH_CHECKPOINT = "init"
 RAW_BUFFER_BYTES = 512 << 20  # raw (unprojected) gradients held before one projection call
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    """One `gradstore ingest` run. Every field maps to a command-line flag."""
-
-    table: str
-    model: str
-    data: str
-    checkpoints: tuple[str, ...] = ()
-    kind: str = "pool"
-    """pool or target."""
-    grad_type: str | tuple[str, ...] | None = None
-    """Gradient types to store, the first one primary: adam, sgd or sign, or several
-    ("adam,sgd"). Default with optimizer state: adam for a pool; adam and sgd for a target
-    (GTP and OMP match the pool's type, LESS reads sgd). Without optimizer state: sgd."""
-    projection: str = "rademacher"
-    proj_dim: int = 8192
-    seed: int = 0
-    """Projection seed (and fresh-LoRA init seed): pool and targets must share it."""
-    nnz: int | None = None
-    """Nonzeros per input coordinate of the countsketch projection."""
-    max_length: int = 2048
-    batch_size: int = 8
-    device: str = "auto"
-    dtype: str = "auto"
-    """Model weights: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16."""
-    gguf_file: str | None = None
-    lora_r: int = 8
-    lora_alpha: int = 32
-    lora_targets: tuple[str, ...] | None = None
-    vector_dtype: str = "float16"
-    subtask_field: str | None = None
-    split: str | None = None
-    lrs: tuple[float, ...] | None = None
-    """Learning rates of the checkpoints, overriding what their saved state says."""
-    write_rows: int = 512
-    """Rows per append (one Lance commit); at most this much work is lost on a crash."""
-    flush_seconds: float = 60.0
-    overwrite: bool = False
-    progress: bool = True
-
-    def validate(self) -> None:
-        def bad(msg: str) -> None:
-            raise GradstoreError(msg)
-
-        if not self.table or self.table.startswith("_") or "/" in self.table:
-            bad(f"table name {self.table!r} is not allowed; use letters, digits, '-', '_'")
-        if self.kind not in ("pool", "target"):
-            bad(f"kind {self.kind!r} is not one of pool, target")
-        types = self.requested_types()
-        if types is not None:
-            wrong = [t for t in types if t not in GRAD_TYPES]
-            if wrong or not types or len(set(types)) != len(types):
-                bad(f"gradient type {self.grad_type!r} is not one of {', '.join(GRAD_TYPES)} "
-                    "or a comma list of different ones (e.g. adam,sgd)")
-        if self.projection not in PROJECTION_KINDS:
-            bad(f"projection {self.projection!r} is not one of {', '.join(PROJECTION_KINDS)}")
-        if self.proj_dim < 1:
-            bad(f"--proj-dim {self.proj_dim} must be at least 1")
-        if self.max_length < 2:
-            bad(f"--max-length {self.max_length} must be at least 2")
-        if self.batch_size < 1:
-            bad(f"--batch-size {self.batch_size} must be at least 1")
-        if self.vector_dtype not in VECTOR_DTYPES:
-            bad(f"vector dtype {self.vector_dtype!r} is not one of float16, float32")
-        if self.lrs is not None and len(self.lrs) != max(1, len(self.checkpoints)):
-            bad(f"{len(self.lrs)} learning rates given for {len(self.checkpoints)} checkpoints")
-        if self.write_rows < 1:
-            bad(f"write_rows {self.write_rows} must be at least 1")
-        for c in self.checkpoints:
-            if not Path(c).is_dir():
-                bad(f"checkpoint directory {c!r} does not exist")
-
-    @classmethod
-    def from_options(cls, **options: Any) -> IngestConfig:
-        """A config from keyword options as the Python API takes them (lists allowed)."""
-        if options.get("checkpoints") is not None:
-            options["checkpoints"] = tuple(str(c) for c in options["checkpoints"])
-        for key in ("lora_targets", "lrs"):
-            if options.get(key) is not None:
-                options[key] = tuple(options[key])
-        try:
-            return cls(**options)
-        except TypeError as exc:
-            raise GradstoreError(f"ingest options: {exc}") from exc
-
-    def requested_types(self) -> tuple[str, ...] | None:
-        """``grad_type`` as a tuple of type names (None: the default for the kind)."""
-        if self.grad_type is None:
-            return None
-        if isinstance(self.grad_type, str):
-            return tuple(t.strip() for t in self.grad_type.split(","))
-        return tuple(self.grad_type)
-
-    def grad_types(self, has_state: bool) -> tuple[str, ...]:
-        """The gradient types this run stores, primary first."""
-        given = self.requested_types()
-        if given is not None:
-            return given
-        if not has_state:
-            return ("sgd",)
-        return ("adam",) if self.kind == "pool" else ("adam", "sgd")
 
 
 @dataclass
@@ -224,13 +121,44 @@ def _checkpoint_names(paths: list[Path]) -> list[str]:
 def plan_ingest(
     cfg: IngestConfig, tokenizer, dtype: torch.dtype | None = None
 ) -> tuple[IngestPlan, IngestSummary]:
-    """Read and tokenise the data, resolve checkpoints, lrs and the gradient type."""
+    """Read and tokenise the data, resolve checkpoints, lrs and the gradient types."""
     cfg.validate()
+    examples, summary = _tokenized(cfg, tokenizer)
+    paths, names, lrs, adapters, fingerprints = _checkpoints(cfg)
+    has_state = bool(paths) and all(optimizer_file(p) is not None for p in paths)
+    grad_type, *extra_types = cfg.grad_types(has_state)
+    if "adam" in (grad_type, *extra_types) and not has_state:
+        missing = [str(p) for p in paths if optimizer_file(p) is None] or ["a fresh LoRA"]
+        raise GradstoreError(
+            f"adam gradients need a saved optimizer state, which {missing[0]} lacks; "
+            "give --checkpoint directories saved with optimizer.pt, or --grad-type sgd"
+        )
+    g = cfg.gradients
+    settings = {
+        "model": model_identity(cfg.lm.model, cfg.lm.gguf_file),
+        "checkpoints": names,
+        "adapters": fingerprints,
+        "grad_type": grad_type,
+        **({"extra_grad_types": extra_types} if extra_types else {}),
+        "projection": {"kind": g.projection, "dim": g.proj_dim, "seed": g.seed, "nnz": g.nnz},
+        "max_length": g.max_length,
+        "dtype": str(dtype or resolve_dtype(cfg.lm.dtype, resolve_device(cfg.lm.device))),
+        "lora": None if paths else asdict(lora_spec(cfg)),
+        "subtask_field": cfg.subtask_field,
+    }
+    settings = json.loads(json.dumps(settings))  # compared with the stored (JSON) copy
+    plan = IngestPlan(examples, paths, names, lrs, adapters, grad_type, settings,
+                      data_fingerprint(examples), extra_types)
+    summary.checkpoints, summary.grad_type = names, "+".join(plan.grad_types)
+    summary.rows_expected = len(examples)
+    return plan, summary
+
+
+def _tokenized(cfg: IngestConfig, tokenizer) -> tuple[list[TokenizedExample], IngestSummary]:
+    """The data's examples as the model sees them, and a summary of what was skipped."""
     records = read_records(cfg.data, split=cfg.split)
-    report = tokenize_records(
-        records, tokenizer, max_length=cfg.max_length, subtask_field=cfg.subtask_field,
-        progress=cfg.progress,
-    )
+    report = tokenize_records(records, tokenizer, max_length=cfg.gradients.max_length,
+                              subtask_field=cfg.subtask_field, progress=cfg.progress)
     summary = IngestSummary(table=cfg.table, truncated=report.truncated)
     for reason, ids in report.skipped.items():
         summary.skipped[reason] = len(ids)
@@ -241,49 +169,25 @@ def plan_ingest(
             f"no example in {cfg.data!r} has tokens to take a loss on ({reasons}); "
             "check the data format (chat, prompt/completion, Alpaca or text)"
         )
-    # training order (checkpoint-2 before checkpoint-10), whatever order they were given in
+    return report.examples, summary
+
+
+def _checkpoints(cfg: IngestConfig):
+    """(paths, names, lrs, adapter weights, fingerprints) in training order (checkpoint-2
+    before checkpoint-10, whatever order they were given in); a fresh LoRA without any."""
     order = sorted(range(len(cfg.checkpoints)), key=lambda i: natural_key(cfg.checkpoints[i]))
     paths = [Path(cfg.checkpoints[i]) for i in order]
-    if paths:
-        names = _checkpoint_names(paths)
-        adapters = [load_adapter_weights(p) for p in paths]
-        lrs = [cfg.lrs[i] for i in order] if cfg.lrs else [checkpoint_lr(p) for p in paths]
-        fingerprints = {n: weights_fingerprint(w) for n, w in zip(names, adapters, strict=True)}
-    else:
-        names, adapters = [FRESH_CHECKPOINT], None
-        lrs = list(cfg.lrs) if cfg.lrs else [None]
+    if not paths:
         spec = lora_spec(cfg)
         fingerprints = {FRESH_CHECKPOINT: f"fresh LoRA r={spec.r} alpha={spec.alpha} "
                         f"targets={spec.targets} seed={spec.seed}"}
-    has_state = bool(paths) and all(optimizer_file(p) is not None for p in paths)
-    grad_type, *extra_types = cfg.grad_types(has_state)
-    if "adam" in (grad_type, *extra_types) and not has_state:
-        missing = [str(p) for p in paths if optimizer_file(p) is None] or ["a fresh LoRA"]
-        raise GradstoreError(
-            f"adam gradients need a saved optimizer state, which {missing[0]} lacks; "
-            "give --checkpoint directories saved with optimizer.pt, or --grad-type sgd"
-        )
-    settings = {
-        "model": model_identity(cfg.model, cfg.gguf_file),
-        "checkpoints": names,
-        "adapters": fingerprints,
-        "grad_type": grad_type,
-        **({"extra_grad_types": extra_types} if extra_types else {}),
-        "projection": {"kind": cfg.projection, "dim": cfg.proj_dim, "seed": cfg.seed,
-                       "nnz": cfg.nnz},
-        "max_length": cfg.max_length,
-        "dtype": str(dtype or resolve_dtype(cfg.dtype, resolve_device(cfg.device))),
-        "lora": None if paths else asdict(lora_spec(cfg)),
-        "subtask_field": cfg.subtask_field,
-    }
-    settings = json.loads(json.dumps(settings))  # compared with the stored (JSON) copy
-    plan = IngestPlan(
-        report.examples, paths, names, lrs, adapters, grad_type, settings,
-        data_fingerprint(report.examples), extra_types,
-    )
-    summary.checkpoints, summary.grad_type = names, "+".join(plan.grad_types)
-    summary.rows_expected = len(report.examples)
-    return plan, summary
+        return paths, [FRESH_CHECKPOINT], list(cfg.lrs) if cfg.lrs else [None], None, \
+            fingerprints
+    names = _checkpoint_names(paths)
+    adapters = [load_adapter_weights(p) for p in paths]
+    lrs = [cfg.lrs[i] for i in order] if cfg.lrs else [checkpoint_lr(p) for p in paths]
+    fingerprints = {n: weights_fingerprint(w) for n, w in zip(names, adapters, strict=True)}
+    return paths, names, lrs, adapters, fingerprints
 
 
 def pad_token_id(tokenizer) -> int:
@@ -296,7 +200,8 @@ def stage_table(table: str) -> str:
 
 
 def lora_spec(cfg: IngestConfig) -> LoraSpec:
-    return LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, targets=cfg.lora_targets, seed=cfg.seed)
+    g = cfg.gradients
+    return LoraSpec(r=g.lora_r, alpha=g.lora_alpha, targets=g.lora_targets, seed=g.seed)
 
 
 def differing_settings(
@@ -422,13 +327,13 @@ def create_table(
     meta = TableMeta(
         kind=cfg.kind,
         dim=spec.dim,
-        vector_dtype=cfg.vector_dtype,
+        vector_dtype=cfg.gradients.vector_dtype,
         projection=spec,
         grad_type=plan.grad_type,
         model=plan.settings["model"],
         extra_types=list(plan.extra_types),
         extra={"source": str(Path(cfg.data).resolve()), "split": cfg.split,
-               "model_path": cfg.model, "gguf_file": cfg.gguf_file},
+               "model_path": cfg.lm.model, "gguf_file": cfg.lm.gguf_file},
         ingest=ingest_state(plan, "running", **state),
     )
     db.create_table(cfg.table, meta, list(zip(plan.checkpoint_names, plan.lrs, strict=True)))
@@ -468,8 +373,8 @@ class RowWriter:
         self.blocks.append(block)
         self.pending += len(block.ids)
         if (
-            self.pending >= self.cfg.write_rows
-            or time.monotonic() - self.last >= self.cfg.flush_seconds
+            self.pending >= self.cfg.gradients.write_rows
+            or time.monotonic() - self.last >= self.cfg.gradients.flush_seconds
         ):
             self.flush()
 

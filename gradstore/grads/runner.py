@@ -40,7 +40,7 @@ class GradientRunner:
 
     def __init__(self, cfg: IngestConfig, plan: IngestPlan, device, dtype, pad_id: int) -> None:
         self.cfg, self.plan, self.device = cfg, plan, device
-        lm = load_model(cfg.model, cfg.gguf_file, dtype, device, progress=cfg.progress)
+        lm = load_model(cfg.lm.model, cfg.lm.gguf_file, dtype, device, progress=cfg.progress)
         paths = plan.checkpoint_paths
         if paths:
             self.model = lora_from_checkpoints(lm, paths).to(device)
@@ -67,10 +67,10 @@ class GradientRunner:
             if "adam" in plan.grad_types else None
             for c in self.checkpoints
         ]
-        dim = self.grads.num_params if cfg.projection == "none" else cfg.proj_dim
-        self.projector = make_projector(
-            cfg.projection, self.grads.num_params, dim, seed=cfg.seed, nnz=cfg.nnz
-        )
+        g = cfg.gradients
+        dim = self.grads.num_params if g.projection == "none" else g.proj_dim
+        self.projector = make_projector(g.projection, self.grads.num_params, dim, seed=g.seed,
+                                        nnz=g.nnz)
         self.pad_id = pad_id
         self.skipped: Counter[str] = Counter()
         self.skipped_ids: dict[str, list[str]] = {}
@@ -78,7 +78,7 @@ class GradientRunner:
         T, P = len(self.checkpoints), self.grads.num_params
         # one projection call per chunk amortises generating the projection matrix
         by_memory = RAW_BUFFER_BYTES // max(1, len(plan.grad_types) * T * P * 4)
-        self.chunk = max(cfg.batch_size, min(by_memory, cfg.write_rows, 256))
+        self.chunk = max(cfg.gradients.batch_size, min(by_memory, cfg.gradients.write_rows, 256))
 
     def run(self, todo: list[int], on_batch=None):
         """Yield one RowBlock per chunk of examples (indices into plan.examples).
@@ -98,7 +98,7 @@ class GradientRunner:
             yield self._chunk([examples[i] for i in part], [rows[i] for i in part], on_batch)
 
     def _chunk(self, exs: list[TokenizedExample], rows: list[int], on_batch) -> RowBlock:
-        T, bs = len(self.checkpoints), self.cfg.batch_size
+        T, bs = len(self.checkpoints), self.cfg.gradients.batch_size
         types = self.plan.grad_types
         raw = {t: torch.empty(T, len(exs), self.grads.num_params, dtype=torch.float32,
                               device=self.device) for t in types}
@@ -131,7 +131,7 @@ class GradientRunner:
             self.skipped[reason] += len(bad)
             self.skipped_ids.setdefault(reason, []).extend(bad[:5])
             self.nonfinite.update(bad)
-        if self.cfg.vector_dtype == "float16" and ok.any():
+        if self.cfg.gradients.vector_dtype == "float16" and ok.any():
             peak = max(float(np.abs(v[:, ok]).max()) for v in vecs.values())
             if peak >= FLOAT16_MAX:
                 raise GradstoreError(

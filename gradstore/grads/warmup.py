@@ -30,6 +30,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from gradstore.config import (
+    ModelConfig,
+    TrainConfig,
+    WarmupConfig,
+    lora_layer_indices,
+    settings_of,
+)
 from gradstore.errors import GradstoreError
 from gradstore.grads.data import Record, read_records
 from gradstore.grads.examples import TokenizedExample, data_fingerprint, tokenize_records
@@ -51,90 +58,15 @@ CHECKPOINT_PREFIX = "checkpoint-"
 _TORCH_STATE = "training_state.pt"
 
 
-@dataclass(frozen=True)
-class WarmupConfig:
-    """One `gradstore warmup` run. Every field maps to a command-line flag."""
-
-    model: str
-    """Hugging Face id or local model directory."""
-    data: str
-    """The pool: .jsonl, .json, .parquet or a datasets directory (any ingest format)."""
-    out: str
-    """Directory for the checkpoints (created; resumed if an earlier run stopped)."""
-    gguf_file: str | None = None
-    split: str | None = None
-    fraction: float = 0.05
-    """Share of the pool trained on, drawn at random with ``seed``."""
-    num_examples: int | None = None
-    """Train on exactly this many pool examples instead of ``fraction``."""
-    epochs: int = 4
-    """Epochs; one checkpoint is saved after each."""
-    lr: float = 2e-5
-    """Peak learning rate (LESS's warm-up uses 2e-5)."""
-    warmup_ratio: float = 0.03
-    """Share of the optimizer steps with a linearly rising learning rate."""
-    weight_decay: float = 0.0
-    batch_size: int = 8
-    """Examples per forward pass."""
-    grad_accum: int = 1
-    """Forward passes per optimizer step (effective batch = batch_size x grad_accum)."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping (0: none)."""
-    max_length: int = 2048
-    lora_r: int = 8
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] | None = None
-    """Module names (default q/k/v/o projections when present, else all linear layers)."""
-    lora_layers: str | None = None
-    """Only these transformer layers: ``top:N`` or a comma list of indices."""
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory for long sequences."""
-    weight_field: str | None = None
-    """A field of the rows holding a loss weight (e.g. an export's ``weight``): each example's
-    loss counts in proportion to it (weights are scaled to mean 1; none: all equal)."""
-    overwrite: bool = False
-    progress: bool = True
-
-    def validate(self) -> None:
-        if not 0 < self.fraction <= 1:
-            raise GradstoreError(f"--fraction {self.fraction} must be in (0, 1], e.g. 0.05")
-        checks = {
-            "--epochs": self.epochs, "--batch-size": self.batch_size,
-            "--grad-accum": self.grad_accum, "--lora-r": self.lora_r,
-            "--max-length": self.max_length,
-        }
-        for flag, value in checks.items():
-            if value < 1:
-                raise GradstoreError(f"{flag} {value} must be a positive integer")
-        if self.num_examples is not None and self.num_examples < 1:
-            raise GradstoreError(f"--num-examples {self.num_examples} must be at least 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise GradstoreError(f"--lr {self.lr} must be a positive number, e.g. 2e-5")
-        if not 0 <= self.warmup_ratio < 1:
-            raise GradstoreError(f"--warmup-ratio {self.warmup_ratio} must be in [0, 1)")
-        if self.weight_decay < 0 or self.max_grad_norm < 0 or self.lora_alpha <= 0:
-            raise GradstoreError(
-                "--weight-decay and --max-grad-norm must be >= 0 and --lora-alpha > 0"
-            )
-        if not 0 <= self.lora_dropout < 1:
-            raise GradstoreError(f"--lora-dropout {self.lora_dropout} must be in [0, 1)")
-        if self.lora_layers is not None:
-            _parse_layers(self.lora_layers, None)
-        if not Path(self.data).exists():
-            raise GradstoreError(f"data {self.data!r} does not exist; give the pool's data file")
-
-    def training_settings(self) -> dict[str, Any]:
-        """What decides the weights: a rerun into the same directory must match these."""
-        d = asdict(self)
-        for k in ("out", "device", "overwrite", "progress", "data", "gradient_checkpointing"):
-            d.pop(k)
-        d["model"] = model_identity(self.model, self.gguf_file)
-        d["lora_targets"] = list(self.lora_targets) if self.lora_targets else None
-        return d
+def training_settings(cfg: WarmupConfig) -> dict[str, Any]:
+    """What decides the weights: a rerun into the same directory must match these (one flat
+    dict, the same keys as a run written before the configs were composed)."""
+    d = {k: v for k, v in settings_of(cfg).items()
+         if k not in ("out", "device", "overwrite", "progress", "data",
+                      "gradient_checkpointing")}
+    d["model"] = model_identity(cfg.lm.model, cfg.lm.gguf_file)
+    d["lora_targets"] = list(cfg.train.lora_targets) if cfg.train.lora_targets else None
+    return d
 
 
 @dataclass
@@ -185,35 +117,7 @@ class WarmupSummary:
         return asdict(self) | {"checkpoint_paths": self.checkpoint_paths}
 
 
-def _parse_layers(spec: str, num_layers: int | None) -> list[int]:
-    text = spec.strip().lower()
-    try:
-        if text.startswith("top:"):
-            n = int(text[4:])
-            if n < 1:
-                raise ValueError
-            if num_layers is None:
-                return []
-            if n > num_layers:
-                raise GradstoreError(
-                    f"--lora-layers {spec!r} asks for {n} layers but the model has {num_layers}"
-                )
-            return list(range(num_layers - n, num_layers))
-        layers = sorted({int(t) for t in text.split(",") if t.strip()})
-        if not layers or layers[0] < 0:
-            raise ValueError
-    except ValueError:
-        raise GradstoreError(
-            f"--lora-layers {spec!r} is not top:N or a comma list of layer indices (e.g. 10,11)"
-        ) from None
-    if num_layers is not None and layers[-1] >= num_layers:
-        raise GradstoreError(
-            f"--lora-layers {spec!r}: the model has layers 0..{num_layers - 1} only"
-        )
-    return layers
-
-
-def choose_subset(records: list[Record], cfg: WarmupConfig) -> list[Record]:
+def choose_subset(records: list[Record], cfg: TrainConfig) -> list[Record]:
     """The seeded random slice of the pool trained on, in pool order."""
     n = cfg.num_examples or max(1, round(cfg.fraction * len(records)))
     if n > len(records):
@@ -272,19 +176,22 @@ def loss_weights(records: list[Record], examples: list[TokenizedExample],
     return {k: v * len(raw) / total for k, v in raw.items()}
 
 
-class _Trainer:
-    def __init__(self, cfg: WarmupConfig, examples: list[TokenizedExample], pad_id: int,
-                 weights: dict[str, float] | None = None):
+class Trainer:
+    """LoRA training with AdamW and a linear schedule, checkpointed per epoch."""
+
+    def __init__(self, model: ModelConfig, cfg: TrainConfig, examples: list[TokenizedExample],
+                 pad_id: int, weights: dict[str, float] | None = None, progress: bool = False):
         from peft import LoraConfig, get_peft_model
 
         self.cfg, self.examples, self.pad_id = cfg, examples, pad_id
         self.weights = weights
-        self.device = resolve_device(cfg.device)
-        dtype = resolve_dtype(cfg.dtype, self.device)
-        lm = load_model(cfg.model, cfg.gguf_file, dtype, self.device, progress=cfg.progress)
+        self.device = resolve_device(model.device)
+        dtype = resolve_dtype(model.dtype, self.device)
+        lm = load_model(model.model, model.gguf_file, dtype, self.device, progress=progress)
         layers = None
         if cfg.lora_layers:
-            layers = _parse_layers(cfg.lora_layers, getattr(lm.config, "num_hidden_layers", None))
+            layers = lora_layer_indices(cfg.lora_layers,
+                                        getattr(lm.config, "num_hidden_layers", None))
         lora = LoraConfig(
             r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
             target_modules=pick_lora_targets(lm, cfg.lora_targets), bias="none",
@@ -428,12 +335,7 @@ def _summary_of(path: Path) -> CheckpointSummary:
 def warmup(cfg: WarmupConfig | None = None, /, **options: Any) -> WarmupSummary:
     """Run (or resume, or recognise as finished) a LoRA warm-up; see the module docstring."""
     if cfg is None:
-        if options.get("lora_targets") is not None:
-            options["lora_targets"] = tuple(options["lora_targets"])
-        try:
-            cfg = WarmupConfig(**options)
-        except TypeError as exc:
-            raise GradstoreError(f"warmup options: {exc}") from exc
+        cfg = WarmupConfig.from_options(**options)
     elif options:
         raise GradstoreError("pass either a WarmupConfig or keyword options, not both")
     cfg.validate()
@@ -442,42 +344,43 @@ def warmup(cfg: WarmupConfig | None = None, /, **options: Any) -> WarmupSummary:
     if out.exists() and not out.is_dir():
         raise GradstoreError(f"--out {cfg.out!r} is a file; give a directory for checkpoints")
     records = read_records(cfg.data, cfg.split)
-    subset = choose_subset(records, cfg)
-    tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
-    report = tokenize_records(subset, tokenizer, cfg.max_length, progress=cfg.progress)
+    train = cfg.train
+    subset = choose_subset(records, train)
+    tokenizer = load_tokenizer(cfg.lm.model, cfg.lm.gguf_file)
+    report = tokenize_records(subset, tokenizer, train.max_length, progress=cfg.progress)
     if not report.examples:
         raise GradstoreError(
             f"none of the {len(subset)} warm-up examples has a response token to train on "
             f"({', '.join(report.skipped)}); check the data format or raise --max-length"
         )
-    weights = loss_weights(subset, report.examples, cfg.weight_field)
-    settings = cfg.training_settings() | {
+    weights = loss_weights(subset, report.examples, train.weight_field)
+    settings = training_settings(cfg) | {
         "examples": [e.id for e in report.examples],
         "data_fingerprint": data_fingerprint(report.examples),
     }
     if weights is not None:
         settings["loss_weights"] = [round(weights[e.id], 9) for e in report.examples]
     done = _prepare_out(out, settings, cfg.overwrite)
-    if len(done) >= cfg.epochs:
-        cks = [_summary_of(p) for _, p in done[: cfg.epochs]]
+    if len(done) >= train.epochs:
+        cks = [_summary_of(p) for _, p in done[: train.epochs]]
         return WarmupSummary(str(out), cks, len(report.examples), report.skipped, cks[-1].step,
-                             cfg.epochs, time.perf_counter() - started, "already complete")
+                             train.epochs, time.perf_counter() - started, "already complete")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    trainer = _Trainer(cfg, report.examples, pad_id, weights)
+    trainer = Trainer(cfg.lm, train, report.examples, pad_id, weights, cfg.progress)
     if done:
         trainer.restore(done[-1][1])
     else:
-        torch.manual_seed(cfg.seed)  # LoRA dropout
+        torch.manual_seed(train.seed)  # LoRA dropout
     start_epoch = len(done)
     bar = tqdm(total=trainer.total_steps, initial=trainer.step, desc="warm-up", unit="step",
                disable=not cfg.progress, dynamic_ncols=True)
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, train.epochs):
             lr, lr_end, loss = trainer.epoch(epoch, bar)
             trainer.save(out, epoch, lr, lr_end, loss, settings)
     finally:
         bar.close()
-    if cfg.gradient_checkpointing:
+    if train.gradient_checkpointing:
         trainer.model.get_base_model().gradient_checkpointing_disable()
     release_model(trainer.model)
     _write_run_info(out, settings, "complete")

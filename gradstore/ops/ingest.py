@@ -17,10 +17,10 @@ from dataclasses import asdict, replace
 
 from tqdm.auto import tqdm
 
+from gradstore.config import IngestConfig, with_options
 from gradstore.errors import GradstoreError
 from gradstore.grads.examples import data_fingerprint
 from gradstore.grads.ingestion import (
-    IngestConfig,
     IngestPlan,
     IngestSummary,
     RowWriter,
@@ -47,26 +47,23 @@ from gradstore.ops.importing import import_vectors
 from gradstore.store.database import Database
 
 
-def run_ingest(db: Database, cfg: IngestConfig, ray: str | None = None,
-               **ray_options: int) -> IngestSummary:
-    """One ingestion, in this process or (``ray``: ``local`` or a cluster address) sharded
-    over Ray workers (``workers``, ``worker_cpus``, ``worker_retries``)."""
-    if ray is None:
+def run_ingest(db: Database, cfg: IngestConfig) -> IngestSummary:
+    """One ingestion, in this process or (``cfg.cluster.ray``: ``local`` or a cluster
+    address) sharded over Ray workers."""
+    if cfg.cluster.ray is None:
         return ingest(db, cfg)
-    from gradstore.distributed import RayIngestOptions, ingest_on_ray
+    from gradstore.distributed import ingest_on_ray
 
-    if "worker_retries" in ray_options:
-        ray_options["retries"] = ray_options.pop("worker_retries")
-    return ingest_on_ray(db, cfg, RayIngestOptions(address=ray, **ray_options))
+    return ingest_on_ray(db, cfg)
 
 
 def ingest(db: Database, cfg: IngestConfig) -> IngestSummary:
     """Run (or resume) one ingestion; returns its summary."""
     start = time.perf_counter()
     cfg.validate()
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
+    device = resolve_device(cfg.lm.device)
+    dtype = resolve_dtype(cfg.lm.dtype, device)
+    tokenizer = load_tokenizer(cfg.lm.model, cfg.lm.gguf_file)
     plan, summary = plan_ingest(cfg, tokenizer, dtype)
     overwrite = cfg.overwrite and cfg.table in db.tables()
     loaded = (device, dtype, pad_token_id(tokenizer))
@@ -107,7 +104,7 @@ def _add_types(
     """Compute only the new gradient types for the table's rows at every checkpoint, then
     add each as columns (staged resumably like new checkpoints)."""
     meta = db.meta(cfg.table)
-    stage = replace(cfg, table=f"_add_{cfg.table}", grad_type=tuple(new))
+    stage = with_options(cfg, table=f"_add_{cfg.table}", grad_type=tuple(new))
     sub = with_types(plan, new)
     ids = _stage_vectors(db, cfg, stage, sub, summary, loaded, "gradient types")
     for t in new:

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from gradstore.choices import METHODS, PURSUITS, TARGET_MODES
+from gradstore.budget import Budget, budget_count, budget_label
+from gradstore.choices import PURSUITS
+from gradstore.config import SelectConfig
 from gradstore.errors import GradstoreError
-from gradstore.selectors.budget import Budget, budget_count, budget_label
 from gradstore.selectors.gtp import gtp
 from gradstore.selectors.gtp_paper import gtp_paper
 from gradstore.selectors.less import less_topk
@@ -131,55 +132,6 @@ def target_matrix(
     return Y, target_tolerance(rows, lab)
 
 
-@dataclass(frozen=True)
-class SelectOptions:
-    """How one ``select`` run chooses (everything but the pool, targets and budgets)."""
-
-    method: str = "gtp"
-    target_mode: str = "mean"
-    normalize: bool = True
-    m: int | None = None
-    max_iter: int = 30
-    tol: float = 1e-3
-    tolerance: float | str = "auto"
-    seed: int = 0
-    checkpoint_weights: Sequence[float] | None = None
-    mode: str = "auto"
-    memory_budget: int | None = None
-    progress: bool = False
-    save: bool = True
-    partitions: int | None = None
-    ray: str | None = None
-    ray_tasks: int | None = None
-
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise GradstoreError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
-        if self.target_mode not in TARGET_MODES:
-            raise GradstoreError(f"target mode {self.target_mode!r} is not one of mean, joint")
-        if self.tolerance != "auto" and not (isinstance(self.tolerance, int | float)
-                                             and np.isfinite(self.tolerance)
-                                             and self.tolerance >= 0):
-            raise GradstoreError(
-                f"--tolerance {self.tolerance!r} must be 'auto' or a number >= 0")
-        if self.max_iter < 1:
-            raise GradstoreError(f"max_iter {self.max_iter} must be at least 1")
-        if self.m is not None and self.m < 1:
-            raise GradstoreError(f"candidate count m={self.m} must be at least 1")
-        p = self.partitions
-        if p is not None and (isinstance(p, bool) or int(p) != p or p < 1):
-            raise GradstoreError(f"--partitions {p!r} must be a whole number >= 1")
-        if p is not None and self.method not in PURSUITS:
-            raise GradstoreError(
-                f"--partitions applies to gtp and gtp-paper only, not {self.method}; drop it "
-                f"(with --ray, {self.method}'s scans are spread over the cluster anyway)"
-            )
-        if self.ray_tasks is not None and self.ray_tasks < 1:
-            raise GradstoreError(f"--ray-tasks {self.ray_tasks} must be at least 1")
-        if self.mode not in ("auto", "ram", "stream"):
-            raise GradstoreError(f"scan mode {self.mode!r} is not one of auto, ram, stream")
-
-
 def default_memory_budget() -> int:
     """40% of the machine's RAM: the largest pool held in memory by default."""
     try:
@@ -226,7 +178,7 @@ def checkpoint_weights(pmeta: TableMeta, given: Sequence[float] | None) -> list[
     return None
 
 
-def stacked_pool(db: Database, pool: str, opts: SelectOptions, eta,
+def stacked_pool(db: Database, pool: str, opts: SelectConfig, eta,
                  cache: SourceCache) -> StackedPool:
     """The pool in the method's stacked space: local, or with its passes on Ray; centred
     on its mean row for gtp."""
@@ -257,7 +209,7 @@ class Answer:
 
 
 def answer_queries(spool: StackedPool, Ys: list[np.ndarray], tols: list[float],
-                   ks: list[int], pairs: list[tuple[int, int]], opts: SelectOptions,
+                   ks: list[int], pairs: list[tuple[int, int]], opts: SelectConfig,
                    bar: ScanProgress | None) -> list[Answer]:
     """Every (target, budget) pair's answer, in ``pairs`` order, sharing the passes."""
     method = opts.method
@@ -280,13 +232,13 @@ def answer_queries(spool: StackedPool, Ys: list[np.ndarray], tols: list[float],
     return out
 
 
-def _tolerance(opts: SelectOptions, target_error: float) -> float:
+def _tolerance(opts: SelectConfig, target_error: float) -> float:
     if opts.method != "gtp":
         return 0.0
     return target_error if opts.tolerance == "auto" else float(opts.tolerance)
 
 
-def _pursue(spool, queries, opts: SelectOptions, bar, kmax: int):
+def _pursue(spool, queries, opts: SelectConfig, bar, kmax: int):
     if opts.method in PURSUITS:
         pursuit = gtp if opts.method == "gtp" else gtp_paper
         if opts.partitions:
@@ -306,7 +258,7 @@ def run_selection(
     pool: str,
     targets: Sequence[str | None],
     budgets: Sequence[Budget],
-    opts: SelectOptions,
+    opts: SelectConfig,
     cache: SourceCache | None = None,
 ) -> list[Selection]:
     """Answer every (target, budget) pair in one run over the pool.
@@ -370,7 +322,7 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def _params(opts: SelectOptions, eta, spool: StackedPool, pmeta: TableMeta, n: int,
+def _params(opts: SelectConfig, eta, spool: StackedPool, pmeta: TableMeta, n: int,
             queries: int) -> dict[str, Any]:
     """What a selection records about how it was made."""
     return {

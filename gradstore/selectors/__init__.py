@@ -1,6 +1,6 @@
 """Selectors: pure numeric code over the gradient-source interface (no Lance here)."""
 
-from gradstore.selectors.budget import budget_count, parse_budget
+from gradstore.budget import budget_count, parse_budget
 from gradstore.selectors.gtp import gtp
 from gradstore.selectors.gtp_paper import gtp_paper
 from gradstore.selectors.less import less_topk

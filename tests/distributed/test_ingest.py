@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import gradstore
-from gradstore.distributed.ingest import RayIngestOptions, ingest_on_ray
+from gradstore.config import with_options
+from gradstore.distributed.ingest import ingest_on_ray
 from gradstore.errors import GradstoreError
 from gradstore.grads.ingestion import IngestConfig, stage_table
 from tests.grads.test_ingest import train_checkpoints, write_chat_data
@@ -29,7 +30,12 @@ def _cfg(setup, **kw) -> IngestConfig:
     base = dict(table="pool", model=str(model), data=str(data),
                 checkpoints=tuple(str(c) for c in ckpts), proj_dim=64, batch_size=4,
                 write_rows=6, progress=False, vector_dtype="float32")
-    return IngestConfig(**(base | kw))
+    return IngestConfig.from_options(**(base | kw))
+
+
+def ray(cfg: IngestConfig, **cluster) -> IngestConfig:
+    """``cfg`` run on the local Ray cluster with these worker settings."""
+    return with_options(cfg, ray="local", **cluster)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +84,7 @@ def _assert_same_table(got: dict, want: dict) -> None:
 def test_distributed_ingest_equals_single_process(ray_cluster, setup, reference, tmp_path):
     store = gradstore.open(tmp_path / "s")
     shards = []
-    summary = ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=2),
+    summary = ingest_on_ray(store.database, ray(_cfg(setup), workers=2),
                             on_shard=shards.append)
     assert summary.rows_written == N and summary.rows_present == 0
     assert len(shards) >= 4 and len({s["pid"] for s in shards}) == 2  # both workers worked
@@ -87,7 +93,7 @@ def test_distributed_ingest_equals_single_process(ray_cluster, setup, reference,
     assert stage_table("pool") not in store.database.all_tables()
     again = store.ingest(_cfg(setup), ray="local", workers=2)  # the Store API's way in
     assert again.rows_written == 0 and "nothing to do" in again.status
-    with pytest.raises(GradstoreError, match="only with ray"):
+    with pytest.raises(GradstoreError, match="add --ray ADDRESS"):
         store.ingest(_cfg(setup), workers=2)
 
 
@@ -103,7 +109,7 @@ def test_killed_worker_is_restarted_and_its_shard_retried(ray_cluster, setup, re
                                                           tmp_path):
     store = gradstore.open(tmp_path / "s")
     killed: list[int] = []
-    summary = ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=2, retries=2),
+    summary = ingest_on_ray(store.database, ray(_cfg(setup), workers=2, worker_retries=2),
                             on_shard=lambda rec: _kill_one_worker(rec, killed))
     assert killed and summary.rows_written == N
     _assert_same_table(_table(store), reference)
@@ -114,7 +120,7 @@ def test_killed_worker_then_rerun_gives_the_same_table(ray_cluster, setup, refer
     store = gradstore.open(tmp_path / "s")
     killed: list[int] = []
     with pytest.raises(GradstoreError, match="rerun the same command") as failed:
-        ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=2, retries=0),
+        ingest_on_ray(store.database, ray(_cfg(setup), workers=2, worker_retries=0),
                       on_shard=lambda rec: _kill_one_worker(rec, killed))
     assert "after 0 were done" not in str(failed.value)  # the recorded shard is counted
     # nothing half-written is visible: the table exists, empty and marked incomplete
@@ -124,7 +130,7 @@ def test_killed_worker_then_rerun_gives_the_same_table(ray_cluster, setup, refer
         store.select("pool", budget=3)
     staged = store.database.dataset(stage_table("pool")).count_rows()
     assert staged >= 1
-    summary = ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=2))
+    summary = ingest_on_ray(store.database, ray(_cfg(setup), workers=2))
     assert summary.rows_present >= 1 and summary.rows_written + summary.rows_present == N
     _assert_same_table(_table(store), reference)
     _assert_no_orphan_files(store)
@@ -142,11 +148,11 @@ def test_interrupted_driver_resumes_from_recorded_shards(ray_cluster, setup, ref
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=2),
+        ingest_on_ray(store.database, ray(_cfg(setup), workers=2),
                       on_shard=stop_after_two)
     assert store.num_rows("pool") == 0
     done = sum(len(r["ids"]) for r in seen)
-    summary = ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=2))
+    summary = ingest_on_ray(store.database, ray(_cfg(setup), workers=2))
     assert summary.rows_present == done and summary.rows_written == N - done
     _assert_same_table(_table(store), reference)
 
@@ -159,7 +165,7 @@ def test_single_process_run_finishes_a_distributed_one(ray_cluster, setup, refer
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=2), on_shard=stop)
+        ingest_on_ray(store.database, ray(_cfg(setup), workers=2), on_shard=stop)
     store.ingest(_cfg(setup))
     _assert_same_table(_table(store), reference)
     assert stage_table("pool") not in store.database.all_tables()
@@ -167,20 +173,20 @@ def test_single_process_run_finishes_a_distributed_one(ray_cluster, setup, refer
 
 def test_bad_model_fails_cleanly_and_keeps_the_old_table(ray_cluster, setup, tmp_path):
     store = gradstore.open(tmp_path / "s")
-    ingest_on_ray(store.database, _cfg(setup, proj_dim=32), RayIngestOptions(workers=1))
+    ingest_on_ray(store.database, ray(_cfg(setup, proj_dim=32), workers=1))
     before = store.num_rows("pool")
     bad = _cfg(setup, model=str(setup[0].parent), overwrite=True)
     with pytest.raises(GradstoreError):
-        ingest_on_ray(store.database, bad, RayIngestOptions(workers=1))
+        ingest_on_ray(store.database, ray(bad, workers=1))
     assert store.num_rows("pool") == before and not store.meta("pool").incomplete
 
 
 def test_more_workers_than_the_cluster_has_is_refused(ray_cluster, setup, tmp_path):
     store = gradstore.open(tmp_path / "s")
     with pytest.raises(GradstoreError, match="need 3 CPUs but the cluster has 2"):
-        ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=3))
+        ingest_on_ray(store.database, ray(_cfg(setup), workers=3))
     with pytest.raises(GradstoreError, match="at least 1"):
-        ingest_on_ray(store.database, _cfg(setup), RayIngestOptions(workers=0))
+        ingest_on_ray(store.database, ray(_cfg(setup), workers=0))
     assert "pool" not in store.tables()
 
 
@@ -204,7 +210,7 @@ def test_worker_refuses_checkpoint_files_other_than_the_drivers(setup, tmp_path)
     from gradstore.grads.model import load_tokenizer
 
     cfg = _cfg(setup)
-    plan, _ = plan_ingest(cfg, load_tokenizer(cfg.model, None))
+    plan, _ = plan_ingest(cfg, load_tokenizer(cfg.lm.model, None))
     light = replace(plan, examples=[], adapter_weights=None)
     loaded = _with_adapters(light)
     for a, b in zip(loaded.adapter_weights, plan.adapter_weights, strict=True):

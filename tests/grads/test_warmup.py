@@ -13,12 +13,13 @@ from peft.utils import load_peft_weights
 from transformers import get_linear_schedule_with_warmup
 
 import gradstore
+from gradstore.config import TrainConfig, WarmupConfig
 from gradstore.errors import GradstoreError
 from gradstore.grads import warmup as warmup_module
 from gradstore.grads.data import read_records
 from gradstore.grads.examples import tokenize_records
 from gradstore.grads.projection import make_projector
-from gradstore.grads.warmup import WarmupConfig, choose_subset, warmup
+from gradstore.grads.warmup import choose_subset, warmup
 from tests.grads.models import load
 from tests.grads.test_ingest import (
     reference_vectors,
@@ -30,7 +31,7 @@ from tests.grads.test_ingest import (
 def base(llama_dir, data, out, **kw) -> WarmupConfig:
     opts = dict(model=str(llama_dir), data=str(data), out=str(out), fraction=0.5, epochs=3,
                 batch_size=4, lr=1e-2, warmup_ratio=0.1, progress=False)
-    return WarmupConfig(**(opts | kw))
+    return WarmupConfig.from_options(**(opts | kw))
 
 
 def hf_epoch_lrs(peak: float, steps_per_epoch: int, epochs: int, warmup_ratio: float):
@@ -159,7 +160,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, llama_dir, monkey
     kw = dict(lora_dropout=0.2, epochs=3)
     full = warmup(base(llama_dir, data, tmp_path / "a", **kw))
 
-    real_save = warmup_module._Trainer.save
+    real_save = warmup_module.Trainer.save
     calls = {"n": 0}
 
     def save_then_stop(self, *args, **kwargs):
@@ -168,10 +169,10 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, llama_dir, monkey
             raise KeyboardInterrupt
         return real_save(self, *args, **kwargs)
 
-    monkeypatch.setattr(warmup_module._Trainer, "save", save_then_stop)
+    monkeypatch.setattr(warmup_module.Trainer, "save", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         warmup(base(llama_dir, data, tmp_path / "b", **kw))
-    monkeypatch.setattr(warmup_module._Trainer, "save", real_save)
+    monkeypatch.setattr(warmup_module.Trainer, "save", real_save)
     assert len(list((tmp_path / "b").glob("checkpoint-*"))) == 2
     resumed = warmup(base(llama_dir, data, tmp_path / "b", **kw))
     assert resumed.resumed_from == 2
@@ -197,13 +198,12 @@ def test_other_settings_are_refused_then_overwritten(tmp_path, llama_dir):
 def test_subset_is_seeded_and_sized(tmp_path):
     data = write_chat_data(tmp_path / "pool.jsonl", 200)
     recs = read_records(data)
-    cfg = WarmupConfig(model="m", data=str(data), out="o", fraction=0.05)
+    cfg = TrainConfig(fraction=0.05)
     a, b = choose_subset(recs, cfg), choose_subset(recs, cfg)
     assert [r.id for r in a] == [r.id for r in b] and len(a) == 10
-    other = choose_subset(recs, WarmupConfig(model="m", data=str(data), out="o", seed=1))
+    other = choose_subset(recs, TrainConfig(seed=1))
     assert [r.id for r in other] != [r.id for r in a]
-    assert len(choose_subset(recs, WarmupConfig(model="m", data=str(data), out="o",
-                                                num_examples=33))) == 33
+    assert len(choose_subset(recs, TrainConfig(num_examples=33))) == 33
 
 
 def test_top_layers_only_and_ingest_follows(tmp_path, llama_dir):

@@ -1,7 +1,7 @@
 import pytest
 
+from gradstore.budget import budget_count, budget_label, parse_budget
 from gradstore.errors import GradstoreError
-from gradstore.selectors.budget import budget_count, budget_label, parse_budget
 
 
 @pytest.mark.parametrize(

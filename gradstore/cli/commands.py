@@ -1,0 +1,287 @@
+"""The commands: each adds its flags (generated from its config where it has one) and maps
+the parsed flags onto one call of the Python API; the API decides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gradstore.cli import examples
+from gradstore.cli.flags import add_config_flags, config_from_args
+from gradstore.config import IngestConfig, RunConfig, SelectConfig, WarmupConfig
+from gradstore.errors import GradstoreError
+
+FORMATS = ("text", "json")
+
+
+class UsageError(GradstoreError):
+    """A command line that cannot be run as given."""
+
+
+def _parser(sub, name: str, help_text: str, epilog: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _format_flag(p: argparse.ArgumentParser, help_text: str = "how to print the result") -> None:
+    p.add_argument("--format", choices=FORMATS, default="text", help=help_text)
+
+
+def print_summary(summary, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(summary.to_dict(), default=str))
+    else:
+        print("\n".join(summary.lines()))
+
+
+# ---------------------------------------------------------------- import
+
+
+def add_import(sub) -> None:
+    p = _parser(sub, "import", "import precomputed gradient vectors (.npy / .pt)",
+                examples.IMPORT_EXAMPLES)
+    p.add_argument("store", help="store path (created if missing)")
+    p.add_argument("table", help="table to create or add a checkpoint to")
+    p.add_argument("--vectors", required=True, help=".npy (N x d) or .pt tensor file")
+    p.add_argument("--checkpoint", default="0", help="checkpoint name (default 0)")
+    p.add_argument("--ids", help="text file, one example id per line (default: row numbers)")
+    p.add_argument("--subtasks", help="text file, one subtask label per line")
+    p.add_argument("--lr", type=float, help="learning rate at this checkpoint (its weight)")
+    p.add_argument("--vector-dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--kind", choices=("pool", "target"), help="what the table is for")
+    p.add_argument("--grad-type", choices=("adam", "sgd", "sign"), help="gradient type")
+    p.add_argument("--model", help="model id the gradients came from")
+    p.add_argument("--projection", help="projection kind, e.g. rademacher")
+    p.add_argument("--proj-seed", type=int, help="projection seed")
+    p.set_defaults(func=cmd_import)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    import gradstore
+    from gradstore.store.importing import read_lines, read_vector_file
+
+    vectors = read_vector_file(args.vectors)
+    projection = None
+    if args.projection or args.proj_seed is not None:
+        projection = {"kind": args.projection or "unknown", "seed": args.proj_seed,
+                      "dim": int(vectors.shape[-1]) if vectors.ndim == 2 else None}
+    store = gradstore.open(args.store)
+    res = store.import_vectors(
+        args.table, vectors, checkpoint=args.checkpoint,
+        ids=read_lines(args.ids, "ids") if args.ids else None,
+        subtasks=read_lines(args.subtasks, "subtasks") if args.subtasks else None,
+        lr=args.lr, kind=args.kind, vector_dtype=args.vector_dtype, projection=projection,
+        grad_type=args.grad_type, model=args.model,
+    )
+    verb = "created" if res["created"] else "added checkpoint to"
+    print(f"{verb} table {args.table!r}: {res['rows']} rows, checkpoint {res['checkpoint']!r}")
+    return 0
+
+
+# ---------------------------------------------------------------- select
+
+
+def add_select(sub) -> None:
+    p = _parser(sub, "select", "choose training examples (gtp, gtp-paper, omp, less, random)",
+                examples.SELECT_EXAMPLES)
+    p.add_argument("store", help="store path")
+    p.add_argument("--pool", required=True, help="pool table")
+    p.add_argument("--target", action="append",
+                   help="target table (repeat for several; omit for in-domain selection)")
+    p.add_argument("--budget", action="append", required=True,
+                   help="count (1000), fraction (0.05) or percentage (5%%); repeatable")
+    add_config_flags(p, SelectConfig, skip=("save",))
+    _format_flag(p)
+    p.add_argument("--out", help="also write the selections as JSON to this file")
+    p.set_defaults(func=cmd_select)
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import gradstore
+
+    cfg = config_from_args(SelectConfig, args)
+    cfg.validate()
+    store = gradstore.open(args.store, create=False)
+    sels = store.select(args.pool, target=list(args.target or [None]),
+                        budget=list(args.budget), **dataclasses.asdict(cfg))
+    payload = [s.to_dict() for s in sels]
+    if args.out:
+        Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
+    if args.format == "json":
+        print(json.dumps(payload))
+    else:
+        for s in sels:
+            _print_selection(s)
+    _print_notes(store, sels)
+    return 0
+
+
+def _print_selection(sel) -> None:
+    print(f"selection {sel.selection_id}  method={sel.method}  "
+          f"target={sel.target or '(in-domain)'}  budget={sel.budget} (k={sel.k})  "
+          f"chosen={len(sel.ids)}  residual={sel.residual:.4f}  {sel.seconds:.2f}s")
+    show = min(10, len(sel.ids))
+    for r in range(show):
+        print(f"  {r + 1:>5}  {sel.ids[r]:<30}  {sel.weights[r]:.6g}")
+    if len(sel.ids) > show:
+        print(f"  ... {len(sel.ids) - show} more (--format json or --out for all)")
+
+
+def _print_notes(store, sels) -> None:
+    """One note on stderr per distinct reason a selection stopped short or read another
+    gradient type than it needs."""
+    seen = set()
+    for s in sels:
+        note = store.stop_note(s)
+        if note and (s.target, len(s.ids)) not in seen:
+            seen.add((s.target, len(s.ids)))
+            print(f"note: {s.target or '(in-domain)'}, budget {s.budget}: {note}",
+                  file=sys.stderr)
+
+
+# ---------------------------------------------------------------- warmup, ingest, run
+
+
+def add_warmup(sub) -> None:
+    p = _parser(sub, "warmup", "LoRA warm-up on a slice of the pool; one checkpoint per epoch",
+                examples.WARMUP_EXAMPLES)
+    add_config_flags(p, WarmupConfig)
+    _format_flag(p)
+    p.set_defaults(func=cmd_warmup)
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    import gradstore
+
+    print_summary(gradstore.warmup(config_from_args(WarmupConfig, args)), args.format)
+    return 0
+
+
+def add_ingest(sub) -> None:
+    p = _parser(sub, "ingest", "compute per-example gradients of a data file and store them",
+                examples.INGEST_EXAMPLES)
+    p.add_argument("store", help="store path (created if missing)")
+    add_config_flags(p, IngestConfig)
+    _format_flag(p, "how to print the final summary")
+    p.set_defaults(func=cmd_ingest)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import gradstore
+
+    cfg = config_from_args(IngestConfig, args)
+    if cfg.cluster.ray:
+        from gradstore.distributed import require_ray
+
+        require_ray()
+    cfg.validate()  # before opening (and creating) the store
+    print_summary(gradstore.open(args.store).ingest(cfg), args.format)
+    return 0
+
+
+def add_run(sub) -> None:
+    p = _parser(sub, "run", "the whole pipeline: warm-up, ingest, select, export",
+                examples.RUN_EXAMPLES)
+    add_config_flags(p, RunConfig, skip=("method", "save", "weight_field"))
+    _format_flag(p)
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import gradstore
+
+    cfg = config_from_args(RunConfig, args)
+    if cfg.cluster.ray:
+        from gradstore.distributed import require_ray
+
+        require_ray()
+    print_summary(gradstore.run(cfg), args.format)
+    return 0
+
+
+# ---------------------------------------------------------------- export, info
+
+
+def add_export(sub) -> None:
+    p = _parser(sub, "export",
+                "write a selection's examples (with weights) from the original data file",
+                examples.EXPORT_EXAMPLES)
+    p.add_argument("store", help="store path")
+    p.add_argument("--selection", required=True,
+                   help="selection id (as printed by select), or 'latest'")
+    p.add_argument("--data", help="the pool's data file (default: the file it was ingested from)")
+    p.add_argument("--split", help="split of a saved DatasetDict")
+    p.add_argument("--out", required=True, help="output file: .jsonl or .parquet")
+    p.add_argument("--weight-column", default="weight", help="name of the weight column")
+    p.add_argument("--rank-column", default="rank", help="name of the rank column")
+    _format_flag(p)
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import gradstore
+
+    store = gradstore.open(args.store, create=False)
+    summary = store.export(args.selection, args.out, data=args.data, split=args.split,
+                           weight_column=args.weight_column, rank_column=args.rank_column)
+    print_summary(summary, args.format)
+    return 0
+
+
+def add_info(sub) -> None:
+    p = _parser(sub, "info", "describe a store or one table", examples.INFO_EXAMPLES)
+    p.add_argument("store", help="store path")
+    p.add_argument("table", nargs="?", help="table (default: the whole store)")
+    _format_flag(p)
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import gradstore
+
+    info = gradstore.open(args.store, create=False).info(args.table)
+    if args.format == "json":
+        print(json.dumps(info, indent=1, default=str))
+        return 0
+    if args.table is None:
+        print(f"store {info['uri']}: {len(info['tables'])} table(s), "
+              f"{len(info['selections'])} selection(s)")
+    for t in (info["tables"].values() if args.table is None else [info]):
+        _print_table(t)
+    if args.table is None and info["selections"]:
+        print("selections (gradstore export STORE --selection ID --out FILE):")
+        for s in info["selections"]:
+            _print_selection_line(s, pool=True)
+    return 0
+
+
+def _print_table(t: dict) -> None:
+    ck = ", ".join(f"{c['name']}" + (f" (lr {c['lr']:g})" if c["lr"] is not None else "")
+                   for c in t["checkpoints"])
+    pr = t["projection"]
+    print(f"{t['table']}: {t['kind']}, {t['rows']} rows x {t['dim']} dims {t['vector_dtype']}, "
+          f"checkpoints [{ck}], projection {pr['kind']} (seed {pr['seed']}), "
+          f"grad {'+'.join(t['grad_types']) or '?'}, model {t['model']}"
+          + ("  [INCOMPLETE: rerun its ingest command]" if t["status"] == "running" else ""))
+    if "ingest" in t:
+        ing = t["ingest"]
+        print(f"  ingested from {ing['source']} ({ing['expected_rows']} examples, max length "
+              f"{ing['max_length']}, dtype {ing['dtype']}), {t['rows']} rows stored")
+    for s in t.get("selections", []):
+        _print_selection_line(s)
+
+
+def _print_selection_line(s: dict, pool: bool = False) -> None:
+    print(f"  selection {s['selection_id']}: {s['method']} "
+          + (f"pool={s['pool']} " if pool else "")
+          + f"target={s['target'] or '(in-domain)'} budget={s['budget']} chosen={s['k']} "
+          f"residual={s['residual']:.4f}")
+
+
+COMMANDS = (add_import, add_select, add_warmup, add_ingest, add_export, add_run, add_info)
+
+__all__ = ["COMMANDS", "UsageError"]

@@ -1,0 +1,64 @@
+"""The examples each command's --help ends with."""
+
+IMPORT_EXAMPLES = """examples:
+  gradstore import ./store pool --vectors ckpt1/all_orig.pt --checkpoint 1 --lr 2e-5 --ids ids.txt
+  gradstore import ./store pool --vectors ckpt2/all_orig.pt --checkpoint 2 --lr 1e-5 --ids ids.txt
+  gradstore import ./store mmlu --vectors mmlu.npy --subtasks subjects.txt --kind target
+"""
+
+SELECT_EXAMPLES = """examples:
+  gradstore select ./store --pool pool --target mmlu --budget 5%
+  gradstore select ./store --pool pool --target mmlu --target bbh --budget 0.01 --budget 0.05
+  gradstore select ./store --pool pool --budget 1000 --method omp --format json --out sel.json
+  gradstore select ./store --pool pool --target mmlu --budget 5% --method less
+  # scans as Ray tasks; GTP on 8 parts, then on the union of their picks
+  gradstore select ./store --pool pool --target mmlu --budget 5% --ray local --partitions 8
+"""
+
+INGEST_EXAMPLES = """examples:
+  # a pool at every warm-up checkpoint (Adam-preconditioned, as LESS)
+  gradstore ingest ./store pool --model HuggingFaceTB/SmolLM2-135M-Instruct --data pool.jsonl \\
+      --checkpoint warmup/checkpoint-1 --checkpoint warmup/checkpoint-2
+  # a target set at the same checkpoints (the pool's gradient type and plain SGD), with
+  # subtasks
+  gradstore ingest ./store mmlu --kind target --model HuggingFaceTB/SmolLM2-135M-Instruct \\
+      --data mmlu_dev.jsonl --subtask-field subject \\
+      --checkpoint warmup/checkpoint-1 --checkpoint warmup/checkpoint-2
+  # a GGUF model from a local directory, a fresh LoRA, a small projection
+  gradstore ingest ./store pool --model ./smollm2 --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf \\
+      --data pool.parquet --proj-dim 1024 --grad-type sgd
+  # on Ray: the examples sharded over 4 workers (one model copy each)
+  gradstore ingest ./store pool --model ./smollm2 --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf \\
+      --data pool.parquet --checkpoint warmup/checkpoint-1 --ray local --workers 4
+Running the same command again after an interruption writes only the missing rows.
+"""
+
+INFO_EXAMPLES = """examples:
+  gradstore info ./store
+  gradstore info ./store pool --format json
+"""
+
+WARMUP_EXAMPLES = """examples:
+  # 4 epochs of LoRA on a random 5% of the pool: warmup/checkpoint-<step>, one per epoch
+  gradstore warmup --model HuggingFaceTB/SmolLM2-135M-Instruct --data pool.jsonl --out warmup
+  # a GGUF model, LoRA on the top 4 layers, 2 epochs of 10% at a higher learning rate
+  gradstore warmup --model ./smollm2 --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf \\
+      --data pool.jsonl --out warmup --fraction 0.1 --epochs 2 --lr 1e-4 --lora-layers top:4
+Running the same command again after an interruption continues from the last checkpoint.
+"""
+
+EXPORT_EXAMPLES = """examples:
+  gradstore export ./store --selection 3f2a9c1e --out subset.jsonl
+  gradstore export ./store --selection latest --data pool.parquet --out subset.parquet
+Rows keep every original field, in selection order, plus `rank` and `weight`.
+"""
+
+RUN_EXAMPLES = """examples:
+  # warm-up, ingest pool and target, select 5% with GTP, export: all in ./work
+  gradstore run --model HuggingFaceTB/SmolLM2-135M-Instruct --data pool.jsonl \\
+      --target target.jsonl --out work
+  # two methods, two budgets, in-domain (no target)
+  gradstore run --model ./smollm2 --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf \\
+      --data pool.jsonl --out work --method gtp --method less --budget 1% --budget 5%
+Exports land in OUT/selections/, the store in OUT/store; rerunning resumes.
+"""
