@@ -184,7 +184,6 @@ def _shards(todo: list[int], size: int) -> list[list[int]]:
 def ingest_on_ray(
     db: Database,
     cfg: IngestConfig,
-
     on_shard: Callable[[dict[str, Any]], None] | None = None,
 ) -> IngestSummary:
     """Run (or resume) one ingestion on Ray; the same table as :func:`ingest` would write.
@@ -193,27 +192,13 @@ def ingest_on_ray(
     record holds the shard's ``rows`` and ``ids``, the ``pid`` of the worker that
     computed it and the ``workers``' pids as they started.
     """
-    options = cfg.cluster
     start = time.perf_counter()
     cfg.validate()
-    ray = require_ray()
-    with ray_cluster(options.ray or "local"):
-        res = cluster_resources()
-        device = _device(cfg, res["GPU"])
-        gpu = device.startswith("cuda")
-        workers = options.workers or (
-            int(res["GPU"]) if gpu else max(1, int(res["CPU"] // options.worker_cpus))
-        )
-        need, have = (workers, res["GPU"]) if gpu else (workers * options.worker_cpus, res["CPU"])
-        if need > have:
-            kind = "GPUs" if gpu else "CPUs"
-            raise GradstoreError(
-                f"{workers} Ray workers need {need:g} {kind} but the cluster has {have:g}; "
-                "lower --workers (or --worker-cpus), or add nodes"
-            )
-        wcfg = with_options(cfg, device=device, progress=False)
+    require_ray()
+    with ray_cluster(cfg.cluster.ray or "local"):
+        device, workers = _placement(cfg)
         tokenizer = load_tokenizer(cfg.lm.model, cfg.lm.gguf_file)
-        dtype = resolve_dtype(cfg.lm.dtype, torch.device("cuda" if gpu else "cpu"))
+        dtype = resolve_dtype(cfg.lm.dtype, torch.device(device.split(":")[0]))
         plan, summary = plan_ingest(cfg, tokenizer, dtype)
         replacing = cfg.overwrite and cfg.table in db.tables()
         if not replacing and checkpoints_to_add(db, cfg, plan) is not None:
@@ -228,23 +213,7 @@ def ingest_on_ray(
             return finish_present(db, cfg, plan, summary, start)
         # a shard holds at least one batch: more workers than that would only load the model
         workers = min(workers, -(-len(todo) // cfg.gradients.batch_size))
-
-        actor_cls = ray.remote(IngestWorker).options(
-            num_cpus=0 if gpu else options.worker_cpus, num_gpus=1 if gpu else 0,
-            max_restarts=options.worker_retries, max_task_retries=options.worker_retries,
-            runtime_env=task_env(),
-        )
-        # small enough to travel with the actor's constructor: each worker loads the
-        # adapters itself from the (shared) checkpoint paths
-        light = replace(plan, examples=[], adapter_weights=None)
-        if cfg.progress:
-            tqdm.write(f"starting {workers} Ray workers on {device} (each loads the model once)")
-        actors = [actor_cls.remote(wcfg, light, pad_token_id(tokenizer), options.worker_cpus)
-                  for _ in range(workers)]
-        try:
-            infos = ray.get([a.ready.remote() for a in actors])
-        except Exception as exc:
-            raise _unwrap(exc) from None
+        actors, infos = _start_workers(cfg, plan, device, workers, pad_token_id(tokenizer))
         spec = infos[0]["projection"]
         if replacing:  # only now: a bad model or checkpoint must not cost the old table
             db.drop_table(cfg.table)
@@ -257,6 +226,50 @@ def ingest_on_ray(
         summary.status = f"complete ({workers} Ray workers)"
         summary.seconds = time.perf_counter() - start
         return summary
+
+
+def _placement(cfg: IngestConfig) -> tuple[str, int]:
+    """The workers' device and how many fit the cluster (default: one per GPU, else
+    cluster CPUs / --worker-cpus); refused when more are asked for than it holds."""
+    options, res = cfg.cluster, cluster_resources()
+    device = _device(cfg, res["GPU"])
+    gpu = device.startswith("cuda")
+    workers = options.workers or (
+        int(res["GPU"]) if gpu else max(1, int(res["CPU"] // options.worker_cpus))
+    )
+    need, have = (workers, res["GPU"]) if gpu else (workers * options.worker_cpus, res["CPU"])
+    if need > have:
+        kind = "GPUs" if gpu else "CPUs"
+        raise GradstoreError(
+            f"{workers} Ray workers need {need:g} {kind} but the cluster has {have:g}; "
+            "lower --workers (or --worker-cpus), or add nodes"
+        )
+    return device, workers
+
+
+def _start_workers(cfg: IngestConfig, plan: IngestPlan, device: str, workers: int,
+                   pad_id: int) -> tuple[list, list[dict[str, Any]]]:
+    """``workers`` actors, each with the model loaded; their ``ready()`` reports."""
+    import ray
+
+    options, gpu = cfg.cluster, device.startswith("cuda")
+    actor_cls = ray.remote(IngestWorker).options(
+        num_cpus=0 if gpu else options.worker_cpus, num_gpus=1 if gpu else 0,
+        max_restarts=options.worker_retries, max_task_retries=options.worker_retries,
+        runtime_env=task_env(),
+    )
+    # small enough to travel with the actor's constructor: each worker loads the
+    # adapters itself from the (shared) checkpoint paths
+    light = replace(plan, examples=[], adapter_weights=None)
+    if cfg.progress:
+        tqdm.write(f"starting {workers} Ray workers on {device} (each loads the model once)")
+    wcfg = with_options(cfg, device=device, progress=False)
+    actors = [actor_cls.remote(wcfg, light, pad_id, options.worker_cpus)
+              for _ in range(workers)]
+    try:
+        return actors, ray.get([a.ready.remote() for a in actors])
+    except Exception as exc:
+        raise _unwrap(exc) from None
 
 
 def _stage_token(db: Database, cfg: IngestConfig, plan: IngestPlan, spec: dict) -> str:

@@ -72,18 +72,7 @@ def trainer_order(slots: list[ParamSlot]) -> list[ParamSlot]:
 
 def load_adam_moments(path: Path, slots: list[ParamSlot]) -> AdamMoments:
     """Read the Adam moments saved in checkpoint ``path`` in the order of ``slots``."""
-    file = optimizer_file(path)
-    if file is None:
-        raise GradstoreError(
-            f"checkpoint {str(path)!r} has no optimizer state ({' or '.join(OPTIMIZER_FILES)}); "
-            "use --grad-type sgd or sign, or a checkpoint saved with its optimizer"
-        )
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise GradstoreError(f"cannot read optimizer state {str(file)!r}: {exc}") from exc
-    if not isinstance(state, dict) or "state" not in state or "param_groups" not in state:
-        raise GradstoreError(f"{str(file)!r} is not a torch optimizer state_dict")
+    file, state = _read_state(path)
     groups = state["param_groups"]
     betas = {tuple(g.get("betas", ())) for g in groups}
     epss = {g.get("eps") for g in groups}
@@ -94,24 +83,7 @@ def load_adam_moments(path: Path, slots: list[ParamSlot]) -> AdamMoments:
         )
     (beta1, beta2), eps = betas.pop(), epss.pop()
     index_order = [i for g in groups for i in g["params"]]
-    names = [n for g in groups for n in (g.get("param_names") or [])]
-    if index_order and all(isinstance(i, str) for i in index_order):
-        names = index_order  # FSDP's optim_state_dict (LESS's optimizer.bin): keyed by name
-    if len(index_order) != len(slots):
-        raise GradstoreError(
-            f"optimizer state {str(file)!r} covers {len(index_order)} parameters but the model "
-            f"has {len(slots)} trainable LoRA parameters; was it saved for this adapter?"
-        )
-    if names and len(names) == len(index_order):
-        by_name = {_normal_name(s.name): s for s in slots}
-        missing = [n for n in names if _normal_name(n) not in by_name]
-        if missing:
-            raise GradstoreError(
-                f"optimizer state {str(file)!r} names parameters the model lacks: {missing[:3]}"
-            )
-        ordered = [by_name[_normal_name(n)] for n in names]
-    else:
-        ordered = trainer_order(slots)
+    ordered = _slots_in_state_order(file, groups, index_order, slots)
     total = sum(s.numel for s in slots)
     m = torch.empty(total, dtype=torch.float32)
     v = torch.empty(total, dtype=torch.float32)
@@ -131,6 +103,47 @@ def load_adam_moments(path: Path, slots: list[ParamSlot]) -> AdamMoments:
                 )
             dst[slot.offset : slot.offset + slot.numel] = src.reshape(-1).float()
     return AdamMoments(m, v, float(beta1), float(beta2), float(eps))
+
+
+def _read_state(path: Path) -> tuple[Path, dict]:
+    """The checkpoint's optimizer file and its state_dict, or one clear error."""
+    file = optimizer_file(path)
+    if file is None:
+        raise GradstoreError(
+            f"checkpoint {str(path)!r} has no optimizer state ({' or '.join(OPTIMIZER_FILES)}); "
+            "use --grad-type sgd or sign, or a checkpoint saved with its optimizer"
+        )
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise GradstoreError(f"cannot read optimizer state {str(file)!r}: {exc}") from exc
+    if not isinstance(state, dict) or "state" not in state or "param_groups" not in state:
+        raise GradstoreError(f"{str(file)!r} is not a torch optimizer state_dict")
+    return file, state
+
+
+def _slots_in_state_order(file: Path, groups: list, index_order: list,
+                          slots: list[ParamSlot]) -> list[ParamSlot]:
+    """The model's parameter slots in the order the state lists them: by the names it
+    records (torch's param_names, or FSDP's name keys as LESS saves them), else in the
+    order a Trainer registers them."""
+    names = [n for g in groups for n in (g.get("param_names") or [])]
+    if index_order and all(isinstance(i, str) for i in index_order):
+        names = index_order  # FSDP's optim_state_dict (LESS's optimizer.bin): keyed by name
+    if len(index_order) != len(slots):
+        raise GradstoreError(
+            f"optimizer state {str(file)!r} covers {len(index_order)} parameters but the model "
+            f"has {len(slots)} trainable LoRA parameters; was it saved for this adapter?"
+        )
+    if not (names and len(names) == len(index_order)):
+        return trainer_order(slots)
+    by_name = {_normal_name(s.name): s for s in slots}
+    missing = [n for n in names if _normal_name(n) not in by_name]
+    if missing:
+        raise GradstoreError(
+            f"optimizer state {str(file)!r} names parameters the model lacks: {missing[:3]}"
+        )
+    return [by_name[_normal_name(n)] for n in names]
 
 
 def _global_step(path: Path) -> int | None:

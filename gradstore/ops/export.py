@@ -67,25 +67,13 @@ def export_selection(
             f"weight column {weight_column!r} and rank column {rank_column!r} must differ "
             "from each other and from 'id'; pick other --weight-column/--rank-column names"
         )
-    source, source_split = _recorded_source(db, sel.pool)
-    if data is None:
-        if source is None or not Path(source).exists():
-            known = f" (recorded source {source!r} does not exist)" if source else ""
-            raise GradstoreError(
-                f"pool table {sel.pool!r} has no usable data file{known}; pass --data with "
-                "the file the pool was ingested from"
-            )
-        data, split = source, split if split is not None else source_split
-    data_p = Path(data)
+    data_p, split, source = _data_file(db, sel.pool, data, split)
     if out_p.resolve() == data_p.resolve():
-        raise GradstoreError(
-            f"output {out_p} is the input data file; choose another output path"
-        )
+        raise GradstoreError(f"output {out_p} is the input data file; choose another output path")
     if out_p.is_dir():
         raise GradstoreError(f"output {out_p} is a directory; give a file path ending in {suffix}")
     if out_p.exists() and not overwrite:
         raise GradstoreError(f"output {out_p} exists; remove it or allow overwriting")
-
     by_id = {r.id: r for r in read_records(data_p, split=split)}
     missing = [i for i in sel.ids if i not in by_id]
     if missing:
@@ -95,6 +83,29 @@ def export_selection(
             f"(e.g. {', '.join(map(repr, missing[:3]))}); --data must be the file pool "
             f"{sel.pool!r} was ingested from{hint}"
         )
+    rows = _exported_rows(sel, by_id, weight_column, rank_column)
+    _write_atomic(out_p, suffix, rows)
+    return ExportSummary(selection_id=sel.selection_id, out=str(out_p), rows=len(rows),
+                         method=sel.method, target=sel.target, budget=sel.budget)
+
+
+def _data_file(db: Database, pool: str, data, split) -> tuple[Path, str | None, str | None]:
+    """The data file to read (given, else the pool's recorded source), its split, and the
+    recorded source."""
+    source, source_split = _recorded_source(db, pool)
+    if data is None:
+        if source is None or not Path(source).exists():
+            known = f" (recorded source {source!r} does not exist)" if source else ""
+            raise GradstoreError(
+                f"pool table {pool!r} has no usable data file{known}; pass --data with "
+                "the file the pool was ingested from"
+            )
+        data, split = source, split if split is not None else source_split
+    return Path(data), split, source
+
+
+def _exported_rows(sel, by_id: dict, weight_column: str, rank_column: str) -> list[dict]:
+    """The selected rows in selection order: every original field, then rank and weight."""
     rows: list[dict[str, Any]] = []
     for rank, (rid, w) in enumerate(zip(sel.ids, sel.weights, strict=True), start=1):
         rec = by_id[rid]
@@ -109,15 +120,7 @@ def export_selection(
         row[rank_column] = rank
         row[weight_column] = float(w)
         rows.append(row)
-    _write_atomic(out_p, suffix, rows)
-    return ExportSummary(
-        selection_id=sel.selection_id,
-        out=str(out_p),
-        rows=len(rows),
-        method=sel.method,
-        target=sel.target,
-        budget=sel.budget,
-    )
+    return rows
 
 
 def read_export(path: str | Path) -> list[dict[str, Any]]:

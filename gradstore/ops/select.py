@@ -28,10 +28,10 @@ from gradstore.selectors.gtp_paper import gtp_paper
 from gradstore.selectors.less import less_topk
 from gradstore.selectors.omp import fit_support, omp
 from gradstore.selectors.partitioned import partitioned_gtp
-from gradstore.selectors.query import Query, target_tolerance
+from gradstore.selectors.query import Query
 from gradstore.selectors.random_subset import random_subset
 from gradstore.selectors.source import TensorSource
-from gradstore.selectors.stacked import StackedPool, stack_rows
+from gradstore.selectors.stacked import StackedPool
 from gradstore.store.database import Database
 from gradstore.store.lance_source import LanceSource
 from gradstore.store.meta import TableMeta
@@ -117,19 +117,14 @@ def target_matrix(
     # side by side in the pool's checkpoint order (the target's columns may differ)
     X = np.hstack([db.vectors(target, name, grad_type=gtype)[1]
                    for name in pmeta.checkpoint_names])
-    if spool.center is not None:
-        X = X - spool.center
-    rows = stack_rows(X, spool.scales, spool.normalize, len(pmeta.checkpoints))
     labels = db.subtasks(target)
     lab = None
     if per_subtask and any(s is not None for s in labels):
         lab = np.array([s or "" for s in labels])
-        Y = np.stack([rows[lab == key].mean(0) for key in np.unique(lab)], 1)
-    else:
-        Y = rows.mean(0)[:, None]
+    Y, tolerance = spool.target(X, lab)
     if not np.any(Y):
         raise GradstoreError(f"target {target!r} has all-zero gradients; nothing to match")
-    return Y, target_tolerance(rows, lab)
+    return Y, tolerance
 
 
 def default_memory_budget() -> int:
@@ -297,25 +292,30 @@ def run_selection(
         finally:
             if bar is not None:
                 bar.close()
-        seconds = time.perf_counter() - t0
-        types = {t: target_type(opts.method, pmeta, db.meta(t)) for t in targets
-                 if t is not None}
-        params = _params(opts, eta, spool, pmeta, n, len(pairs))
-        ids = db.ids(pool)
-        sels = [
-            Selection(
-                selection_id=uuid.uuid4().hex[:12], method=opts.method,
-                budget=budget_label(budgets[bi]), k=ks[bi], pool=pool, target=targets[ti],
-                ids=[ids[i] for i in a.rows], weights=np.asarray(a.weights, dtype=np.float64),
-                residual=float(a.residual), seconds=seconds, created=_now(),
-                history=[float(h) for h in a.history],
-                params=dict(params, target_grad_type=types.get(targets[ti])) | a.extra,
-            )
-            for (ti, bi), a in zip(pairs, answers, strict=True)
-        ]
+        sels = _selections(db, pool, targets, budgets, ks, pairs, answers, opts, eta, spool,
+                           pmeta, time.perf_counter() - t0)
         if opts.save:
             db.save_selections(sels)
         return sels
+
+
+def _selections(db: Database, pool: str, targets, budgets, ks, pairs, answers, opts, eta,
+                spool: StackedPool, pmeta: TableMeta, seconds: float) -> list[Selection]:
+    """The answers as Selections: ids, weights, residual, and how they were made."""
+    types = {t: target_type(opts.method, pmeta, db.meta(t)) for t in targets if t is not None}
+    params = _params(opts, eta, spool, pmeta, db.num_rows(pool), len(pairs))
+    ids = db.ids(pool)
+    return [
+        Selection(
+            selection_id=uuid.uuid4().hex[:12], method=opts.method,
+            budget=budget_label(budgets[bi]), k=ks[bi], pool=pool, target=targets[ti],
+            ids=[ids[i] for i in a.rows], weights=np.asarray(a.weights, dtype=np.float64),
+            residual=float(a.residual), seconds=seconds, created=_now(),
+            history=[float(h) for h in a.history],
+            params=dict(params, target_grad_type=types.get(targets[ti])) | a.extra,
+        )
+        for (ti, bi), a in zip(pairs, answers, strict=True)
+    ]
 
 
 def _now() -> str:

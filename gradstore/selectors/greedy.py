@@ -186,13 +186,7 @@ def polish(
     return out
 
 
-def greedy_nnls_gram(*args, **kwargs) -> GreedyResult:
-    """OMP with NNLS refits restricted to n candidates (see ``_greedy``)."""
-    with one_thread():
-        return _greedy(*args, **kwargs)
-
-
-def _greedy(
+def greedy_nnls_gram(
     G: np.ndarray,
     B: np.ndarray,
     yy: float,
@@ -231,75 +225,103 @@ def _greedy(
     rel_tol : float
         Stop once the relative residual ``||A_S W - Y|| / ||Y||`` is below this.
     """
-    n, C = B.shape
-    k = min(k, n)
-    G32 = np.asarray(G, dtype=np.float32)
-    B64 = np.asarray(B, dtype=np.float64)
-    diag = np.diag(G).astype(np.float64)
-    banned = diag <= 0
-    order: list[int] = list(range(init))  # candidate positions on the support, in order
-    banned[:init] = True
-    GT = np.zeros((max(k, init, 1), n), dtype=np.float32)  # rows G[j] of the support
-    GT[:init] = G32[:init]
-    if C == 1 and solver is None:
-        if init:
-            raise ValueError("a warm start with one target column needs its solver")
-        solver = IncrementalNNLS(min(k, 256) + 1)
-    if C == 1:
-        assert solver is not None and solver.p == init
-        W = solver.weights.reshape(-1, 1).copy()
-        res_sq = max(yy - solver.fit, 0.0)
-    else:
-        W = np.zeros((init, C)) if init_weights is None else np.asarray(init_weights, float)
-        res_sq = _residual_sq(G, B64, np.arange(init), W, yy)
-    res0_sq = res_sq
-    stop_sq = (rel_tol**2) * yy
-    while len(order) < k and res_sq > stop_sq:
-        p = len(order)
-        c = B64 - (GT[:p].T @ W.astype(np.float32) if p else 0.0)
-        score = _scores(np.atleast_2d(c.reshape(n, C)))
-        score[banned] = -np.inf
+    with one_thread():
+        g = _Greedy(G, B, yy, k, init)
+        if B.shape[1] == 1:
+            if solver is None:
+                if init:
+                    raise ValueError("a warm start with one target column needs its solver")
+                solver = IncrementalNNLS(min(g.k, 256) + 1)
+            return g.run_one(solver, floor, rel_tol)
+        return g.run_many(init_weights, floor, rel_tol)
+
+
+class _Greedy:
+    """The greedy pass: the support in candidate positions, its Gram rows and the current
+    weights; one target column grows an IncrementalNNLS, several re-solve each column."""
+
+    def __init__(self, G: np.ndarray, B: np.ndarray, yy: float, k: int, init: int) -> None:
+        n, C = B.shape
+        self.G, self.yy, self.n, self.C = G, yy, n, C
+        self.k = min(k, n)
+        self.G32 = np.asarray(G, dtype=np.float32)
+        self.B64 = np.asarray(B, dtype=np.float64)
+        self.diag = np.diag(G).astype(np.float64)
+        self.banned = self.diag <= 0
+        self.order: list[int] = list(range(init))  # candidate positions on the support
+        self.banned[:init] = True
+        self.GT = np.zeros((max(self.k, init, 1), n), dtype=np.float32)  # G rows of the support
+        self.GT[:init] = self.G32[:init]
+
+    def pick(self, W: np.ndarray, res_sq: float, res0_sq: float, floor: float | None):
+        """The best candidate for the current weights, or None to stop."""
+        p = len(self.order)
+        c = self.B64 - (self.GT[:p].T @ W.astype(np.float32) if p else 0.0)
+        score = _scores(np.atleast_2d(c.reshape(self.n, self.C)))
+        score[self.banned] = -np.inf
         j = int(np.argmax(score))
-        if not score[j] > 1e-12 * max(np.sqrt(yy), 1e-300):
-            break
+        if not score[j] > 1e-12 * max(np.sqrt(self.yy), 1e-300):
+            return None
         if floor is not None and score[j] < floor * np.sqrt(res_sq / max(res0_sq, 1e-300)):
-            break
-        banned[j] = True
-        if C == 1:
-            assert solver is not None
-            idx = np.asarray(order, dtype=np.int64)
+            return None
+        self.banned[j] = True
+        return j
+
+    def keep(self, positions) -> None:
+        """Only these support positions stay (in order)."""
+        self.order = [self.order[i] for i in positions]
+        self.GT[: len(positions)] = self.GT[positions]
+
+    def run_one(self, solver: IncrementalNNLS, floor, rel_tol) -> GreedyResult:
+        assert solver.p == len(self.order)
+        W = solver.weights.reshape(-1, 1).copy()
+        res_sq = res0_sq = max(self.yy - solver.fit, 0.0)
+        while len(self.order) < self.k and res_sq > (rel_tol**2) * self.yy:
+            j = self.pick(W, res_sq, res0_sq, floor)
+            if j is None:
+                break
+            p = len(self.order)
+            idx = np.asarray(self.order, dtype=np.int64)
             added, removed = solver.add(
-                G[j, idx].astype(np.float64) if p else np.zeros(0), diag[j], B64[j, 0]
-            )
+                self.G[j, idx].astype(np.float64) if p else np.zeros(0), self.diag[j],
+                self.B64[j, 0])
             if not added:
                 continue
-            order.append(j)
-            GT[p] = G32[j]
+            self.order.append(j)
+            self.GT[p] = self.G32[j]
             if removed:
-                keep = np.setdiff1d(np.arange(p + 1), removed)
-                order = [order[i] for i in keep]
-                GT[: len(keep)] = GT[keep]
+                self.keep(np.setdiff1d(np.arange(p + 1), removed))
             W = solver.weights.reshape(-1, 1)
-            res_sq = max(yy - solver.fit, 0.0)
-        else:
-            order.append(j)
-            GT[p] = G32[j]
-            idx = np.asarray(order, dtype=np.int64)
+            res_sq = max(self.yy - solver.fit, 0.0)
+        support = np.asarray(self.order, dtype=np.int64)
+        return GreedyResult(support=support, weights=np.asarray(W).reshape(len(support), 1),
+                            residual_sq=res_sq, solver=solver)
+
+    def run_many(self, init_weights, floor, rel_tol) -> GreedyResult:
+        init, C, G, B64 = len(self.order), self.C, self.G, self.B64
+        W = np.zeros((init, C)) if init_weights is None else np.asarray(init_weights, float)
+        res_sq = res0_sq = _residual_sq(G, B64, np.arange(init), W, self.yy)
+        while len(self.order) < self.k and res_sq > (rel_tol**2) * self.yy:
+            j = self.pick(W, res_sq, res0_sq, floor)
+            if j is None:
+                break
+            self.order.append(j)
+            self.GT[len(self.order) - 1] = self.G32[j]
+            idx = np.asarray(self.order, dtype=np.int64)
             W = polish(G, B64, idx, np.vstack([W, np.zeros((1, C))]))
             alive = np.flatnonzero(W.sum(1) > 0)
-            if len(alive) < len(order):
-                order = [order[i] for i in alive]
-                GT[: len(alive)] = GT[alive]
+            if len(alive) < len(self.order):
+                self.keep(alive)
                 W = W[alive]
-            res_sq = _residual_sq(G, B64, np.asarray(order, dtype=np.int64), W, yy)
-    support = np.asarray(order, dtype=np.int64)
-    if len(support) and C > 1:
-        W = polish(G, B64, support, W)
-        alive = W.sum(1) > 0
-        support, W = support[alive], W[alive]
-        res_sq = _residual_sq(G, B64, support, W, yy)
-    return GreedyResult(support=support, weights=np.asarray(W).reshape(len(support), C),
-                        residual_sq=res_sq, solver=solver if C == 1 else None)
+            res_sq = _residual_sq(G, B64, np.asarray(self.order, dtype=np.int64), W, self.yy)
+        support = np.asarray(self.order, dtype=np.int64)
+        if len(support):
+            W = polish(G, B64, support, W)
+            alive = W.sum(1) > 0
+            support, W = support[alive], W[alive]
+            res_sq = _residual_sq(G, B64, support, W, self.yy)
+        return GreedyResult(support=support, weights=np.asarray(W).reshape(len(support), C),
+                            residual_sq=res_sq, solver=None)
 
 
 def _residual_sq(G, B, support, W, yy) -> float:
@@ -327,7 +349,7 @@ def swap_refine(
 def _swap(G, B, yy, k, solver, swaps) -> GreedyResult:
     init = solver.p
     trial = solver.clone()
-    fwd = _greedy(G, B, yy, k + swaps, init=init, solver=trial)
+    fwd = _Greedy(G, B, yy, k + swaps, init).run_one(trial, None, 1e-6)
     order = fwd.support.tolist()
     while trial.p > k:
         i = int(np.argmin(trial.removal_costs()))

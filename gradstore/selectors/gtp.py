@@ -173,33 +173,35 @@ def gtp(
         scan_seconds += time.perf_counter() - t0
         scans += 1
         for st, cand in zip(active, found, strict=True):
-            t1 = time.perf_counter()
-            if st.growing:
-                _grow(pool, st, *cand, sq_norms)
-            else:
-                before = _gap(st)
-                swapped = _swap(pool, st, *cand, sq_norms, max_swaps)
-                st.rounds += 1
-                if not swapped or _gap(st) > before * (1 - tol) or st.rounds >= max_iter:
-                    st.settle()
-            st.seconds_nnls += time.perf_counter() - t1
-            st.history.append(st.relative_residual())
+            _step(pool, st, cand, sq_norms, max_iter, tol, max_swaps)
         if progress is not None:
             worst = max(st.relative_residual() for st in active)
             progress(f"scan {scans}: {len(active)} active, worst residual {worst:.4f}")
     return [
-        PursuitResult(
-            rows=np.asarray(st.rows, dtype=np.int64),
-            weights=np.ones((len(st.rows), 1)),
-            residual=st.relative_residual(),
-            history=st.history,
-            scans=scans,
-            seconds_nnls=st.seconds_nnls,
-            seconds_scan=scan_seconds,
-            details={"alpha": st.alpha, "tolerance": st.tolerance},
-        )
+        PursuitResult(rows=np.asarray(st.rows, dtype=np.int64),
+                      weights=np.ones((len(st.rows), 1)), residual=st.relative_residual(),
+                      history=st.history, scans=scans, seconds_nnls=st.seconds_nnls,
+                      seconds_scan=scan_seconds,
+                      details={"alpha": st.alpha, "tolerance": st.tolerance})
         for st in states
     ]
+
+
+def _step(pool: StackedPool, st: _State, cand, sq_norms, max_iter: int, tol: float,
+          max_swaps: int) -> None:
+    """One query's work on one scan's candidates: grow toward k, or one swap round (and,
+    once the swaps converge, the next stretch of the target or the end)."""
+    t1 = time.perf_counter()
+    if st.growing:
+        _grow(pool, st, *cand, sq_norms)
+    else:
+        before = _gap(st)
+        swapped = _swap(pool, st, *cand, sq_norms, max_swaps)
+        st.rounds += 1
+        if not swapped or _gap(st) > before * (1 - tol) or st.rounds >= max_iter:
+            st.settle()
+    st.seconds_nnls += time.perf_counter() - t1
+    st.history.append(st.relative_residual())
 
 
 def _gap(st: _State) -> float:

@@ -6,7 +6,7 @@ Each iteration does one correlation scan over the pool for all queries at once
 (``A^T [r_1 ... r_Q]``), merges the current support S with the m best new
 candidates into U, and chooses the new support by a greedy pass with NNLS
 refits restricted to U (which needs only the Gram matrix of U, not another
-scan). See GTP.md for why the greedy support update replaces CoSaMP's
+scan). See docs/selection.md for why the greedy support update replaces CoSaMP's
 prune-by-weight rule.
 """
 
@@ -116,14 +116,8 @@ def gtp_paper(
         active = [st for st in states if not st.done]
         if not active:
             break
-        R = np.concatenate([st.R for st in active], 1)
-        scan_q, col = [], 0
-        for st in active:
-            C = st.R.shape[1]
-            scan_q.append(ScanQuery(slice(col, col + C), int(st.q.m), exclude=st.rows))
-            col += C
         t0 = time.perf_counter()
-        found = pool.scan(R, scan_q, progress=scan_progress)
+        found = _scan(pool, active, scan_progress)
         scan_seconds += time.perf_counter() - t0
         scans += 1
         for st, (cand, score) in zip(active, found, strict=True):
@@ -135,20 +129,20 @@ def gtp_paper(
         if progress is not None:
             best = max(st.residual for st in active)
             progress(f"iteration {it + 1}: {len(active)} active, worst residual {best:.4f}")
-    results = []
-    for st in states:
-        results.append(
-            PursuitResult(
-                rows=st.rows,
-                weights=st.W,
-                residual=st.residual,
-                history=st.history,
-                scans=scans,
-                seconds_nnls=st.seconds_nnls,
-                seconds_scan=scan_seconds,
-            )
-        )
-    return results
+    return [PursuitResult(rows=st.rows, weights=st.W, residual=st.residual,
+                          history=st.history, scans=scans, seconds_nnls=st.seconds_nnls,
+                          seconds_scan=scan_seconds) for st in states]
+
+
+def _scan(pool: StackedPool, active: list[_State], progress):
+    """One pass for every active query: the best new candidates for each residual."""
+    R = np.concatenate([st.R for st in active], 1)
+    scan_q, col = [], 0
+    for st in active:
+        C = st.R.shape[1]
+        scan_q.append(ScanQuery(slice(col, col + C), int(st.q.m), exclude=st.rows))
+        col += C
+    return pool.scan(R, scan_q, progress=progress)
 
 
 def _advance(
@@ -161,7 +155,7 @@ def _advance(
     what the next scan would find. Once it has k examples (or the candidates run
     out), each step exchanges up to ``swaps`` members of S for better ones in
     U = S + new candidates (or, with swaps=0, re-chooses the whole support from U by
-    a greedy pass with NNLS refits, as GTP.md), kept only if the residual drops.
+    a greedy pass with NNLS refits, docs/selection.md), kept only if the residual drops.
     """
     if len(cand) == 0 and not (st.growing and len(st.rows)):
         st.done = True

