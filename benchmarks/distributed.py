@@ -26,6 +26,7 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def build_store(uri: str, rows: int, dim: int, targets: int, seed: int) -> grads
                            vectors=[_rows(centers, e - s, seed * 1_000_003 + s)])
 
     t0 = time.perf_counter()
-    store.create_table("pool", meta, [("c1", 1.0)], blocks())
+    store.database.create_table("pool", meta, [("c1", 1.0)], blocks())
     print(f"wrote {rows} x {dim} rows in {time.perf_counter() - t0:.1f} s", flush=True)
     for j in range(targets):
         name = f"target{j}"
@@ -214,15 +215,17 @@ def planted_quality(partitions: int, seeds: int = 5) -> list[dict]:
     return out
 
 
-def bench_ingest(store_uri: str, examples: int, workers: int) -> dict:
-    """SmolLM2-135M per-example gradients: one process (2 threads) vs Ray workers (1 each)."""
+def bench_ingest(store_uri: str, examples: int, workers: int, tiny: bool = False) -> dict:
+    """SmolLM2-135M per-example gradients: one process (2 threads) vs Ray workers (1 each)
+    (``tiny``: a tiny model instead)."""
     from benchmarks.e2e.make_pool import build as build_pool
     from benchmarks.smollm2 import smollm2_gguf
+    from benchmarks.tiny_model import tiny_chat_model
     from gradstore.config import IngestConfig, with_options
 
-    model_dir, gguf = smollm2_gguf()
     work = Path(store_uri).parent / "ingest-data"
     work.mkdir(parents=True, exist_ok=True)
+    model_dir, gguf = (tiny_chat_model(work / "model"), None) if tiny else smollm2_gguf()
     data = work / "pool_head.jsonl"
     rows = build_pool(pool_size=max(examples, 100), seed=0)["pool.jsonl"][:examples]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -313,7 +316,7 @@ def report(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", default="bench-distributed/store", help="path or s3:// URI")
@@ -329,9 +332,17 @@ def main() -> None:
     p.add_argument("--ingest-examples", type=int, default=64, help="0: skip the ingest part")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write distributed.md and distributed.json here")
-    args = p.parse_args()
+    p.add_argument("--tiny", action="store_true",
+                   help="seconds: 3,000 rows of 64 dims, a tiny model, in a temporary folder "
+                        "(checks the script runs; run by make test)")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.store = str(Path(tempfile.mkdtemp(prefix="distributed_tiny_")) / "store")
+        args.rows, args.dim, args.targets, args.budget = 3000, 64, 2, 20
+        args.repeat, args.select_repeat, args.ingest_examples = 1, 1, 8
     torch.set_num_threads(2)
-    res: dict = {"args": vars(args), "command": "python " + " ".join(sys.argv),
+    res: dict = {"args": vars(args), "command": "python " + " ".join(
+                     ["benchmarks/distributed.py", *(argv or sys.argv[1:])]),
                  "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
                             f"torch {torch.__version__}"}
     store = build_store(args.store, args.rows, args.dim, args.targets, args.seed)
@@ -349,9 +360,10 @@ def main() -> None:
                                       args.select_repeat)
         if args.ingest_examples:
             print("ingest", flush=True)
-            res["ingest"] = bench_ingest(args.store, args.ingest_examples, args.tasks)
+            res["ingest"] = bench_ingest(args.store, args.ingest_examples, args.tasks,
+                                         args.tiny)
     print("planted", flush=True)
-    res["planted"] = planted_quality(4)
+    res["planted"] = planted_quality(4, seeds=1 if args.tiny else 5)
     text = report(res)
     print(text)
     if args.out:

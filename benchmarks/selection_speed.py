@@ -4,7 +4,7 @@ Pools: clustered unit rows (cluster sizes follow a power law, as near-duplicate
 families do in instruction data), T checkpoints x d dims, float16 in RAM.
 Measured side by side in one run:
   * wall time and residual of gtp / omp / less / random, in-domain target
-    (the pool's mean trajectory: the hard case of GTP.md), N x k grid;
+    (the pool's mean trajectory: the hard case of docs/selection.md), N x k grid;
   * Q = 1 vs Q = 16 targeted queries answered in one GTP run;
   * in-RAM scan vs bare torch matmul; streaming scan from Lance vs Lance's own decode;
   * share of GTP time spent in NNLS / greedy support updates.
@@ -229,7 +229,7 @@ def render(results) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
                     default=[10_000, 50_000, 200_000])
@@ -244,11 +244,19 @@ def main() -> None:
     ap.add_argument("--scan-n", type=int, default=50_000)
     ap.add_argument("--skip", default="", help="comma list of grid,many,scan to skip")
     ap.add_argument("--out", default="benchmarks/results")
-    args = ap.parse_args()
+    ap.add_argument("--tiny", action="store_true",
+                    help="seconds: 2,000 rows of 2 x 32 dims, results to a temporary folder "
+                         "(checks the script runs; run by make test)")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.sizes, args.budgets, args.T, args.d = [2000], [0.01], 2, 32
+        args.multi_n = args.scan_n = 2000
+        args.omp_max_seconds = 30
+        args.out = tempfile.mkdtemp(prefix="selection_speed_tiny_")
     torch.set_num_threads(2)
-    results = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or
-               platform.machine(), "torch": torch.__version__, "T": args.T, "d": args.d,
-               "grid": []}
+    command = " ".join(["python benchmarks/selection_speed.py", *(argv or sys.argv[1:])])
+    results = {"command": command, "machine": platform.processor() or platform.machine(),
+               "torch": torch.__version__, "T": args.T, "d": args.d, "grid": []}
     skip = set(args.skip.split(","))
     if "scan" not in skip:
         scan_modes(args, results)

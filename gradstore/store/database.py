@@ -33,7 +33,7 @@ from gradstore.store.meta import (
 )
 from gradstore.store.selections import SELECTIONS_SCHEMA, SELECTIONS_TABLE, Selection
 
-WRITE_BATCH_ROWS = 1000  # ~16 MB pages at 8192 dims scan fastest (LANCE.md)
+WRITE_BATCH_ROWS = 1000  # ~16 MB pages at 8192 dims scan fastest (docs/storage.md)
 
 
 @dataclass
@@ -252,7 +252,7 @@ class Database:
         batches = (self.record_batch(schema, meta, b) for b in blocks)
         reader = pa.RecordBatchReader.from_batches(schema, batches)
         with warnings.catch_warnings():
-            # 2.0 files scanned fastest for float16 vectors here (LANCE.md)
+            # 2.0 files scanned fastest for float16 vectors here (docs/storage.md)
             warnings.simplefilter("ignore", DeprecationWarning)
             self.db.create_table(table, data=reader, data_storage_version="2.0")
 

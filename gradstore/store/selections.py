@@ -60,7 +60,7 @@ class Selection:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form the CLI prints (INTERFACE.md)."""
+        """The JSON form `select --format json` prints (README)."""
         return {
             "selection_id": self.selection_id,
             "target": self.target,

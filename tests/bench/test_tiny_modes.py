@@ -1,0 +1,43 @@
+"""Every benchmark script runs in its tiny mode (seconds, synthetic data or a tiny model),
+so an import or API change that breaks one fails here, not months later."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--tiny", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def test_selection_speed_tiny():
+    out = run("selection_speed.py")
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert any(r.get("same_top100") is True for r in rows)  # streamed scan == in-RAM scan
+    assert any("gtp" in r and "omp" in r for r in rows)
+
+
+def test_ingest_speed_tiny():
+    out = run("ingest_speed.py")
+    result = json.loads(out[out.index("{\n"):])
+    assert result["examples"] == 8 and set(result["examples_per_s"]) == {
+        "train-step", "less-loop", "gradstore", "gradstore-countsketch"}
+
+
+def test_distributed_tiny():
+    pytest.importorskip("ray")
+    out = run("distributed.py")
+    assert "Same ids in the same order: True" in out
+
+
+def test_e2e_tiny():
+    out = run("e2e/run.py")
+    assert "done in" in out and "job 20/20" in out
