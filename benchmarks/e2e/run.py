@@ -75,7 +75,7 @@ class Plan:
     match (measured once, method-blind; `add`, `reverse` and `roman` stay near 0)."""
     budgets: list[str] = field(default_factory=lambda: ["0.5%", "1%", "5%"])
     methods: list[str] = field(
-        default_factory=lambda: ["gtp", "gtp-exact", "less", "random"])
+        default_factory=lambda: ["gtp", "less", "gtp-exact", "random"])
     """Arms run at every budget, every target and in-domain (``gtp-exact``: gtp matching the
     target's mean as closely as it can, ``--tolerance 0``)."""
     one_budget_methods: list[str] = field(
@@ -273,25 +273,41 @@ class Job:
 
 
 def plan_jobs(plan: Plan) -> list[Job]:
-    """Every fine-tune/evaluation, one seed after the other (a partial run is a full table
-    for the seeds it finished), then the convergence arm."""
+    """Every fine-tune/evaluation, the head-to-head first so that a partial run answers the
+    main question: the references of the first seed, then GTP and LESS (the first two
+    ``methods``) at every target and budget seed after seed, then the other arms seed after
+    seed, the other seeds' full-pool runs, and last the convergence arm."""
     all_sets = [f"test-{t}" for t in plan.targets] + ["mixed"]
+    head = [m for m in plan.methods if m != "random"][:2]
+
+    def cells(seed: int, methods: list[str], one_budget: bool) -> list[Job]:
+        jobs = []
+        for scenario in [*plan.targets, "indomain"]:
+            evals = ["mixed"] if scenario == "indomain" else [f"test-{scenario}"]
+            todo = [(m, b) for m in methods for b in plan.budgets]
+            todo += [(m, plan.one_budget) for m in plan.one_budget_methods if one_budget]
+            for method, b in todo:
+                jobs.append(Job(f"{scenario}-{method}-{b}-seed{seed}", "selection", evals, seed,
+                                scenario, method, b, sel_key(scenario, base_method(method), b,
+                                                             None)))
+        return jobs
+
+    def full(seed: int) -> list[Job]:
+        return [Job(f"full-pool-seed{seed}", "full", all_sets, seed)] if plan.references else []
+
     jobs = [Job("base", "base", all_sets)] if plan.references else []
+    jobs += full(plan.seeds[0])
     for seed in plan.seeds:
-        if plan.references:
-            jobs.append(Job(f"full-pool-seed{seed}", "full", all_sets, seed))
+        jobs += cells(seed, head, one_budget=False)
+    rest = [m for m in plan.methods if m != "random" and m not in head]
+    for seed in plan.seeds:
         if "random" in plan.methods:
             for b in plan.budgets:
                 jobs.append(Job(f"random-{b}-seed{seed}", "selection", all_sets, seed, "any",
                                 "random", b, sel_key("indomain", "random", b, seed)))
-        for scenario in [*plan.targets, "indomain"]:
-            evals = ["mixed"] if scenario == "indomain" else [f"test-{scenario}"]
-            cells = [(m, b) for m in plan.methods if m != "random" for b in plan.budgets]
-            cells += [(m, plan.one_budget) for m in plan.one_budget_methods]
-            for method, b in cells:
-                jobs.append(Job(f"{scenario}-{method}-{b}-seed{seed}", "selection", evals, seed,
-                                scenario, method, b, sel_key(scenario, base_method(method), b,
-                                                             None)))
+        jobs += cells(seed, rest, one_budget=True)
+        if seed != plan.seeds[0]:
+            jobs += full(seed)
     for scenario in plan.convergence_targets:
         for method in plan.convergence_methods:
             for b in plan.convergence_budgets:
