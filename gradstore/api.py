@@ -25,7 +25,8 @@ from gradstore.ops.ingest import run_ingest
 from gradstore.ops.select import SourceCache, pool_source, run_selection, stop_note
 from gradstore.store.database import Database
 from gradstore.store.meta import TableMeta
-from gradstore.store.selections import Selection
+from gradstore.store.repair import TableReport, repair, restore, versions
+from gradstore.store.selections import SELECTIONS_TABLE, Selection
 
 
 class Store:
@@ -164,6 +165,33 @@ class Store:
         """Why a selection holds fewer than k examples, or read a target of another gradient
         type than it needs, and what to do; None when neither."""
         return stop_note(sel)
+
+    # ---------------------------------------------------------------- integrity
+    def verify(self, table: str | None = None, *, drop_damaged: bool = False,
+               drop_duplicates: bool = False, add_checksums: bool = False,
+               force: bool = False) -> list[TableReport]:
+        """Read every stored vector back against its checksum (every table and the selection
+        log, or one table) and report what is wrong; the flags repair what they name
+        (holding the table's write lock; ``force``: take over one whose writer is gone)."""
+        names = [table] if table is not None else [
+            *self.database.tables(), *[t for t in self.database.all_tables()
+                                       if t == SELECTIONS_TABLE]]
+        if table is not None and table not in self.database.all_tables():
+            self.database.dataset(table)  # the error naming the store's tables
+        return [repair(self.database, t, drop_damaged_rows=drop_damaged,
+                       drop_duplicate_ids=drop_duplicates, checksums=add_checksums,
+                       force=force) for t in names]
+
+    def versions(self, table: str) -> list[dict[str, Any]]:
+        """The versions of ``table`` still on disk, newest first (``files_ok``: every data
+        file it names is present)."""
+        return versions(self.database, table)
+
+    def restore(self, table: str, version: int, force: bool = False) -> TableReport:
+        """Make an earlier ``version`` of ``table`` (or of ``_selections``, the selection
+        log) the current one; nothing is deleted. Returns the verification of the result."""
+        self._cache = SourceCache()
+        return restore(self.database, table, version, force)
 
     # ---------------------------------------------------------------- export
     def export(self, selection_id: str, out: str | Path, data: str | Path | None = None,

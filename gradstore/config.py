@@ -411,6 +411,7 @@ class WarmupConfig:
     data: str = option(help="the pool: .jsonl, .json, .parquet or a datasets directory")
     out: str = option(help="directory for the checkpoints (resumed if a run stopped)")
     split: str | None = option(None, help="split of a saved DatasetDict")
+    encoding: str = option("utf-8", help="text encoding of a .jsonl/.json data file")
     train: TrainConfig = field(default_factory=TrainConfig)
     overwrite: bool = option(False, help="replace checkpoints of a run with other settings")
     progress: bool = option(True, flag="--quiet", negate=True, help="no progress bars")
@@ -438,12 +439,16 @@ class IngestConfig:
     kind: str = option("pool", choices=("pool", "target"), help="what the table is for")
     subtask_field: str | None = option(None, help="data field holding subtask labels")
     split: str | None = option(None, help="split of a saved DatasetDict")
+    encoding: str = option("utf-8", help="text encoding of a .jsonl/.json data file")
     lrs: tuple[float, ...] | None = option(
         None, flag="--lr", repeat=True, parse=float,
         help="learning rate per checkpoint, in order (default: from its saved state)")
     gradients: GradientConfig = field(default_factory=GradientConfig)
     cluster: RayConfig = field(default_factory=RayConfig)
     overwrite: bool = option(False, help="replace an existing table")
+    force: bool = option(False, help="take over the table's write lock (another process "
+                                     "writing it) once you know that process is gone")
+
     progress: bool = option(True, flag="--quiet", negate=True, help="no progress bar")
 
     from_options = classmethod(from_options)
@@ -487,6 +492,7 @@ class RunConfig:
     methods: tuple[str, ...] = option(("gtp",), flag="--method", repeat=True, choices=METHODS,
                                       help="repeatable (default gtp)")
     split: str | None = option(None, help="split of a saved DatasetDict pool")
+    encoding: str = option("utf-8", help="text encoding of a .jsonl/.json data file")
     subtask_field: str | None = option(None, help="target field holding subtask labels")
     train: TrainConfig = field(default_factory=TrainConfig)
     gradients: GradientConfig = field(default_factory=GradientConfig)
@@ -494,6 +500,9 @@ class RunConfig:
     cluster: RayConfig = field(default_factory=RayConfig)
     overwrite: bool = option(False, help="replace what a run with other settings left in "
                                          "--out")
+    force: bool = option(False, help="take over the table's write lock (another process "
+                                     "writing it) once you know that process is gone")
+
     progress: bool = option(True, flag="--quiet", negate=True, help="no progress bars")
 
     from_options = classmethod(from_options)

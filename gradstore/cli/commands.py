@@ -55,6 +55,8 @@ def add_import(sub) -> None:
     p.add_argument("--model", help="model id the gradients came from")
     p.add_argument("--projection", help="projection kind, e.g. rademacher")
     p.add_argument("--proj-seed", type=int, help="projection seed")
+    p.add_argument("--force", action="store_true",
+                   help="take over the table's write lock (its holder is gone)")
     p.set_defaults(func=cmd_import)
 
 
@@ -73,7 +75,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         ids=read_lines(args.ids, "ids") if args.ids else None,
         subtasks=read_lines(args.subtasks, "subtasks") if args.subtasks else None,
         lr=args.lr, kind=args.kind, vector_dtype=args.vector_dtype, projection=projection,
-        grad_type=args.grad_type, model=args.model,
+        grad_type=args.grad_type, model=args.model, force=args.force,
     )
     verb = "created" if res["created"] else "added checkpoint to"
     print(f"{verb} table {args.table!r}: {res['rows']} rows, checkpoint {res['checkpoint']!r}")
@@ -218,6 +220,7 @@ def add_export(sub) -> None:
     p.add_argument("--out", required=True, help="output file: .jsonl or .parquet")
     p.add_argument("--weight-column", default="weight", help="name of the weight column")
     p.add_argument("--rank-column", default="rank", help="name of the rank column")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of a .jsonl/.json file")
     _format_flag(p)
     p.set_defaults(func=cmd_export)
 
@@ -227,7 +230,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     store = gradstore.open(args.store, create=False)
     summary = store.export(args.selection, args.out, data=args.data, split=args.split,
-                           weight_column=args.weight_column, rank_column=args.rank_column)
+                           weight_column=args.weight_column, rank_column=args.rank_column,
+                           encoding=args.encoding)
     print_summary(summary, args.format)
     return 0
 
@@ -252,14 +256,102 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"{len(info['selections'])} selection(s)")
     for t in (info["tables"].values() if args.table is None else [info]):
         _print_table(t)
+    if "selections_problem" in info:
+        print(f"selection log DAMAGED: {info['selections_problem']}")
     if args.table is None and info["selections"]:
         print("selections (gradstore export STORE --selection ID --out FILE):")
         for s in info["selections"]:
             _print_selection_line(s, pool=True)
+    tables = info["tables"].values() if args.table is None else [info]
+    damaged = [t["table"] for t in tables if t["status"] == "damaged"]
+    damaged += ["_selections"] if "selections_problem" in info else []
+    if damaged:
+        raise GradstoreError(f"damaged: {', '.join(damaged)}; run `gradstore verify "
+                             f"{args.store}` for the details")
+    return 0
+
+
+def add_verify(sub) -> None:
+    p = _parser(sub, "verify", "check every stored vector against its checksum; repair",
+                examples.VERIFY_EXAMPLES)
+    p.add_argument("store", help="store path")
+    p.add_argument("table", nargs="?", help="table (default: every table and the log)")
+    p.add_argument("--drop-damaged", action="store_true",
+                   help="remove damaged rows (an ingested table is marked incomplete: rerun "
+                        "its ingest to recompute them)")
+    p.add_argument("--drop-duplicates", action="store_true",
+                   help="keep the first row of an id stored more than once")
+    p.add_argument("--add-checksums", action="store_true",
+                   help="give vector columns written before checksums their checksums")
+    p.add_argument("--force", action="store_true",
+                   help="take over the table's write lock when its holder is gone")
+    _format_flag(p)
+    p.set_defaults(func=cmd_verify)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import gradstore
+
+    reports = gradstore.open(args.store, create=False).verify(
+        args.table, drop_damaged=args.drop_damaged, drop_duplicates=args.drop_duplicates,
+        add_checksums=args.add_checksums, force=args.force)
+    if args.format == "json":
+        print(json.dumps([r.to_dict() for r in reports], indent=1))
+    else:
+        for r in reports:
+            print("\n".join(r.lines()))
+    damaged = [r.table for r in reports if r.status == "damaged"]
+    if damaged:
+        raise GradstoreError(f"damaged: {', '.join(damaged)}; see the report above for what "
+                             "to do")
+    return 0
+
+
+def add_restore(sub) -> None:
+    p = _parser(sub, "restore", "list a table's versions, or make an earlier one current",
+                examples.RESTORE_EXAMPLES)
+    p.add_argument("store", help="store path")
+    p.add_argument("table", help="table (_selections: the selection log)")
+    p.add_argument("--version", type=int, help="the version to make current (default: list)")
+    p.add_argument("--force", action="store_true",
+                   help="take over the table's write lock when its holder is gone")
+    _format_flag(p)
+    p.set_defaults(func=cmd_restore)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    import gradstore
+
+    store = gradstore.open(args.store, create=False)
+    if args.version is None:
+        vs = store.versions(args.table)
+        if args.format == "json":
+            print(json.dumps(vs, indent=1))
+            return 0
+        print(f"versions of {args.table} (gradstore restore STORE {args.table} --version N):")
+        for v in vs:
+            print(f"  {v['version']}: {v['timestamp']}, {v['rows']} rows, "
+                  + ("files present" if v["files_ok"] else "FILES MISSING")
+                  + ("  (current)" if v["current"] else ""))
+        return 0
+    report = store.restore(args.table, args.version, force=args.force)
+    if args.format == "json":
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(f"restored version {args.version} of {args.table}")
+        print("\n".join(report.lines()))
+    if report.status == "damaged":
+        raise GradstoreError(f"version {args.version} of {args.table} is damaged too; pick an "
+                             "earlier one")
     return 0
 
 
 def _print_table(t: dict) -> None:
+    if t["status"] == "damaged":
+        print(f"{t['table']}: DAMAGED")
+        for p in t["problems"]:
+            print(f"  {p}")
+        return
     ck = ", ".join(f"{c['name']}" + (f" (lr {c['lr']:g})" if c["lr"] is not None else "")
                    for c in t["checkpoints"])
     pr = t["projection"]
@@ -282,6 +374,7 @@ def _print_selection_line(s: dict, pool: bool = False) -> None:
           f"residual={s['residual']:.4f}")
 
 
-COMMANDS = (add_import, add_select, add_warmup, add_ingest, add_export, add_run, add_info)
+COMMANDS = (add_import, add_select, add_warmup, add_ingest, add_export, add_run, add_info,
+            add_verify, add_restore)
 
 __all__ = ["COMMANDS", "UsageError"]

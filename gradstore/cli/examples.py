@@ -33,6 +33,20 @@ INGEST_EXAMPLES = """examples:
 Running the same command again after an interruption writes only the missing rows.
 """
 
+VERIFY_EXAMPLES = """examples:
+  gradstore verify ./store                      # every table and the selection log
+  gradstore verify ./store pool --drop-damaged  # then rerun pool's ingest to recompute them
+  gradstore verify ./store pool --add-checksums # a table written before checksums
+
+exit status: 0 when every table checked is ok, 2 when something is damaged.
+"""
+
+RESTORE_EXAMPLES = """examples:
+  gradstore restore ./store pool                # list its versions (newest first)
+  gradstore restore ./store pool --version 3    # make version 3 the current one
+  gradstore restore ./store _selections --version 7   # the selection log
+"""
+
 INFO_EXAMPLES = """examples:
   gradstore info ./store
   gradstore info ./store pool --format json

@@ -52,6 +52,7 @@ from gradstore.grads.model import (
 )
 from gradstore.grads.runner import GradientRunner
 from gradstore.store.database import Database, RowBlock
+from gradstore.store.locks import table_lock
 from gradstore.store.meta import TableMeta
 
 STAGE_SCHEMA = pa.schema([
@@ -195,7 +196,7 @@ def ingest_on_ray(
     start = time.perf_counter()
     cfg.validate()
     require_ray()
-    with ray_cluster(cfg.cluster.ray or "local"):
+    with table_lock(db.uri, cfg.table, cfg.force), ray_cluster(cfg.cluster.ray or "local"):
         device, workers = _placement(cfg)
         tokenizer = load_tokenizer(cfg.lm.model, cfg.lm.gguf_file)
         dtype = resolve_dtype(cfg.lm.dtype, torch.device(device.split(":")[0]))

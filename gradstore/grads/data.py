@@ -39,11 +39,13 @@ class Record:
     fields: dict
 
 
-def read_records(path: str | Path, split: str | None = None) -> list[Record]:
+def read_records(path: str | Path, split: str | None = None,
+                 encoding: str = "utf-8") -> list[Record]:
     """Read every example of ``path`` (see the module docstring for formats).
 
     ``split`` picks one split of a ``DatasetDict`` directory; it is required when
     there are several splits, and an error for sources that have no splits.
+    ``encoding`` is that of a .jsonl or .json file (a UTF-8 byte-order mark is skipped).
     """
     p = Path(path)
     if not p.exists():
@@ -54,9 +56,9 @@ def read_records(path: str | Path, split: str | None = None) -> list[Record]:
         _reject_split(p, split)
         suffix = p.suffix.lower()
         if suffix == ".jsonl":
-            rows = _read_jsonl(p, p.read_text(encoding="utf-8-sig"))
+            rows = _read_jsonl(p, read_text(p, encoding))
         elif suffix == ".json":
-            rows = _read_json(p)
+            rows = _read_json(p, read_text(p, encoding))
         elif suffix == ".parquet":
             rows = _read_parquet(p)
         else:
@@ -73,6 +75,25 @@ def read_records(path: str | Path, split: str | None = None) -> list[Record]:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def read_text(p: Path, encoding: str = "utf-8") -> str:
+    """A text file's contents; a byte that is not ``encoding`` is named with its line and
+    offset (one clear error, not a traceback)."""
+    data = p.read_bytes()
+    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    try:
+        return data.decode(codec)
+    except LookupError:
+        raise GradstoreError(f"unknown text encoding {encoding!r}; give one Python knows, "
+                             "e.g. --encoding latin-1") from None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise GradstoreError(
+            f"{p} line {line}, byte offset {exc.start}: byte 0x{data[exc.start]:02x} is not "
+            f"valid {encoding} text; convert the file to {encoding}, or pass its encoding with "
+            "--encoding (e.g. latin-1)"
+        ) from None
 
 
 def _reject_split(p: Path, split: str | None) -> None:
@@ -131,8 +152,7 @@ def _read_jsonl(p: Path, text: str) -> list[tuple[str, Any]]:
     return rows
 
 
-def _read_json(p: Path) -> list[tuple[str, Any]]:
-    text = p.read_text(encoding="utf-8-sig")
+def _read_json(p: Path, text: str) -> list[tuple[str, Any]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -156,7 +156,7 @@ def plan_ingest(
 
 def _tokenized(cfg: IngestConfig, tokenizer) -> tuple[list[TokenizedExample], IngestSummary]:
     """The data's examples as the model sees them, and a summary of what was skipped."""
-    records = read_records(cfg.data, split=cfg.split)
+    records = read_records(cfg.data, split=cfg.split, encoding=cfg.encoding)
     report = tokenize_records(records, tokenizer, max_length=cfg.gradients.max_length,
                               subtask_field=cfg.subtask_field, progress=cfg.progress)
     summary = IngestSummary(table=cfg.table, truncated=report.truncated)

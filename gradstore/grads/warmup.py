@@ -62,7 +62,7 @@ def training_settings(cfg: WarmupConfig) -> dict[str, Any]:
     """What decides the weights: a rerun into the same directory must match these (one flat
     dict, the same keys as a run written before the configs were composed)."""
     d = {k: v for k, v in settings_of(cfg).items()
-         if k not in ("out", "device", "overwrite", "progress", "data",
+         if k not in ("out", "device", "overwrite", "progress", "data", "encoding",
                       "gradient_checkpointing")}
     d["model"] = model_identity(cfg.lm.model, cfg.lm.gguf_file)
     d["lora_targets"] = list(cfg.train.lora_targets) if cfg.train.lora_targets else None
@@ -343,7 +343,7 @@ def warmup(cfg: WarmupConfig | None = None, /, **options: Any) -> WarmupSummary:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise GradstoreError(f"--out {cfg.out!r} is a file; give a directory for checkpoints")
-    records = read_records(cfg.data, cfg.split)
+    records = read_records(cfg.data, cfg.split, cfg.encoding)
     train = cfg.train
     subset = choose_subset(records, train)
     tokenizer = load_tokenizer(cfg.lm.model, cfg.lm.gguf_file)

@@ -54,6 +54,7 @@ def export_selection(
     weight_column: str = "weight",
     rank_column: str = "rank",
     overwrite: bool = True,
+    encoding: str = "utf-8",
 ) -> ExportSummary:
     """Write the rows of ``data`` chosen by selection ``selection_id`` to ``out``.
 
@@ -74,7 +75,7 @@ def export_selection(
         raise GradstoreError(f"output {out_p} is a directory; give a file path ending in {suffix}")
     if out_p.exists() and not overwrite:
         raise GradstoreError(f"output {out_p} exists; remove it or allow overwriting")
-    by_id = {r.id: r for r in read_records(data_p, split=split)}
+    by_id = {r.id: r for r in read_records(data_p, split=split, encoding=encoding)}
     missing = [i for i in sel.ids if i not in by_id]
     if missing:
         hint = f" ({source})" if source else ""

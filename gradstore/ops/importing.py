@@ -15,6 +15,7 @@ import numpy as np
 from gradstore.errors import GradstoreError
 from gradstore.store.database import Database
 from gradstore.store.importing import validate_ids, validate_subtasks, validate_vectors
+from gradstore.store.locks import table_lock
 from gradstore.store.meta import FLOAT16_MAX, VECTOR_DTYPES, ProjectionSpec, TableMeta
 
 
@@ -46,8 +47,10 @@ def import_vectors(
     tokens: Sequence[int] | None = None,
     losses: Sequence[float] | None = None,
     extra_vectors: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Add one checkpoint's (N, d) vectors to ``table`` (created if missing).
+    """Add one checkpoint's (N, d) vectors to ``table`` (created if missing), holding the
+    table's write lock (``force``: take over one whose holder is gone).
 
     ``extra_vectors`` (adding a checkpoint to a table that stores several gradient types)
     maps each further type to that checkpoint's (N, d) vectors of the same rows.
@@ -59,6 +62,15 @@ def import_vectors(
     if lr is not None and (not np.isfinite(lr) or lr < 0):
         raise GradstoreError(f"learning rate {lr!r} must be a finite number >= 0")
     arr = validate_vectors(vectors)
+    with table_lock(db.uri, table, force):
+        return _import(db, table, arr, checkpoint, ids, subtasks, lr,
+                       Provenance(kind, vector_dtype, projection, grad_type, model), tokens,
+                       losses, extra_vectors)
+
+
+def _import(db, table, arr, checkpoint, ids, subtasks, lr, given: Provenance, tokens,
+            losses, extra_vectors):
+    projection, vector_dtype = given.projection, given.vector_dtype
     if isinstance(projection, dict):
         projection = ProjectionSpec(**projection)
     exists = table in db.all_tables()
@@ -68,7 +80,7 @@ def import_vectors(
     for name, col in {"tokens": tokens, "losses": losses}.items():
         if col is not None and len(col) != arr.shape[0]:
             raise GradstoreError(f"{len(col)} {name} given for {arr.shape[0]} vector rows")
-    given = Provenance(kind, vector_dtype, projection, grad_type, model)
+    given = Provenance(given.kind, vector_dtype, projection, given.grad_type, given.model)
     if not exists:
         return _create(db, table, arr, str(checkpoint), ids, subtasks, lr, given, tokens, losses)
     return _add(db, table, arr, str(checkpoint), ids, subtasks, lr, given, losses,

@@ -45,6 +45,7 @@ from gradstore.grads.model import (
 from gradstore.grads.runner import GradientRunner
 from gradstore.ops.importing import import_vectors
 from gradstore.store.database import Database
+from gradstore.store.locks import table_lock
 
 
 def run_ingest(db: Database, cfg: IngestConfig) -> IngestSummary:
@@ -58,7 +59,13 @@ def run_ingest(db: Database, cfg: IngestConfig) -> IngestSummary:
 
 
 def ingest(db: Database, cfg: IngestConfig) -> IngestSummary:
-    """Run (or resume) one ingestion; returns its summary."""
+    """Run (or resume) one ingestion, holding the table's write lock; returns its summary."""
+    cfg.validate()
+    with table_lock(db.uri, cfg.table, cfg.force):
+        return _ingest(db, cfg)
+
+
+def _ingest(db: Database, cfg: IngestConfig) -> IngestSummary:
     start = time.perf_counter()
     cfg.validate()
     device = resolve_device(cfg.lm.device)

@@ -105,11 +105,11 @@ def run_pipeline(cfg: RunConfig) -> RunSummary:
 
 def _check_inputs(cfg: RunConfig) -> None:
     """Bad data or budgets fail before any training."""
-    n = len(read_records(cfg.data, cfg.split))
+    n = len(read_records(cfg.data, cfg.split, cfg.encoding))
     for b in cfg.budgets:
         budget_count(b, n)
     for path in cfg.targets:
-        read_records(path)
+        read_records(path, encoding=cfg.encoding)
 
 
 def _run(cfg: RunConfig) -> RunSummary:
@@ -119,8 +119,8 @@ def _run(cfg: RunConfig) -> RunSummary:
     out.mkdir(parents=True, exist_ok=True)
     steps: dict[str, str] = {}
     warm = warmup(WarmupConfig(lm=cfg.lm, data=cfg.data, out=str(out / "warmup"),
-                               split=cfg.split, train=cfg.train, overwrite=cfg.overwrite,
-                               progress=cfg.progress))
+                               split=cfg.split, encoding=cfg.encoding, train=cfg.train,
+                               overwrite=cfg.overwrite, progress=cfg.progress))
     steps["warm-up"] = (f"{len(warm.checkpoints)} checkpoints from {warm.examples} examples "
                         f"({warm.status})")
     checkpoints = tuple(warm.checkpoint_paths)
@@ -139,7 +139,7 @@ def _ingest_all(db: Database, cfg: RunConfig, checkpoints: tuple[str, ...],
                 steps: dict[str, str]) -> list[str]:
     """The pool, then every target (the pool's gradient type and sgd); the target tables."""
     common = dict(lm=cfg.lm, checkpoints=checkpoints, gradients=cfg.gradients,
-                  cluster=cfg.cluster, progress=cfg.progress)
+                  cluster=cfg.cluster, encoding=cfg.encoding, progress=cfg.progress)
     pool = _ingest(db, cfg, IngestConfig(table=POOL_TABLE, data=cfg.data, split=cfg.split,
                                          kind="pool", **common))
     steps["ingest pool"] = f"{pool.rows_present + pool.rows_written} rows ({pool.status})"
@@ -162,7 +162,8 @@ def _select_and_export(db: Database, cfg: RunConfig, names: list[str],
         sels = run_selection(db, POOL_TABLE, list(names) or [None], list(cfg.budgets), opts)
         for sel in sels:
             path = sel_dir / f"{sel.target or 'in-domain'}-{method}-{_slug(sel.budget)}.jsonl"
-            export_selection(db, sel.selection_id, path, data=cfg.data, split=cfg.split)
+            export_selection(db, sel.selection_id, path, data=cfg.data, split=cfg.split,
+                             encoding=cfg.encoding)
             records.append({
                 "selection_id": sel.selection_id, "method": method, "target": sel.target,
                 "budget": sel.budget, "k": int(sel.k), "chosen": len(sel.ids),

@@ -267,6 +267,8 @@ def run_selection(
     if not targets or not budgets:
         raise GradstoreError("give at least one target (or none for in-domain) and one budget")
     cache = cache or SourceCache()
+    if opts.save:
+        db.selections()  # a damaged selection log is refused before any computing
     if opts.ray is None:
         session: Any = nullcontext()
     else:

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from gradstore.errors import GradstoreError
 from gradstore.selectors.source import GradientSource
 
 POSITIVE = "positive"  # score = sum over the query's columns of max(c, 0); only score > 0 kept
@@ -93,6 +94,14 @@ def _reduce(
             score = score - pen[start : start + score.shape[0]]
         cols.append(score)
     return torch.stack(cols, 1)
+
+
+def _not_finite(corr: torch.Tensor, start: int) -> GradstoreError:
+    rows = (start + torch.nonzero(~torch.isfinite(corr).all(1)).flatten()).tolist()
+    return GradstoreError(
+        f"pool rows {rows[:5]} hold values that are not finite (NaN or inf): the table is "
+        "damaged; run `gradstore verify STORE TABLE` and re-ingest or restore it"
+    )
 
 
 class _TopM:
@@ -200,6 +209,8 @@ def correlation_scan(
                 if fbuf.shape[0] < b:
                     fbuf = torch.empty((b, width))
                 corr = _block_scores(block, mult[start : start + b], Rt, fbuf, center)
+                if not bool(torch.isfinite(corr).all()):
+                    raise _not_finite(corr, start)
                 scores = _reduce(corr, queries, penalties, start)
                 if excl is not None:
                     scores.masked_fill_(excl[start : start + b], -torch.inf)

@@ -21,13 +21,24 @@ from gradstore.store.importing import (
     validate_ids,
     validate_vectors,
 )
+from gradstore.store.integrity import (
+    ID_CHECKSUM,
+    DamagedTable,
+    damage,
+    file_problems,
+    reading,
+    row_checksums,
+    text_checksums,
+)
 from gradstore.store.lance_source import LanceSource
 from gradstore.store.meta import (
     INGEST_KEY,
     TableMeta,
     base_fields,
     checkpoint_fields,
+    checksum_of,
     loss_column,
+    norm_of,
     type_fields,
     vector_column,
 )
@@ -101,7 +112,7 @@ class Database:
                     f"store {self.uri!r} does not exist; create it with `gradstore import` "
                     "or `gradstore ingest`, or check the path"
                 )
-            Path(self.uri).mkdir(parents=True)
+            Path(self.uri).mkdir(parents=True, exist_ok=True)  # two writers may race here
         if local and not Path(self.uri).is_dir():
             raise GradstoreError(f"store {self.uri!r} is a file, not a directory")
         self.db = lancedb.connect(self.uri)
@@ -123,7 +134,8 @@ class Database:
                 f"table {table!r} is not in store {self.uri!r} (tables: {have}); "
                 "check the name or ingest it first"
             )
-        return self.db.open_table(table).to_lance()
+        with reading(table):
+            return self.db.open_table(table).to_lance()
 
     def meta(self, table: str) -> TableMeta:
         """The provenance stored with a table."""
@@ -134,23 +146,48 @@ class Database:
 
     def ids(self, table: str) -> list[str]:
         """Example ids in storage order, the order of every vector read."""
-        return self.dataset(table).to_table(columns=["id"]).column("id").to_pylist()
+        return self.ids_and_subtasks(table)[0]
 
     def subtasks(self, table: str) -> list[str | None]:
-        return self.dataset(table).to_table(columns=["subtask"]).column("subtask").to_pylist()
+        return self.ids_and_subtasks(table)[1]
+
+    def ids_and_subtasks(self, table: str) -> tuple[list[str], list[str | None]]:
+        """Both, checked against their checksums (tables written before them: unchecked)."""
+        ds = self.dataset(table)
+        checked = ID_CHECKSUM in ds.schema.names
+        cols = ["id", "subtask"] + ([ID_CHECKSUM] if checked else [])
+        with reading(table):
+            tbl = ds.to_table(columns=cols)
+        ids, subtasks = tbl.column("id").to_pylist(), tbl.column("subtask").to_pylist()
+        if checked:
+            bad = np.flatnonzero(text_checksums(ids, subtasks)
+                                 != tbl.column(ID_CHECKSUM).to_numpy(zero_copy_only=False))
+            if len(bad):
+                raise damage(table, "id/subtask", bad)
+        return ids, subtasks
 
     def info(self, table: str | None = None) -> dict[str, Any]:
         """Rows, dims, checkpoints, projection, model and stored selections."""
         if table is None:
-            return {
-                "uri": self.uri,
-                "tables": {t: self.table_summary(t) for t in self.tables()},
-                "selections": [_selection_summary(s) for s in self.selections()],
-            }
+            out: dict[str, Any] = {"uri": self.uri, "tables": {}, "selections": []}
+            for t in self.tables():
+                try:
+                    out["tables"][t] = self.table_summary(t)
+                except DamagedTable as exc:  # the store's other tables still show
+                    out["tables"][t] = {"table": t, "status": "damaged", "problems": [str(exc)]}
+            try:
+                out["selections"] = [_selection_summary(s) for s in self.selections()]
+            except DamagedTable as exc:
+                out["selections_problem"] = str(exc)
+            return out
         return self.table_summary(table, full=True)
 
     def table_summary(self, table: str, full: bool = False) -> dict[str, Any]:
+        """A table's provenance and size; ``status`` is ``damaged`` (with ``problems``) when
+        data files the manifest names are missing or the wrong size."""
         ds = self.dataset(table)
+        with reading(table):
+            problems = file_problems(ds)
         meta = TableMeta.from_schema(ds.schema, table)
         out: dict[str, Any] = {
             "table": table,
@@ -163,8 +200,13 @@ class Database:
             "grad_type": meta.grad_type,
             "grad_types": meta.grad_types,
             "model": meta.model,
-            "status": meta.ingest.get("status", "imported"),
+            "status": "damaged" if problems else meta.ingest.get("status", "imported"),
         }
+        if problems:
+            out["problems"] = problems + [
+                f"run `gradstore verify STORE {table}`, then `gradstore restore STORE {table}` "
+                "(an earlier version) or re-ingest it"]
+            return out
         if full:
             subt = [s for s in self.subtasks(table) if s is not None]
             out["subtasks"] = len(set(subt))
@@ -176,9 +218,12 @@ class Database:
                     "skipped_nonfinite": len(meta.ingest.get("nonfinite_ids", [])),
                     **meta.ingest.get("settings", {}),
                 }
-            out["selections"] = [
-                _selection_summary(s) for s in self.selections() if s.pool == table
-            ]
+            try:
+                out["selections"] = [
+                    _selection_summary(s) for s in self.selections() if s.pool == table
+                ]
+            except DamagedTable as exc:
+                out["selections"], out["selections_problem"] = [], str(exc)
         return out
 
     def create_from_array(
@@ -213,35 +258,39 @@ class Database:
 
     @staticmethod
     def record_batch(schema: pa.Schema, meta: TableMeta, block: RowBlock) -> pa.RecordBatch:
+        """``block``'s rows as a batch of ``schema`` (its columns in the schema's order,
+        checksums where the schema has them: a table written before them has none)."""
         n = len(block.ids)
 
         def opt(values, typ):
             return pa.array(values if values is not None else [None] * n, typ)
 
-        cols = [
-            pa.array(block.ids, pa.string()),
-            pa.array(np.asarray(block.rows, dtype=np.int64)),
-            opt(block.subtasks, pa.string()),
-            opt(block.tokens, pa.int32()),
-            opt(block.content_hashes, pa.string()),
-        ]
         extra = block.extra_vectors or {}
         if sorted(extra) != sorted(meta.extra_types):
             raise GradstoreError(
                 f"rows carry gradient types {sorted(extra)} beside {meta.grad_type!r}, the table "
                 f"stores {meta.extra_types}"
             )
+        cols: dict[str, pa.Array] = {
+            "id": pa.array(block.ids, pa.string()),
+            "row": pa.array(np.asarray(block.rows, dtype=np.int64)),
+            "subtask": opt(block.subtasks, pa.string()),
+            "tokens": opt(block.tokens, pa.int32()),
+            "content_hash": opt(block.content_hashes, pa.string()),
+            ID_CHECKSUM: pa.array(text_checksums(
+                list(block.ids), list(block.subtasks or [None] * n))),
+        }
         for i, vec in enumerate(block.vectors):
-            stored = _stored(vec, meta.vector_dtype)
-            cols += [
-                _vector_batch(stored, meta.dim),
-                pa.array(_norms(stored)),
-                opt(None if block.losses is None else block.losses[i], pa.float32()),
-            ]
-            for t in meta.extra_types:
-                more = _stored(extra[t][i], meta.vector_dtype)
-                cols += [_vector_batch(more, meta.dim), pa.array(_norms(more))]
-        return pa.RecordBatch.from_arrays(cols, schema=schema)
+            cols[loss_column(i)] = opt(None if block.losses is None else block.losses[i],
+                                       pa.float32())
+            vectors = {vector_column(i): vec} | {vector_column(i, t): extra[t][i]
+                                                  for t in meta.extra_types}
+            for name, values in vectors.items():
+                stored = _stored(values, meta.vector_dtype)
+                cols[name] = _vector_batch(stored, meta.dim)
+                cols[norm_of(name)] = pa.array(_norms(stored))
+                cols[checksum_of(name)] = pa.array(row_checksums(stored))
+        return pa.RecordBatch.from_arrays([cols[f.name] for f in schema], schema=schema)
 
     def create_table(
         self, table: str, meta: TableMeta, checkpoints: Sequence[tuple[str, float | None]],
@@ -373,6 +422,8 @@ class Database:
                     cols.append(_vector_batch(last, meta.dim))
                 elif f.name.startswith("norm"):
                     cols.append(pa.array(_norms(last)))
+                elif f.name.startswith("crc"):
+                    cols.append(pa.array(row_checksums(last)))
                 else:
                     v = values.get(f.name)
                     cols.append(pa.array(
@@ -394,8 +445,7 @@ class Database:
         ds = self.dataset(table)
         meta = TableMeta.from_schema(ds.schema, table)
         cols = self.columns(table, meta, checkpoint, grad_type)
-        src = LanceSource(ds, cols, meta.dim)
-        X = src.load().float().numpy()
+        X = LanceSource(ds, cols, meta.dim, name=table).load().float().numpy()
         return self.ids(table), X
 
     def losses(self, table: str, checkpoint: str) -> np.ndarray:
@@ -432,7 +482,7 @@ class Database:
         meta = TableMeta.from_schema(ds.schema, table)
         if not meta.checkpoints:
             raise GradstoreError(f"table {table!r} has no vectors")
-        return LanceSource(ds, self.columns(table, meta, None, grad_type), meta.dim)
+        return LanceSource(ds, self.columns(table, meta, None, grad_type), meta.dim, name=table)
 
     def plain_table(self, name: str, schema: pa.Schema | None = None):
         """A hidden bookkeeping table (a staging record, a log), opened, or created empty
@@ -444,16 +494,20 @@ class Database:
     # ---------------------------------------------------------------- selections
     def selections_table(self, create: bool):
         if SELECTIONS_TABLE in self.all_tables():
-            return self.db.open_table(SELECTIONS_TABLE)
+            with reading(SELECTIONS_TABLE):
+                return self.db.open_table(SELECTIONS_TABLE)
         if not create:
             return None
         return self.db.create_table(SELECTIONS_TABLE, schema=SELECTIONS_SCHEMA)
 
     def selections(self) -> list[Selection]:
+        """Every stored selection (reading the whole log: a damaged log raises
+        :class:`DamagedTable`, which is how ``select`` checks it before computing)."""
         tbl = self.selections_table(create=False)
         if tbl is None:
             return []
-        return [Selection.from_record(r) for r in tbl.to_arrow().to_pylist()]
+        with reading(SELECTIONS_TABLE):
+            return [Selection.from_record(r) for r in tbl.to_arrow().to_pylist()]
 
     def selection(self, selection_id: str) -> Selection:
         """The stored selection ``selection_id`` (``latest``: the most recent one)."""
@@ -465,7 +519,8 @@ class Database:
         tbl = self.selections_table(create=False)
         if tbl is not None:
             sid = selection_id.replace("'", "")
-            rows = tbl.to_lance().to_table(filter=f"selection_id = '{sid}'").to_pylist()
+            with reading(SELECTIONS_TABLE):
+                rows = tbl.to_lance().to_table(filter=f"selection_id = '{sid}'").to_pylist()
             if rows:
                 return Selection.from_record(rows[0])
         raise GradstoreError(
@@ -475,6 +530,7 @@ class Database:
 
     def save_selections(self, sels: list[Selection]) -> None:
         tbl = self.selections_table(create=True)
+        self.selections()  # never append to a log that cannot be read back
         tbl.add(pa.Table.from_pylist([s.to_record() for s in sels], schema=SELECTIONS_SCHEMA))
 
 def _selection_summary(s: Selection) -> dict[str, Any]:

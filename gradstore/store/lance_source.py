@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from gradstore.store.meta import norm_of
+from gradstore.store.integrity import READ_ERRORS, bad_norms, bad_rows, damage, unreadable
+from gradstore.store.meta import checksum_of, norm_of
 
 
 def fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
@@ -48,9 +49,17 @@ class LanceSource:
         dim: int,
         rows: tuple[int, int] | None = None,
         norms: np.ndarray | None = None,
+        name: str = "?",
+        verify: bool = True,
     ) -> None:
         self.dataset = dataset
         self.columns = columns
+        self.name = name
+        names = set(dataset.schema.names)
+        self.checksums = [checksum_of(c) if checksum_of(c) in names else None for c in columns]
+        self.verify_next_pass = verify
+        """Check the next full pass against the checksums (and for finite values); a pass
+        that completes turns it off, so a selection run verifies its pool once."""
         self._dim = dim
         total = dataset.count_rows()
         # a contiguous range of storage positions (one part of a partitioned pool)
@@ -70,7 +79,7 @@ class LanceSource:
             norms = self._norms[start:stop]
         return LanceSource(
             self.dataset, self.columns, self._dim, (self._start + start, self._start + stop),
-            norms,
+            norms, self.name, self.verify_next_pass,
         )
 
     def _pieces(self) -> list[tuple[lance.LanceFragment, int, int]]:
@@ -91,16 +100,42 @@ class LanceSource:
         return out
 
     def _batches(self, columns: list[str], batch_size: int):
-        if self._whole:
-            yield from self.dataset.scanner(
-                columns=columns, batch_size=batch_size, scan_in_order=True
-            ).to_batches()
-            return
-        for frag, offset, count in self._pieces():
-            yield from self.dataset.scanner(
-                columns=columns, fragments=[frag], offset=offset, limit=count,
-                batch_size=batch_size, scan_in_order=True,
-            ).to_batches()
+        """Record batches of ``columns`` in row order; a file Lance cannot read is reported
+        as damage (exit status 2), not a traceback."""
+        try:
+            if self._whole:
+                yield from self.dataset.scanner(
+                    columns=columns, batch_size=batch_size, scan_in_order=True
+                ).to_batches()
+                return
+            for frag, offset, count in self._pieces():
+                yield from self.dataset.scanner(
+                    columns=columns, fragments=[frag], offset=offset, limit=count,
+                    batch_size=batch_size, scan_in_order=True,
+                ).to_batches()
+        except READ_ERRORS as exc:
+            raise unreadable(self.name, exc) from None
+
+    def _read_columns(self, verify: bool) -> list[str]:
+        if not verify:
+            return list(self.columns)
+        return (list(self.columns) + [c for c in self.checksums if c is not None]
+                + [norm_of(c) for c in self.columns])
+
+    def _verify(self, batch: pa.RecordBatch | pa.Table, first_row: int,
+                rows: np.ndarray | None = None) -> None:
+        """Raise on the batch's damaged rows, named by storage position (``rows``: the
+        positions of a batch that is not a contiguous run from ``first_row``)."""
+        for col, crc in zip(self.columns, self.checksums, strict=True):
+            arr = fixed_list_to_numpy(batch.column(col), self._dim)
+            sums = None if crc is None else batch.column(crc).to_numpy(zero_copy_only=False)
+            bad = bad_rows(arr, sums)
+            if not len(bad):  # the stored norm (read by scans) must be the vector's
+                stored = batch.column(norm_of(col)).to_numpy(zero_copy_only=False)
+                bad = bad_norms(arr, stored.astype(np.float32))
+            if len(bad):
+                where = bad if rows is None else rows[bad]
+                raise damage(self.name, col, where, self._start + first_row)
 
     @property
     def num_rows(self) -> int:
@@ -134,16 +169,21 @@ class LanceSource:
         width = self.num_checkpoints * self._dim
         buf = torch.empty((block_rows, width), dtype=self.dtype)
         start = 0
-        for batch in self._batches(self.columns, block_rows):
+        verify = self.verify_next_pass
+        for batch in self._batches(self._read_columns(verify), block_rows):
             b = batch.num_rows
             if b == 0:
                 continue
+            if verify:
+                self._verify(batch, start)
             if b > buf.shape[0]:
                 buf = torch.empty((b, width), dtype=self.dtype)
             block = buf[:b]
             self._fill(batch, block)
             yield start, block
             start += b
+        if verify:
+            self.verify_next_pass = False
 
     def take(self, rows: np.ndarray) -> torch.Tensor:
         rows = np.asarray(rows, dtype=np.int64)
@@ -151,7 +191,11 @@ class LanceSource:
         if len(rows) == 0:
             return out
         order = np.argsort(rows, kind="stable")
-        tbl = self.dataset.take(self._start + rows[order], columns=self.columns)
+        try:
+            tbl = self.dataset.take(self._start + rows[order], columns=self._read_columns(True))
+        except READ_ERRORS as exc:
+            raise unreadable(self.name, exc) from None
+        self._verify(tbl, 0, rows[order])
         tmp = torch.empty_like(out)
         self._fill(tbl, tmp)
         out[torch.from_numpy(order)] = tmp
@@ -162,7 +206,9 @@ class LanceSource:
         width = self.num_checkpoints * self._dim
         out = torch.empty((self._n, width), dtype=self.dtype)
         start = 0
-        for batch in self._batches(self.columns, 2048):
+        for batch in self._batches(self._read_columns(True), 2048):
+            self._verify(batch, start)
             self._fill(batch, out[start : start + batch.num_rows])
             start += batch.num_rows
         return out
+

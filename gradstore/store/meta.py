@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 
 from gradstore.errors import GradstoreError
+from gradstore.store.integrity import ID_CHECKSUM
 
 META_KEY = "gradstore"
 INGEST_KEY = "gradstore.ingest"  # how an ingested table was made, and whether it is finished
@@ -131,6 +132,11 @@ def norm_of(column: str) -> str:
     return "norm" + column.removeprefix("vec")
 
 
+def checksum_of(column: str) -> str:
+    """The checksum column of a vector column (``vec_3_sgd`` -> ``crc_3_sgd``)."""
+    return "crc" + column.removeprefix("vec")
+
+
 def loss_column(index: int) -> str:
     return f"loss_{index}"
 
@@ -147,11 +153,13 @@ def checkpoint_fields(
         pa.field(vector_column(index), vec_type, metadata=md),
         pa.field(norm_column(index), pa.float32()),
         pa.field(loss_column(index), pa.float32()),
+        pa.field(checksum_of(vector_column(index)), pa.int64()),
     ]
     for t in extra_types:
         fields += [
             pa.field(vector_column(index, t), vec_type, metadata=md | {"grad_type": t}),
             pa.field(norm_column(index, t), pa.float32()),
+            pa.field(checksum_of(vector_column(index, t)), pa.int64()),
         ]
     return fields
 
@@ -159,8 +167,8 @@ def checkpoint_fields(
 def type_fields(
     index: int, name: str, lr: float | None, dim: int, vector_dtype: str, grad_type: str
 ) -> list[pa.Field]:
-    """The two columns a further gradient type adds to checkpoint ``index``."""
-    return checkpoint_fields(index, name, lr, dim, vector_dtype, [grad_type])[3:]
+    """The columns a further gradient type adds to checkpoint ``index``."""
+    return checkpoint_fields(index, name, lr, dim, vector_dtype, [grad_type])[4:]
 
 
 def checkpoints_from_schema(schema: pa.Schema) -> list[Checkpoint]:
@@ -193,4 +201,5 @@ def base_fields() -> list[pa.Field]:
         pa.field("subtask", pa.string()),
         pa.field("tokens", pa.int32()),
         pa.field("content_hash", pa.string()),
+        pa.field(ID_CHECKSUM, pa.int64()),
     ]

@@ -120,3 +120,53 @@ def test_kill_9_mid_run_then_resume(tmp_path, model_dir):
     ids_b, B = gradstore.open(tmp_path / "ref").vectors("pool")
     assert ids_a == ids_b and len(set(ids_a)) == 400
     np.testing.assert_allclose(A, B, rtol=1e-3, atol=1e-4)
+
+
+def _start(args):
+    return subprocess.Popen([sys.executable, "-m", "gradstore", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_ingests_of_one_table_at_once(tmp_path, model_dir):
+    """Two users start the same ingestion: one writes, the other is refused at once with one
+    line naming the writer; every example is stored exactly once."""
+    data = write_chat_data(tmp_path / "d.jsonl", 150, seed=4)
+    args = [str(a) for a in ingest_args(tmp_path / "s", "pool", model_dir, data,
+                                        "--write-rows", "8", "--batch-size", "4")]
+    procs = [_start(args), _start(args)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) in ([0, 0], [0, 2]), outs
+    for code, (_, err) in zip(codes, outs, strict=True):
+        if code == 2:
+            assert "is being written by pid" in err and len(err.strip().splitlines()) == 1
+    ids = gradstore.open(tmp_path / "s").ids("pool")
+    assert len(ids) == 150 and len(set(ids)) == 150
+    assert not (tmp_path / "s" / ".locks" / "pool.lock").exists()
+
+
+def test_ctrl_c_mid_run_keeps_commits_and_releases_the_lock(tmp_path, model_dir):
+    data = write_chat_data(tmp_path / "d.jsonl", 400, seed=5)
+    args = [str(a) for a in ingest_args(tmp_path / "s", "pool", model_dir, data,
+                                        "--write-rows", "8", "--batch-size", "4")]
+    proc = _start(args)
+    table_path = tmp_path / "s" / "pool.lance"
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            if lance.dataset(str(table_path)).count_rows() > 0:
+                proc.send_signal(signal.SIGINT)
+                break
+        except (ValueError, OSError, RuntimeError):
+            pass
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not (tmp_path / "s" / ".locks" / "pool.lock").exists()
+    n = gradstore.open(tmp_path / "s").num_rows("pool")
+    assert 0 < n < 400
+    summary = json.loads(run(*args, "--format", "json").stdout)
+    assert summary["rows_present"] == n and summary["rows_written"] == 400 - n
+    ids = gradstore.open(tmp_path / "s").ids("pool")
+    assert len(set(ids)) == 400 == len(ids)

@@ -264,3 +264,25 @@ def test_dataset_dir_errors(tmp_path):
             writer.write_table(table)
     with pytest.raises(GradstoreError, match=r"empty has no examples"):
         read_records(e)
+
+
+def test_bytes_not_in_the_encoding_name_line_and_offset(tmp_path):
+    good = '{"id": "a", "text": "plain"}\n'
+    bad = '{"id": "b", "text": "caf\u00e9"}\n'.encode("latin-1")
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(good.encode() + bad)
+    offset = len(good.encode()) + bad.index(b"\xe9")
+    with pytest.raises(GradstoreError) as err:
+        read_records(path)
+    msg = str(err.value)
+    assert f"line 2, byte offset {offset}: byte 0xe9" in msg and "--encoding" in msg
+    recs = read_records(path, encoding="latin-1")
+    assert recs[1].fields["text"] == "caf\u00e9"
+    with pytest.raises(GradstoreError, match="unknown text encoding"):
+        read_records(path, encoding="no-such-codec")
+
+
+def test_a_utf8_byte_order_mark_is_skipped(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"id": "x", "text": "t"}]).encode())
+    assert [r.id for r in read_records(path)] == ["x"]
