@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from gradstore.store.integrity import DamagedTable
 
 SELECTIONS_TABLE = "_selections"
 
@@ -86,11 +89,41 @@ class Selection:
             "residual": float(self.residual),
             "seconds": float(self.seconds),
             "history": [float(h) for h in self.history],
-            "params": json.dumps(self.params, sort_keys=True, default=str),
+            "params": json.dumps(dict(self.params, checksum=self.checksum()), sort_keys=True,
+                                 default=str),
         }
+
+    def checksum(self) -> str:
+        """A hash of what the selection answers (kept in its record's params; a record that
+        no longer matches it was damaged on disk)."""
+        what = [self.selection_id, self.created, self.pool, self.target, self.method,
+                self.budget, int(self.k), list(self.ids), [float(w) for w in self.weights],
+                float(self.residual)]
+        return hashlib.blake2b(json.dumps(what).encode(), digest_size=16).hexdigest()
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Selection:
+        """The selection a log record holds; :class:`DamagedTable` when it fails its checksum
+        (records written before checksums are taken as they are)."""
+        sel = cls._from_record(rec)
+        want = sel.params.pop("checksum", None)
+        if want is not None and want != sel.checksum():
+            raise DamagedTable(
+                f"selection {sel.selection_id!r} in the selection log fails its checksum (the "
+                "log's files were changed); run `gradstore restore STORE _selections` to pick "
+                "an earlier version, or run the selection again"
+            )
+        return sel
+
+    @classmethod
+    def _from_record(cls, rec: dict[str, Any]) -> Selection:
+        try:
+            params = json.loads(rec.get("params") or "{}")
+        except ValueError:
+            raise DamagedTable(
+                f"selection {rec.get('selection_id')!r} in the selection log cannot be read; "
+                "run `gradstore restore STORE _selections` to pick an earlier version"
+            ) from None
         return cls(
             selection_id=rec["selection_id"],
             method=rec["method"],
@@ -104,5 +137,5 @@ class Selection:
             seconds=float(rec["seconds"]),
             created=rec.get("created") or "",
             history=list(rec.get("history") or []),
-            params=json.loads(rec.get("params") or "{}"),
+            params=params,
         )

@@ -271,3 +271,19 @@ def test_older_tables_get_checksums(tmp_path):
     run("verify", path, "pool", "--add-checksums")
     assert "pool: ok" in run("verify", path, "pool").stdout
     np.testing.assert_array_equal(gradstore.open(path).vectors("pool")[1], before)
+
+
+def test_a_changed_weight_in_the_log_is_caught(built, tmp_path):
+    path, _ = built
+    sel = gradstore.open(path).selection("latest")
+    f = data_files(path / "_selections.lance")[-1]
+    raw = f.read_bytes()
+    w = np.float64(sel.weights[0]).tobytes()
+    assert raw.count(w) >= 1
+    f.write_bytes(raw.replace(w, np.float64(sel.weights[0] * 2).tobytes(), 1))
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(f'{{"id": "p{i}", "text": "t"}}\n' for i in range(N)))
+    res = run("export", path, "--selection", "latest", "--data", data, "--out",
+              tmp_path / "o.jsonl", ok=False)
+    assert res.returncode == 2 and "fails its checksum" in res.stderr
+    assert not (tmp_path / "o.jsonl").exists()
