@@ -362,6 +362,7 @@ def _commit(db, cfg, plan, stage, committed, summary) -> None:
         ds = db.dataset(cfg.table)
         lance.LanceDataset.commit(ds.uri, lance.LanceOperation.Append(fragments),
                                   read_version=ds.version)
+        db.committed(cfg.table)
     nonfinite = {x for rec in records for x in rec["nonfinite"]}
     for rec in records:
         for reason, (count, ids) in json.loads(rec["skipped"]).items():

@@ -24,6 +24,7 @@ from gradstore.store.importing import (
 from gradstore.store.integrity import (
     ID_CHECKSUM,
     DamagedTable,
+    VersionLedger,
     damage,
     file_problems,
     reading,
@@ -116,6 +117,7 @@ class Database:
         if local and not Path(self.uri).is_dir():
             raise GradstoreError(f"store {self.uri!r} is a file, not a directory")
         self.db = lancedb.connect(self.uri)
+        self.ledger = VersionLedger(self.uri)
 
     # ---------------------------------------------------------------- tables
     def all_tables(self) -> list[str]:
@@ -127,7 +129,9 @@ class Database:
         """Names of the gradient tables (pool and target tables)."""
         return [t for t in self.all_tables() if not t.startswith("_")]
 
-    def dataset(self, table: str) -> lance.LanceDataset:
+    def dataset(self, table: str, check_version: bool = True) -> lance.LanceDataset:
+        """The table's current version (``check_version``: refuse one older than the newest
+        committed, see :class:`VersionLedger`; verify and restore look at it anyway)."""
         if table not in self.all_tables():
             have = ", ".join(self.tables()) or "none"
             raise GradstoreError(
@@ -135,7 +139,14 @@ class Database:
                 "check the name or ingest it first"
             )
         with reading(table):
-            return self.db.open_table(table).to_lance()
+            ds = self.db.open_table(table).to_lance()
+            if check_version and (not table.startswith("_") or table == SELECTIONS_TABLE):
+                self.ledger.check(table, ds.version, ds.count_rows())
+        return ds
+
+    def committed(self, table: str) -> None:
+        """Record the version a write just committed (see :class:`VersionLedger`)."""
+        self.dataset(table)
 
     def meta(self, table: str) -> TableMeta:
         """The provenance stored with a table."""
@@ -304,6 +315,7 @@ class Database:
             # 2.0 files scanned fastest for float16 vectors here (docs/storage.md)
             warnings.simplefilter("ignore", DeprecationWarning)
             self.db.create_table(table, data=reader, data_storage_version="2.0")
+        self.committed(table)
 
     def append_rows(self, table: str, block: RowBlock) -> None:
         """Append complete rows (every checkpoint's vectors) in one atomic commit."""
@@ -317,10 +329,12 @@ class Database:
         schema = ds.schema
         batch = self.record_batch(schema, meta, block)
         self.db.open_table(table).add(pa.Table.from_batches([batch], schema=schema))
+        self.committed(table)
 
     def update_ingest_state(self, table: str, state: dict[str, Any]) -> None:
         """Replace the ingestion record kept in ``table``'s schema metadata."""
         self.dataset(table).update_schema_metadata({INGEST_KEY: json.dumps(state)})
+        self.committed(table)
 
     def compact(self, table: str) -> None:
         """Merge the fragments of many small appends and drop the superseded files."""
@@ -333,6 +347,7 @@ class Database:
     def drop_table(self, table: str) -> None:
         self.dataset(table)  # a clear error when missing
         self.db.drop_table(table)
+        self.ledger.forget(table)
 
     def add_checkpoint(
         self, table, meta, arr, source_of_row, checkpoint, lr, losses, extra=None
@@ -432,6 +447,7 @@ class Database:
             return pa.RecordBatch.from_arrays(cols, schema=out_schema)
 
         ds.add_columns(lance.batch_udf(output_schema=out_schema)(udf), read_columns=["row"])
+        self.committed(table)
 
     # ---------------------------------------------------------------- reading
     def vectors(
@@ -494,6 +510,7 @@ class Database:
     # ---------------------------------------------------------------- selections
     def selections_table(self, create: bool):
         if SELECTIONS_TABLE in self.all_tables():
+            self.dataset(SELECTIONS_TABLE)  # readable, and not older than committed
             with reading(SELECTIONS_TABLE):
                 return self.db.open_table(SELECTIONS_TABLE)
         if not create:
@@ -532,6 +549,7 @@ class Database:
         tbl = self.selections_table(create=True)
         self.selections()  # never append to a log that cannot be read back
         tbl.add(pa.Table.from_pylist([s.to_record() for s in sels], schema=SELECTIONS_SCHEMA))
+        self.committed(SELECTIONS_TABLE)
 
 def _selection_summary(s: Selection) -> dict[str, Any]:
     return {

@@ -12,6 +12,8 @@ pass (loading a pool into RAM, reading a target, the first pass of a selection r
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +35,15 @@ class DamagedTable(GradstoreError):
 READ_ERRORS = (OSError, RuntimeError, ValueError, pa.ArrowException)
 """What Lance and LanceDB raise when a table's files are missing, truncated or garbled (a
 missing data file is an ArrowInvalid, a missing manifest a ValueError "not found")."""
+
+
+def read_failure(exc: BaseException) -> bool:
+    """A failure of Lance on a table's files: one of :data:`READ_ERRORS`, or a panic of its
+    Rust code on a garbled manifest (``pyo3_runtime.PanicException``, a BaseException whose
+    class exists only once raised); not gradstore's own errors, not Ctrl-C."""
+    if isinstance(exc, GradstoreError):
+        return False
+    return isinstance(exc, READ_ERRORS) or type(exc).__name__ == "PanicException"
 
 
 def first_line(exc: BaseException) -> str:
@@ -60,8 +71,74 @@ def reading(table: str) -> Iterator[None]:
         yield
     except GradstoreError:
         raise
-    except READ_ERRORS as exc:
+    except BaseException as exc:  # noqa: BLE001 - Lance panics are BaseExceptions
+        if not read_failure(exc):
+            raise
         raise unreadable(table, exc) from None
+
+
+LEDGER_DIR = ".versions"
+
+
+class VersionLedger:
+    """The newest version of each table gradstore has seen committed, and its row count, in
+    ``STORE/.versions/<table>.json`` (outside Lance's own files).
+
+    Lance opens the newest manifest it finds: when that manifest is deleted or unreadable, it
+    silently opens an older version, and a selection would run on fewer rows or checkpoints.
+    Every commit (and every read that sees a newer version) records the version; opening a
+    table at an older version than recorded is damage. Local stores only; a store that
+    cannot be written (read-only) is checked, not updated.
+    """
+
+    def __init__(self, store_uri: str) -> None:
+        self.root = None if "://" in store_uri else Path(store_uri) / LEDGER_DIR
+
+    def _path(self, table: str) -> Path:
+        return self.root / f"{table}.json"
+
+    def check(self, table: str, version: int, rows: int) -> None:
+        """Raise :class:`DamagedTable` when ``table`` opened older than recorded (or with
+        other rows at the recorded version); record a newer version."""
+        if self.root is None:
+            return
+        try:
+            seen = json.loads(self._path(table).read_text())
+        except (OSError, ValueError):
+            seen = None
+        if seen is not None and version < seen["version"]:
+            raise DamagedTable(
+                f"table {table!r} opens at version {version}, but version {seen['version']} "
+                f"({seen['rows']} rows) was committed: its newest manifest is missing or "
+                f"damaged; `gradstore restore STORE {table}` lists the versions left (restore "
+                "one, then rerun what wrote the newer ones)"
+            )
+        if seen is not None and version == seen["version"] and rows != seen["rows"]:
+            raise DamagedTable(
+                f"table {table!r} version {version} holds {rows} rows, {seen['rows']} were "
+                f"committed: its manifest is damaged; `gradstore restore STORE {table}`"
+            )
+        if seen is None or version > seen["version"]:
+            self._write(table, {"version": version, "rows": rows})
+
+    def record(self, table: str, version: int, rows: int) -> None:
+        """Record ``version`` whatever was recorded before (after a restore)."""
+        if self.root is not None:
+            self._write(table, {"version": version, "rows": rows})
+
+    def _write(self, table: str, value: dict) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = self._path(table).with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(value))
+            os.replace(tmp, self._path(table))
+        except OSError:
+            pass  # a read-only store: checked, not updated
+
+    def forget(self, table: str) -> None:
+        """The table was dropped (a new one of that name starts at version 1)."""
+        if self.root is not None:
+            self._path(table).unlink(missing_ok=True)
 
 
 def file_problems(dataset) -> list[str]:

@@ -10,7 +10,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from gradstore.store.integrity import READ_ERRORS, bad_norms, bad_rows, damage, unreadable
+from gradstore.store.integrity import (
+    bad_norms,
+    bad_rows,
+    damage,
+    read_failure,
+    unreadable,
+)
 from gradstore.store.meta import checksum_of, norm_of
 
 
@@ -113,7 +119,9 @@ class LanceSource:
                     columns=columns, fragments=[frag], offset=offset, limit=count,
                     batch_size=batch_size, scan_in_order=True,
                 ).to_batches()
-        except READ_ERRORS as exc:
+        except BaseException as exc:  # noqa: BLE001 - Lance panics are BaseExceptions
+            if not read_failure(exc):
+                raise
             raise unreadable(self.name, exc) from None
 
     def _read_columns(self, verify: bool) -> list[str]:
@@ -193,7 +201,9 @@ class LanceSource:
         order = np.argsort(rows, kind="stable")
         try:
             tbl = self.dataset.take(self._start + rows[order], columns=self._read_columns(True))
-        except READ_ERRORS as exc:
+        except BaseException as exc:  # noqa: BLE001 - Lance panics are BaseExceptions
+            if not read_failure(exc):
+                raise
             raise unreadable(self.name, exc) from None
         self._verify(tbl, 0, rows[order])
         tmp = torch.empty_like(out)

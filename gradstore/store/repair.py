@@ -25,12 +25,12 @@ from gradstore.errors import GradstoreError
 from gradstore.store.database import Database
 from gradstore.store.integrity import (
     ID_CHECKSUM,
-    READ_ERRORS,
     DamagedTable,
     bad_norms,
     bad_rows,
     file_problems,
     first_line,
+    read_failure,
     row_checksums,
     text_checksums,
     unreadable,
@@ -103,13 +103,17 @@ def verify_dataset(ds: lance.LanceDataset, table: str) -> TableReport:
     try:
         report.problems = file_problems(ds)
         fragments = ds.get_fragments()
-    except READ_ERRORS as exc:
+    except BaseException as exc:  # noqa: BLE001 - Lance panics are BaseExceptions
+        if not read_failure(exc):
+            raise
         report.problems.append(str(unreadable(table, exc)))
         return report
     if "id" not in ds.schema.names:  # a bookkeeping table (the selection log): read it all
         try:
             report.rows = ds.to_table().num_rows
-        except READ_ERRORS as exc:
+        except BaseException as exc:  # noqa: BLE001 - Lance panics are BaseExceptions
+            if not read_failure(exc):
+                raise
             report.problems.append(str(unreadable(table, exc)))
         return report
     vec_cols = [f.name for f in ds.schema if f.name.startswith("vec_")]
@@ -118,7 +122,9 @@ def verify_dataset(ds: lance.LanceDataset, table: str) -> TableReport:
     for frag in fragments:
         try:
             _check_fragment(ds, frag, vec_cols, report, ids)
-        except READ_ERRORS as exc:
+        except BaseException as exc:  # noqa: BLE001 - Lance panics are BaseExceptions
+            if not read_failure(exc):
+                raise
             report.lost_fragments.append(frag.fragment_id)
             report.problems.append(f"fragment {frag.fragment_id} cannot be read "
                                    f"({first_line(exc)})")
@@ -166,7 +172,7 @@ def drop_damaged(db: Database, table: str, report: TableReport) -> int:
         ds.delete("row IN (" + ", ".join(str(r) for r in sorted(set(report.damaged_rows)))
                   + ")")
     _mark_incomplete(db, table)
-    return before - db.dataset(table).count_rows()
+    return before - db.dataset(table).count_rows()  # (recording the new version)
 
 
 def drop_duplicates(db: Database, table: str) -> int:
@@ -179,6 +185,7 @@ def drop_duplicates(db: Database, table: str) -> int:
              if i in seen or seen.add(i)]
     if extra:
         ds.delete("_rowid IN (" + ", ".join(map(str, extra)) + ")")
+        db.committed(table)
     return len(extra)
 
 
@@ -204,6 +211,7 @@ def add_checksums(db: Database, table: str) -> list[str]:
         return pa.RecordBatch.from_arrays(cols, schema=out_schema)
 
     ds.add_columns(lance.batch_udf(output_schema=out_schema)(udf), read_columns=missing)
+    db.committed(table)
     return missing
 
 
@@ -236,13 +244,15 @@ def repair(db: Database, table: str, *, drop_damaged_rows: bool = False,
 def versions(db: Database, table: str) -> list[dict]:
     """The table's versions still on disk, newest first: number, time, rows, and whether the
     data files each names are all present (``files_ok``: a cheap check, no values read)."""
-    ds = db.dataset(table)
+    ds = db.dataset(table, check_version=False)
     out = []
     for v in sorted(ds.versions(), key=lambda v: -v["version"]):
         try:
             old = ds.checkout_version(v["version"])
             ok, rows = not file_problems(old), old.count_rows()
-        except READ_ERRORS:
+        except BaseException as exc:  # noqa: BLE001 - Lance panics are BaseExceptions
+            if not read_failure(exc):
+                raise
             ok, rows = False, None
         out.append({"version": v["version"], "timestamp": str(v["timestamp"]), "rows": rows,
                     "files_ok": ok, "current": v["version"] == ds.version})
@@ -252,7 +262,7 @@ def versions(db: Database, table: str) -> list[dict]:
 def restore(db: Database, table: str, version: int, force: bool = False) -> TableReport:
     """Make ``version`` of ``table`` the current one (a new version; nothing is deleted),
     holding the table's write lock; returns :func:`verify` of the result."""
-    ds = db.dataset(table)
+    ds = db.dataset(table, check_version=False)
     known = [v["version"] for v in ds.versions()]
     if version not in known:
         raise GradstoreError(f"table {table!r} has no version {version} on disk (versions: "
@@ -261,13 +271,17 @@ def restore(db: Database, table: str, version: int, force: bool = False) -> Tabl
         try:
             old = ds.checkout_version(version)
             problems = file_problems(old)
-        except READ_ERRORS as exc:
+        except BaseException as exc:  # noqa: BLE001 - Lance panics are BaseExceptions
+            if not read_failure(exc):
+                raise
             raise GradstoreError(f"version {version} of table {table!r} cannot be opened "
                                  f"({unreadable(table, exc)}); pick another version") from None
         if problems:
             raise GradstoreError(f"version {version} of table {table!r} is damaged too "
                                  f"({problems[0]}); pick another version")
         old.restore()
+        now = db.dataset(table, check_version=False)
+        db.ledger.record(table, now.version, now.count_rows())
     return verify(db, table)
 
 

@@ -287,3 +287,34 @@ def test_a_changed_weight_in_the_log_is_caught(built, tmp_path):
               tmp_path / "o.jsonl", ok=False)
     assert res.returncode == 2 and "fails its checksum" in res.stderr
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_deleted_newest_manifest_is_not_a_silent_rollback(built):
+    """Lance would open the previous version (fewer rows) without a word; the store refuses,
+    and restore makes an older version current on purpose."""
+    path, X = built
+    manifests = sorted((path / "pool.lance" / "_versions").glob("*.manifest"))
+    newest = min(manifests, key=lambda p: int(p.stem))  # names count down: smallest = newest
+    newest.unlink()
+    assert lance.dataset(str(path / "pool.lance")).count_rows() < N, "Lance rolled back"
+    for args in (["select", path, "--pool", "pool", "--target", "tgt", "--budget", "5"],
+                 ["info", path, "pool"]):
+        res = run(*args, ok=False)
+        assert res.returncode == 2 and "newest manifest is missing" in res.stderr, args
+    listing = run("restore", path, "pool").stdout
+    version = int(listing.splitlines()[1].split(":")[0])
+    run("restore", path, "pool", "--version", str(version))
+    store = gradstore.open(path)
+    assert store.num_rows("pool") == N - FRAG
+    np.testing.assert_array_equal(store.vectors("pool")[1], X[: N - FRAG])
+
+
+def test_fault_soak_tiny_mode():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "fault_soak.py"), "--tiny"],
+                          capture_output=True, text=True, cwd=root, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Silent wrong answers: 0; crashes: 0; lost committed rows: 0." in done.stdout
