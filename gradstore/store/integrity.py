@@ -40,10 +40,11 @@ missing data file is an ArrowInvalid, a missing manifest a ValueError "not found
 def read_failure(exc: BaseException) -> bool:
     """A failure of Lance on a table's files: one of :data:`READ_ERRORS`, or a panic of its
     Rust code on a garbled manifest (``pyo3_runtime.PanicException``, a BaseException whose
-    class exists only once raised); not gradstore's own errors, not Ctrl-C."""
+    class exists only once raised, or ``pyo3_async_runtimes.RustPanic`` from LanceDB);
+    not gradstore's own errors, not Ctrl-C."""
     if isinstance(exc, GradstoreError):
         return False
-    return isinstance(exc, READ_ERRORS) or type(exc).__name__ == "PanicException"
+    return isinstance(exc, READ_ERRORS) or type(exc).__module__.startswith("pyo3")
 
 
 def first_line(exc: BaseException) -> str:
