@@ -107,7 +107,7 @@ def build(work: Path, rng: np.random.Generator, model: Path | None) -> dict:
            "export": (work / "ref.jsonl").read_text(), "vectors": store.vectors("pool")}
     ref["logged"] = len(store.selections())
     if model is not None:
-        ref["chat"] = write_chat(work / "chat.jsonl", 300, rng)
+        ref["chat"] = write_chat(work / "chat.jsonl", 160, rng)
         ref["model"] = model
         code, _, err = run_cli(*_ingest_args(work / "ingest-ref", ref))
         assert code == 0, err
@@ -267,7 +267,9 @@ def main() -> None:
         kinds = [*DAMAGE, *INTERRUPT]
         trials = []
         for i in range(n):
-            kind = kinds[i % len(kinds)] if i < len(kinds) else str(rng.choice(kinds))
+            # every kind once, then damage three times as often as the (slower) interruptions
+            p = np.array([3.0] * len(DAMAGE) + [1.0] * len(INTERRUPT))
+            kind = kinds[i] if i < len(kinds) else str(rng.choice(kinds, p=p / p.sum()))
             trial = work / f"t{i}"
             store = shutil.copytree(ref["store"], trial / "s")
             if kind in DAMAGE:

@@ -14,7 +14,12 @@ import numpy as np
 
 from gradstore.errors import GradstoreError
 from gradstore.store.database import Database
-from gradstore.store.importing import validate_ids, validate_subtasks, validate_vectors
+from gradstore.store.importing import (
+    blockwise_max_abs,
+    validate_ids,
+    validate_subtasks,
+    validate_vectors,
+)
 from gradstore.store.locks import table_lock
 from gradstore.store.meta import FLOAT16_MAX, VECTOR_DTYPES, ProjectionSpec, TableMeta
 
@@ -88,9 +93,9 @@ def _import(db, table, arr, checkpoint, ids, subtasks, lr, given: Provenance, to
 
 
 def _check_range(arr: np.ndarray, vector_dtype: str) -> None:
-    if vector_dtype == "float16" and np.abs(arr).max() >= FLOAT16_MAX:
+    if vector_dtype == "float16" and (top := blockwise_max_abs(arr)) >= FLOAT16_MAX:
         raise GradstoreError(
-            f"vectors reach {np.abs(arr).max():.3g}, beyond float16's range; "
+            f"vectors reach {top:.3g}, beyond float16's range; "
             "import with --vector-dtype float32 (or rescale them)"
         )
 

@@ -144,18 +144,22 @@ class SourceCache:
     source: TensorSource | None = None
 
 
+STREAM_IO_MIN = 8 << 20  # Lance's read-ahead when streaming: a quarter of the budget, >= 8 MB
+
+
 def pool_source(db: Database, table: str, mode: str, memory_budget: int | None,
                 cache: SourceCache) -> TensorSource | LanceSource:
     """The pool's rows in RAM when they fit ``memory_budget`` (or ``mode='ram'``), else
     streamed from Lance."""
     lsrc = db.lance_source(table)
+    budget = default_memory_budget() if memory_budget is None else memory_budget
     if mode == "auto":
         meta = db.meta(table)
         itemsize = 2 if meta.vector_dtype == "float16" else 4
         need = lsrc.num_rows * lsrc.num_checkpoints * lsrc.dim * itemsize
-        budget = default_memory_budget() if memory_budget is None else memory_budget
         mode = "ram" if need <= budget else "stream"
     if mode == "stream":
+        lsrc.io_buffer_size = max(STREAM_IO_MIN, budget // 4)
         return lsrc
     key = (table, lsrc.dataset.version)
     if cache.key != key:

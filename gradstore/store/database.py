@@ -141,7 +141,7 @@ class Database:
         with reading(table):
             ds = self.db.open_table(table).to_lance()
             if check_version and (not table.startswith("_") or table == SELECTIONS_TABLE):
-                self.ledger.check(table, ds.version, ds.count_rows())
+                self.ledger.check(table, ds.version, ds.count_rows(), ds.schema)
         return ds
 
     def committed(self, table: str) -> None:

@@ -39,10 +39,10 @@ def read_vector_file(path: str | Path) -> np.ndarray:
         raise GradstoreError(f"vector file {str(p)!r} does not exist; check the --vectors path")
     suffix = p.suffix.lower()
     try:
-        if suffix == ".npy":
-            arr = np.load(p, allow_pickle=False)
+        if suffix == ".npy":  # read in blocks as the import writes them
+            arr = NpyRows.open(p)
         elif suffix in (".pt", ".pth", ".bin"):
-            arr = _as_matrix(torch.load(p, map_location="cpu", weights_only=True), str(p))
+            arr = _as_matrix(_torch_load(p), str(p))
         else:
             raise GradstoreError(f"vector file {str(p)!r} has suffix {suffix!r}; use .npy or .pt")
     except GradstoreError:
@@ -50,6 +50,74 @@ def read_vector_file(path: str | Path) -> np.ndarray:
     except Exception as exc:  # corrupt or foreign file
         raise GradstoreError(f"cannot read vectors from {str(p)!r}: {exc}") from None
     return arr
+
+
+class NpyRows:
+    """A 2-D ``.npy`` file whose rows are read when indexed (``arr[a:b]``, ``arr[rows]``), so
+    an import holds one block, not the file (a memory map would count the whole file in the
+    process's resident memory once read)."""
+
+    def __init__(self, path: Path, shape: tuple[int, int], dtype: np.dtype, offset: int):
+        self.path, self.shape, self.dtype, self.offset = path, shape, dtype, offset
+        self.ndim = len(shape)
+        self._row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+
+    @classmethod
+    def open(cls, path: Path) -> NpyRows | np.ndarray:
+        """The file as rows read on demand; a file numpy lays out otherwise (Fortran order,
+        not 2-D, object dtype) loaded whole."""
+        with open(path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if major == 1
+                    else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read(f)
+            offset = f.tell()
+        if fortran or len(shape) != 2 or dtype.hasobject:
+            return np.load(path, allow_pickle=False)
+        return cls(path, shape, dtype, offset)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        count = max(0, stop - start)
+        out = np.fromfile(self.path, dtype=self.dtype, count=count * self.shape[1],
+                          offset=self.offset + start * self._row)
+        if out.size != count * self.shape[1]:
+            raise GradstoreError(f"vector file {str(self.path)!r} is shorter than its header "
+                                 "says; write it again")
+        return out.reshape(count, self.shape[1])
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            if step != 1:
+                raise TypeError("NpyRows takes contiguous slices")
+            return self._read(start, stop)
+        rows = np.asarray(key, dtype=np.int64)
+        if rows.size == 0:
+            return np.empty((0, self.shape[1]), dtype=self.dtype)
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        if hi - lo <= 4 * rows.size:  # close together: one read of their span
+            return self._read(lo, hi)[rows - lo]
+        return np.stack([self._read(int(r), int(r) + 1)[0] for r in rows])
+
+
+def _torch_load(p: Path):
+    """A tensor file, memory-mapped where its format allows (torch's zip format)."""
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # the legacy (pre-zip) format cannot be mapped
+        return torch.load(p, map_location="cpu", weights_only=True)
+
+
+CHECK_ROWS = 8192  # rows per block when checking a (possibly memory-mapped) array
+
+
+def blockwise_max_abs(arr: np.ndarray) -> float:
+    """max |arr| without a full-size temporary."""
+    return max(float(np.abs(np.asarray(arr[s:s + CHECK_ROWS], dtype=np.float32)).max())
+               for s in range(0, arr.shape[0], CHECK_ROWS))
 
 
 def read_lines(path: str | Path, what: str) -> list[str]:
@@ -63,8 +131,9 @@ def read_lines(path: str | Path, what: str) -> list[str]:
 
 
 def validate_vectors(vectors: object, what: str = "vectors") -> np.ndarray:
-    """Check shape, dtype and finiteness; return a float32 (N, d) array."""
-    arr = _as_matrix(vectors, what) if not isinstance(vectors, np.ndarray) else vectors
+    """Check shape, dtype and finiteness, block by block; return the (N, d) array as it is
+    (a memory-mapped file stays mapped: writers convert it block by block)."""
+    arr = vectors if isinstance(vectors, np.ndarray | NpyRows) else _as_matrix(vectors, what)
     if arr.ndim != 2:
         raise GradstoreError(
             f"{what} must be a 2-D (rows x dims) matrix, got shape {tuple(arr.shape)}"
@@ -73,8 +142,8 @@ def validate_vectors(vectors: object, what: str = "vectors") -> np.ndarray:
         raise GradstoreError(f"{what} are empty (shape {tuple(arr.shape)}); nothing to import")
     if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
         raise GradstoreError(f"{what} have dtype {arr.dtype}; expected float16 or float32")
-    arr = np.asarray(arr, dtype=np.float32)
-    finite = np.isfinite(arr).all(1)
+    finite = np.concatenate([np.isfinite(np.asarray(arr[s:s + CHECK_ROWS])).all(1)
+                             for s in range(0, arr.shape[0], CHECK_ROWS)])
     if not finite.all():
         bad = np.flatnonzero(~finite)
         raise GradstoreError(

@@ -81,6 +81,17 @@ def reading(table: str) -> Iterator[None]:
 LEDGER_DIR = ".versions"
 
 
+def schema_hash(schema: pa.Schema) -> str:
+    """A hash of a table's schema: columns, types and metadata (its provenance: checkpoints,
+    learning rates, projection, ingestion state)."""
+    def items(md) -> list:  # metadata maps come back in any order
+        return sorted((bytes(k).hex(), bytes(v).hex()) for k, v in (md or {}).items())
+
+    canon = [items(schema.metadata)] + [[f.name, str(f.type), items(f.metadata)]
+                                        for f in schema]
+    return hashlib.blake2b(json.dumps(canon).encode(), digest_size=16).hexdigest()
+
+
 class VersionLedger:
     """The newest version of each table gradstore has seen committed, and its row count, in
     ``STORE/.versions/<table>.json`` (outside Lance's own files).
@@ -98,11 +109,12 @@ class VersionLedger:
     def _path(self, table: str) -> Path:
         return self.root / f"{table}.json"
 
-    def check(self, table: str, version: int, rows: int) -> None:
+    def check(self, table: str, version: int, rows: int, schema: pa.Schema) -> None:
         """Raise :class:`DamagedTable` when ``table`` opened older than recorded (or with
-        other rows at the recorded version); record a newer version."""
+        other rows or provenance at the recorded version); record a newer version."""
         if self.root is None:
             return
+        meta = schema_hash(schema)
         try:
             seen = json.loads(self._path(table).read_text())
         except (OSError, ValueError):
@@ -114,18 +126,22 @@ class VersionLedger:
                 f"damaged; `gradstore restore STORE {table}` lists the versions left (restore "
                 "one, then rerun what wrote the newer ones)"
             )
-        if seen is not None and version == seen["version"] and rows != seen["rows"]:
+        if seen is not None and version == seen["version"] and (
+                rows != seen["rows"] or seen.get("meta", meta) != meta):
             raise DamagedTable(
-                f"table {table!r} version {version} holds {rows} rows, {seen['rows']} were "
-                f"committed: its manifest is damaged; `gradstore restore STORE {table}`"
+                f"table {table!r} version {version} differs from what was committed ("
+                + (f"{rows} rows, {seen['rows']} committed" if rows != seen["rows"]
+                   else "its provenance changed")
+                + f"): its manifest is damaged; `gradstore restore STORE {table}`"
             )
         if seen is None or version > seen["version"]:
-            self._write(table, {"version": version, "rows": rows})
+            self._write(table, {"version": version, "rows": rows, "meta": meta})
 
-    def record(self, table: str, version: int, rows: int) -> None:
+    def record(self, table: str, version: int, rows: int, schema: pa.Schema) -> None:
         """Record ``version`` whatever was recorded before (after a restore)."""
         if self.root is not None:
-            self._write(table, {"version": version, "rows": rows})
+            self._write(table, {"version": version, "rows": rows,
+                                "meta": schema_hash(schema)})
 
     def _write(self, table: str, value: dict) -> None:
         try:

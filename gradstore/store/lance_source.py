@@ -47,6 +47,9 @@ class LanceSource:
 
     block_rows = 512  # 256-512-row reads were 2-3x faster than the default here
     scan_threads = 1  # leave the other core to Lance's decode threads
+    io_buffer_size: int | None = None
+    """Bytes Lance may read ahead of a scan (None: Lance's default, 2 GiB); a streamed pool
+    under a memory budget gets a share of it (docs/storage.md)."""
 
     def __init__(
         self,
@@ -83,10 +86,12 @@ class LanceSource:
         """The rows ``start:stop`` of this source as a source of their own."""
         if norms is None and self._norms is not None:
             norms = self._norms[start:stop]
-        return LanceSource(
+        part = LanceSource(
             self.dataset, self.columns, self._dim, (self._start + start, self._start + stop),
             norms, self.name, self.verify_next_pass,
         )
+        part.io_buffer_size = self.io_buffer_size
+        return part
 
     def _pieces(self) -> list[tuple[lance.LanceFragment, int, int]]:
         """(fragment, offset, count) pieces covering this source's rows, in storage order."""
@@ -111,18 +116,24 @@ class LanceSource:
         try:
             if self._whole:
                 yield from self.dataset.scanner(
-                    columns=columns, batch_size=batch_size, scan_in_order=True
-                ).to_batches()
+                    columns=columns, batch_size=batch_size, scan_in_order=True,
+                    **self._io()).to_batches()
                 return
             for frag, offset, count in self._pieces():
                 yield from self.dataset.scanner(
                     columns=columns, fragments=[frag], offset=offset, limit=count,
-                    batch_size=batch_size, scan_in_order=True,
+                    batch_size=batch_size, scan_in_order=True, **self._io(),
                 ).to_batches()
         except BaseException as exc:  # noqa: BLE001 - Lance panics are BaseExceptions
             if not read_failure(exc):
                 raise
             raise unreadable(self.name, exc) from None
+
+    def _io(self) -> dict:
+        if self.io_buffer_size is None:
+            return {}
+        return {"io_buffer_size": self.io_buffer_size, "batch_readahead": 2,
+                "fragment_readahead": 1}
 
     def _read_columns(self, verify: bool) -> list[str]:
         if not verify:

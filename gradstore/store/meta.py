@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 
 from gradstore.errors import GradstoreError
-from gradstore.store.integrity import ID_CHECKSUM
+from gradstore.store.integrity import ID_CHECKSUM, DamagedTable
 
 META_KEY = "gradstore"
 INGEST_KEY = "gradstore.ingest"  # how an ingested table was made, and whether it is finished
@@ -81,6 +81,17 @@ class TableMeta:
 
     @classmethod
     def from_schema(cls, schema: pa.Schema, table: str) -> TableMeta:
+        """The provenance kept in a table's schema (garbled: :class:`DamagedTable`)."""
+        try:
+            return cls._from_schema(schema, table)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise DamagedTable(
+                f"table {table!r}: its stored provenance cannot be read ({exc}); its "
+                f"manifest is damaged: `gradstore restore STORE {table}` lists the versions"
+            ) from None
+
+    @classmethod
+    def _from_schema(cls, schema: pa.Schema, table: str) -> TableMeta:
         raw = (schema.metadata or {}).get(META_KEY.encode())
         if raw is None:
             raise GradstoreError(

@@ -281,7 +281,7 @@ def restore(db: Database, table: str, version: int, force: bool = False) -> Tabl
                                  f"({problems[0]}); pick another version")
         old.restore()
         now = db.dataset(table, check_version=False)
-        db.ledger.record(table, now.version, now.count_rows())
+        db.ledger.record(table, now.version, now.count_rows(), now.schema)
     return verify(db, table)
 
 

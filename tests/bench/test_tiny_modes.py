@@ -41,3 +41,13 @@ def test_distributed_tiny():
 def test_e2e_tiny():
     out = run("e2e/run.py")
     assert "done in" in out and "job 20/20" in out
+
+
+def test_memory_tiny():
+    out = run("memory.py")
+    assert "| import |" in out and "select gtp --memory-budget" in out
+
+
+def test_integrity_cost_tiny():
+    out = run("integrity_cost.py")
+    assert "pass, checked" in out and "Checks add" in out
