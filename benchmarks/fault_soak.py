@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import io
 import json
+import pickle
 import platform
 import shutil
 import signal
@@ -175,9 +176,33 @@ def damage(store: Path, kind: str, rng: np.random.Generator) -> str:
     return f"delete {table}/{f.parent.name}/{f.name[:12]}"
 
 
-def judge(ref: dict, store: Path) -> list[tuple[str, str]]:
+MEMORY_LIMIT = 8 << 30  # a judged process may map this much (damage can make Lance allocate)
+
+
+def judge_isolated(ref_file: Path, store: Path) -> list[tuple[str, str]]:
+    """:func:`judge` in a child process limited to MEMORY_LIMIT of address space, so a fault
+    that makes a reader allocate without bound is counted (CRASH) instead of taking the
+    machine down; the operation it stopped in is named."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+    done = subprocess.run([sys.executable, __file__, "--judge", str(ref_file), str(store)],
+                          capture_output=True, text=True, preexec_fn=limit)
+    out = [tuple(line.split()[1:3]) for line in done.stdout.splitlines()
+           if line.startswith("OUTCOME ")]
+    if done.returncode != 0:
+        ops = ["select-gtp", "select-less", "export", "vectors"]
+        out.append((ops[len(out)] if len(out) < len(ops) else "judge", "CRASH"))
+        print(f"    judging process ended with exit {done.returncode}: "
+              f"{done.stderr.strip()[-300:]!r}", flush=True)
+    return [(a, b) for a, b in out]
+
+
+def judge(ref: dict, store: Path, emit=None) -> list[tuple[str, str]]:
     """Run what a user runs next; class each outcome (operation, class)."""
-    out = []
+    out = _Outcomes(emit)
     for method in ("gtp", "less"):
         got = _answer(store, method)
         out.append((f"select-{method}", _class(got, ref[method])))
@@ -195,6 +220,19 @@ def judge(ref: dict, store: Path) -> list[tuple[str, str]]:
     except Exception:  # noqa: BLE001 - any other exception is what the soak looks for
         out.append(("vectors", "CRASH"))
     return out
+
+
+class _Outcomes(list):
+    """A list of outcomes that also prints each as it is added (for a judging child)."""
+
+    def __init__(self, emit) -> None:
+        super().__init__()
+        self.emit = emit
+
+    def append(self, item) -> None:
+        super().append(item)
+        if self.emit:
+            self.emit(item)
 
 
 def _class(got, want) -> str:
@@ -256,7 +294,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="write fault_soak.{json,md} here")
     ap.add_argument("--tiny", action="store_true", help="a dozen faults (make test)")
+    ap.add_argument("--judge", nargs=2, metavar=("REF", "STORE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.judge:
+        ref = pickle.loads(Path(args.judge[0]).read_bytes())
+        judge(ref, Path(args.judge[1]),
+              emit=lambda o: print("OUTCOME", o[0], o[1], flush=True))
+        return
     n = 14 if args.tiny else args.faults
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
@@ -264,6 +308,8 @@ def main() -> None:
         work = Path(tmp)
         model = tiny_chat_model(work / "model")
         ref = build(work, rng, model)
+        ref_file = work / "ref.pkl"
+        ref_file.write_bytes(pickle.dumps(ref))
         kinds = [*DAMAGE, *INTERRUPT]
         trials = []
         for i in range(n):
@@ -274,7 +320,8 @@ def main() -> None:
             store = shutil.copytree(ref["store"], trial / "s")
             if kind in DAMAGE:
                 what = damage(store, kind, rng)
-                outcomes = judge(ref, store)
+                print(f"[{i + 1}/{n}] {what} ...", flush=True)
+                outcomes = judge_isolated(ref_file, store)
             else:
                 what, outcomes = kind, interrupt(ref, store, kind, rng)
             trials.append({"fault": kind, "what": what, "outcomes": outcomes})

@@ -299,8 +299,9 @@ class Database:
             for name, values in vectors.items():
                 stored = _stored(values, meta.vector_dtype)
                 cols[name] = _vector_batch(stored, meta.dim)
-                cols[norm_of(name)] = pa.array(_norms(stored))
-                cols[checksum_of(name)] = pa.array(row_checksums(stored))
+                norms = _norms(stored)
+                cols[norm_of(name)] = pa.array(norms)
+                cols[checksum_of(name)] = pa.array(row_checksums(stored, norms))
         return pa.RecordBatch.from_arrays([cols[f.name] for f in schema], schema=schema)
 
     def create_table(
@@ -438,7 +439,7 @@ class Database:
                 elif f.name.startswith("norm"):
                     cols.append(pa.array(_norms(last)))
                 elif f.name.startswith("crc"):
-                    cols.append(pa.array(row_checksums(last)))
+                    cols.append(pa.array(row_checksums(last, _norms(last))))
                 else:
                     v = values.get(f.name)
                     cols.append(pa.array(

@@ -1,12 +1,14 @@
 """Checksums of stored vectors, and the error a damaged table raises.
 
 Every vector column ``vec_<t>`` (and ``vec_<t>_<type>``) has a companion ``crc_<t>`` (int64)
-written with it: a 64-bit checksum of the row's stored bytes, the bytes read as 8-byte
-words, times fixed odd weights, summed modulo 2^64. Any change of one word changes the sum;
-random damage to several cancels with probability about 2^-64. It detects corruption, not
-an adversary. A whole row costs one multiply-add per 8 bytes (about 1.3 us for 4 x 1024
-float16 dims here), so reads verify it once per pass where it is cheap relative to the
-pass (loading a pool into RAM, reading a target, the first pass of a selection run).
+written with it: a 64-bit checksum of the row's stored bytes and of its stored norm
+(``norm_<t>``, which scans read): the bytes read as 8-byte words, times fixed odd weights,
+plus the norm's float32 bits times one more, summed modulo 2^64. Any change of one word
+changes the sum; random damage to several cancels with probability about 2^-64. It detects
+corruption, not an adversary. Values were checked finite when written, so a row that
+matches its checksum is finite. A row costs one multiply-add per 8 bytes; reads verify it
+once per pass (loading a pool into RAM, reading a target, the first pass of a selection
+run; benchmarks/results/integrity_cost.md).
 """
 
 from __future__ import annotations
@@ -212,8 +214,21 @@ def _weights(words: int) -> np.ndarray:
     return w
 
 
-def row_checksums(stored: np.ndarray) -> np.ndarray:
-    """One int64 checksum per row of an (n, d) float16/float32 array, as stored."""
+NORM_WEIGHT = np.uint64(0x9E3779B97F4A7C15)  # odd: the stored norm's bits enter the sum once
+
+
+def row_checksums(stored: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
+    """One int64 checksum per row of an (n, d) float16/float32 array, as stored, and of
+    the rows' stored float32 norms when given."""
+    base = _vector_sums(stored)
+    if norms is None:
+        return base.view(np.int64)
+    bits = np.ascontiguousarray(norms, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        return (base + bits * NORM_WEIGHT).view(np.int64)
+
+
+def _vector_sums(stored: np.ndarray) -> np.ndarray:
     arr = np.ascontiguousarray(stored)
     raw = arr.view(np.uint8).reshape(arr.shape[0], -1)
     pad = (-raw.shape[1]) % 8
@@ -221,14 +236,20 @@ def row_checksums(stored: np.ndarray) -> np.ndarray:
         raw = np.pad(raw, ((0, 0), (0, pad)))
     words = np.ascontiguousarray(raw).view(np.uint64)
     with np.errstate(over="ignore"):
-        return (words * _weights(words.shape[1])).sum(axis=1, dtype=np.uint64).view(np.int64)
+        return (words * _weights(words.shape[1])).sum(axis=1, dtype=np.uint64)
 
 
-def bad_rows(stored: np.ndarray, checksums: np.ndarray | None) -> np.ndarray:
-    """Positions of rows whose values are not finite or do not match their checksums."""
-    bad = ~np.isfinite(stored.astype(np.float32, copy=False)).all(axis=1)
+def bad_rows(stored: np.ndarray, checksums: np.ndarray | None,
+             norms: np.ndarray | None = None) -> np.ndarray:
+    """Positions of rows that do not match their checksums (with their stored ``norms``);
+    without checksums (a table written before them), rows whose values are not finite or
+    whose stored norm is not theirs."""
     if checksums is not None:
-        bad |= row_checksums(stored) != np.asarray(checksums, dtype=np.int64)
+        got = row_checksums(stored, norms)
+        return np.flatnonzero(got != np.asarray(checksums, dtype=np.int64))
+    bad = ~np.isfinite(stored.astype(np.float32, copy=False)).all(axis=1)
+    if norms is not None:
+        bad[bad_norms(stored, norms)] = True
     return np.flatnonzero(bad)
 
 

@@ -11,7 +11,6 @@ import pyarrow as pa
 import torch
 
 from gradstore.store.integrity import (
-    bad_norms,
     bad_rows,
     damage,
     read_failure,
@@ -148,10 +147,8 @@ class LanceSource:
         for col, crc in zip(self.columns, self.checksums, strict=True):
             arr = fixed_list_to_numpy(batch.column(col), self._dim)
             sums = None if crc is None else batch.column(crc).to_numpy(zero_copy_only=False)
-            bad = bad_rows(arr, sums)
-            if not len(bad):  # the stored norm (read by scans) must be the vector's
-                stored = batch.column(norm_of(col)).to_numpy(zero_copy_only=False)
-                bad = bad_norms(arr, stored.astype(np.float32))
+            norms = batch.column(norm_of(col)).to_numpy(zero_copy_only=False)
+            bad = bad_rows(arr, sums, norms)
             if len(bad):
                 where = bad if rows is None else rows[bad]
                 raise damage(self.name, col, where, self._start + first_row)

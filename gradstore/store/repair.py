@@ -26,7 +26,6 @@ from gradstore.store.database import Database
 from gradstore.store.integrity import (
     ID_CHECKSUM,
     DamagedTable,
-    bad_norms,
     bad_rows,
     file_problems,
     first_line,
@@ -152,9 +151,8 @@ def _check_fragment(ds, frag, vec_cols: list[str], report: TableReport, ids: lis
             arr = fixed_list_to_numpy(batch.column(c), dim)
             sums = (batch.column(checksum_of(c)).to_numpy(zero_copy_only=False)
                     if checksum_of(c) in crc_cols else None)
-            bad[bad_rows(arr, sums)] = True
-            norms = batch.column(norm_of(c)).to_numpy(zero_copy_only=False).astype(np.float32)
-            bad[bad_norms(arr, norms)] = True
+            norms = batch.column(norm_of(c)).to_numpy(zero_copy_only=False)
+            bad[bad_rows(arr, sums, norms)] = True
         report.damaged_rows.extend(int(r) for r in rows[bad])
 
 
@@ -204,13 +202,16 @@ def add_checksums(db: Database, table: str) -> list[str]:
         cols = []
         for c in missing:
             arr = fixed_list_to_numpy(batch.column(c), dim)
-            if len(bad_rows(arr, None)):
+            norms = batch.column(norm_of(c)).to_numpy(zero_copy_only=False)
+            if len(bad_rows(arr, None, norms)):
                 raise GradstoreError(f"table {table!r}: column {c} holds values that are not "
-                                     "finite; drop those rows first (--drop-damaged)")
-            cols.append(pa.array(row_checksums(arr)))
+                                     "finite or norms that are not theirs; drop those rows "
+                                     "first (--drop-damaged)")
+            cols.append(pa.array(row_checksums(arr, norms)))
         return pa.RecordBatch.from_arrays(cols, schema=out_schema)
 
-    ds.add_columns(lance.batch_udf(output_schema=out_schema)(udf), read_columns=missing)
+    ds.add_columns(lance.batch_udf(output_schema=out_schema)(udf),
+                   read_columns=missing + [norm_of(c) for c in missing])
     db.committed(table)
     return missing
 

@@ -15,6 +15,7 @@ import gradstore
 from gradstore.store.database import RowBlock
 from gradstore.store.integrity import (
     CHECKSUM_SEED,
+    NORM_WEIGHT,
     DamagedTable,
     bad_rows,
     row_checksums,
@@ -51,6 +52,17 @@ def test_checksum_matches_the_formula_and_sees_every_byte(rng):
     nan = rows.copy()
     nan[4, 0] = np.nan
     assert bad_rows(nan, None).tolist() == [4]
+    # the stored norm is covered too: its float32 bits times one more odd weight
+    norms = np.linalg.norm(rows.astype(np.float32), axis=1).astype(np.float32)
+    with_norms = row_checksums(rows, norms)
+    for r in range(len(rows)):
+        bits = int(norms[r].view(np.uint32))
+        want = (checksum_by_hand(rows[r]) + bits * int(NORM_WEIGHT)) % 2**64
+        assert int(with_norms[r]) == (want - 2**64 if want >= 2**63 else want)
+    off = norms.copy()
+    off[1] = np.nextafter(off[1], np.float32(np.inf))
+    assert bad_rows(rows, with_norms, off).tolist() == [1]
+    assert bad_rows(rows, None, off * 1.01).tolist() == list(range(len(rows)))
 
 
 def test_id_checksums_are_blake2b():
