@@ -1,6 +1,10 @@
 """Selections on a fixed store are pinned (``golden_selections.json``): a refactoring that
 changes any method's answer fails here. Regenerate the file only for a deliberate change of
-an algorithm: ``python tests/store/test_golden.py`` (and say so in the commit)."""
+an algorithm: ``python tests/store/test_golden.py`` (and say so in the commit).
+
+The budgets stay well below the pool's width (48): at k = 45 gtp-paper's NNLS weights were
+not determined by the data (residual 1e-4) and moved by 1-460% with the BLAS build, so a
+fresh install failed the test on code that had not changed."""
 
 import json
 import sys
@@ -38,7 +42,7 @@ def build(path: Path) -> gradstore.Store:
 def answers(store: gradstore.Store) -> dict:
     out = {}
     for method, opts in CASES:
-        sels = store.select("pool", target=["tgt", None], budget=[7, 0.05], method=method,
+        sels = store.select("pool", target=["tgt", None], budget=[7, 0.02], method=method,
                             save=False, **opts)
         key = method + "".join(f" {k}={v}" for k, v in opts.items())
         out[key] = [{"target": s.target, "budget": s.budget, "ids": s.ids,
