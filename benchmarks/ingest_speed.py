@@ -40,13 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.smollm2 import smollm2_gguf  # noqa: E402
 from benchmarks.tiny_model import tiny_chat_model  # noqa: E402
 from gradstore.config import IngestConfig  # noqa: E402
+from gradstore.devices import resolve_device  # noqa: E402
 from gradstore.grads.ingestion import (  # noqa: E402
     RowWriter,
     create_table,
     pad_token_id,
     plan_ingest,
 )
-from gradstore.grads.model import load_tokenizer, resolve_device, resolve_dtype  # noqa: E402
+from gradstore.grads.model import load_tokenizer, resolve_dtype  # noqa: E402
 from gradstore.grads.per_example import collate, example_losses  # noqa: E402
 from gradstore.grads.projection import make_projector  # noqa: E402
 from gradstore.grads.runner import GradientRunner  # noqa: E402

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from gradstore.config import WarmupConfig
-from gradstore.grads.model import load_model, release_model, resolve_device, resolve_dtype
+from gradstore.devices import resolve_device
+from gradstore.grads.model import load_model, release_model, resolve_dtype
 from gradstore.grads.warmup import warmup
 
 

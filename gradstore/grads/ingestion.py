@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from gradstore.config import IngestConfig
+from gradstore.devices import resolve_device
 from gradstore.errors import GradstoreError, TableConflict
 from gradstore.grads.data import read_records
 from gradstore.grads.examples import TokenizedExample, data_fingerprint, tokenize_records
@@ -22,7 +23,6 @@ from gradstore.grads.model import (
     LoraSpec,
     load_adapter_weights,
     model_identity,
-    resolve_device,
     resolve_dtype,
     weights_fingerprint,
 )
@@ -379,11 +379,15 @@ class RowWriter:
             self.flush()
 
     def flush(self) -> None:
-        if self.blocks:
-            merged = RowBlock.concat(self.blocks)
+        """Commit the buffered rows. The buffer is emptied before the commit: a Ctrl-C that
+        lands after Lance committed but before this returns must not leave the rows
+        buffered, or the interrupt handler's flush would append them a second time (a rerun
+        recomputes whatever did not reach the table)."""
+        blocks, self.blocks, self.pending, self.last = self.blocks, [], 0, time.monotonic()
+        if blocks:
+            merged = RowBlock.concat(blocks)
             self.db.append_rows(self.cfg.table, merged)
             self.written += len(merged.ids)
-        self.blocks, self.pending, self.last = [], 0, time.monotonic()
 
 
 def finish_present(

@@ -61,17 +61,6 @@ def release_model(model: nn.Module) -> None:
     _shared["models"][key] = base.eval()
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise GradstoreError(f"device {device!r} asked for, but CUDA is not available; use cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise GradstoreError(f"device {device!r} is not valid; use cpu, cuda or auto") from exc
-
-
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -37,6 +37,7 @@ from gradstore.config import (
     lora_layer_indices,
     settings_of,
 )
+from gradstore.devices import resolve_device
 from gradstore.errors import GradstoreError
 from gradstore.grads.data import Record, read_records
 from gradstore.grads.examples import TokenizedExample, data_fingerprint, tokenize_records
@@ -47,7 +48,6 @@ from gradstore.grads.model import (
     model_identity,
     pick_lora_targets,
     release_model,
-    resolve_device,
     resolve_dtype,
 )
 from gradstore.grads.optimizer_state import CHECKPOINT_INFO, decays

@@ -18,6 +18,7 @@ from dataclasses import asdict, replace
 from tqdm.auto import tqdm
 
 from gradstore.config import IngestConfig, with_options
+from gradstore.devices import resolve_device
 from gradstore.errors import GradstoreError
 from gradstore.grads.examples import data_fingerprint
 from gradstore.grads.ingestion import (
@@ -39,7 +40,6 @@ from gradstore.grads.ingestion import (
 from gradstore.grads.model import (
     load_tokenizer,
     release_model,
-    resolve_device,
     resolve_dtype,
 )
 from gradstore.grads.runner import GradientRunner

@@ -170,3 +170,31 @@ def test_ctrl_c_mid_run_keeps_commits_and_releases_the_lock(tmp_path, model_dir)
     assert summary["rows_present"] == n and summary["rows_written"] == 400 - n
     ids = gradstore.open(tmp_path / "s").ids("pool")
     assert len(set(ids)) == 400 == len(ids)
+
+
+def test_ctrl_c_just_after_a_commit_writes_no_row_twice(tmp_path, model_dir, monkeypatch):
+    """The interrupt lands after Lance committed a write but before the writer heard back
+    (injected: the real commit, then KeyboardInterrupt); the handler's final flush must not
+    append those rows again, and a rerun completes with each example once."""
+    from gradstore.store.database import Database
+
+    data = write_chat_data(tmp_path / "d.jsonl", 40, seed=6)
+    args = ingest_args(tmp_path / "s", "pool", model_dir, data, "--write-rows", "8",
+                       "--batch-size", "4")
+    real, calls = Database.append_rows, []
+
+    def commit_then_interrupt(self, table, block):
+        real(self, table, block)
+        calls.append(len(block.ids))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Database, "append_rows", commit_then_interrupt)
+    res = run(*args, ok=False)
+    assert res.returncode == 130 and "interrupted" in res.stderr
+    monkeypatch.setattr(Database, "append_rows", real)
+    ids = gradstore.open(tmp_path / "s").ids("pool")
+    assert len(ids) == len(set(ids)) == sum(calls[:2])
+    run(*args)
+    ids = gradstore.open(tmp_path / "s").ids("pool")
+    assert len(ids) == len(set(ids)) == 40
