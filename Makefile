@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 # CPU build of torch from this machine's disk; a looser pin pulls a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install demo test lint bench-selection bench-e2e bench-distributed clean
+.PHONY: install demo test lint bench-selection bench-e2e bench-distributed gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ bench-e2e: $(VENV)/.bench-installed
 # Single process against Ray with 2 workers on a 200K x 8192 synthetic store (~25 min here).
 bench-distributed: $(VENV)/.demo-installed
 	$(PY) benchmarks/distributed.py --out benchmarks/results
+
+# On a machine with a GPU (and a CUDA build of torch): selection and ingestion on the GPU
+# checked against the CPU, with timings (<= 5 minutes there; CPU reference only without CUDA).
+gpu-check: $(VENV)/.installed
+	$(PY) benchmarks/gpu_check.py --out benchmarks/results
 
 bench-selection: install
 	$(PY) benchmarks/selection_speed.py --out benchmarks/results

@@ -129,6 +129,7 @@ class Store:
         partitions: int | None = None,
         ray: str | None = None,
         ray_tasks: int | None = None,
+        device: str = "auto",
         progress: bool = False,
         save: bool = True,
     ) -> Selection | list[Selection]:
@@ -138,7 +139,8 @@ class Store:
         how far the selection's mean trajectory may stay from the target's (``auto``: the
         target mean's standard error). ``mode``: ``ram``, ``stream`` or ``auto`` (RAM when
         the pool fits ``memory_budget`` bytes). ``partitions``: the pursuit on P parts,
-        then on the union of their picks. ``ray``: the passes as Ray tasks.
+        then on the union of their picks. ``ray``: the passes as Ray tasks. ``device``:
+        where the pool is scanned (``cuda``: on the GPU, kept there when it fits).
         """
         opts = SelectConfig(
             method=method, target_mode=target_mode, normalize=normalize, m=m,
@@ -146,6 +148,7 @@ class Store:
             checkpoint_weights=None if checkpoint_weights is None else tuple(checkpoint_weights),
             mode=mode, memory_budget=memory_budget,
             progress=progress, save=save, partitions=partitions, ray=ray, ray_tasks=ray_tasks,
+            device=device,
         )
         many = isinstance(target, list | tuple) or isinstance(budget, list | tuple)
         targets = list(target) if isinstance(target, list | tuple) else [target]

@@ -346,6 +346,9 @@ class SelectConfig:
     ray_tasks: int | None = option(None, metavar="N",
                                    help="Ray tasks per pass over the pool (default: one per "
                                         "cluster CPU, at least 4096 rows each)")
+    device: str = option("auto", help="where the pool is scanned: cpu, cuda, cuda:N or auto "
+                                      "(kept on the GPU when it fits; with --ray the scans "
+                                      "run in the cluster's CPU tasks)")
     progress: bool = option(True, flag="--quiet", negate=True, help="no progress bars")
     save: bool = option(True, cli=False, help="store the selections in the log")
 
@@ -370,6 +373,7 @@ class SelectConfig:
                  f"(with --ray, {self.method}'s scans are spread over the cluster anyway)")
         if self.ray_tasks is not None and self.ray_tasks < 1:
             _bad(f"--ray-tasks {self.ray_tasks} must be at least 1")
+
         if self.ray_tasks is not None and self.ray is None:
             _bad("--ray-tasks applies with --ray ADDRESS")
         if self.mode not in SCAN_MODES:

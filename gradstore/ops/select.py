@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from gradstore.budget import Budget, budget_count, budget_label
 from gradstore.choices import PURSUITS
 from gradstore.config import SelectConfig
+from gradstore.devices import resolve_device
 from gradstore.errors import GradstoreError
 from gradstore.selectors.gtp import gtp
 from gradstore.selectors.gtp_paper import gtp_paper
@@ -30,6 +31,7 @@ from gradstore.selectors.omp import fit_support, omp
 from gradstore.selectors.partitioned import partitioned_gtp
 from gradstore.selectors.query import Query
 from gradstore.selectors.random_subset import random_subset
+from gradstore.selectors.scan import ScanDevice
 from gradstore.selectors.source import TensorSource
 from gradstore.selectors.stacked import StackedPool
 from gradstore.store.database import Database
@@ -184,7 +186,7 @@ def stacked_pool(db: Database, pool: str, opts: SelectConfig, eta,
     norm = True if opts.method == "less" else opts.normalize
     if opts.ray is None:
         spool = StackedPool(pool_source(db, pool, opts.mode, opts.memory_budget, cache), eta,
-                            normalize=norm)
+                            normalize=norm, device=ScanDevice(resolve_device(opts.device)))
     else:
         from gradstore.distributed import DistributedPool, cluster_resources
 
@@ -338,7 +340,7 @@ def _params(opts: SelectConfig, eta, spool: StackedPool, pmeta: TableMeta, n: in
         "scan_mode": type(spool.source).__name__, "queries_in_run": queries, "pool_rows": n,
         "partitions": opts.partitions, "ray": opts.ray,
         "ray_tasks": getattr(spool, "tasks", None), "pool_grad_type": pmeta.grad_type,
-        "centered": spool.center is not None,
+        "centered": spool.center is not None, "device": str(spool.device.device),
     }
 
 

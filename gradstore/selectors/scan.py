@@ -7,7 +7,7 @@ streamed from Lance, so the two modes give the same candidates.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -106,13 +106,14 @@ def _not_finite(corr: torch.Tensor, start: int) -> GradstoreError:
 
 class _TopM:
     """The running top-m rows per query column, merging blocks' scores in large chunks
-    (one ``topk`` per chunk of rows, not per block)."""
+    (one ``topk`` per chunk of rows, not per block), on the scan's device."""
 
-    def __init__(self, queries: int, m: int) -> None:
+    def __init__(self, queries: int, m: int, device: torch.device) -> None:
         self.m = m
+        self.device = device
         self.chunk_rows = max(65536, 4 * m)
-        self.best_v = torch.full((0, queries), -torch.inf)
-        self.best_i = torch.zeros((0, queries), dtype=torch.int64)
+        self.best_v = torch.full((0, queries), -torch.inf, device=device)
+        self.best_i = torch.zeros((0, queries), dtype=torch.int64, device=device)
         self.buf_v: list[torch.Tensor] = []
         self.buf_start: list[int] = []
         self.buffered = 0
@@ -129,7 +130,7 @@ class _TopM:
             return
         Q = self.best_v.shape[1]
         vals = torch.cat(self.buf_v, 0)
-        idx = torch.cat([torch.arange(s, s + v.shape[0])
+        idx = torch.cat([torch.arange(s, s + v.shape[0], device=self.device)
                          for s, v in zip(self.buf_start, self.buf_v, strict=True)])
         all_v = torch.cat([self.best_v, vals], 0)
         all_i = torch.cat([self.best_i, idx[:, None].expand(-1, Q)], 0)
@@ -141,8 +142,8 @@ class _TopM:
         """Query ``j``'s rows and scores, best first; equal scores by row, whatever the
         blocking (so parallel scans merge to the same answer)."""
         m = min(q.m, self.best_v.shape[0])
-        v = self.best_v[:m, j].numpy()
-        i = self.best_i[:m, j].numpy()
+        v = self.best_v[:m, j].cpu().numpy()
+        i = self.best_i[:m, j].cpu().numpy()
         ok = np.isfinite(v)
         if q.reduce == POSITIVE:
             ok &= v > 0
@@ -151,7 +152,65 @@ class _TopM:
         return i[order], v[order]
 
 
-def _exclusion_mask(num_rows: int, queries: Sequence[ScanQuery]) -> torch.Tensor | None:
+class ScanDevice:
+    """Where scans run. On the CPU the pool's blocks are read as they come; on a GPU the
+    pool's stored rows are copied there once and kept between scans when they take at most
+    ``RESIDENT_SHARE`` of the device's free memory (a pursuit scans the same pool up to
+    ``max_iter`` times), and are otherwise copied block by block as they are read. One pool
+    is resident at a time. ``keep`` overrides that choice (True: always keep the pool on the
+    device, also on the CPU; False: never)."""
+
+    RESIDENT_SHARE = 0.5
+
+    def __init__(self, device: torch.device | str = "cpu", keep: bool | None = None) -> None:
+        self.device = torch.device(device)
+        self.keep = keep
+        self.resident: tuple[GradientSource, torch.Tensor] | None = None
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.device.type == "cpu"
+
+    def _keeps(self, source: GradientSource) -> bool:
+        if self.keep is not None:
+            return self.keep
+        if self.device.type != "cuda":
+            return False
+        need = source.num_rows * source.num_checkpoints * source.dim * source.dtype.itemsize
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return need <= self.RESIDENT_SHARE * free
+
+    def _hold(self, source: GradientSource, block_rows: int) -> torch.Tensor:
+        width = source.num_checkpoints * source.dim
+        held = torch.empty((source.num_rows, width), dtype=source.dtype, device=self.device)
+        for start, block in source.iter_blocks(block_rows):
+            held[start : start + block.shape[0]].copy_(block)
+        return held
+
+    def blocks(self, source: GradientSource, block_rows: int
+               ) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(first_row, block)`` of ``source`` on this device, in row order."""
+        if self.is_cpu and not self.keep:
+            yield from source.iter_blocks(block_rows)
+            return
+        if self.resident is None or self.resident[0] is not source:
+            self.resident = None  # at most one pool held at a time
+            if self._keeps(source):
+                self.resident = (source, self._hold(source, block_rows))
+        if self.resident is not None:
+            held = self.resident[1]
+            for start in range(0, held.shape[0], block_rows):
+                yield start, held[start : start + block_rows]
+            return
+        for start, block in source.iter_blocks(block_rows):
+            yield start, block.to(self.device, non_blocking=True)
+
+
+CPU = ScanDevice("cpu")
+
+
+def _exclusion_mask(num_rows: int, queries: Sequence[ScanQuery], device: torch.device
+                    ) -> torch.Tensor | None:
     """(N, Q) True where a query excludes a row; None when none excludes any."""
     if not any(q.exclude is not None and len(q.exclude) for q in queries):
         return None
@@ -159,7 +218,21 @@ def _exclusion_mask(num_rows: int, queries: Sequence[ScanQuery]) -> torch.Tensor
     for j, q in enumerate(queries):
         if q.exclude is not None and len(q.exclude):
             mask[np.asarray(q.exclude, dtype=np.int64), j] = True
-    return torch.from_numpy(mask)
+    return torch.from_numpy(mask).to(device)
+
+
+def _scan_inputs(pool: ScannedPool, R: np.ndarray, queries: Sequence[ScanQuery],
+                 device: torch.device) -> tuple:
+    """What every block's product reads, on the scan's device: R (D, C), the rows'
+    multipliers (N, T), the centre's terms (T, C) or None, each query's penalty (N,) or
+    None, and the exclusion mask (N, Q) or None."""
+    Rt = torch.from_numpy(np.ascontiguousarray(R))
+    center = pool.center_terms(Rt)
+    penalties = [None if q.penalty is None else torch.from_numpy(np.asarray(
+        q.penalty, dtype=np.float32)).to(device) for q in queries]
+    return (Rt.to(device), pool.multipliers_t.to(device),
+            None if center is None else center.to(device), penalties,
+            _exclusion_mask(pool.num_rows, queries, device))
 
 
 def correlation_scan(
@@ -168,6 +241,7 @@ def correlation_scan(
     queries: Sequence[ScanQuery],
     *,
     progress: Callable[[int], None] | None = None,
+    device: ScanDevice | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Top-m rows of ``A^T R`` per query, in one pass over the pool.
 
@@ -179,6 +253,8 @@ def correlation_scan(
         Residual (or target) columns of all queries side by side.
     queries : sequence of ScanQuery
         Column groups of R; rows in ``exclude`` are never returned.
+    device : ScanDevice, optional
+        Where the products and the running top-m are computed (default: the CPU).
 
     Returns
     -------
@@ -186,28 +262,25 @@ def correlation_scan(
         Per query, int64 row positions and float32 scores, best first.
     """
     source = pool.source
+    dev = CPU if device is None else device
     width = source.num_checkpoints * source.dim
     R = np.asarray(R, dtype=np.float32)
     if R.ndim == 1:
         R = R[:, None]
     if R.shape[0] != width:
         raise ValueError(f"R has {R.shape[0]} rows, the pool has width {width}")
-    Rt = torch.from_numpy(np.ascontiguousarray(R))
-    excl = _exclusion_mask(pool.num_rows, queries)
-    penalties = [None if q.penalty is None else torch.from_numpy(np.asarray(q.penalty,
-                 dtype=np.float32)) for q in queries]
-    mult, center = pool.multipliers_t, pool.center_terms(Rt)
-    top = _TopM(len(queries), max(1, max(min(q.m, pool.num_rows) for q in queries)))
-    fbuf = torch.empty((source.block_rows, width))
+    Rt, mult, center, penalties, excl = _scan_inputs(pool, R, queries, dev.device)
+    top = _TopM(len(queries), max(1, max(min(q.m, pool.num_rows) for q in queries)), dev.device)
+    fbuf = torch.empty((source.block_rows, width), device=dev.device)
     old_threads = torch.get_num_threads()
     try:
         if source.scan_threads:
             torch.set_num_threads(source.scan_threads)
         with torch.inference_mode():
-            for start, block in source.iter_blocks(source.block_rows):
+            for start, block in dev.blocks(source, source.block_rows):
                 b = block.shape[0]
                 if fbuf.shape[0] < b:
-                    fbuf = torch.empty((b, width))
+                    fbuf = torch.empty((b, width), device=dev.device)
                 corr = _block_scores(block, mult[start : start + b], Rt, fbuf, center)
                 if not bool(torch.isfinite(corr).all()):
                     raise _not_finite(corr, start)

@@ -21,7 +21,7 @@ import torch
 
 from gradstore.errors import GradstoreError
 from gradstore.selectors.query import target_tolerance
-from gradstore.selectors.scan import ScanQuery, correlation_scan
+from gradstore.selectors.scan import CPU, ScanDevice, ScanQuery, correlation_scan
 from gradstore.selectors.source import GradientSource, TensorSource, stacked_norms
 
 
@@ -93,6 +93,7 @@ class StackedPool:
 
     ``center`` (T*d,) is subtracted from every stored row before normalisation;
     ``norms`` (N, T) are the per-checkpoint norms of the (centred) rows when known.
+    ``device`` is where its scans run (the other passes, and the fits, stay on the CPU).
     """
 
     def __init__(
@@ -102,8 +103,11 @@ class StackedPool:
         normalize: bool = True,
         center: np.ndarray | None = None,
         norms: np.ndarray | None = None,
+        *,
+        device: ScanDevice | None = None,
     ) -> None:
         self.source = source
+        self.device = CPU if device is None else device
         self.normalize = normalize
         self.eta = None if eta is None else [float(e) for e in np.asarray(eta).reshape(-1)]
         self.scales = checkpoint_scales(eta, source.num_checkpoints)
@@ -128,7 +132,8 @@ class StackedPool:
         return [(0, self.num_rows)]
 
     def with_center(self, center: np.ndarray, norms: np.ndarray) -> StackedPool:
-        return StackedPool(self.source, self.eta, self.normalize, center, norms)
+        return StackedPool(self.source, self.eta, self.normalize, center, norms,
+                           device=self.device)
 
     @property
     def multipliers_t(self) -> torch.Tensor:
@@ -155,12 +160,12 @@ class StackedPool:
     def scan(self, R: np.ndarray, queries: Sequence[ScanQuery], *,
              progress: Callable[[int], None] | None = None):
         """``correlation_scan`` over this pool (a distributed pool runs it as parallel tasks)."""
-        return correlation_scan(self, R, queries, progress=progress)
+        return correlation_scan(self, R, queries, progress=progress, device=self.device)
 
     def part(self, start: int, stop: int) -> StackedPool:
         """Rows ``start:stop`` as a pool of their own, in the same stacked space."""
         return StackedPool(self.source.part(start, stop), self.eta, self.normalize,
-                           self.center, self.norms[start:stop])
+                           self.center, self.norms[start:stop], device=self.device)
 
     def subset(self, positions: np.ndarray) -> StackedPool:
         """The rows at ``positions`` (in that order), held in RAM, in the same stacked space."""
@@ -171,7 +176,7 @@ class StackedPool:
         stored_norms = self.source.row_norms()[positions]
         return StackedPool(
             TensorSource(raw, self.source.num_checkpoints, stored_norms), self.eta,
-            self.normalize, self.center, self.norms[positions],
+            self.normalize, self.center, self.norms[positions], device=self.device,
         )
 
     def map_parts(self, fn, bounds: list[tuple[int, int]], on_done=None) -> list:

@@ -51,3 +51,11 @@ def test_memory_tiny():
 def test_integrity_cost_tiny():
     out = run("integrity_cost.py")
     assert "pass, checked" in out and "Checks add" in out
+
+
+def test_gpu_check_tiny():
+    out = run("gpu_check.py")
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert {r["check"].split()[0] for r in rows} == {"scan", "less", "gtp", "ingest"}
+    assert all(r["ok"] for r in rows if "ok" in r) and sum("ok" in r for r in rows) >= 3
+    assert "0 of" in out and "checks failed" in out
