@@ -8,6 +8,10 @@ Measured side by side in one run:
   * Q = 1 vs Q = 16 targeted queries answered in one GTP run;
   * in-RAM scan vs bare torch matmul; streaming scan from Lance vs Lance's own decode;
   * share of GTP time spent in NNLS / greedy support updates.
+"gtp" in the tables is the paper's GTP (``gtp-paper``: NNLS weights), which the figures of
+selection_speed_notes.md refer to; "default gtp" is ``--method gtp`` (the selection's mean
+matches the target's, on the centred pool), timed on a targeted query (the mean of 32 random
+rows: the centred pool's own mean is zero).
 
     python benchmarks/selection_speed.py --out benchmarks/results
     python benchmarks/selection_speed.py --sizes 10000 --budgets 0.01 --quick   # smoke run
@@ -29,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gradstore  # noqa: E402
+from gradstore.selectors.gtp import gtp as gtp_default  # noqa: E402
 from gradstore.selectors.gtp_paper import gtp_paper as gtp  # noqa: E402
 from gradstore.selectors.less import less_topk  # noqa: E402
 from gradstore.selectors.omp import fit_support, omp  # noqa: E402
@@ -65,10 +70,25 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
+def default_gtp(pool: StackedPool, ys: list[np.ndarray], k: int) -> dict:
+    """The default GTP on the centred pool for the given targets (one run)."""
+    out, t = timed(lambda: gtp_default(pool, [Query(y, k) for y in ys]))
+    return {"seconds": t, "residual": max(r.residual for r in out), "scans": out[0].scans,
+            "fit_share": max(r.seconds_nnls for r in out) / t}
+
+
+def random_targets(pool: StackedPool, count: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [pool.rows(rng.choice(pool.num_rows, 32, replace=False)).double().numpy().mean(0)
+            for _ in range(count)]
+
+
 def grid(args, results):
     for n in args.sizes:
         X = make_pool(n, args.T, args.d)
         pool = StackedPool(TensorSource(X, args.T), eta=LRS[: args.T])
+        cpool = pool.centered()
+        yc = random_targets(cpool, 1, seed=n)
         y, t_mean = timed(pool.mean)
         for b in args.budgets:
             k = max(1, int(round(b * n)))
@@ -81,6 +101,7 @@ def grid(args, results):
             row["gtp"] = {"seconds": t, "residual": g.residual, "scans": g.scans,
                           "nnls_seconds": g.seconds_nnls, "scan_seconds": g.seconds_scan,
                           "nnls_share": g.seconds_nnls / t, "chosen": len(g.rows)}
+            row["gtp_default"] = default_gtp(cpool, yc, k)
             ((rows, _),), t = timed(lambda k=k, pool=pool, y=y: less_topk(pool, [y], [k]))
             _, res = fit_support(pool, rows, y)
             row["less"] = {"seconds": t, "residual": res}
@@ -118,7 +139,12 @@ def many_queries(args, results):
     out16, t16 = timed(lambda: gtp(pool, [Query(y, k) for y in ys]))
     _, l1 = timed(lambda: less_topk(pool, [ys[0]], [k]))
     _, l16 = timed(lambda: less_topk(pool, ys, [k] * 16))
+    cpool = pool.centered()
+    cys = random_targets(cpool, 16, seed=0)
+    d1, d16 = default_gtp(cpool, cys[:1], k), default_gtp(cpool, cys, k)
     row = {"N": n, "k": k, "gtp_Q1_seconds": t1, "gtp_Q16_seconds": t16, "gtp_ratio": t16 / t1,
+           "default_Q1_seconds": d1["seconds"], "default_Q16_seconds": d16["seconds"],
+           "default_ratio": d16["seconds"] / d1["seconds"],
            "less_Q1_seconds": l1, "less_Q16_seconds": l16, "less_ratio": l16 / l1,
            "gtp_Q16_scans": out16[0].scans}
     results["many_queries"] = row
@@ -210,6 +236,7 @@ def render(results) -> str:
             f"{f(o.get('residual'), 4)} | {sp_txt} | {f(r.get('residual_gtp_over_omp'), 4)} | "
             f"{f(r['less']['seconds'])} | {f(r['less']['residual'], 4)} | "
             f"{f(r['random']['residual'], 4)} |")
+    lines += default_table(results["grid"])
     if "many_queries" in results:
         m = results["many_queries"]
         lines += ["", "## Many targets in one run", "",
@@ -217,6 +244,9 @@ def render(results) -> str:
                   f"Q=16 {f(m['gtp_Q16_seconds'])} s (ratio {f(m['gtp_ratio'])}); "
                   f"LESS Q=1 {f(m['less_Q1_seconds'])} s, Q=16 {f(m['less_Q16_seconds'])} s "
                   f"(ratio {f(m['less_ratio'])})."]
+        if "default_ratio" in m:
+            lines[-1] += (f" Default GTP Q=1 {f(m['default_Q1_seconds'])} s, Q=16 "
+                          f"{f(m['default_Q16_seconds'])} s (ratio {f(m['default_ratio'])}).")
     if "scan_modes" in results:
         s = results["scan_modes"]
         lines += ["", "## Scan modes", "",
@@ -227,6 +257,23 @@ def render(results) -> str:
                   f"{f(s['lance_decode_seconds'])} s (ratio {f(s['stream_vs_decode'])}); "
                   f"same top-100 in both modes: {s['same_top100']}."]
     return "\n".join(lines) + "\n"
+
+
+def default_table(grid_rows: list[dict]) -> list[str]:
+    rows = [r for r in grid_rows if "gtp_default" in r]
+    if not rows:
+        return []
+    out = ["", "## Default GTP (`--method gtp`), a targeted query", "",
+           "| N | k | seconds | residual | scans | fit share | vs omp (in-domain) |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        d, o = r["gtp_default"], r["omp"]
+        omp_s = o.get("seconds", o.get("estimated_seconds"))
+        vs = "-" if not omp_s else f"{f(omp_s / d['seconds'])}x" + (
+            " (est.)" if o.get("skipped") else "")
+        out.append(f"| {r['N']} | {r['k']} | {f(d['seconds'])} | {f(d['residual'], 4)} | "
+                   f"{d['scans']} | {f(d['fit_share'], 2)} | {vs} |")
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
