@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import warnings
 from collections.abc import Iterator
 
@@ -29,6 +31,52 @@ def fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray
     except pa.ArrowInvalid:
         values = flat.to_numpy(zero_copy_only=False)
     return values.reshape(len(col), dim)
+
+
+PREFETCH = 2
+"""Blocks a streamed pass reads ahead of its caller (each a block_rows x T*d buffer)."""
+
+
+def prefetched(items: Iterator, ahead: int) -> Iterator:
+    """``items``, produced by a thread that runs up to ``ahead`` items ahead of the caller.
+    An error in the thread is raised here; closing the generator stops the thread."""
+    q: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((None, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((None, done))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised there
+            q.put((exc, None))
+
+    thread = threading.Thread(target=produce, name="gradstore-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            exc, item = q.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # let it see the stop (it may wait on a full queue)
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
 
 
 def _tensor(arr: np.ndarray) -> torch.Tensor:
@@ -182,24 +230,35 @@ class LanceSource:
             out[:, t * d : (t + 1) * d].copy_(_tensor(arr))
 
     def iter_blocks(self, block_rows: int) -> Iterator[tuple[int, torch.Tensor]]:
-        width = self.num_checkpoints * self._dim
-        buf = torch.empty((block_rows, width), dtype=self.dtype)
-        start = 0
+        """Blocks in row order. A reader thread decodes, checks and copies the next block
+        while the caller works on this one (``PREFETCH`` blocks ahead, each in its own
+        buffer), so Lance's decode and the copy overlap the caller's matmul."""
         verify = self.verify_next_pass
-        for batch in self._batches(self._read_columns(verify), block_rows):
+        yield from prefetched(self._filled_blocks(block_rows, verify), PREFETCH)
+        if verify:
+            self.verify_next_pass = False
+
+    def _filled_blocks(self, block_rows: int, verify: bool
+                       ) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(start, block)``, cycling through ``PREFETCH + 2`` buffers: the caller's block,
+        the queued ones and the one being filled are never the same buffer."""
+        width = self.num_checkpoints * self._dim
+        bufs = [torch.empty((block_rows, width), dtype=self.dtype)
+                for _ in range(PREFETCH + 2)]
+        start = 0
+        for i, batch in enumerate(self._batches(self._read_columns(verify), block_rows)):
             b = batch.num_rows
             if b == 0:
                 continue
             if verify:
                 self._verify(batch, start)
-            if b > buf.shape[0]:
-                buf = torch.empty((b, width), dtype=self.dtype)
-            block = buf[:b]
+            slot = i % len(bufs)
+            if b > bufs[slot].shape[0]:
+                bufs[slot] = torch.empty((b, width), dtype=self.dtype)
+            block = bufs[slot][:b]
             self._fill(batch, block)
             yield start, block
             start += b
-        if verify:
-            self.verify_next_pass = False
 
     def take(self, rows: np.ndarray) -> torch.Tensor:
         rows = np.asarray(rows, dtype=np.int64)
