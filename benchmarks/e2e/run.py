@@ -128,7 +128,10 @@ class Plan:
         keys = ("model", "gguf_file", "device", "pool_size", "dup_share", "target_size",
                 "test_size", "mixed_per_skill", "passes", "lr", "batch_size", "lora_layers",
                 "max_length", "eval_batch")
-        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+        values = {k: getattr(self, k) for k in keys}
+        if Path(self.model).is_dir():  # a local directory: its name, not where this clone is
+            values["model"] = Path(self.model).name
+        blob = json.dumps(values, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
