@@ -40,7 +40,8 @@ $(VENV)/.bench-installed: $(VENV)/.demo-installed
 	$(PIP) install --quiet -e '.[test,bench]'
 	touch $@
 
-# The end-to-end quality benchmark (about 90 minutes on 2 CPU cores; resumes if stopped).
+# The end-to-end quality benchmark (about 14 hours on 2 CPU cores; resumes from the job
+# records committed under benchmarks/results/e2e_jobs).
 # On a GPU: $(PY) benchmarks/e2e/run.py --device cuda --work bench-e2e-cuda
 bench-e2e: $(VENV)/.bench-installed
 	$(PY) benchmarks/e2e/run.py --work bench-e2e --results benchmarks/results
