@@ -373,7 +373,6 @@ class SelectConfig:
                  f"(with --ray, {self.method}'s scans are spread over the cluster anyway)")
         if self.ray_tasks is not None and self.ray_tasks < 1:
             _bad(f"--ray-tasks {self.ray_tasks} must be at least 1")
-
         if self.ray_tasks is not None and self.ray is None:
             _bad("--ray-tasks applies with --ray ADDRESS")
         if self.mode not in SCAN_MODES:

@@ -167,10 +167,6 @@ class ScanDevice:
         self.keep = keep
         self.resident: tuple[GradientSource, torch.Tensor] | None = None
 
-    @property
-    def is_cpu(self) -> bool:
-        return self.device.type == "cpu"
-
     def _keeps(self, source: GradientSource) -> bool:
         if self.keep is not None:
             return self.keep
@@ -190,7 +186,7 @@ class ScanDevice:
     def blocks(self, source: GradientSource, block_rows: int
                ) -> Iterator[tuple[int, torch.Tensor]]:
         """``(first_row, block)`` of ``source`` on this device, in row order."""
-        if self.is_cpu and not self.keep:
+        if self.device.type == "cpu" and not self.keep:
             yield from source.iter_blocks(block_rows)
             return
         if self.resident is None or self.resident[0] is not source:
