@@ -24,6 +24,7 @@ from gradstore.choices import PURSUITS
 from gradstore.config import SelectConfig
 from gradstore.devices import resolve_device
 from gradstore.errors import GradstoreError
+from gradstore.pause import pause_point
 from gradstore.selectors.gtp import gtp
 from gradstore.selectors.gtp_paper import gtp_paper
 from gradstore.selectors.less import less_topk
@@ -303,6 +304,7 @@ def run_selection(
         sels = _selections(db, pool, targets, budgets, ks, pairs, answers, opts, eta, spool,
                            pmeta, time.perf_counter() - t0)
         if opts.save:
+            pause_point("save-selection")
             db.save_selections(sels)
         return sels
 

@@ -32,6 +32,7 @@ from gradstore.store.integrity import (
     text_checksums,
 )
 from gradstore.store.lance_source import LanceSource
+from gradstore.store.locks import table_lock
 from gradstore.store.meta import (
     INGEST_KEY,
     TableMeta,
@@ -138,10 +139,12 @@ class Database:
                 f"table {table!r} is not in store {self.uri!r} (tables: {have}); "
                 "check the name or ingest it first"
             )
+        check = check_version and (not table.startswith("_") or table == SELECTIONS_TABLE)
+        seen = self.ledger.seen(table) if check else None  # before opening: see VersionLedger
         with reading(table):
             ds = self.db.open_table(table).to_lance()
-            if check_version and (not table.startswith("_") or table == SELECTIONS_TABLE):
-                self.ledger.check(table, ds.version, ds.count_rows(), ds.schema)
+            if check:
+                self.ledger.check(table, seen, ds.version, ds.count_rows(), ds.schema)
         return ds
 
     def committed(self, table: str) -> None:
@@ -547,10 +550,14 @@ class Database:
         )
 
     def save_selections(self, sels: list[Selection]) -> None:
-        tbl = self.selections_table(create=True)
-        self.selections()  # never append to a log that cannot be read back
-        tbl.add(pa.Table.from_pylist([s.to_record() for s in sels], schema=SELECTIONS_SCHEMA))
-        self.committed(SELECTIONS_TABLE)
+        """Append to the selection log; selects that finish at once take turns (the log's
+        lock is waited for, not refused), so the log is created once and never raced."""
+        with table_lock(self.uri, SELECTIONS_TABLE, wait=True):
+            tbl = self.selections_table(create=True)
+            self.selections()  # never append to a log that cannot be read back
+            tbl.add(pa.Table.from_pylist([s.to_record() for s in sels],
+                                         schema=SELECTIONS_SCHEMA))
+            self.committed(SELECTIONS_TABLE)
 
 def _selection_summary(s: Selection) -> dict[str, Any]:
     return {

@@ -13,6 +13,7 @@ run; benchmarks/results/integrity_cost.md).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -111,16 +112,25 @@ class VersionLedger:
     def _path(self, table: str) -> Path:
         return self.root / f"{table}.json"
 
-    def check(self, table: str, version: int, rows: int, schema: pa.Schema) -> None:
-        """Raise :class:`DamagedTable` when ``table`` opened older than recorded (or with
-        other rows or provenance at the recorded version); record a newer version."""
+    def seen(self, table: str) -> dict | None:
+        """What was recorded for ``table``; read it *before* opening the table, so that a
+        version committed after this read (by another process) cannot look like a rollback."""
         if self.root is None:
-            return
-        meta = schema_hash(schema)
+            return None
         try:
             seen = json.loads(self._path(table).read_text())
         except (OSError, ValueError):
-            seen = None
+            return None
+        return seen if isinstance(seen, dict) and "version" in seen else None
+
+    def check(self, table: str, seen: dict | None, version: int, rows: int,
+              schema: pa.Schema) -> None:
+        """Raise :class:`DamagedTable` when ``table`` opened older than ``seen`` (what
+        :meth:`seen` returned before the table was opened), or with other rows or provenance
+        at the recorded version; record a newer version."""
+        if self.root is None:
+            return
+        meta = schema_hash(schema)
         if seen is not None and version < seen["version"]:
             raise DamagedTable(
                 f"table {table!r} opens at version {version}, but version {seen['version']} "
@@ -137,7 +147,8 @@ class VersionLedger:
                 + f"): its manifest is damaged; `gradstore restore STORE {table}`"
             )
         if seen is None or version > seen["version"]:
-            self._write(table, {"version": version, "rows": rows, "meta": meta})
+            self._write(table, {"version": version, "rows": rows, "meta": meta},
+                        only_newer=True)
 
     def record(self, table: str, version: int, rows: int, schema: pa.Schema) -> None:
         """Record ``version`` whatever was recorded before (after a restore)."""
@@ -145,14 +156,26 @@ class VersionLedger:
             self._write(table, {"version": version, "rows": rows,
                                 "meta": schema_hash(schema)})
 
-    def _write(self, table: str, value: dict) -> None:
+    def _write(self, table: str, value: dict, only_newer: bool = False) -> None:
+        """Replace the record (``only_newer``: unless another process recorded a version at
+        least as new meanwhile), under a lock so that two writers cannot interleave."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / f"{table}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError:
+            return  # a read-only store: checked, not updated
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            now = self.seen(table)
+            if only_newer and now is not None and now["version"] >= value["version"]:
+                return
             tmp = self._path(table).with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(value))
             os.replace(tmp, self._path(table))
         except OSError:
-            pass  # a read-only store: checked, not updated
+            pass
+        finally:
+            os.close(fd)
 
     def forget(self, table: str) -> None:
         """The table was dropped (a new one of that name starts at version 1)."""

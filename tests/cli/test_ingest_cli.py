@@ -17,6 +17,7 @@ import gradstore
 from tests.cli.test_cli import run
 from tests.grads.models import save_tiny_llama
 from tests.grads.test_ingest import write_chat_data
+from tests.pausing import paused_env, release, wait_until_waiting
 
 
 @pytest.fixture(scope="module")
@@ -122,24 +123,28 @@ def test_kill_9_mid_run_then_resume(tmp_path, model_dir):
     np.testing.assert_allclose(A, B, rtol=1e-3, atol=1e-4)
 
 
-def _start(args):
+def _start(args, env=None):
     return subprocess.Popen([sys.executable, "-m", "gradstore", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def test_two_ingests_of_one_table_at_once(tmp_path, model_dir):
-    """Two users start the same ingestion: one writes, the other is refused at once with one
-    line naming the writer; every example is stored exactly once."""
+    """Two users start the same ingestion at the same moment (both held just before taking
+    the table's lock, then let go together): one writes, the other is refused at once with
+    one line naming the writer; every example is stored exactly once."""
     data = write_chat_data(tmp_path / "d.jsonl", 150, seed=4)
     args = [str(a) for a in ingest_args(tmp_path / "s", "pool", model_dir, data,
                                         "--write-rows", "8", "--batch-size", "4")]
-    procs = [_start(args), _start(args)]
+    pause = tmp_path / "pause"
+    env = paused_env("take-lock", pause)
+    procs = [_start(args, env), _start(args, env)]
+    wait_until_waiting("take-lock", pause, 2, procs)
+    release("take-lock", pause)
     outs = [p.communicate(timeout=300) for p in procs]
     codes = [p.returncode for p in procs]
-    assert sorted(codes) in ([0, 0], [0, 2]), outs
-    for code, (_, err) in zip(codes, outs, strict=True):
-        if code == 2:
-            assert "is being written by pid" in err and len(err.strip().splitlines()) == 1
+    assert sorted(codes) == [0, 2], outs
+    err = outs[codes.index(2)][1]
+    assert "is being written by" in err and len(err.strip().splitlines()) == 1, err
     ids = gradstore.open(tmp_path / "s").ids("pool")
     assert len(ids) == 150 and len(set(ids)) == 150
     assert not (tmp_path / "s" / ".locks" / "pool.lock").exists()

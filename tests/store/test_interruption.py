@@ -14,13 +14,14 @@ import pytest
 
 import gradstore
 from gradstore.store.database import Database
+from tests.pausing import paused_env, release, wait_until_waiting
 
 N, D = 20000, 128
 
 
-def cli(*args: object) -> subprocess.Popen:
+def cli(*args: object, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "gradstore", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def kill_after(proc: subprocess.Popen, seconds: float) -> bool:
@@ -105,9 +106,15 @@ def test_kill_9_during_select_and_export(tmp_path, base_store, pool_file, delay)
 
 
 def test_two_selects_at_once(tmp_path, base_store):
+    """Two selects save at the same moment (both held at the pause point before saving, then
+    let go together) into a store with no selection log yet: both are logged, whole."""
     store = _copy(base_store, tmp_path / "s")
+    pause = tmp_path / "pause"
+    env = paused_env("save-selection", pause)
     procs = [cli("select", store, "--pool", "pool", "--target", "tgt", "--budget", str(b),
-                 "--quiet", "--format", "json") for b in (20, 40)]
+                 "--quiet", "--format", "json", env=env) for b in (20, 40)]
+    wait_until_waiting("save-selection", pause, 2, procs)
+    release("save-selection", pause)
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     logged = {s.selection_id: s for s in gradstore.open(store).selections()}

@@ -121,3 +121,67 @@ def test_readers_see_whole_commits_while_a_writer_appends(tmp_path):
             break
     assert writer.returncode == 0
     assert max(seen) == 800 and len(seen) > 1, seen
+
+
+RACER = textwrap.dedent("""
+    import os, sys
+    from gradstore.store.locks import TableLocked, table_lock
+    store, marker, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    held = overlaps = 0
+    while held < rounds:
+        try:
+            with table_lock(store, "t"):
+                try:  # nobody else may be inside: the marker must not exist
+                    fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    overlaps += 1
+                    continue
+                os.close(fd)
+                os.sched_yield()
+                os.unlink(marker)
+                held += 1
+        except TableLocked:
+            pass
+    print(overlaps, flush=True)
+""")
+
+
+def test_two_racing_writers_never_hold_the_lock_at_once(tmp_path):
+    """200 rounds each of two processes taking and releasing one table's lock as fast as
+    they can: never both inside at once, and the lock is never left stuck."""
+    store = tmp_path / "s"
+    store.mkdir()
+    marker = tmp_path / "inside"
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(store), str(marker), "200"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [int(out.strip()) for out, _ in outs] == [0, 0], "two writers held the lock at once"
+    assert not (store / LOCK_DIR / "t.lock").exists()
+
+
+def test_a_writer_killed_before_it_wrote_its_lock_file(tmp_path):
+    """A writer holds the lock but has not written its details yet (held at that pause
+    point): a second writer is refused, not let in by an empty lock file; once the first is
+    killed (-9, at that very point) the lock is free again."""
+    from tests.pausing import paused_env, wait_until_waiting
+
+    store = tmp_path / "s"
+    np.save(tmp_path / "v.npy", np.ones((4, 8), dtype=np.float32))
+    pause = tmp_path / "pause"
+    first = subprocess.Popen([sys.executable, "-m", "gradstore", "import", str(store), "pool",
+                              "--vectors", str(tmp_path / "v.npy")],
+                             env=paused_env("lock-taken", pause), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_waiting("lock-taken", pause, 1, [first])
+        assert (store / LOCK_DIR / "pool.lock").read_text() == ""  # taken, not yet written
+        res = run("import", store, "pool", "--vectors", tmp_path / "v.npy", ok=False)
+        assert res.returncode == 2 and "being written by another process" in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    finally:
+        first.kill()
+        first.wait()
+    run("import", store, "pool", "--vectors", tmp_path / "v.npy")
+    assert gradstore.open(store).num_rows("pool") == 4
