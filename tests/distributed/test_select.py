@@ -5,7 +5,8 @@ import pytest
 
 import gradstore
 from gradstore.distributed.pool import DistributedPool
-from gradstore.selectors.gtp_paper import gtp_paper as gtp
+from gradstore.selectors.gtp import gtp
+from gradstore.selectors.gtp_paper import gtp_paper
 from gradstore.selectors.query import Query
 from gradstore.selectors.scan import MAXIMUM, ScanQuery, correlation_scan
 from gradstore.selectors.stacked import StackedPool
@@ -91,24 +92,35 @@ def test_store_select_on_ray_equals_local(ray_cluster, store):
             assert b.params["ray"] == "local" and b.params["ray_tasks"] == 3
 
 
-def test_partitioned_select_on_ray_equals_partitioned_local(ray_cluster, store):
-    local = store.select("pool", "tgt", 30, partitions=4, save=False)
-    dist = store.select("pool", "tgt", 30, partitions=4, save=False, ray="local")
+@pytest.mark.parametrize("method", ["gtp", "gtp-paper"])
+def test_partitioned_select_on_ray_equals_partitioned_local(ray_cluster, store, method):
+    local = store.select("pool", "tgt", 30, partitions=4, save=False, method=method)
+    dist = store.select("pool", "tgt", 30, partitions=4, save=False, ray="local",
+                        method=method)
     assert dist.ids == local.ids
     assert dist.residual == pytest.approx(local.residual, abs=1e-6)
     assert 30 <= dist.params["candidates"] <= 4 * 30
-    whole = store.select("pool", "tgt", 30, save=False)
+    whole = store.select("pool", "tgt", 30, save=False, method=method)
     assert dist.residual <= whole.residual * 1.2  # clustered pool: close to one pursuit
 
 
-def test_gtp_with_distributed_scans_equals_in_ram_gtp(ray_cluster, store):
+@pytest.mark.parametrize("pursuit", [gtp, gtp_paper], ids=["gtp", "gtp-paper"])
+def test_gtp_with_distributed_scans_equals_in_ram_gtp(ray_cluster, store, pursuit):
     local, dist = _pools(store, 2)
-    y = local.rows(np.arange(0, 3000, 97)).double().numpy().sum(0)
-    (a,) = gtp(local, [Query(y, 25)])
-    (b,) = gtp(dist, [Query(y, 25)])
+    if pursuit is gtp:  # the default gtp works in the pool-centred space
+        local, dist = local.centered(), dist.centered()
+    rows = local.rows(np.arange(0, 3000, 97)).double().numpy()
+    y = rows.mean(0) if pursuit is gtp else rows.sum(0)
+    (a,) = pursuit(local, [Query(y, 25)])
+    (b,) = pursuit(dist, [Query(y, 25)])
     np.testing.assert_array_equal(a.rows, b.rows)
+    assert len(set(a.rows.tolist())) == 25
     assert b.residual == pytest.approx(a.residual, abs=1e-6)
     assert b.scans == a.scans
+    # the residual reported is the fit of what was chosen, by numpy
+    A = local.rows(a.rows).double().numpy()
+    fit = A.mean(0) if pursuit is gtp else A.T @ a.weights[:, 0]
+    assert a.residual == pytest.approx(np.linalg.norm(fit - y) / np.linalg.norm(y), rel=1e-4)
 
 
 def test_bad_partition_options(store):

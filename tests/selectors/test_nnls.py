@@ -1,8 +1,16 @@
-"""Tests for gradstore.selectors.nnls.
+"""The NNLS solvers the selectors call, against ``scipy.optimize.nnls``.
 
-Every objective is checked against ``scipy.optimize.nnls`` run on the original
-``A``, ``y`` (an independent Lawson-Hanson implementation working on ``A`` itself,
-not on the Gram matrix).
+* ``nnls_gram`` (``gradstore.selectors.nnls``): Lawson-Hanson in Gram form, used by the
+  exact refits (``polish``, gtp-paper's merged-set fits);
+* ``IncrementalNNLS`` (``gradstore.selectors.greedy``): the support that grows and shrinks
+  one column at a time, used by OMP, gtp-paper's greedy support update and the swaps. Here
+  it is driven to the full NNLS optimum the way the greedy drives it (add the column with
+  the largest scaled dual ``b - G x``, drop columns whose weight falls to zero), and checked
+  after every add and removal against scipy on the columns it keeps.
+
+Every objective is checked against ``scipy.optimize.nnls`` run on the original ``A``, ``y``
+(an independent Lawson-Hanson implementation working on ``A`` itself, not on the Gram
+matrix).
 """
 
 from __future__ import annotations
@@ -12,9 +20,8 @@ import pytest
 from scipy.optimize import nnls as scipy_nnls
 
 from gradstore.selectors import nnls as nnls_mod
+from gradstore.selectors.greedy import IncrementalNNLS
 from gradstore.selectors.nnls import nnls_gram
-from tests.selectors import nnls_reference as ref_mod
-from tests.selectors.nnls_reference import nnls, nnls_auto, nnls_pg, nnls_residual
 
 RTOL = 1e-6
 
@@ -67,20 +74,72 @@ def _problem(seed: int, D: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return A, y
 
 
+class Incremental:
+    """An :class:`IncrementalNNLS` and the columns of G its support positions stand for."""
+
+    def __init__(self, G: np.ndarray, b: np.ndarray, capacity: int = 4) -> None:
+        self.G, self.b = G, b
+        self.solver = IncrementalNNLS(capacity)
+        self.support: list[int] = []
+
+    def add(self, j: int) -> bool:
+        added, removed = self.solver.add(self.G[self.support, j], self.G[j, j], self.b[j])
+        if added:
+            self.support.append(j)
+        self._drop(removed)
+        return added
+
+    def remove(self, j: int) -> None:
+        pos = self.support.index(j)
+        self.support.pop(pos)
+        self._drop(self.solver.remove(pos))
+
+    def _drop(self, positions: list[int]) -> None:
+        for pos in sorted(positions, reverse=True):
+            self.support.pop(pos)
+
+    def x(self) -> np.ndarray:
+        out = np.zeros(len(self.b))
+        out[self.support] = self.solver.weights
+        return out
+
+
+def incremental_nnls(G: np.ndarray, b: np.ndarray, start=()) -> np.ndarray:
+    """The full NNLS optimum through IncrementalNNLS, as the greedy drives it: add the
+    column with the largest scaled dual while one is positive (a column the solver refuses
+    as dependent is not offered again until the support changes)."""
+    inc = Incremental(G, b)
+    for j in start:
+        inc.add(j)
+    d = np.diagonal(G)
+    s = np.sqrt(np.where(d > 0, d, 1.0))
+    tol = 1e-10 * max(float(np.max(np.abs(b / s))) if len(b) else 0.0, 1e-300)
+    refused: set[int] = set()
+    for _ in range(10 * len(b) + 10):
+        dual = (b - G @ inc.x()) / s
+        dual[inc.support] = -np.inf
+        dual[list(refused)] = -np.inf
+        dual[d <= 0] = -np.inf
+        if not len(b) or dual.max() <= tol:
+            break
+        j = int(np.argmax(dual))
+        if inc.add(j):
+            refused.clear()
+        else:
+            refused.add(j)
+    return inc.x()
+
+
 def _solve(name: str, A: np.ndarray, y: np.ndarray) -> np.ndarray:
-    if name == "nnls":
-        return nnls(A, y)
     G, b = A.T @ A, A.T @ y
     if name == "gram":
         return nnls_gram(G, b)
-    if name == "pg":
-        return nnls_pg(G, b)
-    if name == "auto":
-        return nnls_auto(G, b)
+    if name == "incremental":
+        return incremental_nnls(G, b)
     raise AssertionError(name)
 
 
-SOLVERS = ["nnls", "gram", "pg", "auto"]
+SOLVERS = ["gram", "incremental"]
 SHAPES = [(30, 1), (50, 20), (20, 50), (200, 100), (100, 300), (600, 450)]
 
 
@@ -101,11 +160,12 @@ def test_random_dense_matches_scipy(solver, shape, seed):
         _assert_kkt(A.T @ A, A.T @ y, x, 1e-6)
 
 
+@pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_kkt_active_set_is_tight(seed):
+def test_kkt_active_set_is_tight(solver, seed):
     A, y = _problem(seed, 300, 200)
     G, b = A.T @ A, A.T @ y
-    x = nnls_gram(G, b)
+    x = _solve(solver, A, y)
     _assert_kkt(G, b, x, 1e-9)
     # zero pattern agrees with scipy's (unique solution)
     x_ref, _ = _reference(A, y)
@@ -113,54 +173,64 @@ def test_kkt_active_set_is_tight(seed):
 
 
 def test_empty_problem():
-    A = np.zeros((5, 0))
-    y = np.ones(5)
-    G = np.zeros((0, 0))
-    b = np.zeros(0)
-    for x in (nnls(A, y), nnls_gram(G, b), nnls_pg(G, b), nnls_auto(G, b)):
-        assert x.shape == (0,)
-        assert x.dtype == np.float64
-    assert nnls_residual(G, b, 3.0, np.zeros(0)) == 3.0
+    assert nnls_gram(np.zeros((0, 0)), np.zeros(0)).shape == (0,)
+    assert nnls_gram(np.zeros((0, 0)), np.zeros(0)).dtype == np.float64
+    assert incremental_nnls(np.zeros((0, 0)), np.zeros(0)).shape == (0,)
+    assert IncrementalNNLS(0).weights.shape == (0,) and IncrementalNNLS(0).fit == 0.0
 
 
-def test_one_column():
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_one_column(solver):
     A = np.array([[1.0], [2.0]])
     for y, expected in ((np.array([1.0, 2.0]), 1.0), (np.array([-1.0, -2.0]), 0.0)):
-        for solver in SOLVERS:
-            x = _solve(solver, A, y)
-            _assert_valid(x, 1)
-            assert x[0] == pytest.approx(expected, abs=1e-8)
+        x = _solve(solver, A, y)
+        _assert_valid(x, 1)
+        assert x[0] == pytest.approx(expected, abs=1e-8)
 
 
-def test_all_negative_correlations_give_zero():
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_all_negative_correlations_give_zero(solver):
     rng = np.random.default_rng(3)
     A = np.abs(rng.standard_normal((40, 30)))
     y = -np.abs(rng.standard_normal(40))
-    G, b = A.T @ A, A.T @ y
-    for x in (nnls(A, y), nnls_gram(G, b), nnls_pg(G, b), nnls_auto(G, b)):
-        np.testing.assert_array_equal(x, np.zeros(30))
+    np.testing.assert_array_equal(_solve(solver, A, y), np.zeros(30))
 
 
-def test_zero_column_gets_zero_weight():
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_zero_column_gets_zero_weight(solver):
     A, y = _problem(4, 60, 12)
     A[:, 5] = 0.0
     _, f_ref = _reference(A, y)
+    x = _solve(solver, A, y)
+    _assert_valid(x, 12)
+    assert x[5] == 0.0
+    _assert_objective(A, y, x, f_ref)
+
+
+def test_incremental_refuses_a_zero_or_copied_column():
+    A, noise = _problem(4, 60, 6)
+    y = A[:, :4].sum(axis=1) + 0.1 * noise
+    A[:, 5] = 0.0
+    A[:, 4] = A[:, 1]
     G, b = A.T @ A, A.T @ y
-    for x in (nnls_gram(G, b), nnls_pg(G, b), nnls_auto(G, b)):
-        _assert_valid(x, 12)
-        assert x[5] == 0.0
-        _assert_objective(A, y, x, f_ref)
+    inc = Incremental(G, b)
+    assert inc.add(1) and inc.add(0)
+    assert not inc.add(5), "a zero column cannot enter"
+    assert not inc.add(4), "a copy of a support column cannot enter"
+    assert inc.support == [1, 0]
+    ref, _ = scipy_nnls(A[:, [1, 0]], y)
+    np.testing.assert_allclose(inc.x()[[1, 0]], ref, rtol=1e-9, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- #
-# duplicated columns (singular G)
+# duplicated and collinear columns (singular G)
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("shape", [(80, 40), (300, 150), (40, 60)], ids=str)
 def test_duplicated_columns(solver, shape):
     D, m = shape
     A0, y = _problem(5, D, m)
-    A = np.repeat(A0, 3, axis=1)  # each column three times (n = 450 > 400 for nnls)
+    A = np.repeat(A0, 3, axis=1)  # each column three times
     _, f_ref = _reference(A, y)
     x = _solve(solver, A, y)
     _assert_valid(x, 3 * m)
@@ -168,6 +238,18 @@ def test_duplicated_columns(solver, shape):
     # any split of a weight among copies is optimal: compare the merged weights
     merged = x.reshape(m, 3).sum(axis=1)
     _assert_objective(A0, y, merged, f_ref)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_nearly_collinear_columns(solver):
+    rng = np.random.default_rng(23)
+    A = rng.standard_normal((60, 25))
+    A[:, 10:20] = A[:, :10] * 0.999 + 1e-3 * rng.standard_normal((60, 10))
+    y = A[:, :8] @ rng.uniform(0.5, 1.5, 8) + 0.1 * rng.standard_normal(60)
+    _, f_ref = _reference(A, y)
+    x = _solve(solver, A, y)
+    _assert_valid(x, 25)
+    _assert_objective(A, y, x, f_ref, rtol=1e-5)
 
 
 def test_duplicated_columns_warm_start_on_all_copies():
@@ -179,9 +261,10 @@ def test_duplicated_columns_warm_start_on_all_copies():
         x = nnls_gram(G, b, x0=x0)
         _assert_valid(x, 150)
         _assert_objective(A, y, x, f_ref)
-        x = nnls_auto(G, b, x0=x0)
-        _assert_valid(x, 150)
-        _assert_objective(A, y, x, f_ref)
+    # the incremental solver started from every copy of the first 20 columns
+    x = incremental_nnls(G, b, start=range(60))
+    _assert_valid(x, 150)
+    _assert_objective(A, y, x, f_ref)
 
 
 # --------------------------------------------------------------------------- #
@@ -202,8 +285,10 @@ def test_warm_start_same_as_cold(seed):
         x = nnls_gram(G, b, x0=x0)
         np.testing.assert_allclose(x, x_ref, rtol=1e-7, atol=tol)
         _assert_objective(A, y, x, f_ref)
-        _assert_objective(A, y, nnls_auto(G, b, x0=x0), f_ref)
-        _assert_objective(A, y, nnls_pg(G, b, x0=x0), f_ref)
+    # the incremental solver from a partly wrong support
+    start = rng.choice(100, 40, replace=False)
+    x = incremental_nnls(G, b, start=start)
+    np.testing.assert_allclose(x, x_ref, rtol=1e-7, atol=tol)
 
 
 def test_warm_start_adding_one_column_at_a_time():
@@ -229,6 +314,51 @@ def test_warm_start_adding_one_column_at_a_time():
     assert np.mean(inner_solves) <= 3
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_incremental_after_random_adds_and_removals(seed):
+    """Random adds and removals (the swaps' pattern): after each, every kept weight is > 0
+    and equals scipy's NNLS over the kept columns, and ``fit`` is ||A_S x||^2."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((50, 40))
+    A[:, 30:35] = A[:, :5] * 1.001  # nearly collinear with earlier columns
+    A[:, 39] = 0.0
+    y = A[:, :12] @ rng.uniform(0.2, 1.0, 12) + 0.2 * rng.standard_normal(50)
+    G, b = A.T @ A, A.T @ y
+    inc = Incremental(G, b)
+    for step in range(120):
+        outside = [j for j in range(40) if j not in inc.support]
+        if inc.support and (rng.random() < 0.35 or not outside):
+            inc.remove(int(rng.choice(inc.support)))
+        else:
+            inc.add(int(rng.choice(outside)))
+        assert len(set(inc.support)) == len(inc.support)
+        if not inc.support:
+            continue
+        w = inc.solver.weights
+        assert (w > 0).all(), step
+        ref, _ = scipy_nnls(A[:, inc.support], y)
+        np.testing.assert_allclose(w, ref, rtol=1e-6, atol=1e-9, err_msg=str(step))
+        fitted = A[:, inc.support] @ w
+        assert inc.solver.fit == pytest.approx(float(fitted @ fitted), rel=1e-8)
+
+
+def test_incremental_removal_costs_and_clone():
+    A, y = _problem(24, 40, 10)
+    y = A @ np.linspace(0.5, 1.5, 10) + 0.1 * y
+    G, b = A.T @ A, A.T @ y
+    inc = Incremental(G, b)
+    for j in range(10):
+        assert inc.add(j)
+    base = _objective(A, y, inc.x())
+    for pos, cost in enumerate(inc.solver.removal_costs()):
+        keep = [j for i, j in enumerate(inc.support) if i != pos]
+        coef, *_ = np.linalg.lstsq(A[:, keep], y, rcond=None)  # the LS refit without it
+        assert cost == pytest.approx(_objective(A[:, keep], y, coef) - base, rel=1e-7)
+    twin = inc.solver.clone()
+    inc.remove(0)
+    assert len(twin.weights) == 10 and len(inc.solver.weights) == 9, "clones are independent"
+
+
 # --------------------------------------------------------------------------- #
 # scale invariance
 # --------------------------------------------------------------------------- #
@@ -247,117 +377,55 @@ def test_scaled_problems(factor, solver):
     _assert_objective(A, y, x, f_ref)
 
 
-def test_mixed_column_scales():
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_mixed_column_scales(solver):
     A, y = _problem(9, 150, 90)
     A = A * np.logspace(-4, 4, 90)
     _, f_ref = _reference(A, y)
-    G, b = A.T @ A, A.T @ y
-    for x in (nnls_gram(G, b), nnls_auto(G, b), nnls(A, y)):
-        _assert_valid(x, 90)
-        _assert_objective(A, y, x, f_ref)
+    x = _solve(solver, A, y)
+    _assert_valid(x, 90)
+    _assert_objective(A, y, x, f_ref)
 
 
 # --------------------------------------------------------------------------- #
 # harder problems: many removals from the passive set
 # --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("shape", [(300, 200), (200, 300), (800, 600)], ids=str)
-def test_correlated_columns(shape):
+def test_correlated_columns(solver, shape):
     D, n = shape
     rng = np.random.default_rng(10)
     A = rng.standard_normal((D, 20)) @ rng.standard_normal((20, n))
     A += 0.05 * rng.standard_normal((D, n))
     y = rng.standard_normal(D) + A[:, :5].sum(axis=1)
     _, f_ref = _reference(A, y)
-    G, b = A.T @ A, A.T @ y
-    x = nnls_gram(G, b)
+    x = _solve(solver, A, y)
     _assert_valid(x, n)
     _assert_objective(A, y, x, f_ref)
-    _assert_objective(A, y, nnls_auto(G, b), f_ref)
-    _assert_objective(A, y, nnls(A, y), f_ref)
 
 
-# --------------------------------------------------------------------------- #
-# nnls_auto, large-n path (forced on moderate sizes)
-# --------------------------------------------------------------------------- #
-@pytest.fixture
-def large_path(monkeypatch):
-    """Force nnls_auto's large-n path with a short probe; record PG outcomes."""
-    monkeypatch.setattr(ref_mod, "AUTO_ACTIVE_SET_MAX_N", 0)
-    monkeypatch.setattr(ref_mod, "_AUTO_PROBE_ITERS", 5)
-    outcomes = []
-    real = ref_mod._pg_scaled
-
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
-        outcomes.append(out[2])
-        return out
-
-    monkeypatch.setattr(ref_mod, "_pg_scaled", spy)
-    return outcomes
-
-
-def test_auto_large_path_well_conditioned(large_path):
-    A, y = _problem(11, 900, 500)
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_large_problem_matches_scipy(solver):
+    """n = 1500 columns, D = 600, columns in a half-space (non-zero residual)."""
+    rng = np.random.default_rng(14)
+    A = rng.standard_normal((600, 1500)) + 0.1
+    y = rng.standard_normal(600) - 0.05
     _, f_ref = _reference(A, y)
-    G, b = A.T @ A, A.T @ y
-    x = nnls_auto(G, b)
-    _assert_valid(x, 500)
+    x = _solve(solver, A, y)
+    _assert_valid(x, 1500)
     _assert_objective(A, y, x, f_ref)
-    _assert_kkt(G, b, x, 1e-8)
-    assert large_path == [True]  # projected gradient converged, polish from it
-
-
-def test_auto_large_path_ill_conditioned(large_path):
-    rng = np.random.default_rng(12)
-    A = rng.standard_normal((1000, 30)) @ rng.standard_normal((30, 600))
-    A += 0.3 * rng.standard_normal((1000, 600))
-    y = 30.0 * rng.standard_normal(1000) + A[:, :10].sum(axis=1)
-    _, f_ref = _reference(A, y)
-    G, b = A.T @ A, A.T @ y
-    x = nnls_auto(G, b)
-    _assert_valid(x, 600)
-    _assert_objective(A, y, x, f_ref)
-    assert large_path == [False]  # projected gradient stalled, active set finished
+    _assert_kkt(A.T @ A, A.T @ y, x, 1e-8)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_auto_large_path_rank_deficient(large_path, seed):
+def test_rank_deficient_exact_fit(seed):
     A, y = _problem(seed, 150, 450)  # D < n: exact fit, dense minimisers
     _, f_ref = _reference(A, y)
-    G, b = A.T @ A, A.T @ y
-    x = nnls_auto(G, b)
-    _assert_valid(x, 450)
-    _assert_objective(A, y, x, f_ref)
-    # whatever the path, the result is a basic solution: support within rank
-    assert (x > 0).sum() <= 150
-
-
-def test_auto_large_path_sparse_solution_needs_no_pg(monkeypatch):
-    monkeypatch.setattr(ref_mod, "AUTO_ACTIVE_SET_MAX_N", 0)
-    rng = np.random.default_rng(13)
-    A = rng.standard_normal((300, 400)) + 0.5 * rng.standard_normal((300, 1))
-    y = A[:, :10] @ rng.random(10) + 0.01 * rng.standard_normal(300)
-    _, f_ref = _reference(A, y)
-
-    def fail(*args, **kwargs):
-        raise AssertionError("the active-set probe should have finished")
-
-    monkeypatch.setattr(ref_mod, "_pg_scaled", fail)
-    x = nnls_auto(A.T @ A, A.T @ y)
-    _assert_objective(A, y, x, f_ref)
-
-
-def test_auto_large_problem_matches_scipy():
-    """n = 3000 columns, D = 1000, columns in a half-space (non-zero residual)."""
-    rng = np.random.default_rng(14)
-    A = rng.standard_normal((1000, 3000)) + 0.1
-    y = rng.standard_normal(1000) - 0.05
-    _, f_ref = _reference(A, y)
-    G, b = A.T @ A, A.T @ y
-    x = nnls_auto(G, b)
-    _assert_valid(x, 3000)
-    _assert_objective(A, y, x, f_ref)
-    _assert_kkt(G, b, x, 1e-8)
+    for solver in SOLVERS:
+        x = _solve(solver, A, y)
+        _assert_valid(x, 450)
+        _assert_objective(A, y, x, f_ref)
+        assert (x > 0).sum() <= 150, "a basic solution: support within the rank"
 
 
 # --------------------------------------------------------------------------- #
@@ -375,6 +443,7 @@ def test_many_entries_leave_the_passive_set_at_once():
         x = nnls_gram(G, b, x0=x0)
         _assert_valid(x, 40)
         _assert_objective(A, y, x, f_ref)
+    _assert_objective(A, y, incremental_nnls(G, b, start=range(40)), f_ref)
     np.testing.assert_array_equal(nnls_gram(np.eye(40), -np.ones(40), x0=np.ones(40)), 0.0)
 
 
@@ -396,6 +465,12 @@ def test_dependent_or_non_improving_column_is_not_added():
     assert lh2.append(1)
     assert lh2.inner(1) == ("rejected", False)
     assert lh2.k == 1 and lh2.x[1] == 0.0 and lh2.x[0] == pytest.approx(1.0)
+    # the incremental solver: the same column enters, then leaves with weight zero
+    inc = Incremental(G2, b2)
+    inc.add(0)
+    inc.add(1)
+    assert inc.support == [0]
+    assert inc.x().tolist() == pytest.approx([1.0, 0.0])
 
 
 def test_corrupted_factor_is_detected_and_rebuilt():
@@ -419,60 +494,13 @@ def test_corrupted_factor_is_detected_and_rebuilt():
     _assert_objective(A, y, x, f_ref)
 
 
-def test_pg_step_length_backtracking():
-    # Scaled G = [[1, -c], [-c, 1]]: the power iteration from the all-ones vector
-    # sees only the small eigenvalue 1 - c, so L starts far too small.
-    c = 0.99
-    A = np.array([[1.0, -c], [0.0, np.sqrt(1 - c * c)], [0.0, 0.0]])
-    y = np.array([1.0, -0.3, 0.5])
-    _, f_ref = _reference(A, y)
-    x = nnls_pg(A.T @ A, A.T @ y)
-    _assert_valid(x, 2)
-    _assert_objective(A, y, x, f_ref)
-    _assert_valid(nnls_pg(A.T @ A, A.T @ y, max_iter=1), 2)  # budget exhausted
-    # a column and its negative: G v = 0 for the power-iteration start vector
-    A2, y2 = _problem(20, 30, 4)
-    A2 = np.concatenate([A2, -A2[:, :1]], axis=1)
-    _, f_ref2 = _reference(A2, y2)
-    for solver in SOLVERS:
-        _assert_objective(A2, y2, _solve(solver, A2, y2), f_ref2)
-
-
-def test_zero_rhs_and_fortran_order(monkeypatch):
+def test_zero_rhs_and_fortran_order():
     A, y = _problem(21, 40, 15)
     G = A.T @ A
-    for f in (nnls_gram, nnls_pg, nnls_auto):
-        np.testing.assert_array_equal(f(G, np.zeros(15)), 0.0)
-    monkeypatch.setattr(ref_mod, "AUTO_ACTIVE_SET_MAX_N", 0)
-    np.testing.assert_array_equal(nnls_auto(G, np.zeros(15)), 0.0)
+    np.testing.assert_array_equal(nnls_gram(G, np.zeros(15)), 0.0)
+    np.testing.assert_array_equal(incremental_nnls(G, np.zeros(15)), 0.0)
     b = A.T @ y
     np.testing.assert_allclose(nnls_gram(np.asfortranarray(G), b), nnls_gram(G, b))
-
-
-def test_nnls_falls_back_when_scipy_gives_up(monkeypatch):
-    def give_up(*args, **kwargs):
-        raise RuntimeError("Maximum number of iterations reached.")
-
-    monkeypatch.setattr(ref_mod, "scipy_nnls", give_up)
-    A, y = _problem(22, 60, 30)
-    _, f_ref = _reference(A, y)
-    _assert_objective(A, y, nnls(A, y), f_ref)
-
-
-# --------------------------------------------------------------------------- #
-# nnls_residual, validation
-# --------------------------------------------------------------------------- #
-def test_nnls_residual_matches_direct():
-    A, y = _problem(15, 70, 40)
-    G, b = A.T @ A, A.T @ y
-    x = nnls_gram(G, b)
-    direct = _objective(A, y, x)
-    assert nnls_residual(G, b, float(y @ y), x) == pytest.approx(direct, rel=1e-9)
-    # exact fit: clipped at zero, never negative
-    A2, y2 = _problem(16, 10, 40)
-    G2, b2 = A2.T @ A2, A2.T @ y2
-    r = nnls_residual(G2, b2, float(y2 @ y2), nnls_gram(G2, b2))
-    assert 0.0 <= r <= 1e-8 * float(y2 @ y2)
 
 
 def test_input_validation():
@@ -481,8 +509,6 @@ def test_input_validation():
     with pytest.raises(ValueError):
         nnls_gram(np.eye(3), np.ones(3), x0=np.ones(2))
     with pytest.raises(ValueError):
-        nnls_pg(np.full((2, 2), np.nan), np.ones(2))
+        nnls_gram(np.full((2, 2), np.nan), np.ones(2))
     with pytest.raises(ValueError):
-        nnls(np.ones((3, 2)), np.ones(4))
-    with pytest.raises(ValueError):
-        nnls_auto(np.eye(2), np.ones((2, 1)))
+        nnls_gram(np.eye(2), np.ones((2, 1)))

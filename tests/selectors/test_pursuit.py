@@ -1,11 +1,17 @@
 """GTP and OMP against planted solutions, brute force and each other."""
 
 import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.optimize
 
+from gradstore.selectors.gtp import gtp as gtp_default
 from gradstore.selectors.gtp_paper import gtp_paper as gtp
 from gradstore.selectors.less import less_topk
 from gradstore.selectors.omp import omp
@@ -137,8 +143,38 @@ def test_joint_subtask_target_shares_support():
     assert res.residual < 1e-5
 
 
-def test_deterministic():
+CHILD = """
+import json, sys, torch
+torch.set_num_threads(1)
+from tests.selectors.test_pursuit import pursuits
+print(json.dumps(pursuits()))
+"""
+
+
+def pursuits() -> dict:
+    """The default gtp and gtp-paper on a planted and a clustered pool: rows and weights."""
     pool, _, y = planted(1)
-    a = gtp(pool, [Query(y, 8)])[0]
-    b = gtp(pool, [Query(y, 8)])[0]
-    assert a.rows.tolist() == b.rows.tolist()
+    rng = np.random.default_rng(5)
+    X = clustered_rows(rng, 800, 2, 32)
+    cpool = StackedPool(TensorSource(X, 2)).centered()
+    Y = cpool.target(X[:25])[0]
+    out = {}
+    for name, run, p, q in (("paper", gtp, pool, Query(y, 8)),
+                            ("default", gtp_default, cpool, Query(Y, 30))):
+        (res,) = run(p, [q])
+        out[name] = {"rows": res.rows.tolist(), "weights": res.weights[:, 0].tolist()}
+    return out
+
+
+def test_deterministic_across_processes():
+    """Another interpreter (one torch thread instead of two, another hash seed) chooses the
+    same rows in the same order, with the same weights up to float rounding."""
+    here = pursuits()
+    env = dict(os.environ, PYTHONHASHSEED="123")
+    done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    there = json.loads(done.stdout.strip().splitlines()[-1])
+    for name in here:
+        assert here[name]["rows"] == there[name]["rows"], name
+        np.testing.assert_allclose(here[name]["weights"], there[name]["weights"], rtol=1e-6)

@@ -25,14 +25,29 @@ def pool_of(X: np.ndarray, T: int, device: ScanDevice | None = None) -> StackedP
     return StackedPool(TensorSource(torch.from_numpy(X), T), eta=[1.0, 3.0], device=device)
 
 
-def brute_force(A: np.ndarray, R: np.ndarray, q: ScanQuery) -> np.ndarray:
-    """Query q's top rows from the dense product, straight from ScanQuery's definition."""
-    c = q.sign * (A @ R[:, q.columns])
+def stacked_by_hand(X: np.ndarray, T: int, eta: list[float]) -> np.ndarray:
+    """The stacked rows from their definition, in float64: each checkpoint block of a row
+    scaled to unit norm, times sqrt(eta_t / sum eta)."""
+    blocks = X.astype(np.float64).reshape(len(X), T, -1)
+    blocks /= np.linalg.norm(blocks, axis=2, keepdims=True)
+    w = np.sqrt(np.asarray(eta) / np.sum(eta))
+    return (blocks * w[None, :, None]).reshape(len(X), -1)
+
+
+def brute_scores(A: np.ndarray, R: np.ndarray, q: ScanQuery) -> np.ndarray:
+    """Query q's score of every row from the dense product, from ScanQuery's definition."""
+    c = q.sign * (A @ R[:, q.columns].astype(np.float64))
     score = np.clip(c, 0, None).sum(1) if q.reduce != MAXIMUM else c.max(1)
     if q.penalty is not None:
         score = score - q.penalty
     if q.exclude is not None:
         score[q.exclude] = -np.inf
+    return score
+
+
+def brute_force(A: np.ndarray, R: np.ndarray, q: ScanQuery) -> np.ndarray:
+    """Query q's top rows from the dense product, straight from ScanQuery's definition."""
+    score = brute_scores(A, R, q)
     order = np.lexsort((np.arange(len(score)), -score))
     keep = order[: q.m]
     return keep[np.isfinite(score[keep]) & ((score[keep] > 0) | (q.reduce == MAXIMUM))]
@@ -54,11 +69,12 @@ def test_kept_or_copied_blocks_give_the_cpu_scan(rng, keep):
     dev = ScanDevice("cpu", keep=keep)
     pool = pool_of(X, T, dev)
     on_dev = correlation_scan(pool, R, qs, device=dev)
-    A = pool.rows(np.arange(N)).double().numpy()
+    A = stacked_by_hand(X, T, [1.0, 3.0])
     for (rows, scores), (rows0, scores0), q in zip(on_dev, plain, qs, strict=True):
         np.testing.assert_array_equal(rows, rows0)
         np.testing.assert_array_equal(scores, scores0)
         assert set(rows.tolist()) == set(brute_force(A, R, q).tolist())
+        np.testing.assert_allclose(scores, brute_scores(A, R, q)[rows], rtol=1e-4, atol=1e-5)
     assert (dev.resident is not None) == keep
 
 
@@ -85,12 +101,22 @@ def test_pursuits_on_a_kept_pool_choose_what_they_choose_on_the_cpu(rng):
     y = X[:20].mean(0)
     plain, kept = pool_of(X, 2).centered(), pool_of(X, 2, ScanDevice("cpu", True)).centered()
     Y = plain.target(X[:20])[0]
+    # centred on the mean stored row, then each checkpoint block scaled (the default gtp's)
+    A = stacked_by_hand(X - X.astype(np.float64).mean(0), 2, [1.0, 3.0])
     for k in (5, 40):
         (a,), (b,) = gtp(plain, [Query(Y, k)]), gtp(kept, [Query(Y, k)])
         np.testing.assert_array_equal(a.rows, b.rows)
+        # the residual is the chosen rows' mean against the target, by numpy
+        y0 = Y.mean(1)
+        want = np.linalg.norm(A[b.rows].mean(0) - y0) / np.linalg.norm(y0)
+        assert b.residual == pytest.approx(want, rel=1e-4)
     (r1, _), = less_topk(pool_of(X, 2), [y[:, None]], [30])
-    (r2, _), = less_topk(pool_of(X, 2, ScanDevice("cpu", True)), [y[:, None]], [30])
+    (r2, s2), = less_topk(pool_of(X, 2, ScanDevice("cpu", True)), [y[:, None]], [30])
     np.testing.assert_array_equal(r1, r2)
+    # LESS on the kept pool: the 30 best cosines of the stacked rows, by numpy
+    cos = stacked_by_hand(X, 2, [1.0, 3.0]) @ y.astype(np.float64)
+    assert set(r2.tolist()) == set(np.argsort(-cos)[:30].tolist())
+    np.testing.assert_allclose(s2, cos[r2], rtol=1e-4, atol=1e-6)
 
 
 def test_select_device_on_a_machine_without_cuda(tmp_path, rng):

@@ -2,9 +2,20 @@
 changes any method's answer fails here. Regenerate the file only for a deliberate change of
 an algorithm: ``python tests/store/test_golden.py`` (and say so in the commit).
 
+What is pinned, and why it holds on any CPU:
+- ids and their order exactly: every choice is a comparison of scores, and on this store the
+  margins between chosen and passed-over rows are far above float32 rounding;
+- weights to a relative ``WEIGHT_RTOL`` = 1e-3: the fits solve ``G_S w = b_S`` from float32
+  dot products whose summation order depends on the BLAS build and the CPU's vector width.
+  Over D = 48 dims such a product carries a relative error of at most D * 2^-24 = 2.9e-6
+  (any order), and the chosen rows' Gram matrices here have condition numbers up to 440
+  (gtp-paper and omp: at most 135), so a weight can move by up to ~4e-4 in the worst
+  case; measured: 8.3e-6 between two x86-64 machines. Unit weights (gtp, less, random) are
+  exactly 1 anywhere;
+- residuals (norms of the fit, well conditioned) to 1e-5.
+
 The budgets stay well below the pool's width (48): at k = 45 gtp-paper's NNLS weights were
-not determined by the data (residual 1e-4) and moved by 1-460% with the BLAS build, so a
-fresh install failed the test on code that had not changed."""
+not determined by the data (residual 1e-4) and moved by 1-460% with the BLAS build."""
 
 import json
 import sys
@@ -16,6 +27,7 @@ import pytest
 import gradstore
 
 GOLDEN = Path(__file__).with_name("golden_selections.json")
+WEIGHT_RTOL = 1e-3
 CASES = [  # (method, extra options)
     ("gtp", {}), ("gtp", {"tolerance": 0.0}), ("gtp-paper", {}), ("omp", {}), ("less", {}),
     ("random", {"seed": 3}), ("gtp", {"target_mode": "joint"}), ("gtp-paper", {"partitions": 3}),
@@ -58,8 +70,8 @@ def test_selections_match_the_pinned_answers(tmp_path):
     for key, sels in want.items():
         for w, g in zip(sels, got[key], strict=True):
             assert g["ids"] == w["ids"], (key, w["target"], w["budget"])
-            np.testing.assert_allclose(g["weights"], w["weights"], rtol=1e-6, atol=1e-9)
-            assert g["residual"] == pytest.approx(w["residual"], rel=1e-6, abs=1e-9)
+            np.testing.assert_allclose(g["weights"], w["weights"], rtol=WEIGHT_RTOL, atol=0)
+            assert g["residual"] == pytest.approx(w["residual"], rel=1e-5, abs=1e-9)
 
 
 if __name__ == "__main__":

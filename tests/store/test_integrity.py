@@ -14,7 +14,6 @@ import pytest
 import gradstore
 from gradstore.store.database import RowBlock
 from gradstore.store.integrity import (
-    CHECKSUM_SEED,
     NORM_WEIGHT,
     DamagedTable,
     bad_rows,
@@ -26,16 +25,31 @@ from tests.cli.test_cli import run
 N, D, FRAG = 400, 32, 100
 
 
+# The weights of the first four 8-byte words, written down when the format was fixed: every
+# stored checksum depends on them, so no dependency (e.g. NumPy's random stream) may change
+# them. A row of 13 float16 values uses all four (26 bytes, the last word padded).
+WEIGHTS = [1822514234829198559, 3608575061444627717, 6004714471245057875, 8092085189913807725]
+ROW = (np.arange(13, dtype=np.float16) / 4).reshape(1, -1)
+ROW_CHECKSUM = 8944452396039538176
+ROW_NORM_CHECKSUM = -9018139151709611218  # with its float32 norm, 6.3737745
+
+
 def checksum_by_hand(row: np.ndarray) -> int:
     """The documented formula with Python integers: sum of 8-byte words times odd weights,
     modulo 2^64, read as a signed 64-bit number."""
     raw = row.tobytes()
     raw += b"\0" * (-len(raw) % 8)
     words = [int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8)]
-    rng = np.random.default_rng(CHECKSUM_SEED)
-    w = rng.integers(0, 2**62, len(words), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-    total = sum(a * int(b) for a, b in zip(words, w, strict=True)) % 2**64
+    total = sum(a * b for a, b in zip(words, WEIGHTS, strict=True)) % 2**64
     return total - 2**64 if total >= 2**63 else total
+
+
+def test_checksums_are_the_literal_values_stores_hold():
+    """Stores on disk hold checksums made with these weights: they must never move."""
+    assert all(w % 2 == 1 for w in WEIGHTS)
+    assert int(row_checksums(ROW)[0]) == ROW_CHECKSUM == checksum_by_hand(ROW[0])
+    norm = np.linalg.norm(ROW.astype(np.float32), axis=1).astype(np.float32)
+    assert int(row_checksums(ROW, norm)[0]) == ROW_NORM_CHECKSUM
 
 
 def test_checksum_matches_the_formula_and_sees_every_byte(rng):

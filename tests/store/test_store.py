@@ -8,8 +8,8 @@ import torch
 
 import gradstore
 from gradstore.errors import GradstoreError
-from gradstore.selectors.gtp import gtp as gtp_uniform
-from gradstore.selectors.gtp_paper import gtp_paper as gtp
+from gradstore.selectors.gtp import gtp
+from gradstore.selectors.gtp_paper import gtp_paper
 from gradstore.selectors.query import Query
 from gradstore.selectors.source import TensorSource
 from gradstore.selectors.stacked import StackedPool
@@ -145,7 +145,7 @@ def test_default_gtp_equals_selector_on_the_centred_matrix(store, rng):
                                      - center.astype(np.float32), 2), eta=[2e-5, 1e-5])
     rows = tpool.rows(np.arange(12)).double().numpy()
     se = np.sqrt(rows.var(0, ddof=1).sum() / 12)  # the target mean's standard error
-    (ref,) = gtp_uniform(pool, [Query(rows.mean(0), 20, tolerance=se)])
+    (ref,) = gtp(pool, [Query(rows.mean(0), 20, tolerance=se)])
     assert sel.ids == [f"p{i}" for i in ref.rows] and len(sel.ids) == 20
     assert sel.params["tolerance"] == pytest.approx(se) and sel.params["alpha"] >= 1
     np.testing.assert_allclose(sel.weights, 1.0)
@@ -162,7 +162,7 @@ def test_select_equals_selector_on_same_matrix(store, rng):
         TensorSource(tgt.astype(np.float16).astype(np.float32), 2), eta=[2e-5, 1e-5]
     )
     y = tpool.rows(np.arange(12)).double().numpy().mean(0)
-    (ref,) = gtp(pool, [Query(y, 20)])
+    (ref,) = gtp_paper(pool, [Query(y, 20)])
     assert sel.ids == [f"p{i}" for i in ref.rows]
     np.testing.assert_allclose(sel.weights, ref.total_weights, rtol=1e-5)
     assert abs(sel.residual - ref.residual) < 1e-6
