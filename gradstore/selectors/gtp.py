@@ -30,10 +30,19 @@ for every query at once, then work on a small candidate set only.
 
 With several target columns (subtask means) the target is their average: every
 subtask counts the same, as LESS's max-over-subtasks rule lets each count.
+
+**Copies.** Equal weights make a copy of a chosen row worth choosing again (two copies
+are one example with weight 2, which the mean rewards when that example sits close to the
+target). The trainer's weights say every example counts once, so a row whose stored vector
+is byte for byte a chosen row's, or whose stacked row has cosine at least
+``DUPLICATE_COSINE`` with a chosen row's (both in the candidate set), is never chosen: it
+is set aside for the rest of the pursuit. Measured on 40 groups of 4 identical rows among
+2,000 others (``tests/selectors/test_gtp.py``): 2.2-2.7 copies per group before, 1.0 now.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 
@@ -51,6 +60,9 @@ MAX_ALPHA = 64.0
 """Largest stretch of the target tried in the tolerance search (then LESS-like already)."""
 ALPHA_STEPS = 8
 """Evaluations of the stretch (doubling, then bisection) in the tolerance search."""
+DUPLICATE_COSINE = 0.99
+"""Two rows whose stacked (pool-centred) rows have at least this cosine are copies of one
+example: the pursuit chooses at most one of them."""
 MIN_CANDIDATES = 256
 """Fewest rows a round looks at: for small k, 2k candidates left the greedy choice (and
 the swaps) short of what the exact greedy finds, and 256 rows cost little."""
@@ -68,10 +80,12 @@ class _State:
         self.y = self.y0  # what the mean is pulled toward: alpha * y0
         self.tolerance = float(q.tolerance)
         self.alpha, self.lo, self.hi = 1.0, 1.0, None
-        self.best: tuple[float, list[int], np.ndarray] | None = None
+        self.best: tuple[float, list[int], np.ndarray, dict] | None = None
         self.evaluations = 0
         self.rounds = 0  # swap rounds at the current alpha
         self.rows: list[int] = []
+        self.copies: set[int] = set()  # rows set aside as copies of chosen ones
+        self.prints: dict[bytes, int] = {}  # fingerprint of a chosen row's stored bytes -> row
         self.s = np.zeros(width)
         self.done = self.k == 0
         self.history: list[float] = []
@@ -109,7 +123,8 @@ class _State:
             return
         self.evaluations += 1
         if feasible:
-            self.best, self.lo = (self.alpha, list(self.rows), self.s.copy()), self.alpha
+            self.best, self.lo = (self.alpha, list(self.rows), self.s.copy(),
+                                  dict(self.prints)), self.alpha
         else:
             self.hi = self.alpha
         if self.hi is None:
@@ -117,7 +132,7 @@ class _State:
         else:
             nxt = (self.lo + self.hi) / 2 if self.evaluations < ALPHA_STEPS else None
         if nxt is None:
-            self.alpha, self.rows, self.s = self.best[0], self.best[1], self.best[2]
+            self.alpha, self.rows, self.s, self.prints = self.best
             self.done = True
             return
         self.alpha, self.y, self.rounds = nxt, nxt * self.y0, 0
@@ -229,7 +244,8 @@ def _scan(
         col = len(cols)
         cols.append(st.residual_vector())
         chosen = np.asarray(st.rows, dtype=np.int64)
-        qs.append(ScanQuery(slice(col, col + 1), st.m, exclude=chosen, reduce=MAXIMUM,
+        barred = np.concatenate([chosen, np.fromiter(st.copies, np.int64, len(st.copies))])
+        qs.append(ScanQuery(slice(col, col + 1), st.m, exclude=barred, reduce=MAXIMUM,
                             penalty=half))
         if not st.growing:  # members: score -a.r - |a|^2/2, outsiders excluded
             outside = np.setdiff1d(np.arange(pool.num_rows), chosen)
@@ -253,9 +269,27 @@ def _norms_of(rows: np.ndarray, A: torch.Tensor, sq_norms: np.ndarray | None) ->
     return (A.double() ** 2).sum(1).numpy()
 
 
+def _fingerprints(pool: StackedPool, rows: np.ndarray) -> list[bytes]:
+    """A hash of each row's stored values: equal exactly when the stored vectors are."""
+    stored = pool.source.take(np.asarray(rows, dtype=np.int64)).numpy()
+    return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in stored]
+
+
+def _cosines(G: np.ndarray) -> np.ndarray:
+    """Cosines from a Gram matrix (0 against a zero row)."""
+    d = np.sqrt(np.clip(np.diagonal(G), 0, None))
+    d = np.where(d > 0, d, np.inf)
+    return G / d[:, None] / d[None, :]
+
+
+def _set_aside(st: _State, rows: np.ndarray) -> None:
+    st.copies.update(int(r) for r in rows)
+
+
 def _grow(pool: StackedPool, st: _State, cand: np.ndarray, _members, sq_norms) -> None:
     """Add rows of the candidate set greedily until it holds none better than the scan's
-    cut-off (the next scan may find better ones) or the query has k rows."""
+    cut-off (the next scan may find better ones) or the query has k rows; copies of a
+    chosen row are set aside, never chosen."""
     if len(cand) == 0:
         st.done = True
         return
@@ -270,7 +304,10 @@ def _grow(pool: StackedPool, st: _State, cand: np.ndarray, _members, sq_norms) -
     # the scan's cut-off: rows outside U scored at most this (when U is not the whole rest)
     floor = score.min() if len(cand) >= st.m and len(cand) < pool.num_rows - len(st.rows) \
         else -np.inf
-    used = np.zeros(len(cand), dtype=bool)
+    prints = _fingerprints(pool, cand)
+    cos = _cosines(G)
+    used = np.array([p in st.prints for p in prints], dtype=bool)  # copies of chosen rows
+    _set_aside(st, cand[used])
     while st.growing:
         masked = np.where(used, -np.inf, score)
         j = int(np.argmax(masked))
@@ -278,8 +315,13 @@ def _grow(pool: StackedPool, st: _State, cand: np.ndarray, _members, sq_norms) -
             break
         used[j] = True
         st.rows.append(int(cand[j]))
+        st.prints[prints[j]] = int(cand[j])
         st.s += A64[j]
         score += yU - G[:, j]
+        twins = ~used & ((cos[:, j] >= DUPLICATE_COSINE)
+                         | np.array([p == prints[j] for p in prints]))
+        used |= twins
+        _set_aside(st, cand[twins])
 
 
 def _swap(
@@ -287,15 +329,23 @@ def _swap(
     max_swaps: int,
 ) -> bool:
     """Apply the best improving exchanges between the cheapest members and the best
-    outsiders; returns whether any was made."""
+    outsiders (never one that copies a member); returns whether any was made."""
     if len(outsiders) == 0 or len(members) == 0:
         return False
+    prints = _fingerprints(pool, outsiders)
+    copy = np.array([p in st.prints for p in prints], dtype=bool)
+    _set_aside(st, outsiders[copy])
+    outsiders, prints = outsiders[~copy], [p for p, c in zip(prints, copy, strict=True) if not c]
+    if len(outsiders) == 0:
+        return False
     both = np.concatenate([members, outsiders])
+    prints = _fingerprints(pool, members) + prints
     with one_thread(), torch.inference_mode():
         A = pool.rows(both)
         G = (A @ A.T).double().numpy()
         A64 = A.double().numpy()
     n = _norms_of(both, A, sq_norms)
+    near = _cosines(G) >= DUPLICATE_COSINE
     c = A64 @ st.residual_vector()
     inside = np.zeros(len(both), dtype=bool)
     inside[: len(members)] = True
@@ -307,6 +357,7 @@ def _swap(
         gain_in = n - 2 * c  # for outsiders
         mem, out = np.flatnonzero(inside), np.flatnonzero(~inside)
         delta = gain_out[mem][:, None] + gain_in[out][None, :] - 2 * G[np.ix_(mem, out)]
+        delta[:, near[np.ix_(out, mem)].any(1)] = np.inf  # copies of a member stay out
         a, b = np.unravel_index(int(np.argmin(delta)), delta.shape)
         if not delta[a, b] < -1e-12 * max(1.0, st.k * st.yn) ** 2:
             break
@@ -314,6 +365,8 @@ def _swap(
         p = position.pop(int(both[j]))
         st.rows[p] = int(both[i])
         position[int(both[i])] = p
+        del st.prints[prints[j]]
+        st.prints[prints[i]] = int(both[i])
         st.s += A64[i] - A64[j]
         c += G[:, j] - G[:, i]
         inside[j], inside[i] = False, True
