@@ -34,7 +34,7 @@ subtask counts the same, as LESS's max-over-subtasks rule lets each count.
 **Copies.** Equal weights make a copy of a chosen row worth choosing again (two copies
 are one example with weight 2, which the mean rewards when that example sits close to the
 target). The trainer's weights say every example counts once, so a row whose stored vector
-is byte for byte a chosen row's, or whose stacked row has cosine at least
+is value for value a chosen row's, or whose stacked row has cosine at least
 ``DUPLICATE_COSINE`` with a chosen row's (both in the candidate set), is never chosen: it
 is set aside for the rest of the pursuit. Measured on 40 groups of 4 identical rows among
 2,000 others (``tests/selectors/test_gtp.py``): 2.2-2.7 copies per group before, 1.0 now.
@@ -42,7 +42,6 @@ is set aside for the rest of the pursuit. Measured on 40 groups of 4 identical r
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 
@@ -85,7 +84,7 @@ class _State:
         self.rounds = 0  # swap rounds at the current alpha
         self.rows: list[int] = []
         self.copies: set[int] = set()  # rows set aside as copies of chosen ones
-        self.prints: dict[bytes, int] = {}  # fingerprint of a chosen row's stored bytes -> row
+        self.keys: dict[bytes, int] = {}  # stored norms of a chosen row -> that row
         self.s = np.zeros(width)
         self.done = self.k == 0
         self.history: list[float] = []
@@ -124,7 +123,7 @@ class _State:
         self.evaluations += 1
         if feasible:
             self.best, self.lo = (self.alpha, list(self.rows), self.s.copy(),
-                                  dict(self.prints)), self.alpha
+                                  dict(self.keys)), self.alpha
         else:
             self.hi = self.alpha
         if self.hi is None:
@@ -132,7 +131,7 @@ class _State:
         else:
             nxt = (self.lo + self.hi) / 2 if self.evaluations < ALPHA_STEPS else None
         if nxt is None:
-            self.alpha, self.rows, self.s, self.prints = self.best
+            self.alpha, self.rows, self.s, self.keys = self.best
             self.done = True
             return
         self.alpha, self.y, self.rounds = nxt, nxt * self.y0, 0
@@ -269,10 +268,22 @@ def _norms_of(rows: np.ndarray, A: torch.Tensor, sq_norms: np.ndarray | None) ->
     return (A.double() ** 2).sum(1).numpy()
 
 
-def _fingerprints(pool: StackedPool, rows: np.ndarray) -> list[bytes]:
-    """A hash of each row's stored values: equal exactly when the stored vectors are."""
-    stored = pool.source.take(np.asarray(rows, dtype=np.int64)).numpy()
-    return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in stored]
+def _norm_key(pool: StackedPool, row: int) -> bytes:
+    """A row's stored per-checkpoint norms: equal for rows whose stored vectors are."""
+    return pool.norms[row].tobytes()
+
+
+def _byte_copies(pool: StackedPool, st: _State, rows: np.ndarray) -> np.ndarray:
+    """Which of ``rows`` store exactly the vector of a chosen row (screened by their
+    norms, then compared value by value: only rows with a chosen row's norms are read)."""
+    twin = [st.keys.get(_norm_key(pool, int(r))) for r in rows]
+    hits = np.array([t is not None for t in twin], dtype=bool)
+    if not hits.any():
+        return hits
+    mine = pool.source.take(rows[hits])
+    theirs = pool.source.take(np.array([t for t in twin if t is not None], dtype=np.int64))
+    hits[hits] = (mine == theirs).all(1).numpy()
+    return hits
 
 
 def _cosines(G: np.ndarray) -> np.ndarray:
@@ -304,9 +315,8 @@ def _grow(pool: StackedPool, st: _State, cand: np.ndarray, _members, sq_norms) -
     # the scan's cut-off: rows outside U scored at most this (when U is not the whole rest)
     floor = score.min() if len(cand) >= st.m and len(cand) < pool.num_rows - len(st.rows) \
         else -np.inf
-    prints = _fingerprints(pool, cand)
     cos = _cosines(G)
-    used = np.array([p in st.prints for p in prints], dtype=bool)  # copies of chosen rows
+    used = _byte_copies(pool, st, cand)  # copies of rows chosen in earlier rounds
     _set_aside(st, cand[used])
     while st.growing:
         masked = np.where(used, -np.inf, score)
@@ -315,11 +325,10 @@ def _grow(pool: StackedPool, st: _State, cand: np.ndarray, _members, sq_norms) -
             break
         used[j] = True
         st.rows.append(int(cand[j]))
-        st.prints[prints[j]] = int(cand[j])
+        st.keys[_norm_key(pool, int(cand[j]))] = int(cand[j])
         st.s += A64[j]
         score += yU - G[:, j]
-        twins = ~used & ((cos[:, j] >= DUPLICATE_COSINE)
-                         | np.array([p == prints[j] for p in prints]))
+        twins = ~used & (cos[:, j] >= DUPLICATE_COSINE)
         used |= twins
         _set_aside(st, cand[twins])
 
@@ -332,14 +341,12 @@ def _swap(
     outsiders (never one that copies a member); returns whether any was made."""
     if len(outsiders) == 0 or len(members) == 0:
         return False
-    prints = _fingerprints(pool, outsiders)
-    copy = np.array([p in st.prints for p in prints], dtype=bool)
+    copy = _byte_copies(pool, st, outsiders)
     _set_aside(st, outsiders[copy])
-    outsiders, prints = outsiders[~copy], [p for p, c in zip(prints, copy, strict=True) if not c]
+    outsiders = outsiders[~copy]
     if len(outsiders) == 0:
         return False
     both = np.concatenate([members, outsiders])
-    prints = _fingerprints(pool, members) + prints
     with one_thread(), torch.inference_mode():
         A = pool.rows(both)
         G = (A @ A.T).double().numpy()
@@ -365,8 +372,8 @@ def _swap(
         p = position.pop(int(both[j]))
         st.rows[p] = int(both[i])
         position[int(both[i])] = p
-        del st.prints[prints[j]]
-        st.prints[prints[i]] = int(both[i])
+        st.keys.pop(_norm_key(pool, int(both[j])), None)
+        st.keys[_norm_key(pool, int(both[i]))] = int(both[i])
         st.s += A64[i] - A64[j]
         c += G[:, j] - G[:, i]
         inside[j], inside[i] = False, True

@@ -215,3 +215,19 @@ def test_copies_of_a_chosen_row_are_never_chosen(near, target_rows, k):
             if method == "gtp":
                 assert len(rows) == k == len(set(rows.tolist()))
                 assert len(planted) >= 0.85 * k  # measured: 36-40 of 40, 20 of 20
+
+
+def test_byte_copies_of_chosen_rows_are_found_outside_the_round():
+    """A copy of a row chosen in an earlier round (so never in one candidate set with it) is
+    recognised by its stored values: same norms, then equal value for value."""
+    from gradstore.selectors.gtp import _byte_copies, _norm_key, _State
+
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((12, 8)).astype(np.float32)
+    X[7] = X[2]  # an exact copy
+    X[9] = X[2][::-1]  # same norm, other values
+    pool = StackedPool(TensorSource(X, 1))
+    st = _State(Query(np.ones(8), 3), 8)
+    st.keys[_norm_key(pool, 2)] = 2
+    got = _byte_copies(pool, st, np.array([7, 9, 4]))
+    assert got.tolist() == [True, False, False]
