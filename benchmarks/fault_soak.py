@@ -20,7 +20,7 @@ each outcome is classed against the healthy store's answers:
 * ``LOST``: after an interruption, rows committed before it are gone or duplicated.
 
     python benchmarks/fault_soak.py --faults 240 --out benchmarks/results   # ~10 min here
-    python benchmarks/fault_soak.py --tiny                                  # seconds
+    python benchmarks/fault_soak.py --tiny     # seconds: every fault kind once, a smaller store
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ from gradstore.cli.main import main as cli_main  # noqa: E402
 from gradstore.store.database import RowBlock  # noqa: E402
 
 N, D, FRAG = 3000, 64, 500
+EXTRA_ROWS, CHAT_ROWS, MAX_DELAY = 40000, 160, 6.0
+TINY = {"N": 600, "D": 32, "FRAG": 100, "EXTRA_ROWS": 4000, "CHAT_ROWS": 24, "MAX_DELAY": 2.0}
+"""The tiny mode's sizes (make test): every fault kind once, on a smaller store."""
 DAMAGE = ("flip", "zero", "truncate", "delete-data", "delete-manifest", "delete-versions",
           "flip-manifest")
 INTERRUPT = ("kill-import", "kill-select", "kill-export", "kill-ingest", "two-imports")
@@ -96,7 +99,7 @@ def build(work: Path, rng: np.random.Generator, model: Path | None) -> dict:
     T = rng.standard_normal((6, 2, D)).astype(np.float32) + X[:6]
     store.import_vectors("tgt", T[:, 0], "0", lr=1.0, kind="target")
     store.import_vectors("tgt", T[:, 1], "1", lr=1.0, kind="target")
-    np.save(work / "extra.npy", rng.standard_normal((40000, 128)).astype(np.float32))
+    np.save(work / "extra.npy", rng.standard_normal((EXTRA_ROWS, 128)).astype(np.float32))
     data = work / "data.jsonl"
     data.write_text("".join(json.dumps({"id": i, "text": f"example {i}"}) + "\n" for i in ids))
     sel = store.select("pool", "tgt", budget=30)
@@ -108,7 +111,7 @@ def build(work: Path, rng: np.random.Generator, model: Path | None) -> dict:
            "export": (work / "ref.jsonl").read_text(), "vectors": store.vectors("pool")}
     ref["logged"] = len(store.selections())
     if model is not None:
-        ref["chat"] = write_chat(work / "chat.jsonl", 160, rng)
+        ref["chat"] = write_chat(work / "chat.jsonl", CHAT_ROWS, rng)
         ref["model"] = model
         code, _, err = run_cli(*_ingest_args(work / "ingest-ref", ref))
         assert code == 0, err
@@ -179,25 +182,36 @@ def damage(store: Path, kind: str, rng: np.random.Generator) -> str:
 MEMORY_LIMIT = 8 << 30  # a judged process may map this much (damage can make Lance allocate)
 
 
-def judge_isolated(ref_file: Path, store: Path) -> list[tuple[str, str]]:
-    """:func:`judge` in a child process limited to MEMORY_LIMIT of address space, so a fault
-    that makes a reader allocate without bound is counted (CRASH) instead of taking the
-    machine down; the operation it stopped in is named."""
+def judge_isolated(ref_file: Path, stores: list[Path]) -> list[list[tuple[str, str]]]:
+    """:func:`judge` of each store, in child processes limited to MEMORY_LIMIT of address
+    space, so a fault that makes a reader allocate without bound is counted (CRASH) instead
+    of taking the machine down; the operation it stopped in is named. One child judges the
+    stores in turn; when a child dies, the next store goes to a new one."""
     import resource
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
-    done = subprocess.run([sys.executable, __file__, "--judge", str(ref_file), str(store)],
-                          capture_output=True, text=True, preexec_fn=limit)
-    out = [tuple(line.split()[1:3]) for line in done.stdout.splitlines()
-           if line.startswith("OUTCOME ")]
-    if done.returncode != 0:
-        ops = ["select-gtp", "select-less", "export", "vectors"]
-        out.append((ops[len(out)] if len(out) < len(ops) else "judge", "CRASH"))
-        print(f"    judging process ended with exit {done.returncode}: "
-              f"{done.stderr.strip()[-300:]!r}", flush=True)
-    return [(a, b) for a, b in out]
+    ops = ["select-gtp", "select-less", "export", "vectors"]
+    results: list[list[tuple[str, str]]] = []
+    while len(results) < len(stores):
+        rest = [str(s) for s in stores[len(results):]]
+        done = subprocess.run([sys.executable, __file__, "--judge", str(ref_file), *rest],
+                              capture_output=True, text=True, preexec_fn=limit)
+        got: dict[int, list[tuple[str, str]]] = {}
+        for line in done.stdout.splitlines():
+            if line.startswith("OUTCOME "):
+                _, i, op, cls = line.split()[:4]
+                got.setdefault(int(i), []).append((op, cls))
+        finished = len(got) if done.returncode == 0 else max(len(got) - 1, 0)
+        results += [got[i] for i in range(finished)]
+        if done.returncode != 0:
+            out = got.get(finished, [])
+            out.append((ops[len(out)] if len(out) < len(ops) else "judge", "CRASH"))
+            results.append(out)
+            print(f"    judging process ended with exit {done.returncode}: "
+                  f"{done.stderr.strip()[-300:]!r}", flush=True)
+    return results
 
 
 def judge(ref: dict, store: Path, emit=None) -> list[tuple[str, str]]:
@@ -246,7 +260,7 @@ def _class(got, want) -> str:
 
 def interrupt(ref: dict, store: Path, kind: str, rng: np.random.Generator) -> list:
     """One interruption, then the same command again; the outcomes."""
-    delay = float(rng.uniform(0.5, 6.0))
+    delay = float(rng.uniform(0.5, MAX_DELAY))
     if kind in ("kill-import", "two-imports"):
         args = ("import", store, "extra", "--vectors", store.parent.parent / "extra.npy")
         if kind == "two-imports":
@@ -258,7 +272,7 @@ def interrupt(ref: dict, store: Path, kind: str, rng: np.random.Generator) -> li
             code, _, err = run_cli(*args)
             ok = code == 0 or (code == 2 and "already in table" in err)
         ids = gradstore.open(store).ids("extra")
-        whole = ids == [str(i) for i in range(40000)]
+        whole = ids == [str(i) for i in range(EXTRA_ROWS)]
         return [(kind, "correct" if ok and whole else "LOST")]
     if kind == "kill-select":
         kill_at(spawn("select", store, "--pool", "pool", "--target", "tgt", "--budget", "30",
@@ -294,14 +308,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="write fault_soak.{json,md} here")
     ap.add_argument("--tiny", action="store_true", help="a dozen faults (make test)")
-    ap.add_argument("--judge", nargs=2, metavar=("REF", "STORE"), help=argparse.SUPPRESS)
+    ap.add_argument("--judge", nargs="+", metavar="REF STORE", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.judge:
         ref = pickle.loads(Path(args.judge[0]).read_bytes())
-        judge(ref, Path(args.judge[1]),
-              emit=lambda o: print("OUTCOME", o[0], o[1], flush=True))
+        for i, store in enumerate(args.judge[1:]):
+            judge(ref, Path(store), emit=lambda o, i=i: print("OUTCOME", i, o[0], o[1],
+                                                              flush=True))
         return
-    n = 14 if args.tiny else args.faults
+    if args.tiny:
+        globals().update(TINY)
+    n = len(DAMAGE) + len(INTERRUPT) if args.tiny else args.faults
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -311,27 +328,35 @@ def main() -> None:
         ref_file = work / "ref.pkl"
         ref_file.write_bytes(pickle.dumps(ref))
         kinds = [*DAMAGE, *INTERRUPT]
-        trials = []
+        trials, damaged = [], []
         for i in range(n):
             # every kind once, then damage three times as often as the (slower) interruptions
             p = np.array([3.0] * len(DAMAGE) + [1.0] * len(INTERRUPT))
             kind = kinds[i] if i < len(kinds) else str(rng.choice(kinds, p=p / p.sum()))
-            trial = work / f"t{i}"
-            store = shutil.copytree(ref["store"], trial / "s")
-            if kind in DAMAGE:
-                what = damage(store, kind, rng)
-                print(f"[{i + 1}/{n}] {what} ...", flush=True)
-                outcomes = judge_isolated(ref_file, store)
-            else:
-                what, outcomes = kind, interrupt(ref, store, kind, rng)
-            trials.append({"fault": kind, "what": what, "outcomes": outcomes})
-            bad = [o for o in outcomes if o[1] in BAD]
-            print(f"[{i + 1}/{n}] {what}: " + ", ".join(f"{a} {b}" for a, b in outcomes),
-                  flush=True)
-            if bad:
-                print(f"    !!! {bad}", flush=True)
-            shutil.rmtree(trial)
+            store = shutil.copytree(ref["store"], work / f"t{i}" / "s")
+            if kind in DAMAGE:  # judged together below, one child process for all
+                trials.append({"fault": kind, "what": damage(store, kind, rng)})
+                damaged.append((trials[-1], store))
+                continue
+            trials.append({"fault": kind, "what": kind,
+                           "outcomes": interrupt(ref, store, kind, rng)})
+            _show(len(trials), n, trials[-1])
+            shutil.rmtree(store.parent)
+        print(f"judging {len(damaged)} damaged stores ...", flush=True)
+        judged = judge_isolated(ref_file, [store for _, store in damaged])
+        for (trial, _), outcomes in zip(damaged, judged, strict=True):
+            trial["outcomes"] = outcomes
+            _show(trials.index(trial) + 1, n, trial)
     report(trials, time.perf_counter() - t0, args)
+
+
+def _show(i: int, n: int, trial: dict) -> None:
+    outcomes = trial["outcomes"]
+    print(f"[{i}/{n}] {trial['what']}: " + ", ".join(f"{a} {b}" for a, b in outcomes),
+          flush=True)
+    bad = [o for o in outcomes if o[1] in BAD]
+    if bad:
+        print(f"    !!! {bad}", flush=True)
 
 
 def report(trials: list[dict], seconds: float, args) -> None:
@@ -344,7 +369,8 @@ def report(trials: list[dict], seconds: float, args) -> None:
     for c in table.values():
         total.update(c)
     lines = [f"# Fault soak: {len(trials)} faults, {sum(total.values())} outcomes",
-             "", f"`python benchmarks/fault_soak.py --faults {args.faults} --seed {args.seed}` "
+             "", "`python benchmarks/fault_soak.py "
+             + ("--tiny" if args.tiny else f"--faults {args.faults}") + f" --seed {args.seed}` "
              f"({seconds / 60:.1f} min, {platform.node()}, {platform.processor() or 'cpu'})", "",
              "| fault | " + " | ".join(classes) + " |",
              "|---|" + "---|" * len(classes)]
