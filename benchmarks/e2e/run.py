@@ -104,10 +104,12 @@ class Plan:
 
     @classmethod
     def for_device(cls, device: str, quick: bool = False, tiny: bool = False, **kw) -> Plan:
-        if tiny:  # seconds, on a tiny model: checks that every stage runs (make test)
-            kw = {"pool_size": 160, "targets": ["convert", "sort"], "seeds": [0],
+        if tiny:  # seconds, on a tiny model: the fewest jobs that run every stage and kind
+            # of job (base, full pool, targeted and in-domain selections, random, weighted,
+            # convergence) once (make test)
+            kw = {"pool_size": 160, "targets": ["convert"], "seeds": [0],
                   "target_size": 4, "test_size": 4, "mixed_per_skill": 1,
-                  "budgets": ["5%", "10%"], "methods": ["gtp", "less", "random"],
+                  "budgets": ["10%"], "methods": ["gtp", "less", "random"],
                   "one_budget_methods": ["gtp-paper+w"], "one_budget": "5%",
                   "convergence_targets": ["convert"], "convergence_methods": ["gtp"],
                   "convergence_budgets": ["10%"], "warmup_fraction": 0.1, "warmup_epochs": 1,
@@ -150,11 +152,14 @@ def write_json(path: Path, obj) -> None:
 
 
 def gradstore_cli(*args: str) -> None:
-    cmd = [sys.executable, "-m", "gradstore", *args]
+    """``gradstore ARGS``, run in this process through the entry point's own ``main`` (the
+    code path of the command, without an interpreter start-up per call)."""
+    from gradstore.cli.main import main as cli_main
+
     log("$ gradstore " + " ".join(args))
-    done = subprocess.run(cmd, check=False)
-    if done.returncode != 0:
-        sys.exit(f"bench-e2e: `gradstore {args[0]}` failed with exit status {done.returncode}")
+    code = cli_main(list(args))
+    if code != 0:
+        sys.exit(f"bench-e2e: `gradstore {args[0]}` failed with exit status {code}")
 
 
 # ---------------------------------------------------------------- stages 1 and 2
@@ -550,6 +555,8 @@ def main(argv: list[str] | None = None) -> None:
             log(f"pipeline done in {(time.perf_counter() - t0) / 60:.1f} min")
             return
         stage_jobs(plan, work, data, selections, records)
+        if a.tiny:  # resumption: a second pass finds every job recorded and runs none
+            stage_jobs(plan, work, data, selections, records)
     import report
 
     command = "python benchmarks/e2e/run.py " + " ".join(argv if argv is not None

@@ -40,7 +40,8 @@ def test_distributed_tiny():
 
 def test_e2e_tiny():
     out = run("e2e/run.py")
-    assert "done in" in out and "job 20/20" in out
+    assert "done in" in out and "job 10/10" in out and "job 11/" not in out
+    assert "10 of 10 fine-tune/eval jobs already recorded" in out  # the resumed pass
 
 
 def test_memory_tiny():
