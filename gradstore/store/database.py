@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import shutil
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -124,7 +125,26 @@ class Database:
     def all_tables(self) -> list[str]:
         res = self.db.list_tables()
         names = getattr(res, "tables", res)
-        return sorted(names)
+        return sorted(n for n in names if not self.uncommitted(n))
+
+    def uncommitted(self, table: str) -> bool:
+        """Whether ``table``'s folder holds only what a first write left when it was killed
+        before its commit: no manifest, and no version ever recorded (a table whose
+        manifests were deleted after a commit is damage, not this). Such a folder is no
+        table: it is not listed, and creating the table clears it."""
+        if "://" in self.uri:
+            return False
+        versions = Path(self.uri) / f"{table}.lance" / "_versions"
+        if versions.is_dir() and any(versions.glob("*.manifest")):
+            return False
+        return self.ledger.seen(table) is None
+
+    def clear_uncommitted(self, table: str) -> None:
+        """Remove what an interrupted first write of ``table`` left (the caller writes the
+        table: it holds its lock)."""
+        folder = Path(self.uri) / f"{table}.lance"
+        if "://" not in self.uri and folder.is_dir() and self.uncommitted(table):
+            shutil.rmtree(folder)
 
     def tables(self) -> list[str]:
         """Names of the gradient tables (pool and target tables)."""
@@ -318,6 +338,7 @@ class Database:
         with warnings.catch_warnings():
             # 2.0 files scanned fastest for float16 vectors here (docs/storage.md)
             warnings.simplefilter("ignore", DeprecationWarning)
+            self.clear_uncommitted(table)
             self.db.create_table(table, data=reader, data_storage_version="2.0")
         self.committed(table)
 
@@ -508,6 +529,7 @@ class Database:
         """A hidden bookkeeping table (a staging record, a log), opened, or created empty
         with ``schema`` when given and missing; a LanceDB table (``add``, ``to_arrow``)."""
         if name not in self.all_tables() and schema is not None:
+            self.clear_uncommitted(name)
             return self.db.create_table(name, schema=schema)
         return self.db.open_table(name)
 
@@ -519,6 +541,7 @@ class Database:
                 return self.db.open_table(SELECTIONS_TABLE)
         if not create:
             return None
+        self.clear_uncommitted(SELECTIONS_TABLE)
         return self.db.create_table(SELECTIONS_TABLE, schema=SELECTIONS_SCHEMA)
 
     def selections(self) -> list[Selection]:
