@@ -357,6 +357,11 @@ def stop_note(sel: Selection) -> str | None:
     types, and each method reads the one it needs.
     """
     note = None
+    if len(sel.ids) < sel.k and sel.params.get("copies_set_aside"):
+        return (f"{sel.method} chose {len(sel.ids)} of the k={sel.k} allowed: the pool's "
+                f"other rows are copies of chosen ones ({sel.params['copies_set_aside']} set "
+                "aside: identical vectors or cosine >= 0.99), and gtp takes each example "
+                "once; use a smaller budget, or --method gtp-paper / less to take copies")
     if len(sel.ids) < sel.k:
         note = (f"{sel.method} chose {len(sel.ids)} of the k={sel.k} allowed: more pool "
                 f"examples do not lower the residual ({sel.residual:.2f} of the target's norm)")

@@ -170,7 +170,9 @@ def gtp(
     -------
     list of PursuitResult
         Rows in selection order, weights all 1 (the trainer's), the relative
-        residual ``||mean(a_S) - y|| / ||y||`` and its history per round.
+        residual ``||mean(a_S) - y|| / ||y||`` and its history per round. Fewer than k
+        rows only when the pool holds fewer distinct examples (``details``:
+        ``copies_set_aside``).
     """
     states = [_State(q, pool.width) for q in queries]
     for st in states:
@@ -196,7 +198,8 @@ def gtp(
                       weights=np.ones((len(st.rows), 1)), residual=st.relative_residual(),
                       history=st.history, scans=scans, seconds_nnls=st.seconds_nnls,
                       seconds_scan=scan_seconds,
-                      details={"alpha": st.alpha, "tolerance": st.tolerance})
+                      details={"alpha": st.alpha, "tolerance": st.tolerance,
+                               "copies_set_aside": len(st.copies)})
         for st in states
     ]
 

@@ -42,16 +42,36 @@ def test_same_gradient_type_notes_the_stop_only(store_path, method):
     assert "--grad-type" not in res.stderr and "--method gtp" in res.stderr
 
 
-def test_default_gtp_fills_the_budget_and_names_a_type_mismatch(store_path):
+def test_default_gtp_takes_each_example_once_and_names_a_type_mismatch(store_path):
+    """The pool holds three examples (e1 up to cosine 0.98, e1 nudged by more, and e3) in
+    copies: the default gtp takes one row of each and says that the rest are copies."""
     res = run("select", store_path, "--pool", "pool", "--target", "t_adam", "--budget", "10",
               "--format", "json")
-    assert "chose" not in res.stderr and "note:" not in res.stderr
+    assert res.stderr.count("note:") == 1
+    assert "gtp chose 3 of the k=10 allowed: the pool's other rows are copies" in res.stderr
     res = run("select", store_path, "--pool", "pool", "--target", "t_sgd", "--budget", "10",
               "--format", "json")
-    assert "chose" not in res.stderr and res.stderr.count("note:") == 1
-    assert "gtp reads adam ones" in res.stderr
+    assert res.stderr.count("note:") == 1 and "copies" in res.stderr
     store = gradstore.open(store_path, create=False)
-    assert len(store.select("pool", target="t_adam", budget=10).ids) == 10
+    sel = store.select("pool", target="t_adam", budget=10)
+    assert len(sel.ids) == 3 and sel.params["copies_set_aside"] == 37
+    chosen = {int(i.removeprefix("ex")) if i.startswith("ex") else int(i) for i in sel.ids}
+    assert len([r for r in chosen if r >= 20]) == 1, "one copy of e3"
+    # a budget the distinct examples can fill: filled, no note
+    res = run("select", store_path, "--pool", "pool", "--target", "t_adam", "--budget", "3",
+              "--format", "json")
+    assert "note:" not in res.stderr
+
+
+def test_default_gtp_fills_the_budget_from_distinct_examples(tmp_path):
+    rng = np.random.default_rng(0)
+    pool = rng.standard_normal((40, 8)).astype(np.float32)
+    store = gradstore.open(tmp_path / "s")
+    store.import_vectors("pool", pool, kind="pool", grad_type="adam")
+    store.import_vectors("t", pool[:3] + 0.1, kind="target", grad_type="adam")
+    res = run("select", tmp_path / "s", "--pool", "pool", "--target", "t", "--budget", "10")
+    assert "note:" not in res.stderr
+    assert len(store.select("pool", target="t", budget=10).ids) == 10
 
 
 def test_no_note_when_the_budget_is_filled_with_the_right_type(store_path):
