@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 # CPU build of torch from this machine's disk; a looser pin pulls a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install demo test lint bench-selection bench-e2e bench-distributed gpu-check clean
+.PHONY: install demo test test-repeat coverage lint bench-selection bench-e2e bench-distributed gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,26 @@ $(VENV)/.demo-installed: $(VENV)/.installed
 demo: $(VENV)/.demo-installed
 	$(PY) examples/demo.py --out demo-out
 
+# Two pytest-xdist workers (the Ray tests together in one of them, see
+# tests/distributed/conftest.py); the 15 slowest tests are printed at the end.
+PYTEST := $(PY) -m pytest -q -m "not benchmark" -n 2 --dist loadgroup --durations 15
+
 test: install
 	$(VENV)/bin/ruff check gradstore tests benchmarks examples
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -m "not benchmark"
+	$(PYTEST)
+
+# The suite REPEAT times in a row (default 5), stopping at the first failure: run it before
+# calling a flaky test fixed. Then the concurrency and interruption tests 20 times each.
+REPEAT ?= 5
+test-repeat: install
+	for i in $$(seq $(REPEAT)); do echo "== run $$i of $(REPEAT)"; $(PYTEST) || exit 1; done
+	$(PY) -m pytest -q -n 2 --count 20 tests/store/test_locks.py tests/store/test_interruption.py \
+		-k "racing or at_once or killed or kill_9"
+
+# Line coverage of gradstore/ by the suite (in-process code; subprocesses are not traced).
+coverage: install
+	$(PYTEST) --cov=gradstore --cov-report=term
 
 # ruff (incl. no private names across modules) and the import contracts in pyproject.toml
 lint: install

@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -30,12 +28,6 @@ def test_ingest_speed_tiny():
     result = json.loads(out[out.index("{\n"):])
     assert result["examples"] == 8 and set(result["examples_per_s"]) == {
         "train-step", "less-loop", "gradstore", "gradstore-countsketch"}
-
-
-def test_distributed_tiny():
-    pytest.importorskip("ray")
-    out = run("distributed.py")
-    assert "Same ids in the same order: True" in out
 
 
 def test_e2e_tiny():
