@@ -5,7 +5,8 @@ PIP := $(VENV)/bin/pip
 # CPU build of torch from this machine's disk; a looser pin pulls a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install demo test test-repeat coverage lint bench-selection bench-e2e bench-distributed gpu-check clean
+.PHONY: install demo test test-repeat coverage lint bench-selection bench-e2e bench-distributed \
+	bench-em-agreement gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,8 +53,9 @@ lint: install
 	$(VENV)/bin/lint-imports
 
 # matplotlib for the plot; the model as for the demo.
-$(VENV)/.bench-installed: $(VENV)/.demo-installed
-	$(PIP) install --quiet -e '.[test,bench]'
+# Benchmarks run in the pinned environment of benchmarks/constraints.txt.
+$(VENV)/.bench-installed: $(VENV)/.demo-installed benchmarks/constraints.txt
+	$(PIP) install --quiet -c benchmarks/constraints.txt -e '.[test,bench]'
 	touch $@
 
 # The end-to-end quality benchmark (about 14 hours on 2 CPU cores; resumes from the job
@@ -63,7 +65,7 @@ bench-e2e: $(VENV)/.bench-installed
 	$(PY) benchmarks/e2e/run.py --work bench-e2e --results benchmarks/results
 
 # Single process against Ray with 2 workers on a 200K x 8192 synthetic store (~25 min here).
-bench-distributed: $(VENV)/.demo-installed
+bench-distributed: $(VENV)/.bench-installed
 	$(PY) benchmarks/distributed.py --out benchmarks/results
 
 # On a machine with a GPU (and a CUDA build of torch): selection and ingestion on the GPU
@@ -71,7 +73,11 @@ bench-distributed: $(VENV)/.demo-installed
 gpu-check: $(VENV)/.installed
 	$(PY) benchmarks/gpu_check.py --out benchmarks/results
 
-bench-selection: install
+# Teacher-forced against greedy exact match on 600 (model, example) pairs (~15 min here).
+bench-em-agreement: $(VENV)/.bench-installed
+	$(PY) benchmarks/em_agreement.py --out benchmarks/results
+
+bench-selection: $(VENV)/.bench-installed
 	$(PY) benchmarks/selection_speed.py --out benchmarks/results
 
 clean:

@@ -164,9 +164,17 @@ def _setup_lines(plan: dict, timing: dict, jobs: list[dict], command: str, env: 
     n_sel = sum(j["job"]["kind"] == "selection" for j in jobs)
     train_s = sum(j.get("train_seconds", 0) for j in jobs)
     eval_s = sum(j.get("eval_seconds", 0) for j in jobs)
+    envs = {j["environment"]["hash"]: j["environment"] for j in jobs if j.get("environment")}
+    unknown = sum(not j.get("environment") for j in jobs)
+    mixed = [] if len(envs) + (unknown > 0) <= 1 else [
+        f"**Records from {len(envs) + (unknown > 0)} environments** (" + "; ".join(
+            f"{sum(j.get('environment', {}).get('hash') == h for j in jobs)} jobs with "
+            f"torch {e.get('torch')}, transformers {e.get('transformers')}, peft {e.get('peft')}"
+            for h, e in envs.items()) + (f"; {unknown} recorded before environments were"
+                                         if unknown else "") + "): compare within one.", ""]
     return [
         "# End-to-end selection quality (SmolLM2-135M-Instruct, LoRA)", "",
-        f"`{command}`", "",
+        f"`{command}`", "", *mixed,
         f"{env.get('machine', '?')}; python {env.get('python')}, torch {env.get('torch')}, "
         f"transformers {env.get('transformers')}, peft {env.get('peft')}, gradstore "
         f"{env.get('gradstore')} ({env.get('commit')}); model `{Path(plan['model']).name}"

@@ -13,8 +13,9 @@ Stages (each resumes from what it finds):
    method, budget and target (each target skill, and none: in-domain).
 3. **fine-tune and evaluate**: a LoRA fine-tune of the model on each selection with
    identical hyper-parameters and the same number of example passes
-   (``finetune.py``), then teacher-forced loss on the answer tokens and exact-match
-   accuracy by batched greedy decoding (``evaluate.py``); plus the untrained model,
+   (``gradstore.ops.evaluate.finetune``), then teacher-forced loss on the answer tokens,
+   teacher-forced exact match from the same pass, and exact match by batched greedy
+   decoding (``Plan.exact_match``; ``gradstore.ops.evaluate``); plus the untrained model,
    one full-pool fine-tune per seed, and the convergence arm (selections trained for
    as many optimizer steps as the full pool).
 4. **report**: ``e2e.json``, ``e2e.md`` and ``e2e.png`` in ``--results``
@@ -42,6 +43,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -101,6 +104,10 @@ class Plan:
     batch_size: int = 8
     lora_layers: str | None = "top:8"
     eval_batch: int = 32
+    exact_match: str = "greedy"
+    """How exact match is scored: ``greedy`` decoding (the teacher-forced figure and the
+    agreement of the two are recorded beside it), or ``teacher-forced`` only (one forward
+    pass per batch instead of one per generated token)."""
 
     @classmethod
     def for_device(cls, device: str, quick: bool = False, tiny: bool = False, **kw) -> Plan:
@@ -131,6 +138,8 @@ class Plan:
                 "test_size", "mixed_per_skill", "passes", "lr", "batch_size", "lora_layers",
                 "max_length", "eval_batch")
         values = {k: getattr(self, k) for k in keys}
+        if self.exact_match != "greedy":  # records scored greedily keep their key
+            values["exact_match"] = self.exact_match
         if Path(self.model).is_dir():  # a local directory: its name, not where this clone is
             values["model"] = Path(self.model).name
         blob = json.dumps(values, sort_keys=True)
@@ -365,14 +374,38 @@ def job_key(job: Job, plan: Plan, selections: dict) -> str:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:20]
 
 
+def selection_fingerprint(sel: dict) -> str:
+    """A hash of what a selection is: its ids in order and their weights."""
+    blob = json.dumps([sel["ids"], [round(float(w), 9) for w in sel["weights"]]])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def what_changed(old: dict, job: Job, selections: dict) -> str:
+    """Why a recorded job's key no longer matches: its selection, or the settings."""
+    if job.kind == "selection":
+        now = selection_fingerprint(selections[job.selection])
+        was = old.get("selection_fingerprint")
+        if was is None:
+            return "recorded before selections were fingerprinted"
+        if was != now:
+            return f"selection {was} is now {now}"
+    return "training settings or seed"
+
+
 def full_pool_steps(plan: Plan) -> int:
     return -(-plan.pool_size // plan.batch_size)  # one epoch over the pool
 
 
 def run_job(job: Job, plan: Plan, work: Path, data: Path, selections: dict,
             pool: dict[str, dict], sets: dict[str, list[dict]], tokenizer) -> dict:
-    from evaluate import answer_loss, exact_match
-    from finetune import Adapted, TrainSettings, finetune
+    from gradstore.ops.evaluate import (
+        Adapted,
+        TrainSettings,
+        answer_scores,
+        exact_match,
+        finetune,
+        is_correct,
+    )
 
     settings = TrainSettings(passes=plan.passes, lr=plan.lr, batch_size=plan.batch_size,
                              lora_layers=plan.lora_layers, max_length=plan.max_length)
@@ -408,14 +441,23 @@ def run_job(job: Job, plan: Plan, work: Path, data: Path, selections: dict,
     with Adapted(plan.model, plan.gguf_file, adapter, plan.device) as lm:
         for name in job.evals:
             rows = sets[name]
-            loss = answer_loss(lm, tokenizer, rows, plan.eval_batch, plan.max_length)
-            acc, preds = exact_match(lm, tokenizer, rows, plan.eval_batch, plan.max_length)
-            scores[name] = {"loss": loss, "accuracy": acc, "n": len(rows),
-                            "wrong_examples": [
-                                {"prompt": r["messages"][0]["content"],
-                                 "answer": r["messages"][-1]["content"], "got": p}
-                                for r, p in zip(rows, preds, strict=True)
-                                if p.strip() != r["messages"][-1]["content"]][:3]}
+            tf = answer_scores(lm, tokenizer, rows, plan.eval_batch, plan.max_length)
+            scores[name] = {"loss": tf.mean_loss, "accuracy_teacher_forced": tf.accuracy,
+                            "n": len(rows)}
+            if plan.exact_match == "greedy":
+                acc, preds = exact_match(lm, tokenizer, rows, plan.eval_batch,
+                                         plan.max_length)
+                hits = [is_correct(p, r["messages"][-1]["content"])
+                        for p, r in zip(preds, rows, strict=True)]
+                scores[name] |= {
+                    "accuracy": acc,
+                    "agreement": float(np.mean(np.asarray(hits) == tf.exact)),
+                    "wrong_examples": [
+                        {"prompt": r["messages"][0]["content"],
+                         "answer": r["messages"][-1]["content"], "got": p}
+                        for r, p, h in zip(rows, preds, hits, strict=True) if not h][:3]}
+            else:
+                scores[name]["accuracy"] = tf.accuracy
     result["eval_seconds"] = time.perf_counter() - t1
     result["scores"] = scores
     return result
@@ -454,12 +496,19 @@ def stage_jobs(plan: Plan, work: Path, data: Path, selections: dict, records: Pa
     records.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(plan)
     keys = {j.name: job_key(j, plan, selections) for j in jobs}
-    todo = []
+    todo, changed = [], []
     for j in jobs:
         path = records / f"{j.name}.json"
-        if not (path.exists() and json.loads(path.read_text()).get("key") == keys[j.name]):
+        old = json.loads(path.read_text()) if path.exists() else None
+        if old is None or old.get("key") != keys[j.name]:
             todo.append(j)
+            if old is not None:
+                changed.append(f"{j.name} ({what_changed(old, j, selections)})")
     log(f"{len(jobs) - len(todo)} of {len(jobs)} fine-tune/eval jobs already recorded")
+    if changed:
+        log(f"{len(changed)} recorded job(s) are rerun, their inputs changed: "
+            + "; ".join(changed))
+    env = environment_fingerprint()
     started = time.perf_counter()
     with shared_models():
         tokenizer = load_tokenizer(plan.model, plan.gguf_file)
@@ -471,6 +520,9 @@ def stage_jobs(plan: Plan, work: Path, data: Path, selections: dict, records: Pa
                 res["selection"] = selection_stats(selections[job.selection], pool,
                                                    job.scenario)
             res["key"] = keys[job.name]
+            res.setdefault("environment", env)
+            if job.kind == "selection":
+                res["selection_fingerprint"] = selection_fingerprint(selections[job.selection])
             write_json(records / f"{job.name}.json", res)
             acc = ", ".join(f"{k} acc {v['accuracy']:.3f} loss {v['loss']:.3f}"
                             for k, v in res["scores"].items())
@@ -497,6 +549,15 @@ def environment() -> dict:
             "transformers": transformers.__version__, "peft": peft.__version__,
             "gradstore": gradstore.__version__, "commit": commit,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
+
+
+def environment_fingerprint() -> dict:
+    """The packages a job's numbers depend on (recorded with every job; the report says
+    when its records come from more than one environment)."""
+    env = environment()
+    env.pop("commit", None)
+    return env | {"hash": hashlib.sha256(json.dumps(env, sort_keys=True).encode())
+                  .hexdigest()[:12]}
 
 
 def plan_matches(recorded: dict, plan: Plan) -> bool:

@@ -52,3 +52,8 @@ def test_gpu_check_tiny():
     assert {r["check"].split()[0] for r in rows} == {"scan", "less", "gtp", "ingest"}
     assert all(r["ok"] for r in rows if "ok" in r) and sum("ok" in r for r in rows) >= 3
     assert "0 of" in out and "checks failed" in out
+
+
+def test_em_agreement_tiny():
+    out = run("em_agreement.py")
+    assert "Agreement: **" in out and "over 48 pairs" in out

@@ -1,11 +1,12 @@
-"""The benchmark's scoring, against plain one-example-at-a-time computations."""
+"""Scoring (gradstore.ops.evaluate), against plain one-example-at-a-time computations."""
 
 from __future__ import annotations
 
-import evaluate
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from gradstore.ops import evaluate
 
 ROWS = [
     {"id": f"r{i}", "messages": [{"role": "user", "content": q},
@@ -101,3 +102,69 @@ def test_exact_match_strips_whitespace_only():
     assert evaluate.is_correct(" 85\n", "85")
     assert not evaluate.is_correct("85.", "85")
     assert not evaluate.is_correct("The answer is 85", "85")
+
+
+def memorised(lm, rows):
+    """A copy of the model trained (all weights, Adam) until it reproduces ``rows``'
+    renderings token for token: a model that gets those rows right."""
+    import copy
+
+    model, tok = lm
+    model = copy.deepcopy(model).train()
+    seqs = [tok(tok.apply_chat_template(r["messages"], tokenize=False),
+                add_special_tokens=False)["input_ids"] for r in rows]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        loss = sum(model(torch.tensor([s]), labels=torch.tensor([s])).loss for s in seqs)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if float(loss) < 1e-3 * len(seqs):
+            break
+    return model.eval()
+
+
+def teacher_forced_by_hand(model, tok, row, stop) -> bool:
+    """Every token from the answer's start through its end-of-turn token is the argmax of
+    the model given the full gold rendering before it (one row, no batching)."""
+    full = tok(tok.apply_chat_template(row["messages"], tokenize=False),
+               add_special_tokens=False)["input_ids"]
+    start = len(_prompt(tok, row))
+    end = next(i for i in range(start, len(full)) if full[i] in stop) + 1
+    pred = model(torch.tensor([full])).logits[0].argmax(-1)
+    return all(int(pred[t - 1]) == full[t] for t in range(start, end))
+
+
+@torch.no_grad()
+def test_teacher_forced_exact_match_by_hand(lm):
+    """Teacher-forced exact match against a one-row-at-a-time argmax on the full chat
+    rendering, for an untrained model (all wrong) and one that memorised two of the rows
+    (those right, and greedy decoding agrees)."""
+    _, tok = lm
+    stop = set(evaluate._stop_ids(tok))
+    with torch.enable_grad():
+        taught = memorised(lm, ROWS[:2])
+    # the start of a memorised answer is not the answer: its end-of-turn token is wrong
+    cut = ROWS[1] | {"id": "cut", "messages": [ROWS[1]["messages"][0],
+                                               {"role": "assistant", "content": "GREEN"}]}
+    for model in (lm[0], taught):
+        want = [teacher_forced_by_hand(model, tok, r, stop) for r in [*ROWS, cut]]
+        got = evaluate.answer_scores(model, tok, [*ROWS, cut], batch_size=2)
+        assert got.exact.tolist() == want
+    assert want[-1] is False
+    assert not evaluate.answer_scores(lm[0], tok, ROWS).exact.any()
+    got = evaluate.answer_scores(taught, tok, ROWS, batch_size=3).exact
+    assert got[:2].all()
+    greedy = [evaluate.is_correct(p, r["messages"][-1]["content"]) for p, r in
+              zip(evaluate.greedy_answers(taught, tok, ROWS), ROWS, strict=True)]
+    assert greedy[:2] == [True, True]
+    assert all(g for g, t in zip(greedy, got, strict=True) if t)  # right teacher-forced: right
+
+
+def test_rows_without_an_answer_are_one_clear_error(lm):
+    from gradstore.errors import GradstoreError
+
+    model, tok = lm
+    bad = [{"id": "x", "messages": [{"role": "user", "content": "hi"}]}]
+    with pytest.raises(GradstoreError, match="cannot be scored"):
+        evaluate.answer_scores(model, tok, bad)

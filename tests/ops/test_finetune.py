@@ -1,4 +1,5 @@
-"""The benchmark's fine-tune loop on a tiny Llama: trains, evaluates, gives the base back."""
+"""The fine-tune loop (gradstore.ops.evaluate) on a tiny Llama: trains, evaluates, gives the
+base model back."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import json
 
 import pytest
 import torch
-from finetune import Adapted, TrainSettings, finetune
 
 from gradstore.grads.model import load_tokenizer, shared_models
 from gradstore.grads.warmup import CHECKPOINT_PREFIX
+from gradstore.ops.evaluate import Adapted, TrainSettings, answer_loss, finetune
 
 ROWS = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"Add {i} and {i + 1}."},
                                      {"role": "assistant", "content": str(2 * i + 1)}]}
@@ -29,8 +30,6 @@ def test_epochs_follow_the_pass_budget():
 
 
 def test_finetune_lowers_loss_and_restores_the_base_model(llama_dir, data, tmp_path):
-    from evaluate import answer_loss
-
     settings = TrainSettings(passes=48, lr=1e-2, batch_size=4, lora_layers=None,
                              max_length=64)
     model = str(llama_dir)
