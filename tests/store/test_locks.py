@@ -185,3 +185,57 @@ def test_a_writer_killed_before_it_wrote_its_lock_file(tmp_path):
         first.wait()
     run("import", store, "pool", "--vectors", tmp_path / "v.npy")
     assert gradstore.open(store).num_rows("pool") == 4
+
+
+HOLD_UNTIL_RELEASED = textwrap.dedent("""
+    import sys
+    from gradstore.pause import pause_point
+    from gradstore.store.locks import table_lock
+    with table_lock(sys.argv[1], sys.argv[2]):
+        pause_point("holding")
+""")
+
+
+def test_a_waiting_writer_gets_the_lock_once_it_is_released(tmp_path):
+    """The selection log's lock is waited for: while another process holds it (held at a
+    pause point) the waiter cannot be inside; once released, it gets in."""
+    import threading
+
+    from gradstore.store.locks import table_lock
+    from tests.pausing import paused_env, release, wait_until_waiting
+
+    store, pause = tmp_path / "s", tmp_path / "pause"
+    store.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_UNTIL_RELEASED, str(store), "t"],
+                              env=paused_env("holding", pause))
+    wait_until_waiting("holding", pause, 1, [holder])
+    inside = threading.Event()
+
+    def waiter():
+        with table_lock(str(store), "t", wait=True):
+            inside.set()
+            with table_lock(str(store), "t"):  # re-entered by its holder: no second lock
+                pass
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    assert not inside.is_set(), "never inside while the other process holds the lock"
+    release("holding", pause)
+    thread.join(timeout=120)
+    assert holder.wait(timeout=60) == 0 and inside.is_set()
+    assert not (store / LOCK_DIR / "t.lock").exists()
+
+
+def test_an_unreadable_lock_file_with_no_holder_is_taken(tmp_path):
+    """A lock file whose text is garbage and whose OS lock nobody holds (its writer died
+    while writing it) is no obstacle; object stores have no lock files at all."""
+    from gradstore.store.locks import table_lock
+
+    store = tmp_path / "s"
+    (store / LOCK_DIR).mkdir(parents=True)
+    (store / LOCK_DIR / "t.lock").write_bytes(b"\x00{garbage")
+    with table_lock(str(store), "t"):
+        info = json.loads((store / LOCK_DIR / "t.lock").read_text())
+        assert info["pid"] == os.getpid()
+    with table_lock("s3://bucket/store", "t"):
+        pass
