@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks.tiny_model import tiny_chat_model
 
         model, gguf = str(tiny_chat_model(work / "model")), None
-        a.per_skill, a.pool_size = 2, 160
-        settings = TrainSettings(passes=16, lora_layers=None, max_length=64)
+        a.per_skill, a.pool_size = 2, 40
+        settings = TrainSettings(passes=8, lora_layers=None, max_length=64)
     else:
         model, gguf = smollm2_gguf()
         settings = TrainSettings()

@@ -30,6 +30,7 @@ from gradstore.grads.optimizer_state import (
     checkpoint_lr,
     optimizer_file,
 )
+from gradstore.pause import pause_point
 from gradstore.store.database import Database, RowBlock
 from gradstore.store.meta import ProjectionSpec, TableMeta
 
@@ -388,6 +389,7 @@ class RowWriter:
             merged = RowBlock.concat(blocks)
             self.db.append_rows(self.cfg.table, merged)
             self.written += len(merged.ids)
+            pause_point("rows-committed")  # tests: a kill or Ctrl-C right after a commit
 
 
 def finish_present(

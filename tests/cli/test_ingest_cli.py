@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 
-import lance
 import numpy as np
 import pytest
 
@@ -89,37 +86,28 @@ def test_bad_data_exit_2_and_store_kept(tmp_path, model_dir):
 
 
 def test_kill_9_mid_run_then_resume(tmp_path, model_dir):
-    """A real SIGKILL while rows are being committed; the rerun completes the same table."""
-    data = write_chat_data(tmp_path / "d.jsonl", 400, seed=9)
+    """A real SIGKILL right after the first commit (the run held at that pause point); the
+    rerun completes the same table."""
+    data = write_chat_data(tmp_path / "d.jsonl", 60, seed=9)
     args = [str(a) for a in ingest_args(tmp_path / "s", "pool", model_dir, data,
                                         "--write-rows", "8", "--batch-size", "4")]
-    proc = subprocess.Popen([sys.executable, "-m", "gradstore", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    table_path = tmp_path / "s" / "pool.lance"
-    rows, deadline = 0, time.time() + 120
-    while proc.poll() is None and time.time() < deadline:
-        try:
-            rows = lance.dataset(str(table_path)).count_rows()
-        except (ValueError, OSError, RuntimeError):
-            rows = 0
-        if rows > 0:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
+    pause = tmp_path / "pause"
+    proc = _start(args, paused_env("rows-committed", pause))
+    wait_until_waiting("rows-committed", pause, 1, [proc])
+    proc.kill()
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert proc.returncode == -signal.SIGKILL
     partial = gradstore.open(tmp_path / "s")
     assert partial.meta("pool").incomplete
-    n_partial = partial.num_rows("pool")
-    assert 0 < n_partial < 400
+    assert partial.num_rows("pool") == 8  # the first commit, whole
 
     res = run(*args, "--format", "json")
     summary = json.loads(res.stdout)
-    assert summary["rows_present"] + summary["rows_written"] == 400
+    assert summary["rows_present"] == 8 and summary["rows_written"] == 52
     run(*ingest_args(tmp_path / "ref", "pool", model_dir, data, "--batch-size", "4"))
     ids_a, A = gradstore.open(tmp_path / "s").vectors("pool")
     ids_b, B = gradstore.open(tmp_path / "ref").vectors("pool")
-    assert ids_a == ids_b and len(set(ids_a)) == 400
+    assert ids_a == ids_b and len(set(ids_a)) == 60
     np.testing.assert_allclose(A, B, rtol=1e-3, atol=1e-4)
 
 
@@ -151,30 +139,24 @@ def test_two_ingests_of_one_table_at_once(tmp_path, model_dir):
 
 
 def test_ctrl_c_mid_run_keeps_commits_and_releases_the_lock(tmp_path, model_dir):
-    data = write_chat_data(tmp_path / "d.jsonl", 400, seed=5)
+    """Ctrl-C right after the first commit (the run held at that pause point): exit 130 with
+    one line, the commit kept, the lock released; the rerun writes only the rest."""
+    data = write_chat_data(tmp_path / "d.jsonl", 60, seed=5)
     args = [str(a) for a in ingest_args(tmp_path / "s", "pool", model_dir, data,
                                         "--write-rows", "8", "--batch-size", "4")]
-    proc = _start(args)
-    table_path = tmp_path / "s" / "pool.lance"
-    deadline = time.time() + 120
-    while proc.poll() is None and time.time() < deadline:
-        try:
-            if lance.dataset(str(table_path)).count_rows() > 0:
-                proc.send_signal(signal.SIGINT)
-                break
-        except (ValueError, OSError, RuntimeError):
-            pass
-        time.sleep(0.02)
+    pause = tmp_path / "pause"
+    proc = _start(args, paused_env("rows-committed", pause))
+    wait_until_waiting("rows-committed", pause, 1, [proc])
+    proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert not (tmp_path / "s" / ".locks" / "pool.lock").exists()
-    n = gradstore.open(tmp_path / "s").num_rows("pool")
-    assert 0 < n < 400
+    assert gradstore.open(tmp_path / "s").num_rows("pool") == 8
     summary = json.loads(run(*args, "--format", "json").stdout)
-    assert summary["rows_present"] == n and summary["rows_written"] == 400 - n
+    assert summary["rows_present"] == 8 and summary["rows_written"] == 52
     ids = gradstore.open(tmp_path / "s").ids("pool")
-    assert len(set(ids)) == 400 == len(ids)
+    assert len(set(ids)) == 60 == len(ids)
 
 
 def test_ctrl_c_just_after_a_commit_writes_no_row_twice(tmp_path, model_dir, monkeypatch):

@@ -113,13 +113,16 @@ def memorised(lm, rows):
     model = copy.deepcopy(model).train()
     seqs = [tok(tok.apply_chat_template(r["messages"], tokenize=False),
                 add_special_tokens=False)["input_ids"] for r in rows]
+    labels = [[-100] * len(_prompt(tok, r)) + s[len(_prompt(tok, r)):]  # the answers only
+              for r, s in zip(rows, seqs, strict=True)]
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(300):
-        loss = sum(model(torch.tensor([s]), labels=torch.tensor([s])).loss for s in seqs)
+        loss = sum(model(torch.tensor([s]), labels=torch.tensor([t])).loss
+                   for s, t in zip(seqs, labels, strict=True))
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if float(loss) < 1e-3 * len(seqs):
+        if float(loss) < 1e-2 * len(seqs):  # measured: ~50 steps
             break
     return model.eval()
 
