@@ -1,8 +1,12 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# One torch thread per pytest-xdist worker (two workers on two cores: more threads only
+# fight over the cores; small ops slowed down many times), two in a plain run.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def unit_rows(rng: np.random.Generator, n: int, T: int, d: int) -> np.ndarray:
