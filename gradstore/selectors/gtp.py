@@ -289,11 +289,20 @@ def _byte_copies(pool: StackedPool, st: _State, rows: np.ndarray) -> np.ndarray:
     return hits
 
 
-def _cosines(G: np.ndarray) -> np.ndarray:
-    """Cosines from a Gram matrix (0 against a zero row)."""
+def _lengths(G: np.ndarray) -> np.ndarray:
+    """Row lengths from a Gram matrix (inf for a zero row: its cosines are 0)."""
     d = np.sqrt(np.clip(np.diagonal(G), 0, None))
-    d = np.where(d > 0, d, np.inf)
-    return G / d[:, None] / d[None, :]
+    return np.where(d > 0, d, np.inf)
+
+
+def _near(G: np.ndarray, lengths: np.ndarray, block: int = 512) -> np.ndarray:
+    """Which pairs of rows are copies (cosine >= DUPLICATE_COSINE), as booleans, computed a
+    block of rows at a time (no second float matrix the size of G)."""
+    out = np.empty(G.shape, dtype=bool)
+    for s in range(0, len(G), block):
+        rows = slice(s, s + block)
+        out[rows] = G[rows] >= DUPLICATE_COSINE * lengths[rows, None] * lengths[None, :]
+    return out
 
 
 def _set_aside(st: _State, rows: np.ndarray) -> None:
@@ -318,7 +327,7 @@ def _grow(pool: StackedPool, st: _State, cand: np.ndarray, _members, sq_norms) -
     # the scan's cut-off: rows outside U scored at most this (when U is not the whole rest)
     floor = score.min() if len(cand) >= st.m and len(cand) < pool.num_rows - len(st.rows) \
         else -np.inf
-    cos = _cosines(G)
+    lengths = _lengths(G)
     used = _byte_copies(pool, st, cand)  # copies of rows chosen in earlier rounds
     _set_aside(st, cand[used])
     while st.growing:
@@ -331,7 +340,7 @@ def _grow(pool: StackedPool, st: _State, cand: np.ndarray, _members, sq_norms) -
         st.keys[_norm_key(pool, int(cand[j]))] = int(cand[j])
         st.s += A64[j]
         score += yU - G[:, j]
-        twins = ~used & (cos[:, j] >= DUPLICATE_COSINE)
+        twins = ~used & (G[:, j] >= DUPLICATE_COSINE * lengths * lengths[j])
         used |= twins
         _set_aside(st, cand[twins])
 
@@ -355,7 +364,7 @@ def _swap(
         G = (A @ A.T).double().numpy()
         A64 = A.double().numpy()
     n = _norms_of(both, A, sq_norms)
-    near = _cosines(G) >= DUPLICATE_COSINE
+    near = _near(G, _lengths(G))
     c = A64 @ st.residual_vector()
     inside = np.zeros(len(both), dtype=bool)
     inside[: len(members)] = True
