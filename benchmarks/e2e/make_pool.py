@@ -26,6 +26,13 @@ Pool, target and test sets never share an instance (the same numbers, word or
 phrase), so nothing tested was seen in training. The same arguments always give
 byte-identical files.
 
+Scenarios built from these (``mixtures``, ``flooded``; the files above do not change):
+
+* ``target-mix-<name>.jsonl`` / ``test-mix-<name>.jsonl``: mixture targets, 2-3 skills in
+  unequal shares (``MIXTURES``, e.g. 60/30/10) of the skills' own target and test rows;
+* a duplicate-flooded pool: the same size, at least 30% of it copies in families of 5-50
+  (an original and its copies, exact or re-worded).
+
     python benchmarks/e2e/make_pool.py --out bench-e2e/data
 """
 
@@ -211,6 +218,72 @@ def build(pool_size: int = 2000, dup_share: float = 0.05, target_size: int = 20,
     rng.shuffle(pool)
     files["pool.jsonl"] = pool
     return files
+
+
+MIXTURES: dict[str, dict[str, float]] = {
+    "convert60-sort30-words10": {"convert": 0.6, "sort": 0.3, "words": 0.1},
+    "count70-upper30": {"count": 0.7, "upper": 0.3},
+    "sort50-count30-convert20": {"sort": 0.5, "count": 0.3, "convert": 0.2},
+}
+"""Mixture targets: sub-skills in unequal shares of the target's rows (the selector is given
+no labels; the rows keep their ``skill`` for scoring)."""
+
+
+def shares(n: int, mix: dict[str, float]) -> dict[str, int]:
+    """``n`` rows split by ``mix``'s shares (largest remainders; every sub-skill >= 1)."""
+    raw = {k: n * v / sum(mix.values()) for k, v in mix.items()}
+    got = {k: max(1, int(v)) for k, v in raw.items()}
+    for k in sorted(raw, key=lambda k: raw[k] - int(raw[k]), reverse=True):
+        if sum(got.values()) >= n:
+            break
+        got[k] += 1
+    return got
+
+
+def mixtures(files: dict[str, list[dict]], specs: dict[str, dict[str, float]] = MIXTURES,
+             ) -> dict[str, list[dict]]:
+    """``target-mix-<name>.jsonl`` and ``test-mix-<name>.jsonl`` for each mixture: rows of
+    the skills' own target and test sets (so still disjoint from the pool), in the mixture's
+    shares of the target and test sizes. Deterministic: the first rows of each set."""
+    out = {}
+    for name, mix in specs.items():
+        for kind in ("target", "test"):
+            size = len(files[f"{kind}-{next(iter(mix))}.jsonl"])
+            rows = []
+            for skill, n in shares(size, mix).items():
+                pool = files[f"{kind}-{skill}.jsonl"]
+                if n > len(pool):
+                    raise SystemExit(f"make_pool: mixture {name!r} needs {n} {kind} rows of "
+                                     f"{skill!r}, the set has {len(pool)}")
+                rows += pool[:n]
+            out[f"{kind}-mix-{name}.jsonl"] = rows
+    return out
+
+
+def flooded(pool: list[dict], share: float = 0.3, sizes: tuple[int, int] = (5, 50),
+            seed: int = 0) -> list[dict]:
+    """A pool of the same size with at least ``share`` of it in families of ``sizes`` copies
+    (an original and its copies, half exact with a new id, half re-worded), the rest the
+    original pool's unique examples. Rows keep ``group`` (the original's id) and ``dup_of``."""
+    rng = random.Random(f"flood-{seed}")
+    unique = [r for r in pool if r["dup_of"] is None]
+    order = rng.sample(unique, len(unique))
+    rows, copies, i = [], 0, 0
+    while copies < share * len(pool):
+        orig, size = order[i], rng.randint(*sizes)
+        i += 1
+        rows.append(orig)
+        for c in range(size - 1):
+            prompt = orig["messages"][0]["content"]
+            if c % 2:
+                prompt = rng.choice(REWORDINGS).format(prompt)
+            rows.append(row(f"{orig['id']}-copy{c:02d}", orig["skill"], prompt,
+                            orig["messages"][1]["content"], group=orig["id"],
+                            dup_of=orig["id"]))
+            copies += 1
+    rows += order[i: i + max(0, len(pool) - len(rows))]  # the rest: unique examples
+    rng.shuffle(rows)
+    return rows
 
 
 def write(out: Path, files: dict[str, list[dict]]) -> None:

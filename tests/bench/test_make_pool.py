@@ -148,3 +148,39 @@ def test_deterministic_and_seeded(tmp_path):
 def test_too_small_an_instance_space_is_refused():
     with pytest.raises(SystemExit, match="too few distinct instances"):
         make_pool.build(pool_size=8 * 2000, target_size=0, test_size=0)
+
+
+def test_mixture_targets_have_their_shares(files):
+    mixed = make_pool.mixtures(files)
+    assert len(mixed) == 2 * len(make_pool.MIXTURES)
+    for name, mix in make_pool.MIXTURES.items():
+        for kind, size in (("target", 20), ("test", 100)):
+            rows = mixed[f"{kind}-mix-{name}.jsonl"]
+            got = Counter(r["skill"] for r in rows)
+            want = {k: round(size * v) for k, v in mix.items()}  # the shares are whole here
+            assert dict(got) == want and len(rows) == size, (name, kind)
+            own = {r["id"] for s in mix for r in files[f"{kind}-{s}.jsonl"]}
+            assert {r["id"] for r in rows} <= own  # the skills' own rows: not in the pool
+    assert make_pool.shares(7, {"a": 0.6, "b": 0.3, "c": 0.1}) == {"a": 4, "b": 2, "c": 1}
+
+
+def test_flooded_pool_families(files):
+    pool = files["pool.jsonl"]
+    flood = make_pool.flooded(pool)
+    assert len(flood) == len(pool) and len({r["id"] for r in flood}) == len(flood)
+    by_id = {r["id"]: r for r in pool}
+    copies = [r for r in flood if r["dup_of"] is not None]
+    assert len(copies) >= 0.3 * len(flood)
+    families = Counter(r["group"] for r in copies)
+    assert all(4 <= n <= 49 for n in families.values())  # 5-50 rows with the original
+    for c in copies:
+        orig = by_id[c["dup_of"]]
+        assert orig["dup_of"] is None and c["group"] == orig["id"]
+        assert c["messages"][1] == orig["messages"][1] and instance(c) == instance(orig)
+        assert orig["messages"][0]["content"] in c["messages"][0]["content"]
+    exact = sum(c["messages"] == by_id[c["dup_of"]]["messages"] for c in copies)
+    assert 0.4 * len(copies) <= exact <= 0.6 * len(copies)  # half exact, half re-worded
+    originals = [r for r in flood if r["dup_of"] is None]
+    assert all(r["id"] in by_id for r in originals)
+    assert len({instance(r) for r in originals}) == len(originals)
+    assert make_pool.flooded(pool) == flood  # deterministic
