@@ -9,9 +9,10 @@ after the lock is held; a second writer is refused at once, naming the first.
 
 A lock file that names another host is refused even when its ``flock`` is free: network
 file systems do not all carry ``flock`` between hosts. ``--force`` takes such a lock over
-once you know its writer is gone (a lock held on this host cannot be forced: its holder is
-alive, or the kernel would have dropped it) (e.g. a crashed node on a shared file system). Stores on
-object storage (s3://...) have no lock files: keep one writer per table there yourself.
+once you know its writer is gone (e.g. a crashed node on a shared file system). A lock held
+on this host cannot be forced: its holder is alive, or the kernel would have dropped it.
+Stores on object storage (s3://...) have no lock files: keep one writer per table there
+yourself.
 
 Readers never take the lock: ``select`` and ``info`` read the last committed version. The
 selection log is appended under its own lock, waited for (``wait=True``) instead of refused.
