@@ -146,12 +146,18 @@ class Scores:
         return float(self.exact.mean())
 
 
+def _last_answer_start(loss_mask: np.ndarray) -> int:
+    """Where the last run of loss tokens (the final answer) begins."""
+    m = np.asarray(loss_mask, dtype=bool)
+    return int(np.flatnonzero(m & ~np.concatenate([[False], m[:-1]]))[-1])
+
+
 def final_answer(example: TokenizedExample, stop: set[int]) -> np.ndarray:
     """Positions of the final answer's tokens in ``example``: the last run of loss tokens,
     up to and including its first end-of-turn token (what greedy decoding would produce
     before it stops; the rendering's newline after it is not part of the answer)."""
     m = np.asarray(example.loss_mask, dtype=bool)
-    start = int(np.flatnonzero(m & ~np.concatenate([[False], m[:-1]]))[-1])
+    start = _last_answer_start(m)
     end = start + int(np.argmin(np.append(m[start:], False)))  # the run's end
     span = np.arange(start, end)
     ids = np.asarray(example.input_ids)[span]
@@ -189,12 +195,8 @@ def answer_loss(model, tokenizer, rows: Sequence[dict], batch_size: int = 32,
 def _prompt_ids(tokenizer, rows: Sequence[dict], max_length: int) -> list[list[int]]:
     """Each row's training sequence up to its last answer: the prompt exactly as training
     renders it (chat template, or gradstore's fallback and BOS for a tokenizer without one)."""
-    prompts = []
-    for e in _tokenized(tokenizer, rows, max_length):
-        m = e.loss_mask
-        starts = np.flatnonzero(m & ~np.concatenate([[False], m[:-1]]))
-        prompts.append(e.input_ids[: starts[-1]].tolist())
-    return prompts
+    return [e.input_ids[: _last_answer_start(e.loss_mask)].tolist()
+            for e in _tokenized(tokenizer, rows, max_length)]
 
 
 def _stop_ids(tokenizer) -> list[int]:
