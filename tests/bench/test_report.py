@@ -1,14 +1,15 @@
-"""The benchmark's bookkeeping: selection statistics, the job plan, records and the report."""
+"""The benchmark's bookkeeping: the plan, selection statistics, records and the report."""
 
 from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import report
 import run
-from scipy import stats
 
 
 def pool_rows():
@@ -21,184 +22,181 @@ def pool_rows():
     return rows
 
 
-def test_selection_stats_counts_target_share_and_redundant_copies():
+def test_selection_stats_counts_skills_and_copies():
     sel = {"ids": ["sort-0", "sort-0-dup", "sort-1", "add-1", "add-1-dup"], "k": 5,
            "residual": 0.5, "seconds": 0.1}
-    st = run.selection_stats(sel, pool_rows(), "sort")
+    st = run.selection_stats(sel, pool_rows())
     assert st["chosen"] == 5
-    assert st["target_share"] == pytest.approx(3 / 5)
     assert st["dup_share"] == pytest.approx(2 / 5)  # 3 distinct originals among 5
+    assert st["unique"] == pytest.approx(3 / 5)
     assert st["skills"] == {"sort": 3, "add": 2}
-    assert run.selection_stats({"ids": ["sort-0"]}, pool_rows(), "indomain")["target_share"] \
-        is None
 
 
 def test_budget_labels_match_the_cli_echo():
     plan = run.Plan(model="m", gguf_file=None)
-    assert run.budget_label("0.01", plan) == "1%"
-    assert run.budget_label(0.005, plan) == "0.5%"
-    assert run.budget_label("5%", plan) == "5%"
+    assert run.budget_label("0.0025", plan) == "0.25%"
+    assert run.budget_label(0.05, plan) == "5%"
+    assert run.budget_label("2%", plan) == "2%"
     assert run.budget_label("0.2", plan) == "0.2"
 
 
-def test_job_plan_covers_every_cell_once():
+def test_job_plan_covers_every_cell_once_mixtures_first():
     plan = run.Plan(model="m", gguf_file=None)
     jobs = run.plan_jobs(plan)
     names = [j.name for j in jobs]
     assert len(names) == len(set(names))
-    scenarios = len(plan.targets) + 1  # and in-domain
-    per_seed = 1 + 3 + scenarios * (3 * 3 + 3)  # full, random x 3, (gtp, gtp-exact, less) x 3 + 3
-    conv = 2 * 2 * 2  # targets x methods x budgets
-    assert len(jobs) == 1 + len(plan.seeds) * per_seed + conv
-    assert sum(j.steps_like_full for j in jobs) == conv
-    assert {j.kind for j in jobs} == {"base", "full", "selection"}
-    for j in jobs:
-        if j.method == "random":
-            assert set(j.evals) == {f"test-{t}" for t in plan.targets} | {"mixed"}
-        elif j.scenario == "indomain":
-            assert j.evals == ["mixed"]
-        elif j.kind == "selection":
-            assert j.evals == [f"test-{j.scenario}"]
-        if j.method in plan.one_budget_methods:
-            assert j.budget == plan.one_budget
-    weighted = [j for j in jobs if j.method == "gtp-paper+w"]
-    assert weighted and all(j.selection.split("|")[1] == "gtp-paper" for j in weighted)
-    quick = run.Plan.for_device("cpu", quick=True, model="m", gguf_file=None)
-    assert len(run.plan_jobs(quick)) == 2 * (3 * 3 + 1) + 3 + (3 * 3 + 1)
-    calls = run.select_calls(plan)
-    assert {c[1] for c in calls} == {"gtp", "gtp-exact", "less", "random", "gtp-paper", "omp"}
-    assert run.cli_method("gtp-exact") == ("gtp", ["--tolerance", "0"])
-    assert run.cli_method("less") == ("less", [])
+    per_seed = (3 * 2 * 5 + 3 * 2) + 3 * 1 * 3 + 5 * 2 * 2  # mix, flood, single
+    assert len(jobs) == 1 + 3 * per_seed
+    assert jobs[0].kind == "base" and jobs[1].family == "mix" and jobs[-1].family == "single"
+    assert [j.seed for j in jobs[1:]] == sorted(j.seed for j in jobs[1:])  # seed after seed
+    mix = next(j for j in jobs if j.name == "mix-count70-upper30-less-labels-5%-seed1")
+    assert mix.evals == ["mixtest-count", "mixtest-upper"]
+    flood = next(j for j in jobs if j.name == "flood-sort-less-dedup-2%-seed2")
+    assert flood.evals == ["test-sort"] and flood.selection == "flood-sort|less-dedup|2%"
+    rnd = [j.selection for j in jobs if j.arm == "random"]
+    assert "mix-count70-upper30|random|5%|seed2" in rnd and len(set(rnd)) == len(rnd)
+    tables = {c.arm: c.table for c in run.cells(plan) if c.target == "count70-upper30"}
+    assert tables["less-labels"] == "target-mix-count70-upper30-labels"
+    assert tables["gtp"] == "target-mix-count70-upper30"
+    assert run.Cell("flood", "sort", "gtp", "2%").pool == "flood"
+
+
+def test_eval_sets_are_the_test_files_cut_to_size():
+    plan = run.Plan(model="m", gguf_file=None)
+    names = run.eval_names(plan)
+    assert names["test-convert"] == ("convert", 200)
+    assert names["mixtest-words"] == ("words", 100)
+    assert {n for j in run.plan_jobs(plan) for n in j.evals} <= set(names)
 
 
 def _sels(plan, ids=("sort-1", "sort-2")):
-    return {run.sel_key(t, m, b, None): {"ids": list(ids), "weights": [0.5, 1.5],
-                                         "seconds": 0.1}
-            for t in [*plan.targets, "indomain"]
-            for m in ("gtp", "less", "gtp-paper", "omp") for b in plan.budgets}
+    return {c.key(s): {"ids": list(ids), "weights": [1.0] * len(ids)}
+            for c in run.cells(plan) for s in plan.seeds}
 
 
-def test_job_keys_follow_the_selection_the_seed_and_the_weights():
-    plan = run.Plan(model="m", gguf_file=None, targets=["sort"])
+def test_job_keys_follow_the_selection_the_seed_and_the_settings():
+    plan = run.Plan(model="m", gguf_file=None)
     jobs = {j.name: j for j in run.plan_jobs(plan)}
     sels = _sels(plan)
-    a = run.job_key(jobs["sort-gtp-1%-seed0"], plan, sels)
-    assert a == run.job_key(jobs["sort-gtp-5%-seed0"], plan, sels)  # same ids, same seed
-    assert a != run.job_key(jobs["sort-gtp-1%-seed1"], plan, sels)
-    assert a != run.job_key(jobs["sort-gtp-paper+w-1%-seed0"], plan, sels)  # weights count
-    assert run.job_key(jobs["sort-gtp-paper-1%-seed0"], plan, sels) == a
-    other = run.replace(plan, lr=0.5)
-    assert run.job_key(jobs["sort-gtp-1%-seed0"], other, sels) != a
+    a = run.job_key(jobs["sort-gtp-5%-seed0"], plan, sels)
+    assert a == run.job_key(jobs["sort-less-5%-seed0"], plan, sels)  # same ids, seed, sets
+    assert a != run.job_key(jobs["sort-gtp-5%-seed1"], plan, sels)
+    assert a != run.job_key(jobs["convert-gtp-5%-seed0"], plan, sels)  # scored elsewhere
+    assert run.job_key(jobs["sort-gtp-5%-seed0"], replace(plan, lr=0.5), sels) != a
     reordered = _sels(plan, ("sort-2", "sort-1"))
-    assert run.job_key(jobs["sort-gtp-1%-seed0"], plan, reordered) != a
+    assert run.job_key(jobs["sort-gtp-5%-seed0"], plan, reordered) != a
 
 
 def test_a_record_is_reused_only_with_a_matching_key(tmp_path):
-    plan = run.Plan(model="m", gguf_file=None, targets=["sort"])
+    plan = run.Plan(model="m", gguf_file=None)
     jobs = {j.name: j for j in run.plan_jobs(plan)}
-    keys = {"sort-gtp-1%-seed0": "k1", "sort-gtp-5%-seed0": "k1", "sort-less-1%-seed0": "k2"}
+    keys = {"sort-gtp-5%-seed0": "k1", "sort-less-5%-seed0": "k1", "sort-gtp-0.25%-seed0": "k2"}
     scores = {"test-sort": {"accuracy": 0.25, "loss": 1.0, "n": 100}}
-    run.write_json(tmp_path / "sort-gtp-1%-seed0.json", {
-        "job": run.asdict(jobs["sort-gtp-1%-seed0"]), "key": "k1", "scores": scores,
-        "train": {"examples": 2}})
-    got = run.reuse(jobs["sort-gtp-5%-seed0"], "k1", tmp_path, keys)
-    assert got["reused_from"] == "sort-gtp-1%-seed0" and got["scores"] == scores
-    assert got["job"]["budget"] == "5%"
-    assert run.reuse(jobs["sort-less-1%-seed0"], "k2", tmp_path, keys) is None
-    # a committed record of the job itself, made with other settings, is not reused
-    assert run.reuse(jobs["sort-gtp-1%-seed0"], "k9", tmp_path, keys | {
-        "sort-gtp-1%-seed0": "k9"}) is None
+    run.write_json(tmp_path / "sort-gtp-5%-seed0.json", {
+        "job": run.asdict(jobs["sort-gtp-5%-seed0"]), "key": "k1", "scores": scores})
+    got = run.reuse(jobs["sort-less-5%-seed0"], "k1", tmp_path, keys)
+    assert got["reused_from"] == "sort-gtp-5%-seed0" and got["scores"] == scores
+    assert got["job"]["arm"] == "less"
+    assert run.reuse(jobs["sort-gtp-0.25%-seed0"], "k2", tmp_path, keys) is None
+    assert run.reuse(jobs["sort-gtp-5%-seed0"], "k9", tmp_path, keys | {
+        "sort-gtp-5%-seed0": "k9"}) is None
 
 
-def test_an_older_plan_without_a_new_field_still_matches():
+def test_a_store_for_another_plan_is_refused_but_arms_may_change():
     plan = run.Plan(model="m", gguf_file=None)
     old = run.asdict(plan)
-    del old["convergence_seed"]
+    assert run.plan_matches(old | {"mix_arms": ["gtp"], "seeds": [0]}, plan)
+    assert not run.plan_matches(old | {"proj_dim": 512}, plan)
+    del old["flood_share"]  # a field an older plan.json lacks takes its default
     assert run.plan_matches(old, plan)
-    assert not run.plan_matches(old | {"lr": 0.5}, plan)
-    assert not run.plan_matches(old | {"gone": 1}, plan)
 
 
-def fake_job(scenario, method, budget, seed, acc, loss, evals, kind="selection", dup=0.0,
-             conv=False):
-    return {
-        "job": {"name": f"{kind}-{scenario}-{method}-{budget}-{seed}-{conv}", "kind": kind,
-                "evals": evals,
-                "seed": seed, "scenario": scenario, "method": method, "budget": budget,
-                "steps_like_full": conv},
-        "selection": {"chosen": 10, "dup_share": dup, "seconds": 0.5,
-                      "skills": {"sort": 6, "add": 4}, "target_share": None},
-        "scores": {e: {"accuracy": acc, "loss": loss, "n": 100} for e in evals},
-        "train": {"steps": 250}, "train_seconds": 10.0, "eval_seconds": 5.0,
-    }
+def record(family, target, arm, budget, seed, accs, skills, chosen=20, unique=1.0):
+    evals = ([f"mixtest-{s}" for s in accs] if family == "mix"
+             else [f"test-{target}"])
+    return {"job": {"name": f"{target}-{arm}-{budget}-{seed}", "kind": "selection",
+                    "family": family, "target": target, "arm": arm, "budget": budget,
+                    "seed": seed, "evals": evals},
+            "selection": {"chosen": chosen, "skills": skills, "dup_share": 1 - unique,
+                          "unique": unique},
+            "scores": {e: {"accuracy": a, "loss": 1.0, "n": 100}
+                       for e, a in zip(evals, accs.values(), strict=True)}}
+
+
+def test_mixture_metrics_weight_by_the_target_shares():
+    r = record("mix", "count70-upper30", "gtp", "1%", 0, {"count": 0.5, "upper": 0.2},
+               {"count": 12, "upper": 6, "add": 2})
+    m = report.metrics(r)
+    assert m["weighted"] == pytest.approx(0.7 * 50 + 0.3 * 20)
+    assert m["worst"] == pytest.approx(20)
+    c = report.composition(r)
+    assert c["share[count]"] == pytest.approx(60) and c["other"] == pytest.approx(10)
+    assert c["gap"] == pytest.approx(10)  # 60 vs 70 and 30 vs 30
+
+
+def test_bootstrap_of_a_constant_difference_is_that_constant():
+    m, lo, hi = report.bootstrap_mean({("a", "1%"): [2.0, 2.0], ("b", "1%"): [2.0]})
+    assert (m, lo, hi) == (2.0, 2.0, 2.0)
+
+
+def test_bootstrap_interval_matches_a_direct_resampling():
+    diffs = {("a", "1%"): [1.0, 3.0, 2.0], ("b", "1%"): [-4.0, -2.0, -3.0],
+             ("c", "1%"): [6.0, 5.0, 7.0]}
+    m, lo, hi = report.bootstrap_mean(diffs, seed=3)
+    assert m == pytest.approx(statistics.fmean([1, 3, 2, -4, -2, -3, 6, 5, 7]))
+    groups = [np.asarray(v) for v in diffs.values()]
+    rng = np.random.default_rng(3)
+    means = []
+    for _ in range(report.BOOTSTRAP):  # the two levels, written out again
+        picked = [groups[i] for i in rng.integers(3, size=3)]
+        means.append(np.mean(np.concatenate([g[rng.integers(3, size=3)] for g in picked])))
+    assert (lo, hi) == tuple(np.percentile(means, [2.5, 97.5]))
+    assert lo < m < hi and lo > -4 and hi < 7
 
 
 @pytest.fixture
 def records(tmp_path):
     out = tmp_path / "records"
     out.mkdir()
-    gtp = [0.50, 0.70, 0.66]
-    less = [0.45, 0.60, 0.70]
-    jobs = [fake_job("sort", "gtp", "1%", s, a, 1.0, ["test-sort"]) for s, a in enumerate(gtp)]
-    jobs += [fake_job("sort", "less", "1%", s, a, 1.2, ["test-sort"], dup=0.1)
-             for s, a in enumerate(less)]
-    jobs += [
-        fake_job("any", "random", "1%", 0, 0.10, 2.0, ["test-sort", "mixed"]),
-        fake_job("indomain", "less", "5%", 0, 0.30, 1.5, ["mixed"]),
-        fake_job(None, None, None, 0, 0.05, 3.0, ["test-sort", "mixed"], kind="base"),
-        fake_job(None, None, None, 0, 0.80, 0.5, ["test-sort", "mixed"], kind="full"),
-        fake_job("sort", "gtp", "5%", 0, 0.78, 0.6, ["test-sort"], conv=True),
-    ]
-    for j in jobs:
-        (out / f"{j['job']['name']}.json").write_text(json.dumps(j))
+    mix = {"gtp": ({"count": 0.5, "upper": 0.4}, {"count": 14, "upper": 6}),
+           "less": ({"count": 0.6, "upper": 0.0}, {"count": 20}),
+           "less-rr": ({"count": 0.4, "upper": 0.3}, {"count": 10, "upper": 10})}
+    recs = [record("mix", "count70-upper30", arm, "1%", s, {k: v + 0.01 * s
+                                                            for k, v in accs.items()}, skills)
+            for arm, (accs, skills) in mix.items() for s in (0, 1)]
+    recs += [record("flood", "sort", "gtp", "2%", 0, {"sort": 0.3}, {"sort": 20}),
+             record("flood", "sort", "less-dedup", "2%", 0, {"sort": 0.35}, {"sort": 20}),
+             record("single", "sort", "gtp", "5%", 0, {"sort": 0.3}, {"sort": 20})]
+    for r in recs:
+        (out / f"{r['job']['name']}.json").write_text(json.dumps(r))
     return out
 
 
-def _plan():
-    return run.plan_dict(run.Plan(model="/x/SmolLM2", gguf_file="f.gguf", targets=["sort"],
-                                  budgets=["1%", "5%"]))
+def test_summary_paired_and_strongest_baseline(records):
+    jobs = report.load(records)
+    mix = report.family_summary(jobs, "mix")
+    worst = {p["b"]: p for p in mix["paired"] if p["metric"] == "worst"}
+    assert worst["less"]["mean"] == pytest.approx(40.0)  # 40 - 0 on both seeds
+    assert worst["less-rr"]["mean"] == pytest.approx(10.0)
+    assert mix["strongest"] == {"weighted": "less", "worst": "less-rr"}
+    weighted = {p["b"]: p for p in mix["paired"] if p["metric"] == "weighted"}
+    assert weighted["less"]["mean"] == pytest.approx(0.7 * 50 + 0.3 * 40 - 0.7 * 60)
+    assert weighted["less"]["pairs"] == 2 and weighted["less"]["strongest"]
+    flood = report.family_summary(jobs, "flood")
+    assert flood["paired"][0]["b"] == "less-dedup"  # no LESS arm here: the rest compare
+    assert flood["paired"][0]["mean"] == pytest.approx(-5.0)
 
 
-def test_summary_means_and_sample_std(records):
-    plan = _plan()
-    summary = report.summarise(plan, report.load(records))
-    rows = {(r["method"], r["budget"]): r for r in summary["sort"]["rows"]}
-    gtp = rows[("gtp", "1%")]
-    assert gtp["accuracy"] == [0.5, 0.7, 0.66] and gtp["target_share"] == [0.6] * 3
-    assert ("random", "1%") in rows  # the random baseline is scored on every test set
-    assert ("gtp", "5%") not in rows  # the convergence arm is reported on its own
-    assert summary["sort"]["references"]["base"]["accuracy"] == [0.05]
-    text = report.fmt(gtp["accuracy"], pct=True)
-    assert text == f"{100 * statistics.fmean([0.5, 0.7, 0.66]):.1f} ± " \
-                   f"{100 * statistics.stdev([0.5, 0.7, 0.66]):.1f}"
-    assert report.fmt([]) == "–" and report.fmt([0.25], pct=True) == "25.0"
-
-
-def test_paired_difference_and_interval_against_scipy(records):
-    plan = _plan()
-    pc = report.paired(plan, report.load(records))
-    d = [5.0, 10.0, -4.0]
-    assert pc["n"] == 3 and pc["mean"] == pytest.approx(statistics.fmean(d))
-    want = stats.t.interval(0.95, 2, loc=statistics.fmean(d), scale=stats.sem(d))
-    assert pc["ci95"] == pytest.approx(list(want))
-    (cell,) = pc["cells"]
-    assert cell["diffs"] == pytest.approx(d) and not cell["worse_beyond_spread"]
-    conv = report.convergence(plan, report.load(records))
-    assert conv[0]["share_of_full"] == pytest.approx(0.78 / 0.80)
-
-
-def test_write_makes_json_markdown_and_plot(records, tmp_path):
-    out = tmp_path / "results"
-    out.mkdir()
-    (out / "e2e_notes.md").write_text("GTP wins here, because.\n")
-    report.write(_plan(), {"warmup_and_ingest": 60.0}, records, out, "e2e",
-                 "python benchmarks/e2e/run.py", {"torch": "2.13.0"})
-    md = (out / "e2e.md").read_text()
-    assert "GTP wins here, because." in md and "Target skill `sort`" in md
-    assert "| 1% | less | 10 | 60.0 | 10.0 |" in md
-    assert "mean **+3.67**" in md and "## Convergence arm" in md
-    data = json.loads((out / "e2e.json").read_text())
-    assert data["command"] == "python benchmarks/e2e/run.py" and data["paired"]["n"] == 3
-    assert data["duplicates"]["less"]["1%"] == pytest.approx(0.1)
-    pytest.importorskip("matplotlib")
-    assert (out / "e2e.png").read_bytes()[:4] == b"\x89PNG"
+def test_write_makes_json_and_markdown_with_the_bars(records, tmp_path):
+    plan = run.asdict(run.Plan(model="m", gguf_file=None))
+    report.write(plan, {"warmup_and_ingest": 60.0}, records, tmp_path / "res", "e2e", "cmd",
+                 {"machine": "x"})
+    md = (tmp_path / "res" / "e2e.md").read_text()
+    assert "## Mixture targets" in md and "## Duplicate-flooded pool" in md
+    assert "Mixtures, worst sub-skill: GTP ≥ LESS + 5 with the interval above 0: **met**" in md
+    assert "GTP ≥ LESS with near-duplicate filtering: not decided" in md  # one pair
+    assert "Single skill: GTP non-inferior to LESS (mean ≥ 0, interval low ≥ −2): not " \
+           "measured yet" in md
+    assert "| count70-upper30 | 1% | less | 20 | 42.5 ± 0.7 | 0.5 ± 0.7 |" in md
+    data = json.loads((tmp_path / "res" / "e2e.json").read_text())
+    assert set(data["summary"]) == {"mix", "flood", "single"}

@@ -32,8 +32,10 @@ def test_ingest_speed_tiny():
 
 def test_e2e_tiny():
     out = run("e2e/run.py")
-    assert "done in" in out and "job 10/10" in out and "job 11/" not in out
-    assert "10 of 10 fine-tune/eval jobs already recorded" in out  # the resumed pass
+    assert "done in" in out and "job 13/13" in out and "job 14/" not in out
+    assert "13 of 13 fine-tune/eval jobs already recorded" in out  # the resumed pass
+    for arm in ("less-rr", "oracle", "less-dedup"):  # the benchmark's own baselines ran
+        assert f"baseline {arm} on" in out
 
 
 def test_memory_tiny():
