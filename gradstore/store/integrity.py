@@ -2,9 +2,10 @@
 
 Every vector column ``vec_<t>`` (and ``vec_<t>_<type>``) has a companion ``crc_<t>`` (int64)
 written with it: a 64-bit checksum of the row's stored bytes and of its stored norm
-(``norm_<t>``, which scans read): the bytes read as 8-byte words, times fixed odd weights,
-plus the norm's float32 bits times one more, summed modulo 2^64. Any change of one word
-changes the sum; random damage to several cancels with probability about 2^-64. It detects
+(``norm_<t>``, which scans read): the bytes read as 8-byte words, times fixed odd weights
+(:func:`checksum_weights`, defined in integer arithmetic here so that no dependency can
+move them), plus the norm's float32 bits times one more, summed modulo 2^64. Any change of
+one word changes the sum; random damage to several cancels with probability about 2^-64. It detects
 corruption, not an adversary. Values were checked finite when written, so a row that
 matches its checksum is finite. A row costs one multiply-add per 8 bytes; reads verify it
 once per pass (loading a pool into RAM, reading a target, the first pass of a selection
@@ -29,6 +30,8 @@ from gradstore.errors import GradstoreError
 
 CHECKSUM_SEED = 0x67726164  # "grad": the weights never change, or old checksums break
 _weights_cache: dict[int, np.ndarray] = {}
+_M32, _M64, _M128 = 2**32 - 1, 2**64 - 1, 2**128 - 1
+_PCG_MULT = 0x2360ED051FC65DA44385DF649FCCF645
 
 
 class DamagedTable(GradstoreError):
@@ -228,11 +231,71 @@ def bad_norms(stored: np.ndarray, norms: np.ndarray) -> np.ndarray:
     return np.flatnonzero(~ok)
 
 
-def _weights(words: int) -> np.ndarray:
+def _seed_words(entropy: int, count: int) -> list[int]:
+    """``count`` 32-bit words from ``entropy`` by the SeedSequence hashing of O'Neill's
+    seed_seq (as NumPy's ``SeedSequence(entropy).generate_state`` does, pool of 4 words)."""
+    ent = []
+    while True:
+        ent.append(entropy & _M32)
+        entropy >>= 32
+        if not entropy:
+            break
+    mult = [0x43B0D7E5]
+
+    def hashmix(value: int) -> int:
+        value ^= mult[0]
+        mult[0] = (mult[0] * 0x931E8875) & _M32
+        value = (value * mult[0]) & _M32
+        return value ^ (value >> 16)
+
+    def mix(x: int, y: int) -> int:
+        r = (0xCA01F9DD * x - 0x4973F715 * y) & _M32
+        return r ^ (r >> 16)
+
+    pool = [hashmix(ent[i] if i < len(ent) else 0) for i in range(4)]
+    for src in range(4):
+        for dst in range(4):
+            if src != dst:
+                pool[dst] = mix(pool[dst], hashmix(pool[src]))
+    for src in range(4, len(ent)):
+        for dst in range(4):
+            pool[dst] = mix(pool[dst], hashmix(ent[src]))
+    out, h = [], 0x8B51F9DD
+    for i in range(count):
+        value = pool[i % 4] ^ h
+        h = (h * 0x58F38DED) & _M32
+        value = (value * h) & _M32
+        out.append(value ^ (value >> 16))
+    return out
+
+
+def checksum_weights(words: int) -> np.ndarray:
+    """The odd 64-bit weights of a row's first ``words`` 8-byte words.
+
+    Defined here, with integer arithmetic only, so that no dependency can change them (every
+    stored checksum depends on them): the outputs x_1, x_2, ... of the PCG64 generator
+    (128-bit LCG, multiplier 0x2360ED051FC65DA44385DF649FCCF645, XSL-RR output) seeded from
+    :data:`CHECKSUM_SEED` through SeedSequence, each mapped to ``(x >> 2) * 2 + 1``. These
+    are the weights stores were first written with (then drawn as
+    ``numpy.random.default_rng(CHECKSUM_SEED).integers(0, 2**62, words) * 2 + 1``); the tests
+    pin them as literals.
+    """
     w = _weights_cache.get(words)
     if w is None:
-        rng = np.random.default_rng(CHECKSUM_SEED)
-        w = rng.integers(0, 2**62, words, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        v = _seed_words(CHECKSUM_SEED, 8)
+        state_words = [v[2 * i] | (v[2 * i + 1] << 32) for i in range(4)]
+        seed = (state_words[0] << 64) | state_words[1]
+        inc = ((((state_words[2] << 64) | state_words[3]) << 1) | 1) & _M128
+        s = (inc * 1) & _M128  # state 0, one step; add the seed; one more step
+        s = ((s + seed) * _PCG_MULT + inc) & _M128
+        out = []
+        for _ in range(words):
+            s = (s * _PCG_MULT + inc) & _M128
+            rot = s >> 122
+            x = ((s >> 64) ^ s) & _M64
+            x = ((x >> rot) | (x << (64 - rot))) & _M64
+            out.append((x >> 2) * 2 + 1)
+        w = np.asarray(out, dtype=np.uint64)
         _weights_cache[words] = w
     return w
 
@@ -259,7 +322,7 @@ def _vector_sums(stored: np.ndarray) -> np.ndarray:
         raw = np.pad(raw, ((0, 0), (0, pad)))
     words = np.ascontiguousarray(raw).view(np.uint64)
     with np.errstate(over="ignore"):
-        return (words * _weights(words.shape[1])).sum(axis=1, dtype=np.uint64)
+        return (words * checksum_weights(words.shape[1])).sum(axis=1, dtype=np.uint64)
 
 
 def bad_rows(stored: np.ndarray, checksums: np.ndarray | None,

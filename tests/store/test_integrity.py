@@ -17,6 +17,7 @@ from gradstore.store.integrity import (
     NORM_WEIGHT,
     DamagedTable,
     bad_rows,
+    checksum_weights,
     row_checksums,
     text_checksums,
 )
@@ -32,6 +33,7 @@ WEIGHTS = [1822514234829198559, 3608575061444627717, 6004714471245057875, 809208
 ROW = (np.arange(13, dtype=np.float16) / 4).reshape(1, -1)
 ROW_CHECKSUM = 8944452396039538176
 ROW_NORM_CHECKSUM = -9018139151709611218  # with its float32 norm, 6.3737745
+W_1023, W_8191 = 8918657046171299243, 6473648965709315817  # weights 1024 and 8192
 
 
 def checksum_by_hand(row: np.ndarray) -> int:
@@ -50,6 +52,22 @@ def test_checksums_are_the_literal_values_stores_hold():
     assert int(row_checksums(ROW)[0]) == ROW_CHECKSUM == checksum_by_hand(ROW[0])
     norm = np.linalg.norm(ROW.astype(np.float32), axis=1).astype(np.float32)
     assert int(row_checksums(ROW, norm)[0]) == ROW_NORM_CHECKSUM
+
+
+def test_checksum_weights_do_not_come_from_numpys_random_stream(monkeypatch):
+    """A NumPy release may change what default_rng draws: the weights must not move (issue:
+    with the stream changed, verify called every intact table damaged)."""
+    import gradstore.store.integrity as integrity
+
+    def changed_stream(*args, **kwargs):
+        return np.random.Generator(np.random.PCG64(12345))
+
+    monkeypatch.setattr(np.random, "default_rng", changed_stream)
+    monkeypatch.setattr(integrity, "_weights_cache", {})
+    w = checksum_weights(8192)
+    assert w[:4].tolist() == WEIGHTS
+    assert int(w[1023]) == W_1023 and int(w[8191]) == W_8191  # 8 KB rows and beyond
+    assert int(row_checksums(ROW)[0]) == ROW_CHECKSUM
 
 
 def test_checksum_matches_the_formula_and_sees_every_byte(rng):
