@@ -1,4 +1,5 @@
-"""The one exception type for errors a user can cause."""
+"""The one exception type for errors a user can cause, and the one warning type for what a
+user should know but that does not stop the work."""
 
 
 class GradstoreError(Exception):
@@ -10,3 +11,8 @@ class GradstoreError(Exception):
 
 class TableConflict(GradstoreError):
     """A table already holds results from other settings or data; ``--overwrite`` replaces it."""
+
+
+class GradstoreNote(UserWarning):
+    """Something the user should know that does not stop the work (e.g. a table that
+    cannot be checked for damage); the CLI prints it as one line ``gradstore: note: ...``."""

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 from gradstore.cli.commands import COMMANDS, UsageError
-from gradstore.errors import GradstoreError
+from gradstore.errors import GradstoreError, GradstoreNote
 
 
 class Parser(argparse.ArgumentParser):
@@ -34,6 +35,22 @@ def build_parser() -> Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", GradstoreNote)  # gradstore notes each fact once
+        default = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None) -> None:
+            """Notes as one line on stderr; other warnings as Python shows them."""
+            if issubclass(category, GradstoreNote):
+                print(f"gradstore: note: {message}", file=sys.stderr)
+            else:
+                default(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        return run_command(argv)
+
+
+def run_command(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

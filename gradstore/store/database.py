@@ -17,7 +17,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 
-from gradstore.errors import GradstoreError
+from gradstore.errors import GradstoreError, GradstoreNote
 from gradstore.store.importing import (
     validate_ids,
     validate_vectors,
@@ -47,6 +47,7 @@ from gradstore.store.meta import (
 )
 from gradstore.store.selections import SELECTIONS_SCHEMA, SELECTIONS_TABLE, Selection
 
+_NOTED_UNCHECKED: set[tuple[str, str]] = set()  # (store, table): noted once per process
 WRITE_BATCH_ROWS = 1000  # ~16 MB pages at 8192 dims scan fastest (docs/storage.md)
 
 
@@ -165,7 +166,25 @@ class Database:
             ds = self.db.open_table(table).to_lance()
             if check:
                 self.ledger.check(table, seen, ds.version, ds.count_rows(), ds.schema)
+        if not table.startswith("_"):
+            self._note_unchecked(table, ds.schema)
         return ds
+
+    def _note_unchecked(self, table: str, schema: pa.Schema) -> None:
+        """Warn once per process and table when some of its columns have no checksums (a
+        table written before gradstore kept them): damage there goes unnoticed."""
+        names = set(schema.names)
+        missing = [c for c in schema.names if c.startswith("vec") and checksum_of(c) not in names]
+        missing += [] if ID_CHECKSUM in names else ["id"]
+        key = (self.uri, table)
+        if not missing or key in _NOTED_UNCHECKED:
+            return
+        _NOTED_UNCHECKED.add(key)
+        warnings.warn(
+            f"table {table!r} has {len(missing)} column(s) without checksums ("
+            f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}; written before "
+            "gradstore kept them), so damage to them cannot be detected; add them with "
+            f"`gradstore verify STORE {table} --add-checksums`", GradstoreNote, stacklevel=2)
 
     def committed(self, table: str) -> None:
         """Record the version a write just committed (see :class:`VersionLedger`)."""

@@ -317,6 +317,20 @@ def test_older_tables_get_checksums(tmp_path):
     np.testing.assert_array_equal(gradstore.open(path).vectors("pool")[1], before)
 
 
+def test_a_table_without_checksums_is_noted_once_per_command(tmp_path):
+    """Reading a table that cannot be checked works, but says so once (with the fix)."""
+    src = Path(__file__).parent.parent / "fixtures" / "store_v0"
+    path = tmp_path / "old"
+    shutil.copytree(src, path)
+    res = run("select", path, "--pool", "pool", "--budget", "5", "--method", "less")
+    notes = [line for line in res.stderr.splitlines() if line.startswith("gradstore: note:")]
+    assert len(notes) == 1, res.stderr
+    assert "'pool'" in notes[0] and "--add-checksums" in notes[0]
+    run("verify", path, "pool", "--add-checksums")
+    res = run("select", path, "--pool", "pool", "--budget", "5", "--method", "less")
+    assert "without checksums" not in res.stderr
+
+
 def test_a_changed_weight_in_the_log_is_caught(built, tmp_path):
     path, _ = built
     sel = gradstore.open(path).selection("latest")
