@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 # CPU build of torch from this machine's disk; a looser pin pulls a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install demo test test-repeat coverage lint bench-selection bench-e2e bench-distributed \
+.PHONY: install browser demo test test-repeat coverage lint bench-selection bench-e2e bench-distributed \
 	bench-em-agreement gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
@@ -30,7 +30,16 @@ demo: $(VENV)/.demo-installed
 # tests/distributed/conftest.py); the 15 slowest tests are printed at the end.
 PYTEST := $(PY) -m pytest -q -m "not benchmark" -n 2 --dist loadgroup --durations 15
 
-test: install
+# Headless Chromium for the report's browser test, from Debian's packages; without root or
+# apt-get the browser test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	    >/dev/null; } || \
+	  echo "make: chromium could not be installed (needs root and apt-get); the browser test is skipped"
+
+test: install browser
 	$(VENV)/bin/ruff check gradstore tests benchmarks examples
 	$(VENV)/bin/lint-imports
 	$(PYTEST)

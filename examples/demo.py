@@ -3,7 +3,8 @@
 Runs `gradstore run` (warm-up, ingest pool and target, select with GTP, LESS and
 random at a 5% budget, export) into ``demo-out/``, then prints what each method
 chose: rank, id, weight, skill and the start of the prompt, and how many of the
-chosen examples practise the target's skill ("reverse"). Running it again reuses
+chosen examples practise the target's skill ("reverse"); last, `gradstore report`
+writes ``demo-out/report.html`` (the three side by side). Running it again reuses
 what is already computed.
 
     python examples/demo.py [--out demo-out] [--model DIR --gguf-file FILE]
@@ -82,6 +83,18 @@ def report(run_json: Path) -> None:
     print(f"  (a uniform draw of {allowed} would average {share * allowed:.1f})")
 
 
+def html_report(out: Path) -> None:
+    """`gradstore report`: the three selections side by side, residuals on one footing."""
+    page = out / "report.html"
+    cmd = [sys.executable, "-m", "gradstore", "report", str(out / "store"), "--by", "skill",
+           "--target-data", str(HERE / "demo_target.jsonl"), "--out", str(page)]
+    print("\n$ " + " ".join(cmd[1:]), flush=True)
+    done = subprocess.run(cmd, check=False)
+    if done.returncode != 0:
+        sys.exit(done.returncode)
+    print(f"open {page.resolve()} in a browser")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="demo-out", help="working directory (default demo-out)")
@@ -90,6 +103,7 @@ def main() -> None:
     args = p.parse_args()
     args.model = args.model or str(smollm2_dir())
     report(run_pipeline(args))
+    html_report(Path(args.out))
 
 
 if __name__ == "__main__":

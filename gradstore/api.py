@@ -22,6 +22,8 @@ from gradstore.grads.ingestion import IngestSummary
 from gradstore.ops.export import ExportSummary, export_selection
 from gradstore.ops.importing import import_vectors
 from gradstore.ops.ingest import run_ingest
+from gradstore.ops.report import Report, build_report
+from gradstore.ops.report_page import write_report
 from gradstore.ops.select import SourceCache, pool_source, run_selection, stop_note
 from gradstore.store.database import Database
 from gradstore.store.meta import TableMeta
@@ -204,6 +206,17 @@ class Store:
         ``data`` defaults to the file the pool was ingested from.
         """
         return export_selection(self.database, selection_id, out, data=data, **options)
+
+    def report(self, selection_ids: Sequence[str] = (), out: str | Path | None = None, *,
+               data: str | Path | None = None, by: str | None = None,
+               target_data: str | Path | None = None, **options: Any) -> Report:
+        """What the selections hold, side by side (see :mod:`gradstore.ops.report`); with
+        ``out``, also written as one self-contained HTML page."""
+        rep = build_report(self.database, list(selection_ids), data=data, by=by,
+                           target_data=target_data, **options)
+        if out is not None:
+            write_report(rep, out)
+        return rep
 
 
 class Table:

@@ -236,6 +236,47 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_report(sub) -> None:
+    p = _parser(sub, "report", "one HTML page on what selections hold, side by side",
+                examples.REPORT_EXAMPLES)
+    p.add_argument("store", help="store path")
+    p.add_argument("--selection", action="append", default=[], metavar="ID",
+                   help="a selection id or 'latest'; repeat to compare (default: the most "
+                        "recent run's selections of one pool and target, up to 8)")
+    p.add_argument("--out", required=True, help="output file (.html)")
+    p.add_argument("--data", help="the pool's data file (default: the file it was ingested "
+                                  "from), for texts and composition")
+    p.add_argument("--by", help="a field of the pool's rows to show composition by")
+    p.add_argument("--target-data", help="the target's data file, for its composition")
+    p.add_argument("--duplicate-cosine", type=float, default=None,
+                   help="pairs of chosen rows at this cosine or more count as near-duplicates "
+                        "(default 0.99)")
+    _format_flag(p)
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import gradstore
+
+    store = gradstore.open(args.store, create=False)
+    options = ({} if args.duplicate_cosine is None
+               else {"duplicate_cosine": args.duplicate_cosine})
+    rep = store.report(args.selection, args.out, data=args.data, by=args.by,
+                       target_data=args.target_data, **options)
+    if args.format == "json":
+        print(json.dumps({"out": str(args.out), "selections": [
+            {"selection_id": f.selection.selection_id, "method": f.selection.method,
+             "residual": f.residual, "enough_at": f.enough_at,
+             "spent_on_copies": f.spent_on_copies} for f in rep.selections]}))
+    else:
+        for f in rep.selections:
+            s = f.selection
+            print(f"{s.selection_id} {s.method:<9} {s.budget:<6} residual {f.residual:.4f} "
+                  f"enough at {f.enough_at}  copies spent {f.spent_on_copies}")
+        print(f"report written to {args.out}")
+    return 0
+
+
 def add_info(sub) -> None:
     p = _parser(sub, "info", "describe a store or one table", examples.INFO_EXAMPLES)
     p.add_argument("store", help="store path")
@@ -374,7 +415,7 @@ def _print_selection_line(s: dict, pool: bool = False) -> None:
           f"residual={s['residual']:.4f}")
 
 
-COMMANDS = (add_import, add_select, add_warmup, add_ingest, add_export, add_run, add_info,
-            add_verify, add_restore)
+COMMANDS = (add_import, add_select, add_warmup, add_ingest, add_export, add_report, add_run,
+            add_info, add_verify, add_restore)
 
 __all__ = ["COMMANDS", "UsageError"]

@@ -67,6 +67,14 @@ EXPORT_EXAMPLES = """examples:
 Rows keep every original field, in selection order, plus `rank` and `weight`.
 """
 
+REPORT_EXAMPLES = """examples:
+  gradstore report ./store --out report.html          # the latest run's selections
+  gradstore report ./store --selection 3f2a9c1e --selection 81c0d2aa --by source \\
+      --out report.html
+One HTML file (figures embedded): residuals on one footing, a budget advisor,
+composition, near-duplicates, overlap, the heaviest and lightest examples, provenance.
+"""
+
 RUN_EXAMPLES = """examples:
   # warm-up, ingest pool and target, select 5% with GTP, export: all in ./work
   gradstore run --model HuggingFaceTB/SmolLM2-135M-Instruct --data pool.jsonl \\

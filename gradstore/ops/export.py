@@ -68,29 +68,38 @@ def export_selection(
             f"weight column {weight_column!r} and rank column {rank_column!r} must differ "
             "from each other and from 'id'; pick other --weight-column/--rank-column names"
         )
-    data_p, split, source = _data_file(db, sel.pool, data, split)
+    data_p, split, _ = pool_data_file(db, sel.pool, data, split)
     if out_p.resolve() == data_p.resolve():
         raise GradstoreError(f"output {out_p} is the input data file; choose another output path")
     if out_p.is_dir():
         raise GradstoreError(f"output {out_p} is a directory; give a file path ending in {suffix}")
     if out_p.exists() and not overwrite:
         raise GradstoreError(f"output {out_p} exists; remove it or allow overwriting")
-    by_id = {r.id: r for r in read_records(data_p, split=split, encoding=encoding)}
-    missing = [i for i in sel.ids if i not in by_id]
-    if missing:
-        hint = f" ({source})" if source else ""
-        raise GradstoreError(
-            f"{len(missing)} of {len(sel.ids)} selected ids are not in {data_p} "
-            f"(e.g. {', '.join(map(repr, missing[:3]))}); --data must be the file pool "
-            f"{sel.pool!r} was ingested from{hint}"
-        )
+    by_id = pool_records(db, sel.pool, sel.ids, data, split, encoding)
     rows = _exported_rows(sel, by_id, weight_column, rank_column)
     _write_atomic(out_p, suffix, rows)
     return ExportSummary(selection_id=sel.selection_id, out=str(out_p), rows=len(rows),
                          method=sel.method, target=sel.target, budget=sel.budget)
 
 
-def _data_file(db: Database, pool: str, data, split) -> tuple[Path, str | None, str | None]:
+def pool_records(db: Database, pool: str, ids: list[str], data=None, split=None,
+                 encoding: str = "utf-8") -> dict[str, Any]:
+    """The rows of the pool's data file by id (``data``, else the recorded source), refusing
+    a file that lacks any of ``ids``."""
+    data_p, split, source = pool_data_file(db, pool, data, split)
+    by_id = {r.id: r for r in read_records(data_p, split=split, encoding=encoding)}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        hint = f" ({source})" if source else ""
+        raise GradstoreError(
+            f"{len(missing)} of {len(ids)} selected ids are not in {data_p} "
+            f"(e.g. {', '.join(map(repr, missing[:3]))}); --data must be the file pool "
+            f"{pool!r} was ingested from{hint}"
+        )
+    return by_id
+
+
+def pool_data_file(db: Database, pool: str, data, split) -> tuple[Path, str | None, str | None]:
     """The data file to read (given, else the pool's recorded source), its split, and the
     recorded source."""
     source, source_split = _recorded_source(db, pool)
