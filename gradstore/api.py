@@ -19,6 +19,7 @@ from gradstore.budget import Budget
 from gradstore.config import IngestConfig, SelectConfig, with_options
 from gradstore.errors import GradstoreError
 from gradstore.grads.ingestion import IngestSummary
+from gradstore.ops.evaluate_selection import EvaluateOptions, Evaluation, evaluate_selection
 from gradstore.ops.export import ExportSummary, export_selection
 from gradstore.ops.importing import import_vectors
 from gradstore.ops.ingest import run_ingest
@@ -206,6 +207,18 @@ class Store:
         ``data`` defaults to the file the pool was ingested from.
         """
         return export_selection(self.database, selection_id, out, data=data, **options)
+
+    def evaluate(self, selection_id: str, *, model: str, test: str | Path,
+                 **options: Any) -> Evaluation:
+        """Fine-tune on the selection and on a baseline (``baseline="random"`` or another
+        selection's id), score both on ``test``, keep the result in the store (see
+        :mod:`gradstore.ops.evaluate_selection`); ``settings`` a ``TrainSettings``."""
+        opts = EvaluateOptions(model=model, test=str(test), **options)
+        return evaluate_selection(self.database, selection_id, opts)
+
+    def evaluations(self, selection_id: str | None = None) -> list[dict[str, Any]]:
+        """Stored evaluations (of one selection), oldest first."""
+        return self.database.evaluations(selection_id)
 
     def report(self, selection_ids: Sequence[str] = (), out: str | Path | None = None, *,
                data: str | Path | None = None, by: str | None = None,

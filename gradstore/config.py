@@ -533,3 +533,19 @@ CONFIGS = {c.__name__: c for c in (ModelConfig, TrainConfig, GradientConfig, Sel
                                    RayConfig)}
 """Config classes by name: the field types of the command configs (``from __future__
 import annotations`` makes them strings)."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    passes: int = 160
+    """Example passes per fine-tune (epochs = passes / selection size, at least 1)."""
+    lr: float = 1e-3
+    batch_size: int = 8
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_layers: str | None = "top:8"
+    max_length: int = 128
+    warmup_ratio: float = 0.03
+
+    def epochs_for(self, n: int) -> int:
+        return max(1, round(self.passes / n))

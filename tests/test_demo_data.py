@@ -55,7 +55,7 @@ def target():
     return _read(EXAMPLES / "demo_target.jsonl")
 
 
-@pytest.mark.parametrize("name", ["demo_pool.jsonl", "demo_target.jsonl"])
+@pytest.mark.parametrize("name", ["demo_pool.jsonl", "demo_target.jsonl", "demo_test.jsonl"])
 def test_committed_files_match_generator(generated, name):
     assert (generated / name).read_bytes() == (EXAMPLES / name).read_bytes()
 
@@ -81,6 +81,15 @@ def test_target_shape_and_disjoint(pool, target):
     # the target's words appear in no pool prompt at all
     pool_words = {w for r in pool for w in _quoted(_qa(r)[0])}
     assert not any(w in pool_words for r in target for w in _quoted(_qa(r)[0]))
+
+
+def test_test_set_is_held_out(pool, target):
+    test = _read(EXAMPLES / "demo_test.jsonl")
+    assert len(test) == 60 and all(r["skill"] == "reverse" for r in test)
+    used = {w for r in pool + target if r["skill"] == "reverse" for w in _quoted(_qa(r)[0])}
+    for r in test:
+        (word,) = _quoted(_qa(r)[0])
+        assert word not in used and _qa(r)[1] == word[::-1]
 
 
 def test_lengths(pool, target):

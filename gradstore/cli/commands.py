@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gradstore.cli import examples
 from gradstore.cli.flags import add_config_flags, config_from_args
-from gradstore.config import IngestConfig, RunConfig, SelectConfig, WarmupConfig
+from gradstore.config import IngestConfig, RunConfig, SelectConfig, TrainSettings, WarmupConfig
 from gradstore.errors import GradstoreError
 
 FORMATS = ("text", "json")
@@ -236,6 +236,53 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_evaluate(sub) -> None:
+    p = _parser(sub, "evaluate", "fine-tune on a selection and on a baseline, score both",
+                examples.EVALUATE_EXAMPLES)
+    p.add_argument("store", help="store path")
+    p.add_argument("--selection", required=True, help="selection id, or 'latest'")
+    p.add_argument("--model", required=True, help="Hugging Face id or local model directory")
+    p.add_argument("--gguf-file", help="GGUF weights file inside --model's directory")
+    p.add_argument("--test", required=True,
+                   help="held-out chat rows, the last message the reference answer")
+    p.add_argument("--data", help="the pool's data file (default: the file it was ingested "
+                                  "from)")
+    p.add_argument("--baseline", default="random",
+                   help="random (as many pool rows, drawn per seed) or a selection id")
+    p.add_argument("--seeds", type=int, default=1, help="fine-tunes per arm (default 1)")
+    d = TrainSettings()
+    p.add_argument("--passes", type=int, default=d.passes,
+                   help=f"example passes per fine-tune (default {d.passes})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"default {d.batch_size}")
+    p.add_argument("--lora-layers", default=d.lora_layers,
+                   help=f"LoRA on these layers: top:N, indices, or all (default "
+                        f"{d.lora_layers})")
+    p.add_argument("--max-length", type=int, default=d.max_length,
+                   help=f"tokens per example (default {d.max_length})")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--work", help="working directory (default STORE/.evaluate/SEL-BASELINE)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _format_flag(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import gradstore
+
+    store = gradstore.open(args.store, create=False)
+    settings = TrainSettings(passes=args.passes, lr=args.lr, batch_size=args.batch_size,
+                             lora_layers=None if args.lora_layers == "all" else args.lora_layers,
+                             max_length=args.max_length)
+    result = store.evaluate(args.selection, model=args.model, test=args.test,
+                            gguf_file=args.gguf_file, data=args.data, baseline=args.baseline,
+                            seeds=args.seeds, settings=settings, device=args.device,
+                            work=args.work, progress=not args.quiet)
+    print_summary(result, args.format)
+    return 0
+
+
 def add_report(sub) -> None:
     p = _parser(sub, "report", "one HTML page on what selections hold, side by side",
                 examples.REPORT_EXAMPLES)
@@ -415,7 +462,7 @@ def _print_selection_line(s: dict, pool: bool = False) -> None:
           f"residual={s['residual']:.4f}")
 
 
-COMMANDS = (add_import, add_select, add_warmup, add_ingest, add_export, add_report, add_run,
-            add_info, add_verify, add_restore)
+COMMANDS = (add_import, add_select, add_warmup, add_ingest, add_export, add_report,
+            add_evaluate, add_run, add_info, add_verify, add_restore)
 
 __all__ = ["COMMANDS", "UsageError"]

@@ -67,6 +67,16 @@ EXPORT_EXAMPLES = """examples:
 Rows keep every original field, in selection order, plus `rank` and `weight`.
 """
 
+EVALUATE_EXAMPLES = """examples:
+  gradstore evaluate ./store --selection latest --model ./smollm2 \\
+      --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf --test test.jsonl
+  gradstore evaluate ./store --selection 3f2a9c1e --baseline 81c0d2aa --seeds 3 \\
+      --model M --test test.jsonl
+LoRA fine-tunes on the selection and on the baseline (random: as many pool rows drawn
+per seed), the same example passes, scored on the test rows: answer-token loss and
+exact match. Stopped runs resume; results are kept in the store and shown by report.
+"""
+
 REPORT_EXAMPLES = """examples:
   gradstore report ./store --out report.html          # the latest run's selections
   gradstore report ./store --selection 3f2a9c1e --selection 81c0d2aa --by source \\

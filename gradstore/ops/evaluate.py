@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gradstore.config import WarmupConfig
+from gradstore.config import TrainSettings, WarmupConfig
 from gradstore.devices import resolve_device
 from gradstore.errors import GradstoreError
 from gradstore.grads.data import Record
@@ -39,22 +39,6 @@ from gradstore.grads.examples import TokenizedExample, tokenize_records
 from gradstore.grads.model import load_model, release_model, resolve_dtype
 from gradstore.grads.per_example import collate, example_losses
 from gradstore.grads.warmup import warmup
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    passes: int = 160
-    """Example passes per fine-tune (epochs = passes / selection size, at least 1)."""
-    lr: float = 1e-3
-    batch_size: int = 8
-    lora_r: int = 8
-    lora_alpha: int = 32
-    lora_layers: str | None = "top:8"
-    max_length: int = 128
-    warmup_ratio: float = 0.03
-
-    def epochs_for(self, n: int) -> int:
-        return max(1, round(self.passes / n))
 
 
 def finetune(model: str, gguf_file: str | None, data: Path, out: Path, settings: TrainSettings,

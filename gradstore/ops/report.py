@@ -64,6 +64,8 @@ class SelectionFacts:
     composition: dict[str, int] = field(default_factory=dict)
     top: list[dict[str, Any]] = field(default_factory=list)
     bottom: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    """``gradstore evaluate`` results: per baseline, each arm's mean loss and exact match."""
 
 
 @dataclass
@@ -100,6 +102,8 @@ def build_report(db: Database, selection_ids: list[str], *, data: str | Path | N
     records = _records(db, pool, [i for s in sels for i in s.ids], data, by)
     space = ResidualSpace(db, pool)
     facts = [space.facts(s, duplicate_cosine) for s in sels]
+    for f in facts:
+        f.evaluations = [evaluation_summary(e) for e in db.evaluations(f.selection.selection_id)]
     if records is not None:
         for f in facts:
             f.top, f.bottom = _extremes(f.selection, records)
@@ -217,6 +221,20 @@ def enough_at(curve: list[tuple[int, float]]) -> int | None:
         if 1.0 - r >= ENOUGH_SHARE * (1.0 - last) - 1e-12:
             return j
     return curve[-1][0]
+
+
+def evaluation_summary(e: dict[str, Any]) -> dict[str, Any]:
+    """A stored evaluation as the report shows it: means over seeds, and the difference."""
+    def mean(arm: str, metric: str) -> float:
+        v = [r[metric] for k, r in e["runs"].items() if k.startswith(arm + "|")]
+        return float(np.mean(v)) if v else float("nan")
+
+    seeds = sum(k.startswith("selection|") for k in e["runs"])
+    out = {"baseline": e["baseline"], "test": Path(e["test"]).name, "rows": e["test_rows"],
+           "seeds": seeds, "created": e.get("created", "")}
+    for metric in ("loss", "exact_match"):
+        out[metric] = (mean("selection", metric), mean("baseline", metric))
+    return out
 
 
 def provenance(db: Database, pool: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from gradstore.errors import GradstoreError, GradstoreNote
+from gradstore.store import evaluations as evals
 from gradstore.store.importing import (
     validate_ids,
     validate_vectors,
@@ -160,7 +161,8 @@ class Database:
                 f"table {table!r} is not in store {self.uri!r} (tables: {have}); "
                 "check the name or ingest it first"
             )
-        check = check_version and (not table.startswith("_") or table == SELECTIONS_TABLE)
+        check = check_version and (not table.startswith("_")
+                                   or table in (SELECTIONS_TABLE, evals.EVALUATIONS_TABLE))
         seen = self.ledger.seen(table) if check else None  # before opening: see VersionLedger
         with reading(table):
             ds = self.db.open_table(table).to_lance()
@@ -600,6 +602,36 @@ class Database:
             tbl.add(pa.Table.from_pylist([s.to_record() for s in sels],
                                          schema=SELECTIONS_SCHEMA))
             self.committed(SELECTIONS_TABLE)
+
+    def save_evaluation(self, evaluation_id: str, selection_id: str, created: str,
+                        result: dict[str, Any]) -> None:
+        """Append an evaluation to the log (writers take turns, as for selections)."""
+        table = evals.EVALUATIONS_TABLE
+        with table_lock(self.uri, table, wait=True):
+            if table in self.all_tables():
+                self.evaluations()  # never append to a log that cannot be read back
+                with reading(table):
+                    tbl = self.db.open_table(table)
+            else:
+                self.clear_uncommitted(table)
+                tbl = self.db.create_table(table, schema=evals.EVALUATIONS_SCHEMA)
+            tbl.add(pa.Table.from_pylist(
+                [evals.to_record(evaluation_id, selection_id, created, result)],
+                schema=evals.EVALUATIONS_SCHEMA))
+            self.committed(table)
+
+    def evaluations(self, selection_id: str | None = None) -> list[dict[str, Any]]:
+        """Stored evaluations (of one selection), oldest first; a damaged record raises."""
+        table = evals.EVALUATIONS_TABLE
+        if table not in self.all_tables():
+            return []
+        ds = self.dataset(table)
+        with reading(table):
+            rows = ds.to_table().to_pylist()
+        out = [evals.from_record(r) for r in rows
+               if selection_id is None or r["selection_id"] == selection_id]
+        return sorted(out, key=lambda r: r["created"])
+
 
 def _selection_summary(s: Selection) -> dict[str, Any]:
     return {
