@@ -282,7 +282,8 @@ def run_selection(
         from gradstore.distributed import session as ray_session
 
         session = ray_session(opts.ray)
-    with session:
+    with session, db.pinned([pool, *[t for t in targets if t is not None]]) as versions:
+        pause_point("select-pinned")
         pmeta = db.meta(pool)
         check_complete(pool, pmeta)
         n = db.num_rows(pool)
@@ -301,8 +302,11 @@ def run_selection(
         finally:
             if bar is not None:
                 bar.close()
+        pause_point("select-computed")
         sels = _selections(db, pool, targets, budgets, ks, pairs, answers, opts, eta, spool,
                            pmeta, time.perf_counter() - t0)
+        for s in sels:
+            s.params["versions"] = versions
         if opts.save:
             pause_point("save-selection")
             db.save_selections(sels)

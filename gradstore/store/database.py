@@ -7,7 +7,8 @@ import datetime
 import json
 import shutil
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,7 @@ class Database:
             raise GradstoreError(f"store {self.uri!r} is a file, not a directory")
         self.db = lancedb.connect(self.uri)
         self.ledger = VersionLedger(self.uri)
+        self.pins: dict[str, lance.LanceDataset] = {}
 
     # ---------------------------------------------------------------- tables
     def all_tables(self) -> list[str]:
@@ -152,9 +154,27 @@ class Database:
         """Names of the gradient tables (pool and target tables)."""
         return [t for t in self.all_tables() if not t.startswith("_")]
 
+    @contextmanager
+    def pinned(self, tables: Iterable[str]) -> Iterator[dict[str, int]]:
+        """Read each of ``tables`` at one version for the whole block (the current one,
+        checked, opened once): a commit by another process in between (an ingest, a
+        ``verify --drop-*``) cannot change what the block reads, so positions and ids always
+        describe the same rows. Yields the versions, by table."""
+        before = dict(self.pins)
+        try:
+            for t in dict.fromkeys(tables):
+                if t not in self.pins:
+                    self.pins[t] = self.dataset(t)
+            yield {t: self.pins[t].version for t in dict.fromkeys(tables)}
+        finally:
+            self.pins = before
+
     def dataset(self, table: str, check_version: bool = True) -> lance.LanceDataset:
         """The table's current version (``check_version``: refuse one older than the newest
-        committed, see :class:`VersionLedger`; verify and restore look at it anyway)."""
+        committed, see :class:`VersionLedger`; verify and restore look at it anyway), or
+        the version :meth:`pinned` holds."""
+        if table in self.pins:
+            return self.pins[table]
         if table not in self.all_tables():
             have = ", ".join(self.tables()) or "none"
             raise GradstoreError(
