@@ -22,7 +22,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, replace
-from datetime import timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -369,8 +368,9 @@ def _commit(db, cfg, plan, stage, committed, summary) -> None:
             summary.skipped[reason] = summary.skipped.get(reason, 0) + count
             known = summary.skipped_ids.setdefault(reason, [])
             known.extend(ids[: max(0, 5 - len(known))])
+    before = db.dataset(cfg.table).version
     finish_table(db, cfg, plan, nonfinite)
     # files of shards lost with a killed worker were never committed: delete them (every
-    # worker of this run is gone by now, so no file still being written is unverified)
-    db.dataset(cfg.table).cleanup_old_versions(older_than=timedelta(0),
-                                                   delete_unverified=True)
+    # worker of this run is gone by now, so no file still being written is unverified);
+    # the last version before compaction stays, for restore
+    db.prune_versions(cfg.table, keep_from=before, delete_unverified=True)

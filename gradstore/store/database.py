@@ -403,12 +403,24 @@ class Database:
         self.committed(table)
 
     def compact(self, table: str) -> None:
-        """Merge the fragments of many small appends and drop the superseded files."""
+        """Merge the fragments of many small appends; versions before the last one
+        uncompacted are deleted, that one is kept (``restore`` falls back to it if the
+        compacted files are ever damaged; until the next compaction the table's data is on
+        disk twice)."""
         ds = self.dataset(table)
         if len(ds.get_fragments()) > 1:
+            before = ds.version
             ds.optimize.compact_files(target_rows_per_fragment=1 << 20)
-            ds = self.dataset(table)
-            ds.cleanup_old_versions(older_than=datetime.timedelta(0))
+            self.committed(table)
+            self.prune_versions(table, keep_from=before)
+
+    def prune_versions(self, table: str, keep_from: int, delete_unverified: bool = False) -> None:
+        """Delete the table's versions older than ``keep_from`` (and, with
+        ``delete_unverified``, files no version names: a killed writer's)."""
+        ds = self.dataset(table)
+        keep = sum(v["version"] >= keep_from for v in ds.versions())
+        ds.cleanup_old_versions(older_than=datetime.timedelta(0), retain_versions=max(1, keep),
+                                delete_unverified=delete_unverified)
 
     def drop_table(self, table: str) -> None:
         self.dataset(table)  # a clear error when missing
