@@ -26,12 +26,14 @@ from gradstore.store.importing import (
 )
 from gradstore.store.integrity import (
     ID_CHECKSUM,
+    ROW_CHECKSUM,
     DamagedTable,
     VersionLedger,
     damage,
     file_problems,
     reading,
     row_checksums,
+    row_index_checksums,
     text_checksums,
 )
 from gradstore.store.lance_source import LanceSource
@@ -197,7 +199,8 @@ class Database:
         table written before gradstore kept them): damage there goes unnoticed."""
         names = set(schema.names)
         missing = [c for c in schema.names if c.startswith("vec") and checksum_of(c) not in names]
-        missing += [] if ID_CHECKSUM in names else ["id"]
+        missing += [c for c, crc in (("id", ID_CHECKSUM), ("row", ROW_CHECKSUM))
+                    if crc not in names]
         key = (self.uri, table)
         if not missing or key in _NOTED_UNCHECKED:
             return
@@ -355,6 +358,8 @@ class Database:
             ID_CHECKSUM: pa.array(text_checksums(
                 list(block.ids), list(block.subtasks or [None] * n))),
         }
+        if ROW_CHECKSUM in schema.names:  # tables written before it: none
+            cols[ROW_CHECKSUM] = pa.array(row_index_checksums(list(block.ids), block.rows))
         for i, vec in enumerate(block.vectors):
             cols[loss_column(i)] = opt(None if block.losses is None else block.losses[i],
                                        pa.float32())
@@ -500,7 +505,7 @@ class Database:
         its array's (or nulls)."""
         ds = self.dataset(table)
         # storage position of each `row` value (rows may have gaps where ingestion skipped)
-        stored_rows = ds.to_table(columns=["row"]).column("row").to_numpy()
+        stored_rows = self.row_indices(table, ds)
         order = np.argsort(stored_rows)
         sorted_rows = stored_rows[order]
         out_schema = pa.schema(fields)
@@ -526,6 +531,20 @@ class Database:
 
         ds.add_columns(lance.batch_udf(output_schema=out_schema)(udf), read_columns=["row"])
         self.committed(table)
+
+    def row_indices(self, table: str, ds: lance.LanceDataset) -> np.ndarray:
+        """The ``row`` column (each example's position in its data file), checked against
+        its checksum where the table has one."""
+        checked = ROW_CHECKSUM in ds.schema.names
+        with reading(table):
+            tbl = ds.to_table(columns=["id", "row"] + ([ROW_CHECKSUM] if checked else []))
+        rows = tbl.column("row").to_numpy()
+        if checked:
+            bad = np.flatnonzero(row_index_checksums(tbl.column("id").to_pylist(), rows)
+                                 != tbl.column(ROW_CHECKSUM).to_numpy(zero_copy_only=False))
+            if len(bad):
+                raise damage(table, "row", bad)
+        return rows
 
     # ---------------------------------------------------------------- reading
     def vectors(

@@ -206,6 +206,9 @@ def file_problems(dataset) -> list[str]:
 
 
 ID_CHECKSUM = "crc_id"
+ROW_CHECKSUM = "crc_row"
+"""Covers ``row``, the example's position in its data file (which maps the vectors of a
+checkpoint added later onto the right rows); tables written before it have none."""
 """The column holding a checksum of each row's id and subtask (they decide which example a
 selection names and how LESS groups a target)."""
 
@@ -221,6 +224,15 @@ def text_checksums(ids: list[str], subtasks: list[str | None]) -> np.ndarray:
         text = f"{a}\x00{'' if b is None else b}".encode()
         out[i] = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little",
                                 signed=True)
+    return out
+
+
+def row_index_checksums(ids: list[str], rows: np.ndarray) -> np.ndarray:
+    """One int64 per row: the first 8 bytes of BLAKE2b over ``id``, NUL, ``row`` (decimal)."""
+    out = np.empty(len(ids), dtype=np.int64)
+    for i, (a, r) in enumerate(zip(ids, np.asarray(rows).tolist(), strict=True)):
+        digest = hashlib.blake2b(f"{a}\x00{int(r)}".encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(digest, "little", signed=True)
     return out
 
 

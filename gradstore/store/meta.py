@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 
 from gradstore.errors import GradstoreError
-from gradstore.store.integrity import ID_CHECKSUM, DamagedTable
+from gradstore.store.integrity import ID_CHECKSUM, ROW_CHECKSUM, DamagedTable
 
 META_KEY = "gradstore"
 INGEST_KEY = "gradstore.ingest"  # how an ingested table was made, and whether it is finished
@@ -213,4 +213,5 @@ def base_fields() -> list[pa.Field]:
         pa.field("tokens", pa.int32()),
         pa.field("content_hash", pa.string()),
         pa.field(ID_CHECKSUM, pa.int64()),
+        pa.field(ROW_CHECKSUM, pa.int64()),
     ]

@@ -25,12 +25,14 @@ from gradstore.errors import GradstoreError
 from gradstore.store.database import Database
 from gradstore.store.integrity import (
     ID_CHECKSUM,
+    ROW_CHECKSUM,
     DamagedTable,
     bad_rows,
     file_problems,
     first_line,
     read_failure,
     row_checksums,
+    row_index_checksums,
     text_checksums,
     unreadable,
 )
@@ -47,7 +49,9 @@ class TableReport:
     rows: int = 0
     problems: list[str] = field(default_factory=list)
     damaged_rows: list[int] = field(default_factory=list)
-    """Values of the ``row`` column (data positions) that failed."""
+    """Storage positions (the order of every read) of the rows that failed."""
+    damaged_rowids: list[int] = field(default_factory=list)
+    """Their Lance row ids (what ``drop_damaged`` deletes)."""
     lost_fragments: list[int] = field(default_factory=list)
     """Fragments whose files are missing or unreadable."""
     duplicate_ids: list[str] = field(default_factory=list)
@@ -68,7 +72,7 @@ class TableReport:
         out += [f"  {p}" for p in self.problems]
         if self.damaged_rows:
             out.append(f"  {len(self.damaged_rows)} rows fail their checksum or are not finite "
-                       f"(rows {self.damaged_rows[:8]}); --drop-damaged removes them")
+                       f"(storage rows {self.damaged_rows[:8]}); --drop-damaged removes them")
         if self.lost_fragments:
             out.append(f"  fragments {self.lost_fragments} cannot be read; --drop-damaged "
                        "removes them (or restore an earlier version)")
@@ -76,7 +80,7 @@ class TableReport:
             out.append(f"  {len(self.duplicate_ids)} ids stored more than once "
                        f"(e.g. {self.duplicate_ids[:3]}); --drop-duplicates keeps the first")
         if self.unchecked_columns:
-            out.append(f"  {len(self.unchecked_columns)} vector columns have no checksums "
+            out.append(f"  {len(self.unchecked_columns)} columns have no checksums "
                        "(written before gradstore kept them); --add-checksums adds them")
         return out
 
@@ -117,6 +121,7 @@ def verify_dataset(ds: lance.LanceDataset, table: str) -> TableReport:
         return report
     vec_cols = [f.name for f in ds.schema if f.name.startswith("vec_")]
     report.unchecked_columns = [c for c in vec_cols if checksum_of(c) not in ds.schema.names]
+    report.unchecked_columns += [] if ROW_CHECKSUM in ds.schema.names else ["row"]
     ids: list[str] = []
     for frag in fragments:
         try:
@@ -137,15 +142,20 @@ def _check_fragment(ds, frag, vec_cols: list[str], report: TableReport, ids: lis
     names = ds.schema.names
     crc_cols = [checksum_of(c) for c in vec_cols if checksum_of(c) in names]
     id_cols = ["subtask", ID_CHECKSUM] if ID_CHECKSUM in names else []
+    id_cols += [ROW_CHECKSUM] if ROW_CHECKSUM in names else []
     cols = ["id", "row", *id_cols, *vec_cols, *crc_cols, *[norm_of(c) for c in vec_cols]]
-    for batch in frag.to_batches(columns=cols, batch_size=1024):
+    for batch in frag.to_batches(columns=cols, batch_size=1024, with_row_id=True):
         batch_ids = batch.column("id").to_pylist()
+        start = len(ids)
         ids.extend(batch_ids)
         rows = batch.column("row").to_numpy()
         bad = np.zeros(batch.num_rows, dtype=bool)
-        if id_cols:
+        if ID_CHECKSUM in names:
             sums = batch.column(ID_CHECKSUM).to_numpy(zero_copy_only=False)
             bad |= text_checksums(batch_ids, batch.column("subtask").to_pylist()) != sums
+        if ROW_CHECKSUM in names:
+            bad |= (row_index_checksums(batch_ids, rows)
+                    != batch.column(ROW_CHECKSUM).to_numpy(zero_copy_only=False))
         dim = batch.schema.field(vec_cols[0]).type.list_size if vec_cols else 0
         for c in vec_cols:
             arr = fixed_list_to_numpy(batch.column(c), dim)
@@ -153,7 +163,8 @@ def _check_fragment(ds, frag, vec_cols: list[str], report: TableReport, ids: lis
                     if checksum_of(c) in crc_cols else None)
             norms = batch.column(norm_of(c)).to_numpy(zero_copy_only=False)
             bad[bad_rows(arr, sums, norms)] = True
-        report.damaged_rows.extend(int(r) for r in rows[bad])
+        report.damaged_rows.extend(start + int(i) for i in np.flatnonzero(bad))
+        report.damaged_rowids.extend(int(r) for r in batch.column("_rowid").to_numpy()[bad])
 
 
 def drop_damaged(db: Database, table: str, report: TableReport) -> int:
@@ -166,8 +177,8 @@ def drop_damaged(db: Database, table: str, report: TableReport) -> int:
             ds.uri, lance.LanceOperation.Delete([], report.lost_fragments, "lost fragments"),
             read_version=ds.version)
         ds = db.dataset(table)
-    if report.damaged_rows:
-        ds.delete("row IN (" + ", ".join(str(r) for r in sorted(set(report.damaged_rows)))
+    if report.damaged_rowids:
+        ds.delete("_rowid IN (" + ", ".join(str(r) for r in sorted(set(report.damaged_rowids)))
                   + ")")
     _mark_incomplete(db, table)
     return before - db.dataset(table).count_rows()  # (recording the new version)
@@ -189,14 +200,16 @@ def drop_duplicates(db: Database, table: str) -> int:
 
 def add_checksums(db: Database, table: str) -> list[str]:
     """Checksum columns for the vector columns that lack them (after checking that their
-    values are finite); returns the columns given checksums."""
+    values are finite), and for ``row``; returns the columns given checksums."""
     ds = db.dataset(table)
     missing = [f.name for f in ds.schema
                if f.name.startswith("vec_") and checksum_of(f.name) not in ds.schema.names]
-    if not missing:
+    row = ROW_CHECKSUM not in ds.schema.names
+    if not missing and not row:
         return []
-    dim = ds.schema.field(missing[0]).type.list_size
-    out_schema = pa.schema([pa.field(checksum_of(c), pa.int64()) for c in missing])
+    dim = ds.schema.field(missing[0]).type.list_size if missing else 0
+    out_schema = pa.schema([pa.field(checksum_of(c), pa.int64()) for c in missing]
+                           + ([pa.field(ROW_CHECKSUM, pa.int64())] if row else []))
 
     def udf(batch: pa.RecordBatch) -> pa.RecordBatch:
         cols = []
@@ -208,12 +221,15 @@ def add_checksums(db: Database, table: str) -> list[str]:
                                      "finite or norms that are not theirs; drop those rows "
                                      "first (--drop-damaged)")
             cols.append(pa.array(row_checksums(arr, norms)))
+        if row:
+            cols.append(pa.array(row_index_checksums(batch.column("id").to_pylist(),
+                                                     batch.column("row").to_numpy())))
         return pa.RecordBatch.from_arrays(cols, schema=out_schema)
 
     ds.add_columns(lance.batch_udf(output_schema=out_schema)(udf),
-                   read_columns=missing + [norm_of(c) for c in missing])
+                   read_columns=["id", "row"] + missing + [norm_of(c) for c in missing])
     db.committed(table)
-    return missing
+    return missing + (["row"] if row else [])
 
 
 def repair(db: Database, table: str, *, drop_damaged_rows: bool = False,
