@@ -54,9 +54,12 @@ def _table(store, table="pool") -> dict:
 
 
 def _assert_no_orphan_files(store, table="pool") -> None:
-    """Every data file in the table's folder belongs to the committed table."""
+    """Every data file in the table's folder belongs to a version kept on disk (the current
+    one, or the last before compaction, kept for restore): a killed worker's files do not."""
     ds = store.database.dataset(table)
-    used = {f.path for frag in ds.get_fragments() for f in frag.metadata.files}
+    versions = [v["version"] for v in ds.versions()]
+    used = {f.path for v in versions for frag in ds.checkout_version(v).get_fragments()
+            for f in frag.metadata.files}
     on_disk = {p.name for p in (Path(ds.uri) / "data").iterdir()}
     assert on_disk == used
 
