@@ -73,26 +73,24 @@ class Evaluation:
                                       self.arm("baseline", metric), strict=True)]
 
     def lines(self) -> list[str]:
-        def spread(v: list[float], scale: float = 1.0) -> str:
-            m = statistics.fmean(v) * scale
-            if len(v) < 2:
-                return f"{m:+.2f}" if scale == 1 else f"{m:.1f}"
-            return f"{m:.2f} ± {statistics.stdev(v) * scale:.2f}"
+        def spread(v: list[float], sign: str = "") -> str:
+            text = f"{statistics.fmean(v):{sign}.2f}"
+            return text if len(v) < 2 else f"{text} ± {statistics.stdev(v):.2f}"
 
         n = len(self.arm("selection", "loss"))
         out = [f"evaluation of selection {self.selection_id} against {self.baseline}: "
                f"{self.test_rows} test rows, {n} seed(s)",
-               f"  {'arm':<10} {'examples':>8}  {'answer loss':>14}  {'exact match %':>15}"]
+               f"  {'arm':<12} {'examples':>8}  {'answer loss':>14}  {'exact match %':>15}"]
         for arm, label in (("selection", self.selection_id), ("baseline", self.baseline)):
             ex = self.arm(arm, "examples")
-            out.append(f"  {label[:10]:<10} {ex[0] if ex else 0:>8}  "
+            out.append(f"  {label[:12]:<12} {ex[0] if ex else 0:>8}  "
                        f"{spread(self.arm(arm, 'loss')):>14}  "
                        f"{spread([100 * v for v in self.arm(arm, 'exact_match')]):>15}")
         dl = self.differences("loss")
         de = [100 * d for d in self.differences("exact_match")]
-        out.append(f"  difference (selection - baseline): loss {spread(dl)}, exact match "
-                   f"{spread(de)} points" + ("" if n > 1 else " (one seed: no spread; "
-                                                              "use --seeds 3)"))
+        out.append(f"  difference (selection - baseline): loss {spread(dl, '+')}, exact match "
+                   f"{spread(de, '+')} points" + ("" if n > 1 else " (one seed: no spread; "
+                                                               "use --seeds 3)"))
         return out
 
     def to_dict(self) -> dict[str, Any]:
