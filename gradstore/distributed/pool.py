@@ -1,10 +1,11 @@
 """A pool on a Lance table whose scans and parts run as Ray tasks.
 
 Each task opens the table at the driver's version (a fixed snapshot), reads one
-contiguous row range across the table's fragments and runs the unchanged selector
-code on it (``correlation_scan``, ``gtp``); the driver merges the results. Only the
-residual columns go out and only the top-m rows per query come back, so the traffic
-is independent of the pool size.
+contiguous row range across the table's fragments, checks it against its checksums
+(damage is gradstore's one-line error on the driver, as without Ray), and runs the
+unchanged selector code on it (``correlation_scan``, ``gtp``); the driver merges the
+results. Only the residual columns go out and only the top-m rows per query come back,
+so the traffic is independent of the pool size.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any
 import numpy as np
 
 from gradstore.distributed.cluster import require_ray, task_env
+from gradstore.errors import GradstoreError
 from gradstore.selectors.partitioned import part_bounds
 from gradstore.selectors.scan import ScanQuery, correlation_scan
 from gradstore.selectors.stacked import StackedPool
+from gradstore.store.integrity import reading
 from gradstore.store.lance_source import LanceSource
 
 
@@ -33,17 +36,22 @@ class TableSnapshot:
     eta: tuple[float, ...] | None
     normalize: bool
 
+    @property
+    def table(self) -> str:
+        return self.uri.rstrip("/").rsplit("/", 1)[-1].removesuffix(".lance")
+
     def open_part(self, start: int, stop: int, norms: np.ndarray,
                   center: tuple[np.ndarray, np.ndarray] | None) -> StackedPool:
         """Rows ``start:stop``; ``norms`` those of the stored rows, ``center`` the pool's
         centre and the part's centred norms (None: uncentred)."""
         import lance
 
-        ds = lance.dataset(self.uri, version=self.version)
-        # the driver verified the table when it read it; the tasks check finite scores only
+        with reading(self.table):
+            ds = lance.dataset(self.uri, version=self.version)
+        # every task checks what it reads against the checksums (the files may have changed
+        # since the driver read them, or differ on another node)
         src = LanceSource(ds, list(self.columns), self.dim, (start, stop), norms,
-                          name=self.uri.rstrip("/").rsplit("/", 1)[-1].removesuffix(".lance"),
-                          verify=False)
+                          name=self.table, verify=True)
         eta = None if self.eta is None else list(self.eta)
         if center is None:
             return StackedPool(src, eta, self.normalize)
@@ -52,12 +60,21 @@ class TableSnapshot:
 
 def _scan_part(snap: TableSnapshot, start: int, stop: int, norms: np.ndarray, center,
                R: np.ndarray, queries: list[ScanQuery]) -> list[tuple[np.ndarray, np.ndarray]]:
-    return correlation_scan(snap.open_part(start, stop, norms, center), R, queries)
+    with reading(snap.table):  # a Lance failure on the files is the user's one-line error
+        return correlation_scan(snap.open_part(start, stop, norms, center), R, queries)
 
 
 def _map_part(snap: TableSnapshot, start: int, stop: int, norms: np.ndarray, center,
               fn: Callable) -> Any:
-    return fn(snap.open_part(start, stop, norms, center))
+    with reading(snap.table):
+        return fn(snap.open_part(start, stop, norms, center))
+
+
+def task_failure(exc: BaseException) -> BaseException:
+    """What a failed task raised, when it is gradstore's own error (damage, bad input): the
+    user then sees the same one line as without Ray, not Ray's traceback."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, GradstoreError) else exc
 
 
 def _part_sum(part: StackedPool) -> np.ndarray:
@@ -122,7 +139,15 @@ class DistributedPool(StackedPool):
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for f in done:
-                out[index[f]] = ray.get(f)
+                try:
+                    out[index[f]] = ray.get(f)
+                except Exception as exc:  # noqa: BLE001 - a task's error, unwrapped
+                    for other in pending:
+                        ray.cancel(other)
+                    failure = task_failure(exc)
+                    if failure is exc:
+                        raise
+                    raise failure from None
                 if on_done is not None:
                     on_done(sizes[index[f]])
         return out

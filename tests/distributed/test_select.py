@@ -128,3 +128,34 @@ def test_bad_partition_options(store):
         store.select("pool", "tgt", 10, method="less", partitions=2, save=False)
     with pytest.raises(gradstore.GradstoreError, match="whole number"):
         store.select("pool", "tgt", 10, partitions=0, save=False)
+
+
+def test_damage_read_by_a_task_is_the_one_line_error(ray_cluster, tmp_path):
+    """Tasks check what they read: bytes flipped after the driver opened the table (as on
+    another node, or an object store that changed) fail the scan with gradstore's damage
+    error, and `select --ray` prints it as one line, exit 2 (not Ray's task traceback)."""
+    from gradstore.store.integrity import DamagedTable
+    from tests.cli.test_cli import run
+
+    rng = np.random.default_rng(9)
+    path = tmp_path / "store"
+    st = gradstore.open(path)
+    X = rng.normal(size=(2000, T * D)).astype(np.float32)
+    st.import_vectors("pool", X[:, :D], checkpoint="c1", ids=[f"p{i}" for i in range(2000)])
+    st.import_vectors("pool", X[:, D:], checkpoint="c2")
+    st.import_vectors("tgt", X[:4, :D] + 1, checkpoint="c1", kind="target")
+    st.import_vectors("tgt", X[:4, D:] + 1, checkpoint="c2")
+    dist = DistributedPool(st.source("pool", "stream"), [1.0, 1.0], tasks=2)
+    (f,) = [p for p in (path / "pool.lance" / "data").iterdir()
+            if p.stat().st_size == max(q.stat().st_size
+                                       for q in (path / "pool.lance" / "data").iterdir())]
+    raw = bytearray(f.read_bytes())
+    mid = len(raw) // 3
+    raw[mid:mid + 4096] = bytes(b ^ 0x5A for b in raw[mid:mid + 4096])
+    f.write_bytes(bytes(raw))
+    with pytest.raises(DamagedTable, match="table 'pool'"):
+        dist.scan(np.ones((T * D, 1), dtype=np.float32), [ScanQuery(slice(0, 1), 5)])
+    res = run("select", path, "--pool", "pool", "--target", "tgt", "--budget", "10",
+              "--ray", "auto", "--quiet", ok=False)
+    assert res.returncode == 2 and "damaged" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "ray::" not in res.stderr
