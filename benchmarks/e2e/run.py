@@ -63,10 +63,13 @@ import make_pool  # noqa: E402
 from benchmarks.smollm2 import smollm2_gguf  # noqa: E402
 from gradstore.budget import budget_count, parse_budget  # noqa: E402
 
-CLI_ARMS = {"gtp": ("gtp", []), "gtp-paper": ("gtp-paper", []), "less": ("less", []),
-            "less-labels": ("less", []), "random": ("random", [])}
-"""Arms that are a `gradstore select` method (and flags); ``less-labels`` reads the
-labelled copy of the target. The others come from ``baselines.py``."""
+CLI_ARMS = {"gtp": ("gtp", []), "gtp-exact": ("gtp", ["--tolerance", "0"]),
+            "gtp-paper": ("gtp-paper", []), "less": ("less", []), "less-labels": ("less", []),
+            "random": ("random", [])}
+"""Arms that are a `gradstore select` method (and flags); ``gtp-exact`` is the default gtp
+with ``--tolerance 0`` (the target's mean matched as closely as it can, no stretch toward
+the target); ``less-labels`` reads the labelled copy of the target. The others come from
+``baselines.py``."""
 BENCH_ARMS = ("less-rr", "less-dedup", "oracle")
 FIVE = ["convert", "sort", "words", "count", "upper"]
 """Skills whose full-pool fine-tune beats the untrained model by >= 10 points of exact
@@ -87,11 +90,11 @@ class Plan:
     # scenario families: targets, budgets, arms; extra = [[arm, budget], ...]
     single_targets: list[str] = field(default_factory=lambda: list(FIVE))
     single_budgets: list[str] = field(default_factory=lambda: ["0.25%", "5%"])
-    single_arms: list[str] = field(default_factory=lambda: ["gtp", "less"])
+    single_arms: list[str] = field(default_factory=lambda: ["gtp", "gtp-exact", "less"])
     mixtures: list[str] = field(default_factory=lambda: list(make_pool.MIXTURES))
     mix_budgets: list[str] = field(default_factory=lambda: ["1%", "5%"])
     mix_arms: list[str] = field(default_factory=lambda: [
-        "gtp", "less", "less-labels", "less-rr", "oracle"])
+        "gtp", "gtp-exact", "less", "less-labels", "less-rr", "oracle"])
     mix_extra: list[list[str]] = field(default_factory=lambda: [["gtp-paper", "1%"],
                                                                 ["random", "5%"]])
     mix_test_per_skill: int = 100
@@ -100,7 +103,8 @@ class Plan:
     flood_share: float = 0.3
     flood_targets: list[str] = field(default_factory=lambda: ["convert", "sort", "count"])
     flood_budgets: list[str] = field(default_factory=lambda: ["2%"])
-    flood_arms: list[str] = field(default_factory=lambda: ["gtp", "less", "less-dedup"])
+    flood_arms: list[str] = field(default_factory=lambda: ["gtp", "gtp-exact", "less",
+                                                           "less-dedup"])
     dedup_cosine: float = 0.95
     """less-dedup skips a candidate whose cosine (LESS's space) to a kept row is >= this."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
