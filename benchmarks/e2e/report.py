@@ -278,8 +278,9 @@ def _setup_lines(plan: dict, timing: dict, jobs: list[dict], command: str, env: 
         f"pool, {plan['flood_size']} rows of which ≥ {100 * plan['flood_share']:.0f}% are "
         "copies in families of 5–50 (half exact, half re-worded). Targets: "
         f"{plan['target_size']} rows each; "
-        f"test sets {plan['test_size']} rows per skill ({plan['mix_test_per_skill']} per "
-        "sub-skill for mixtures), disjoint from the pools (`benchmarks/e2e/make_pool.py`).",
+        f"scored on {plan.get('single_test_rows', plan['test_size'])} held-out rows of the "
+        f"skill ({plan['mix_test_per_skill']} per sub-skill for mixtures), disjoint from the "
+        "pools (`benchmarks/e2e/make_pool.py`).",
         f"- **Scenarios**: mixtures {', '.join(plan['mixtures'])} at "
         f"{', '.join(plan['mix_budgets'])} ({', '.join(plan['mix_arms'])}; "
         + ", ".join(f"{a} at {b}" for a, b in plan["mix_extra"]) + "); flooded pool, "

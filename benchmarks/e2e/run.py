@@ -97,8 +97,11 @@ class Plan:
         "gtp", "gtp-exact", "less", "less-labels", "less-rr", "oracle"])
     mix_extra: list[list[str]] = field(default_factory=lambda: [["gtp-paper", "1%"],
                                                                 ["random", "5%"]])
-    mix_test_per_skill: int = 100
+    mix_test_per_skill: int = 75
     """Each mixture job is scored on this many test rows of each of its skills."""
+    single_test_rows: int = 150
+    """Single-skill and flooded-pool jobs are scored on this many rows of the skill's test
+    set (of ``test_size``; fewer rows keep the full plan near 4 hours)."""
     flood_size: int = 1000
     flood_share: float = 0.3
     flood_targets: list[str] = field(default_factory=lambda: ["convert", "sort", "count"])
@@ -135,14 +138,16 @@ class Plan:
                   "single_targets": ["convert"], "single_budgets": ["10%"],
                   "mixtures": ["count70-upper30"], "mix_budgets": ["10%"],
                   "mix_extra": [["gtp-paper", "10%"], ["random", "10%"]],
-                  "mix_test_per_skill": 2, "flood_size": 120, "flood_targets": ["sort"],
+                  "mix_test_per_skill": 2, "single_test_rows": 4, "flood_size": 120,
+                  "flood_targets": ["sort"],
                   "flood_budgets": ["10%"], "warmup_fraction": 0.1, "warmup_epochs": 1,
                   "warmup_layers": None, "lora_layers": None, "proj_dim": 32,
                   "max_length": 64, "passes": 16, "eval_batch": 8} | kw
         if quick:
             kw = {"pool_size": 1000, "test_size": 100, "seeds": [0],
                   "single_targets": ["convert"], "mixtures": ["count70-upper30"],
-                  "mix_extra": [], "mix_test_per_skill": 50, "flood_size": 500,
+                  "mix_extra": [], "mix_test_per_skill": 50, "single_test_rows": 100,
+                  "flood_size": 500,
                   "flood_targets": ["sort"]} | kw
         if device.startswith("cuda"):
             kw = {"pool_size": 20000, "flood_size": 10000, "warmup_layers": None,
@@ -153,7 +158,8 @@ class Plan:
     def training_key(self) -> str:
         """A hash of what a fine-tune's result depends on besides its selection and seed."""
         keys = ("model", "gguf_file", "device", "pool_size", "dup_share", "target_size",
-                "test_size", "mix_test_per_skill", "flood_size", "flood_share", "passes", "lr",
+                "test_size", "mix_test_per_skill", "single_test_rows", "flood_size",
+                "flood_share", "passes", "lr",
                 "batch_size", "lora_layers", "max_length", "eval_batch", "exact_match")
         values = {k: getattr(self, k) for k in keys}
         if Path(self.model).is_dir():  # a local directory: its name, not where this clone is
@@ -431,7 +437,7 @@ def plan_jobs(plan: Plan) -> list[Job]:
 
 def eval_names(plan: Plan) -> dict[str, tuple[str, int]]:
     """Every scored set: name -> (the skill's test file, rows of it)."""
-    out = {f"test-{s}": (s, plan.test_size)
+    out = {f"test-{s}": (s, plan.single_test_rows)
            for s in dict.fromkeys(plan.single_targets + plan.flood_targets)}
     for m in plan.mixtures:
         for s in make_pool.MIXTURES[m]:

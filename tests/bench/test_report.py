@@ -64,8 +64,8 @@ def test_job_plan_covers_every_cell_once_mixtures_first():
 def test_eval_sets_are_the_test_files_cut_to_size():
     plan = run.Plan(model="m", gguf_file=None)
     names = run.eval_names(plan)
-    assert names["test-convert"] == ("convert", 200)
-    assert names["mixtest-words"] == ("words", 100)
+    assert names["test-convert"] == ("convert", 150)
+    assert names["mixtest-words"] == ("words", 75)
     assert {n for j in run.plan_jobs(plan) for n in j.evals} <= set(names)
 
 
