@@ -31,8 +31,9 @@ Stages (each resumes from what it finds):
 Each finished job is a small JSON record in ``RESULTS/e2e_jobs/`` (commit them as they
 come: a run from a fresh clone recomputes the deterministic pipeline and continues from
 the committed records; a record whose selection or settings changed is run again, and
-the log says which and why). ``--quick`` is a plan of minutes for iterating (a 1,000-row
-pool, one target per family, one seed, 100 test rows); it writes to
+the log says which and why). ``--quick`` is a short plan for iterating (a 600-row pool,
+one target per family at 5%, one seed, 100 test rows; about 20 minutes estimated); it
+writes to
 ``RESULTS/e2e_quick*`` and ``WORK-quick``. ``--tiny`` runs every stage on a tiny model
 in seconds (``make test``).
 """
@@ -144,10 +145,11 @@ class Plan:
                   "warmup_layers": None, "lora_layers": None, "proj_dim": 32,
                   "max_length": 64, "passes": 16, "eval_batch": 8} | kw
         if quick:
-            kw = {"pool_size": 1000, "test_size": 100, "seeds": [0],
-                  "single_targets": ["convert"], "mixtures": ["count70-upper30"],
-                  "mix_extra": [], "mix_test_per_skill": 50, "single_test_rows": 100,
-                  "flood_size": 500,
+            kw = {"pool_size": 600, "test_size": 100, "seeds": [0],
+                  "single_targets": ["convert"], "single_budgets": ["5%"],
+                  "mixtures": ["count70-upper30"], "mix_budgets": ["5%"], "mix_extra": [],
+                  "mix_test_per_skill": 50, "single_test_rows": 100, "flood_size": 300,
+                  "flood_budgets": ["5%"],
                   "flood_targets": ["sort"]} | kw
         if device.startswith("cuda"):
             kw = {"pool_size": 20000, "flood_size": 10000, "warmup_layers": None,
