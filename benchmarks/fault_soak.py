@@ -9,7 +9,9 @@ checkpoints; a target; a stored selection) and injects one fault:
   target or the selection log);
 * interruption: ``kill -9`` at a random moment of ``import``, ``select``, ``export`` or
   ``ingest`` (a tiny model), then the same command again;
-* concurrency: two imports of one table at once.
+* concurrency: two imports of one table at once; rows deleted from the pool by another
+  process while a ``select`` is held between computing and naming its answer (a pause
+  point, ``select-computed``): it must answer from the version it read.
 
 Then ``select`` (gtp and less), ``export`` of the stored selection and ``vectors`` run, and
 each outcome is classed against the healthy store's answers:
@@ -29,6 +31,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import pickle
 import platform
 import shutil
@@ -55,7 +58,8 @@ TINY = {"N": 600, "D": 32, "FRAG": 100, "EXTRA_ROWS": 4000, "CHAT_ROWS": 24, "MA
 """The tiny mode's sizes (make test): every fault kind once, on a smaller store."""
 DAMAGE = ("flip", "zero", "truncate", "delete-data", "delete-manifest", "delete-versions",
           "flip-manifest")
-INTERRUPT = ("kill-import", "kill-select", "kill-export", "kill-ingest", "two-imports")
+INTERRUPT = ("kill-import", "kill-select", "kill-export", "kill-ingest", "two-imports",
+             "drop-during-select")
 BAD = ("WRONG", "CRASH", "LOST")
 
 
@@ -258,8 +262,39 @@ def _class(got, want) -> str:
     return "CRASH"
 
 
+def drop_during_select(ref: dict, store: Path, rng: np.random.Generator) -> list:
+    """A select held at its ``select-computed`` pause point while another process deletes
+    rows of the pool (positions shift); its answer must be the healthy store's."""
+    from gradstore.pause import PAUSE_ENV
+
+    pause = store.parent / "pause"
+    pause.mkdir()
+    env = dict(os.environ, **{PAUSE_ENV: f"select-computed={pause}"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gradstore", "select", str(store), "--pool", "pool", "--target",
+         "tgt", "--budget", "30", "--method", "gtp", "--format", "json", "--quiet"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not any(pause.glob("select-computed.*.waiting")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "select never reached its pause point"
+        time.sleep(0.01)
+    doomed = rng.choice(ref["vectors"][0], 5, replace=False).tolist() + ref["gtp"][1][0][:2]
+    db = gradstore.open(store).database
+    db.dataset("pool").delete("id IN (" + ", ".join(f"'{i}'" for i in doomed) + ")")
+    db.committed("pool")
+    (pause / "select-computed.go").touch()
+    out, err = proc.communicate(timeout=300)
+    if proc.returncode != 0:
+        return [("drop-during-select", _class((proc.returncode, err), ref["gtp"]))]
+    got = json.loads(out)[0]
+    return [("drop-during-select",
+             _class((0, (got["ids"], np.round(got["weights"], 6).tolist())), ref["gtp"]))]
+
+
 def interrupt(ref: dict, store: Path, kind: str, rng: np.random.Generator) -> list:
     """One interruption, then the same command again; the outcomes."""
+    if kind == "drop-during-select":
+        return drop_during_select(ref, store, rng)
     delay = float(rng.uniform(0.5, MAX_DELAY))
     if kind in ("kill-import", "two-imports"):
         args = ("import", store, "extra", "--vectors", store.parent.parent / "extra.npy")
