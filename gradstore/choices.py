@@ -12,8 +12,9 @@ greedy with NNLS weights; less: LESS's top-k by cosine; random."""
 PURSUITS = ("gtp", "gtp-paper")
 """The methods ``--partitions`` applies to (a pursuit per part, then on their union)."""
 
-TARGET_MODES = ("mean", "joint")
-"""mean: match the target's mean; joint: each subtask's mean (every subtask counts)."""
+TARGET_MODES = ("mean", "joint", "clusters")
+"""mean: match the target's mean; joint: each subtask's mean (every subtask counts);
+clusters: as joint, with subtasks found by clustering the target's rows (no labels)."""
 
 GRAD_TYPES = ("adam", "sgd", "sign")
 """What is stored for a per-example gradient g: Adam's step from the checkpoint's

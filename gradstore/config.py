@@ -316,7 +316,9 @@ class SelectConfig:
                          help="gtp: the selection's mean trajectory matches the target's; "
                               "gtp-paper: GTP as published (NNLS weights); omp; less; random")
     target_mode: str = option("mean", choices=TARGET_MODES,
-                              help="match the target mean, or its subtask means jointly")
+                              help="match the target mean; joint: its subtask means, each "
+                                   "the same weight; clusters: as joint, the subtasks found "
+                                   "by clustering the target's rows (no labels needed)")
     tolerance: float | str = option(
         "auto", parse=lambda t: t if t == "auto" else float(t),
         help="gtp: how far the selection's mean trajectory may stay from the target's, "
@@ -356,7 +358,7 @@ class SelectConfig:
         if self.method not in METHODS:
             _bad(f"method {self.method!r} is not one of {', '.join(METHODS)}")
         if self.target_mode not in TARGET_MODES:
-            _bad(f"target mode {self.target_mode!r} is not one of mean, joint")
+            _bad(f"target mode {self.target_mode!r} is not one of {', '.join(TARGET_MODES)}")
         tol = self.tolerance
         if tol != "auto" and not (isinstance(tol, int | float) and math.isfinite(tol)
                                   and tol >= 0):

@@ -31,8 +31,8 @@ BOOTSTRAP = 10_000
 FAMILIES = {"mix": "Mixture targets (no labels given to the selectors)",
             "flood": "Duplicate-flooded pool",
             "single": "Single-skill targets, clean pool"}
-ARM_ORDER = ["gtp", "gtp-exact", "gtp-paper", "less", "less-labels", "less-rr", "less-dedup",
-             "oracle", "random"]
+ARM_ORDER = ["gtp", "gtp-exact", "gtp-clusters", "gtp-paper", "less", "less-labels",
+             "less-rr", "less-dedup", "oracle", "random"]
 
 
 def load(records: Path) -> list[dict]:
@@ -128,7 +128,8 @@ def arm_means(cells: dict, metric: str) -> dict[str, float]:
 
 
 def strongest(cells: dict, metric: str,
-              exclude: tuple[str, ...] = ("gtp", "gtp-exact", "oracle")) -> str | None:
+              exclude: tuple[str, ...] = ("gtp", "gtp-exact", "gtp-clusters", "oracle"),
+              ) -> str | None:
     """The best baseline by ``metric`` among arms present in every cell (the oracle, which
     reads labels, and GTP's own variants are not baselines)."""
     full = [a for a in ARM_ORDER if a not in exclude

@@ -65,11 +65,14 @@ from benchmarks.smollm2 import smollm2_gguf  # noqa: E402
 from gradstore.budget import budget_count, parse_budget  # noqa: E402
 
 CLI_ARMS = {"gtp": ("gtp", []), "gtp-exact": ("gtp", ["--tolerance", "0"]),
+            "gtp-clusters": ("gtp", ["--tolerance", "0", "--target-mode", "clusters"]),
             "gtp-paper": ("gtp-paper", []), "less": ("less", []), "less-labels": ("less", []),
             "random": ("random", [])}
 """Arms that are a `gradstore select` method (and flags); ``gtp-exact`` is the default gtp
 with ``--tolerance 0`` (the target's mean matched as closely as it can, no stretch toward
-the target); ``less-labels`` reads the labelled copy of the target. The others come from
+the target); ``gtp-clusters`` also gives each cluster of the target's rows the same weight
+(``--target-mode clusters``, no labels); ``less-labels`` reads the labelled copy of the
+target. The others come from
 ``baselines.py``."""
 BENCH_ARMS = ("less-rr", "less-dedup", "oracle")
 FIVE = ["convert", "sort", "words", "count", "upper"]
@@ -95,7 +98,7 @@ class Plan:
     mixtures: list[str] = field(default_factory=lambda: list(make_pool.MIXTURES))
     mix_budgets: list[str] = field(default_factory=lambda: ["1%", "5%"])
     mix_arms: list[str] = field(default_factory=lambda: [
-        "gtp", "gtp-exact", "less", "less-labels", "less-rr", "oracle"])
+        "gtp", "gtp-exact", "gtp-clusters", "less", "less-labels", "less-rr", "oracle"])
     mix_extra: list[list[str]] = field(default_factory=lambda: [["gtp-paper", "1%"],
                                                                 ["random", "5%"]])
     mix_test_per_skill: int = 75

@@ -25,6 +25,7 @@ from gradstore.config import SelectConfig
 from gradstore.devices import resolve_device
 from gradstore.errors import GradstoreError
 from gradstore.pause import pause_point
+from gradstore.selectors.clusters import target_clusters
 from gradstore.selectors.gtp import gtp
 from gradstore.selectors.gtp_paper import gtp_paper
 from gradstore.selectors.less import less_topk
@@ -104,10 +105,12 @@ def target_type(method: str, pmeta: TableMeta, tmeta: TableMeta) -> str | None:
 
 def target_matrix(
     db: Database, spool: StackedPool, pool: str, pmeta: TableMeta, target: str | None,
-    per_subtask: bool, method: str,
+    per_subtask: bool, method: str, clusters: bool = False,
 ) -> tuple[np.ndarray, float]:
     """The target columns Y (D, C) in the pool's stacked space, and the sampling error of
-    their mean (``target_tolerance``; 0 for the in-domain target, the pool's own mean)."""
+    their mean (``target_tolerance``; 0 for the in-domain target, the pool's own mean).
+    ``per_subtask``: a column per subtask label; ``clusters``: a column per cluster of the
+    target's rows (:func:`target_clusters`), labels or not."""
     if target is None:
         return spool.mean()[:, None], 0.0
     if target == pool:
@@ -122,7 +125,9 @@ def target_matrix(
                    for name in pmeta.checkpoint_names])
     labels = db.subtasks(target)
     lab = None
-    if per_subtask and any(s is not None for s in labels):
+    if clusters:
+        lab = target_clusters(spool.target_rows(X)).astype(str)
+    elif per_subtask and any(s is not None for s in labels):
         lab = np.array([s or "" for s in labels])
     Y, tolerance = spool.target(X, lab)
     if not np.any(Y):
@@ -292,8 +297,8 @@ def run_selection(
         t0 = time.perf_counter()
         spool = stacked_pool(db, pool, opts, eta, cache)
         per_subtask = opts.method == "less" or opts.target_mode == "joint"
-        found = [target_matrix(db, spool, pool, pmeta, t, per_subtask, opts.method)
-                 for t in targets]
+        found = [target_matrix(db, spool, pool, pmeta, t, per_subtask, opts.method,
+                               clusters=opts.target_mode == "clusters") for t in targets]
         pairs = [(ti, bi) for ti in range(len(targets)) for bi in range(len(budgets))]
         bar = ScanProgress(n, opts.method) if opts.progress else None
         try:

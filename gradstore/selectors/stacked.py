@@ -216,16 +216,20 @@ class StackedPool:
             total += x.sum(0).reshape(-1).double()
         return (total / max(self.num_rows, 1)).numpy()
 
+    def target_rows(self, rows: np.ndarray) -> np.ndarray:
+        """A target's stored rows (n, T*d) in this pool's stacked space, float64."""
+        raw = np.asarray(rows, dtype=np.float32)
+        if self.center is not None:
+            raw = raw - self.center
+        return stack_rows(raw, self.scales, self.normalize, self.source.num_checkpoints)
+
     def target(self, rows: np.ndarray, labels: np.ndarray | None = None
                ) -> tuple[np.ndarray, float]:
         """Target columns ``Y`` (D, C) from a target's stored rows (n, T*d), in this pool's
         stacked space (its centre, scales and normalisation): their mean, or with subtask
         ``labels`` one column per subtask; and the standard error of that mean (the
         tolerance of gtp, ``target_tolerance``)."""
-        raw = np.asarray(rows, dtype=np.float32)
-        if self.center is not None:
-            raw = raw - self.center
-        stacked = stack_rows(raw, self.scales, self.normalize, self.source.num_checkpoints)
+        stacked = self.target_rows(rows)
         if labels is None:
             Y = stacked.mean(0)[:, None]
         else:

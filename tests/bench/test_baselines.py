@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import gradstore
+from gradstore.selectors import clusters
 
 
 def unit(X):
@@ -77,7 +78,7 @@ def test_kmeans_finds_the_best_partition_by_brute_force():
         return total
 
     best = max(fit(p) for p in itertools.product([0, 1], repeat=7) if len(set(p)) == 2)
-    labels, got = baselines.kmeans(U, 2)
+    labels, got = clusters.kmeans(U, 2)
     assert got == pytest.approx(best) and fit(labels.tolist()) == pytest.approx(best)
 
 
@@ -91,7 +92,7 @@ def test_silhouette_against_the_definition():
         other = [j for j in range(5) if labels[j] != labels[i]]
         a, b = np.mean(D[i, own]), np.mean(D[i, other])
         s.append((b - a) / max(a, b))
-    assert baselines.silhouette(U, labels) == pytest.approx(np.mean(s))
+    assert clusters.silhouette(U, labels) == pytest.approx(np.mean(s))
 
 
 def test_target_clusters_recover_planted_groups_and_keep_noise_whole():
@@ -100,11 +101,11 @@ def test_target_clusters_recover_planted_groups_and_keep_noise_whole():
     sizes = [10, 6, 4]
     T = np.concatenate([c + 0.2 * rng.normal(size=(n, 64)) / 8 for c, n in zip(
         centres, sizes, strict=True)])
-    labels = baselines.target_clusters(T)
+    labels = clusters.target_clusters(T)
     assert np.bincount(labels).tolist() == sizes  # the largest first
     assert len(set(labels[:10])) == len(set(labels[10:16])) == len(set(labels[16:])) == 1
     noise = rng.normal(size=(20, 512))
-    assert baselines.target_clusters(noise).tolist() == [0] * 20
+    assert clusters.target_clusters(noise).tolist() == [0] * 20
 
 
 def test_dedup_skips_near_copies_of_kept_rows():

@@ -45,7 +45,7 @@ def test_job_plan_covers_every_cell_once_mixtures_first():
     jobs = run.plan_jobs(plan)
     names = [j.name for j in jobs]
     assert len(names) == len(set(names))
-    per_seed = (3 * 2 * 6 + 3 * 2) + 3 * 1 * 4 + 5 * 2 * 3  # mix, flood, single
+    per_seed = (3 * 2 * 7 + 3 * 2) + 3 * 1 * 4 + 5 * 2 * 3  # mix, flood, single
     assert len(jobs) == 1 + 3 * per_seed
     assert jobs[0].kind == "base" and jobs[1].family == "mix" and jobs[-1].family == "single"
     assert [j.seed for j in jobs[1:]] == sorted(j.seed for j in jobs[1:])  # seed after seed

@@ -32,8 +32,8 @@ def test_ingest_speed_tiny():
 
 def test_e2e_tiny():
     out = run("e2e/run.py")
-    assert "done in" in out and "job 16/16" in out and "job 17/" not in out
-    assert "16 of 16 fine-tune/eval jobs already recorded" in out  # the resumed pass
+    assert "done in" in out and "job 17/17" in out and "job 18/" not in out
+    assert "17 of 17 fine-tune/eval jobs already recorded" in out  # the resumed pass
     for arm in ("less-rr", "oracle", "less-dedup"):  # the benchmark's own baselines ran
         assert f"baseline {arm} on" in out
 
