@@ -47,6 +47,7 @@ from gradstore.store.meta import (
     loss_column,
     norm_of,
     type_fields,
+    unchecked_columns,
     vector_column,
 )
 from gradstore.store.selections import SELECTIONS_SCHEMA, SELECTIONS_TABLE, Selection
@@ -197,10 +198,7 @@ class Database:
     def _note_unchecked(self, table: str, schema: pa.Schema) -> None:
         """Warn once per process and table when some of its columns have no checksums (a
         table written before gradstore kept them): damage there goes unnoticed."""
-        names = set(schema.names)
-        missing = [c for c in schema.names if c.startswith("vec") and checksum_of(c) not in names]
-        missing += [c for c, crc in (("id", ID_CHECKSUM), ("row", ROW_CHECKSUM))
-                    if crc not in names]
+        missing = unchecked_columns(schema)
         key = (self.uri, table)
         if not missing or key in _NOTED_UNCHECKED:
             return
@@ -606,20 +604,19 @@ class Database:
         return self.db.open_table(name)
 
     # ---------------------------------------------------------------- selections
-    def selections_table(self, create: bool):
-        if SELECTIONS_TABLE in self.all_tables():
-            self.dataset(SELECTIONS_TABLE)  # readable, and not older than committed
-            with reading(SELECTIONS_TABLE):
-                return self.db.open_table(SELECTIONS_TABLE)
-        if not create:
+    def selections_table(self):
+        """The selection log, opened (checked: readable, not older than committed), or None
+        before the first selection is saved."""
+        if SELECTIONS_TABLE not in self.all_tables():
             return None
-        self.clear_uncommitted(SELECTIONS_TABLE)
-        return self.db.create_table(SELECTIONS_TABLE, schema=SELECTIONS_SCHEMA)
+        self.dataset(SELECTIONS_TABLE)
+        with reading(SELECTIONS_TABLE):
+            return self.db.open_table(SELECTIONS_TABLE)
 
     def selections(self) -> list[Selection]:
         """Every stored selection (reading the whole log: a damaged log raises
         :class:`DamagedTable`, which is how ``select`` checks it before computing)."""
-        tbl = self.selections_table(create=False)
+        tbl = self.selections_table()
         if tbl is None:
             return []
         with reading(SELECTIONS_TABLE):
@@ -632,7 +629,7 @@ class Database:
             if not sels:
                 raise GradstoreError(f"store {self.uri!r} holds no selections; run select first")
             return sels[-1]
-        tbl = self.selections_table(create=False)
+        tbl = self.selections_table()
         if tbl is not None:
             sid = selection_id.replace("'", "")
             with reading(SELECTIONS_TABLE):
@@ -647,29 +644,31 @@ class Database:
     def save_selections(self, sels: list[Selection]) -> None:
         """Append to the selection log; selects that finish at once take turns (the log's
         lock is waited for, not refused), so the log is created once and never raced."""
-        with table_lock(self.uri, SELECTIONS_TABLE, wait=True):
-            tbl = self.selections_table(create=True)
-            self.selections()  # never append to a log that cannot be read back
-            tbl.add(pa.Table.from_pylist([s.to_record() for s in sels],
-                                         schema=SELECTIONS_SCHEMA))
-            self.committed(SELECTIONS_TABLE)
+        self.append_to_log(SELECTIONS_TABLE, SELECTIONS_SCHEMA, [s.to_record() for s in sels],
+                           self.selections)
 
-    def save_evaluation(self, evaluation_id: str, selection_id: str, created: str,
-                        result: dict[str, Any]) -> None:
-        """Append an evaluation to the log (writers take turns, as for selections)."""
-        table = evals.EVALUATIONS_TABLE
+    def append_to_log(self, table: str, schema: pa.Schema, rows: list[dict[str, Any]],
+                      read_back) -> None:
+        """Append ``rows`` to a log table (created if missing) under its lock, waited for:
+        writers take turns. ``read_back()`` reads the log first: nothing is appended to a
+        log that cannot be read back."""
         with table_lock(self.uri, table, wait=True):
             if table in self.all_tables():
-                self.evaluations()  # never append to a log that cannot be read back
+                read_back()
                 with reading(table):
                     tbl = self.db.open_table(table)
             else:
                 self.clear_uncommitted(table)
-                tbl = self.db.create_table(table, schema=evals.EVALUATIONS_SCHEMA)
-            tbl.add(pa.Table.from_pylist(
-                [evals.to_record(evaluation_id, selection_id, created, result)],
-                schema=evals.EVALUATIONS_SCHEMA))
+                tbl = self.db.create_table(table, schema=schema)
+            tbl.add(pa.Table.from_pylist(rows, schema=schema))
             self.committed(table)
+
+    def save_evaluation(self, evaluation_id: str, selection_id: str, created: str,
+                        result: dict[str, Any]) -> None:
+        """Append an evaluation to the log (writers take turns, as for selections)."""
+        self.append_to_log(evals.EVALUATIONS_TABLE, evals.EVALUATIONS_SCHEMA,
+                           [evals.to_record(evaluation_id, selection_id, created, result)],
+                           self.evaluations)
 
     def evaluations(self, selection_id: str | None = None) -> list[dict[str, Any]]:
         """Stored evaluations (of one selection), oldest first; a damaged record raises."""

@@ -148,6 +148,16 @@ def checksum_of(column: str) -> str:
     return "crc" + column.removeprefix("vec")
 
 
+def unchecked_columns(schema: pa.Schema) -> list[str]:
+    """The columns of a gradient table that have no checksum (a table written before
+    gradstore kept them): vector columns without their ``crc_``, and ``id``/``row`` without
+    ``crc_id``/``crc_row``. ``verify --add-checksums`` adds every one."""
+    names = set(schema.names)
+    out = [c for c in schema.names if c.startswith("vec_") and checksum_of(c) not in names]
+    return out + [c for c, crc in (("id", ID_CHECKSUM), ("row", ROW_CHECKSUM))
+                  if crc not in names]
+
+
 def loss_column(index: int) -> str:
     return f"loss_{index}"
 

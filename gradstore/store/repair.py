@@ -38,7 +38,7 @@ from gradstore.store.integrity import (
 )
 from gradstore.store.lance_source import fixed_list_to_numpy
 from gradstore.store.locks import table_lock
-from gradstore.store.meta import INGEST_KEY, checksum_of, norm_of
+from gradstore.store.meta import INGEST_KEY, checksum_of, norm_of, unchecked_columns
 
 
 @dataclass
@@ -120,8 +120,7 @@ def verify_dataset(ds: lance.LanceDataset, table: str) -> TableReport:
             report.problems.append(str(unreadable(table, exc)))
         return report
     vec_cols = [f.name for f in ds.schema if f.name.startswith("vec_")]
-    report.unchecked_columns = [c for c in vec_cols if checksum_of(c) not in ds.schema.names]
-    report.unchecked_columns += [] if ROW_CHECKSUM in ds.schema.names else ["row"]
+    report.unchecked_columns = unchecked_columns(ds.schema)
     ids: list[str] = []
     for frag in fragments:
         try:
@@ -199,21 +198,21 @@ def drop_duplicates(db: Database, table: str) -> int:
 
 
 def add_checksums(db: Database, table: str) -> list[str]:
-    """Checksum columns for the vector columns that lack them (after checking that their
-    values are finite), and for ``row``; returns the columns given checksums."""
+    """Checksum columns for every column that lacks one (:func:`unchecked_columns`; vector
+    values are checked finite first); returns the columns given checksums."""
     ds = db.dataset(table)
-    missing = [f.name for f in ds.schema
-               if f.name.startswith("vec_") and checksum_of(f.name) not in ds.schema.names]
-    row = ROW_CHECKSUM not in ds.schema.names
-    if not missing and not row:
+    missing = unchecked_columns(ds.schema)
+    if not missing:
         return []
-    dim = ds.schema.field(missing[0]).type.list_size if missing else 0
-    out_schema = pa.schema([pa.field(checksum_of(c), pa.int64()) for c in missing]
-                           + ([pa.field(ROW_CHECKSUM, pa.int64())] if row else []))
+    vec = [c for c in missing if c.startswith("vec_")]
+    dim = ds.schema.field(vec[0]).type.list_size if vec else 0
+    crc = {"id": ID_CHECKSUM, "row": ROW_CHECKSUM}
+    out_schema = pa.schema([pa.field(crc.get(c) or checksum_of(c), pa.int64())
+                            for c in missing])
 
     def udf(batch: pa.RecordBatch) -> pa.RecordBatch:
         cols = []
-        for c in missing:
+        for c in vec:
             arr = fixed_list_to_numpy(batch.column(c), dim)
             norms = batch.column(norm_of(c)).to_numpy(zero_copy_only=False)
             if len(bad_rows(arr, None, norms)):
@@ -221,15 +220,17 @@ def add_checksums(db: Database, table: str) -> list[str]:
                                      "finite or norms that are not theirs; drop those rows "
                                      "first (--drop-damaged)")
             cols.append(pa.array(row_checksums(arr, norms)))
-        if row:
-            cols.append(pa.array(row_index_checksums(batch.column("id").to_pylist(),
-                                                     batch.column("row").to_numpy())))
+        ids = batch.column("id").to_pylist()
+        if "id" in missing:
+            cols.append(pa.array(text_checksums(ids, batch.column("subtask").to_pylist())))
+        if "row" in missing:
+            cols.append(pa.array(row_index_checksums(ids, batch.column("row").to_numpy())))
         return pa.RecordBatch.from_arrays(cols, schema=out_schema)
 
     ds.add_columns(lance.batch_udf(output_schema=out_schema)(udf),
-                   read_columns=["id", "row"] + missing + [norm_of(c) for c in missing])
+                   read_columns=["id", "subtask", "row"] + vec + [norm_of(c) for c in vec])
     db.committed(table)
-    return missing + (["row"] if row else [])
+    return missing
 
 
 def repair(db: Database, table: str, *, drop_damaged_rows: bool = False,
