@@ -24,8 +24,6 @@ from __future__ import annotations
 import make_pool
 import numpy as np
 
-from gradstore.selectors.clusters import target_clusters  # noqa: F401 - run.py's clusters
-
 
 def less_space(store, table: str, grad_type: str | None = None,
                like: str | None = None) -> tuple[list[str], np.ndarray]:

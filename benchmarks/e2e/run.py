@@ -63,6 +63,7 @@ import make_pool  # noqa: E402
 
 from benchmarks.smollm2 import smollm2_gguf  # noqa: E402
 from gradstore.budget import budget_count, parse_budget  # noqa: E402
+from gradstore.selectors.clusters import target_clusters  # noqa: E402
 
 CLI_ARMS = {"gtp": ("gtp", []), "gtp-exact": ("gtp", ["--tolerance", "0"]),
             "gtp-clusters": ("gtp", ["--tolerance", "0", "--target-mode", "clusters"]),
@@ -382,7 +383,7 @@ def bench_selections(plan: Plan, store: Path, data: Path, group: list[Cell]) -> 
         else:
             _, T = baselines.less_space(st, c.table, grad_type="sgd", like=pool)
             if c.arm == "less-rr":
-                labels = baselines.target_clusters(T)
+                labels = target_clusters(T)
                 picks = baselines.round_robin(P, T, labels, k)
                 extra = {"clusters": int(labels.max()) + 1}
             else:

@@ -46,8 +46,7 @@ class TableSnapshot:
         centre and the part's centred norms (None: uncentred)."""
         import lance
 
-        with reading(self.table):
-            ds = lance.dataset(self.uri, version=self.version)
+        ds = lance.dataset(self.uri, version=self.version)  # (callers read inside `reading`)
         # every task checks what it reads against the checksums (the files may have changed
         # since the driver read them, or differ on another node)
         src = LanceSource(ds, list(self.columns), self.dim, (start, stop), norms,

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from gradstore.config import SelectConfig
 from gradstore.errors import GradstoreError
@@ -38,7 +39,7 @@ from gradstore.grads.data import read_records
 from gradstore.ops.export import pool_records
 from gradstore.ops.select import SourceCache, checkpoint_weights, stacked_pool, target_matrix
 from gradstore.selectors.gtp import DUPLICATE_COSINE
-from gradstore.selectors.omp import fit_support
+from gradstore.selectors.omp import fit_rows
 from gradstore.store.database import Database
 from gradstore.store.selections import Selection
 
@@ -108,15 +109,15 @@ def build_report(db: Database, selection_ids: list[str], *, data: str | Path | N
         for f in facts:
             f.top, f.bottom = _extremes(f.selection, records)
             if by:
-                f.composition = _count(records[i].fields for i in f.selection.ids)(by)
+                f.composition = _count([records[i].fields for i in f.selection.ids], by)
     out = Report(store=db.uri, pool=pool, provenance=provenance(db, pool), selections=facts,
                  overlap=[[_jaccard(a, b) for b in sels] for a in sels],
                  shared=[[len(set(a.ids) & set(b.ids)) for b in sels] for a in sels], by=by)
     if by and records is not None:
-        out.pool_composition = _count(r.fields for r in records.values()
-                                      if r.id in space.pool_ids)(by)
+        out.pool_composition = _count([r.fields for r in records.values()
+                                       if r.id in space.position], by)
     if by and target_data is not None:
-        out.target_composition = _count(r.fields for r in read_records(target_data))(by)
+        out.target_composition = _count([r.fields for r in read_records(target_data)], by)
     return out
 
 
@@ -165,48 +166,51 @@ class ResidualSpace:
                 f"{self.pool!r} (e.g. {missing[0]!r}); it was made on an earlier version")
         return np.asarray([self.position[i] for i in sel.ids], dtype=np.int64)
 
-    def fit(self, rows: np.ndarray, y: np.ndarray) -> tuple[float, list[float]]:
-        """Relative residual of the best non-negative fit, in total and per checkpoint."""
-        W, total = fit_support(self.spool, rows, y)
-        if len(rows) == 0:
+    def fit(self, A: torch.Tensor, y: np.ndarray) -> tuple[float, list[float]]:
+        """Relative residual of the best non-negative fit of rows ``A`` (read once per
+        selection), in total and per checkpoint."""
+        if A.shape[0] == 0:
             return 1.0, [1.0] * len(self.meta.checkpoints)
-        r = self.spool.rows(rows).double().numpy().T @ W[:, 0] - y
+        W, total = fit_rows(A, y)
+        r = A.double().numpy().T @ W[:, 0] - y
         blocks = np.split(np.arange(len(y)), len(self.meta.checkpoints))
         per = [float(np.linalg.norm(r[b]) / max(np.linalg.norm(y[b]), 1e-30)) for b in blocks]
         return float(total), per
 
     def facts(self, sel: Selection, duplicate_cosine: float) -> SelectionFacts:
         rows, y = self.rows_of(sel), self.target(sel.target)
-        total, per = self.fit(rows, y)
+        A = self.spool.rows(rows)
+        total, per = self.fit(A, y)
         k = len(rows)
         grid = sorted({int(round(j)) for j in np.geomspace(1, max(k, 1), CURVE_POINTS)}
                       | {k}) if k else []
-        curve = [(j, total if j == k else self.fit(rows[:j], y)[0]) for j in grid]
-        pairs, spent = self.duplicates(sel, rows, duplicate_cosine)
+        curve = [(j, total if j == k else self.fit(A[:j], y)[0]) for j in grid]
+        pairs, spent = duplicates(sel.ids, A.double().numpy(), duplicate_cosine)
         return SelectionFacts(sel, total, per, curve, enough_at(curve), pairs, spent)
 
-    def duplicates(self, sel: Selection, rows: np.ndarray,
-                   cosine: float) -> tuple[list[tuple[str, str, float]], int]:
-        """Pairs of chosen rows at ``cosine`` or more, and picks beyond one per group."""
-        if len(rows) < 2:
-            return [], 0
-        A = self.spool.rows(rows).double().numpy()
-        U = A / np.maximum(np.linalg.norm(A, axis=1, keepdims=True), 1e-30)
-        C = U @ U.T
-        ii, jj = np.nonzero(np.triu(C >= cosine, 1))
-        parent = list(range(len(rows)))
 
-        def root(a: int) -> int:
-            while parent[a] != a:
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            return a
+def duplicates(ids: list[str], A: np.ndarray,
+               cosine: float) -> tuple[list[tuple[str, str, float]], int]:
+    """Pairs of chosen rows (``A``, in selection order) at ``cosine`` or more, and picks
+    beyond one per group of copies."""
+    if len(A) < 2:
+        return [], 0
+    U = A / np.maximum(np.linalg.norm(A, axis=1, keepdims=True), 1e-30)
+    C = U @ U.T
+    ii, jj = np.nonzero(np.triu(C >= cosine, 1))
+    parent = list(range(len(A)))
 
-        for a, b in zip(ii.tolist(), jj.tolist(), strict=True):
-            parent[root(a)] = root(b)
-        groups = len({root(a) for a in range(len(rows))})
-        pairs = [(sel.ids[a], sel.ids[b], float(C[a, b])) for a, b in zip(ii, jj, strict=True)]
-        return pairs, len(rows) - groups
+    def root(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for a, b in zip(ii.tolist(), jj.tolist(), strict=True):
+        parent[root(a)] = root(b)
+    groups = len({root(a) for a in range(len(A))})
+    pairs = [(ids[a], ids[b], float(C[a, b])) for a, b in zip(ii, jj, strict=True)]
+    return pairs, len(A) - groups
 
 
 def enough_at(curve: list[tuple[int, float]]) -> int | None:
@@ -259,11 +263,10 @@ def _records(db: Database, pool: str, ids: list[str], data, by: str | None):
     return records
 
 
-def _count(rows):
-    def by_field(name: str) -> dict[str, int]:
-        counts = Counter(_label(r.get(name)) for r in rows)
-        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-    return by_field
+def _count(rows: list[dict[str, Any]], name: str) -> dict[str, int]:
+    """How many rows hold each value of field ``name``, most first."""
+    counts = Counter(_label(r.get(name)) for r in rows)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _label(value: Any) -> str:

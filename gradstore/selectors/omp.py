@@ -134,12 +134,17 @@ def omp(
 
 def fit_support(pool: StackedPool, rows: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, float]:
     """Best non-negative weights (n, C) on a fixed support and the relative residual."""
+    if len(rows) == 0:
+        Y = np.asarray(Y)
+        return np.zeros((0, 1 if Y.ndim == 1 else Y.shape[1])), 1.0
+    return fit_rows(pool.rows(rows), Y)
+
+
+def fit_rows(A: torch.Tensor, Y: np.ndarray) -> tuple[np.ndarray, float]:
+    """:func:`fit_support` on rows already read: ``A`` (n, D) in the stacked space."""
     Y = np.asarray(Y, dtype=np.float64)
     Y = Y[:, None] if Y.ndim == 1 else Y
-    if len(rows) == 0:
-        return np.zeros((0, Y.shape[1])), 1.0
-    A = pool.rows(rows)
     G = (A @ A.T).double().numpy()
     B = (A.double() @ torch.from_numpy(Y)).numpy()
-    W = polish(G, B, np.arange(len(rows)))
+    W = polish(G, B, np.arange(A.shape[0]))
     return W, relative_residual(A.numpy(), W, Y)
