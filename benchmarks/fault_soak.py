@@ -7,22 +7,36 @@ checkpoints; a target; a stored selection) and injects one fault:
 * damage to files: bytes flipped or zeroed in a data file or a manifest, a data file
   truncated or deleted, a manifest or all of a table's manifests deleted (the pool, the
   target or the selection log);
+* changes made through Lance or gradstore, not to bytes: the ``row`` values of two pool rows
+  swapped by a Lance update (a permutation a plain sum would not see: ``verify`` must find
+  it); every ``crc_`` column of the pool dropped (answers unchecked, but still correct); the
+  pool compacted, then ``restore`` of the version before (it must succeed);
 * interruption: ``kill -9`` at a random moment of ``import``, ``select``, ``export`` or
-  ``ingest`` (a tiny model), then the same command again;
-* concurrency: two imports of one table at once; rows deleted from the pool by another
-  process while a ``select`` is held between computing and naming its answer (a pause
-  point, ``select-computed``): it must answer from the version it read.
+  ``ingest`` (a tiny model), then the same command again; ``kill -9`` of an ``import``
+  holding its table's write lock (pause point ``lock-taken``), then the same import again:
+  it must succeed at once with every row once (the OS let the lock go: never a stuck store);
+* concurrency: two imports of one table at once; another writer deleting rows of the pool
+  (positions shift), or appending copies of the target's rows under new ids (an answer that
+  read them would differ), while a ``select`` is held at a pause point chosen at random
+  (``select-pinned``: it has pinned the versions it reads; ``select-computed``: between
+  computing and naming its answer): it must answer from the version it read;
+* distributed: bytes flipped in a pool data file, then ``select --ray local`` (skipped when
+  Ray is not installed): its answer, or its one-line refusal, from Ray workers.
 
 Then ``select`` (gtp and less), ``export`` of the stored selection and ``vectors`` run, and
 each outcome is classed against the healthy store's answers:
 
 * ``correct``: exit 0 and the same answer;  ``refused``: exit 2 with one line;
 * ``WRONG``: exit 0 with another answer (a silent wrong answer);
-* ``CRASH``: another exit status or a traceback;
+* ``CRASH``: another exit status or a traceback; also a ``restore`` of a kept version, or
+  the import after a killed lock holder, that does not succeed;
 * ``LOST``: after an interruption, rows committed before it are gone or duplicated.
 
+``verify`` after the ``row`` swap is ``refused`` when it reports the damage (exit 2), and
+``WRONG`` when it calls the table healthy.
+
     python benchmarks/fault_soak.py --faults 240 --out benchmarks/results   # ~10 min here
-    python benchmarks/fault_soak.py --tiny     # seconds: every fault kind once, a smaller store
+    python benchmarks/fault_soak.py --tiny     # minutes: every fault kind once, a smaller store
 """
 
 from __future__ import annotations
@@ -58,8 +72,14 @@ TINY = {"N": 600, "D": 32, "FRAG": 100, "EXTRA_ROWS": 4000, "CHAT_ROWS": 24, "MA
 """The tiny mode's sizes (make test): every fault kind once, on a smaller store."""
 DAMAGE = ("flip", "zero", "truncate", "delete-data", "delete-manifest", "delete-versions",
           "flip-manifest")
+TAMPER = ("row-value", "no-checksums", "compact-restore")
 INTERRUPT = ("kill-import", "kill-select", "kill-export", "kill-ingest", "two-imports",
-             "drop-during-select")
+             "drop-during-select", "ingest-during-select", "kill-lock-holder")
+RAY = ("ray-flip",)
+WEIGHT = {**dict.fromkeys(DAMAGE, 3.0), **dict.fromkeys(TAMPER, 2.0),
+          **dict.fromkeys(INTERRUPT, 1.0), "ray-flip": 0.5}
+"""How often each kind is drawn after every kind ran once (the slower kinds less often)."""
+SELECT = ("--pool", "pool", "--target", "tgt", "--budget", "30", "--format", "json", "--quiet")
 BAD = ("WRONG", "CRASH", "LOST")
 
 
@@ -88,8 +108,9 @@ def kill_at(proc: subprocess.Popen, seconds: float) -> bool:
 # --------------------------------------------------------------------------- the healthy store
 
 
-def build(work: Path, rng: np.random.Generator, model: Path | None) -> dict:
-    """The template store, its inputs, and the answers every trial is compared with."""
+def build(work: Path, rng: np.random.Generator, model: Path | None, ray: bool) -> dict:
+    """The template store, its inputs, and the answers every trial is compared with
+    (``ray``: also ``select --ray local``'s)."""
     store_path = work / "template"
     store = gradstore.open(store_path)
     X = rng.standard_normal((N, 2, D)).astype(np.float32)
@@ -114,6 +135,9 @@ def build(work: Path, rng: np.random.Generator, model: Path | None) -> dict:
            "gtp": _answer(store_path, "gtp"), "less": _answer(store_path, "less"),
            "export": (work / "ref.jsonl").read_text(), "vectors": store.vectors("pool")}
     ref["logged"] = len(store.selections())
+    if ray:
+        ref["ray"] = ray_answer(store_path)
+        assert ref["ray"][0] == 0, ref["ray"]
     if model is not None:
         ref["chat"] = write_chat(work / "chat.jsonl", CHAT_ROWS, rng)
         ref["model"] = model
@@ -137,13 +161,36 @@ def write_chat(path: Path, n: int, rng: np.random.Generator) -> Path:
 
 
 def _answer(store: Path, method: str):
-    code, out, err = run_cli("select", store, "--pool", "pool", "--target", "tgt", "--budget",
-                             "30", "--method", method, "--format", "json", "--quiet")
+    return _parsed(*run_cli("select", store, *SELECT, "--method", method))
+
+
+def ray_answer(store: Path):
+    """``select --ray local`` in a child process (a Ray session of its own)."""
+    done = subprocess.run([sys.executable, "-m", "gradstore", "select", str(store), *SELECT,
+                           "--method", "gtp", "--ray", "local"],
+                          capture_output=True, text=True, timeout=600)
+    return _parsed(done.returncode, done.stdout, done.stderr)
+
+
+def _parsed(code: int, out: str, err: str):
+    """A select's outcome: (exit status, error) or (0, (ids, weights to 6 places))."""
     if code != 0:
         return code, err
     got = json.loads(out)
     got = got[0] if isinstance(got, list) else got
     return 0, (got["ids"], np.round(got["weights"], 6).tolist())
+
+
+def _import_args(store: Path) -> tuple:
+    return ("import", store, "extra", "--vectors", store.parent.parent / "extra.npy")
+
+
+def _whole_extra(store: Path) -> bool:
+    """The imported table holds every id once, in order."""
+    try:
+        return gradstore.open(store).ids("extra") == [str(i) for i in range(EXTRA_ROWS)]
+    except gradstore.GradstoreError:
+        return False
 
 
 def _ingest_args(store: Path, ref: dict) -> list:
@@ -155,9 +202,9 @@ def _ingest_args(store: Path, ref: dict) -> list:
 # --------------------------------------------------------------------------- faults
 
 
-def damage(store: Path, kind: str, rng: np.random.Generator) -> str:
-    """Inject one damage fault; returns what was done."""
-    table = str(rng.choice(["pool", "pool", "tgt", "_selections"]))
+def damage(store: Path, kind: str, rng: np.random.Generator, table: str | None = None) -> str:
+    """Inject one damage fault (into ``table``, else one drawn); returns what was done."""
+    table = table or str(rng.choice(["pool", "pool", "tgt", "_selections"]))
     tdir = store / f"{table}.lance"
     if kind in ("delete-manifest", "delete-versions", "flip-manifest"):
         files = sorted((tdir / "_versions").glob("*.manifest"))
@@ -218,8 +265,10 @@ def judge_isolated(ref_file: Path, stores: list[Path]) -> list[list[tuple[str, s
     return results
 
 
-def judge(ref: dict, store: Path, emit=None) -> list[tuple[str, str]]:
-    """Run what a user runs next; class each outcome (operation, class)."""
+def judge(ref: dict, store: Path, emit=None, ordered: bool = True) -> list[tuple[str, str]]:
+    """Run what a user runs next; class each outcome (operation, class). ``ordered=False``:
+    ``vectors`` may return the pool's rows in another order (a Lance update moves the rows
+    it rewrites to the end), each id still with its own vectors."""
     out = _Outcomes(emit)
     for method in ("gtp", "less"):
         got = _answer(store, method)
@@ -231,13 +280,21 @@ def judge(ref: dict, store: Path, emit=None) -> list[tuple[str, str]]:
     out.append(("export", _class((code, err) if code else (0, same), (0, True))))
     try:
         ids, X = gradstore.open(store).vectors("pool")
-        ok = ids == ref["vectors"][0] and np.array_equal(X, ref["vectors"][1])
+        rids, RX = ref["vectors"]
+        if not ordered:
+            ids, X, rids, RX = *_by_id(ids, X), *_by_id(rids, RX)
+        ok = ids == rids and np.array_equal(X, RX)
         out.append(("vectors", "correct" if ok else "WRONG"))
     except gradstore.GradstoreError as exc:
         out.append(("vectors", "refused" if "\n" not in str(exc) else "CRASH"))
     except Exception:  # noqa: BLE001 - any other exception is what the soak looks for
         out.append(("vectors", "CRASH"))
     return out
+
+
+def _by_id(ids: list[str], X: np.ndarray) -> tuple[list[str], np.ndarray]:
+    order = np.argsort(np.asarray(ids))
+    return [ids[i] for i in order], X[order]
 
 
 class _Outcomes(list):
@@ -262,42 +319,129 @@ def _class(got, want) -> str:
     return "CRASH"
 
 
-def drop_during_select(ref: dict, store: Path, rng: np.random.Generator) -> list:
-    """A select held at its ``select-computed`` pause point while another process deletes
-    rows of the pool (positions shift); its answer must be the healthy store's."""
+def paused(store: Path, point: str, *args) -> tuple[subprocess.Popen, Path]:
+    """``gradstore ARGS`` in a child process, once it waits at pause point ``point`` (or has
+    ended without reaching it); the child and its pause folder."""
     from gradstore.pause import PAUSE_ENV
 
     pause = store.parent / "pause"
     pause.mkdir()
-    env = dict(os.environ, **{PAUSE_ENV: f"select-computed={pause}"})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gradstore", "select", str(store), "--pool", "pool", "--target",
-         "tgt", "--budget", "30", "--method", "gtp", "--format", "json", "--quiet"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ, **{PAUSE_ENV: f"{point}={pause}"})
+    proc = subprocess.Popen([sys.executable, "-m", "gradstore", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while not any(pause.glob("select-computed.*.waiting")) and proc.poll() is None:
-        assert time.monotonic() < deadline, "select never reached its pause point"
+    while not any(pause.glob(f"{point}.*.waiting")) and proc.poll() is None:
+        assert time.monotonic() < deadline, f"{args[0]} never reached pause point {point}"
         time.sleep(0.01)
-    doomed = rng.choice(ref["vectors"][0], 5, replace=False).tolist() + ref["gtp"][1][0][:2]
+    return proc, pause
+
+
+def during_select(ref: dict, store: Path, kind: str, rng: np.random.Generator):
+    """A select held at a pause point drawn at random (``select-pinned``: its versions just
+    pinned; ``select-computed``: between computing and naming its answer) while this process
+    changes the pool: ``drop-``, deletes rows (positions shift); ``ingest-``, appends copies
+    of the target's rows under new ids (an answer that read them would differ). The answer
+    must be the healthy store's, or a refusal."""
+    point = str(rng.choice(["select-pinned", "select-computed"]))
+    proc, pause = paused(store, point, "select", store, *SELECT, "--method", "gtp")
+    held = "" if proc.poll() is None else " (ended before it)"
     db = gradstore.open(store).database
-    db.dataset("pool").delete("id IN (" + ", ".join(f"'{i}'" for i in doomed) + ")")
+    if kind == "drop-during-select":
+        doomed = rng.choice(ref["vectors"][0], 5, replace=False).tolist() + ref["gtp"][1][0][:2]
+        db.dataset("pool").delete("id IN (" + ", ".join(f"'{i}'" for i in doomed) + ")")
+        what = f"{kind} at {point}{held}: delete {len(doomed)} rows"
+    else:
+        block = target_copies(store)
+        db.append_rows("pool", block)
+        what = f"{kind} at {point}{held}: append {len(block.ids)} copies of the target's rows"
     db.committed("pool")
-    (pause / "select-computed.go").touch()
+    (pause / f"{point}.go").touch()
     out, err = proc.communicate(timeout=300)
-    if proc.returncode != 0:
-        return [("drop-during-select", _class((proc.returncode, err), ref["gtp"]))]
-    got = json.loads(out)[0]
-    return [("drop-during-select",
-             _class((0, (got["ids"], np.round(got["weights"], 6).tolist())), ref["gtp"]))]
+    return what, [(kind, _class(_parsed(proc.returncode, out, err), ref["gtp"]))]
+
+
+def target_copies(store: Path) -> RowBlock:
+    """The target's rows as new pool rows (ids ``copy-<id>``, rows after the pool's)."""
+    s = gradstore.open(store)
+    ids = s.ids("tgt")
+    n = int(s.database.row_indices("pool", s.database.dataset("pool")).max()) + 1
+    return RowBlock(ids=[f"copy-{i}" for i in ids], rows=list(range(n, n + len(ids))),
+                    vectors=[s.vectors("tgt", c)[1] for c in ("0", "1")])
+
+
+def kill_lock_holder(store: Path):
+    """An import killed while it holds the table's write lock (pause point ``lock-taken``);
+    the same import again must succeed at once, every row once (the OS let the lock go)."""
+    args = _import_args(store)
+    proc, _ = paused(store, "lock-taken", *args)
+    held = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    t0 = time.monotonic()
+    code, _, err = run_cli(*args)
+    took = time.monotonic() - t0
+    what = (f"{'kill -9' if held else 'ended before'} lock-taken, import again: exit {code} "
+            f"in {took:.2f} s" + (f" ({err.strip()[-200:]})" if code else ""))
+    if code != 0:  # a store left locked (or any other failure) is not a refusal here
+        return what, [("kill-lock-holder", "CRASH")]
+    return what, [("kill-lock-holder", "correct" if _whole_extra(store) else "LOST")]
+
+
+def inline(ref: dict, store: Path, kind: str, rng: np.random.Generator):
+    """A fault that is not damage to bytes judged later: (what was done, the outcomes)."""
+    if kind in TAMPER:
+        return tamper(ref, store, kind, rng)
+    if kind in ("drop-during-select", "ingest-during-select"):
+        return during_select(ref, store, kind, rng)
+    if kind == "kill-lock-holder":
+        return kill_lock_holder(store)
+    if kind == "ray-flip":
+        what = damage(store, "flip", rng, table="pool")
+        return what, [("select-ray", _class(ray_answer(store), ref["ray"]))]
+    return kind, interrupt(ref, store, kind, rng)
+
+
+def tamper(ref: dict, store: Path, kind: str, rng: np.random.Generator):
+    """A change made through Lance or gradstore, then :func:`judge`."""
+    import lance
+
+    pool = store / "pool.lance"
+    if kind == "row-value":
+        what = swap_rows(pool, rng)
+        code, _, err = run_cli("verify", store, "pool")  # must find the swap
+        return what, [("verify", "WRONG" if code == 0 else _class((code, err), None)),
+                      *judge(ref, store, ordered=False)]
+    if kind == "no-checksums":
+        crcs = [c for c in lance.dataset(pool).schema.names if c.startswith("crc_")]
+        lance.dataset(pool).drop_columns(crcs)
+        return f"drop {', '.join(crcs)} of pool", judge(ref, store)
+    db = gradstore.open(store).database
+    before = db.dataset("pool").version
+    db.compact("pool")
+    code, _, err = run_cli("restore", store, "pool", "--version", before)
+    what = f"compact pool, restore version {before}: exit {code}" + (
+        f" ({err.strip()[-200:]})" if code else "")
+    return what, [("restore", "correct" if code == 0 else "CRASH"), *judge(ref, store)]
+
+
+def swap_rows(pool: Path, rng: np.random.Generator) -> str:
+    """Swap the ``row`` values of two pool rows by Lance updates (ids, vectors and the
+    rows' checksums unchanged); a permutation, so a plain sum of the column would not see it."""
+    import lance
+
+    a, b = (f"ex{i}" for i in rng.choice(N, 2, replace=False))
+    got = lance.dataset(pool).to_table(columns=["id", "row"], filter=f"id IN ('{a}', '{b}')")
+    row = dict(zip(got.column("id").to_pylist(), got.column("row").to_pylist(), strict=True))
+    lance.dataset(pool).update({"row": str(row[b])}, where=f"id = '{a}'")
+    lance.dataset(pool).update({"row": str(row[a])}, where=f"id = '{b}'")
+    return f"swap the row values of {a} ({row[a]}) and {b} ({row[b]}) by Lance updates"
 
 
 def interrupt(ref: dict, store: Path, kind: str, rng: np.random.Generator) -> list:
     """One interruption, then the same command again; the outcomes."""
-    if kind == "drop-during-select":
-        return drop_during_select(ref, store, rng)
     delay = float(rng.uniform(0.5, MAX_DELAY))
     if kind in ("kill-import", "two-imports"):
-        args = ("import", store, "extra", "--vectors", store.parent.parent / "extra.npy")
+        args = _import_args(store)
         if kind == "two-imports":
             procs = [spawn(*args), spawn(*args)]
             codes = sorted(p.wait() for p in procs)
@@ -306,9 +450,7 @@ def interrupt(ref: dict, store: Path, kind: str, rng: np.random.Generator) -> li
             kill_at(spawn(*args), delay)
             code, _, err = run_cli(*args)
             ok = code == 0 or (code == 2 and "already in table" in err)
-        ids = gradstore.open(store).ids("extra")
-        whole = ids == [str(i) for i in range(EXTRA_ROWS)]
-        return [(kind, "correct" if ok and whole else "LOST")]
+        return [(kind, "correct" if ok and _whole_extra(store) else "LOST")]
     if kind == "kill-select":
         kill_at(spawn("select", store, "--pool", "pool", "--target", "tgt", "--budget", "30",
                       "--quiet"), delay)
@@ -342,7 +484,7 @@ def main() -> None:
     ap.add_argument("--faults", type=int, default=240)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="write fault_soak.{json,md} here")
-    ap.add_argument("--tiny", action="store_true", help="a dozen faults (make test)")
+    ap.add_argument("--tiny", action="store_true", help="every fault kind once (make test)")
     ap.add_argument("--judge", nargs="+", metavar="REF STORE", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.judge:
@@ -353,36 +495,53 @@ def main() -> None:
         return
     if args.tiny:
         globals().update(TINY)
-    n = len(DAMAGE) + len(INTERRUPT) if args.tiny else args.faults
+    ray = _have_ray()
+    kinds = [*DAMAGE, *TAMPER, *INTERRUPT, *(RAY if ray else ())]
+    n = len(kinds) if args.tiny else args.faults
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = tiny_chat_model(work / "model")
-        ref = build(work, rng, model)
+        ref = build(work, rng, model, ray)
         ref_file = work / "ref.pkl"
         ref_file.write_bytes(pickle.dumps(ref))
-        kinds = [*DAMAGE, *INTERRUPT]
-        trials, damaged = [], []
-        for i in range(n):
-            # every kind once, then damage three times as often as the (slower) interruptions
-            p = np.array([3.0] * len(DAMAGE) + [1.0] * len(INTERRUPT))
-            kind = kinds[i] if i < len(kinds) else str(rng.choice(kinds, p=p / p.sum()))
-            store = shutil.copytree(ref["store"], work / f"t{i}" / "s")
-            if kind in DAMAGE:  # judged together below, one child process for all
-                trials.append({"fault": kind, "what": damage(store, kind, rng)})
-                damaged.append((trials[-1], store))
-                continue
-            trials.append({"fault": kind, "what": kind,
-                           "outcomes": interrupt(ref, store, kind, rng)})
-            _show(len(trials), n, trials[-1])
-            shutil.rmtree(store.parent)
-        print(f"judging {len(damaged)} damaged stores ...", flush=True)
-        judged = judge_isolated(ref_file, [store for _, store in damaged])
-        for (trial, _), outcomes in zip(damaged, judged, strict=True):
-            trial["outcomes"] = outcomes
-            _show(trials.index(trial) + 1, n, trial)
-    report(trials, time.perf_counter() - t0, args)
+        trials = run_trials(ref, ref_file, work, kinds, n, rng)
+    skipped = [] if ray else ["ray-flip (`import ray` failed: Ray is not installed)"]
+    report(trials, time.perf_counter() - t0, args, skipped)
+
+
+def _have_ray() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_trials(ref: dict, ref_file: Path, work: Path, kinds: list[str], n: int,
+               rng: np.random.Generator) -> list[dict]:
+    """``n`` trials: every kind once, then kinds drawn by :data:`WEIGHT`. Damaged stores
+    are judged together at the end, in child processes; the other kinds inline."""
+    p = np.array([WEIGHT[k] for k in kinds])
+    trials, damaged = [], []
+    for i in range(n):
+        kind = kinds[i] if i < len(kinds) else str(rng.choice(kinds, p=p / p.sum()))
+        store = shutil.copytree(ref["store"], work / f"t{i}" / "s")
+        if kind in DAMAGE:  # judged together below, one child process for all
+            trials.append({"fault": kind, "what": damage(store, kind, rng)})
+            damaged.append((trials[-1], store))
+            continue
+        what, outcomes = inline(ref, store, kind, rng)
+        trials.append({"fault": kind, "what": what, "outcomes": outcomes})
+        _show(len(trials), n, trials[-1])
+        shutil.rmtree(store.parent)
+    print(f"judging {len(damaged)} damaged stores ...", flush=True)
+    judged = judge_isolated(ref_file, [store for _, store in damaged])
+    for (trial, _), outcomes in zip(damaged, judged, strict=True):
+        trial["outcomes"] = outcomes
+        _show(trials.index(trial) + 1, n, trial)
+    return trials
 
 
 def _show(i: int, n: int, trial: dict) -> None:
@@ -394,7 +553,7 @@ def _show(i: int, n: int, trial: dict) -> None:
         print(f"    !!! {bad}", flush=True)
 
 
-def report(trials: list[dict], seconds: float, args) -> None:
+def report(trials: list[dict], seconds: float, args, skipped: list[str]) -> None:
     table: dict[str, Counter] = {}
     for t in trials:
         for _op, cls in t["outcomes"]:
@@ -416,6 +575,7 @@ def report(trials: list[dict], seconds: float, args) -> None:
     lines += ["", f"Silent wrong answers: {total['WRONG']}; crashes: {total['CRASH']}; "
               f"lost committed rows: {total['LOST']}."]
     lines += [f"- {t['what']}: {t['outcomes']}" for t in bad]
+    lines += [f"Skipped: {k}." for k in skipped]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out and not args.tiny:

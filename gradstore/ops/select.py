@@ -26,7 +26,7 @@ from gradstore.devices import resolve_device
 from gradstore.errors import GradstoreError
 from gradstore.pause import pause_point
 from gradstore.selectors.clusters import target_clusters
-from gradstore.selectors.gtp import gtp
+from gradstore.selectors.gtp import candidates_within, gtp
 from gradstore.selectors.gtp_paper import gtp_paper
 from gradstore.selectors.less import less_topk
 from gradstore.selectors.omp import fit_support, omp
@@ -37,7 +37,7 @@ from gradstore.selectors.scan import ScanDevice
 from gradstore.selectors.source import TensorSource
 from gradstore.selectors.stacked import StackedPool
 from gradstore.store.database import Database
-from gradstore.store.lance_source import LanceSource
+from gradstore.store.lance_source import LanceSource, release_large_frees
 from gradstore.store.meta import TableMeta
 from gradstore.store.selections import Selection
 
@@ -152,22 +152,33 @@ class SourceCache:
     source: TensorSource | None = None
 
 
-STREAM_IO_MIN = 8 << 20  # Lance's read-ahead when streaming: a quarter of the budget, >= 8 MB
+STREAM_IO_MIN, STREAM_IO_MAX = 8 << 20, 64 << 20
+"""Lance's read-ahead, streamed or loading the pool into RAM: a quarter of the budget within
+these bounds (its default, 2 GiB, let a load peak ~400 MB above the pool; a larger
+read-ahead was not faster here)."""
+SCANNER_MIN_BUDGET = 256 << 20
+"""Streaming under a smaller memory budget reads row ranges instead of running Lance's
+scanner, which holds ~70 MB of decoded pages (``LanceSource.ranged_reads``)."""
+ROUND_SHARE = 0.5
+"""Share of the memory budget one round of the default pursuit may hold when the pool is
+streamed (the rest is the streamed reads' and the per-row state's)."""
 
 
 def pool_source(db: Database, table: str, mode: str, memory_budget: int | None,
                 cache: SourceCache) -> TensorSource | LanceSource:
-    """The pool's rows in RAM when they fit ``memory_budget`` (or ``mode='ram'``), else
-    streamed from Lance."""
+    """The pool's rows in RAM when they take at most half of ``memory_budget`` (the rest
+is the selection's, ``ROUND_SHARE``), or with ``mode='ram'``; else streamed from Lance."""
     lsrc = db.lance_source(table)
     budget = default_memory_budget() if memory_budget is None else memory_budget
     if mode == "auto":
         meta = db.meta(table)
         itemsize = 2 if meta.vector_dtype == "float16" else 4
         need = lsrc.num_rows * lsrc.num_checkpoints * lsrc.dim * itemsize
-        mode = "ram" if need <= budget else "stream"
+        mode = "ram" if need <= budget * (1 - ROUND_SHARE) else "stream"
+    lsrc.io_buffer_size = min(STREAM_IO_MAX, max(STREAM_IO_MIN, budget // 4))
     if mode == "stream":
-        lsrc.io_buffer_size = max(STREAM_IO_MIN, budget // 4)
+        lsrc.ranged_reads = budget < SCANNER_MIN_BUDGET
+        release_large_frees()
         return lsrc
     key = (table, lsrc.dataset.version)
     if cache.key != key:
@@ -221,7 +232,7 @@ def answer_queries(spool: StackedPool, Ys: list[np.ndarray], tols: list[float],
     """Every (target, budget) pair's answer, in ``pairs`` order, sharing the passes."""
     method = opts.method
     if method in ("gtp", "gtp-paper", "omp"):
-        queries = [Query(Ys[ti], ks[bi], m=opts.m if opts.m is not None else 2 * ks[bi],
+        queries = [Query(Ys[ti], ks[bi], m=_candidates(opts, spool, ks[bi]),
                          tolerance=_tolerance(opts, tols[ti])) for ti, bi in pairs]
         return [Answer(r.rows, r.total_weights, r.residual, r.history,
                        ({"candidates": r.candidates} if r.candidates is not None else {})
@@ -237,6 +248,17 @@ def answer_queries(spool: StackedPool, Ys: list[np.ndarray], tols: list[float],
         _, res = fit_support(spool, rows, Ys[ti])
         out.append(Answer(rows, np.ones(len(rows)), res))
     return out
+
+
+def _candidates(opts: SelectConfig, spool: StackedPool, k: int) -> int:
+    """Candidates per scan: as given, else 2k; for the default pursuit over a streamed pool,
+    no more than one round can hold in ``ROUND_SHARE`` of the memory budget."""
+    if opts.m is not None:
+        return opts.m
+    if opts.method != "gtp" or not isinstance(spool.source, LanceSource):
+        return 2 * k
+    budget = default_memory_budget() if opts.memory_budget is None else opts.memory_budget
+    return min(2 * k, candidates_within(int(budget * ROUND_SHARE), k, spool.width))
 
 
 def _tolerance(opts: SelectConfig, target_error: float) -> float:

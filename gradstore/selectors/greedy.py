@@ -30,6 +30,20 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+DOT_BLOCK = 1024
+"""Rows of a float32 matrix :func:`dot64` converts to float64 at a time."""
+
+
+def dot64(A: torch.Tensor, v: np.ndarray) -> np.ndarray:
+    """``A @ v`` in float64 for a float32 ``A``, a block of rows at a time (no float64 copy
+    of ``A``)."""
+    vt = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64))
+    out = np.empty(A.shape[0])
+    for s in range(0, A.shape[0], DOT_BLOCK):
+        out[s : s + DOT_BLOCK] = (A[s : s + DOT_BLOCK].double() @ vt).numpy()
+    return out
+
+
 # A column whose Schur complement falls below this share of its own norm is
 # (numerically) a combination of the support: it cannot improve the fit.
 DEPENDENT = 1e-9
@@ -178,7 +192,8 @@ def polish(
     G: np.ndarray, B: np.ndarray, support: np.ndarray, W: np.ndarray | None = None
 ) -> np.ndarray:
     """Exact NNLS per column of B on the given support (warm-started)."""
-    Gs = np.asarray(G[np.ix_(support, support)], dtype=np.float64)
+    whole = len(support) == len(G) and np.array_equal(support, np.arange(len(G)))
+    Gs = np.asarray(G if whole else G[np.ix_(support, support)], dtype=np.float64)
     out = np.zeros((len(support), B.shape[1]))
     for c in range(B.shape[1]):
         x0 = None if W is None else W[:, c]
@@ -328,7 +343,8 @@ def _residual_sq(G, B, support, W, yy) -> float:
     """||A_S W - Y||_F^2 from Gram quantities."""
     if len(support) == 0:
         return yy
-    Gs = np.asarray(G[np.ix_(support, support)], dtype=np.float64)
+    whole = len(support) == len(G) and np.array_equal(support, np.arange(len(G)))
+    Gs = np.asarray(G if whole else G[np.ix_(support, support)], dtype=np.float64)
     return max(yy - 2 * float(np.sum(B[support] * W)) + float(np.sum(W * (Gs @ W))), 0.0)
 
 

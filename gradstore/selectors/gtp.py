@@ -48,13 +48,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from gradstore.selectors.greedy import one_thread
+from gradstore.selectors.greedy import dot64, one_thread
 from gradstore.selectors.query import PursuitResult, Query
 from gradstore.selectors.scan import MAXIMUM, ScanQuery
 from gradstore.selectors.stacked import StackedPool
 
 MAX_CANDIDATES = 4096
-"""Most rows a round works on (its Gram matrix is m^2 floats: 64 MB at 4096)."""
+"""Most rows a round works on (the grow step's products are m^2 float32: 64 MB at 4096;
+see ``round_bytes`` for a swap round)."""
 MAX_ALPHA = 64.0
 """Largest stretch of the target tried in the tolerance search (then LESS-like already)."""
 ALPHA_STEPS = 8
@@ -268,7 +269,33 @@ def _scan(
 def _norms_of(rows: np.ndarray, A: torch.Tensor, sq_norms: np.ndarray | None) -> np.ndarray:
     if sq_norms is not None:
         return sq_norms[rows]
-    return (A.double() ** 2).sum(1).numpy()
+    out = np.empty(A.shape[0])
+    for s in range(0, A.shape[0], EXCHANGE_BLOCK):  # no float64 copy of A
+        out[s : s + EXCHANGE_BLOCK] = (A[s : s + EXCHANGE_BLOCK].double() ** 2).sum(1).numpy()
+    return out
+
+
+EXCHANGE_BLOCK = 256
+"""Rows of the member x outsider block a swap step reads at a time (bounds its float64
+temporaries to EXCHANGE_BLOCK x outsiders)."""
+
+
+def round_bytes(m: int, k: int, width: int) -> int:
+    """Bytes one round of the pursuit holds for ``m`` candidates at budget ``k``: the
+    swap's rows (members and outsiders, float32), their member x outsider products and the
+    float64 blocks read from them (the grow step holds less: m rows and their m x m
+    products)."""
+    members = min(m, k)
+    return 4 * (m + members) * width + 4 * m * members + 8 * 3 * EXCHANGE_BLOCK * m
+
+
+def candidates_within(budget: int, k: int, width: int) -> int:
+    """The most candidates per round (at most the default ``2k``, within
+    [MIN_CANDIDATES, MAX_CANDIDATES]) whose round holds at most ``budget`` bytes."""
+    m = max(MIN_CANDIDATES, min(2 * k, MAX_CANDIDATES))
+    while m > MIN_CANDIDATES and round_bytes(m, k, width) > budget:
+        m = max(MIN_CANDIDATES, int(m * 0.9))
+    return m
 
 
 def _norm_key(pool: StackedPool, row: int) -> bytes:
@@ -289,20 +316,10 @@ def _byte_copies(pool: StackedPool, st: _State, rows: np.ndarray) -> np.ndarray:
     return hits
 
 
-def _lengths(G: np.ndarray) -> np.ndarray:
-    """Row lengths from a Gram matrix (inf for a zero row: its cosines are 0)."""
-    d = np.sqrt(np.clip(np.diagonal(G), 0, None))
+def _lengths(squares: np.ndarray) -> np.ndarray:
+    """Row lengths from their squared norms (inf for a zero row: its cosines are 0)."""
+    d = np.sqrt(np.clip(np.asarray(squares, dtype=np.float64), 0, None))
     return np.where(d > 0, d, np.inf)
-
-
-def _near(G: np.ndarray, lengths: np.ndarray, block: int = 512) -> np.ndarray:
-    """Which pairs of rows are copies (cosine >= DUPLICATE_COSINE), as booleans, computed a
-    block of rows at a time (no second float matrix the size of G)."""
-    out = np.empty(G.shape, dtype=bool)
-    for s in range(0, len(G), block):
-        rows = slice(s, s + block)
-        out[rows] = G[rows] >= DUPLICATE_COSINE * lengths[rows, None] * lengths[None, :]
-    return out
 
 
 def _set_aside(st: _State, rows: np.ndarray) -> None:
@@ -318,16 +335,15 @@ def _grow(pool: StackedPool, st: _State, cand: np.ndarray, _members, sq_norms) -
         return
     with one_thread(), torch.inference_mode():
         A = pool.rows(cand)
-        G = (A @ A.T).double().numpy()
+        G = (A @ A.T).numpy()  # float32: the products are computed in float32 anyway
         n = _norms_of(cand, A, sq_norms)
-        A64 = A.double().numpy()
-        c = A64 @ st.residual_vector()
-        yU = A64 @ st.y
+        c = dot64(A, st.residual_vector())
+        yU = dot64(A, st.y)
     score = c - n / 2
     # the scan's cut-off: rows outside U scored at most this (when U is not the whole rest)
     floor = score.min() if len(cand) >= st.m and len(cand) < pool.num_rows - len(st.rows) \
         else -np.inf
-    lengths = _lengths(G)
+    lengths = _lengths(np.diagonal(G))
     used = _byte_copies(pool, st, cand)  # copies of rows chosen in earlier rounds
     _set_aside(st, cand[used])
     while st.growing:
@@ -338,11 +354,31 @@ def _grow(pool: StackedPool, st: _State, cand: np.ndarray, _members, sq_norms) -
         used[j] = True
         st.rows.append(int(cand[j]))
         st.keys[_norm_key(pool, int(cand[j]))] = int(cand[j])
-        st.s += A64[j]
+        st.s += A[j].double().numpy()
         score += yU - G[:, j]
         twins = ~used & (G[:, j] >= DUPLICATE_COSINE * lengths * lengths[j])
         used |= twins
         _set_aside(st, cand[twins])
+
+
+def _best_exchange(X: np.ndarray, gain_out: np.ndarray, gain_in: np.ndarray,
+                   len_mem: np.ndarray, len_out: np.ndarray) -> tuple[int, int, float]:
+    """The (member slot, outsider slot) pair with the smallest change of ``||k y - s||^2``,
+    ``gain_out[a] + gain_in[b] - 2 X[a, b]``, over outsiders that copy no member (cosine
+    below DUPLICATE_COSINE), and that change; read a block of member rows at a time."""
+    barred = np.zeros(X.shape[1], dtype=bool)
+    for s in range(0, len(X), EXCHANGE_BLOCK):
+        rows = slice(s, s + EXCHANGE_BLOCK)
+        barred |= (X[rows] >= DUPLICATE_COSINE * len_mem[rows, None] * len_out[None, :]).any(0)
+    gain_in = np.where(barred, np.inf, gain_in)
+    best, at = np.inf, (0, 0)
+    for s in range(0, len(X), EXCHANGE_BLOCK):
+        rows = slice(s, s + EXCHANGE_BLOCK)
+        d = gain_out[rows, None] + gain_in[None, :] - 2 * X[rows]
+        i = int(np.argmin(d))
+        if d.flat[i] < best:  # strict: the first of equal changes, as one argmin over all
+            best, at = float(d.flat[i]), (s + i // d.shape[1], i % d.shape[1])
+    return at[0], at[1], best
 
 
 def _swap(
@@ -350,7 +386,11 @@ def _swap(
     max_swaps: int,
 ) -> bool:
     """Apply the best improving exchanges between the cheapest members and the best
-    outsiders (never one that copies a member); returns whether any was made."""
+    outsiders (never one that copies a member); returns whether any was made.
+
+    Only the member x outsider products ``X`` are held (not the Gram matrix of both): an
+    exchange refreshes the row and column of the two slots it changes, and the residual's
+    correlations ``c`` with one product of the rows."""
     if len(outsiders) == 0 or len(members) == 0:
         return False
     copy = _byte_copies(pool, st, outsiders)
@@ -359,35 +399,33 @@ def _swap(
     if len(outsiders) == 0:
         return False
     both = np.concatenate([members, outsiders])
-    with one_thread(), torch.inference_mode():
-        A = pool.rows(both)
-        G = (A @ A.T).double().numpy()
-        A64 = A.double().numpy()
-    n = _norms_of(both, A, sq_norms)
-    near = _near(G, _lengths(G))
-    c = A64 @ st.residual_vector()
-    inside = np.zeros(len(both), dtype=bool)
-    inside[: len(members)] = True
+    mem = np.arange(len(members))  # slots: positions in ``both``
+    out = np.arange(len(members), len(both))
     made = 0
     position = {r: i for i, r in enumerate(st.rows)}
-    while made < max_swaps:
-        # change of ||k y - s||^2 when member j leaves and outsider i enters
-        gain_out = 2 * c + n  # for members
-        gain_in = n - 2 * c  # for outsiders
-        mem, out = np.flatnonzero(inside), np.flatnonzero(~inside)
-        delta = gain_out[mem][:, None] + gain_in[out][None, :] - 2 * G[np.ix_(mem, out)]
-        delta[:, near[np.ix_(out, mem)].any(1)] = np.inf  # copies of a member stay out
-        a, b = np.unravel_index(int(np.argmin(delta)), delta.shape)
-        if not delta[a, b] < -1e-12 * max(1.0, st.k * st.yn) ** 2:
-            break
-        j, i = mem[a], out[b]
-        p = position.pop(int(both[j]))
-        st.rows[p] = int(both[i])
-        position[int(both[i])] = p
-        st.keys.pop(_norm_key(pool, int(both[j])), None)
-        st.keys[_norm_key(pool, int(both[i]))] = int(both[i])
-        st.s += A64[i] - A64[j]
-        c += G[:, j] - G[:, i]
-        inside[j], inside[i] = False, True
-        made += 1
+    with one_thread(), torch.inference_mode():
+        A = pool.rows(both)
+        X = (A[: len(members)] @ A[len(members) :].T).numpy()
+        n = _norms_of(both, A, sq_norms)
+        lengths = _lengths((A * A).sum(1).numpy())
+        c = dot64(A, st.residual_vector())
+        while made < max_swaps:
+            # change of ||k y - s||^2 when member j leaves and outsider i enters
+            a, b, best = _best_exchange(X, 2 * c[mem] + n[mem], n[out] - 2 * c[out],
+                                        lengths[mem], lengths[out])
+            if not best < -1e-12 * max(1.0, st.k * st.yn) ** 2:
+                break
+            j, i = mem[a], out[b]
+            p = position.pop(int(both[j]))
+            st.rows[p] = int(both[i])
+            position[int(both[i])] = p
+            st.keys.pop(_norm_key(pool, int(both[j])), None)
+            st.keys[_norm_key(pool, int(both[i]))] = int(both[i])
+            change = A[i].double() - A[j].double()
+            st.s += change.numpy()
+            c -= dot64(A, change.numpy())
+            mem[a], out[b] = i, j
+            X[a, :] = (A @ A[i]).numpy()[out]
+            X[:, b] = (A @ A[j]).numpy()[mem]
+            made += 1
     return made > 0

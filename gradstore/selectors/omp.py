@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from gradstore.selectors.greedy import IncrementalNNLS, one_thread, polish
+from gradstore.selectors.greedy import IncrementalNNLS, dot64, one_thread, polish
 from gradstore.selectors.query import PursuitResult, Query, relative_residual
 from gradstore.selectors.scan import ScanQuery
 from gradstore.selectors.stacked import StackedPool
@@ -132,6 +132,10 @@ def omp(
     return out
 
 
+FIT_BLOCK = 256
+"""Rows of a fit's Gram matrix computed at a time."""
+
+
 def fit_support(pool: StackedPool, rows: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, float]:
     """Best non-negative weights (n, C) on a fixed support and the relative residual."""
     if len(rows) == 0:
@@ -144,7 +148,9 @@ def fit_rows(A: torch.Tensor, Y: np.ndarray) -> tuple[np.ndarray, float]:
     """:func:`fit_support` on rows already read: ``A`` (n, D) in the stacked space."""
     Y = np.asarray(Y, dtype=np.float64)
     Y = Y[:, None] if Y.ndim == 1 else Y
-    G = (A @ A.T).double().numpy()
-    B = (A.double() @ torch.from_numpy(Y)).numpy()
+    G = np.empty((A.shape[0], A.shape[0]))
+    for s in range(0, A.shape[0], FIT_BLOCK):  # no float32 copy of G beside it
+        G[s : s + FIT_BLOCK] = (A[s : s + FIT_BLOCK] @ A.T).numpy()
+    B = np.stack([dot64(A, y) for y in Y.T], 1)
     W = polish(G, B, np.arange(A.shape[0]))
     return W, relative_residual(A.numpy(), W, Y)

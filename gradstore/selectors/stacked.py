@@ -194,13 +194,16 @@ class StackedPool:
         positions = np.asarray(positions, dtype=np.int64)
         if len(positions) == 0:
             return torch.zeros((0, self.width))
-        x = self.source.take(positions)
+        x = self.source.take(positions)  # a new float32 tensor: changed in place
+        if x.dtype != torch.float32:
+            x = x.float()
         if self._center_t is not None:
-            x = x - self._center_t
+            x.sub_(self._center_t)
         n = x.shape[0]
         t = self.source.num_checkpoints
         mult = self._mult_t.index_select(0, torch.from_numpy(positions))
-        return (x.reshape(n, t, -1) * mult[:, :, None]).reshape(n, -1)
+        x.view(n, t, -1).mul_(mult[:, :, None])
+        return x
 
     def mean(self) -> np.ndarray:
         """The pool's mean stacked row (T*d,) float64: the in-domain target."""

@@ -40,7 +40,12 @@ def test_e2e_tiny():
 
 def test_memory_tiny():
     out = run("memory.py")
-    assert "| import |" in out and "select gtp --memory-budget" in out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")]
+    assert {(r[0].strip(), r[1].strip()) for r in rows[2:]} == {
+        ("import", "-"), *((m, b) for m in ("less", "gtp", "gtp-paper", "omp")
+                           for b in ("50MB", "500MB"))}
+    bound = {r[0].strip(): r[5].strip() for r in rows[2:] if r[1].strip() == "50MB"}
+    assert bound["gtp"] == bound["less"] == "80" and bound["omp"] == "-"
 
 
 def test_integrity_cost_tiny():

@@ -231,3 +231,28 @@ def test_byte_copies_of_chosen_rows_are_found_outside_the_round():
     st.keys[_norm_key(pool, 2)] = 2
     got = _byte_copies(pool, st, np.array([7, 9, 4]))
     assert got.tolist() == [True, False, False]
+
+
+def test_a_round_fits_the_memory_it_is_given():
+    """The candidates per round under a memory share: a round's bytes (members and
+    outsiders as float32 rows, their products, the float64 blocks read from them) fit it."""
+    from gradstore.selectors.gtp import (
+        EXCHANGE_BLOCK,
+        MAX_CANDIDATES,
+        MIN_CANDIDATES,
+        candidates_within,
+        round_bytes,
+    )
+
+    assert EXCHANGE_BLOCK == 256
+    # by hand: 2,400 rows x 1,024 x 4 B + 1,200 x 1,200 x 4 B + 3 x 256 x 1,200 x 8 B
+    assert round_bytes(1200, 2000, 1024) == 9_830_400 + 5_760_000 + 7_372_800
+    assert candidates_within(1 << 40, 2000, 1024) == 4000  # the default, 2k
+    assert candidates_within(1 << 40, 3000, 1024) == MAX_CANDIDATES
+    assert candidates_within(1 << 40, 100, 1024) == MIN_CANDIDATES
+    for budget in (12 << 20, 25 << 20):  # capped: the largest m (in 10% steps) that fits
+        m = candidates_within(budget, 2000, 1024)
+        assert m < 4000
+        assert round_bytes(m, 2000, 1024) <= budget < round_bytes(int(m / 0.9) + 1, 2000, 1024)
+    assert candidates_within(250 << 20, 2000, 1024) == 4000
+    assert candidates_within(1, 2000, 1024) == MIN_CANDIDATES  # never below the floor

@@ -250,3 +250,21 @@ def test_budget_out_of_range_and_bad_options(store, rng):
     with pytest.raises(GradstoreError, match="target mode"):
         store.select("pool", budget=5, target_mode="sideways")
     assert store.selections() == []
+
+
+def test_memory_budget_decides_ram_or_streamed_and_the_answer_stays(store, rng):
+    """A pool is held in RAM only when it takes at most half the budget (the other half is
+    the selection's); under a small budget it is streamed by row ranges, the same answer."""
+    _pool_and_target(store, rng, n=1500)
+    need = 1500 * 2 * 32 * 2  # rows x checkpoints x dims x float16
+    for method in ("gtp", "less"):
+        ram = store.select("pool", target="tgt", budget=20, method=method,
+                           memory_budget=2 * need)
+        half = store.select("pool", target="tgt", budget=20, method=method,
+                            memory_budget=2 * need - 1)
+        tiny = store.select("pool", target="tgt", budget=20, method=method, mode="stream",
+                            memory_budget=1 << 20)  # below SCANNER_MIN_BUDGET: row ranges
+        assert ram.params["scan_mode"] == "TensorSource"
+        assert half.params["scan_mode"] == tiny.params["scan_mode"] == "LanceSource"
+        assert ram.ids == half.ids == tiny.ids, method
+        np.testing.assert_allclose(tiny.weights, ram.weights, rtol=1e-5)
