@@ -302,7 +302,7 @@ def run_selection(
         raise GradstoreError("give at least one target (or none for in-domain) and one budget")
     cache = cache or SourceCache()
     if opts.save:
-        db.selections()  # a damaged selection log is refused before any computing
+        db.check_selection_log()  # a damaged log is refused before any computing
     if opts.ray is None:
         session: Any = nullcontext()
     else:

@@ -53,6 +53,8 @@ from gradstore.store.meta import (
 from gradstore.store.selections import SELECTIONS_SCHEMA, SELECTIONS_TABLE, Selection
 
 _NOTED_UNCHECKED: set[tuple[str, str]] = set()  # (store, table): noted once per process
+LOG_BATCH = 64  # selection-log records checked at a time
+LOG_READ_AHEAD = 8 << 20  # bytes Lance may read ahead of that check
 WRITE_BATCH_ROWS = 1000  # ~16 MB pages at 8192 dims scan fastest (docs/storage.md)
 
 
@@ -621,6 +623,23 @@ class Database:
             return []
         with reading(SELECTIONS_TABLE):
             return [Selection.from_record(r) for r in tbl.to_arrow().to_pylist()]
+
+    def check_selection_log(self) -> int:
+        """Read the selection log ``LOG_BATCH`` records at a time, each checked against its
+        checksum (:class:`DamagedTable` on damage) and none kept: how ``select`` refuses a
+        damaged log before computing, without holding the whole log (tens of MB once it
+        holds many large selections). Returns the number of records."""
+        if SELECTIONS_TABLE not in self.all_tables():
+            return 0
+        count = 0
+        ds = self.dataset(SELECTIONS_TABLE)
+        with reading(SELECTIONS_TABLE):
+            for batch in ds.to_batches(batch_size=LOG_BATCH, io_buffer_size=LOG_READ_AHEAD,
+                                       batch_readahead=1, fragment_readahead=1):
+                for rec in batch.to_pylist():
+                    Selection.from_record(rec)
+                    count += 1
+        return count
 
     def selection(self, selection_id: str) -> Selection:
         """The stored selection ``selection_id`` (``latest``: the most recent one)."""
