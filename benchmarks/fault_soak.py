@@ -134,10 +134,10 @@ def build(work: Path, rng: np.random.Generator, model: Path | None, ray: bool) -
     ref = {"store": store_path, "data": data, "selection": sel.selection_id,
            "gtp": _answer(store_path, "gtp"), "less": _answer(store_path, "less"),
            "export": (work / "ref.jsonl").read_text(), "vectors": store.vectors("pool")}
-    ref["logged"] = len(store.selections())
     if ray:
-        ref["ray"] = ray_answer(store_path)
+        ref["ray"] = ray_answer(store_path)  # (it logs a selection too)
         assert ref["ray"][0] == 0, ref["ray"]
+    ref["logged"] = len(store.selections())
     if model is not None:
         ref["chat"] = write_chat(work / "chat.jsonl", CHAT_ROWS, rng)
         ref["model"] = model
@@ -457,6 +457,10 @@ def interrupt(ref: dict, store: Path, kind: str, rng: np.random.Generator) -> li
         sels = gradstore.open(store).selections()
         n0 = ref["logged"]
         good = all(s.ids == ref["gtp"][1][0] for s in sels[n0:])
+        if not (good and len(sels) in (n0, n0 + 1)):  # say which, for the report
+            print(f"    kill-select after {delay:.1f} s: {len(sels) - n0} new record(s), ids "
+                  + ", ".join(str(s.ids[:6]) for s in sels[n0:]) + f"; expected "
+                  f"{ref['gtp'][1][0][:6]}", flush=True)
         return [(kind, "correct" if good and len(sels) in (n0, n0 + 1) else "LOST"),
                 *judge(ref, store)]
     if kind == "kill-export":
