@@ -167,7 +167,7 @@ streamed (the rest is the streamed reads' and the per-row state's)."""
 def pool_source(db: Database, table: str, mode: str, memory_budget: int | None,
                 cache: SourceCache) -> TensorSource | LanceSource:
     """The pool's rows in RAM when they take at most half of ``memory_budget`` (the rest
-is the selection's, ``ROUND_SHARE``), or with ``mode='ram'``; else streamed from Lance."""
+    is the selection's, ``ROUND_SHARE``), or with ``mode='ram'``; else streamed from Lance."""
     lsrc = db.lance_source(table)
     budget = default_memory_budget() if memory_budget is None else memory_budget
     if mode == "auto":

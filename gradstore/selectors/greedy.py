@@ -188,12 +188,18 @@ def _scores(c: np.ndarray) -> np.ndarray:
     return np.clip(c, 0, None).sum(1)
 
 
+def support_gram(G: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """``G[support, support]`` in float64, without a copy when the support is all of G in
+    order (a fit on every candidate: a k x k copy saved)."""
+    whole = len(support) == len(G) and np.array_equal(support, np.arange(len(G)))
+    return np.asarray(G if whole else G[np.ix_(support, support)], dtype=np.float64)
+
+
 def polish(
     G: np.ndarray, B: np.ndarray, support: np.ndarray, W: np.ndarray | None = None
 ) -> np.ndarray:
     """Exact NNLS per column of B on the given support (warm-started)."""
-    whole = len(support) == len(G) and np.array_equal(support, np.arange(len(G)))
-    Gs = np.asarray(G if whole else G[np.ix_(support, support)], dtype=np.float64)
+    Gs = support_gram(G, support)
     out = np.zeros((len(support), B.shape[1]))
     for c in range(B.shape[1]):
         x0 = None if W is None else W[:, c]
@@ -343,8 +349,7 @@ def _residual_sq(G, B, support, W, yy) -> float:
     """||A_S W - Y||_F^2 from Gram quantities."""
     if len(support) == 0:
         return yy
-    whole = len(support) == len(G) and np.array_equal(support, np.arange(len(G)))
-    Gs = np.asarray(G if whole else G[np.ix_(support, support)], dtype=np.float64)
+    Gs = support_gram(G, support)
     return max(yy - 2 * float(np.sum(B[support] * W)) + float(np.sum(W * (Gs @ W))), 0.0)
 
 

@@ -266,6 +266,11 @@ def _scan(
     return out
 
 
+EXCHANGE_BLOCK = 256
+"""Rows of the member x outsider block a swap step reads at a time (bounds its float64
+temporaries to EXCHANGE_BLOCK x outsiders)."""
+
+
 def _norms_of(rows: np.ndarray, A: torch.Tensor, sq_norms: np.ndarray | None) -> np.ndarray:
     if sq_norms is not None:
         return sq_norms[rows]
@@ -273,11 +278,6 @@ def _norms_of(rows: np.ndarray, A: torch.Tensor, sq_norms: np.ndarray | None) ->
     for s in range(0, A.shape[0], EXCHANGE_BLOCK):  # no float64 copy of A
         out[s : s + EXCHANGE_BLOCK] = (A[s : s + EXCHANGE_BLOCK].double() ** 2).sum(1).numpy()
     return out
-
-
-EXCHANGE_BLOCK = 256
-"""Rows of the member x outsider block a swap step reads at a time (bounds its float64
-temporaries to EXCHANGE_BLOCK x outsiders)."""
 
 
 def round_bytes(m: int, k: int, width: int) -> int:
@@ -407,7 +407,7 @@ def _swap(
         A = pool.rows(both)
         X = (A[: len(members)] @ A[len(members) :].T).numpy()
         n = _norms_of(both, A, sq_norms)
-        lengths = _lengths((A * A).sum(1).numpy())
+        lengths = _lengths(n if sq_norms is None else _norms_of(both, A, None))
         c = dot64(A, st.residual_vector())
         while made < max_swaps:
             # change of ||k y - s||^2 when member j leaves and outsider i enters

@@ -664,7 +664,7 @@ class Database:
         """Append to the selection log; selects that finish at once take turns (the log's
         lock is waited for, not refused), so the log is created once and never raced."""
         self.append_to_log(SELECTIONS_TABLE, SELECTIONS_SCHEMA, [s.to_record() for s in sels],
-                           self.selections)
+                           self.check_selection_log)
 
     def append_to_log(self, table: str, schema: pa.Schema, rows: list[dict[str, Any]],
                       read_back) -> None:
