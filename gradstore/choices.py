@@ -20,8 +20,10 @@ GRAD_TYPES = ("adam", "sgd", "sign")
 """What is stored for a per-example gradient g: Adam's step from the checkpoint's
 moments, g itself, or sign(g)."""
 
-PROJECTION_KINDS = ("rademacher", "countsketch", "none")
-"""How per-example gradients are projected before storage."""
+PROJECTION_KINDS = ("rademacher", "countsketch", "factored", "none")
+"""How per-example gradients are projected before storage: a dense sign matrix, a sparse
+sign sketch, per-module two-sided blocks computed from the tokens (docs/projections.md),
+or not at all."""
 
 SCAN_MODES = ("auto", "ram", "stream")
 """How a selection reads the pool: in RAM, streamed from Lance, or by its size (auto)."""

@@ -9,6 +9,10 @@ of the per-example mean losses, so each row is exactly that example's own
 gradient (examples never interact: right padding, causal attention, pad
 positions masked out of the loss).
 
+``projected`` does the same pass for a factored projection: each layer's hook adds
+``sum_t (L g_t)(R x_t)^T`` (padded tokens masked out) to that layer's block of a
+(B, dim) buffer, so the (B, P) gradients are never formed.
+
 Adapters with other trainable parameters (DoRA magnitudes, LoRA biases,
 ``modules_to_save``) fall back to one backward per example.
 """
@@ -24,6 +28,7 @@ import torch
 from torch import nn
 
 from gradstore.errors import GradstoreError
+from gradstore.grads.factored_projection import FactoredProjector
 
 
 @dataclass(frozen=True)
@@ -155,37 +160,75 @@ class PerExampleGradients:
         )
         return example_losses(out.logits, batch)
 
+    def projected(
+        self, batch: Batch, projector: FactoredProjector
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, dim) factored projections of the per-example gradients and (B,) losses,
+        each module's block computed in its hook from the tokens (the (B, P) gradients are
+        never formed); padded tokens (attention mask 0) add nothing."""
+        if self.strategy != "hooks":
+            raise GradstoreError(
+                "projecting per-example gradients in the hooks needs plain LoRA adapters "
+                "(strategy hooks); project the formed gradients instead"
+            )
+        if [(b.rows, b.cols) for b in projector.blocks] != [s.shape for s in self.slots]:
+            raise GradstoreError(
+                f"the factored projection ({projector.spec.layout}) was built for other "
+                f"modules than this model's {len(self.slots)}; build it from its parameters"
+            )
+        out = torch.zeros(batch.size, projector.spec.dim, dtype=torch.float32,
+                          device=batch.input_ids.device)
+
+        def add_block(index: int, slot: ParamSlot, gout: torch.Tensor, x: torch.Tensor) -> None:
+            if x.ndim != 3 or tuple(x.shape[:2]) != tuple(batch.attention_mask.shape):
+                raise GradstoreError(
+                    f"layer {slot.name} saw inputs of shape {tuple(x.shape)}, not (batch, "
+                    f"tokens, features) {tuple(batch.attention_mask.shape)}; use --projection "
+                    "rademacher for this model"
+                )
+            b = projector.blocks[index]
+            block = projector.project_tokens(index, gout, x, batch.attention_mask)
+            out[:, b.offset : b.offset + b.dim].add_(block)
+
+        return out, self._hooked_pass(batch, add_block)
+
     def _hooked(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         B = batch.size
-        device = batch.input_ids.device
-        grads = torch.zeros(B, self.num_params, dtype=torch.float32, device=device)
+        grads = torch.zeros(B, self.num_params, dtype=torch.float32,
+                            device=batch.input_ids.device)
+
+        def add_gradient(_index: int, slot: ParamSlot, gout: torch.Tensor,
+                         x: torch.Tensor) -> None:
+            dest = grads[:, slot.offset : slot.offset + slot.numel].view(B, *slot.shape)
+            dest.add_(torch.bmm(gout.float().transpose(1, 2), x.float()))
+
+        return grads, self._hooked_pass(batch, add_gradient)
+
+    def _hooked_pass(self, batch: Batch, consume) -> torch.Tensor:
+        """One forward and backward with hooks on every LoRA layer: ``consume(index, slot,
+        grad_out, inputs)`` receives each use of layer ``index`` (added, not copied, by the
+        consumers: a layer applied twice in one forward gets both terms). Returns the losses."""
         handles = []
 
-        def attach(layer: nn.Linear, slot: ParamSlot):
+        def attach(index: int, layer: nn.Linear, slot: ParamSlot):
             def forward_hook(_mod, inputs, output):
                 if not output.requires_grad:  # e.g. a no-grad recomputation
                     return
                 x = inputs[0]
-
-                def grad_hook(gout):
-                    dest = grads[:, slot.offset : slot.offset + slot.numel].view(B, *slot.shape)
-                    # add, not copy: a layer applied twice in one forward gets both terms
-                    dest.add_(torch.bmm(gout.float().transpose(1, 2), x.float()))
-
-                output.register_hook(grad_hook)
+                output.register_hook(lambda gout: consume(index, slot, gout, x))
 
             return layer.register_forward_hook(forward_hook)
 
         try:
-            for layer, slot in self._layers:
-                handles.append(attach(layer, slot))
+            for index, (layer, slot) in enumerate(self._layers):
+                handles.append(attach(index, layer, slot))
             losses = self._forward(batch)
-            # the hooks fill `grads`; parameter .grad is neither needed nor kept
+            # the hooks consume the gradients; parameter .grad is neither needed nor kept
             torch.autograd.grad(losses.sum(), self._params, allow_unused=True)
         finally:
             for h in handles:
                 h.remove()
-        return grads, losses.detach().float()
+        return losses.detach().float()
 
     def _loop(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         B = batch.size

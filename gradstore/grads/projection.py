@@ -1,10 +1,12 @@
 """Random projections of per-example gradients, (B, P) -> (B, d).
 
-A projection is a pure function of its ``ProjectionSpec`` (kind, seed, input_dim, dim, nnz):
-pool and target gradients projected in different runs, batch sizes or machines agree.
-Randomness comes from ``PCG64.random_raw`` seeded by
-``SeedSequence([seed, block_index, kind_tag])`` for fixed blocks of ``BLOCK_ROWS`` input
-coordinates; both are stable across numpy versions and platforms.
+A projection is a pure function of its ``ProjectionSpec`` (kind, seed, input_dim, dim, nnz,
+and for ``factored`` the modules' layout): pool and target gradients projected in
+different runs, batch sizes or machines agree. Randomness comes from ``PCG64.random_raw``
+seeded by ``SeedSequence([seed, block_index, kind_tag])`` (``projection_common.raw_words``)
+for fixed blocks of ``BLOCK_ROWS`` input coordinates; both are stable across numpy
+versions and platforms. The factored kind, per module and computable from the tokens
+without forming the gradient, is defined in ``factored_projection``.
 
 Rademacher bit convention: for input coordinate ``i`` (block ``b = i // BLOCK_ROWS``, row
 ``r = i % BLOCK_ROWS``) and output column ``j``, let ``w`` be word
@@ -21,6 +23,7 @@ distinct), with value ``(-1) ** (w & 1) / sqrt(nnz)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -28,11 +31,18 @@ import torch
 
 from gradstore.choices import PROJECTION_KINDS
 from gradstore.errors import GradstoreError
+from gradstore.grads.factored_projection import FactoredProjector
+from gradstore.grads.projection_common import (
+    COUNTSKETCH_TAG,
+    RADEMACHER_TAG,
+    check_count,
+    check_grads,
+    check_rows,
+    raw_words,
+)
 from gradstore.store.meta import ProjectionSpec
 
 BLOCK_ROWS = 1024  # input coordinates per generator block; part of the projection's definition
-RADEMACHER_TAG = 1
-COUNTSKETCH_TAG = 2
 _EXPAND_ROWS = 256  # rows expanded to floats per matmul (cache-sized; affects only rounding)
 _SCATTER_COLUMNS = 16384  # input coordinates per index_add_ (bounds the temporary)
 
@@ -45,51 +55,13 @@ class Projector(Protocol):
     def project(self, grads: torch.Tensor) -> torch.Tensor: ...
 
 
-def _raw_words(seed: int, block_index: int, tag: int, count: int) -> np.ndarray:
-    """``count`` uint64 words of block ``block_index``'s stream (little-endian dtype)."""
-    bit_generator = np.random.PCG64(np.random.SeedSequence([seed, block_index, tag]))
-    return bit_generator.random_raw(count).astype("<u8", copy=False)
-
-
-def _check_count(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise GradstoreError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_grads(grads: torch.Tensor, input_dim: int) -> torch.Tensor:
-    """Validate a (B, input_dim) floating tensor and return it as float32."""
-    if not isinstance(grads, torch.Tensor):
-        raise GradstoreError(f"grads must be a torch.Tensor, got {type(grads).__name__}")
-    if grads.ndim != 2:
-        raise GradstoreError(
-            f"grads must be 2-D (batch, {input_dim}), got shape {tuple(grads.shape)}; "
-            "flatten each example's gradient into one row"
-        )
-    if grads.shape[1] != input_dim:
-        raise GradstoreError(
-            f"grads have {grads.shape[1]} columns but this projection expects "
-            f"input_dim={input_dim}; build the projector for the model's trainable parameters"
-        )
-    if not grads.is_floating_point():
-        raise GradstoreError(f"grads must be floating point, got dtype {grads.dtype}")
-    return grads.to(torch.float32)
-
-
-def _check_rows(start: int, stop: int, input_dim: int) -> None:
-    if not 0 <= start <= stop <= input_dim:
-        raise GradstoreError(
-            f"rows [{start}, {stop}) are outside [0, {input_dim}); need 0 <= start <= stop"
-        )
-
-
 class RademacherProjector:
     """Dense ±1/sqrt(dim) matrix (input_dim, dim), generated block by block, never stored."""
 
     def __init__(self, input_dim: int, dim: int, seed: int) -> None:
-        input_dim = _check_count("input_dim", input_dim)
-        dim = _check_count("dim", dim)
-        seed = _check_count("seed", seed, minimum=0)
+        input_dim = check_count("input_dim", input_dim)
+        dim = check_count("dim", dim)
+        seed = check_count("seed", seed, minimum=0)
         self.spec = ProjectionSpec("rademacher", seed, dim, input_dim, None)
         self.words_per_row = -(-dim // 64)
         bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little")
@@ -98,7 +70,7 @@ class RademacherProjector:
 
     def _block_bytes(self, block_index: int) -> torch.Tensor:
         """Sign bytes of one block, (BLOCK_ROWS, words_per_row * 8) uint8 on the CPU."""
-        words = _raw_words(
+        words = raw_words(
             self.spec.seed, block_index, RADEMACHER_TAG, self.words_per_row * BLOCK_ROWS
         )
         by_word_column = words.view(np.uint8).reshape(self.words_per_row, BLOCK_ROWS, 8)
@@ -108,7 +80,7 @@ class RademacherProjector:
 
     def matrix_rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of the projection matrix, (stop - start, dim) float32 on the CPU."""
-        _check_rows(start, stop, self.spec.input_dim)
+        check_rows(start, stop, self.spec.input_dim)
         parts = []
         for block_index in range(start // BLOCK_ROWS, -(-stop // BLOCK_ROWS)):
             first = block_index * BLOCK_ROWS
@@ -119,7 +91,7 @@ class RademacherProjector:
 
     def project(self, grads: torch.Tensor) -> torch.Tensor:
         """Project (B, input_dim) gradients to (B, dim) float32 on the same device."""
-        grads = _check_grads(grads, self.spec.input_dim)
+        grads = check_grads(grads, self.spec.input_dim)
         device, dim = grads.device, self.spec.dim
         out = torch.zeros(grads.shape[0], dim, dtype=torch.float32, device=device)
         table = self._byte_table.to(device)
@@ -143,10 +115,10 @@ class CountSketchProjector:
     """Sparse sign sketch: each input coordinate adds ±g/sqrt(nnz) to nnz distinct buckets."""
 
     def __init__(self, input_dim: int, dim: int, seed: int, nnz: int = 1) -> None:
-        input_dim = _check_count("input_dim", input_dim)
-        dim = _check_count("dim", dim)
-        seed = _check_count("seed", seed, minimum=0)
-        nnz = _check_count("nnz", nnz)
+        input_dim = check_count("input_dim", input_dim)
+        dim = check_count("dim", dim)
+        seed = check_count("seed", seed, minimum=0)
+        nnz = check_count("nnz", nnz)
         if nnz > dim:
             raise GradstoreError(f"nnz={nnz} exceeds dim={dim}; use 1 <= nnz <= dim")
         if dim >= 2**32:
@@ -163,7 +135,7 @@ class CountSketchProjector:
         negative = np.empty((spec.input_dim, spec.nnz), dtype=bool)
         for first in range(0, spec.input_dim, BLOCK_ROWS):
             rows = min(BLOCK_ROWS, spec.input_dim - first)
-            words = _raw_words(spec.seed, first // BLOCK_ROWS, COUNTSKETCH_TAG, rows * spec.nnz)
+            words = raw_words(spec.seed, first // BLOCK_ROWS, COUNTSKETCH_TAG, rows * spec.nnz)
             words = words.reshape(rows, spec.nnz)
             offsets = ((words >> np.uint64(32)) * widths) >> np.uint64(32)
             buckets[first : first + rows] = starts + offsets
@@ -180,7 +152,7 @@ class CountSketchProjector:
 
     def matrix_rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of the sketch as a dense (stop - start, dim) float32 CPU tensor."""
-        _check_rows(start, stop, self.spec.input_dim)
+        check_rows(start, stop, self.spec.input_dim)
         buckets, values = self._device_tables(torch.device("cpu"))
         rows = torch.zeros(stop - start, self.spec.dim, dtype=torch.float32)
         rows.scatter_(1, buckets[:, start:stop].T, values[:, start:stop].T)
@@ -188,7 +160,7 @@ class CountSketchProjector:
 
     def project(self, grads: torch.Tensor) -> torch.Tensor:
         """Project (B, input_dim) gradients to (B, dim) float32 on the same device."""
-        grads = _check_grads(grads, self.spec.input_dim)
+        grads = check_grads(grads, self.spec.input_dim)
         buckets, values = self._device_tables(grads.device)
         out = torch.zeros(grads.shape[0], self.spec.dim, dtype=torch.float32, device=grads.device)
         for lo in range(0, self.spec.input_dim, _SCATTER_COLUMNS):
@@ -202,23 +174,28 @@ class IdentityProjector:
     """Kind "none": no projection, dim == input_dim."""
 
     def __init__(self, input_dim: int) -> None:
-        input_dim = _check_count("input_dim", input_dim)
+        input_dim = check_count("input_dim", input_dim)
         self.spec = ProjectionSpec("none", None, input_dim, input_dim, None)
 
     def matrix_rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of the identity, (stop - start, input_dim) float32."""
-        _check_rows(start, stop, self.spec.input_dim)
+        check_rows(start, stop, self.spec.input_dim)
         return torch.eye(self.spec.input_dim, dtype=torch.float32)[start:stop]
 
     def project(self, grads: torch.Tensor) -> torch.Tensor:
         """Return the (B, input_dim) gradients as float32 (the input itself if already so)."""
-        return _check_grads(grads, self.spec.input_dim)
+        return check_grads(grads, self.spec.input_dim)
 
 
 def make_projector(
-    kind: str, input_dim: int, dim: int | None = 8192, seed: int = 0, nnz: int | None = None
+    kind: str, input_dim: int, dim: int | None = 8192, seed: int = 0, nnz: int | None = None,
+    module_shapes: Sequence[Sequence[int]] | None = None,
 ) -> Projector:
-    """Build a projector; ``none`` ignores dim, seed and nnz; countsketch's nnz defaults to 1."""
+    """Build a projector; ``none`` ignores dim, seed and nnz; countsketch's nnz defaults to 1.
+
+    ``module_shapes``: the trainable parameters' shapes in the flat gradient's order, which
+    ``factored`` needs (their sizes must add up to ``input_dim``); the other kinds ignore it.
+    """
     if kind not in PROJECTION_KINDS:
         raise GradstoreError(
             f"unknown projection kind {kind!r}; use one of {', '.join(PROJECTION_KINDS)}"
@@ -231,17 +208,47 @@ def make_projector(
         return CountSketchProjector(input_dim, dim, seed, 1 if nnz is None else nnz)
     if nnz is not None:
         raise GradstoreError(f"nnz={nnz!r} applies only to countsketch; leave it None for {kind}")
+    if kind == "factored":
+        return _factored(input_dim, dim, seed, module_shapes)
     return RademacherProjector(input_dim, dim, seed)
 
 
-def projector_from_spec(spec: ProjectionSpec) -> Projector:
-    """Rebuild the projector a table's ``ProjectionSpec`` describes."""
+def _factored(
+    input_dim: int, dim: int, seed: int, module_shapes: Sequence[Sequence[int]] | None
+) -> FactoredProjector:
+    input_dim = check_count("input_dim", input_dim)
+    if module_shapes is None:
+        raise GradstoreError(
+            "a factored projection needs the shapes of the model's trainable parameters "
+            "(module_shapes); without them use rademacher or countsketch"
+        )
+    projector = FactoredProjector(module_shapes, dim, seed)
+    if projector.spec.input_dim != input_dim:
+        raise GradstoreError(
+            f"module shapes add up to {projector.spec.input_dim} gradient entries, not "
+            f"input_dim={input_dim}; pass the shapes of every trainable parameter"
+        )
+    return projector
+
+
+def projector_from_spec(
+    spec: ProjectionSpec, module_shapes: Sequence[Sequence[int]] | None = None
+) -> Projector:
+    """Rebuild the projector a table's ``ProjectionSpec`` describes (``factored`` also
+    needs the model's ``module_shapes``, checked against the spec's layout)."""
     if spec.input_dim is None:
         raise GradstoreError(
             f"projection spec {spec} has no input_dim; it cannot be reproduced, re-ingest "
             "with a known projection"
         )
-    if spec.kind in ("rademacher", "countsketch") and spec.seed is None:
+    if spec.kind in ("rademacher", "countsketch", "factored") and spec.seed is None:
         raise GradstoreError(f"projection spec {spec} has no seed; it cannot be reproduced")
     seed = 0 if spec.seed is None else spec.seed
-    return make_projector(spec.kind, spec.input_dim, spec.dim, seed, spec.nnz)
+    projector = make_projector(spec.kind, spec.input_dim, spec.dim, seed, spec.nnz,
+                               module_shapes)
+    if spec.kind == "factored" and projector.spec != spec:
+        raise GradstoreError(
+            f"projection spec {spec} is not reproduced by these modules, which give "
+            f"{projector.spec}; pass the shapes of the model the table was ingested with"
+        )
+    return projector

@@ -22,7 +22,9 @@ class ProjectionSpec:
     """How the stored vectors were projected: kind, seed and output dimension.
 
     ``input_dim`` is the raw gradient length; ``nnz`` the nonzeros per input
-    coordinate of a sparse sketch (None for dense kinds).
+    coordinate of a sparse sketch (None for dense kinds); ``layout`` the per-module block
+    shapes of a factored projection (module count and a hash of every module's shape and
+    block; None for the other kinds), so that tables whose modules differ are refused.
     """
 
     kind: str = "unknown"
@@ -30,6 +32,7 @@ class ProjectionSpec:
     dim: int | None = None
     input_dim: int | None = None
     nnz: int | None = None
+    layout: str | None = None
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,7 @@ def test_spec_round_trip(kind, nnz):
 
 
 def test_make_projector_types_and_specs():
-    assert PROJECTION_KINDS == ("rademacher", "countsketch", "none")
+    assert PROJECTION_KINDS == ("rademacher", "countsketch", "factored", "none")
     assert isinstance(make_projector("rademacher", 10), RademacherProjector)
     sketch = make_projector("countsketch", 10, 4)
     assert isinstance(sketch, CountSketchProjector)
@@ -215,7 +215,7 @@ def test_bad_arguments_raise(kwargs, fragment):
 
 @pytest.mark.parametrize("kind", PROJECTION_KINDS)
 def test_bad_grads_raise(kind):
-    projector = make_projector(kind, 10, 4)
+    projector = make_projector(kind, 10, 4, module_shapes=[(2, 5)])
     with pytest.raises(GradstoreError, match="11 columns .* expects input_dim=10"):
         projector.project(torch.zeros(2, 11))
     with pytest.raises(GradstoreError, match=re.escape("got shape (10,)")):
