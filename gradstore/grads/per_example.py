@@ -149,6 +149,11 @@ class PerExampleGradients:
     def names(self) -> list[str]:
         return [s.name for s in self.slots]
 
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """The trainable parameters' shapes, in the flat gradient's order."""
+        return [s.shape for s in self.slots]
+
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         if self.strategy == "loop":
             return self._loop(batch)

@@ -10,6 +10,7 @@ import torch
 
 from gradstore.errors import GradstoreError
 from gradstore.grads.examples import TokenizedExample
+from gradstore.grads.factored_projection import FactoredProjector
 from gradstore.grads.grad_types import apply_grad_type
 from gradstore.grads.ingestion import (
     FRESH_CHECKPOINT,
@@ -29,7 +30,7 @@ from gradstore.grads.optimizer_state import (
     AdamMoments,
     load_adam_moments,
 )
-from gradstore.grads.per_example import PerExampleGradients, collate
+from gradstore.grads.per_example import Batch, PerExampleGradients, collate
 from gradstore.grads.projection import make_projector
 from gradstore.store.database import RowBlock
 from gradstore.store.meta import FLOAT16_MAX
@@ -70,7 +71,11 @@ class GradientRunner:
         g = cfg.gradients
         dim = self.grads.num_params if g.projection == "none" else g.proj_dim
         self.projector = make_projector(g.projection, self.grads.num_params, dim, seed=g.seed,
-                                        nnz=g.nnz)
+                                        nnz=g.nnz, module_shapes=self.grads.shapes)
+        # plain gradients under a factored projection are projected in the hooks, never
+        # formed; a transform of each entry (adam, sign) needs them formed first
+        self.in_hooks = (isinstance(self.projector, FactoredProjector)
+                         and plan.grad_types == ["sgd"] and self.grads.strategy == "hooks")
         self.pad_id = pad_id
         self.skipped: Counter[str] = Counter()
         self.skipped_ids: dict[str, list[str]] = {}
@@ -99,9 +104,9 @@ class GradientRunner:
 
     def _chunk(self, exs: list[TokenizedExample], rows: list[int], on_batch) -> RowBlock:
         T, bs = len(self.checkpoints), self.cfg.gradients.batch_size
-        types = self.plan.grad_types
-        raw = {t: torch.empty(T, len(exs), self.grads.num_params, dtype=torch.float32,
-                              device=self.device) for t in types}
+        width = self.projector.spec.dim if self.in_hooks else self.grads.num_params
+        raw = {t: torch.empty(T, len(exs), width, dtype=torch.float32, device=self.device)
+               for t in self.plan.grad_types}
         losses = np.empty((T, len(exs)), dtype=np.float32)
         for s in range(0, len(exs), bs):
             part = exs[s : s + bs]
@@ -111,17 +116,13 @@ class GradientRunner:
             for t, ckpt in enumerate(self.checkpoints):
                 if T > 1:  # a single checkpoint stays loaded from __init__
                     activate(self.model, ckpt)
-                g, loss = self.grads(batch)
-                for i, gt in enumerate(types):  # the transform may overwrite g: copy first
-                    src = g if i == len(types) - 1 else g.clone()
-                    raw[gt][t, s : s + len(part)] = apply_grad_type(src, gt, self.moments[t])
+                rows_by_type, loss = self._batch_rows(batch, self.moments[t])
+                for gt, g in rows_by_type.items():
+                    raw[gt][t, s : s + len(part)] = g
                 losses[t, s : s + len(part)] = loss.cpu().numpy()
             if on_batch is not None:
                 on_batch(len(part))
-        vecs = {}
-        for gt in types:
-            projected = self.projector.project(raw[gt].view(T * len(exs), -1))
-            vecs[gt] = projected.view(T, len(exs), -1).cpu().numpy()
+        vecs = {gt: self._projected(r).cpu().numpy() for gt, r in raw.items()}
         ok = np.isfinite(losses).all(axis=0)
         for v in vecs.values():
             ok &= np.isfinite(v).all(axis=(0, 2))
@@ -151,3 +152,24 @@ class GradientRunner:
             extra_vectors={gt: [vecs[gt][t, keep] for t in range(T)]
                            for gt in self.plan.extra_types} or None,
         )
+
+    def _batch_rows(
+        self, batch: Batch, moments: AdamMoments | None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Each stored type's rows for one batch at the active checkpoint, (B, P) gradients
+        (or (B, dim) projections, ``in_hooks``), and the (B,) losses."""
+        if self.in_hooks:
+            projected, loss = self.grads.projected(batch, self.projector)
+            return {"sgd": projected}, loss
+        g, loss = self.grads(batch)
+        types, out = self.plan.grad_types, {}
+        for i, gt in enumerate(types):  # the transform may overwrite g: copy first
+            out[gt] = apply_grad_type(g if i == len(types) - 1 else g.clone(), gt, moments)
+        return out, loss
+
+    def _projected(self, raw: torch.Tensor) -> torch.Tensor:
+        """(T, n, P) rows projected to (T, n, dim), in one call (already so: ``in_hooks``)."""
+        if self.in_hooks:
+            return raw
+        T, n, _ = raw.shape
+        return self.projector.project(raw.view(T * n, -1)).view(T, n, -1)
