@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gradstore.selectors.nnls import nnls_gram
+from gradstore.selectors.nnls import GRAM_DTYPES, nnls_gram
 
 
 @contextmanager
@@ -189,10 +189,12 @@ def _scores(c: np.ndarray) -> np.ndarray:
 
 
 def support_gram(G: np.ndarray, support: np.ndarray) -> np.ndarray:
-    """``G[support, support]`` in float64, without a copy when the support is all of G in
-    order (a fit on every candidate: a k x k copy saved)."""
+    """``G[support, support]`` (float32 stays float32: :func:`nnls_gram` reads it exactly),
+    without a copy when the support is all of G in order (a fit on every candidate: a k x k
+    copy saved)."""
     whole = len(support) == len(G) and np.array_equal(support, np.arange(len(G)))
-    return np.asarray(G if whole else G[np.ix_(support, support)], dtype=np.float64)
+    Gs = G if whole else G[np.ix_(support, support)]
+    return Gs if Gs.dtype in GRAM_DTYPES else Gs.astype(np.float64)
 
 
 def polish(

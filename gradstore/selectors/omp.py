@@ -148,8 +148,9 @@ def fit_rows(A: torch.Tensor, Y: np.ndarray) -> tuple[np.ndarray, float]:
     """:func:`fit_support` on rows already read: ``A`` (n, D) in the stacked space."""
     Y = np.asarray(Y, dtype=np.float64)
     Y = Y[:, None] if Y.ndim == 1 else Y
-    G = np.empty((A.shape[0], A.shape[0]))
-    for s in range(0, A.shape[0], FIT_BLOCK):  # no float32 copy of G beside it
+    # float32: the products are float32 already, and nnls_gram reads them exactly
+    G = np.empty((A.shape[0], A.shape[0]), dtype=np.float32)
+    for s in range(0, A.shape[0], FIT_BLOCK):
         G[s : s + FIT_BLOCK] = (A[s : s + FIT_BLOCK] @ A.T).numpy()
     B = np.stack([dot64(A, y) for y in Y.T], 1)
     W = polish(G, B, np.arange(A.shape[0]))

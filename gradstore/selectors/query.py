@@ -70,6 +70,10 @@ def target_tolerance(rows: np.ndarray, labels: np.ndarray | None = None) -> floa
     return float(np.sqrt(var)) / len(groups)
 
 
+RESIDUAL_BLOCK = 1024
+"""Rows of A_S :func:`relative_residual` converts to float64 at a time."""
+
+
 def relative_residual(AS: np.ndarray, W: np.ndarray, Y: np.ndarray) -> float:
     """``||A_S^T W - Y||_F / ||Y||_F`` with AS (n, D), W (n, C), Y (D, C)."""
     yn = float(np.linalg.norm(Y))
@@ -77,4 +81,7 @@ def relative_residual(AS: np.ndarray, W: np.ndarray, Y: np.ndarray) -> float:
         return 0.0
     if len(AS) == 0:
         return 1.0
-    return float(np.linalg.norm(AS.T.astype(np.float64) @ W - Y)) / yn
+    fit = np.zeros((AS.shape[1], W.shape[1]))
+    for s in range(0, len(AS), RESIDUAL_BLOCK):  # no float64 copy of AS
+        fit += AS[s : s + RESIDUAL_BLOCK].T.astype(np.float64) @ W[s : s + RESIDUAL_BLOCK]
+    return float(np.linalg.norm(fit - Y)) / yn
