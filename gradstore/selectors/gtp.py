@@ -266,6 +266,10 @@ def _scan(
     return out
 
 
+EXACT_EVERY = 32
+"""A swap round updates the residual's correlations from the float32 products it computes
+for X anyway (a float64 product with every row cost most of a round), and recomputes them
+in float64 every this many exchanges, so rounding never accumulates over more."""
 EXCHANGE_BLOCK = 256
 """Rows of the member x outsider block a swap step reads at a time (bounds its float64
 temporaries to EXCHANGE_BLOCK x outsiders)."""
@@ -421,11 +425,14 @@ def _swap(
             position[int(both[i])] = p
             st.keys.pop(_norm_key(pool, int(both[j])), None)
             st.keys[_norm_key(pool, int(both[i]))] = int(both[i])
-            change = A[i].double() - A[j].double()
-            st.s += change.numpy()
-            c -= dot64(A, change.numpy())
-            mem[a], out[b] = i, j
-            X[a, :] = (A @ A[i]).numpy()[out]
-            X[:, b] = (A @ A[j]).numpy()[mem]
+            st.s += (A[i].double() - A[j].double()).numpy()
+            gi, gj = (A @ A[i]).numpy(), (A @ A[j]).numpy()
             made += 1
+            if made % EXACT_EVERY:  # r loses a_i and gains a_j
+                c -= gi.astype(np.float64) - gj
+            else:
+                c = dot64(A, st.residual_vector())
+            mem[a], out[b] = i, j
+            X[a, :] = gi[out]
+            X[:, b] = gj[mem]
     return made > 0
