@@ -44,8 +44,10 @@ def test_memory_tiny():
     assert {(r[0].strip(), r[1].strip()) for r in rows[2:]} == {
         ("import", "-"), *((m, b) for m in ("less", "gtp", "gtp-paper", "omp")
                            for b in ("50MB", "500MB"))}
-    bound = {r[0].strip(): r[5].strip() for r in rows[2:] if r[1].strip() == "50MB"}
+    bound = {r[0].strip(): r[6].strip() for r in rows[2:] if r[1].strip() == "50MB"}
     assert bound["gtp"] == bound["less"] == "80" and bound["omp"] == "-"
+    for r in rows[2:]:  # both peaks (resident set, anonymous memory) are measured
+        float(r[4]), float(r[5])
 
 
 def test_integrity_cost_tiny():
@@ -64,3 +66,8 @@ def test_gpu_check_tiny():
 def test_em_agreement_tiny():
     out = run("em_agreement.py")
     assert "Agreement: **" in out and "over 48 pairs" in out
+
+
+def test_projection_quality_tiny():
+    out = run("projection_quality.py")
+    assert "factored" in out and "rademacher" in out
