@@ -330,8 +330,8 @@ def run_selection(
             if bar is not None:
                 bar.close()
         pause_point("select-computed")
-        sels = _selections(db, pool, targets, budgets, ks, pairs, answers, opts, eta, spool,
-                           pmeta, time.perf_counter() - t0)
+        run = SelectionRun(pool, list(targets), list(budgets), ks, pairs, eta, spool, pmeta)
+        sels = _selections(db, run, answers, opts, time.perf_counter() - t0)
         for s in sels:
             s.params["versions"] = versions
         if opts.save:
@@ -340,22 +340,39 @@ def run_selection(
         return sels
 
 
-def _selections(db: Database, pool: str, targets, budgets, ks, pairs, answers, opts, eta,
-                spool: StackedPool, pmeta: TableMeta, seconds: float) -> list[Selection]:
+@dataclass
+class SelectionRun:
+    """What one run of ``select`` asked, over which pool: the (target, budget) pairs it
+    answers (indices into ``targets`` and ``budgets``; ``ks`` the budgets as counts)."""
+
+    pool: str
+    targets: list[str | None]
+    budgets: list[Budget]
+    ks: list[int]
+    pairs: list[tuple[int, int]]
+    eta: list[float] | None
+    spool: StackedPool
+    pmeta: TableMeta
+
+
+def _selections(db: Database, run: SelectionRun, answers: list[Answer], opts: SelectConfig,
+                seconds: float) -> list[Selection]:
     """The answers as Selections: ids, weights, residual, and how they were made."""
-    types = {t: target_type(opts.method, pmeta, db.meta(t)) for t in targets if t is not None}
-    params = _params(opts, eta, spool, pmeta, db.num_rows(pool), len(pairs))
-    ids = db.ids(pool)
+    types = {t: target_type(opts.method, run.pmeta, db.meta(t))
+             for t in run.targets if t is not None}
+    params = _params(opts, run.eta, run.spool, run.pmeta, db.num_rows(run.pool),
+                     len(run.pairs))
+    ids = db.ids(run.pool)
     return [
         Selection(
             selection_id=uuid.uuid4().hex[:12], method=opts.method,
-            budget=budget_label(budgets[bi]), k=ks[bi], pool=pool, target=targets[ti],
-            ids=[ids[i] for i in a.rows], weights=np.asarray(a.weights, dtype=np.float64),
-            residual=float(a.residual), seconds=seconds, created=_now(),
-            history=[float(h) for h in a.history],
-            params=dict(params, target_grad_type=types.get(targets[ti])) | a.extra,
+            budget=budget_label(run.budgets[bi]), k=run.ks[bi], pool=run.pool,
+            target=run.targets[ti], ids=[ids[i] for i in a.rows],
+            weights=np.asarray(a.weights, dtype=np.float64), residual=float(a.residual),
+            seconds=seconds, created=_now(), history=[float(h) for h in a.history],
+            params=dict(params, target_grad_type=types.get(run.targets[ti])) | a.extra,
         )
-        for (ti, bi), a in zip(pairs, answers, strict=True)
+        for (ti, bi), a in zip(run.pairs, answers, strict=True)
     ]
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from gradstore.selectors.gram_cache import GramCache
 from gradstore.selectors.greedy import IncrementalNNLS, greedy_nnls_gram, swap_refine
 from gradstore.selectors.query import PursuitResult, Query, relative_residual
 from gradstore.selectors.scan import ScanQuery
@@ -31,9 +32,7 @@ class _State:
         self.W = np.zeros((0, q.Y.shape[1]))
         self.AS = torch.zeros((0, width))
         # the last merged set U, its rows and Gram matrix: most of the next U is in it
-        self.U_rows = np.zeros(0, dtype=np.int64)
-        self.U_A = torch.zeros((0, width))
-        self.U_G = torch.zeros((0, 0))
+        self.cache = GramCache(width)
         self.R = q.Y.copy()
         self.residual = 1.0 if q.yy > 0 else 0.0
         self.history = [self.residual]
@@ -46,30 +45,12 @@ class _State:
 def _merge(
     pool: StackedPool, st: _State, cand: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """U = S + candidates (S first, in support order), its rows and Gram matrix.
-
-    Rows and Gram entries already known from the previous U are reused; only the
-    candidates new to U are fetched and multiplied.
-    """
-    where = {int(r): i for i, r in enumerate(st.U_rows)}
-    known = np.array([int(r) in where for r in cand], dtype=bool)
+    """U = S + candidates (S first, in support order; then the candidates of the last U,
+    then the new ones), its rows and Gram matrix (only the rows new to U are read and
+    multiplied: :class:`GramCache`)."""
+    known = np.isin(cand, st.cache.rows)
     U = np.concatenate([st.rows, cand[known], cand[~known]])
-    old = torch.tensor(
-        [where[int(r)] for r in U[: len(U) - int((~known).sum())]], dtype=torch.int64
-    )
-    A_old = st.U_A.index_select(0, old)
-    A_new = pool.rows(cand[~known])
-    o, n = len(old), A_new.shape[0]
-    G = torch.empty((o + n, o + n))
-    G[:o, :o] = st.U_G.index_select(0, old).index_select(1, old)
-    if o and n:
-        cross = A_old @ A_new.T
-        G[:o, o:] = cross
-        G[o:, :o] = cross.T
-    if n:
-        G[o:, o:] = A_new @ A_new.T
-    AU = torch.cat([A_old, A_new], 0)
-    st.U_rows, st.U_A, st.U_G = U, AU, G
+    AU, G = st.cache.gram(pool, U)
     return U, G.numpy(), AU
 
 
