@@ -104,6 +104,8 @@ def _normalise(f, value: Any) -> Any:
     """Lists become tuples (configs are frozen and hashable); paths become strings."""
     if isinstance(value, list):
         value = tuple(value)
+    if isinstance(value, str) and f.name == "params":  # one pattern, given alone
+        value = (value,)
     if isinstance(value, tuple) and f.name in ("checkpoints", "targets"):
         value = tuple(str(v) for v in value)
     if isinstance(value, Path):
@@ -441,6 +443,11 @@ class IngestConfig:
         (), flag="--checkpoint", repeat=True, metavar="DIR",
         help="LoRA checkpoint dir (adapter + optimizer state); repeat for each; none: a "
              "fresh LoRA")
+    params: tuple[str, ...] = option(
+        (), flag="--params", repeat=True, metavar="PATTERN",
+        help="gradients of the --model's own parameters whose full names (as in "
+             "named_parameters) match this glob, e.g. 'model.layers.*.mlp.*.weight', instead "
+             "of LoRA; repeat for several (docs/projections.md)")
     kind: str = option("pool", choices=("pool", "target"), help="what the table is for")
     subtask_field: str | None = option(None, help="data field holding subtask labels")
     split: str | None = option(None, help="split of a saved DatasetDict")
@@ -470,6 +477,12 @@ class IngestConfig:
         for c in self.checkpoints:
             if not Path(c).is_dir():
                 _bad(f"checkpoint directory {c!r} does not exist")
+        if any(not isinstance(p, str) or not p.strip() for p in self.params):
+            _bad(f"--params {list(self.params)!r}: each pattern must be a non-empty glob, "
+                 "e.g. 'model.layers.*.mlp.*.weight'")
+        if self.params and self.checkpoints:
+            _bad("--params takes gradients of the --model's own weights and does not combine "
+                 "with --checkpoint (LoRA adapters); drop one of them")
 
     def grad_types(self, has_state: bool) -> tuple[str, ...]:
         """The gradient types this run stores, primary first."""

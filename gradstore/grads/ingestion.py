@@ -35,6 +35,7 @@ from gradstore.store.database import Database, RowBlock
 from gradstore.store.meta import ProjectionSpec, TableMeta
 
 FRESH_CHECKPOINT = "init"
+BASE_CHECKPOINT = "base"  # the --model's own weights, when --params takes their gradients
 RAW_BUFFER_BYTES = 512 << 20  # raw (unprojected) gradients held before one projection call
 
 
@@ -128,6 +129,11 @@ def plan_ingest(
     paths, names, lrs, adapters, fingerprints = _checkpoints(cfg)
     has_state = bool(paths) and all(optimizer_file(p) is not None for p in paths)
     grad_type, *extra_types = cfg.grad_types(has_state)
+    if "adam" in (grad_type, *extra_types) and cfg.params:
+        raise GradstoreError(
+            "adam gradients need a saved optimizer state, which --params (gradients of the "
+            "--model's own weights) does not read; use --grad-type sgd or sign"
+        )
     if "adam" in (grad_type, *extra_types) and not has_state:
         missing = [str(p) for p in paths if optimizer_file(p) is None] or ["a fresh LoRA"]
         raise GradstoreError(
@@ -144,7 +150,8 @@ def plan_ingest(
         "projection": {"kind": g.projection, "dim": g.proj_dim, "seed": g.seed, "nnz": g.nnz},
         "max_length": g.max_length,
         "dtype": str(dtype or resolve_dtype(cfg.lm.dtype, resolve_device(cfg.lm.device))),
-        "lora": None if paths else asdict(lora_spec(cfg)),
+        "lora": None if paths or cfg.params else asdict(lora_spec(cfg)),
+        **({"params": sorted(set(cfg.params))} if cfg.params else {}),  # LoRA: as before
         "subtask_field": cfg.subtask_field,
     }
     settings = json.loads(json.dumps(settings))  # compared with the stored (JSON) copy
@@ -178,6 +185,9 @@ def _checkpoints(cfg: IngestConfig):
     before checkpoint-10, whatever order they were given in); a fresh LoRA without any."""
     order = sorted(range(len(cfg.checkpoints)), key=lambda i: natural_key(cfg.checkpoints[i]))
     paths = [Path(cfg.checkpoints[i]) for i in order]
+    if cfg.params:
+        return paths, [BASE_CHECKPOINT], list(cfg.lrs) if cfg.lrs else [None], None, \
+            {BASE_CHECKPOINT: "the model's own weights"}
     if not paths:
         spec = lora_spec(cfg)
         fingerprints = {FRESH_CHECKPOINT: f"fresh LoRA r={spec.r} alpha={spec.alpha} "

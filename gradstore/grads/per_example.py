@@ -1,11 +1,14 @@
-"""Per-example gradients of a causal LM's loss with respect to its LoRA parameters.
+"""Per-example gradients of a causal LM's loss with respect to its LoRA parameters, or
+(``full_layers``) to chosen parameters of a plain model (``--params``).
 
 For a whole padded batch at once: forward hooks on every ``lora_A`` / ``lora_B``
-linear layer keep the layer's input, and a hook on its output receives the
+linear layer (``full_layers``: every ``nn.Linear`` or GPT-2 ``Conv1D`` owning a trainable
+weight or bias) keep the layer's input, and a hook on its output receives the
 gradient flowing back. The weight gradient of example ``b`` is then
-``sum_t grad_out[b, t] (x) input[b, t]`` — one einsum per layer, written straight
-into row ``b`` of a preallocated (B, P) buffer. The batch objective is the sum
-of the per-example mean losses, so each row is exactly that example's own
+``sum_t grad_out[b, t] (x) input[b, t]`` (a bias's: ``sum_t grad_out[b, t]``; a ``Conv1D``
+weight, stored (in, out), is the transpose), padded tokens masked out — one product per
+layer, written straight into row ``b`` of a preallocated (B, P) buffer. The batch objective
+is the sum of the per-example mean losses, so each row is exactly that example's own
 gradient (examples never interact: right padding, causal attention, pad
 positions masked out of the loss).
 
@@ -14,7 +17,8 @@ positions masked out of the loss).
 (B, dim) buffer, so the (B, P) gradients are never formed.
 
 Adapters with other trainable parameters (DoRA magnitudes, LoRA biases,
-``modules_to_save``) fall back to one backward per example.
+``modules_to_save``), and full-layer parameters of other modules (embeddings, norms),
+fall back to one backward per example.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 from torch import nn
 
 from gradstore.errors import GradstoreError
-from gradstore.grads.factored_projection import FactoredProjector
+from gradstore.grads.factored_projection import FactoredProjector, matrix_shape
 
 
 @dataclass(frozen=True)
@@ -102,15 +106,54 @@ def trainable_slots(model: nn.Module) -> list[ParamSlot]:
     return slots
 
 
-def _lora_linears(model: nn.Module) -> dict[str, nn.Linear]:
+@dataclass(frozen=True)
+class HookSite:
+    """One module whose forward gives a trainable parameter's per-token gradient factors."""
+
+    module: nn.Module
+    part: str
+    """``weight`` or ``bias``."""
+    transposed: bool = False
+    """The weight is stored (in, out), as GPT-2's ``Conv1D`` stores it."""
+
+    def factors(self, grad_out: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+        """(a, b), each (B, T, ·), whose ``sum_t a_t b_t^T`` is the parameter's gradient as
+        its (rows, cols) matrix (``factored_projection.matrix_shape``)."""
+        if self.part == "bias":
+            return grad_out, grad_out.new_ones(*grad_out.shape[:-1], 1)
+        return (x, grad_out) if self.transposed else (grad_out, x)
+
+
+def _lora_sites(model: nn.Module) -> dict[str, list[HookSite]]:
     """Trainable weight name -> the ``nn.Linear`` owning it, for lora_A / lora_B layers."""
     out = {}
     for mname, module in model.named_modules():
         leaf = mname.split(".")
         if len(leaf) >= 2 and leaf[-2] in ("lora_A", "lora_B") and type(module) is nn.Linear:
             if module.weight.requires_grad and module.bias is None:
-                out[f"{mname}.weight"] = module
+                out[f"{mname}.weight"] = [HookSite(module, "weight")]
     return out
+
+
+def _full_layer_sites(model: nn.Module) -> dict[str, list[HookSite]]:
+    """Trainable parameter name -> every module using it, for the parameters all of whose
+    owners are ``nn.Linear`` or ``Conv1D`` layers (a tied weight is listed with each)."""
+    from transformers.pytorch_utils import Conv1D
+
+    owners: dict[int, list[HookSite | None]] = {}
+    for module in model.modules():
+        for part, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            kind = type(module)
+            site = (HookSite(module, part, transposed=kind is Conv1D)
+                    if kind in (nn.Linear, Conv1D) and part in ("weight", "bias") else None)
+            owners.setdefault(id(p), []).append(site)
+    return {
+        name: owners[id(p)] for name, p in model.named_parameters()
+        if p.requires_grad and None not in owners[id(p)]
+    }
 
 
 class PerExampleGradients:
@@ -118,31 +161,36 @@ class PerExampleGradients:
 
     Parameters
     ----------
-    model : a peft model whose only trainable parameters are LoRA weights.
+    model : a peft model whose only trainable parameters are LoRA weights, or
+        (``full_layers``) a plain model whose trainable parameters were chosen.
     strategy : "hooks" (batched), "loop" (one backward per example) or "auto".
+    full_layers : hook every ``nn.Linear`` / ``Conv1D`` weight and bias that is trainable,
+        not only LoRA's ``lora_A`` / ``lora_B`` weights.
     """
 
-    def __init__(self, model: nn.Module, strategy: str = "auto") -> None:
+    def __init__(self, model: nn.Module, strategy: str = "auto", full_layers: bool = False
+                 ) -> None:
         if strategy not in ("auto", "hooks", "loop"):
             raise GradstoreError(f"strategy {strategy!r} is not one of auto, hooks, loop")
         self.model = model
         self.slots = trainable_slots(model)
         self.num_params = sum(s.numel for s in self.slots)
-        linears = _lora_linears(model)
-        hookable = all(s.name in linears for s in self.slots)
+        sites = _full_layer_sites(model) if full_layers else _lora_sites(model)
+        kinds = "nn.Linear / Conv1D weights and biases" if full_layers else "plain LoRA weights"
+        odd = [s.name for s in self.slots if s.name not in sites]
         if strategy == "auto":
-            strategy = "hooks" if hookable else "loop"
-            if not hookable:
-                odd = [s.name for s in self.slots if s.name not in linears][:3]
+            strategy = "loop" if odd else "hooks"
+            if odd:
                 warnings.warn(
-                    f"trainable parameters other than plain LoRA weights ({odd}); "
+                    f"trainable parameters other than {kinds} ({odd[:3]}); "
                     "computing per-example gradients one example at a time (slower)",
                     stacklevel=2,
                 )
-        elif strategy == "hooks" and not hookable:
-            raise GradstoreError("batched per-example gradients need plain LoRA adapters")
+        elif strategy == "hooks" and odd:
+            raise GradstoreError(f"batched per-example gradients need {kinds}, not {odd[:3]}")
         self.strategy = strategy
-        self._layers = [(linears[s.name], s) for s in self.slots] if strategy == "hooks" else []
+        self._sites = [(index, site, slot) for index, slot in enumerate(self.slots)
+                       for site in sites.get(slot.name, [])] if strategy == "hooks" else []
         self._params = [p for _, p in model.named_parameters() if p.requires_grad]
 
     @property
@@ -173,10 +221,11 @@ class PerExampleGradients:
         never formed); padded tokens (attention mask 0) add nothing."""
         if self.strategy != "hooks":
             raise GradstoreError(
-                "projecting per-example gradients in the hooks needs plain LoRA adapters "
-                "(strategy hooks); project the formed gradients instead"
+                "projecting per-example gradients in the hooks needs batched hooks on every "
+                "parameter (strategy hooks); project the formed gradients instead"
             )
-        if [(b.rows, b.cols) for b in projector.blocks] != [s.shape for s in self.slots]:
+        if ([(b.rows, b.cols) for b in projector.blocks]
+                != [matrix_shape(s.shape) for s in self.slots]):
             raise GradstoreError(
                 f"the factored projection ({projector.spec.layout}) was built for other "
                 f"modules than this model's {len(self.slots)}; build it from its parameters"
@@ -184,16 +233,10 @@ class PerExampleGradients:
         out = torch.zeros(batch.size, projector.spec.dim, dtype=torch.float32,
                           device=batch.input_ids.device)
 
-        def add_block(index: int, slot: ParamSlot, gout: torch.Tensor, x: torch.Tensor) -> None:
-            if x.ndim != 3 or tuple(x.shape[:2]) != tuple(batch.attention_mask.shape):
-                raise GradstoreError(
-                    f"layer {slot.name} saw inputs of shape {tuple(x.shape)}, not (batch, "
-                    f"tokens, features) {tuple(batch.attention_mask.shape)}; use --projection "
-                    "rademacher for this model"
-                )
-            b = projector.blocks[index]
-            block = projector.project_tokens(index, gout, x, batch.attention_mask)
-            out[:, b.offset : b.offset + b.dim].add_(block)
+        def add_block(index: int, _slot: ParamSlot, a: torch.Tensor, b: torch.Tensor) -> None:
+            block = projector.blocks[index]
+            out[:, block.offset : block.offset + block.dim].add_(
+                projector.project_tokens(index, a, b, batch.attention_mask))
 
         return out, self._hooked_pass(batch, add_block)
 
@@ -201,32 +244,44 @@ class PerExampleGradients:
         B = batch.size
         grads = torch.zeros(B, self.num_params, dtype=torch.float32,
                             device=batch.input_ids.device)
+        keep = batch.attention_mask.unsqueeze(-1)
 
-        def add_gradient(_index: int, slot: ParamSlot, gout: torch.Tensor,
-                         x: torch.Tensor) -> None:
-            dest = grads[:, slot.offset : slot.offset + slot.numel].view(B, *slot.shape)
-            dest.add_(torch.bmm(gout.float().transpose(1, 2), x.float()))
+        def add_gradient(_index: int, slot: ParamSlot, a: torch.Tensor,
+                         b: torch.Tensor) -> None:
+            rows, cols = matrix_shape(slot.shape)
+            dest = grads[:, slot.offset : slot.offset + slot.numel].view(B, rows, cols)
+            b = b.float() * keep.to(torch.float32)  # padded tokens add nothing
+            dest.add_(torch.bmm(a.float().transpose(1, 2), b))
 
         return grads, self._hooked_pass(batch, add_gradient)
 
     def _hooked_pass(self, batch: Batch, consume) -> torch.Tensor:
-        """One forward and backward with hooks on every LoRA layer: ``consume(index, slot,
-        grad_out, inputs)`` receives each use of layer ``index`` (added, not copied, by the
-        consumers: a layer applied twice in one forward gets both terms). Returns the losses."""
+        """One forward and backward with hooks on every hooked layer: ``consume(index, slot,
+        a, b)`` receives, for each use of parameter ``index``'s layer, the per-token factors
+        (B, T, rows) and (B, T, cols) of its gradient (``HookSite.factors``; added, not
+        copied, by the consumers: a layer applied twice in one forward gets both terms).
+        Returns the losses."""
         handles = []
+        width = tuple(batch.attention_mask.shape)
 
-        def attach(index: int, layer: nn.Linear, slot: ParamSlot):
+        def attach(index: int, site: HookSite, slot: ParamSlot):
             def forward_hook(_mod, inputs, output):
                 if not output.requires_grad:  # e.g. a no-grad recomputation
                     return
                 x = inputs[0]
-                output.register_hook(lambda gout: consume(index, slot, gout, x))
+                if x.ndim != 3 or tuple(x.shape[:2]) != width:
+                    raise GradstoreError(
+                        f"layer of {slot.name} saw inputs of shape {tuple(x.shape)}, not "
+                        f"(batch, tokens, features) {width}; select other parameters, or use "
+                        "LoRA for this model"
+                    )
+                output.register_hook(lambda gout: consume(index, slot, *site.factors(gout, x)))
 
-            return layer.register_forward_hook(forward_hook)
+            return site.module.register_forward_hook(forward_hook)
 
         try:
-            for index, (layer, slot) in enumerate(self._layers):
-                handles.append(attach(index, layer, slot))
+            for index, site, slot in self._sites:
+                handles.append(attach(index, site, slot))
             losses = self._forward(batch)
             # the hooks consume the gradients; parameter .grad is neither needed nor kept
             torch.autograd.grad(losses.sum(), self._params, allow_unused=True)

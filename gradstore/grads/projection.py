@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -45,6 +46,7 @@ from gradstore.store.meta import ProjectionSpec
 BLOCK_ROWS = 1024  # input coordinates per generator block; part of the projection's definition
 _EXPAND_ROWS = 256  # rows expanded to floats per matmul (cache-sized; affects only rounding)
 _SCATTER_COLUMNS = 16384  # input coordinates per index_add_ (bounds the temporary)
+LAYOUT_SEPARATOR = "; "  # between a factored layout and the parameter set in a spec's layout
 
 
 class Projector(Protocol):
@@ -189,13 +191,29 @@ class IdentityProjector:
 
 def make_projector(
     kind: str, input_dim: int, dim: int | None = 8192, seed: int = 0, nnz: int | None = None,
-    module_shapes: Sequence[Sequence[int]] | None = None,
+    module_shapes: Sequence[Sequence[int]] | None = None, parameter_set: str | None = None,
 ) -> Projector:
     """Build a projector; ``none`` ignores dim, seed and nnz; countsketch's nnz defaults to 1.
 
     ``module_shapes``: the trainable parameters' shapes in the flat gradient's order, which
     ``factored`` needs (their sizes must add up to ``input_dim``); the other kinds ignore it.
+    ``parameter_set``: which base-model parameters the gradient's coordinates are
+    (``param_selection.parameter_set_fingerprint``, for ``--params``), recorded in the spec's
+    layout (after a factored layout's own, ``"; "`` between) so that tables over other
+    parameters differ in their spec; the matrix does not depend on it.
     """
+    projector = _projector(kind, input_dim, dim, seed, nnz, module_shapes)
+    if parameter_set is not None:
+        own = projector.spec.layout
+        layout = parameter_set if own is None else f"{own}{LAYOUT_SEPARATOR}{parameter_set}"
+        projector.spec = replace(projector.spec, layout=layout)
+    return projector
+
+
+def _projector(
+    kind: str, input_dim: int, dim: int | None, seed: int, nnz: int | None,
+    module_shapes: Sequence[Sequence[int]] | None,
+) -> Projector:
     if kind not in PROJECTION_KINDS:
         raise GradstoreError(
             f"unknown projection kind {kind!r}; use one of {', '.join(PROJECTION_KINDS)}"
@@ -244,8 +262,11 @@ def projector_from_spec(
     if spec.kind in ("rademacher", "countsketch", "factored") and spec.seed is None:
         raise GradstoreError(f"projection spec {spec} has no seed; it cannot be reproduced")
     seed = 0 if spec.seed is None else spec.seed
+    layout = spec.layout or ""
+    if spec.kind == "factored":
+        layout = layout.partition(LAYOUT_SEPARATOR)[2]
     projector = make_projector(spec.kind, spec.input_dim, spec.dim, seed, spec.nnz,
-                               module_shapes)
+                               module_shapes, layout or None)
     if spec.kind == "factored" and projector.spec != spec:
         raise GradstoreError(
             f"projection spec {spec} is not reproduced by these modules, which give "

@@ -13,6 +13,7 @@ from gradstore.grads.examples import TokenizedExample
 from gradstore.grads.factored_projection import FactoredProjector
 from gradstore.grads.grad_types import apply_grad_type
 from gradstore.grads.ingestion import (
+    BASE_CHECKPOINT,
     FRESH_CHECKPOINT,
     RAW_BUFFER_BYTES,
     IngestConfig,
@@ -30,6 +31,7 @@ from gradstore.grads.optimizer_state import (
     AdamMoments,
     load_adam_moments,
 )
+from gradstore.grads.param_selection import parameter_set_fingerprint, select_parameters
 from gradstore.grads.per_example import Batch, PerExampleGradients, collate
 from gradstore.grads.projection import make_projector
 from gradstore.store.database import RowBlock
@@ -42,27 +44,10 @@ class GradientRunner:
     def __init__(self, cfg: IngestConfig, plan: IngestPlan, device, dtype, pad_id: int) -> None:
         self.cfg, self.plan, self.device = cfg, plan, device
         lm = load_model(cfg.lm.model, cfg.lm.gguf_file, dtype, device, progress=cfg.progress)
-        paths = plan.checkpoint_paths
-        if paths:
-            self.model = lora_from_checkpoints(lm, paths).to(device)
-        else:
-            self.model = fresh_lora(lm, lora_spec(cfg)).to(device)
-        self.grads = PerExampleGradients(self.model)
-        if paths:
-            self.checkpoints = [
-                CheckpointWeights(n, p, w, lr)
-                for n, p, w, lr in zip(
-                    plan.checkpoint_names, paths, plan.adapter_weights, plan.lrs, strict=True
-                )
-            ]
-        else:
-            from peft import get_peft_model_state_dict
-
-            state = get_peft_model_state_dict(self.model)
-            state = {k: v.detach().clone() for k, v in state.items()}
-            self.checkpoints = [CheckpointWeights(FRESH_CHECKPOINT, None, state, plan.lrs[0])]
+        self.model, self.checkpoints = self._model_and_checkpoints(lm)
+        self.grads = PerExampleGradients(self.model, full_layers=bool(cfg.params))
         for ckpt in self.checkpoints:  # a checkpoint that does not fit fails before any work
-            activate(self.model, ckpt)
+            self._activate(ckpt)
         self.moments: list[AdamMoments | None] = [
             load_adam_moments(c.path, self.grads.slots).to(device)
             if "adam" in plan.grad_types else None
@@ -70,8 +55,11 @@ class GradientRunner:
         ]
         g = cfg.gradients
         dim = self.grads.num_params if g.projection == "none" else g.proj_dim
+        chosen = (parameter_set_fingerprint(self.grads.names, self.grads.shapes)
+                  if cfg.params else None)
         self.projector = make_projector(g.projection, self.grads.num_params, dim, seed=g.seed,
-                                        nnz=g.nnz, module_shapes=self.grads.shapes)
+                                        nnz=g.nnz, module_shapes=self.grads.shapes,
+                                        parameter_set=chosen)
         # plain gradients under a factored projection are projected in the hooks, never
         # formed; a transform of each entry (adam, sign) needs them formed first
         self.in_hooks = (isinstance(self.projector, FactoredProjector)
@@ -84,6 +72,32 @@ class GradientRunner:
         # one projection call per chunk amortises generating the projection matrix
         by_memory = RAW_BUFFER_BYTES // max(1, len(plan.grad_types) * T * P * 4)
         self.chunk = max(cfg.gradients.batch_size, min(by_memory, cfg.gradients.write_rows, 256))
+
+    def _model_and_checkpoints(self, lm) -> tuple[torch.nn.Module, list[CheckpointWeights]]:
+        """The model gradients are taken of, and its checkpoints: the LoRA checkpoints'
+        adapters, a fresh LoRA, or (``--params``) the base model's chosen parameters."""
+        cfg, plan, paths = self.cfg, self.plan, self.plan.checkpoint_paths
+        if cfg.params:
+            select_parameters(lm, cfg.params)
+            return lm, [CheckpointWeights(BASE_CHECKPOINT, None, {}, plan.lrs[0])]
+        if paths:
+            model = lora_from_checkpoints(lm, paths).to(self.device)
+            return model, [
+                CheckpointWeights(n, p, w, lr)
+                for n, p, w, lr in zip(
+                    plan.checkpoint_names, paths, plan.adapter_weights, plan.lrs, strict=True
+                )
+            ]
+        from peft import get_peft_model_state_dict
+
+        model = fresh_lora(lm, lora_spec(cfg)).to(self.device)
+        state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+        return model, [CheckpointWeights(FRESH_CHECKPOINT, None, state, plan.lrs[0])]
+
+    def _activate(self, ckpt: CheckpointWeights) -> None:
+        """Load a checkpoint's adapter weights (the base model's own have none to load)."""
+        if not self.cfg.params:
+            activate(self.model, ckpt)
 
     def run(self, todo: list[int], on_batch=None):
         """Yield one RowBlock per chunk of examples (indices into plan.examples).
@@ -115,7 +129,7 @@ class GradientRunner:
             )
             for t, ckpt in enumerate(self.checkpoints):
                 if T > 1:  # a single checkpoint stays loaded from __init__
-                    activate(self.model, ckpt)
+                    self._activate(ckpt)
                 rows_by_type, loss = self._batch_rows(batch, self.moments[t])
                 for gt, g in rows_by_type.items():
                     raw[gt][t, s : s + len(part)] = g
