@@ -20,7 +20,7 @@ for every query at once, then work on a small candidate set only.
   ||r||^2 - 2 a_i.r + ||a_i||^2`` with ``r = (t+1) y - s`` and ``s`` the sum of the
   chosen rows, so the best next row maximises ``a_i.r - ||a_i||^2 / 2``. A scan
   returns the m best rows U; rows are then taken from U greedily, each pick
-  updating U's scores through U's Gram matrix (``r`` gains ``y - a_j``), until U's
+  updating U's scores through its products with U (``r`` gains ``y - a_j``), until U's
   best falls below the scan's m-th score; then the pool is scanned again.
 * **Swap.** With k rows chosen, exchanging member j for outsider i changes
   ``||k y - s||^2`` by ``2 a_j.r - 2 a_i.r + ||a_i - a_j||^2``; each round scans
@@ -54,8 +54,7 @@ from gradstore.selectors.scan import MAXIMUM, ScanQuery
 from gradstore.selectors.stacked import StackedPool
 
 MAX_CANDIDATES = 4096
-"""Most rows a round works on (the grow step's products are m^2 float32: 64 MB at 4096;
-see ``round_bytes`` for a swap round)."""
+"""Most rows a round works on (see ``round_bytes`` for what a round holds)."""
 MAX_ALPHA = 64.0
 """Largest stretch of the target tried in the tolerance search (then LESS-like already)."""
 ALPHA_STEPS = 8
@@ -287,8 +286,8 @@ def _norms_of(rows: np.ndarray, A: torch.Tensor, sq_norms: np.ndarray | None) ->
 def round_bytes(m: int, k: int, width: int) -> int:
     """Bytes one round of the pursuit holds for ``m`` candidates at budget ``k``: the
     swap's rows (members and outsiders, float32), their member x outsider products and the
-    float64 blocks read from them (the grow step holds less: m rows and their m x m
-    products)."""
+    float64 blocks read from them (the grow step holds less: m rows and one row of
+    products at a time)."""
     members = min(m, k)
     return 4 * (m + members) * width + 4 * m * members + 8 * 3 * EXCHANGE_BLOCK * m
 
@@ -333,36 +332,41 @@ def _set_aside(st: _State, rows: np.ndarray) -> None:
 def _grow(pool: StackedPool, st: _State, cand: np.ndarray, _members, sq_norms) -> None:
     """Add rows of the candidate set greedily until it holds none better than the scan's
     cut-off (the next scan may find better ones) or the query has k rows; copies of a
-    chosen row are set aside, never chosen."""
+    chosen row are set aside, never chosen.
+
+    A pick needs only its own row's products with the candidates (``A a_j``), so those are
+    computed per pick: a round takes a few dozen of its m candidates (23 of 1,000 on
+    average at k = 500 on a 50K-row pool), and the m x m Gram matrix it used to compute
+    cost most of the pursuit's own time."""
     if len(cand) == 0:
         st.done = True
         return
     with one_thread(), torch.inference_mode():
         A = pool.rows(cand)
-        G = (A @ A.T).numpy()  # float32: the products are computed in float32 anyway
         n = _norms_of(cand, A, sq_norms)
+        lengths = _lengths(n if sq_norms is None else _norms_of(cand, A, None))
         c = dot64(A, st.residual_vector())
         yU = dot64(A, st.y)
-    score = c - n / 2
-    # the scan's cut-off: rows outside U scored at most this (when U is not the whole rest)
-    floor = score.min() if len(cand) >= st.m and len(cand) < pool.num_rows - len(st.rows) \
-        else -np.inf
-    lengths = _lengths(np.diagonal(G))
-    used = _byte_copies(pool, st, cand)  # copies of rows chosen in earlier rounds
-    _set_aside(st, cand[used])
-    while st.growing:
-        masked = np.where(used, -np.inf, score)
-        j = int(np.argmax(masked))
-        if used.all() or (used.any() and masked[j] < floor):
-            break
-        used[j] = True
-        st.rows.append(int(cand[j]))
-        st.keys[_norm_key(pool, int(cand[j]))] = int(cand[j])
-        st.s += A[j].double().numpy()
-        score += yU - G[:, j]
-        twins = ~used & (G[:, j] >= DUPLICATE_COSINE * lengths * lengths[j])
-        used |= twins
-        _set_aside(st, cand[twins])
+        score = c - n / 2
+        # the scan's cut-off: rows outside U scored at most this (when U is not the rest)
+        floor = score.min() if len(cand) >= st.m and len(cand) < pool.num_rows - len(st.rows) \
+            else -np.inf
+        used = _byte_copies(pool, st, cand)  # copies of rows chosen in earlier rounds
+        _set_aside(st, cand[used])
+        while st.growing:
+            masked = np.where(used, -np.inf, score)
+            j = int(np.argmax(masked))
+            if used.all() or (used.any() and masked[j] < floor):
+                break
+            used[j] = True
+            st.rows.append(int(cand[j]))
+            st.keys[_norm_key(pool, int(cand[j]))] = int(cand[j])
+            st.s += A[j].double().numpy()
+            gj = (A @ A[j]).numpy()  # float32, as the products always were
+            score += yU - gj
+            twins = ~used & (gj >= DUPLICATE_COSINE * lengths * lengths[j])
+            used |= twins
+            _set_aside(st, cand[twins])
 
 
 def _best_exchange(X: np.ndarray, gain_out: np.ndarray, gain_in: np.ndarray,
