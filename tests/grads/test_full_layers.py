@@ -140,7 +140,8 @@ def test_pool_and_target_over_other_parameters_are_refused(tmp_path, llama_dir):
     store = gradstore.open(tmp_path / "store")
     kw = dict(model=str(llama_dir), proj_dim=16, device="cpu", progress=False)
     layer0, layer1 = "model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"
-    store.ingest("pool", data=str(pool), params=[layer0], **kw)
+    store.ingest("pool", data=str(pool), params=layer0, **kw)  # one pattern, as a string
+    assert store.meta("pool").ingest["settings"]["params"] == [layer0]
     # the same parameter written another way: the same table space, selection runs
     store.ingest("same", data=str(target), kind="target", params=["model.layers.0.*.down_*"],
                  **kw)
