@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -51,6 +52,7 @@ import torch
 from gradstore.selectors.greedy import dot64, one_thread
 from gradstore.selectors.query import PursuitResult, Query
 from gradstore.selectors.scan import MAXIMUM, ScanQuery
+from gradstore.selectors.source import TensorSource
 from gradstore.selectors.stacked import StackedPool
 
 MAX_CANDIDATES = 4096
@@ -188,8 +190,8 @@ def gtp(
         found = _scan(pool, active, sq_norms, scan_progress)
         scan_seconds += time.perf_counter() - t0
         scans += 1
-        for st, cand in zip(active, found, strict=True):
-            _step(pool, st, cand, sq_norms, max_iter, tol, max_swaps)
+        _steps(pool, list(zip(active, found, strict=True)), sq_norms, max_iter, tol,
+               max_swaps)
         if progress is not None:
             worst = max(st.relative_residual() for st in active)
             progress(f"scan {scans}: {len(active)} active, worst residual {worst:.4f}")
@@ -202,6 +204,24 @@ def gtp(
                                "copies_set_aside": len(st.copies)})
         for st in states
     ]
+
+
+def _steps(pool: StackedPool, work: list, sq_norms, max_iter: int, tol: float,
+           max_swaps: int) -> None:
+    """Every active query's step on its candidates. Queries are independent between scans,
+    so over a pool held in RAM they run in parallel threads, one BLAS thread each (as many
+    as torch's threads); a streamed or distributed pool runs them one after another (its
+    memory budget counts one round at a time)."""
+    workers = min(len(work), torch.get_num_threads())
+    if workers <= 1 or not isinstance(pool.source, TensorSource):
+        for st, cand in work:
+            _step(pool, st, cand, sq_norms, max_iter, tol, max_swaps)
+        return
+    with one_thread(), ThreadPoolExecutor(workers) as ex:
+        done = [ex.submit(_step, pool, st, cand, sq_norms, max_iter, tol, max_swaps)
+                for st, cand in work]
+        for d in done:
+            d.result()  # an error in a step is raised here
 
 
 def _step(pool: StackedPool, st: _State, cand, sq_norms, max_iter: int, tol: float,
