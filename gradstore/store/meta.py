@@ -22,9 +22,11 @@ class ProjectionSpec:
     """How the stored vectors were projected: kind, seed and output dimension.
 
     ``input_dim`` is the raw gradient length; ``nnz`` the nonzeros per input
-    coordinate of a sparse sketch (None for dense kinds); ``layout`` the per-module block
-    shapes of a factored projection (module count and a hash of every module's shape and
-    block; None for the other kinds), so that tables whose modules differ are refused.
+    coordinate of a sparse sketch (None for dense kinds); ``layout`` what else the vectors
+    depend on: the per-module block shapes of a factored projection (module count and a hash
+    of every module's shape and block) and, for full-layer gradients (``--params``), the
+    parameter set (count and a hash of names and shapes), joined by ``"; "``; None for LoRA
+    gradients under the other kinds. Tables whose layouts differ are refused.
     """
 
     kind: str = "unknown"
