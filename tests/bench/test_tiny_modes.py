@@ -27,7 +27,8 @@ def test_ingest_speed_tiny():
     out = run("ingest_speed.py")
     result = json.loads(out[out.index("{\n"):])
     assert result["examples"] == 8 and set(result["examples_per_s"]) == {
-        "train-step", "less-loop", "gradstore", "gradstore-countsketch"}
+        "train-step", "less-loop", "gradstore", "gradstore-countsketch", "gradstore-factored"}
+    assert "gradstore-factored / train-step" in result["ratios"]
 
 
 def test_e2e_tiny():
