@@ -444,7 +444,8 @@ def _print_table(t: dict) -> None:
                    for c in t["checkpoints"])
     pr = t["projection"]
     print(f"{t['table']}: {t['kind']}, {t['rows']} rows x {t['dim']} dims {t['vector_dtype']}, "
-          f"checkpoints [{ck}], projection {pr['kind']} (seed {pr['seed']}), "
+          f"checkpoints [{ck}], projection {pr['kind']} (seed {pr['seed']}"
+          + (f"; {pr['layout']}" if pr.get("layout") else "") + "), "
           f"grad {'+'.join(t['grad_types']) or '?'}, model {t['model']}"
           + ("  [INCOMPLETE: rerun its ingest command]" if t["status"] == "running" else ""))
     if "ingest" in t:

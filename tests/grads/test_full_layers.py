@@ -3,6 +3,8 @@ its linear layers, checked against plain autograd one example at a time."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -172,3 +174,14 @@ def test_cli_params_errors_exit_2(tmp_path, llama_dir, more, match):
     assert res.returncode == 2, res.stderr
     assert match in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_info_names_the_parameter_set(tmp_path, llama_dir):
+    data = write_chat_data(tmp_path / "d.jsonl", 2)
+    run("ingest", tmp_path / "s", "t", "--model", llama_dir, "--data", data, "--proj-dim",
+        "16", "--device", "cpu", "--quiet", "--params", "*.down_proj.weight")
+    out = run("info", tmp_path / "s").stdout
+    line = next(x for x in out.splitlines() if x.startswith("t:"))
+    # two layers' down_proj weights: the count and the hash of the set (16 hex digits)
+    assert re.search(r"projection rademacher \(seed \d+; params: 2 tensors sha256:[0-9a-f]{16}\)",
+                     line), line
