@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 TORCH_PIN := torch==2.13.0
 
 .PHONY: install browser demo test test-repeat coverage lint bench-selection bench-e2e bench-distributed \
-	bench-em-agreement gpu-check clean
+	bench-em-agreement bench-bergson gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,14 @@ gpu-check: $(VENV)/.installed
 # Teacher-forced against greedy exact match on 600 (model, example) pairs (~15 min here).
 bench-em-agreement: $(VENV)/.bench-installed
 	$(PY) benchmarks/em_agreement.py --out benchmarks/results
+
+# gradstore against EleutherAI Bergson 2.5.1 (its own venv, .venv-bergson) on SmolLM2-135M:
+# speed, memory, disk and retrieval quality (~15 min here; docs/vs_bergson.md).
+.venv-bergson/bin/python: benchmarks/bergson_env.sh
+	bash benchmarks/bergson_env.sh
+
+bench-bergson: $(VENV)/.bench-installed .venv-bergson/bin/python
+	$(PY) benchmarks/vs_bergson.py --out benchmarks/results
 
 bench-selection: $(VENV)/.bench-installed
 	$(PY) benchmarks/selection_speed.py --out benchmarks/results
