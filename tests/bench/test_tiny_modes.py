@@ -72,3 +72,13 @@ def test_em_agreement_tiny():
 def test_projection_quality_tiny():
     out = run("projection_quality.py")
     assert "factored" in out and "rademacher" in out
+
+
+def test_vs_bergson_tiny():
+    out = run("vs_bergson.py")  # Bergson's side runs only where .venv-bergson exists
+    assert "gradstore factored 64" in out and "gradstore rademacher 64" in out
+    if (ROOT / ".venv-bergson" / "bin" / "python").exists():
+        assert "bergson per-module p=2 (64)" in out and "bergson global 64" in out
+        assert "Both tools' unprojected gradients agree" in out
+    else:
+        assert "Bergson skipped: .venv-bergson/bin/python not found" in out
