@@ -94,6 +94,36 @@ def example_losses(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     return (logp * mask).sum(1) / counts
 
 
+def loss_positions(batch: Batch) -> torch.Tensor:
+    """Positions p whose logits predict a loss token (``loss_mask[:, p + 1]``) of any
+    example in the batch, ascending."""
+    return torch.nonzero(batch.loss_mask[:, 1:].any(0)).flatten()
+
+
+def losses_at(logits: torch.Tensor, batch: Batch, keep: torch.Tensor) -> torch.Tensor:
+    """:func:`example_losses` from the logits at positions ``keep`` only, (B, K, V): the
+    same losses, every loss token being at a kept position."""
+    target = batch.input_ids[:, keep + 1]
+    mask = batch.loss_mask[:, keep + 1].to(torch.float32)
+    logp = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), target,
+                                             reduction="none")
+    counts = mask.sum(1)
+    if bool((counts == 0).any()):
+        raise GradstoreError("an example in the batch has no loss tokens; it must be skipped")
+    return (logp * mask).sum(1) / counts
+
+
+def _reads_the_head(model: nn.Module, params: list[torch.Tensor]) -> bool:
+    """Whether a trainable parameter sits in the output head (its input is then wanted at
+    every position, not only where logits are kept)."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if head is None:
+        return True  # unknown: keep every position
+    inside = {id(q) for q in head.parameters()}
+    return any(id(q) in inside for q in params)
+
+
 def trainable_slots(model: nn.Module) -> list[ParamSlot]:
     """The trainable parameters in ``named_parameters`` order, with flat offsets."""
     slots, offset = [], 0
@@ -173,6 +203,7 @@ class PerExampleGradients:
         if strategy not in ("auto", "hooks", "loop"):
             raise GradstoreError(f"strategy {strategy!r} is not one of auto, hooks, loop")
         self.model = model
+        self.keeps_logits: bool | None = None  # whether its forward takes logits_to_keep
         self.slots = trainable_slots(model)
         self.num_params = sum(s.numel for s in self.slots)
         sites = _full_layer_sites(model) if full_layers else _lora_sites(model)
@@ -192,6 +223,8 @@ class PerExampleGradients:
         self._sites = [(index, site, slot) for index, slot in enumerate(self.slots)
                        for site in sites.get(slot.name, [])] if strategy == "hooks" else []
         self._params = [p for _, p in model.named_parameters() if p.requires_grad]
+        if _reads_the_head(model, self._params):
+            self.keeps_logits = False  # its gradient needs the head at every position
 
     @property
     def names(self) -> list[str]:
@@ -208,6 +241,20 @@ class PerExampleGradients:
         return self._hooked(batch)
 
     def _forward(self, batch: Batch) -> torch.Tensor:
+        """Per-example losses, with logits computed only where some example of the batch
+        has a loss token next (the LM head and its backward cost ~20% of a small model's
+        work at every position; a chat example's answer is a few of its tokens)."""
+        keep = loss_positions(batch)
+        if self.keeps_logits is not False:
+            try:
+                out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                 use_cache=False, logits_to_keep=keep)
+                self.keeps_logits = True
+                return losses_at(out.logits, batch, keep)
+            except TypeError:  # a model whose forward takes no logits_to_keep
+                if self.keeps_logits:
+                    raise
+                self.keeps_logits = False
         out = self.model(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
         )

@@ -7,7 +7,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from gradstore.grads.per_example import PerExampleGradients, collate
+from gradstore.grads.per_example import PerExampleGradients, collate, loss_positions
 from tests.grads.models import VOCAB, load, save_tiny_gpt2, save_tiny_llama
 
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -75,6 +75,29 @@ def test_batched_equals_autograd_per_example(arch, strategy, llama_dir, gpt2_dir
         assert abs(float(losses[b]) - ref_loss) < 1e-5 * max(1.0, abs(ref_loss))
         # both halves of each LoRA pair carry gradient
     assert (G.abs().sum(0) > 0).float().mean() > 0.99
+    assert pe.keeps_logits is True  # logits only where a loss token follows
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_logits_kept_at_the_answers_only_give_the_same_gradients(arch, llama_dir, gpt2_dir):
+    """Long prompts, short answers (a chat pool): the logits are computed at the answers'
+    positions only, and every example's gradient and loss are still HF's own, one example
+    at a time with the full logits."""
+    path, targets = (llama_dir, LLAMA_TARGETS) if arch == "llama" else (gpt2_dir, ["c_attn"])
+    model = peft_model(path, targets)
+    rng = np.random.default_rng(5)
+    seqs = [rng.integers(3, VOCAB, int(L)) for L in (14, 20, 11, 17)]
+    masks = [np.arange(len(x)) >= len(x) - 3 for x in seqs]  # the last 3 tokens
+    pe = PerExampleGradients(model, strategy="hooks")
+    batch = collate(seqs, masks, pad_id=0)
+    kept = loss_positions(batch)
+    assert len(kept) == 12 < batch.input_ids.shape[1] - 1  # the prompts' starts left out
+    G, losses = pe(batch)
+    assert pe.keeps_logits is True
+    for b in range(len(seqs)):
+        ref, ref_loss = autograd_one(model, seqs[b], masks[b])
+        assert float((G[b] - ref).norm() / ref.norm()) < 1e-5
+        assert abs(float(losses[b]) - ref_loss) < 1e-5 * max(1.0, abs(ref_loss))
 
 
 def test_order_follows_named_parameters(llama_dir):
