@@ -83,15 +83,8 @@ def collate(
 
 def example_losses(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Mean next-token cross-entropy over each example's loss tokens, shape (B,)."""
-    target = batch.input_ids[:, 1:]
-    mask = batch.loss_mask[:, 1:].to(torch.float32)
-    logp = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), target, reduction="none"
-    )
-    counts = mask.sum(1)
-    if bool((counts == 0).any()):
-        raise GradstoreError("an example in the batch has no loss tokens; it must be skipped")
-    return (logp * mask).sum(1) / counts
+    return losses_at(logits[:, :-1], batch, torch.arange(logits.shape[1] - 1,
+                                                         device=logits.device))
 
 
 def loss_positions(batch: Batch) -> torch.Tensor:

@@ -303,6 +303,14 @@ def _norms_of(rows: np.ndarray, A: torch.Tensor, sq_norms: np.ndarray | None) ->
     return out
 
 
+def _norms_and_lengths(rows: np.ndarray, A: torch.Tensor, sq_norms: np.ndarray | None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' squared norms as the scores use them (the pool's, when it has them) and
+    their actual lengths (for the copies' cosine test)."""
+    n = _norms_of(rows, A, sq_norms)
+    return n, _lengths(n if sq_norms is None else _norms_of(rows, A, None))
+
+
 def round_bytes(m: int, k: int, width: int) -> int:
     """Bytes one round of the pursuit holds for ``m`` candidates at budget ``k``: the
     swap's rows (members and outsiders, float32), their member x outsider products and the
@@ -363,8 +371,7 @@ def _grow(pool: StackedPool, st: _State, cand: np.ndarray, _members, sq_norms) -
         return
     with one_thread(), torch.inference_mode():
         A = pool.rows(cand)
-        n = _norms_of(cand, A, sq_norms)
-        lengths = _lengths(n if sq_norms is None else _norms_of(cand, A, None))
+        n, lengths = _norms_and_lengths(cand, A, sq_norms)
         c = dot64(A, st.residual_vector())
         yU = dot64(A, st.y)
         score = c - n / 2
@@ -434,8 +441,7 @@ def _swap(
     with one_thread(), torch.inference_mode():
         A = pool.rows(both)
         X = (A[: len(members)] @ A[len(members) :].T).numpy()
-        n = _norms_of(both, A, sq_norms)
-        lengths = _lengths(n if sq_norms is None else _norms_of(both, A, None))
+        n, lengths = _norms_and_lengths(both, A, sq_norms)
         c = dot64(A, st.residual_vector())
         while made < max_swaps:
             # change of ||k y - s||^2 when member j leaves and outsider i enters

@@ -52,8 +52,9 @@ GRAM_DTYPES = (np.float32, np.float64)
 """Dtypes a Gram matrix is used in as given; every value is read into float64 arithmetic,
 so a float32 Gram (products computed in float32 anyway) gives the float64 answer on the
 same values, in half the memory."""
-FINITE_BLOCK = 256
-"""Rows of G checked for finiteness at a time (bounds the boolean temporary)."""
+GRAM_BLOCK = 256
+"""Rows of G read at a time where a whole-G temporary would be made (the finiteness check's
+booleans, :func:`gram_times`'s float64 rows)."""
 
 
 def _check_gram(G: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,8 +70,8 @@ def _check_gram(G: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not G.flags.c_contiguous:
         # G is symmetric: a Fortran-ordered G is its own (C-ordered) transpose.
         G = G.T if G.flags.f_contiguous else np.ascontiguousarray(G)
-    if not (np.isfinite(b).all() and all(np.isfinite(G[r : r + FINITE_BLOCK]).all()
-                                          for r in range(0, n, FINITE_BLOCK))):
+    if not (np.isfinite(b).all() and all(np.isfinite(G[r : r + GRAM_BLOCK]).all()
+                                          for r in range(0, n, GRAM_BLOCK))):
         raise ValueError("G and b must be finite")
     return G, b
 
@@ -100,13 +101,13 @@ def _warm(x0: np.ndarray | None, n: int) -> np.ndarray | None:
 # Lawson-Hanson active set in Gram form
 # --------------------------------------------------------------------------- #
 def gram_times(G: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``G @ x`` in float64; a float32 ``G`` is read ``FINITE_BLOCK`` rows at a time (no
+    """``G @ x`` in float64; a float32 ``G`` is read ``GRAM_BLOCK`` rows at a time (no
     float64 copy of it)."""
     if G.dtype == np.float64:
         return G @ x
     out = np.empty(G.shape[0])
-    for r in range(0, G.shape[0], FINITE_BLOCK):
-        out[r : r + FINITE_BLOCK] = G[r : r + FINITE_BLOCK].astype(np.float64) @ x
+    for r in range(0, G.shape[0], GRAM_BLOCK):
+        out[r : r + GRAM_BLOCK] = G[r : r + GRAM_BLOCK].astype(np.float64) @ x
     return out
 
 
