@@ -138,7 +138,10 @@ def test_formed_gradients_projected_by_the_rule_any_batching():
     np.testing.assert_allclose(got.numpy(), grads.double().numpy() @ matrix, rtol=1e-4,
                                atol=1e-5)
     parts = torch.cat([projector.project(grads[i : i + 2]) for i in range(0, 9, 2)])
-    np.testing.assert_allclose(parts.numpy(), got.numpy(), rtol=1e-5, atol=1e-6)
+    # float32 products of another batch shape may sum in another order: compare each
+    # row by its norm (1e-5 of it), not element by element near zero
+    for i in range(9):
+        assert torch.linalg.norm(parts[i] - got[i]) <= 1e-5 * torch.linalg.norm(got[i]), i
     other = FactoredProjector(shapes, 96, seed=4).project(grads)
     assert not torch.allclose(other, got)
 
@@ -185,7 +188,12 @@ def test_padded_tokens_add_nothing(llama_dir):
     padded, _ = pe.projected(collate(seqs + long_seq, masks + long_mask, 0), projector)
     for b in range(2):
         alone, _ = pe.projected(collate(seqs[b : b + 1], masks[b : b + 1], 0), projector)
-        np.testing.assert_allclose(padded[b].numpy(), alone[0].numpy(), rtol=1e-5, atol=1e-7)
+        # the model runs float32 over 41 positions here and 8 alone: another summation
+        # order (seen on another CPU: 2.5e-5 of one element, ~1e-5 of the norm). A padded
+        # token that added its gradient would move the vector by a sizeable fraction
+        # of its norm, so 1e-4 of the norm separates the two
+        diff = np.linalg.norm(padded[b].numpy() - alone[0].numpy())
+        assert diff <= 1e-4 * np.linalg.norm(alone[0].numpy()), (b, diff)
 
 
 def test_project_tokens_leaves_out_masked_tokens():
