@@ -362,12 +362,11 @@ def _selections(db: Database, run: SelectionRun, answers: list[Answer], opts: Se
              for t in run.targets if t is not None}
     params = _params(opts, run.eta, run.spool, run.pmeta, db.num_rows(run.pool),
                      len(run.pairs))
-    ids = db.ids(run.pool)
     return [
         Selection(
             selection_id=uuid.uuid4().hex[:12], method=opts.method,
             budget=budget_label(run.budgets[bi]), k=run.ks[bi], pool=run.pool,
-            target=run.targets[ti], ids=[ids[i] for i in a.rows],
+            target=run.targets[ti], ids=db.ids_at(run.pool, a.rows),
             weights=np.asarray(a.weights, dtype=np.float64), residual=float(a.residual),
             seconds=seconds, created=_now(), history=[float(h) for h in a.history],
             params=dict(params, target_grad_type=types.get(run.targets[ti])) | a.extra,

@@ -231,18 +231,34 @@ class Database:
 
     def ids_and_subtasks(self, table: str) -> tuple[list[str], list[str | None]]:
         """Both, checked against their checksums (tables written before them: unchecked)."""
+        return self._read_ids(table, None)
+
+    def _read_ids(self, table: str, rows: np.ndarray | None
+                  ) -> tuple[list[str], list[str | None]]:
+        """Ids and subtasks of every row (``rows`` None) or of the sorted ``rows``."""
         ds = self.dataset(table)
         checked = ID_CHECKSUM in ds.schema.names
         cols = ["id", "subtask"] + ([ID_CHECKSUM] if checked else [])
         with reading(table):
-            tbl = ds.to_table(columns=cols)
+            tbl = ds.to_table(columns=cols) if rows is None else ds.take(rows, columns=cols)
         ids, subtasks = tbl.column("id").to_pylist(), tbl.column("subtask").to_pylist()
         if checked:
             bad = np.flatnonzero(text_checksums(ids, subtasks)
                                  != tbl.column(ID_CHECKSUM).to_numpy(zero_copy_only=False))
             if len(bad):
-                raise damage(table, "id/subtask", bad)
+                raise damage(table, "id/subtask", bad if rows is None else rows[bad])
         return ids, subtasks
+
+    def ids_at(self, table: str, rows: Sequence[int] | np.ndarray) -> list[str]:
+        """The ids at storage positions ``rows`` (in that order), checked like
+        :meth:`ids_and_subtasks`, reading only those rows: a selection names its k rows
+        without holding every id of a large pool in memory."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return []
+        order = np.unique(rows)
+        ids, _ = self._read_ids(table, order)
+        return [ids[i] for i in np.searchsorted(order, rows)]
 
     def info(self, table: str | None = None) -> dict[str, Any]:
         """Rows, dims, checkpoints, projection, model and stored selections."""

@@ -221,6 +221,21 @@ def test_a_changed_id_is_caught(built):
     assert gradstore.open(path).verify("pool")[0].damaged_rows == [17]
 
 
+def test_ids_at_reads_and_checks_only_the_chosen_rows(built):
+    """A selection names its rows with ``ids_at``: their ids in the order asked, a damaged
+    one among them refused, and damage elsewhere not read."""
+    path, _ = built
+    db = gradstore.open(path).database
+    assert db.ids_at("pool", [5, 2, 5, 0]) == ["p5", "p2", "p5", "p0"]
+    assert db.ids_at("pool", []) == []
+    f = data_files(path / "pool.lance")[0]
+    f.write_bytes(f.read_bytes().replace(b"p17", b"p71"))
+    db = gradstore.open(path).database
+    assert db.ids_at("pool", [3, 18]) == ["p3", "p18"]
+    with pytest.raises(DamagedTable, match=r"id/subtask.*storage rows 17\)"):
+        db.ids_at("pool", [3, 17])
+
+
 def test_truncated_and_missing_files(built):
     path, _ = built
     files = data_files(path / "pool.lance")
