@@ -181,3 +181,19 @@ def test_deterministic_across_processes():
     for name in here:
         assert here[name]["rows"] == there[name]["rows"], name
         np.testing.assert_allclose(here[name]["weights"], there[name]["weights"], rtol=1e-6)
+
+
+def test_gtp_paper_stops_once_the_fit_stops_improving():
+    """k far above the dimension: the non-negative fit of the pool's mean is exact with at
+    most D rows, so the support cannot reach k. The pursuit stops when a step no longer
+    improves the residual (judged from the rows, not the Gram form's rounding): a few
+    scans, not ``max_iter`` of them; the fit equals scipy's NNLS on its support."""
+    rng = np.random.default_rng(3)
+    pool = StackedPool(TensorSource(unit_rows(rng, 400, 1, 12), 1))
+    y = pool.mean()
+    (r,) = gtp(pool, [Query(y, 200)], max_iter=30)
+    A = pool.rows(r.rows).double().numpy()
+    w, rnorm = scipy.optimize.nnls(A.T, y)
+    assert len(r.rows) < 200 and r.residual < 1e-5
+    assert r.scans <= 6, r.history
+    np.testing.assert_allclose(r.residual, rnorm / np.linalg.norm(y), atol=1e-6)
