@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from gradstore.selectors.greedy import IncrementalNNLS, dot64, one_thread, polish
+from gradstore.selectors.nnls import nnls_gram
 from gradstore.selectors.query import PursuitResult, Query, relative_residual
 from gradstore.selectors.scan import ScanQuery
 from gradstore.selectors.stacked import StackedPool
@@ -144,14 +145,70 @@ def fit_support(pool: StackedPool, rows: np.ndarray, Y: np.ndarray) -> tuple[np.
     return fit_rows(pool.rows(rows), Y)
 
 
-def fit_rows(A: torch.Tensor, Y: np.ndarray) -> tuple[np.ndarray, float]:
-    """:func:`fit_support` on rows already read: ``A`` (n, D) in the stacked space."""
-    Y = np.asarray(Y, dtype=np.float64)
-    Y = Y[:, None] if Y.ndim == 1 else Y
-    # float32: the products are float32 already, and nnls_gram reads them exactly
+FIT_WORKING_SET = 4096
+"""Most rows whose Gram matrix a fit holds (64 MB in float32). A larger support is fitted
+on a working set of its rows, grown by the rows that violate the optimality conditions
+until none does: the same solution in O(n D + W^2) memory instead of O(n^2) (a 5% budget
+of a million rows would need a 10 GB Gram matrix)."""
+WORKING_SET_TOL = 1e-6
+"""Optimality checked over all rows, from the rows themselves in float64: a row outside
+the working set whose scaled dual exceeds this share of the largest scaled correlation
+joins it. Looser than ``nnls_gram``'s own tolerance, which is measured against the float32
+Gram matrix (products rounded at ~6e-8 of their size)."""
+WORKING_SET_ROUNDS = 50
+"""Most working sets tried; each adds every violating row it has room for."""
+
+
+def gram32(A: torch.Tensor) -> np.ndarray:
+    """``A A^T`` in float32, ``FIT_BLOCK`` rows at a time (float32 products, which
+    :func:`nnls_gram` reads exactly)."""
     G = np.empty((A.shape[0], A.shape[0]), dtype=np.float32)
     for s in range(0, A.shape[0], FIT_BLOCK):
         G[s : s + FIT_BLOCK] = (A[s : s + FIT_BLOCK] @ A.T).numpy()
-    B = np.stack([dot64(A, y) for y in Y.T], 1)
-    W = polish(G, B, np.arange(A.shape[0]))
+    return G
+
+
+def fit_rows(A: torch.Tensor, Y: np.ndarray, working: int = FIT_WORKING_SET
+             ) -> tuple[np.ndarray, float]:
+    """:func:`fit_support` on rows already read: ``A`` (n, D) in the stacked space; more
+    than ``working`` rows are fitted on working sets (:func:`working_set_nnls`)."""
+    Y = np.asarray(Y, dtype=np.float64)
+    Y = Y[:, None] if Y.ndim == 1 else Y
+    if A.shape[0] <= working:
+        B = np.stack([dot64(A, y) for y in Y.T], 1)
+        W = polish(gram32(A), B, np.arange(A.shape[0]))
+    else:
+        W = np.stack([working_set_nnls(A, y, working) for y in Y.T], 1)
     return W, relative_residual(A.numpy(), W, Y)
+
+
+def working_set_nnls(A: torch.Tensor, y: np.ndarray, working: int) -> np.ndarray:
+    """``argmin ||A^T x - y||, x >= 0`` over many rows, holding the Gram matrix of at most
+    about ``working`` of them: solve on a working set (the rows most correlated with ``y``
+    first), compute the dual ``A (y - A_W^T x_W)`` of every row, keep the set's support
+    and add the most violating rows; stop when no row outside violates. Each round lowers
+    the objective (a violating row is a descent direction), so it ends at the solution."""
+    b = dot64(A, y)
+    length = np.sqrt(np.concatenate([(A[s : s + FIT_BLOCK].double() ** 2).sum(1).numpy()
+                                     for s in range(0, len(A), FIT_BLOCK)]))
+    length = np.where(length > 0, length, np.inf)
+    bar = WORKING_SET_TOL * float(np.max(np.abs(b) / length))
+    if bar == 0.0:
+        return np.zeros(len(A))
+    ws = np.sort(np.argsort(-b / length, kind="stable")[: max(1, working // 2)])
+    x = np.zeros(len(A))
+    for _ in range(WORKING_SET_ROUNDS):
+        Aw = A.index_select(0, torch.from_numpy(ws))
+        xw = nnls_gram(gram32(Aw), b[ws], x0=x[ws])
+        x[:] = 0.0
+        x[ws] = xw
+        kept = ws[xw > 0]
+        dual = (b - dot64(A, dot64(Aw.T.contiguous(), xw))) / length
+        dual[ws] = -np.inf
+        violators = np.flatnonzero(dual > bar)
+        if len(violators) == 0:
+            return x
+        room = max(working - len(kept), working // 4)
+        add = violators[np.argsort(-dual[violators], kind="stable")[:room]]
+        ws = np.union1d(kept, add)
+    return x

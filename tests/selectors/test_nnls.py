@@ -563,3 +563,27 @@ def test_fit_rows_matches_scipy_nnls_on_the_rows(k, d):
         assert expected < 1e-12 and res < 1e-4
     assert res == pytest.approx(np.linalg.norm(A64.T @ W[:, 0] - y) / np.linalg.norm(y),
                                 rel=1e-9)
+
+
+@pytest.mark.parametrize("n,d,working,nonneg", [(300, 400, 64, False), (600, 60, 32, True),
+                                                (3000, 200, 256, True)])
+def test_fit_rows_on_working_sets_is_scipy_nnls(n, d, working, nonneg):
+    """More rows than ``working``: the fit on working sets (never an n x n Gram matrix) is
+    the direct fit's and scipy's NNLS on the rows, weights to 1e-6 (the unique solution:
+    fewer rows than dimensions, or non-negative rows and a target outside their cone)."""
+    import torch
+
+    from gradstore.selectors.omp import fit_rows
+
+    rng = np.random.default_rng(n)
+    A = rng.standard_normal((n, d)).astype(np.float32)
+    A = np.abs(A) if nonneg else A
+    y = rng.standard_normal(d)
+    W, res = fit_rows(torch.from_numpy(A), y, working=working)
+    direct, res_direct = fit_rows(torch.from_numpy(A), y)
+    ref, rnorm = scipy_nnls(A.astype(np.float64).T, y)
+    assert (W >= 0).all() and 0 < (W > 0).sum() < n
+    np.testing.assert_allclose(W[:, 0], ref, atol=1e-6)
+    np.testing.assert_allclose(W, direct, atol=1e-6)
+    assert res == pytest.approx(rnorm / np.linalg.norm(y), rel=1e-9)
+    assert res == pytest.approx(res_direct, rel=1e-9)
