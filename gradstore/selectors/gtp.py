@@ -50,13 +50,11 @@ import numpy as np
 import torch
 
 from gradstore.selectors.greedy import dot64, one_thread
-from gradstore.selectors.query import PursuitResult, Query
+from gradstore.selectors.query import MAX_CANDIDATES, PursuitResult, Query
 from gradstore.selectors.scan import MAXIMUM, ScanQuery
 from gradstore.selectors.source import TensorSource
 from gradstore.selectors.stacked import StackedPool
 
-MAX_CANDIDATES = 4096
-"""Most rows a round works on (see ``round_bytes`` for what a round holds)."""
 MAX_ALPHA = 64.0
 """Largest stretch of the target tried in the tolerance search (then LESS-like already)."""
 ALPHA_STEPS = 8

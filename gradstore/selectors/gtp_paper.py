@@ -20,7 +20,7 @@ import torch
 
 from gradstore.selectors.gram_cache import GramCache
 from gradstore.selectors.greedy import IncrementalNNLS, greedy_nnls_gram, swap_refine
-from gradstore.selectors.query import PursuitResult, Query, relative_residual
+from gradstore.selectors.query import MAX_CANDIDATES, PursuitResult, Query, relative_residual
 from gradstore.selectors.scan import ScanQuery
 from gradstore.selectors.stacked import StackedPool
 
@@ -28,6 +28,7 @@ from gradstore.selectors.stacked import StackedPool
 class _State:
     def __init__(self, q: Query, width: int) -> None:
         self.q = q
+        self.m = max(1, min(int(q.m), MAX_CANDIDATES))  # candidates per scan
         self.rows = np.zeros(0, dtype=np.int64)
         self.W = np.zeros((0, q.Y.shape[1]))
         self.AS = torch.zeros((0, width))
@@ -73,7 +74,8 @@ def gtp_paper(
     pool : StackedPool
         The N candidate rows a_i (width D).
     queries : sequence of Query
-        Targets Y (D, C) with budgets k and candidate counts m (default 2k).
+        Targets Y (D, C) with budgets k and candidate counts m per scan (default 2k, at
+        most ``MAX_CANDIDATES``).
     max_iter : int
         Most correlation scans per query.
     tol : float
@@ -102,7 +104,7 @@ def gtp_paper(
         scan_seconds += time.perf_counter() - t0
         scans += 1
         for st, (cand, score) in zip(active, found, strict=True):
-            floor = float(score[-1]) if len(cand) >= int(st.q.m) else 0.0
+            floor = float(score[-1]) if len(cand) >= st.m else 0.0
             n_swaps = (
                 0 if swap_fraction is None else min(max_swaps, int(np.ceil(swap_fraction * st.q.k)))
             )
@@ -121,7 +123,7 @@ def _scan(pool: StackedPool, active: list[_State], progress):
     scan_q, col = [], 0
     for st in active:
         C = st.R.shape[1]
-        scan_q.append(ScanQuery(slice(col, col + C), int(st.q.m), exclude=st.rows))
+        scan_q.append(ScanQuery(slice(col, col + C), st.m, exclude=st.rows))
         col += C
     return pool.scan(R, scan_q, progress=progress)
 

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+MAX_CANDIDATES = 4096
+"""Most candidate rows a pursuit's round takes from one scan (its rows, Gram matrix or
+products grow with it: 2k candidates at k = 50,000 would be a 100,000-row Gram matrix)."""
+
 
 @dataclass
 class Query:

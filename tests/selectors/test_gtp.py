@@ -238,11 +238,11 @@ def test_a_round_fits_the_memory_it_is_given():
     outsiders as float32 rows, their products, the float64 blocks read from them) fit it."""
     from gradstore.selectors.gtp import (
         EXCHANGE_BLOCK,
-        MAX_CANDIDATES,
         MIN_CANDIDATES,
         candidates_within,
         round_bytes,
     )
+    from gradstore.selectors.query import MAX_CANDIDATES
 
     assert EXCHANGE_BLOCK == 256
     # by hand: 2,400 rows x 1,024 x 4 B + 1,200 x 1,200 x 4 B + 3 x 256 x 1,200 x 8 B

@@ -197,3 +197,23 @@ def test_gtp_paper_stops_once_the_fit_stops_improving():
     assert len(r.rows) < 200 and r.residual < 1e-5
     assert r.scans <= 6, r.history
     np.testing.assert_allclose(r.residual, rnorm / np.linalg.norm(y), atol=1e-6)
+
+
+def test_gtp_paper_takes_at_most_max_candidates_per_scan():
+    """A budget of thousands asks 2k candidates; a scan hands the pursuit at most
+    ``MAX_CANDIDATES`` (their Gram matrix is what a round holds), and the fit of the pool's
+    mean in 16 dimensions is still near exact, with fewer rows than k."""
+    from gradstore.selectors.query import MAX_CANDIDATES
+
+    asked = []
+
+    class Counted(StackedPool):
+        def scan(self, R, queries, **kw):
+            asked.extend(q.m for q in queries)
+            return super().scan(R, queries, **kw)
+
+    rng = np.random.default_rng(5)
+    pool = Counted(TensorSource(unit_rows(rng, 9000, 1, 16), 1))
+    (r,) = gtp(pool, [Query(pool.mean(), 3000)])
+    assert asked and max(asked) == MAX_CANDIDATES
+    assert r.residual < 1e-3 and len(r.rows) < 3000
