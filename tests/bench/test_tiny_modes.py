@@ -82,3 +82,13 @@ def test_vs_bergson_tiny():
         assert "Both tools' unprojected gradients agree" in out
     else:
         assert "Bergson skipped: .venv-bergson/bin/python not found" in out
+
+
+def test_million_tiny():
+    out = run("million.py")
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| command")}
+    assert {"import pool 0", "import pool 1", "select gtp 1%", "select less 1%",
+            "select gtp 1% --ray"} <= set(rows)
+    assert rows["select gtp 1% --ray"][-1].strip() == "yes"  # the same answer on Ray
+    assert rows["select less 1%"][1].strip() == "60"  # 1% of 6,000 rows chosen
