@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from gradstore.selectors.greedy import dot64, one_thread
+from gradstore.selectors.lockstep import lockstep
 from gradstore.selectors.query import MAX_CANDIDATES, PursuitResult, Query
 from gradstore.selectors.scan import MAXIMUM, ScanQuery
 from gradstore.selectors.source import TensorSource
@@ -67,8 +68,59 @@ MIN_CANDIDATES = 256
 the swaps) short of what the exact greedy finds, and 256 rows cost little."""
 
 
+class _Selection:
+    """Chosen rows in order, the sum ``s`` of their stacked rows, and the stored norms of
+    each (the key that finds a byte-for-byte copy of a chosen row)."""
+
+    def __init__(self, width: int) -> None:
+        self.rows: list[int] = []
+        self.s = np.zeros(width)
+        self.keys: dict[bytes, int] = {}
+
+    def copy(self) -> _Selection:
+        out = _Selection(0)
+        out.rows, out.s, out.keys = list(self.rows), self.s.copy(), dict(self.keys)
+        return out
+
+
+class _Stretch:
+    """How hard the target pulls: the pursuit matches ``alpha * y0``. Within ``tolerance``
+    of the target (its mean's sampling error) a larger alpha turns the selection toward the
+    examples most aligned with it while its mean stays within tolerance. The largest such
+    alpha is found by doubling, then bisection (``ALPHA_STEPS`` evaluations, at most
+    ``MAX_ALPHA``), each warm-started from the last selection; the best feasible selection
+    is kept."""
+
+    def __init__(self, tolerance: float) -> None:
+        self.tolerance = float(tolerance)
+        self.alpha, self.lo, self.hi = 1.0, 1.0, None
+        self.best: tuple[float, _Selection] | None = None
+        self.evaluations = 0
+
+    def next(self, error: float, chosen: _Selection) -> float | None:
+        """The swaps at this alpha converged with ``error``: the next alpha, or None when
+        the search is over (then :attr:`best`, if any, is the answer)."""
+        feasible = error < self.tolerance
+        if self.tolerance <= 0 or (self.evaluations == 0 and not feasible):
+            return None
+        self.evaluations += 1
+        if feasible:
+            self.best, self.lo = (self.alpha, chosen.copy()), self.alpha
+        else:
+            self.hi = self.alpha
+        if self.hi is None:
+            nxt = self.alpha * 2 if self.alpha * 2 <= MAX_ALPHA else None
+        else:
+            nxt = (self.lo + self.hi) / 2 if self.evaluations < ALPHA_STEPS else None
+        if nxt is not None:
+            self.alpha = nxt
+        elif self.best is not None:
+            self.alpha = self.best[0]
+        return nxt
+
+
 class _State:
-    """One query's pursuit: chosen rows in order and the sum of their stacked rows."""
+    """One query's pursuit: its selection, the stretch of its target, and its progress."""
 
     def __init__(self, q: Query, width: int) -> None:
         self.q = q
@@ -77,64 +129,45 @@ class _State:
         self.y0 = np.asarray(q.Y, dtype=np.float64).mean(1)
         self.yn = float(np.linalg.norm(self.y0))
         self.y = self.y0  # what the mean is pulled toward: alpha * y0
-        self.tolerance = float(q.tolerance)
-        self.alpha, self.lo, self.hi = 1.0, 1.0, None
-        self.best: tuple[float, list[int], np.ndarray, dict] | None = None
-        self.evaluations = 0
+        self.stretch = _Stretch(q.tolerance)
+        self.sel = _Selection(width)
         self.rounds = 0  # swap rounds at the current alpha
-        self.rows: list[int] = []
         self.copies: set[int] = set()  # rows set aside as copies of chosen ones
-        self.keys: dict[bytes, int] = {}  # stored norms of a chosen row -> that row
-        self.s = np.zeros(width)
         self.done = self.k == 0
         self.history: list[float] = []
         self.seconds_nnls = 0.0
 
     @property
+    def rows(self) -> list[int]:
+        return self.sel.rows
+
+    @property
     def growing(self) -> bool:
-        return len(self.rows) < self.k
+        return len(self.sel.rows) < self.k
 
     def residual_vector(self) -> np.ndarray:
         """``(t+1) y - s`` while growing (t rows chosen), ``k y - s`` once full."""
-        t = len(self.rows)
-        return (t + 1 if self.growing else t) * self.y - self.s
+        t = len(self.sel.rows)
+        return (t + 1 if self.growing else t) * self.y - self.sel.s
 
     def error(self) -> float:
         """``||mean(a_S) - y||`` against the target itself (not the stretched one)."""
-        if not self.rows:
+        if not self.sel.rows:
             return self.yn
-        return float(np.linalg.norm(self.s / len(self.rows) - self.y0))
+        return float(np.linalg.norm(self.sel.s / len(self.sel.rows) - self.y0))
 
     def relative_residual(self) -> float:
         return self.error() / self.yn if self.yn > 0 else 0.0
 
     def settle(self) -> None:
-        """The swaps at this alpha have converged: stop, or move to the next alpha.
-
-        Within ``tolerance`` of the target (its mean's sampling error), the target pulls
-        harder (``alpha * y0``, alpha > 1): the selection turns toward the examples most
-        aligned with it while its mean stays within tolerance. The largest such alpha is
-        found by doubling, then bisection, each step warm-started from the last set.
-        """
-        feasible = self.error() < self.tolerance
-        if self.tolerance <= 0 or (self.evaluations == 0 and not feasible):
-            self.done = True
-            return
-        self.evaluations += 1
-        if feasible:
-            self.best, self.lo = (self.alpha, list(self.rows), self.s.copy(),
-                                  dict(self.keys)), self.alpha
-        else:
-            self.hi = self.alpha
-        if self.hi is None:
-            nxt = self.alpha * 2 if self.alpha * 2 <= MAX_ALPHA else None
-        else:
-            nxt = (self.lo + self.hi) / 2 if self.evaluations < ALPHA_STEPS else None
+        """The swaps at this alpha have converged: stop, or move to the next alpha."""
+        nxt = self.stretch.next(self.error(), self.sel)
         if nxt is None:
-            self.alpha, self.rows, self.s, self.keys = self.best
+            if self.stretch.best is not None:
+                self.sel = self.stretch.best[1]
             self.done = True
             return
-        self.alpha, self.y, self.rounds = nxt, nxt * self.y0, 0
+        self.y, self.rounds = nxt * self.y0, 0
 
 
 def gtp(
@@ -179,26 +212,23 @@ def gtp(
         if st.k > pool.num_rows:
             raise ValueError(f"budget {st.k} exceeds the pool's {pool.num_rows} rows")
     sq_norms = _squared_norms(pool)
-    scans, scan_seconds = 0, 0.0
-    while True:
-        active = [st for st in states if not st.done]
-        if not active:
-            break
-        t0 = time.perf_counter()
-        found = _scan(pool, active, sq_norms, scan_progress)
-        scan_seconds += time.perf_counter() - t0
-        scans += 1
-        _steps(pool, list(zip(active, found, strict=True)), sq_norms, max_iter, tol,
-               max_swaps)
+
+    def report(scans: int, active: list[_State]) -> None:
         if progress is not None:
             worst = max(st.relative_residual() for st in active)
             progress(f"scan {scans}: {len(active)} active, worst residual {worst:.4f}")
+
+    rounds = lockstep(
+        states, lambda active: _scan(pool, active, sq_norms, scan_progress),
+        lambda active, found: _steps(pool, list(zip(active, found, strict=True)), sq_norms,
+                                     max_iter, tol, max_swaps),
+        after=report)
     return [
         PursuitResult(rows=np.asarray(st.rows, dtype=np.int64),
                       weights=np.ones((len(st.rows), 1)), residual=st.relative_residual(),
-                      history=st.history, scans=scans, seconds_nnls=st.seconds_nnls,
-                      seconds_scan=scan_seconds,
-                      details={"alpha": st.alpha, "tolerance": st.tolerance,
+                      history=st.history, scans=rounds.scans, seconds_nnls=st.seconds_nnls,
+                      seconds_scan=rounds.scan_seconds,
+                      details={"alpha": st.stretch.alpha, "tolerance": st.stretch.tolerance,
                                "copies_set_aside": len(st.copies)})
         for st in states
     ]
@@ -335,7 +365,7 @@ def _norm_key(pool: StackedPool, row: int) -> bytes:
 def _byte_copies(pool: StackedPool, st: _State, rows: np.ndarray) -> np.ndarray:
     """Which of ``rows`` store exactly the vector of a chosen row (screened by their
     norms, then compared value by value: only rows with a chosen row's norms are read)."""
-    twin = [st.keys.get(_norm_key(pool, int(r))) for r in rows]
+    twin = [st.sel.keys.get(_norm_key(pool, int(r))) for r in rows]
     hits = np.array([t is not None for t in twin], dtype=bool)
     if not hits.any():
         return hits
@@ -384,9 +414,9 @@ def _grow(pool: StackedPool, st: _State, cand: np.ndarray, _members, sq_norms) -
             if used.all() or (used.any() and masked[j] < floor):
                 break
             used[j] = True
-            st.rows.append(int(cand[j]))
-            st.keys[_norm_key(pool, int(cand[j]))] = int(cand[j])
-            st.s += A[j].double().numpy()
+            st.sel.rows.append(int(cand[j]))
+            st.sel.keys[_norm_key(pool, int(cand[j]))] = int(cand[j])
+            st.sel.s += A[j].double().numpy()
             gj = (A @ A[j]).numpy()  # float32, as the products always were
             score += yU - gj
             twins = ~used & (gj >= DUPLICATE_COSINE * lengths * lengths[j])
@@ -449,11 +479,11 @@ def _swap(
                 break
             j, i = mem[a], out[b]
             p = position.pop(int(both[j]))
-            st.rows[p] = int(both[i])
+            st.sel.rows[p] = int(both[i])
             position[int(both[i])] = p
-            st.keys.pop(_norm_key(pool, int(both[j])), None)
-            st.keys[_norm_key(pool, int(both[i]))] = int(both[i])
-            st.s += (A[i].double() - A[j].double()).numpy()
+            st.sel.keys.pop(_norm_key(pool, int(both[j])), None)
+            st.sel.keys[_norm_key(pool, int(both[i]))] = int(both[i])
+            st.sel.s += (A[i].double() - A[j].double()).numpy()
             gi, gj = (A @ A[i]).numpy(), (A @ A[j]).numpy()
             made += 1
             if made % EXACT_EVERY:  # r loses a_i and gains a_j

@@ -20,6 +20,7 @@ import torch
 
 from gradstore.selectors.gram_cache import GramCache
 from gradstore.selectors.greedy import IncrementalNNLS, greedy_nnls_gram, swap_refine
+from gradstore.selectors.lockstep import lockstep
 from gradstore.selectors.query import MAX_CANDIDATES, PursuitResult, Query, relative_residual
 from gradstore.selectors.scan import ScanQuery
 from gradstore.selectors.stacked import StackedPool
@@ -93,28 +94,25 @@ def gtp_paper(
         At most this many exchanges per step (their cost grows as swaps * k^2).
     """
     states = [_State(q, pool.width) for q in queries]
-    scans = 0
-    scan_seconds = 0.0
-    for it in range(max_iter):
-        active = [st for st in states if not st.done]
-        if not active:
-            break
-        t0 = time.perf_counter()
-        found = _scan(pool, active, scan_progress)
-        scan_seconds += time.perf_counter() - t0
-        scans += 1
+
+    def step(active: list[_State], found: list) -> None:
         for st, (cand, score) in zip(active, found, strict=True):
             floor = float(score[-1]) if len(cand) >= st.m else 0.0
             n_swaps = (
                 0 if swap_fraction is None else min(max_swaps, int(np.ceil(swap_fraction * st.q.k)))
             )
             _advance(pool, st, cand, grow_floor * floor, tol, n_swaps)
+
+    def report(scans: int, active: list[_State]) -> None:
         if progress is not None:
-            best = max(st.residual for st in active)
-            progress(f"iteration {it + 1}: {len(active)} active, worst residual {best:.4f}")
+            worst = max(st.residual for st in active)
+            progress(f"iteration {scans}: {len(active)} active, worst residual {worst:.4f}")
+
+    rounds = lockstep(states, lambda active: _scan(pool, active, scan_progress), step,
+                      max_scans=max_iter, after=report)
     return [PursuitResult(rows=st.rows, weights=st.W, residual=st.residual,
-                          history=st.history, scans=scans, seconds_nnls=st.seconds_nnls,
-                          seconds_scan=scan_seconds) for st in states]
+                          history=st.history, scans=rounds.scans, seconds_nnls=st.seconds_nnls,
+                          seconds_scan=rounds.scan_seconds) for st in states]
 
 
 def _scan(pool: StackedPool, active: list[_State], progress):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from gradstore.selectors.greedy import IncrementalNNLS, dot64, one_thread, polish
+from gradstore.selectors.lockstep import lockstep
 from gradstore.selectors.nnls import nnls_gram
 from gradstore.selectors.query import PursuitResult, Query, relative_residual
 from gradstore.selectors.scan import ScanQuery
@@ -87,12 +88,8 @@ def omp(
 ) -> list[PursuitResult]:
     """Greedy selection, one example per scan, with NNLS weights (all queries in lockstep)."""
     states = [_OmpState(q, pool.width) for q in queries]
-    scans = 0
-    scan_seconds = 0.0
-    while True:
-        active = [st for st in states if not st.done]
-        if not active:
-            break
+
+    def scan(active: list[_OmpState]) -> list:
         R = np.concatenate([st.R for st in active], 1)
         scan_q, col = [], 0
         for st in active:
@@ -100,10 +97,9 @@ def omp(
             excl = np.asarray(st.banned, dtype=np.int64)
             scan_q.append(ScanQuery(slice(col, col + C), 1, exclude=excl))
             col += C
-        t0 = time.perf_counter()
-        found = pool.scan(R, scan_q, progress=scan_progress)
-        scan_seconds += time.perf_counter() - t0
-        scans += 1
+        return pool.scan(R, scan_q, progress=scan_progress)
+
+    def step(active: list[_OmpState], found: list) -> None:
         picked = [(st, int(c[0])) for st, (c, _) in zip(active, found, strict=True) if len(c)]
         for st, (c, _) in zip(active, found, strict=True):
             if not len(c):
@@ -114,8 +110,10 @@ def omp(
             with one_thread():
                 for (st, r), a in zip(picked, A, strict=True):
                     st.add(r, a, rel_tol)
-        if progress is not None:
-            progress(len(active))
+
+    rounds = lockstep(states, scan, step,
+                      after=None if progress is None else lambda _, active: progress(len(active)))
+    scans, scan_seconds = rounds.scans, rounds.scan_seconds
     out = []
     for st in states:
         n = len(st.order)

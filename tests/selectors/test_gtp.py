@@ -228,7 +228,7 @@ def test_byte_copies_of_chosen_rows_are_found_outside_the_round():
     X[9] = X[2][::-1]  # same norm, other values
     pool = StackedPool(TensorSource(X, 1))
     st = _State(Query(np.ones(8), 3), 8)
-    st.keys[_norm_key(pool, 2)] = 2
+    st.sel.keys[_norm_key(pool, 2)] = 2
     got = _byte_copies(pool, st, np.array([7, 9, 4]))
     assert got.tolist() == [True, False, False]
 
