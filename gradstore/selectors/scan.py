@@ -57,10 +57,12 @@ class ScanQuery:
 
 
 def _block_scores(
-    block: torch.Tensor, mult: torch.Tensor, R: torch.Tensor, buf: torch.Tensor,
-    center: torch.Tensor | None = None,
+    block: torch.Tensor | list[torch.Tensor], mult: torch.Tensor, R: torch.Tensor,
+    buf: torch.Tensor, center: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Correlations of one raw block (b, T*d) with R (T*d, C): (block * mult) @ R, (b, C).
+    A block may come as its T checkpoints' (b, d) rows (a streamed source's own arrays),
+    each converted straight into its place in the buffer.
 
     The per-row, per-checkpoint multipliers are applied while converting into the
     float32 buffer, so the product is one contiguous matmul (a strided per-checkpoint
@@ -69,7 +71,12 @@ def _block_scores(
     """
     b, T = mult.shape
     x = buf[:b]
-    x.copy_(block)  # float16 -> float32 into a reused buffer: faster than a fused mul
+    if isinstance(block, list):  # each checkpoint's (b, d) rows, straight into place
+        xv = x.view(b, T, -1)
+        for t, part in enumerate(block):
+            xv[:, t].copy_(part)
+    else:
+        x.copy_(block)  # float16 -> float32 into a reused buffer: faster than a fused mul
     x.view(b, T, -1).mul_(mult[:, :, None])
     out = x @ R
     if center is not None:
@@ -187,7 +194,8 @@ class ScanDevice:
                ) -> Iterator[tuple[int, torch.Tensor]]:
         """``(first_row, block)`` of ``source`` on this device, in row order."""
         if self.device.type == "cpu" and not self.keep:
-            yield from source.iter_blocks(block_rows)
+            parts = getattr(source, "iter_parts", None)  # a streamed source's own arrays
+            yield from (parts or source.iter_blocks)(block_rows)
             return
         if self.resident is None or self.resident[0] is not source:
             self.resident = None  # at most one pool held at a time
@@ -274,7 +282,7 @@ def correlation_scan(
             torch.set_num_threads(source.scan_threads)
         with torch.inference_mode():
             for start, block in dev.blocks(source, source.block_rows):
-                b = block.shape[0]
+                b = (block[0] if isinstance(block, list) else block).shape[0]
                 if fbuf.shape[0] < b:
                     fbuf = torch.empty((b, width), device=dev.device)
                 corr = _block_scores(block, mult[start : start + b], Rt, fbuf, center)

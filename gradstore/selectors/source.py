@@ -58,7 +58,10 @@ class GradientSource(Protocol):
         ...
 
     def iter_blocks(self, block_rows: int) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yield ``(first_row, block)``: a (b, T*d) float16/float32 tensor, in row order."""
+        """Yield ``(first_row, block)``: a (b, T*d) float16/float32 tensor, in row order.
+        A source may also offer ``iter_parts(block_rows)``, the same blocks as lists of
+        the T checkpoints' (b, d) tensors without the side-by-side copy; a CPU scan reads
+        those when it can (``LanceSource`` does)."""
         ...
 
     def take(self, rows: np.ndarray) -> torch.Tensor:

@@ -293,6 +293,28 @@ class LanceSource:
             yield start, block
             start += b
 
+    def iter_parts(self, block_rows: int) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        """Blocks in row order as each checkpoint's (b, d) rows, read zero-copy from
+        Lance's decoded batch: for a scan that converts them to float32 anyway, this saves
+        the side-by-side copy of :meth:`iter_blocks` (a block stays valid while it is
+        held). Checked like :meth:`iter_blocks`, read ahead by the same thread."""
+        verify = self.verify_next_pass
+        yield from prefetched(self._part_blocks(block_rows, verify), PREFETCH)
+        if verify:
+            self.verify_next_pass = False
+
+    def _part_blocks(self, block_rows: int, verify: bool
+                     ) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        start = 0
+        for batch in self._batches(self._read_columns(verify), block_rows):
+            if batch.num_rows == 0:
+                continue
+            if verify:
+                self._verify(batch, start)
+            yield start, [_tensor(fixed_list_to_numpy(batch.column(c), self._dim))
+                          for c in self.columns]
+            start += batch.num_rows
+
     def take(self, rows: np.ndarray) -> torch.Tensor:
         """The rows at storage positions ``rows`` (in that order), float32 (n, T*d); read
         ``TAKE_ROWS`` at a time, in storage order, each written straight to its place."""
