@@ -20,7 +20,7 @@ from gradstore.store.importing import (
     validate_subtasks,
     validate_vectors,
 )
-from gradstore.store.lance_source import release_large_frees
+from gradstore.store.lance_source import large_frees_released
 from gradstore.store.locks import table_lock
 from gradstore.store.meta import FLOAT16_MAX, VECTOR_DTYPES, ProjectionSpec, TableMeta
 
@@ -68,8 +68,8 @@ def import_vectors(
     if lr is not None and (not np.isfinite(lr) or lr < 0):
         raise GradstoreError(f"learning rate {lr!r} must be a finite number >= 0")
     arr = validate_vectors(vectors)
-    release_large_frees()  # the blocks written are freed as the next is read
-    with table_lock(db.uri, table, force):
+    # the blocks written are freed as the next is read
+    with large_frees_released(), table_lock(db.uri, table, force):
         return _import(db, table, arr, checkpoint, ids, subtasks, lr,
                        Provenance(kind, vector_dtype, projection, grad_type, model), tokens,
                        losses, extra_vectors)

@@ -12,7 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ from gradstore.selectors.scan import ScanDevice
 from gradstore.selectors.source import TensorSource
 from gradstore.selectors.stacked import StackedPool
 from gradstore.store.database import Database
-from gradstore.store.lance_source import LanceSource, release_large_frees
+from gradstore.store.lance_source import LanceSource, large_frees_released
 from gradstore.store.meta import TableMeta
 from gradstore.store.selections import Selection
 
@@ -165,9 +165,12 @@ streamed (the rest is the streamed reads' and the per-row state's)."""
 
 
 def pool_source(db: Database, table: str, mode: str, memory_budget: int | None,
-                cache: SourceCache) -> TensorSource | LanceSource:
+                cache: SourceCache, scope: ExitStack | None = None
+                ) -> TensorSource | LanceSource:
     """The pool's rows in RAM when they take at most half of ``memory_budget`` (the rest
-    is the selection's, ``ROUND_SHARE``), or with ``mode='ram'``; else streamed from Lance."""
+    is the selection's, ``ROUND_SHARE``), or with ``mode='ram'``; else streamed from Lance,
+    large blocks returned to the system as they are freed for as long as ``scope`` lasts
+    (``large_frees_released``)."""
     lsrc = db.lance_source(table)
     budget = default_memory_budget() if memory_budget is None else memory_budget
     if mode == "auto":
@@ -178,7 +181,8 @@ def pool_source(db: Database, table: str, mode: str, memory_budget: int | None,
     lsrc.io_buffer_size = min(STREAM_IO_MAX, max(STREAM_IO_MIN, budget // 4))
     if mode == "stream":
         lsrc.ranged_reads = budget < SCANNER_MIN_BUDGET
-        release_large_frees()
+        if scope is not None:
+            scope.enter_context(large_frees_released())
         return lsrc
     key = (table, lsrc.dataset.version)
     if cache.key != key:
@@ -197,13 +201,13 @@ def checkpoint_weights(pmeta: TableMeta, given: Sequence[float] | None) -> list[
 
 
 def stacked_pool(db: Database, pool: str, opts: SelectConfig, eta,
-                 cache: SourceCache) -> StackedPool:
+                 cache: SourceCache, scope: ExitStack | None = None) -> StackedPool:
     """The pool in the method's stacked space: local, or with its passes on Ray; centred
-    on its mean row for gtp."""
+    on its mean row for gtp (``scope``: see :func:`pool_source`)."""
     norm = True if opts.method == "less" else opts.normalize
     if opts.ray is None:
-        spool = StackedPool(pool_source(db, pool, opts.mode, opts.memory_budget, cache), eta,
-                            normalize=norm, device=ScanDevice(resolve_device(opts.device)))
+        spool = StackedPool(pool_source(db, pool, opts.mode, opts.memory_budget, cache, scope),
+                            eta, normalize=norm, device=ScanDevice(resolve_device(opts.device)))
     else:
         from gradstore.distributed import DistributedPool, cluster_resources
 
@@ -309,7 +313,8 @@ def run_selection(
         from gradstore.distributed import session as ray_session
 
         session = ray_session(opts.ray)
-    with session, db.pinned([pool, *[t for t in targets if t is not None]]) as versions:
+    with session, db.pinned([pool, *[t for t in targets if t is not None]]) as versions, \
+            ExitStack() as scope:
         pause_point("select-pinned")
         pmeta = db.meta(pool)
         check_complete(pool, pmeta)
@@ -317,7 +322,7 @@ def run_selection(
         ks = [budget_count(b, n) for b in budgets]
         eta = checkpoint_weights(pmeta, opts.checkpoint_weights)
         t0 = time.perf_counter()
-        spool = stacked_pool(db, pool, opts, eta, cache)
+        spool = stacked_pool(db, pool, opts, eta, cache, scope)
         per_subtask = opts.method == "less" or opts.target_mode == "joint"
         found = [target_matrix(db, spool, pool, pmeta, t, per_subtask, opts.method,
                                clusters=opts.target_mode == "clusters") for t in targets]

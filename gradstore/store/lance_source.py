@@ -7,6 +7,7 @@ import queue
 import threading
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import lance
 import numpy as np
@@ -34,21 +35,37 @@ def fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray
     return values.reshape(len(col), dim)
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 LARGE_ALLOCATION = 1 << 20
+HEAP_ALLOCATION_MAX = 32 << 20
+"""glibc's largest dynamic mmap threshold on 64-bit systems (what it grows to by itself,
+with a trim threshold of twice that)."""
 
 
-def release_large_frees() -> None:
-    """Serve allocations of ``LARGE_ALLOCATION`` bytes or more with their own mappings, so
-    that freeing one returns it to the system. glibc raises that threshold each time such a
-    block is freed and then keeps freed blocks in its heaps: the decode buffers of Lance's
-    threads stayed resident (~80 MB after one streamed pass of a 200K x 1024 table here,
-    40 MB with this setting). For the streamed (memory-bounded) mode; glibc only, a no-op
-    elsewhere."""
+def _mallopt(param: int, value: int) -> None:
     try:
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, LARGE_ALLOCATION)
+        ctypes.CDLL("libc.so.6").mallopt(param, value)
     except (OSError, AttributeError):
         pass
+
+
+@contextmanager
+def large_frees_released() -> Iterator[None]:
+    """Within: serve allocations of ``LARGE_ALLOCATION`` bytes or more with their own
+    mappings, so that freeing one returns it to the system. glibc raises that threshold
+    each time such a block is freed and then keeps freed blocks in its heaps: the decode
+    buffers of Lance's threads stayed resident (~80 MB after one streamed pass of a
+    200K x 1024 table here, 40 MB with this setting). For the memory-bounded work (a
+    streamed selection, an import). Afterwards blocks up to ``HEAP_ALLOCATION_MAX`` come
+    from the heaps again: left at 1 MB, every later temporary of a selection in RAM in the
+    same process was mapped and unmapped (16 targets of the default gtp took 2x as long).
+    glibc only, a no-op elsewhere."""
+    _mallopt(M_MMAP_THRESHOLD, LARGE_ALLOCATION)
+    try:
+        yield
+    finally:
+        _mallopt(M_MMAP_THRESHOLD, HEAP_ALLOCATION_MAX)
+        _mallopt(M_TRIM_THRESHOLD, 2 * HEAP_ALLOCATION_MAX)
 
 
 TAKE_ROWS = 1024
