@@ -328,7 +328,8 @@ class SelectConfig:
              "target mean's standard error, from its examples; 0: as close as possible)")
     normalize: bool = option(True, flag="--no-normalize", negate=True,
                              help="do not unit-normalise each checkpoint's gradient")
-    m: int | None = option(None, help="GTP candidates per scan (default 2k)")
+    m: int | None = option(None, help="GTP candidates per scan (default 2k; capped per "
+                                      "round, docs/selection.md)")
     max_iter: int = option(30, help="GTP scans (rounds) at most")
     tol: float = option(1e-3, help="GTP stops when the residual improves by less")
     seed: int = option(0, help="seed of the random baseline")
