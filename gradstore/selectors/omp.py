@@ -148,11 +148,13 @@ FIT_WORKING_SET = 4096
 on a working set of its rows, grown by the rows that violate the optimality conditions
 until none does: the same solution in O(n D + W^2) memory instead of O(n^2) (a 5% budget
 of a million rows would need a 10 GB Gram matrix)."""
-WORKING_SET_TOL = 1e-6
-"""Optimality checked over all rows, from the rows themselves in float64: a row outside
-the working set whose scaled dual exceeds this share of the largest scaled correlation
-joins it. Looser than ``nnls_gram``'s own tolerance, which is measured against the float32
-Gram matrix (products rounded at ~6e-8 of their size)."""
+FIT_TOL = 1e-6
+"""Relative dual tolerance of a fit from float32 products: ``nnls_gram``'s default (1e-10)
+lies below their rounding (~6e-8 of each product), and with more rows than dimensions
+and a target inside their cone it kept adding columns on rounding noise alone (44 passive
+columns of rank 40: residual 0.046 where 1e-6 gives 5e-7). The working sets use the same
+bar: a row outside whose scaled dual exceeds this share of the largest scaled correlation
+joins the set (computed from the rows in float64)."""
 WORKING_SET_ROUNDS = 50
 """Most working sets tried; each adds every violating row it has room for."""
 
@@ -173,8 +175,8 @@ def fit_rows(A: torch.Tensor, Y: np.ndarray, working: int = FIT_WORKING_SET
     Y = np.asarray(Y, dtype=np.float64)
     Y = Y[:, None] if Y.ndim == 1 else Y
     if A.shape[0] <= working:
-        B = np.stack([dot64(A, y) for y in Y.T], 1)
-        W = polish(gram32(A), B, np.arange(A.shape[0]))
+        G = gram32(A)
+        W = np.stack([nnls_gram(G, dot64(A, y), tol=FIT_TOL) for y in Y.T], 1)
     else:
         W = np.stack([working_set_nnls(A, y, working) for y in Y.T], 1)
     return W, relative_residual(A.numpy(), W, Y)
@@ -190,14 +192,14 @@ def working_set_nnls(A: torch.Tensor, y: np.ndarray, working: int) -> np.ndarray
     length = np.sqrt(np.concatenate([(A[s : s + FIT_BLOCK].double() ** 2).sum(1).numpy()
                                      for s in range(0, len(A), FIT_BLOCK)]))
     length = np.where(length > 0, length, np.inf)
-    bar = WORKING_SET_TOL * float(np.max(np.abs(b) / length))
+    bar = FIT_TOL * float(np.max(np.abs(b) / length))
     if bar == 0.0:
         return np.zeros(len(A))
     ws = np.sort(np.argsort(-b / length, kind="stable")[: max(1, working // 2)])
     x = np.zeros(len(A))
     for _ in range(WORKING_SET_ROUNDS):
         Aw = A.index_select(0, torch.from_numpy(ws))
-        xw = nnls_gram(gram32(Aw), b[ws], x0=x[ws])
+        xw = nnls_gram(gram32(Aw), b[ws], x0=x[ws], tol=FIT_TOL)
         x[:] = 0.0
         x[ws] = xw
         kept = ws[xw > 0]
