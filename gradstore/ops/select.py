@@ -37,7 +37,12 @@ from gradstore.selectors.scan import ScanDevice
 from gradstore.selectors.source import TensorSource
 from gradstore.selectors.stacked import StackedPool
 from gradstore.store.database import Database
-from gradstore.store.lance_source import LanceSource, large_frees_released
+from gradstore.store.lance_source import (
+    LARGE_ALLOCATION,
+    SMALL_BUDGET_ALLOCATION,
+    LanceSource,
+    large_frees_released,
+)
 from gradstore.store.meta import TableMeta
 from gradstore.store.selections import Selection
 
@@ -162,6 +167,10 @@ scanner, which holds ~70 MB of decoded pages (``LanceSource.ranged_reads``)."""
 ROUND_SHARE = 0.5
 """Share of the memory budget one round of the default pursuit may hold when the pool is
 streamed (the rest is the streamed reads' and the per-row state's)."""
+LIBRARY_CODE = 48 << 20
+"""Resident pages of Lance's and torch's code that a process's first scan maps (32 + 10 MB
+and lancedb's 5, from /proc/self/smaps; docs/storage.md). The budget covers them too: a
+streamed selection's rounds get their share less these (at least their minimum)."""
 
 
 def pool_source(db: Database, table: str, mode: str, memory_budget: int | None,
@@ -182,7 +191,8 @@ def pool_source(db: Database, table: str, mode: str, memory_budget: int | None,
     if mode == "stream":
         lsrc.ranged_reads = budget < SCANNER_MIN_BUDGET
         if scope is not None:
-            scope.enter_context(large_frees_released())
+            scope.enter_context(large_frees_released(
+                SMALL_BUDGET_ALLOCATION if lsrc.ranged_reads else LARGE_ALLOCATION))
         return lsrc
     key = (table, lsrc.dataset.version)
     if cache.key != key:
@@ -240,7 +250,9 @@ def answer_queries(spool: StackedPool, Ys: list[np.ndarray], tols: list[float],
                          tolerance=_tolerance(opts, tols[ti])) for ti, bi in pairs]
         return [Answer(r.rows, r.total_weights, r.residual, r.history,
                        ({"candidates": r.candidates} if r.candidates is not None else {})
-                       | r.details) for r in _pursue(spool, queries, opts, bar, max(ks))]
+                       | {"candidates_per_scan": q.m} | r.details)
+                for q, r in zip(queries, _pursue(spool, queries, opts, bar, max(ks)),
+                                strict=True)]
     if method == "less":
         found = less_topk(spool, [Ys[ti] for ti, _ in pairs], [ks[bi] for _, bi in pairs],
                           scan_progress=bar)
@@ -261,8 +273,14 @@ def _candidates(opts: SelectConfig, spool: StackedPool, k: int) -> int:
         return opts.m
     if opts.method != "gtp" or not isinstance(spool.source, LanceSource):
         return 2 * k
+    return min(2 * k, candidates_within(_work_share(opts), k, spool.width))
+
+
+def _work_share(opts: SelectConfig) -> int:
+    """Bytes a streamed selection's round may hold (``ROUND_SHARE`` of the budget, less
+    ``LIBRARY_CODE``)."""
     budget = default_memory_budget() if opts.memory_budget is None else opts.memory_budget
-    return min(2 * k, candidates_within(int(budget * ROUND_SHARE), k, spool.width))
+    return max(0, int(budget * ROUND_SHARE) - LIBRARY_CODE)
 
 
 def _tolerance(opts: SelectConfig, target_error: float) -> float:

@@ -268,3 +268,21 @@ def test_memory_budget_decides_ram_or_streamed_and_the_answer_stays(store, rng):
         assert half.params["scan_mode"] == tiny.params["scan_mode"] == "LanceSource"
         assert ram.ids == half.ids == tiny.ids, method
         np.testing.assert_allclose(tiny.weights, ram.weights, rtol=1e-5)
+
+
+def test_a_small_budget_leaves_the_library_code_its_share(store, rng):
+    """A streamed default gtp's round gets half the budget less the ~48 MB of library code
+    a first scan maps (``LIBRARY_CODE``): at 50 MB, the fewest candidates a round takes
+    (256); at 1 GB, the default 2k; in RAM, 2k whatever the budget."""
+    from gradstore.ops.select import LIBRARY_CODE, ROUND_SHARE
+    from gradstore.selectors.gtp import MIN_CANDIDATES, candidates_within
+
+    _pool_and_target(store, rng, n=3000)
+    k = 300
+    small = store.select("pool", target="tgt", budget=k, mode="stream", memory_budget=50 << 20)
+    large = store.select("pool", target="tgt", budget=k, mode="stream", memory_budget=1 << 30)
+    ram = store.select("pool", target="tgt", budget=k, mode="ram", memory_budget=50 << 20)
+    assert small.params["candidates_per_scan"] == MIN_CANDIDATES
+    assert candidates_within(int((50 << 20) * ROUND_SHARE), k, 64) == 2 * k  # share alone
+    assert int((50 << 20) * ROUND_SHARE) < LIBRARY_CODE
+    assert large.params["candidates_per_scan"] == ram.params["candidates_per_scan"] == 2 * k
