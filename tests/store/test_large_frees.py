@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+
 def has_mallinfo2() -> bool:
     try:
         return hasattr(ctypes.CDLL("libc.so.6"), "mallinfo2")  # glibc 2.33 and later
