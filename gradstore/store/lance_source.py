@@ -278,55 +278,38 @@ class LanceSource:
             ).reshape(self._n, len(names))
         return self._norms
 
-    def _fill(self, batch: pa.RecordBatch | pa.Table, out: torch.Tensor) -> None:
+    def _place(self, parts: list[torch.Tensor], out: torch.Tensor) -> None:
+        """The checkpoints' (b, d) rows side by side into ``out`` (b, T*d)."""
         d = self._dim
-        for t, name in enumerate(self.columns):
-            arr = fixed_list_to_numpy(batch.column(name), d)
-            out[:, t * d : (t + 1) * d].copy_(_tensor(arr))
+        for t, part in enumerate(parts):
+            out[:, t * d : (t + 1) * d].copy_(part)
+
+    def _read_ahead(self, blocks, block_rows: int) -> Iterator:
+        """One pass of ``blocks(block_rows, verify)`` read ahead by a thread (``PREFETCH``
+        blocks), checked when the source's next pass is to be; a completed checked pass
+        turns checking off."""
+        verify = self.verify_next_pass
+        yield from prefetched(blocks(block_rows, verify), PREFETCH)
+        if verify:
+            self.verify_next_pass = False
 
     def iter_blocks(self, block_rows: int) -> Iterator[tuple[int, torch.Tensor]]:
         """Blocks in row order. A reader thread decodes, checks and copies the next block
         while the caller works on this one (``PREFETCH`` blocks ahead, each in its own
         buffer), so Lance's decode and the copy overlap the caller's matmul."""
-        verify = self.verify_next_pass
-        yield from prefetched(self._filled_blocks(block_rows, verify), PREFETCH)
-        if verify:
-            self.verify_next_pass = False
-
-    def _filled_blocks(self, block_rows: int, verify: bool
-                       ) -> Iterator[tuple[int, torch.Tensor]]:
-        """``(start, block)``, cycling through ``PREFETCH + 2`` buffers: the caller's block,
-        the queued ones and the one being filled are never the same buffer."""
-        width = self.num_checkpoints * self._dim
-        bufs = [torch.empty((block_rows, width), dtype=self.dtype)
-                for _ in range(PREFETCH + 2)]
-        start = 0
-        for i, batch in enumerate(self._batches(self._read_columns(verify), block_rows)):
-            b = batch.num_rows
-            if b == 0:
-                continue
-            if verify:
-                self._verify(batch, start)
-            slot = i % len(bufs)
-            if b > bufs[slot].shape[0]:
-                bufs[slot] = torch.empty((b, width), dtype=self.dtype)
-            block = bufs[slot][:b]
-            self._fill(batch, block)
-            yield start, block
-            start += b
+        yield from self._read_ahead(self._filled_blocks, block_rows)
 
     def iter_parts(self, block_rows: int) -> Iterator[tuple[int, list[torch.Tensor]]]:
         """Blocks in row order as each checkpoint's (b, d) rows, read zero-copy from
         Lance's decoded batch: for a scan that converts them to float32 anyway, this saves
         the side-by-side copy of :meth:`iter_blocks` (a block stays valid while it is
         held). Checked like :meth:`iter_blocks`, read ahead by the same thread."""
-        verify = self.verify_next_pass
-        yield from prefetched(self._part_blocks(block_rows, verify), PREFETCH)
-        if verify:
-            self.verify_next_pass = False
+        yield from self._read_ahead(self._part_blocks, block_rows)
 
     def _part_blocks(self, block_rows: int, verify: bool
                      ) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        """``(start, parts)``: each batch's checkpoints as (b, d) tensors over Lance's
+        arrays, the batch checked first when ``verify``."""
         start = 0
         for batch in self._batches(self._read_columns(verify), block_rows):
             if batch.num_rows == 0:
@@ -336,6 +319,22 @@ class LanceSource:
             yield start, [_tensor(fixed_list_to_numpy(batch.column(c), self._dim))
                           for c in self.columns]
             start += batch.num_rows
+
+    def _filled_blocks(self, block_rows: int, verify: bool
+                       ) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(start, block)``, cycling through ``PREFETCH + 2`` buffers: the caller's block,
+        the queued ones and the one being filled are never the same buffer."""
+        width = self.num_checkpoints * self._dim
+        bufs = [torch.empty((block_rows, width), dtype=self.dtype)
+                for _ in range(PREFETCH + 2)]
+        for i, (start, parts) in enumerate(self._part_blocks(block_rows, verify)):
+            b = parts[0].shape[0]
+            slot = i % len(bufs)
+            if b > bufs[slot].shape[0]:
+                bufs[slot] = torch.empty((b, width), dtype=self.dtype)
+            block = bufs[slot][:b]
+            self._place(parts, block)
+            yield start, block
 
     def take(self, rows: np.ndarray) -> torch.Tensor:
         """The rows at storage positions ``rows`` (in that order), float32 (n, T*d); read
@@ -364,10 +363,7 @@ class LanceSource:
         """The whole table as one (N, T*d) tensor in the stored dtype (the in-RAM mode)."""
         width = self.num_checkpoints * self._dim
         out = torch.empty((self._n, width), dtype=self.dtype)
-        start = 0
-        for batch in self._batches(self._read_columns(True), 2048):
-            self._verify(batch, start)
-            self._fill(batch, out[start : start + batch.num_rows])
-            start += batch.num_rows
+        for start, parts in self._part_blocks(2048, True):
+            self._place(parts, out[start : start + parts[0].shape[0]])
         return out
 
