@@ -44,6 +44,15 @@ def dot64(A: torch.Tensor, v: np.ndarray) -> np.ndarray:
     return out
 
 
+def squares64(A: torch.Tensor) -> np.ndarray:
+    """Each row's squared norm in float64 for a float32 ``A``, a block of rows at a time
+    (no float64 copy of ``A``)."""
+    out = np.empty(A.shape[0])
+    for s in range(0, A.shape[0], DOT_BLOCK):
+        out[s : s + DOT_BLOCK] = (A[s : s + DOT_BLOCK].double() ** 2).sum(1).numpy()
+    return out
+
+
 # A column whose Schur complement falls below this share of its own norm is
 # (numerically) a combination of the support: it cannot improve the fit.
 DEPENDENT = 1e-9

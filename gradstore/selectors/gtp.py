@@ -49,7 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from gradstore.selectors.greedy import dot64, one_thread
+from gradstore.selectors.greedy import dot64, one_thread, squares64
 from gradstore.selectors.lockstep import lockstep
 from gradstore.selectors.query import MAX_CANDIDATES, PursuitResult, Query
 from gradstore.selectors.scan import MAXIMUM, ScanQuery
@@ -323,12 +323,7 @@ temporaries to EXCHANGE_BLOCK x outsiders)."""
 
 
 def _norms_of(rows: np.ndarray, A: torch.Tensor, sq_norms: np.ndarray | None) -> np.ndarray:
-    if sq_norms is not None:
-        return sq_norms[rows]
-    out = np.empty(A.shape[0])
-    for s in range(0, A.shape[0], EXCHANGE_BLOCK):  # no float64 copy of A
-        out[s : s + EXCHANGE_BLOCK] = (A[s : s + EXCHANGE_BLOCK].double() ** 2).sum(1).numpy()
-    return out
+    return sq_norms[rows] if sq_norms is not None else squares64(A)
 
 
 def _norms_and_lengths(rows: np.ndarray, A: torch.Tensor, sq_norms: np.ndarray | None

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from gradstore.selectors.greedy import IncrementalNNLS, dot64, one_thread, polish
+from gradstore.selectors.greedy import IncrementalNNLS, dot64, one_thread, polish, squares64
 from gradstore.selectors.lockstep import lockstep
 from gradstore.selectors.nnls import nnls_gram
 from gradstore.selectors.query import PursuitResult, Query, relative_residual
@@ -189,8 +189,7 @@ def working_set_nnls(A: torch.Tensor, y: np.ndarray, working: int) -> np.ndarray
     and add the most violating rows; stop when no row outside violates. Each round lowers
     the objective (a violating row is a descent direction), so it ends at the solution."""
     b = dot64(A, y)
-    length = np.sqrt(np.concatenate([(A[s : s + FIT_BLOCK].double() ** 2).sum(1).numpy()
-                                     for s in range(0, len(A), FIT_BLOCK)]))
+    length = np.sqrt(squares64(A))
     length = np.where(length > 0, length, np.inf)
     bar = FIT_TOL * float(np.max(np.abs(b) / length))
     if bar == 0.0:
