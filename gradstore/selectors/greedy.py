@@ -44,6 +44,16 @@ def dot64(A: torch.Tensor, v: np.ndarray) -> np.ndarray:
     return out
 
 
+def combine64(A: torch.Tensor, x: np.ndarray) -> np.ndarray:
+    """``A^T x`` in float64 for a float32 ``A``, a block of rows at a time (no float64 or
+    transposed copy of ``A``)."""
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    out = torch.zeros(A.shape[1], dtype=torch.float64)
+    for s in range(0, A.shape[0], DOT_BLOCK):
+        out += xt[s : s + DOT_BLOCK] @ A[s : s + DOT_BLOCK].double()
+    return out.numpy()
+
+
 def squares64(A: torch.Tensor) -> np.ndarray:
     """Each row's squared norm in float64 for a float32 ``A``, a block of rows at a time
     (no float64 copy of ``A``)."""

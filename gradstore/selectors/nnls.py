@@ -33,7 +33,7 @@ from scipy.linalg import LinAlgError
 from scipy.linalg.blas import dtbsv
 from scipy.linalg.lapack import dpotrf, dpstrf
 
-__all__ = ["nnls_gram"]
+__all__ = ["nnls_gram", "nnls_rows"]
 
 _EPS = float(np.finfo(np.float64).eps)
 #: A candidate column j is linearly dependent on the passive set when its Schur
@@ -79,7 +79,12 @@ def _check_gram(G: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _scaling(G: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Return ``s = sqrt(diag G)`` (1 where the diagonal is <= 0), the mask of usable
     columns, the scaled ``b / s`` (0 on unusable columns) and ``max |b / s|``."""
-    d = np.diagonal(G).astype(np.float64)
+    return _diagonal_scaling(np.diagonal(G).astype(np.float64), b)
+
+
+def _diagonal_scaling(d: np.ndarray, b: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """:func:`_scaling` from the diagonal ``d`` of ``G``."""
     valid = d > 0.0
     s = np.ones_like(d)
     s[valid] = np.sqrt(d[valid])
@@ -111,6 +116,102 @@ def gram_times(G: np.ndarray, x: np.ndarray) -> np.ndarray:
     return out
 
 
+class _DenseGram:
+    """Entries of a Gram matrix held in memory (float32 or float64)."""
+
+    holds_rows = True  # copying rows of G is cheap: the solver caches the passive ones
+
+    def __init__(self, G: np.ndarray) -> None:
+        self.G = G
+        self.diag = np.diagonal(G).astype(np.float64)
+
+    def prefetch(self, cols: np.ndarray) -> None:
+        """Nothing to do: every entry is at hand."""
+
+    def entries(self, j: int, idx: np.ndarray) -> np.ndarray:
+        return np.asarray(self.G[j, idx], dtype=np.float64)
+
+    def row(self, j: int) -> np.ndarray:
+        return self.G[j]
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        return self.G[idx]
+
+    def block(self, cols: np.ndarray) -> np.ndarray:
+        """``G[cols, cols]`` as a new float64 array."""
+        return self.G[np.ix_(cols, cols)].astype(np.float64, copy=False)
+
+    def times(self, x: np.ndarray) -> np.ndarray:
+        return gram_times(self.G, x)
+
+
+ROWS_BLOCK = 256
+"""Rows of ``A`` a :class:`_RowGram` converts to float64 at a time."""
+
+
+class _RowGram:
+    """The entries of ``G = A A^T`` computed from float32 rows ``A`` (n, D) when needed,
+    never the n x n matrix. Every entry is the float64 product of two float32 rows, the
+    same value wherever it is computed, so the solver sees one exact Gram matrix. Memory:
+    the rows, ``ROWS_BLOCK`` of them in float64 at a time, and the rows of G of one batch
+    of entering columns; the solver holds no rows of G (``holds_rows``) and takes its dual
+    as ``A (A^T x)``."""
+
+    holds_rows = False
+
+    def __init__(self, A: np.ndarray) -> None:
+        self.A = A
+        n = len(A)
+        self.diag = np.zeros(n)
+        for s, blk in zip(range(0, n, ROWS_BLOCK), self._blocks(np.arange(n)), strict=True):
+            self.diag[s : s + len(blk)] = np.einsum("ij,ij->i", blk, blk)
+        self.cached: dict[int, np.ndarray] = {}
+
+    def _blocks(self, idx: np.ndarray):
+        for s in range(0, len(idx), ROWS_BLOCK):
+            yield self.A[idx[s : s + ROWS_BLOCK]].astype(np.float64)
+
+    def _products(self, left: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``A[left] A[cols]^T`` in float64 (``left`` at most ``ROWS_BLOCK`` long)."""
+        out = np.empty((len(left), len(cols)))
+        rows = self.A[left].astype(np.float64)
+        for s, blk in zip(range(0, len(cols), ROWS_BLOCK), self._blocks(cols), strict=True):
+            out[:, s : s + len(blk)] = rows @ blk.T
+        return out
+
+    def prefetch(self, cols: np.ndarray) -> None:
+        """The rows of G of ``cols`` (the columns about to enter), in one pass over A."""
+        cols = np.asarray(cols, dtype=np.intp)
+        rows = self._products(cols, np.arange(len(self.A)))
+        self.cached = {int(j): rows[i] for i, j in enumerate(cols)}
+
+    def entries(self, j: int, idx: np.ndarray) -> np.ndarray:
+        if j in self.cached:
+            return self.cached[j][idx]
+        return self._products(np.array([j]), np.asarray(idx, dtype=np.intp))[0]
+
+    def block(self, cols: np.ndarray) -> np.ndarray:
+        """``G[cols, cols]`` as a new float64 array, ``ROWS_BLOCK`` rows at a time; in
+        Fortran order, so that LAPACK factors it in place."""
+        cols = np.asarray(cols, dtype=np.intp)
+        out = np.empty((len(cols), len(cols)), order="F")
+        for s in range(0, len(cols), ROWS_BLOCK):
+            out[s : s + ROWS_BLOCK] = self._products(cols[s : s + ROWS_BLOCK], cols)
+        return out
+
+    def times(self, x: np.ndarray) -> np.ndarray:
+        """``A (A^T x)`` in float64, ``A^T x`` over the rows where ``x`` is non-zero."""
+        nz = np.flatnonzero(x)
+        v = np.zeros(self.A.shape[1])
+        for s, blk in zip(range(0, len(nz), ROWS_BLOCK), self._blocks(nz), strict=True):
+            v += x[nz[s : s + ROWS_BLOCK]] @ blk
+        out = np.empty(len(self.A))
+        for s, blk in zip(range(0, len(self.A), ROWS_BLOCK),
+                          self._blocks(np.arange(len(self.A))), strict=True):
+            out[s : s + len(blk)] = blk @ v
+        return out
+
+
 class _LawsonHanson:
     """State of one Lawson-Hanson solve.
 
@@ -127,7 +228,9 @@ class _LawsonHanson:
     """
 
     def __init__(self, G, b, s, valid, tol_abs, max_iter):
-        self.G, self.b, self.s, self.valid = G, b, s, valid
+        # G: a Gram matrix, or the access to its entries (:class:`_RowGram`)
+        self.gram = G if isinstance(G, _RowGram) else _DenseGram(G)
+        self.b, self.s, self.valid = b, s, valid
         self.tol_abs = tol_abs
         self.max_iter = max_iter
         n = b.shape[0]
@@ -140,7 +243,7 @@ class _LawsonHanson:
         self.cap = 0
         self.ab = np.zeros((0, 0), order="F")
         self.flat = self.ab.ravel(order="F")
-        self.gp = np.zeros((0, n))
+        self.gp = np.zeros((0, n)) if self.gram.holds_rows else None
         self.gp_idx = np.zeros(n, dtype=np.intp)
         self.slot = np.full(n, -1, dtype=np.intp)
         self.stale = False  # factor modified by updates since the last rebuild
@@ -155,7 +258,8 @@ class _LawsonHanson:
     def _reserve(self, k: int) -> None:
         if k <= self.cap:
             return
-        cap = min(self.n, max(k, 2 * self.cap, 32))
+        # grow by 1.25x: old and new factor held together come to ~2.6 k^2, not 5 k^2
+        cap = min(self.n, max(k, self.cap + self.cap // 4, 32))
         ab = np.zeros((cap, cap), order="F")
         if self.k:
             ab[cap - self.cap :, : self.k] = self.ab[:, : self.k]
@@ -196,7 +300,7 @@ class _LawsonHanson:
         if self.gp is None:
             return
         sl = self.k  # slots are compact: 0..k-1 are used
-        self.gp[sl] = self.G[j]
+        self.gp[sl] = self.gram.row(j)
         self.gp_idx[sl] = j
         self.slot[j] = sl
 
@@ -221,9 +325,9 @@ class _LawsonHanson:
     def append(self, j: int) -> bool:
         """Add column j to P; False (and no change) if it is dependent on P."""
         k = self.k
-        g_jj = float(self.G[j, j])
+        g_jj = float(self.gram.diag[j])
         if k:
-            r = self._fwd(np.asarray(self.G[j, self.pidx[:k]], dtype=np.float64))
+            r = self._fwd(self.gram.entries(j, self.pidx[:k]))
             schur = g_jj - float(r @ r)
         else:
             r = np.zeros(0)
@@ -313,10 +417,8 @@ class _LawsonHanson:
             return True
         cols = cols[np.argsort(-self.x[cols], kind="stable")]
         sc = self.s[cols]
-        gs = self.G[np.ix_(cols, cols)].astype(np.float64, copy=False)
-        gs /= sc[:, None]
-        gs /= sc[None, :]
-        c, info = dpotrf(gs, lower=0, clean=1)
+        gs = self._scaled_block(cols, sc)
+        c, info = dpotrf(gs, lower=0, clean=1, overwrite_a=1)  # in place if Fortran-ordered
         if info == 0 and float(np.min(np.diagonal(c))) ** 2 > _DEP_TOL:
             kept = cols
             rank = cols.size
@@ -325,6 +427,7 @@ class _LawsonHanson:
             self.x[cols] = 0.0
             return False
         else:
+            gs = self._scaled_block(cols, sc)  # dpotrf may have overwritten it
             c, piv, rank, info = dpstrf(gs, tol=_DEP_TOL, lower=0)
             if info < 0:  # pragma: no cover - invalid argument, should not happen
                 raise LinAlgError(f"dpstrf failed with info={info}")
@@ -342,12 +445,18 @@ class _LawsonHanson:
         self.pidx[:rank] = kept
         self.in_p[kept] = True
         if self.gp is not None:
-            self.gp[:rank] = self.G[kept]
+            self.gp[:rank] = self.gram.rows(kept)
             self.gp_idx[:rank] = kept
             self.slot[kept] = np.arange(rank)
         self.k = rank
         self._refresh_u()
         return True
+
+    def _scaled_block(self, cols: np.ndarray, sc: np.ndarray) -> np.ndarray:
+        gs = self.gram.block(cols)
+        gs /= sc[:, None]
+        gs /= sc[None, :]
+        return gs
 
     # ----- Lawson-Hanson --------------------------------------------------- #
     def dual(self) -> np.ndarray:
@@ -355,7 +464,7 @@ class _LawsonHanson:
         if k == 0:
             return self.b.copy()
         if self.gp is None:
-            return self.b - gram_times(self.G, self.x)
+            return self.b - self.gram.times(self.x)
         return self.b - self.x[self.gp_idx[:k]] @ self.gp[:k]
 
     def inner(self, new: int | None) -> tuple[str, bool]:
@@ -462,6 +571,7 @@ class _LawsonHanson:
                 return True
             if self.iterations >= self.max_iter:
                 return False
+            self.gram.prefetch(batch)
             for pos, j in enumerate(batch):
                 j = int(j)
                 if self.iterations >= self.max_iter:
@@ -470,7 +580,7 @@ class _LawsonHanson:
                     if self.in_p[j] or neg_blocked[j] or dep_blocked[j]:
                         continue
                     kk = self.k
-                    wj = b[j] - float(self.G[j, self.pidx[:kk]] @ x[self.pidx[:kk]])
+                    wj = b[j] - float(self.gram.entries(j, self.pidx[:kk]) @ x[self.pidx[:kk]])
                     if not wj / s[j] > tol_eff:
                         continue
                 self.iterations += 1
@@ -549,4 +659,36 @@ def _active_set(G, b, x0, tol_abs, max_iter=None):
     if max_iter is None:
         max_iter = 3 * n + 10
     lh = _LawsonHanson(G, b, s, valid, tol_abs, int(max_iter))
+    return lh.solve(x0)
+
+
+def nnls_rows(
+    A: np.ndarray,
+    b: np.ndarray,
+    *,
+    x0: np.ndarray | None = None,
+    tol: float = 1e-10,
+    max_iter: int | None = None,
+) -> np.ndarray:
+    """:func:`nnls_gram` for ``G = A A^T`` given the float32 rows ``A`` (n, D) instead of
+    G: ``min ||A^T x - y||, x >= 0`` with ``b = A y``. Memory ``O(n D + |P|^2)`` instead of
+    ``O(n^2)``: the factor of the passive set is the only square matrix held, and with
+    more rows than dimensions ``|P| <= D``. Every entry of G is the float64 product of
+    two rows (``nnls_gram`` of the float64 Gram matrix of these rows, not of a float32 one)."""
+    A = np.asarray(A)
+    b = np.asarray(b, dtype=np.float64)
+    if A.ndim != 2 or b.shape != (A.shape[0],):
+        raise ValueError(f"A must be (n, D) and b (n,), got {A.shape} and {b.shape}")
+    if not (np.isfinite(b).all() and np.isfinite(A).all()):
+        raise ValueError("A and b must be finite")
+    n = b.shape[0]
+    x0 = _warm(x0, n)
+    if n == 0:
+        return np.zeros(0)
+    gram = _RowGram(A)
+    s, valid, _, bscale = _diagonal_scaling(gram.diag, b)
+    if bscale == 0.0:
+        return np.zeros(n)
+    lh = _LawsonHanson(gram, b, s, valid, tol * bscale,
+                       3 * n + 10 if max_iter is None else int(max_iter))
     return lh.solve(x0)

@@ -516,7 +516,7 @@ def test_input_validation():
 
 @pytest.mark.parametrize("shape,seed", [((40, 300), 0), ((300, 120), 1), ((64, 900), 2)])
 def test_float32_gram_gives_the_float64_answer(shape, seed):
-    """A float32 Gram matrix (what the final fit now stores: half the memory) is read
+    """A float32 Gram matrix (what the pursuits' refits may hold: half the memory) is read
     exactly: the solution equals, bit for bit, the one from the same values in float64,
     including wide problems whose passive set outgrows half the columns (the dual then
     comes from G itself, read in blocks) and dependent columns (copies)."""
@@ -540,10 +540,10 @@ def test_float32_gram_gives_the_float64_answer(shape, seed):
 
 @pytest.mark.parametrize("k,d", [(300, 512), (1500, 256)])
 def test_fit_rows_matches_scipy_nnls_on_the_rows(k, d):
-    """The fit every LESS, random and OMP selection reports (float32 rows, float32 Gram):
-    its residual is scipy's NNLS residual on the same rows; with more rows than dimensions
-    the target lies in their cone (scipy: ~1e-15) and the float32 products bound the fit to
-    about 1e-4 of ||y||."""
+    """The fit every LESS, random and OMP selection reports (float32 rows, float64
+    products): its residual is scipy's NNLS residual on the same rows; with more rows than
+    dimensions the target lies in their cone and both fit it exactly (seen: 6e-15 here;
+    a fit from a float32 Gram matrix stopped near 1e-6)."""
     import torch
 
     from gradstore.selectors.omp import fit_rows
@@ -560,7 +560,7 @@ def test_fit_rows_matches_scipy_nnls_on_the_rows(k, d):
         assert expected > 0.1
         assert res == pytest.approx(expected, rel=1e-6)
     else:
-        assert expected < 1e-12 and res < 1e-4
+        assert expected < 1e-12 and res < 1e-10
     assert res == pytest.approx(np.linalg.norm(A64.T @ W[:, 0] - y) / np.linalg.norm(y),
                                 rel=1e-9)
 
@@ -583,7 +583,7 @@ def test_fit_rows_on_working_sets_is_scipy_nnls(n, d, working, nonneg):
     direct, res_direct = fit_rows(torch.from_numpy(A), y)
     ref, rnorm = scipy_nnls(A.astype(np.float64).T, y)
     assert (W >= 0).all() and 0 < (W > 0).sum() < n
-    # seen here: <= 1e-7 apart (the float32 Gram's rounding); a missed violating row moves
+    # seen here: <= 4e-16 apart (float64 products); a missed violating row moves
     # weights by ~1e-1, so 1e-5 leaves room for another CPU's summation order
     np.testing.assert_allclose(W[:, 0], ref, atol=1e-5)
     np.testing.assert_allclose(W, direct, atol=1e-5)
@@ -594,9 +594,9 @@ def test_fit_rows_on_working_sets_is_scipy_nnls(n, d, working, nonneg):
 @pytest.mark.parametrize("seed", range(5))
 def test_fit_rows_with_more_rows_than_dimensions_reaches_the_exact_fit(seed):
     """300 float32 rows in 40 dimensions and a target in their cone: scipy fits it exactly
-    (~1e-15). The fit from float32 products stops at their rounding (seen: 3e-7 to 1.1e-6)
-    instead of adding columns on rounding noise (it ended at 0.046 with 44 passive columns
-    of rank 40 before its tolerance matched the products' precision)."""
+    (~1e-15), and so does the fit (seen: 6e-16 to 1.3e-15). A fit from float32 products
+    stopped at their rounding (3e-7 to 1.1e-6), and before its tolerance matched that
+    precision it added columns on rounding noise and ended at 0.046."""
     import torch
 
     from gradstore.selectors.omp import fit_rows
@@ -606,4 +606,59 @@ def test_fit_rows_with_more_rows_than_dimensions_reaches_the_exact_fit(seed):
     y = rng.standard_normal(40) + 0.5 * A[:7].astype(np.float64).sum(0)
     W, res = fit_rows(torch.from_numpy(A), y)
     assert scipy_nnls(A.astype(np.float64).T, y)[1] < 1e-10 * np.linalg.norm(y)
-    assert (W >= 0).all() and res < 1e-5, res
+    assert (W >= 0).all() and res < 1e-10, res
+
+
+@pytest.mark.parametrize("n,d", [(40, 120), (300, 40), (500, 64)])
+def test_nnls_rows_is_the_nnls_of_the_rows_float64_gram(n, d):
+    """``nnls_rows`` (the fits' solver: G's entries computed from float32 rows when
+    needed) solves the problem of the rows' float64 Gram matrix: scipy's NNLS objective
+    on the rows and ``nnls_gram`` of ``A A^T`` formed in float64; with duplicated and zero
+    rows and a target in the rows' cone (n > d: scipy fits it exactly)."""
+    from gradstore.selectors.nnls import nnls_rows
+
+    rng = np.random.default_rng(n + d)
+    A = rng.standard_normal((n, d)).astype(np.float32)
+    A[5] = A[3]
+    A[7] = 0.0
+    A64 = A.astype(np.float64)
+    y = rng.standard_normal(d) + (0.5 * A64[:9].sum(0) if n > d else 0.0)
+    b = A64 @ y
+    x = nnls_rows(A, b)
+    _assert_valid(x, n)
+    assert x[7] == 0.0
+    ref, f_ref = _reference(A64.T, y)
+    _assert_objective(A64.T, y, x, f_ref)
+    live = np.arange(n) != 7  # the zero row has no scaled dual
+    _assert_kkt(A64[live] @ A64[live].T, b[live], x[live], 1e-8)
+    np.testing.assert_allclose(A64.T @ x, A64.T @ nnls_gram(A64 @ A64.T, b), atol=1e-6)
+
+
+def test_nnls_rows_holds_no_square_matrix_of_the_rows():
+    """3000 rows of 64 dims: the solver's arrays stay under 4 MB (traced numpy
+    allocations; the rows' Gram matrix alone is 36 MB in float32), and the fit every LESS
+    and random selection reports (``fit_rows``) holds no more: the factor of at most 64
+    passive rows, blocks of 256 rows in float64, one batch of G's rows."""
+    import tracemalloc
+
+    import torch
+
+    from gradstore.selectors.nnls import nnls_rows
+    from gradstore.selectors.omp import fit_rows
+
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((3000, 64)).astype(np.float32)
+    y = rng.standard_normal(64) + A[:20].astype(np.float64).sum(0)
+    b = A.astype(np.float64) @ y
+    tracemalloc.start()
+    try:
+        x = nnls_rows(A, b, tol=1e-6)
+        solver_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        W, res = fit_rows(torch.from_numpy(A), y)
+        fit_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert solver_peak < 4 * 2**20 and fit_peak < 4 * 2**20, (solver_peak, fit_peak)
+    assert 0 < (x > 0).sum() <= 64 and res < 1e-5
+    assert np.linalg.norm(A.astype(np.float64).T @ x - y) < 1e-5 * np.linalg.norm(y)
