@@ -123,6 +123,7 @@ class _DenseGram:
 
     def __init__(self, G: np.ndarray) -> None:
         self.G = G
+        self.rank_bound = len(G)
         self.diag = np.diagonal(G).astype(np.float64)
 
     def prefetch(self, cols: np.ndarray) -> None:
@@ -151,8 +152,8 @@ ROWS_BLOCK = 256
 
 class _RowGram:
     """The entries of ``G = A A^T`` computed from float32 rows ``A`` (n, D) when needed,
-    never the n x n matrix. Every entry is the float64 product of two float32 rows, the
-    same value wherever it is computed, so the solver sees one exact Gram matrix. Memory:
+    never the n x n matrix. Every entry is a float64 product of two float32 rows (exact to
+    float64 rounding, with no float32 rounding of the products). Memory:
     the rows, ``ROWS_BLOCK`` of them in float64 at a time, and the rows of G of one batch
     of entering columns; the solver holds no rows of G (``holds_rows``) and takes its dual
     as ``A (A^T x)``."""
@@ -162,14 +163,20 @@ class _RowGram:
     def __init__(self, A: np.ndarray) -> None:
         self.A = A
         n = len(A)
+        self.rank_bound = min(A.shape)  # no more passive columns than G's rank
         self.diag = np.zeros(n)
-        for s, blk in zip(range(0, n, ROWS_BLOCK), self._blocks(np.arange(n)), strict=True):
+        for s, blk in self._all_blocks():
             self.diag[s : s + len(blk)] = np.einsum("ij,ij->i", blk, blk)
         self.cached: dict[int, np.ndarray] = {}
 
     def _blocks(self, idx: np.ndarray):
         for s in range(0, len(idx), ROWS_BLOCK):
             yield self.A[idx[s : s + ROWS_BLOCK]].astype(np.float64)
+
+    def _all_blocks(self):
+        """(first row, float64 block) over every row."""
+        for s in range(0, len(self.A), ROWS_BLOCK):
+            yield s, self.A[s : s + ROWS_BLOCK].astype(np.float64)
 
     def _products(self, left: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """``A[left] A[cols]^T`` in float64 (``left`` at most ``ROWS_BLOCK`` long)."""
@@ -182,7 +189,10 @@ class _RowGram:
     def prefetch(self, cols: np.ndarray) -> None:
         """The rows of G of ``cols`` (the columns about to enter), in one pass over A."""
         cols = np.asarray(cols, dtype=np.intp)
-        rows = self._products(cols, np.arange(len(self.A)))
+        rows = np.empty((len(cols), len(self.A)))
+        left = self.A[cols].astype(np.float64)
+        for s, blk in self._all_blocks():
+            rows[:, s : s + len(blk)] = left @ blk.T
         self.cached = {int(j): rows[i] for i, j in enumerate(cols)}
 
     def entries(self, j: int, idx: np.ndarray) -> np.ndarray:
@@ -206,8 +216,7 @@ class _RowGram:
         for s, blk in zip(range(0, len(nz), ROWS_BLOCK), self._blocks(nz), strict=True):
             v += x[nz[s : s + ROWS_BLOCK]] @ blk
         out = np.empty(len(self.A))
-        for s, blk in zip(range(0, len(self.A), ROWS_BLOCK),
-                          self._blocks(np.arange(len(self.A))), strict=True):
+        for s, blk in self._all_blocks():
             out[s : s + len(blk)] = blk @ v
         return out
 
@@ -258,8 +267,8 @@ class _LawsonHanson:
     def _reserve(self, k: int) -> None:
         if k <= self.cap:
             return
-        # grow by 1.25x: old and new factor held together come to ~2.6 k^2, not 5 k^2
-        cap = min(self.n, max(k, self.cap + self.cap // 4, 32))
+        # double, but not past the rank the rows allow (a factor's growth holds old and new)
+        cap = min(self.n, max(k, min(self.gram.rank_bound, 2 * self.cap), 32))
         ab = np.zeros((cap, cap), order="F")
         if self.k:
             ab[cap - self.cap :, : self.k] = self.ab[:, : self.k]

@@ -116,6 +116,9 @@ def test_take_reads_in_chunks_into_place(fragmented, rng, monkeypatch):
 
     src, X = fragmented
     monkeypatch.setattr(lance_source, "TAKE_ROWS", 7)
+    monkeypatch.setattr(lance_source, "SMALL_TAKE_ROWS", 3)  # under a small budget
     rows = np.concatenate([rng.permutation(230)[:60], [5, 5, 229, 0]])
-    np.testing.assert_array_equal(src.take(rows).numpy(), X[rows])
-    assert src.take(np.array([], dtype=np.int64)).shape == (0, X.shape[1])
+    for ranged in (False, True):
+        src.ranged_reads = ranged
+        np.testing.assert_array_equal(src.take(rows).numpy(), X[rows])
+        assert src.take(np.array([], dtype=np.int64)).shape == (0, X.shape[1])
