@@ -61,24 +61,24 @@ def _block_scores(
     buf: torch.Tensor, center: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Correlations of one raw block (b, T*d) with R (T*d, C): (block * mult) @ R, (b, C).
-    A block may come as its T checkpoints' (b, d) rows (a streamed source's own arrays),
-    each converted straight into its place in the buffer.
+    A block may come as its T checkpoints' (b, d) rows (a streamed source's own arrays).
 
-    The per-row, per-checkpoint multipliers are applied while converting into the
-    float32 buffer, so the product is one contiguous matmul (a strided per-checkpoint
-    product ran ~5x slower here). A centred pool subtracts ``mult @ center`` (the
-    centre's share of each correlation, ``center`` from ``StackedPool.center_terms``).
+    One checkpoint at a time: its rows are converted into the contiguous float32 buffer
+    ``buf`` (at least b*d elements), multiplied by its rows of R, and the (b, C) products
+    are summed with the per-row, per-checkpoint multipliers. A checkpoint's buffer stays
+    in cache between the conversion and the product; converting the whole block, scaling
+    it in place and taking one product passed over 4x more memory (a 50K x 4 x 1024 scan:
+    0.061 s against 0.040 s in RAM, 0.167 s against 0.118 s streamed). A centred pool
+    subtracts ``mult @ center`` (the centre's share of each correlation, ``center`` from
+    ``StackedPool.center_terms``).
     """
     b, T = mult.shape
-    x = buf[:b]
-    if isinstance(block, list):  # each checkpoint's (b, d) rows, straight into place
-        xv = x.view(b, T, -1)
-        for t, part in enumerate(block):
-            xv[:, t].copy_(part)
-    else:
-        x.copy_(block)  # float16 -> float32 into a reused buffer: faster than a fused mul
-    x.view(b, T, -1).mul_(mult[:, :, None])
-    out = x @ R
+    d = R.shape[0] // T
+    x = buf.view(-1)[: b * d].view(b, d)
+    out = torch.zeros((b, R.shape[1]), device=R.device)
+    for t in range(T):
+        x.copy_(block[t] if isinstance(block, list) else block[:, t * d : (t + 1) * d])
+        out.addcmul_(x @ R[t * d : (t + 1) * d], mult[:, t : t + 1])
     if center is not None:
         out -= mult @ center
     return out
@@ -275,7 +275,7 @@ def correlation_scan(
         raise ValueError(f"R has {R.shape[0]} rows, the pool has width {width}")
     Rt, mult, center, penalties, excl = _scan_inputs(pool, R, queries, dev.device)
     top = _TopM(len(queries), max(1, max(min(q.m, pool.num_rows) for q in queries)), dev.device)
-    fbuf = torch.empty((source.block_rows, width), device=dev.device)
+    fbuf = torch.empty((source.block_rows, source.dim), device=dev.device)
     old_threads = torch.get_num_threads()
     try:
         if source.scan_threads:
@@ -284,7 +284,7 @@ def correlation_scan(
             for start, block in dev.blocks(source, source.block_rows):
                 b = (block[0] if isinstance(block, list) else block).shape[0]
                 if fbuf.shape[0] < b:
-                    fbuf = torch.empty((b, width), device=dev.device)
+                    fbuf = torch.empty((b, source.dim), device=dev.device)
                 corr = _block_scores(block, mult[start : start + b], Rt, fbuf, center)
                 if not bool(torch.isfinite(corr).all()):
                     raise _not_finite(corr, start)
