@@ -146,7 +146,7 @@ class _DenseGram:
         return gram_times(self.G, x)
 
 
-ROWS_BLOCK = 256
+ROWS_BLOCK = 64
 """Rows of ``A`` a :class:`_RowGram` converts to float64 at a time."""
 
 

@@ -53,6 +53,16 @@ def _mallopt(param: int, value: int) -> None:
         pass
 
 
+def release_free_pages() -> None:
+    """Return the free pages of every glibc heap to the system (``malloc_trim``): Lance's
+    reading threads free their buffers into heaps of their own, which a trim threshold
+    does not shrink. glibc only, a no-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 @contextmanager
 def large_frees_released(threshold: int = LARGE_ALLOCATION) -> Iterator[None]:
     """Within: serve allocations of ``threshold`` bytes or more with their own
@@ -363,6 +373,8 @@ class LanceSource:
             for t, name in enumerate(self.columns):
                 arr = _tensor(fixed_list_to_numpy(tbl.column(name), d))
                 out[:, t * d : (t + 1) * d].index_copy_(0, place, arr.float())
+        if self.ranged_reads:  # a small budget: what the reads freed goes back
+            release_free_pages()
         return out
 
     def load(self) -> torch.Tensor:
