@@ -83,3 +83,25 @@ def test_random_subset_seeded():
     assert a.tolist() == random_subset(1000, 50, seed=3).tolist()
     assert a.tolist() != random_subset(1000, 50, seed=4).tolist()
     assert len(set(a.tolist())) == 50
+
+
+def test_block_scores_of_a_streamed_block_equal_the_block_in_ram():
+    """A block's correlations, given as one (b, T*d) tensor (a pool in RAM) or as its T
+    checkpoints' arrays (streamed), are ((block * mult) @ R) in float64 to float32
+    precision, and the two agree to 1e-6 (seen here: equal), for one column of R (one
+    checkpoint at a time) and for more than ``PER_CHECKPOINT_COLUMNS`` (one product)."""
+    from gradstore.selectors.scan import PER_CHECKPOINT_COLUMNS, _block_scores
+
+    rng = np.random.default_rng(5)
+    b, T, d = 37, 3, 40
+    block = torch.from_numpy(rng.standard_normal((b, T * d)).astype(np.float16))
+    parts = [block[:, t * d : (t + 1) * d].contiguous() for t in range(T)]
+    mult = torch.from_numpy(rng.uniform(0.2, 3.0, (b, T)).astype(np.float32))
+    for C in (1, PER_CHECKPOINT_COLUMNS + 2):
+        R = torch.from_numpy(rng.standard_normal((T * d, C)).astype(np.float32))
+        expected = ((block.double().view(b, T, d) * mult.double()[:, :, None]).view(b, -1)
+                    @ R.double()).numpy()
+        in_ram = _block_scores(block, mult, R, torch.empty(64, T * d)).numpy()
+        streamed = _block_scores(parts, mult, R, torch.empty(64, T * d)).numpy()
+        np.testing.assert_allclose(in_ram, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+        np.testing.assert_allclose(streamed, in_ram, rtol=1e-6, atol=1e-6 * np.abs(in_ram).max())
