@@ -120,6 +120,7 @@ class _DenseGram:
     """Entries of a Gram matrix held in memory (float32 or float64)."""
 
     holds_rows = True  # copying rows of G is cheap: the solver caches the passive ones
+    batch = _MAX_BATCH
 
     def __init__(self, G: np.ndarray) -> None:
         self.G = G
@@ -148,6 +149,8 @@ class _DenseGram:
 
 ROWS_BLOCK = 64
 """Rows of ``A`` a :class:`_RowGram` converts to float64 at a time."""
+WIDE_BATCH = 128
+"""Columns added per dual evaluation when a :class:`_RowGram` holds its rows in float64."""
 
 
 class _RowGram:
@@ -160,8 +163,12 @@ class _RowGram:
 
     holds_rows = False
 
-    def __init__(self, A: np.ndarray) -> None:
-        self.A = A
+    def __init__(self, A: np.ndarray, keep_float64: bool = False) -> None:
+        self.A = A.astype(np.float64) if keep_float64 else A
+        # held in float64, the rows need no conversion: one block, and more entering
+        # columns share each pass over them
+        self.rows_per_block = max(1, len(A)) if keep_float64 else ROWS_BLOCK
+        self.batch = WIDE_BATCH if keep_float64 else _MAX_BATCH
         n = len(A)
         self.rank_bound = min(A.shape)  # no more passive columns than G's rank
         self.diag = np.zeros(n)
@@ -170,19 +177,20 @@ class _RowGram:
         self.cached: dict[int, np.ndarray] = {}
 
     def _blocks(self, idx: np.ndarray):
-        for s in range(0, len(idx), ROWS_BLOCK):
-            yield self.A[idx[s : s + ROWS_BLOCK]].astype(np.float64)
+        for s in range(0, len(idx), self.rows_per_block):
+            yield self.A[idx[s : s + self.rows_per_block]].astype(np.float64, copy=False)
 
     def _all_blocks(self):
         """(first row, float64 block) over every row."""
-        for s in range(0, len(self.A), ROWS_BLOCK):
-            yield s, self.A[s : s + ROWS_BLOCK].astype(np.float64)
+        for s in range(0, len(self.A), self.rows_per_block):
+            yield s, self.A[s : s + self.rows_per_block].astype(np.float64, copy=False)
 
     def _products(self, left: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """``A[left] A[cols]^T`` in float64 (``left`` at most ``ROWS_BLOCK`` long)."""
         out = np.empty((len(left), len(cols)))
-        rows = self.A[left].astype(np.float64)
-        for s, blk in zip(range(0, len(cols), ROWS_BLOCK), self._blocks(cols), strict=True):
+        rows = self.A[left].astype(np.float64, copy=False)
+        step = self.rows_per_block
+        for s, blk in zip(range(0, len(cols), step), self._blocks(cols), strict=True):
             out[:, s : s + len(blk)] = rows @ blk.T
         return out
 
@@ -190,7 +198,7 @@ class _RowGram:
         """The rows of G of ``cols`` (the columns about to enter), in one pass over A."""
         cols = np.asarray(cols, dtype=np.intp)
         rows = np.empty((len(cols), len(self.A)))
-        left = self.A[cols].astype(np.float64)
+        left = self.A[cols].astype(np.float64, copy=False)
         for s, blk in self._all_blocks():
             rows[:, s : s + len(blk)] = left @ blk.T
         self.cached = {int(j): rows[i] for i, j in enumerate(cols)}
@@ -205,16 +213,17 @@ class _RowGram:
         Fortran order, so that LAPACK factors it in place."""
         cols = np.asarray(cols, dtype=np.intp)
         out = np.empty((len(cols), len(cols)), order="F")
-        for s in range(0, len(cols), ROWS_BLOCK):
-            out[s : s + ROWS_BLOCK] = self._products(cols[s : s + ROWS_BLOCK], cols)
+        step = self.rows_per_block
+        for s in range(0, len(cols), step):
+            out[s : s + step] = self._products(cols[s : s + step], cols)
         return out
 
     def times(self, x: np.ndarray) -> np.ndarray:
         """``A (A^T x)`` in float64, ``A^T x`` over the rows where ``x`` is non-zero."""
         nz = np.flatnonzero(x)
         v = np.zeros(self.A.shape[1])
-        for s, blk in zip(range(0, len(nz), ROWS_BLOCK), self._blocks(nz), strict=True):
-            v += x[nz[s : s + ROWS_BLOCK]] @ blk
+        for s, blk in zip(range(0, len(nz), self.rows_per_block), self._blocks(nz), strict=True):
+            v += x[nz[s : s + self.rows_per_block]] @ blk
         out = np.empty(len(self.A))
         for s, blk in self._all_blocks():
             out[s : s + len(blk)] = blk @ v
@@ -569,7 +578,7 @@ class _LawsonHanson:
             # only the best one; taking a few more (each re-checked against the
             # current dual, O(k)) amortises the O(n k) full dual over several
             # additions without losing the descent / termination guarantees.
-            nb = min(_MAX_BATCH, max(1, n // 64))
+            nb = min(self.gram.batch, max(1, n // 64))
             if nb == 1:
                 batch = np.array([int(np.argmax(cand))])
             else:
@@ -678,12 +687,15 @@ def nnls_rows(
     x0: np.ndarray | None = None,
     tol: float = 1e-10,
     max_iter: int | None = None,
+    keep_float64: bool = False,
 ) -> np.ndarray:
     """:func:`nnls_gram` for ``G = A A^T`` given the float32 rows ``A`` (n, D) instead of
     G: ``min ||A^T x - y||, x >= 0`` with ``b = A y``. Memory ``O(n D + |P|^2)`` instead of
     ``O(n^2)``: the factor of the passive set is the only square matrix held, and with
     more rows than dimensions ``|P| <= D``. Every entry of G is the float64 product of
-    two rows (``nnls_gram`` of the float64 Gram matrix of these rows, not of a float32 one)."""
+    two rows (``nnls_gram`` of the float64 Gram matrix of these rows, not of a float32 one).
+    ``keep_float64`` holds a float64 copy of the rows (n D 8 bytes) instead of converting
+    ``ROWS_BLOCK`` of them on every pass: faster, where that memory is affordable."""
     A = np.asarray(A)
     b = np.asarray(b, dtype=np.float64)
     if A.ndim != 2 or b.shape != (A.shape[0],):
@@ -694,7 +706,7 @@ def nnls_rows(
     x0 = _warm(x0, n)
     if n == 0:
         return np.zeros(0)
-    gram = _RowGram(A)
+    gram = _RowGram(A, keep_float64)
     s, valid, _, bscale = _diagonal_scaling(gram.diag, b)
     if bscale == 0.0:
         return np.zeros(n)

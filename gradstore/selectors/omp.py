@@ -193,7 +193,8 @@ def working_set_nnls(A: torch.Tensor, y: np.ndarray, working: int) -> np.ndarray
     x = np.zeros(len(A))
     for _ in range(WORKING_SET_ROUNDS):
         Aw = A.index_select(0, torch.from_numpy(ws))
-        xw = nnls_rows(Aw.numpy(), b[ws], x0=x[ws], tol=FIT_TOL)
+        xw = nnls_rows(Aw.numpy(), b[ws], x0=x[ws], tol=FIT_TOL,
+                       keep_float64=True)  # W D 8 bytes: what a float32 Gram of W held
         x[:] = 0.0
         x[ws] = xw
         kept = ws[xw > 0]
