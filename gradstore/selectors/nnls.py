@@ -156,10 +156,10 @@ WIDE_BATCH = 128
 class _RowGram:
     """The entries of ``G = A A^T`` computed from float32 rows ``A`` (n, D) when needed,
     never the n x n matrix. Every entry is a float64 product of two float32 rows (exact to
-    float64 rounding, with no float32 rounding of the products). Memory:
-    the rows, ``ROWS_BLOCK`` of them in float64 at a time, and the rows of G of one batch
-    of entering columns; the solver holds no rows of G (``holds_rows``) and takes its dual
-    as ``A (A^T x)``."""
+    float64 rounding, with no float32 rounding of the products). Memory: the rows,
+    ``ROWS_BLOCK`` of them in float64 at a time (all of them, held in float64, with
+    ``keep_float64``), and the rows of G of one batch of entering columns; the solver
+    holds no rows of G (``holds_rows``) and takes its dual as ``A (A^T x)``."""
 
     holds_rows = False
 
@@ -186,7 +186,7 @@ class _RowGram:
             yield s, self.A[s : s + self.rows_per_block].astype(np.float64, copy=False)
 
     def _products(self, left: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """``A[left] A[cols]^T`` in float64 (``left`` at most ``ROWS_BLOCK`` long)."""
+        """``A[left] A[cols]^T`` in float64 (``left``: a block's length at most)."""
         out = np.empty((len(left), len(cols)))
         rows = self.A[left].astype(np.float64, copy=False)
         step = self.rows_per_block
@@ -209,8 +209,8 @@ class _RowGram:
         return self._products(np.array([j]), np.asarray(idx, dtype=np.intp))[0]
 
     def block(self, cols: np.ndarray) -> np.ndarray:
-        """``G[cols, cols]`` as a new float64 array, ``ROWS_BLOCK`` rows at a time; in
-        Fortran order, so that LAPACK factors it in place."""
+        """``G[cols, cols]`` as a new float64 array, a block of rows at a time; in Fortran
+        order, so that LAPACK factors it in place."""
         cols = np.asarray(cols, dtype=np.intp)
         out = np.empty((len(cols), len(cols)), order="F")
         step = self.rows_per_block
@@ -246,8 +246,8 @@ class _LawsonHanson:
     """
 
     def __init__(self, G, b, s, valid, tol_abs, max_iter):
-        # G: a Gram matrix, or the access to its entries (:class:`_RowGram`)
-        self.gram = G if isinstance(G, _RowGram) else _DenseGram(G)
+        # G: a Gram matrix, or the access to its entries (_DenseGram, _RowGram)
+        self.gram = G if isinstance(G, (_DenseGram, _RowGram)) else _DenseGram(G)
         self.b, self.s, self.valid = b, s, valid
         self.tol_abs = tol_abs
         self.max_iter = max_iter
@@ -664,19 +664,19 @@ def nnls_gram(
     x0 = _warm(x0, n)
     if n == 0:
         return np.zeros(0)
-    bscale = _scaling(G, b)[3]
-    return _active_set(G, b, x0, tol * bscale, max_iter)
+    return _active_set(_DenseGram(G), b, x0, tol, max_iter)
 
 
-def _active_set(G, b, x0, tol_abs, max_iter=None):
-    """Lawson-Hanson on checked inputs with an absolute (scaled-dual) tolerance."""
+def _active_set(gram: _DenseGram | _RowGram, b: np.ndarray, x0: np.ndarray | None,
+                tol: float, max_iter: int | None) -> np.ndarray:
+    """Lawson-Hanson on checked inputs (n >= 1), ``tol`` relative to the largest scaled
+    ``|b|``; the solve both public functions run."""
     n = b.shape[0]
-    s, valid, bs, bscale = _scaling(G, b)
+    s, valid, _, bscale = _diagonal_scaling(gram.diag, b)
     if bscale == 0.0:
         return np.zeros(n)
-    if max_iter is None:
-        max_iter = 3 * n + 10
-    lh = _LawsonHanson(G, b, s, valid, tol_abs, int(max_iter))
+    lh = _LawsonHanson(gram, b, s, valid, tol * bscale,
+                       3 * n + 10 if max_iter is None else int(max_iter))
     return lh.solve(x0)
 
 
@@ -706,10 +706,4 @@ def nnls_rows(
     x0 = _warm(x0, n)
     if n == 0:
         return np.zeros(0)
-    gram = _RowGram(A, keep_float64)
-    s, valid, _, bscale = _diagonal_scaling(gram.diag, b)
-    if bscale == 0.0:
-        return np.zeros(n)
-    lh = _LawsonHanson(gram, b, s, valid, tol * bscale,
-                       3 * n + 10 if max_iter is None else int(max_iter))
-    return lh.solve(x0)
+    return _active_set(_RowGram(A, keep_float64), b, x0, tol, max_iter)

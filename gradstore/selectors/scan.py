@@ -96,18 +96,27 @@ def _block_scores(
         out = whole @ R
     else:
         out = torch.zeros((b, R.shape[1]), device=R.device)
-        for t in range(T):
-            if isinstance(block, list):
-                x = buf.view(-1)[: b * d].view(b, d)
-                x.copy_(block[t])
-            else:
-                if t == 0:
-                    whole.copy_(block)
-                x = whole[:, t * d : (t + 1) * d]
+        for t, x in enumerate(_checkpoints_float32(block, buf, whole, T, d)):
             out.addcmul_(x @ R[t * d : (t + 1) * d], mult[:, t : t + 1])
     if center is not None:
         out -= mult @ center
     return out
+
+
+def _checkpoints_float32(block: torch.Tensor | list[torch.Tensor], buf: torch.Tensor,
+                         whole: torch.Tensor, T: int, d: int):
+    """Each checkpoint's (b, d) rows of ``block`` in float32: a streamed checkpoint
+    converted into ``buf`` when its turn comes, a block in RAM converted into ``whole`` at
+    once and read in place (see :func:`_block_scores`)."""
+    if isinstance(block, list):
+        x = buf.view(-1)[: block[0].shape[0] * d].view(-1, d)
+        for part in block:
+            x.copy_(part)
+            yield x
+    else:
+        whole.copy_(block)
+        for t in range(T):
+            yield whole[:, t * d : (t + 1) * d]
 
 
 def _reduce(

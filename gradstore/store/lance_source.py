@@ -46,9 +46,10 @@ HEAP_ALLOCATION_MAX = 32 << 20
 with a trim threshold of twice that)."""
 
 
-def _mallopt(param: int, value: int) -> None:
+def _glibc(function: str, *args: int) -> None:
+    """Call one of glibc's allocator functions; a no-op where there is no glibc."""
     try:
-        ctypes.CDLL("libc.so.6").mallopt(param, value)
+        getattr(ctypes.CDLL("libc.so.6"), function)(*args)
     except (OSError, AttributeError):
         pass
 
@@ -57,10 +58,7 @@ def release_free_pages() -> None:
     """Return the free pages of every glibc heap to the system (``malloc_trim``): Lance's
     reading threads free their buffers into heaps of their own, which a trim threshold
     does not shrink. glibc only, a no-op elsewhere."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    _glibc("malloc_trim", 0)
 
 
 @contextmanager
@@ -75,12 +73,12 @@ def large_frees_released(threshold: int = LARGE_ALLOCATION) -> Iterator[None]:
     from the heaps again: left at 1 MB, every later temporary of a selection in RAM in the
     same process was mapped and unmapped (16 targets of the default gtp took 2x as long).
     glibc only, a no-op elsewhere."""
-    _mallopt(M_MMAP_THRESHOLD, threshold)
+    _glibc("mallopt", M_MMAP_THRESHOLD, threshold)
     try:
         yield
     finally:
-        _mallopt(M_MMAP_THRESHOLD, HEAP_ALLOCATION_MAX)
-        _mallopt(M_TRIM_THRESHOLD, 2 * HEAP_ALLOCATION_MAX)
+        _glibc("mallopt", M_MMAP_THRESHOLD, HEAP_ALLOCATION_MAX)
+        _glibc("mallopt", M_TRIM_THRESHOLD, 2 * HEAP_ALLOCATION_MAX)
 
 
 TAKE_ROWS = 1024
