@@ -108,9 +108,9 @@ def kill_at(proc: subprocess.Popen, seconds: float) -> bool:
 # --------------------------------------------------------------------------- the healthy store
 
 
-def build(work: Path, rng: np.random.Generator, model: Path | None, ray: bool) -> dict:
+def build(work: Path, rng: np.random.Generator, model: Path | None) -> dict:
     """The template store, its inputs, and the answers every trial is compared with
-    (``ray``: also ``select --ray local``'s)."""
+    (``select --ray local``'s is computed when a trial first needs it: :func:`ray_reference`)."""
     store_path = work / "template"
     store = gradstore.open(store_path)
     X = rng.standard_normal((N, 2, D)).astype(np.float32)
@@ -134,9 +134,6 @@ def build(work: Path, rng: np.random.Generator, model: Path | None, ray: bool) -
     ref = {"store": store_path, "data": data, "selection": sel.selection_id,
            "gtp": _answer(store_path, "gtp"), "less": _answer(store_path, "less"),
            "export": (work / "ref.jsonl").read_text(), "vectors": store.vectors("pool")}
-    if ray:
-        ref["ray"] = ray_answer(store_path)  # (it logs a selection too)
-        assert ref["ray"][0] == 0, ref["ray"]
     ref["logged"] = len(store.selections())
     if model is not None:
         ref["chat"] = write_chat(work / "chat.jsonl", CHAT_ROWS, rng)
@@ -162,6 +159,16 @@ def write_chat(path: Path, n: int, rng: np.random.Generator) -> Path:
 
 def _answer(store: Path, method: str):
     return _parsed(*run_cli("select", store, *SELECT, "--method", method))
+
+
+def ray_reference(ref: dict) -> tuple:
+    """``select --ray local``'s answer on a copy of the healthy store (the template stays
+    as it is: the select logs a selection), computed once, when first compared with."""
+    if "ray" not in ref:
+        copy = shutil.copytree(ref["store"], Path(ref["store"]).parent / "ray-reference")
+        ref["ray"] = ray_answer(copy)
+        assert ref["ray"][0] == 0, ref["ray"]
+    return ref["ray"]
 
 
 def ray_answer(store: Path):
@@ -397,7 +404,8 @@ def inline(ref: dict, store: Path, kind: str, rng: np.random.Generator):
         return kill_lock_holder(store)
     if kind == "ray-flip":
         what = damage(store, "flip", rng, table="pool")
-        return what, [("select-ray", _class(ray_answer(store), ref["ray"]))]
+        got = ray_answer(store)
+        return what, [("select-ray", _class(got, ray_reference(ref) if got[0] == 0 else None))]
     return kind, interrupt(ref, store, kind, rng)
 
 
@@ -507,7 +515,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = tiny_chat_model(work / "model")
-        ref = build(work, rng, model, ray)
+        ref = build(work, rng, model)
         ref_file = work / "ref.pkl"
         ref_file.write_bytes(pickle.dumps(ref))
         trials = run_trials(ref, ref_file, work, kinds, n, rng)

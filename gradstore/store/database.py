@@ -1,4 +1,4 @@
-"""Persistence: LanceDB tables of per-example gradient vectors, their metadata, and the
+"""Persistence: Lance tables of per-example gradient vectors, their metadata, and the
 selection log. Nothing here knows how vectors are computed or chosen."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import lance
-import lancedb
 import numpy as np
 import pyarrow as pa
 
 from gradstore.errors import GradstoreError, GradstoreNote
 from gradstore.store import evaluations as evals
+from gradstore.store import tables as folder
 from gradstore.store.importing import (
     validate_ids,
     validate_vectors,
@@ -108,8 +108,8 @@ def _norms(stored: np.ndarray) -> np.ndarray:
 
 
 class Database:
-    """The store's persistence: LanceDB tables of per-example gradient vectors, their
-    provenance, and the selection log, at a local path (or any URI LanceDB supports).
+    """The store's persistence: Lance tables of per-example gradient vectors, their
+    provenance, and the selection log, at a local path (or any URI Lance supports).
 
     Everything here reads or writes Lance; what the rows mean is decided above it
     (ingestion, selection, import and export are operations over a Database)."""
@@ -126,15 +126,12 @@ class Database:
             Path(self.uri).mkdir(parents=True, exist_ok=True)  # two writers may race here
         if local and not Path(self.uri).is_dir():
             raise GradstoreError(f"store {self.uri!r} is a file, not a directory")
-        self.db = lancedb.connect(self.uri)
         self.ledger = VersionLedger(self.uri)
         self.pins: dict[str, lance.LanceDataset] = {}
 
     # ---------------------------------------------------------------- tables
     def all_tables(self) -> list[str]:
-        res = self.db.list_tables()
-        names = getattr(res, "tables", res)
-        return sorted(n for n in names if not self.uncommitted(n))
+        return [n for n in folder.table_names(self.uri) if not self.uncommitted(n)]
 
     def uncommitted(self, table: str) -> bool:
         """Whether ``table``'s folder holds only what a first write left when it was killed
@@ -190,7 +187,7 @@ class Database:
                                    or table in (SELECTIONS_TABLE, evals.EVALUATIONS_TABLE))
         seen = self.ledger.seen(table) if check else None  # before opening: see VersionLedger
         with reading(table):
-            ds = self.db.open_table(table).to_lance()
+            ds = lance.dataset(folder.table_uri(self.uri, table))
             if check:
                 self.ledger.check(table, seen, ds.version, ds.count_rows(), ds.schema)
         if not table.startswith("_"):
@@ -401,7 +398,7 @@ class Database:
             # 2.0 files scanned fastest for float16 vectors here (docs/storage.md)
             warnings.simplefilter("ignore", DeprecationWarning)
             self.clear_uncommitted(table)
-            self.db.create_table(table, data=reader, data_storage_version="2.0")
+            folder.create(self.uri, table, reader, storage_version="2.0")
         self.committed(table)
 
     def append_rows(self, table: str, block: RowBlock) -> None:
@@ -415,7 +412,7 @@ class Database:
             )
         schema = ds.schema
         batch = self.record_batch(schema, meta, block)
-        self.db.open_table(table).add(pa.Table.from_batches([batch], schema=schema))
+        folder.append(self.uri, table, pa.Table.from_batches([batch], schema=schema))
         self.committed(table)
 
     def update_ingest_state(self, table: str, state: dict[str, Any]) -> None:
@@ -445,7 +442,7 @@ class Database:
 
     def drop_table(self, table: str) -> None:
         self.dataset(table)  # a clear error when missing
-        self.db.drop_table(table)
+        folder.drop(self.uri, table)
         self.ledger.forget(table)
 
     def add_checkpoint(
@@ -615,11 +612,11 @@ class Database:
 
     def plain_table(self, name: str, schema: pa.Schema | None = None):
         """A hidden bookkeeping table (a staging record, a log), opened, or created empty
-        with ``schema`` when given and missing; a LanceDB table (``add``, ``to_arrow``)."""
+        with ``schema`` when given and missing (``add``, ``to_arrow``)."""
         if name not in self.all_tables() and schema is not None:
             self.clear_uncommitted(name)
-            return self.db.create_table(name, schema=schema)
-        return self.db.open_table(name)
+            folder.create(self.uri, name, schema.empty_table())
+        return folder.LogTable(self.uri, name)
 
     # ---------------------------------------------------------------- selections
     def selections_table(self):
@@ -628,8 +625,7 @@ class Database:
         if SELECTIONS_TABLE not in self.all_tables():
             return None
         self.dataset(SELECTIONS_TABLE)
-        with reading(SELECTIONS_TABLE):
-            return self.db.open_table(SELECTIONS_TABLE)
+        return folder.LogTable(self.uri, SELECTIONS_TABLE)
 
     def selections(self) -> list[Selection]:
         """Every stored selection (reading the whole log: a damaged log raises
@@ -690,12 +686,10 @@ class Database:
         with table_lock(self.uri, table, wait=True):
             if table in self.all_tables():
                 read_back()
-                with reading(table):
-                    tbl = self.db.open_table(table)
             else:
                 self.clear_uncommitted(table)
-                tbl = self.db.create_table(table, schema=schema)
-            tbl.add(pa.Table.from_pylist(rows, schema=schema))
+                folder.create(self.uri, table, schema.empty_table())
+            folder.append(self.uri, table, pa.Table.from_pylist(rows, schema=schema))
             self.committed(table)
 
     def save_evaluation(self, evaluation_id: str, selection_id: str, created: str,
