@@ -17,6 +17,10 @@ side in one process, on the same batches, in alternating rounds:
   (e) gradstore-factored: (c) with the factored projection (per module L G R^T from
       the layers' inputs and output gradients, in the hooks: the per-example gradient
       is never formed; same d).
+  (f) gradstore-hidden: `ingest --features hidden` on the same rows: forward passes only,
+      each example's final hidden states pooled (position-weighted mean, unit norm, RDS+)
+      into float16 rows of the model's hidden size (its model copy is loaded apart; the
+      load is reported as hidden_load_s).
 
 Peak resident memory is read per phase from /proc (VmHWM, reset before each).
 
@@ -42,9 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.smollm2 import smollm2_gguf  # noqa: E402
 from benchmarks.tiny_model import tiny_chat_model  # noqa: E402
-from gradstore.config import IngestConfig  # noqa: E402
+from gradstore.config import IngestConfig, with_options  # noqa: E402
 from gradstore.devices import resolve_device  # noqa: E402
 from gradstore.grads.factored_projection import FactoredProjector  # noqa: E402
+from gradstore.grads.hidden import HiddenStateRunner  # noqa: E402
 from gradstore.grads.ingestion import (  # noqa: E402
     RowWriter,
     create_table,
@@ -116,9 +121,10 @@ def less_loop(runner: GradientRunner, examples, projector, interval: int = 16) -
         projector.project(torch.stack(buf))
 
 
-def gradstore_loop(runner: GradientRunner, cfg: IngestConfig, plan, store_dir: Path) -> None:
+def gradstore_loop(runner: GradientRunner | HiddenStateRunner, cfg: IngestConfig, plan,
+                   store_dir: Path) -> None:
     db = Database(store_dir)
-    create_table(db, cfg, plan, runner.projector.spec)
+    create_table(db, cfg, plan, runner.spec)
     writer = RowWriter(db, cfg, plan)
     for block in runner.run(list(range(len(plan.examples)))):
         writer.add(block)
@@ -186,6 +192,13 @@ def main(argv: list[str] | None = None) -> None:
     runner = GradientRunner(cfg, plan, device, resolve_dtype("auto", device),
                             pad_token_id(tokenizer))
     t_load = time.perf_counter() - t0
+    hidden_cfg = with_options(cfg, features="hidden", grad_type=None)
+    hidden_plan, _ = plan_ingest(hidden_cfg, tokenizer)
+    assert [e.id for e in hidden_plan.examples] == [e.id for e in plan.examples]  # same rows
+    t0 = time.perf_counter()
+    hidden = HiddenStateRunner(hidden_cfg, hidden_plan, device, resolve_dtype("auto", device),
+                               pad_token_id(tokenizer))
+    t_hidden_load = time.perf_counter() - t0
     examples = plan.examples
     P = runner.grads.num_params
     less_projector = make_projector("rademacher", P, args.proj_dim, seed=0)
@@ -207,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         "gradstore-factored": lambda r: with_projector(
             runner, factored, lambda: gradstore_loop(runner, cfg, plan, tmp / f"fact{r}")
         ),
+        "gradstore-hidden": lambda r: gradstore_loop(hidden, hidden_cfg, hidden_plan,
+                                                     tmp / f"hidden{r}"),
     }
     for name in args.skip.split(","):
         phases.pop(name, None)
@@ -235,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
         "batch_size": args.batch_size, "proj_dim": args.proj_dim, "rounds": args.rounds,
         "projection_rows_per_call": runner.chunk,
         "model_load_s": round(t_load, 2), "tokenise_s": round(t_plan, 2),
+        "hidden_load_s": round(t_hidden_load, 2), "hidden_size": hidden.spec.dim,
         "seconds": {k: [round(x, 2) for x in v] for k, v in times.items()},
         "examples_per_s": {k: round(v, 3) for k, v in rate.items()},
         "peak_rss_mb": {k: round(v) for k, v in peaks.items()},

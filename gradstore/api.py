@@ -120,6 +120,7 @@ class Store:
         method: str = "gtp",
         *,
         target_mode: str = "mean",
+        part_score: str = "max",
         tolerance: float | str = "auto",
         normalize: bool = True,
         m: int | None = None,
@@ -138,7 +139,10 @@ class Store:
     ) -> Selection | list[Selection]:
         """Choose pool examples for each (target, budget); lists in, list out.
 
-        ``method``: gtp (default), gtp-paper, omp, less or random. ``tolerance`` (gtp):
+        ``method``: gtp (default), gtp-paper, omp, less, round-robin or random.
+        ``target_mode='parts'`` (gtp): a pursuit per subtask (else cluster) of the target,
+        equal shares; ``part_score`` (round-robin): ``max`` or ``mean`` cosine to a part.
+        ``tolerance`` (gtp):
         how far the selection's mean trajectory may stay from the target's (``auto``: the
         target mean's standard error). ``mode``: ``ram``, ``stream`` or ``auto`` (RAM when
         the pool fits ``memory_budget`` bytes). ``partitions``: the pursuit on P parts,
@@ -146,7 +150,8 @@ class Store:
         where the pool is scanned (``cuda``: on the GPU, kept there when it fits).
         """
         opts = SelectConfig(
-            method=method, target_mode=target_mode, normalize=normalize, m=m,
+            method=method, target_mode=target_mode, part_score=part_score,
+            normalize=normalize, m=m,
             max_iter=max_iter, tol=tol, tolerance=tolerance, seed=seed,
             checkpoint_weights=None if checkpoint_weights is None else tuple(checkpoint_weights),
             mode=mode, memory_budget=memory_budget,

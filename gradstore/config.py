@@ -22,8 +22,11 @@ from typing import Any, TypeVar
 
 from gradstore.budget import parse_budget
 from gradstore.choices import (
+    FEATURES,
     GRAD_TYPES,
+    HIDDEN_TYPE,
     METHODS,
+    PART_SCORES,
     PROJECTION_KINDS,
     PURSUITS,
     SCAN_MODES,
@@ -316,11 +319,18 @@ class SelectConfig:
 
     method: str = option("gtp", choices=METHODS,
                          help="gtp: the selection's mean trajectory matches the target's; "
-                              "gtp-paper: GTP as published (NNLS weights); omp; less; random")
+                              "gtp-paper: GTP as published (NNLS weights); omp; less; "
+                              "round-robin: the target's parts take turns (RDS+'s rule); "
+                              "random")
     target_mode: str = option("mean", choices=TARGET_MODES,
                               help="match the target mean; joint: its subtask means, each "
                                    "the same weight; clusters: as joint, the subtasks found "
-                                   "by clustering the target's rows (no labels needed)")
+                                   "by clustering the target's rows (no labels needed); "
+                                   "parts (gtp): a pursuit per subtask (else cluster), equal "
+                                   "shares of the budget")
+    part_score: str = option("max", choices=PART_SCORES,
+                             help="round-robin: score a pool row by its largest cosine with "
+                                  "a part's rows (max) or with the part's mean (mean)")
     tolerance: float | str = option(
         "auto", parse=lambda t: t if t == "auto" else float(t),
         help="gtp: how far the selection's mean trajectory may stay from the target's, "
@@ -362,6 +372,11 @@ class SelectConfig:
             _bad(f"method {self.method!r} is not one of {', '.join(METHODS)}")
         if self.target_mode not in TARGET_MODES:
             _bad(f"target mode {self.target_mode!r} is not one of {', '.join(TARGET_MODES)}")
+        if self.target_mode == "parts" and self.method != "gtp":
+            _bad(f"--target-mode parts applies to gtp only, not {self.method}; "
+                 "--method round-robin takes the parts in turn by cosine")
+        if self.part_score not in PART_SCORES:
+            _bad(f"part score {self.part_score!r} is not one of {', '.join(PART_SCORES)}")
         tol = self.tolerance
         if tol != "auto" and not (isinstance(tol, int | float) and math.isfinite(tol)
                                   and tol >= 0):
@@ -450,6 +465,12 @@ class IngestConfig:
              "named_parameters) match this glob, e.g. 'model.layers.*.mlp.*.weight', instead "
              "of LoRA; repeat for several (docs/projections.md)")
     kind: str = option("pool", choices=("pool", "target"), help="what the table is for")
+    features: str = option(
+        "gradients", choices=FEATURES,
+        help="what is stored per example: gradients, or hidden: the final layer's hidden "
+             "states, position-weighted mean over the tokens, unit norm (RDS+); forward "
+             "passes only, no projection (--grad-type, --projection, --proj-dim and the fresh "
+             "LoRA flags do not apply); without --checkpoint, of the base model")
     subtask_field: str | None = option(None, help="data field holding subtask labels")
     split: str | None = option(None, help="split of a saved DatasetDict")
     encoding: str = option("utf-8", help="text encoding of a .jsonl/.json data file")
@@ -484,9 +505,24 @@ class IngestConfig:
         if self.params and self.checkpoints:
             _bad("--params takes gradients of the --model's own weights and does not combine "
                  "with --checkpoint (LoRA adapters); drop one of them")
+        self._validate_features()
+
+    def _validate_features(self) -> None:
+        if self.features not in FEATURES:
+            _bad(f"features {self.features!r} is not one of {', '.join(FEATURES)}")
+        if self.features != HIDDEN_TYPE:
+            return
+        if self.params:
+            _bad("--params chooses weights to take gradients of; --features hidden takes none: "
+                 "drop --params")
+        if self.gradients.grad_type is not None:
+            _bad(f"--grad-type {self.gradients.grad_type} applies to gradients, not to "
+                 "--features hidden: drop --grad-type")
 
     def grad_types(self, has_state: bool) -> tuple[str, ...]:
-        """The gradient types this run stores, primary first."""
+        """The gradient types this run stores, primary first (hidden features: ``hidden``)."""
+        if self.features == HIDDEN_TYPE:
+            return (HIDDEN_TYPE,)
         given = self.gradients.requested_types()
         if given is not None:
             return given

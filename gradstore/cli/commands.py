@@ -86,7 +86,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def add_select(sub) -> None:
-    p = _parser(sub, "select", "choose training examples (gtp, gtp-paper, omp, less, random)",
+    p = _parser(sub, "select",
+                "choose training examples (gtp, gtp-paper, omp, less, round-robin, random)",
                 examples.SELECT_EXAMPLES)
     p.add_argument("store", help="store path")
     p.add_argument("--pool", required=True, help="pool table")

@@ -11,6 +11,12 @@ SELECT_EXAMPLES = """examples:
   gradstore select ./store --pool pool --target mmlu --target bbh --budget 0.01 --budget 0.05
   gradstore select ./store --pool pool --budget 1000 --method omp --format json --out sel.json
   gradstore select ./store --pool pool --target mmlu --budget 5% --method less
+  # the target's subtasks (else clusters of its rows) take turns: RDS+'s rule; with
+  # hidden-state tables (ingest --features hidden) it is RDS+ itself
+  gradstore select ./store --pool pool --target mix --budget 5% --method round-robin
+  gradstore select ./store --pool pool-rds --target mix-rds --budget 5% --method round-robin
+  # a gtp pursuit per part of the target, each an equal share of the budget
+  gradstore select ./store --pool pool --target mix --budget 5% --target-mode parts
   # scans as Ray tasks; GTP on 8 parts, then on the union of their picks
   gradstore select ./store --pool pool --target mmlu --budget 5% --ray local --partitions 8
 """
@@ -27,6 +33,10 @@ INGEST_EXAMPLES = """examples:
   # a GGUF model from a local directory, a fresh LoRA, a small projection
   gradstore ingest ./store pool --model ./smollm2 --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf \\
       --data pool.parquet --proj-dim 1024 --grad-type sgd
+  # RDS+ features instead of gradients (pooled final hidden states, of the base model);
+  # ingest the target the same way
+  gradstore ingest ./store pool-rds --model HuggingFaceTB/SmolLM2-135M-Instruct \\
+      --data pool.jsonl --features hidden
   # on Ray: the examples sharded over 4 workers (one model copy each)
   gradstore ingest ./store pool --model ./smollm2 --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf \\
       --data pool.parquet --checkpoint warmup/checkpoint-1 --ray local --workers 4

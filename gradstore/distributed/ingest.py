@@ -49,7 +49,7 @@ from gradstore.grads.model import (
     resolve_dtype,
     weights_fingerprint,
 )
-from gradstore.grads.runner import GradientRunner
+from gradstore.grads.runner import make_runner
 from gradstore.store.database import Database, RowBlock
 from gradstore.store.locks import table_lock
 from gradstore.store.meta import TableMeta
@@ -100,14 +100,14 @@ class IngestWorker:
             if device.type == "cuda" and not torch.cuda.is_available():
                 raise GradstoreError(f"device {cfg.lm.device!r}: a Ray worker sees no CUDA device")
             dtype = resolve_dtype(cfg.lm.dtype, device)
-            self.runner = GradientRunner(cfg, _with_adapters(plan), device, dtype, pad_id)
+            self.runner = make_runner(cfg, _with_adapters(plan), device, dtype, pad_id)
         except Exception as exc:  # reported by ready(), where the driver can show it
             self.error = exc
 
     def ready(self) -> dict[str, Any]:
         if self.error is not None:
             raise self.error
-        return {"pid": os.getpid(), "projection": asdict(self.runner.projector.spec)}
+        return {"pid": os.getpid(), "projection": asdict(self.runner.spec)}
 
     def pid(self) -> int:
         return os.getpid()

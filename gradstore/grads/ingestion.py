@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from gradstore.choices import HIDDEN_TYPE
 from gradstore.config import IngestConfig
 from gradstore.devices import resolve_device
 from gradstore.errors import GradstoreError, TableConflict
@@ -35,7 +36,9 @@ from gradstore.store.database import Database, RowBlock
 from gradstore.store.meta import ProjectionSpec, TableMeta
 
 FRESH_CHECKPOINT = "init"
-BASE_CHECKPOINT = "base"  # the --model's own weights, when --params takes their gradients
+BASE_CHECKPOINT = "base"  # the --model's own weights (--params; --features hidden alone)
+HIDDEN_POOLING = "last hidden state, position-weighted mean, unit norm"
+"""How hidden-state features are made (recorded in the settings and the table's layout)."""
 RAW_BUFFER_BYTES = 512 << 20  # raw (unprojected) gradients held before one projection call
 
 
@@ -75,7 +78,9 @@ class IngestSummary:
             f"{self.loop_seconds:.1f} s ({self.examples_per_second:.2f} examples/s; "
             f"{self.seconds:.1f} s in all with loading), "
             f"{self.rows_present} already present, {self.rows_expected} expected",
-            f"checkpoints {', '.join(self.checkpoints)}; gradients {self.grad_type}; "
+            f"checkpoints {', '.join(self.checkpoints)}; "
+            + ("features hidden states" if self.grad_type == HIDDEN_TYPE
+               else f"gradients {self.grad_type}") + "; "
             f"projection {self.projection.get('kind')} to {self.projection.get('dim')} dims",
         ]
         if self.truncated:
@@ -127,6 +132,13 @@ def plan_ingest(
     cfg.validate()
     examples, summary = _tokenized(cfg, tokenizer)
     paths, names, lrs, adapters, fingerprints = _checkpoints(cfg)
+    if cfg.features == HIDDEN_TYPE:
+        settings = hidden_settings(cfg, names, fingerprints, dtype)
+        plan = IngestPlan(examples, paths, names, lrs, adapters, HIDDEN_TYPE, settings,
+                          data_fingerprint(examples))
+        summary.checkpoints, summary.grad_type = names, HIDDEN_TYPE
+        summary.rows_expected = len(examples)
+        return plan, summary
     has_state = bool(paths) and all(optimizer_file(p) is not None for p in paths)
     grad_type, *extra_types = cfg.grad_types(has_state)
     if "adam" in (grad_type, *extra_types) and cfg.params:
@@ -162,6 +174,26 @@ def plan_ingest(
     return plan, summary
 
 
+def hidden_settings(cfg: IngestConfig, names: list[str], fingerprints: dict[str, str],
+                    dtype: torch.dtype | None) -> dict[str, Any]:
+    """The settings of a hidden-state ingestion (compared, as a gradient run's are, with
+    the stored ones on a rerun): no gradient type, projection or fresh LoRA applies."""
+    settings = {
+        "model": model_identity(cfg.lm.model, cfg.lm.gguf_file),
+        "features": HIDDEN_TYPE,
+        "checkpoints": names,
+        "adapters": fingerprints,
+        "grad_type": HIDDEN_TYPE,
+        "pooling": HIDDEN_POOLING,
+        "projection": {"kind": "none"},
+        "max_length": cfg.gradients.max_length,
+        "dtype": str(dtype or resolve_dtype(cfg.lm.dtype, resolve_device(cfg.lm.device))),
+        "lora": None,
+        "subtask_field": cfg.subtask_field,
+    }
+    return json.loads(json.dumps(settings))
+
+
 def _tokenized(cfg: IngestConfig, tokenizer) -> tuple[list[TokenizedExample], IngestSummary]:
     """The data's examples as the model sees them, and a summary of what was skipped."""
     records = read_records(cfg.data, split=cfg.split, encoding=cfg.encoding)
@@ -185,7 +217,7 @@ def _checkpoints(cfg: IngestConfig):
     before checkpoint-10, whatever order they were given in); a fresh LoRA without any."""
     order = sorted(range(len(cfg.checkpoints)), key=lambda i: natural_key(cfg.checkpoints[i]))
     paths = [Path(cfg.checkpoints[i]) for i in order]
-    if cfg.params:
+    if cfg.params or (cfg.features == HIDDEN_TYPE and not paths):
         return paths, [BASE_CHECKPOINT], list(cfg.lrs) if cfg.lrs else [None], None, \
             {BASE_CHECKPOINT: "the model's own weights"}
     if not paths:
@@ -226,9 +258,17 @@ def differing_settings(
             return sorted(before.get(key) or []) != sorted(now[key])
         if key == "grad_type":  # the set of stored types, whichever is primary
             return set(stored_types(before)) != set(stored_types(now))
-        return before.get(key) != now[key]
+        return setting(before, key) != setting(now, key)
 
-    return [k for k in now if k not in ignore and k != "extra_grad_types" and differs(k)]
+    keys = ["features", *now]  # first: the plainest reason when the kinds differ
+    return list(dict.fromkeys(
+        k for k in keys if k not in ignore and k != "extra_grad_types" and differs(k)))
+
+
+def setting(settings: dict[str, Any], key: str) -> Any:
+    """One stored or requested setting; ``features`` is recorded for hidden states only
+    (tables written before it existed hold gradients)."""
+    return settings.get(key, "gradients" if key == "features" else None)
 
 
 def stored_types(settings: dict[str, Any]) -> list[str]:
@@ -271,9 +311,9 @@ def existing_ids(db: Database, cfg: IngestConfig, plan: IngestPlan) -> set[str]:
     if diff:
         k = diff[0]
         raise TableConflict(
-            f"table {cfg.table!r} was ingested with {k}={before.get(k)!r}, this run asks for "
-            f"{plan.settings[k]!r}; rerun with the same options, choose another table name, "
-            "or pass --overwrite to replace it"
+            f"table {cfg.table!r} was ingested with {k}={setting(before, k)!r}, this run asks "
+            f"for {setting(plan.settings, k)!r}; rerun with the same options, choose another "
+            "table name, or pass --overwrite to replace it"
         )
     if meta.ingest.get("data_fingerprint") != plan.data_fingerprint:
         raise TableConflict(

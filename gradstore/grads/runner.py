@@ -8,10 +8,12 @@ from collections import Counter
 import numpy as np
 import torch
 
+from gradstore.choices import HIDDEN_TYPE
 from gradstore.errors import GradstoreError
 from gradstore.grads.examples import TokenizedExample
 from gradstore.grads.factored_projection import FactoredProjector
 from gradstore.grads.grad_types import apply_grad_type
+from gradstore.grads.hidden import HiddenStateRunner
 from gradstore.grads.ingestion import (
     BASE_CHECKPOINT,
     FRESH_CHECKPOINT,
@@ -35,7 +37,17 @@ from gradstore.grads.param_selection import parameter_set_fingerprint, select_pa
 from gradstore.grads.per_example import Batch, PerExampleGradients, collate
 from gradstore.grads.projection import make_projector
 from gradstore.store.database import RowBlock
-from gradstore.store.meta import FLOAT16_MAX
+from gradstore.store.meta import FLOAT16_MAX, ProjectionSpec
+
+
+def make_runner(cfg: IngestConfig, plan: IngestPlan, device, dtype, pad_id: int
+                ) -> GradientRunner | HiddenStateRunner:
+    """The model side of an ingestion: per-example gradients, or (``--features hidden``)
+    pooled hidden states; both yield the same rows (``run``, ``blocks``) and report their
+    ``spec``, ``skipped`` and ``nonfinite`` examples alike."""
+    if cfg.features == HIDDEN_TYPE:
+        return HiddenStateRunner(cfg, plan, device, dtype, pad_id)
+    return GradientRunner(cfg, plan, device, dtype, pad_id)
 
 
 class GradientRunner:
@@ -72,6 +84,11 @@ class GradientRunner:
         # one projection call per chunk amortises generating the projection matrix
         by_memory = RAW_BUFFER_BYTES // max(1, len(plan.grad_types) * T * P * 4)
         self.chunk = max(cfg.gradients.batch_size, min(by_memory, cfg.gradients.write_rows, 256))
+
+    @property
+    def spec(self) -> ProjectionSpec:
+        """How the stored vectors were projected (recorded with the table)."""
+        return self.projector.spec
 
     def _model_and_checkpoints(self, lm) -> tuple[torch.nn.Module, list[CheckpointWeights]]:
         """The model gradients are taken of, and its checkpoints: the LoRA checkpoints'

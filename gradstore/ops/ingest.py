@@ -3,6 +3,10 @@
 examples -> tokenised batches -> per-example LoRA gradients at every checkpoint
 -> gradient type (sgd / sign / adam) -> projection -> rows appended to the store.
 
+With ``--features hidden`` the rows hold each example's pooled final hidden states
+(``grads/hidden.py``, RDS+) instead, from forward passes only; everything else (rows,
+commits, resume, added checkpoints) is the same.
+
 Each append is one Lance commit holding complete rows (every checkpoint), so a
 run killed at any point leaves a valid table; running the same command again
 computes only the missing examples. The run's settings and a fingerprint of the
@@ -21,6 +25,7 @@ from gradstore.config import IngestConfig, with_options
 from gradstore.devices import resolve_device
 from gradstore.errors import GradstoreError
 from gradstore.grads.examples import data_fingerprint
+from gradstore.grads.hidden import HiddenStateRunner
 from gradstore.grads.ingestion import (
     IngestPlan,
     IngestSummary,
@@ -42,7 +47,7 @@ from gradstore.grads.model import (
     release_model,
     resolve_dtype,
 )
-from gradstore.grads.runner import GradientRunner
+from gradstore.grads.runner import GradientRunner, make_runner
 from gradstore.ops.importing import import_vectors
 from gradstore.store.database import Database
 from gradstore.store.locks import table_lock
@@ -93,8 +98,8 @@ def _ingest(db: Database, cfg: IngestConfig) -> IngestSummary:
     if not todo:  # finished, or stopped after its last commit
         return finish_present(db, cfg, plan, summary, start)
 
-    runner = GradientRunner(cfg, plan, device, dtype, pad_token_id(tokenizer))
-    summary.projection = asdict(runner.projector.spec)
+    runner = make_runner(cfg, plan, device, dtype, pad_token_id(tokenizer))
+    summary.projection = asdict(runner.spec)
     if overwrite:  # only now: a bad model or checkpoint must not cost the old table
         db.drop_table(cfg.table)
     write_rows(db, cfg, plan, runner, todo, summary)
@@ -195,11 +200,11 @@ def _stage_vectors(
     todo = [i for i, ex in enumerate(examples) if ex.id not in present]
     summary.rows_present = len(examples) - len(todo)
     if todo or db.meta(stage.table).incomplete:
-        runner = GradientRunner(stage, sub, *loaded)
-        if runner.projector.spec != meta.projection:
+        runner = make_runner(stage, sub, *loaded)
+        if runner.spec != meta.projection:
             raise GradstoreError(
                 f"table {cfg.table!r} was projected with {meta.projection}, this run with "
-                f"{runner.projector.spec}; the new {what} cannot join it"
+                f"{runner.spec}; the new {what} cannot join it"
             )
         write_rows(db, stage, sub, runner, todo, summary)
         release_model(runner.model)
@@ -214,12 +219,12 @@ def _stage_vectors(
 
 
 def write_rows(
-    db: Database, cfg: IngestConfig, plan: IngestPlan, runner: GradientRunner, todo: list[int],
-    summary: IngestSummary,
+    db: Database, cfg: IngestConfig, plan: IngestPlan,
+    runner: GradientRunner | HiddenStateRunner, todo: list[int], summary: IngestSummary,
 ) -> None:
     """Compute ``todo`` (indices into plan.examples), append them, mark the table complete."""
     if cfg.table not in db.all_tables():
-        create_table(db, cfg, plan, runner.projector.spec)
+        create_table(db, cfg, plan, runner.spec)
     writer = RowWriter(db, cfg, plan)
     loop_start = time.perf_counter()
     bar = tqdm(

@@ -31,8 +31,9 @@ from gradstore.selectors.gtp_paper import gtp_paper
 from gradstore.selectors.less import less_topk
 from gradstore.selectors.omp import fit_support, omp
 from gradstore.selectors.partitioned import partitioned_gtp
-from gradstore.selectors.query import Query
+from gradstore.selectors.query import Query, target_tolerance
 from gradstore.selectors.random_subset import random_subset
+from gradstore.selectors.round_robin import PartsQuery, part_columns, round_robin
 from gradstore.selectors.scan import ScanDevice
 from gradstore.selectors.source import TensorSource
 from gradstore.selectors.stacked import StackedPool
@@ -100,11 +101,16 @@ class ScanProgress:
         self.bar.close()
 
 
+COSINE_METHODS = ("less", "round-robin")
+"""Methods that score pool rows by their cosine with the target's (plain SGD) rows."""
+
+
 def target_type(method: str, pmeta: TableMeta, tmeta: TableMeta) -> str | None:
-    """The gradient type of a target that ``method`` reads: LESS scores plain SGD target
-    gradients against the pool (as LESS does); the pursuits fit the target with pool rows,
-    so they read the pool's own type. A target without the wanted type gives what it has."""
-    wanted = "sgd" if method == "less" else pmeta.grad_type
+    """The gradient type of a target that ``method`` reads: LESS and round-robin score
+    plain SGD target gradients against the pool (as LESS does); the pursuits fit the target
+    with pool rows, so they read the pool's own type. A target without the wanted type gives
+    what it has."""
+    wanted = "sgd" if method in COSINE_METHODS else pmeta.grad_type
     return wanted if wanted in tmeta.grad_types else tmeta.grad_type
 
 
@@ -118,6 +124,22 @@ def target_matrix(
     target's rows (:func:`target_clusters`), labels or not."""
     if target is None:
         return spool.mean()[:, None], 0.0
+    X, labels = _target_vectors(db, pool, pmeta, target, method)
+    lab = None
+    if clusters:
+        lab = target_clusters(spool.target_rows(X)).astype(str)
+    elif per_subtask and any(s is not None for s in labels):
+        lab = np.array([s or "" for s in labels])
+    Y, tolerance = spool.target(X, lab)
+    if not np.any(Y):
+        raise GradstoreError(f"target {target!r} has all-zero gradients; nothing to match")
+    return Y, tolerance
+
+
+def _target_vectors(db: Database, pool: str, pmeta: TableMeta, target: str, method: str
+                    ) -> tuple[np.ndarray, list[str | None]]:
+    """A target's stored rows (n, T*d) in the pool's checkpoint order, of the type
+    ``method`` reads, and their subtask labels."""
     if target == pool:
         raise GradstoreError(
             f"target {target!r} is the pool itself; omit --target for in-domain selection"
@@ -128,16 +150,37 @@ def target_matrix(
     # side by side in the pool's checkpoint order (the target's columns may differ)
     X = np.hstack([db.vectors(target, name, grad_type=gtype)[1]
                    for name in pmeta.checkpoint_names])
-    labels = db.subtasks(target)
-    lab = None
-    if clusters:
-        lab = target_clusters(spool.target_rows(X)).astype(str)
-    elif per_subtask and any(s is not None for s in labels):
-        lab = np.array([s or "" for s in labels])
-    Y, tolerance = spool.target(X, lab)
-    if not np.any(Y):
+    return X, db.subtasks(target)
+
+
+@dataclass
+class TargetParts:
+    """A target split into parts, largest first: each part's stacked rows in the pool's
+    space and its label (a subtask, or ``cluster-N``)."""
+
+    rows: list[np.ndarray]
+    labels: list[str]
+
+
+def target_parts(db: Database, spool: StackedPool, pool: str, pmeta: TableMeta,
+                 target: str | None, method: str, clusters: bool) -> TargetParts:
+    """The parts of a target that round-robin and ``--target-mode parts`` take turns over:
+    its subtasks when every row has one (and ``clusters`` is not asked for), else the
+    clusters of its rows (:func:`target_clusters`; one part when they do not separate).
+    In-domain selection (no target) has one part, the pool's mean."""
+    if target is None:
+        return TargetParts([spool.mean()[None, :]], ["pool"])
+    X, labels = _target_vectors(db, pool, pmeta, target, method)
+    stacked = spool.target_rows(X)
+    if not np.any(stacked):
         raise GradstoreError(f"target {target!r} has all-zero gradients; nothing to match")
-    return Y, tolerance
+    if clusters or not all(s is not None for s in labels):
+        lab = np.array([f"cluster-{c}" for c in target_clusters(stacked)])
+    else:
+        lab = np.array([str(s) for s in labels])
+    keys, counts = np.unique(lab, return_counts=True)
+    order = sorted(range(len(keys)), key=lambda j: (-counts[j], str(keys[j])))
+    return TargetParts([stacked[lab == keys[j]] for j in order], [str(keys[j]) for j in order])
 
 
 def default_memory_budget() -> int:
@@ -214,7 +257,7 @@ def stacked_pool(db: Database, pool: str, opts: SelectConfig, eta,
                  cache: SourceCache, scope: ExitStack | None = None) -> StackedPool:
     """The pool in the method's stacked space: local, or with its passes on Ray; centred
     on its mean row for gtp (``scope``: see :func:`pool_source`)."""
-    norm = True if opts.method == "less" else opts.normalize
+    norm = True if opts.method in COSINE_METHODS else opts.normalize
     if opts.ray is None:
         spool = StackedPool(pool_source(db, pool, opts.mode, opts.memory_budget, cache, scope),
                             eta, normalize=norm, device=ScanDevice(resolve_device(opts.device)))
@@ -242,9 +285,13 @@ class Answer:
 
 def answer_queries(spool: StackedPool, Ys: list[np.ndarray], tols: list[float],
                    ks: list[int], pairs: list[tuple[int, int]], opts: SelectConfig,
-                   bar: ScanProgress | None) -> list[Answer]:
-    """Every (target, budget) pair's answer, in ``pairs`` order, sharing the passes."""
+                   bar: ScanProgress | None, parts: list[TargetParts] | None = None
+                   ) -> list[Answer]:
+    """Every (target, budget) pair's answer, in ``pairs`` order, sharing the passes
+    (``parts``: each target's parts, for round-robin and ``--target-mode parts``)."""
     method = opts.method
+    if parts is not None:
+        return _answer_by_parts(spool, Ys, parts, ks, pairs, opts, bar)
     if method in ("gtp", "gtp-paper", "omp"):
         queries = [Query(Ys[ti], ks[bi], m=_candidates(opts, spool, ks[bi]),
                          tolerance=_tolerance(opts, tols[ti])) for ti, bi in pairs]
@@ -263,6 +310,64 @@ def answer_queries(spool: StackedPool, Ys: list[np.ndarray], tols: list[float],
     for (ti, _), rows in zip(pairs, rows_of, strict=True):
         _, res = fit_support(spool, rows, Ys[ti])
         out.append(Answer(rows, np.ones(len(rows)), res))
+    return out
+
+
+def _answer_by_parts(spool: StackedPool, Ys: list[np.ndarray], parts: list[TargetParts],
+                     ks: list[int], pairs: list[tuple[int, int]], opts: SelectConfig,
+                     bar: ScanProgress | None) -> list[Answer]:
+    """Round-robin (one scan for every pair), or a gtp pursuit per part with equal shares
+    of the budget (``--target-mode parts``), their picks taken in turn. Each answer
+    records its parts, how many rows each took and the copies passed over."""
+    if opts.method == "round-robin":
+        queries = [PartsQuery(part_columns(parts[ti].rows, opts.part_score), ks[bi])
+                   for ti, bi in pairs]
+        found = round_robin(spool, queries, scan_progress=bar)
+        taken = [(r.rows, r.per_part, {"copies_set_aside": r.copies_set_aside,
+                                       "scans": r.scans}) for r in found]
+    else:
+        taken = _gtp_by_parts(spool, parts, ks, pairs, opts, bar)
+    out = []
+    for (ti, _), (rows, per_part, extra) in zip(pairs, taken, strict=True):
+        _, res = fit_support(spool, rows, Ys[ti])
+        out.append(Answer(rows, np.ones(len(rows)), res, extra=extra | {
+            "parts": parts[ti].labels, "per_part": [int(c) for c in per_part],
+            "part_score": opts.part_score if opts.method == "round-robin" else None}))
+    return out
+
+
+def _gtp_by_parts(spool: StackedPool, parts: list[TargetParts], ks: list[int],
+                  pairs: list[tuple[int, int]], opts: SelectConfig, bar) -> list[tuple]:
+    """A gtp query per (pair, part): the part's mean, ``ceil``/``floor`` of k over the
+    parts (larger parts first), its own tolerance; all in one lockstep run. A row two
+    parts chose counts once (the selection then holds fewer than k: recorded)."""
+    queries, owner = [], []
+    for j, (ti, bi) in enumerate(pairs):
+        P = len(parts[ti].rows)
+        for p, rows in enumerate(parts[ti].rows):
+            k = ks[bi] // P + (p < ks[bi] % P)
+            if k == 0:
+                continue
+            Y = rows.mean(0)[:, None]
+            tol = _tolerance(opts, target_tolerance(rows))
+            queries.append(Query(Y, k, m=_candidates(opts, spool, k), tolerance=tol))
+            owner.append((j, p))
+    found = _pursue(spool, queries, opts, bar, max(q.k for q in queries))
+    picks: list[list[list[int]]] = [[[] for _ in parts[ti].rows] for ti, _ in pairs]
+    for (j, p), r in zip(owner, found, strict=True):
+        picks[j][p] = [int(x) for x in r.rows]
+    out = []
+    for lists in picks:
+        rows, part_of, seen = [], [], set()
+        for turn in range(max(len(x) for x in lists)):
+            for p, chosen in enumerate(lists):
+                if turn < len(chosen) and chosen[turn] not in seen:
+                    seen.add(chosen[turn])
+                    rows.append(chosen[turn])
+                    part_of.append(p)
+        per_part = np.bincount(np.asarray(part_of, dtype=np.int64), minlength=len(lists))
+        overlap = sum(len(x) for x in lists) - len(rows)
+        out.append((np.asarray(rows, dtype=np.int64), per_part, {"parts_overlap": overlap}))
     return out
 
 
@@ -341,14 +446,20 @@ def run_selection(
         eta = checkpoint_weights(pmeta, opts.checkpoint_weights)
         t0 = time.perf_counter()
         spool = stacked_pool(db, pool, opts, eta, cache, scope)
-        per_subtask = opts.method == "less" or opts.target_mode == "joint"
+        per_subtask = opts.method in COSINE_METHODS or opts.target_mode == "joint"
+        clusters = opts.target_mode == "clusters"
         found = [target_matrix(db, spool, pool, pmeta, t, per_subtask, opts.method,
-                               clusters=opts.target_mode == "clusters") for t in targets]
+                               clusters=clusters and opts.method != "round-robin")
+                 for t in targets]
+        parts = None
+        if opts.method == "round-robin" or opts.target_mode == "parts":
+            parts = [target_parts(db, spool, pool, pmeta, t, opts.method, clusters)
+                     for t in targets]
         pairs = [(ti, bi) for ti in range(len(targets)) for bi in range(len(budgets))]
         bar = ScanProgress(n, opts.method) if opts.progress else None
         try:
             answers = answer_queries(spool, [f[0] for f in found], [f[1] for f in found], ks,
-                                     pairs, opts, bar)
+                                     pairs, opts, bar, parts)
         finally:
             if bar is not None:
                 bar.close()
@@ -430,13 +541,18 @@ def stop_note(sel: Selection) -> str | None:
     if len(sel.ids) < sel.k and sel.params.get("copies_set_aside"):
         return (f"{sel.method} chose {len(sel.ids)} of the k={sel.k} allowed: the pool's "
                 f"other rows are copies of chosen ones ({sel.params['copies_set_aside']} set "
-                "aside: identical vectors or cosine >= 0.99), and gtp takes each example "
-                "once; use a smaller budget, or --method gtp-paper / less to take copies")
+                f"aside: identical vectors or cosine >= 0.99), and {sel.method} takes each "
+                "example once; use a smaller budget, or --method gtp-paper / less to take "
+                "copies")
+    if len(sel.ids) < sel.k and sel.params.get("parts_overlap"):
+        return (f"{sel.method} chose {len(sel.ids)} of the k={sel.k} allowed: "
+                f"{sel.params['parts_overlap']} of the rows the target's parts chose were "
+                "chosen by two parts and count once; give a larger budget to fill it")
     if len(sel.ids) < sel.k:
         note = (f"{sel.method} chose {len(sel.ids)} of the k={sel.k} allowed: more pool "
                 f"examples do not lower the residual ({sel.residual:.2f} of the target's norm)")
     used = sel.params.get("target_grad_type")
-    wanted = "sgd" if sel.method == "less" else sel.params.get("pool_grad_type")
+    wanted = "sgd" if sel.method in COSINE_METHODS else sel.params.get("pool_grad_type")
     if sel.target is None or not used or not wanted or used == wanted:
         return None if note is None else f"{note}; use --method gtp to fill the budget"
     mismatch = (f"target {sel.target!r} stores only {used} gradients and {sel.method} reads "

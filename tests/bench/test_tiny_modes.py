@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -27,8 +28,10 @@ def test_ingest_speed_tiny():
     out = run("ingest_speed.py")
     result = json.loads(out[out.index("{\n"):])
     assert result["examples"] == 8 and set(result["examples_per_s"]) == {
-        "train-step", "less-loop", "gradstore", "gradstore-countsketch", "gradstore-factored"}
+        "train-step", "less-loop", "gradstore", "gradstore-countsketch", "gradstore-factored",
+        "gradstore-hidden"}
     assert "gradstore-factored / train-step" in result["ratios"]
+    assert "gradstore-hidden / train-step" in result["ratios"]
 
 
 def test_e2e_tiny():
@@ -92,3 +95,4 @@ def test_million_tiny():
             "select gtp 1% --ray"} <= set(rows)
     assert rows["select gtp 1% --ray"][-1].strip() == "yes"  # the same answer on Ray
     assert rows["select less 1%"][1].strip() == "60"  # 1% of 6,000 rows chosen
+

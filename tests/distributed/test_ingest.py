@@ -100,6 +100,18 @@ def test_distributed_ingest_equals_single_process(ray_cluster, setup, reference,
         store.ingest(_cfg(setup), workers=2)
 
 
+def test_hidden_features_on_ray_equal_single_process(ray_cluster, setup, tmp_path):
+    """``--features hidden`` shares the runner's interface: the workers compute the same
+    rows (checkpoints' adapters loaded on each worker) as one process does."""
+    cfg = _cfg(setup, features="hidden", proj_dim=8192)
+    single = gradstore.open(tmp_path / "single")
+    single.ingest(cfg)
+    store = gradstore.open(tmp_path / "s")
+    summary = ingest_on_ray(store.database, ray(cfg, workers=2))
+    assert summary.rows_written == N and store.meta("pool").grad_type == "hidden"
+    _assert_same_table(_table(store), _table(single))
+
+
 def _kill_one_worker(rec: dict, killed: list) -> None:
     """SIGKILL the other worker (busy with its shard) when the first shard is recorded."""
     if not killed:
@@ -176,7 +188,7 @@ def test_single_process_run_finishes_a_distributed_one(ray_cluster, setup, refer
 
 def test_bad_model_fails_cleanly_and_keeps_the_old_table(ray_cluster, setup, tmp_path):
     store = gradstore.open(tmp_path / "s")
-    ingest_on_ray(store.database, ray(_cfg(setup, proj_dim=32), workers=1))
+    store.ingest(_cfg(setup, proj_dim=32))  # the old table (made here: Ray's part is below)
     before = store.num_rows("pool")
     bad = _cfg(setup, model=str(setup[0].parent), overwrite=True)
     with pytest.raises(GradstoreError):
