@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,3 +97,8 @@ def test_million_tiny():
     assert rows["select gtp 1% --ray"][-1].strip() == "yes"  # the same answer on Ray
     assert rows["select less 1%"][1].strip() == "60"  # 1% of 6,000 rows chosen
 
+
+def test_rg_calibrate_tiny():
+    pytest.importorskip("reasoning_gym")
+    out = run("e2e/rg_calibrate.py")
+    assert "[2/2]" in out and "| task | untrained EM | trained EM |" in out
