@@ -590,7 +590,8 @@ import annotations`` makes them strings)."""
 @dataclass(frozen=True)
 class TrainSettings:
     passes: int = 160
-    """Example passes per fine-tune (epochs = passes / selection size, at least 1)."""
+    """Example passes asked per fine-tune: epochs = round(passes / selection size), at least
+    1, so the passes that run are epochs x size (200 for 160 asked of 100 rows)."""
     lr: float = 1e-3
     batch_size: int = 8
     lora_r: int = 8

@@ -261,6 +261,13 @@ def criteria(summary: dict) -> list[str]:
 def _setup_lines(plan: dict, timing: dict, jobs: list[dict], command: str, env: dict) -> list:
     sel_jobs = [j for j in jobs if j["job"]["kind"] == "selection"]
     ran = [j for j in sel_jobs if not j.get("reused_from")]
+    passes: dict[str, set[int]] = {}  # budget -> example passes its fine-tunes ran
+    for j in sel_jobs:
+        if j.get("train"):
+            passes.setdefault(j["job"]["budget"], set()).add(
+                j["train"]["examples"] * j["train"]["epochs"])
+    passes_ran = ", ".join(f"{'/'.join(map(str, sorted(v)))} at {b}"
+                           for b, v in passes.items())
     train_s = sum(j.get("train_seconds", 0) for j in jobs)
     eval_s = sum(j.get("eval_seconds", 0) for j in jobs)
     envs = {j["environment"]["hash"] for j in jobs if j.get("environment")}
@@ -295,8 +302,9 @@ def _setup_lines(plan: dict, timing: dict, jobs: list[dict], command: str, env: 
         "same checkpoints. Baselines without a gradstore method (`less-rr`, `less-dedup` at "
         f"cosine {plan['dedup_cosine']}, `oracle`) are in `benchmarks/e2e/baselines.py`.",
         f"- **Fine-tunes**: LoRA r=8 on {plan['lora_layers'] or 'all layers'}, lr "
-        f"{plan['lr']}, batch {plan['batch_size']}, {plan['passes']} example passes for every "
-        f"selection; seeds {plan['seeds']} change the LoRA initialisation, the data order and "
+        f"{plan['lr']}, batch {plan['batch_size']}, {plan['passes']} example passes asked, "
+        f"run in whole epochs (round({plan['passes']} / k) epochs of a k-row selection): "
+        f"{passes_ran}; seeds {plan['seeds']} change the LoRA initialisation, the data order and "
         f"the random draw. Exact match: {plan['exact_match']}.", "",
         f"Jobs recorded: {len(sel_jobs)} selection fine-tunes ({len(ran)} trained, the rest "
         f"identical to one of them). Time: pipeline {pipeline:.1f} min, training "

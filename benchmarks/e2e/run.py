@@ -22,7 +22,8 @@ Stages (each resumes from what it finds):
    gradstore does not offer (``baselines.py``: LESS round-robin over clusters of the
    target's rows, LESS with near-duplicate filtering, the oracle) read the same store.
 3. **fine-tune and evaluate** (``gradstore.ops.evaluate``): a LoRA fine-tune on each
-   selection with identical settings and the same number of example passes, then
+   selection with identical settings (``round(passes / k)`` whole epochs of a k-row
+   selection: 200 passes for 160 asked at k = 100), then
    teacher-forced answer loss and exact match on held-out rows (``Plan.exact_match``:
    greedy decoding as well, with the agreement of the two, if asked).
 4. **report**: ``e2e.json`` and ``e2e.md`` in ``--results`` (``report.py``;
