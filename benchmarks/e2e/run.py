@@ -709,13 +709,17 @@ def main(argv: list[str] | None = None) -> None:
     command = "python benchmarks/e2e/run.py " + " ".join(argv if argv is not None
                                                           else sys.argv[1:])
     previous = a.results / f"{name}.json"
+    old = {}
     if a.stage == "report" and previous.exists():  # keep the command that ran the jobs
         old = json.loads(previous.read_text())
         command, env = old.get("command", command), old.get("environment") or environment()
     else:
         env = environment()
     timing_file = work / "pipeline_seconds.json"
-    timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+    # the pipeline's times live in the work folder; a report rebuilt without it keeps the
+    # times the results recorded
+    timing = (json.loads(timing_file.read_text()) if timing_file.exists()
+              else old.get("pipeline_seconds", {}))
     report.write(asdict(plan), timing, records, a.results, name, command.strip(), env)
     log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; results in {a.results}")
 
