@@ -68,7 +68,7 @@ from gradstore.store.database import RowBlock  # noqa: E402
 
 N, D, FRAG = 3000, 64, 500
 EXTRA_ROWS, CHAT_ROWS, MAX_DELAY = 40000, 160, 6.0
-TINY = {"N": 600, "D": 32, "FRAG": 100, "EXTRA_ROWS": 4000, "CHAT_ROWS": 24, "MAX_DELAY": 2.0}
+TINY = {"N": 600, "D": 32, "FRAG": 100, "EXTRA_ROWS": 4000, "CHAT_ROWS": 24, "MAX_DELAY": 1.0}
 """The tiny mode's sizes (make test): every fault kind once, on a smaller store."""
 DAMAGE = ("flip", "zero", "truncate", "delete-data", "delete-manifest", "delete-versions",
           "flip-manifest")
@@ -490,7 +490,7 @@ def interrupt(ref: dict, store: Path, kind: str, rng: np.random.Generator) -> li
 # --------------------------------------------------------------------------- main
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--faults", type=int, default=240)
@@ -498,7 +498,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="write fault_soak.{json,md} here")
     ap.add_argument("--tiny", action="store_true", help="every fault kind once (make test)")
     ap.add_argument("--judge", nargs="+", metavar="REF STORE", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.judge:
         ref = pickle.loads(Path(args.judge[0]).read_bytes())
         for i, store in enumerate(args.judge[1:]):

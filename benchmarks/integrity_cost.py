@@ -45,7 +45,7 @@ def one_scan(store: gradstore.Store, R: np.ndarray) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=50_000)
@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--tiny", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     n, d, T, reps = (2000, 64, 2, 2) if args.tiny else (args.rows, args.dim, args.checkpoints,
                                                          args.repeats)
     rng = np.random.default_rng(0)

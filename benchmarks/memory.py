@@ -82,7 +82,7 @@ SLACK = 30 << 20
 BOUNDED = ("import", "less", "gtp")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=200_000)
@@ -93,10 +93,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--methods", default="less,gtp,gtp-paper,omp")
     ap.add_argument("--tiny", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     n, d, k, omp_k = (3000, 64, 30, 10) if args.tiny else (args.rows, args.dim, args.k,
                                                           args.omp_k)
-    budgets = args.budgets.split(",")
+    budgets = args.budgets.split(",")[:1] if args.tiny else args.budgets.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_pool(tmp / "pool.npy", n, d)

@@ -181,9 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args(argv)
-    if args.tiny:
+    if args.tiny:  # every command kind once: one checkpoint, one budget, one Ray answer
         args.rows, args.dim, args.memory_budget = 6000, 32, "100KB"
         args.budgets, args.methods, args.ray_methods = "1%", "gtp,less", "gtp"
+        globals()["CHECKPOINTS"] = 1
     tmp = None
     if args.work is None or args.tiny:
         tmp = Path(tempfile.mkdtemp(prefix="million-"))

@@ -1,8 +1,12 @@
-"""A real local Ray cluster for the distributed tests: ``ray.init(num_cpus=2)``, once.
+"""A real local Ray cluster for the distributed tests: ``ray.init(num_cpus=2)``, once per
+pytest worker that runs any of them.
 
-Under pytest-xdist (``make test`` runs two workers) every test here runs in one worker
-(``xdist_group("ray")``, with ``--dist loadgroup``): one cluster for all of them, which
-takes both cores while the other worker runs the rest of the suite."""
+Under pytest-xdist (``make test`` runs several workers, ``--dist loadgroup``) the tests here
+run in two groups: the ingestion tests (``ray-ingest``: Ray workers that load a model) and
+the rest (``ray``: scans, selections, the CLI, the benchmark's tiny mode). Each group runs
+in one worker, with one cluster for its tests; two groups on two workers are two clusters
+(each ``ray.init`` in its own process starts its own), which halves the longest chain of
+the suite."""
 
 import pytest
 
@@ -22,5 +26,7 @@ from tests.grads.conftest import chat_tokenizer, llama_dir  # noqa: E402, F401 -
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "tests/distributed/" in str(item.fspath):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+        path = str(item.fspath)
+        if "tests/distributed/" in path:
+            group = "ray-ingest" if path.endswith("test_ingest.py") else "ray"
+            item.add_marker(pytest.mark.xdist_group(group))

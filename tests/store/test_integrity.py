@@ -419,13 +419,10 @@ def test_a_deleted_newest_manifest_is_not_a_silent_rollback(built):
 
 def test_fault_soak_tiny_mode():
     import importlib.util
-    import subprocess
-    import sys
 
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, str(root / "benchmarks" / "fault_soak.py"), "--tiny"],
-                          capture_output=True, text=True, cwd=root, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Silent wrong answers: 0; crashes: 0; lost committed rows: 0." in done.stdout
+    from tests.bench.test_tiny_modes import run_here
+
+    out = run_here("fault_soak.py")  # (its commands run in child processes of their own)
+    assert "Silent wrong answers: 0; crashes: 0; lost committed rows: 0." in out
     kinds = 19 if importlib.util.find_spec("ray") else 18  # ray-flip needs Ray
-    assert f"# Fault soak: {kinds} faults" in done.stdout  # every kind of fault once
+    assert f"# Fault soak: {kinds} faults" in out  # every kind of fault once
