@@ -39,13 +39,12 @@ browser:
 	    >/dev/null; } || \
 	  echo "make: chromium could not be installed (needs root and apt-get); the browser test is skipped"
 
-# The suite under the machine's own OpenBLAS kernel, then its float-sensitive tests under
-# each kernel this CPU can run (tests/kernels.py: Haswell, Sandybridge).
+# The suite under the machine's own OpenBLAS kernel; its float-sensitive tests also run under
+# each kernel this CPU can run (tests/test_kernels.py: Haswell, Sandybridge).
 test: install browser
 	$(VENV)/bin/ruff check gradstore tests benchmarks examples
 	$(VENV)/bin/lint-imports
 	$(PYTEST)
-	$(PY) -m tests.kernels
 
 # The suite REPEAT times in a row (default 5), stopping at the first failure: run it before
 # calling a flaky test fixed. Then the concurrency and interruption tests 20 times each.

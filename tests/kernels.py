@@ -1,5 +1,6 @@
 """The float-sensitive tests again under each OpenBLAS kernel an x86-64 CPU may run
-(``make test`` runs this after the suite, which ran under the machine's own kernel).
+(``tests/test_kernels.py`` does this inside ``make test``, beside the suite, which runs under
+the machine's own kernel).
 
 numpy's and scipy's OpenBLAS picks its kernel (summation order, FMA, block sizes) from
 the CPU; ``OPENBLAS_CORETYPE`` forces one. A tolerance that holds under one kernel and not
@@ -67,35 +68,38 @@ def kernel_in_effect(env: dict[str, str]) -> str:
     return done.stdout.strip().lower()
 
 
-def main(argv: list[str]) -> int:
-    wanted = argv or list(KERNELS)
+def float_tests_under(kernel: str, workers: int = 0) -> tuple[int | None, str]:
+    """Run :data:`FLOAT_TESTS` under ``kernel``: (pytest's exit status, its output), or
+    (None, why) when this CPU cannot run the kernel. Raises when numpy's OpenBLAS runs
+    another kernel than the one forced."""
     flags = cpu_flags()
     if platform.machine() not in ("x86_64", "AMD64") or flags is None:
-        print(f"kernels: not an x86-64 Linux CPU ({platform.machine()}); nothing forced")
-        return 0
+        return None, f"not an x86-64 Linux CPU ({platform.machine()}); nothing forced"
+    missing = KERNELS[kernel] - flags
+    if missing:
+        return None, f"{kernel} skipped: this CPU lacks {', '.join(sorted(missing))}"
+    env = dict(os.environ, OPENBLAS_CORETYPE=kernel)
+    got = kernel_in_effect(env)
+    if kernel.lower() not in got.split():
+        raise RuntimeError(f"OPENBLAS_CORETYPE={kernel} ran {got or 'no OpenBLAS'}: numpy's "
+                           "OpenBLAS ignored it")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           *(["-n", str(workers)] if workers else []), "-m",
+                           "not benchmark", "-k", SKIP, *FLOAT_TESTS],
+                          env=env, cwd=ROOT, capture_output=True, text=True)
+    return done.returncode, done.stdout + done.stderr
+
+
+def main(argv: list[str]) -> int:
     failed = []
-    for kernel in wanted:
-        missing = KERNELS[kernel] - flags
-        if missing:
-            print(f"kernels: {kernel} skipped: this CPU lacks {', '.join(sorted(missing))}")
-            continue
-        env = dict(os.environ, OPENBLAS_CORETYPE=kernel)
-        got = kernel_in_effect(env)
-        if kernel.lower() not in got.split():
-            print(f"kernels: OPENBLAS_CORETYPE={kernel} ran {got or 'no OpenBLAS'}; "
-                  "numpy's OpenBLAS ignored it")
-            return 1
-        print(f"kernels: the float-sensitive tests under OPENBLAS_CORETYPE={kernel}", flush=True)
-        rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-n", "2", "-p",
-                              "no:cacheprovider", "-m", "not benchmark", "-k", SKIP,
-                              *FLOAT_TESTS],
-                             env=env, cwd=ROOT)
-        if rc != 0:
+    for kernel in argv or list(KERNELS):
+        code, out = float_tests_under(kernel, workers=2)
+        print(f"kernels: {kernel}: " + (out if code is None else out.strip().splitlines()[-1]),
+              flush=True)
+        if code:
+            print(out[-4000:])
             failed.append(kernel)
-    if failed:
-        print(f"kernels: failed under {', '.join(failed)}")
-        return 1
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
