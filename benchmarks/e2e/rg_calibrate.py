@@ -77,7 +77,8 @@ def calibrate(task: str, s: Settings, model: str, gguf: str | None, work: Path,
 
 def report(records: list[dict], s: Settings, args) -> str:
     lines = ["# Calibration of the reasoning-gym tasks", "",
-             f"`python benchmarks/e2e/rg_calibrate.py` ({s.train_rows} pool rows of the task "
+             f"`python benchmarks/e2e/rg_calibrate.py {' '.join(args.argv)}` "
+             f"({s.train_rows} pool rows of the task "
              f"fine-tuned for {s.passes} example passes, lr {s.lr}, LoRA {s.lora_layers}; "
              f"{s.test_rows} test rows; teacher-forced exact match, answer-token loss). "
              f"Kept: untrained < {args.max_untrained:.0%} and trained >= "
@@ -106,9 +107,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-untrained", type=float, default=0.05)
     ap.add_argument("--min-trained", type=float, default=0.30)
     ap.add_argument("--tiny", action="store_true", help="a tiny model, 2 tasks, seconds")
+    defaults = Settings()
+    for name in ("train_rows", "test_rows", "passes", "lr", "lora_layers"):
+        value = getattr(defaults, name)
+        ap.add_argument(f"--{name.replace('_', '-')}", default=value,
+                        type=type(value) if value is not None else str)
+    ap.add_argument("--name", default="rg_calibration",
+                    help="results: RESULTS/NAME/ (records) and RESULTS/NAME.md")
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     tasks = args.tasks.split(",")
-    s = Settings()
+    s = Settings(train_rows=args.train_rows, test_rows=args.test_rows, passes=args.passes,
+                 lr=args.lr, lora_layers=None if args.lora_layers in (None, "all")
+                 else args.lora_layers)
     tmp = Path(tempfile.mkdtemp(prefix="rg-calib-"))
     work = args.work or tmp
     work.mkdir(parents=True, exist_ok=True)
@@ -122,8 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks.smollm2 import smollm2_gguf
 
         model, gguf = smollm2_gguf()
-        records_dir = (args.out or HERE.parents[1] / "benchmarks" / "results") / \
-            "rg_calibration"
+        records_dir = (args.out or HERE.parents[1] / "benchmarks" / "results") / args.name
     records_dir.mkdir(parents=True, exist_ok=True)
 
     from gradstore.grads.model import load_tokenizer, shared_models
@@ -147,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     text = report(records, s, args)
     print(text)
     if args.out and not args.tiny:
-        (args.out / "rg_calibration.md").write_text(text)
+        (args.out / f"{args.name}.md").write_text(text)
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
