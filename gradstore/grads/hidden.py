@@ -29,6 +29,7 @@ from gradstore.grads.ingestion import (
     HIDDEN_POOLING,
     IngestConfig,
     IngestPlan,
+    rows_block,
 )
 from gradstore.grads.model import CheckpointWeights, activate, load_model, lora_from_checkpoints
 from gradstore.grads.per_example import Batch, collate, loss_positions, losses_at
@@ -130,16 +131,7 @@ class HiddenStateRunner:
             self.skipped[NONFINITE] += len(bad)
             self.skipped_ids.setdefault(NONFINITE, []).extend(bad[:5])
             self.nonfinite.update(bad)
-        keep = [i for i in np.argsort(rows, kind="stable") if ok[i]]  # written in data order
-        return RowBlock(
-            ids=[exs[i].id for i in keep],
-            rows=[rows[i] for i in keep],
-            vectors=[vecs[t, keep] for t in range(T)],
-            subtasks=[exs[i].subtask for i in keep],
-            tokens=[exs[i].num_tokens for i in keep],
-            content_hashes=[exs[i].content_hash for i in keep],
-            losses=[losses[t, keep] for t in range(T)],
-        )
+        return rows_block(exs, rows, ok, vecs, losses)
 
     @torch.inference_mode()
     def features(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

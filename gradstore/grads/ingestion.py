@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from gradstore.choices import HIDDEN_TYPE
@@ -458,3 +459,24 @@ def finish_present(
 
 
 # ------------------------------------------------------------ adding checkpoints later
+
+
+def rows_block(exs: list[TokenizedExample], rows: list[int], ok: np.ndarray,
+               vectors: np.ndarray, losses: np.ndarray,
+               extra: dict[str, np.ndarray] | None = None) -> RowBlock:
+    """The examples ``exs`` (data-order positions ``rows``) whose ``ok`` is set, in data
+    order, as complete rows: ``vectors`` (T, n, d) and ``losses`` (T, n) per checkpoint,
+    ``extra`` further stored types' (T, n, d)."""
+    keep = [i for i in np.argsort(rows, kind="stable") if ok[i]]
+    T = len(vectors)
+    return RowBlock(
+        ids=[exs[i].id for i in keep],
+        rows=[rows[i] for i in keep],
+        vectors=[vectors[t][keep] for t in range(T)],
+        subtasks=[exs[i].subtask for i in keep],
+        tokens=[exs[i].num_tokens for i in keep],
+        content_hashes=[exs[i].content_hash for i in keep],
+        losses=[losses[t][keep] for t in range(T)],
+        extra_vectors={gt: [v[t][keep] for t in range(T)] for gt, v in extra.items()}
+        if extra else None,
+    )

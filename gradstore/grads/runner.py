@@ -21,6 +21,7 @@ from gradstore.grads.ingestion import (
     IngestConfig,
     IngestPlan,
     lora_spec,
+    rows_block,
 )
 from gradstore.grads.model import (
     CheckpointWeights,
@@ -170,19 +171,8 @@ class GradientRunner:
                     f"projected gradients reach {peak:.3g}, beyond float16's range; "
                     "rerun with --vector-dtype float32 and --overwrite"
                 )
-        keep = [i for i in np.argsort(rows, kind="stable") if ok[i]]  # written in data order
-        main = vecs[self.plan.grad_type]
-        return RowBlock(
-            ids=[exs[i].id for i in keep],
-            rows=[rows[i] for i in keep],
-            vectors=[main[t, keep] for t in range(T)],
-            subtasks=[exs[i].subtask for i in keep],
-            tokens=[exs[i].num_tokens for i in keep],
-            content_hashes=[exs[i].content_hash for i in keep],
-            losses=[losses[t, keep] for t in range(T)],
-            extra_vectors={gt: [vecs[gt][t, keep] for t in range(T)]
-                           for gt in self.plan.extra_types} or None,
-        )
+        return rows_block(exs, rows, ok, vecs[self.plan.grad_type], losses,
+                          {gt: vecs[gt] for gt in self.plan.extra_types})
 
     def _batch_rows(
         self, batch: Batch, moments: AdamMoments | None

@@ -72,16 +72,20 @@ def flooded(seed: int, n: int = 300, copies: int = 10, T: int = 2, d: int = 24):
     return G.astype(np.float32), Tg.astype(np.float32), ["a"] * 6 + ["b"] * 3 + ["c"]
 
 
+def labelled_parts(seed: int, eta=None):
+    """The flooded pool of ``seed`` in RAM, and its target's parts a, b, c in its space."""
+    G, Tg, labels = flooded(seed)
+    pool = StackedPool(TensorSource(G.reshape(len(G), -1), G.shape[1]), eta=eta)
+    rows = pool.target_rows(Tg.reshape(len(Tg), -1))
+    lab = np.array(labels)
+    return G, Tg, labels, pool, [rows[lab == s] for s in ("a", "b", "c")]
+
+
 @pytest.mark.parametrize("score", ["max", "mean"])
 @pytest.mark.parametrize("k", [7, 40, 120])
 def test_round_robin_equals_the_rule_by_hand(score, k):
-    G, Tg, labels = flooded(0)
     lrs = [2e-5, 1e-5]
-    T = G.shape[1]
-    pool = StackedPool(TensorSource(G.reshape(len(G), -1), T), eta=lrs)
-    rows = pool.target_rows(Tg.reshape(len(Tg), -1))
-    lab = np.array(labels)
-    parts = [rows[lab == s] for s in ("a", "b", "c")]
+    G, Tg, labels, pool, parts = labelled_parts(0, lrs)
     (res,) = round_robin(pool, [PartsQuery(part_columns(parts, score), k)])
     expected = reference(G.astype(np.float64), Tg.astype(np.float64), labels, lrs, k, score)
     assert res.rows.tolist() == expected
@@ -94,12 +98,7 @@ def test_round_robin_equals_the_rule_by_hand(score, k):
 def test_the_answer_does_not_depend_on_how_deep_the_first_scan_looked(monkeypatch):
     """With first lists only 2k deep, the planted copies exhaust part a's list: it is
     scanned again deeper, and the answer is the rule's."""
-    G, Tg, labels = flooded(0)
-    T = G.shape[1]
-    pool = StackedPool(TensorSource(G.reshape(len(G), -1), T), eta=None)
-    rows = pool.target_rows(Tg.reshape(len(Tg), -1))
-    lab = np.array(labels)
-    parts = [rows[lab == s] for s in ("a", "b", "c")]
+    G, Tg, labels, pool, parts = labelled_parts(0)
     monkeypatch.setattr(round_robin_module, "EXTRA_DEPTH", 0)
     (res,) = round_robin(pool, [PartsQuery(part_columns(parts, "max"), 7)])
     assert res.scans > 1
@@ -108,12 +107,7 @@ def test_the_answer_does_not_depend_on_how_deep_the_first_scan_looked(monkeypatc
 
 
 def test_many_queries_in_one_scan_equal_each_alone():
-    G, Tg, labels = flooded(1)
-    T = G.shape[1]
-    pool = StackedPool(TensorSource(G.reshape(len(G), -1), T), eta=None)
-    rows = pool.target_rows(Tg.reshape(len(Tg), -1))
-    lab = np.array(labels)
-    parts = [rows[lab == s] for s in ("a", "b", "c")]
+    _, _, _, pool, parts = labelled_parts(1)
     qs = [PartsQuery(part_columns(parts, "max"), 5), PartsQuery(part_columns(parts[:1], "mean"),
                                                                  30)]
     together = round_robin(pool, qs)
