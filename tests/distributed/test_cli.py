@@ -46,7 +46,7 @@ def test_run_on_ray_equals_run_in_one_process(ray_cluster, llama_dir, tmp_path):
               "--vector-dtype", "float32", "--budget", "5", "--device", "cpu", "--quiet",
               "--format", "json"]
     on_ray = json.loads(run("run", *common, "--out", tmp_path / "a", "--ray", "local",
-                            "--workers", "2").stdout)
+                            "--workers", "1").stdout)  # (two workers' shards: test_ingest)
     # the warm-up runs in this process either way (deterministic): the local run resumes it
     shutil.copytree(tmp_path / "a" / "warmup", tmp_path / "b" / "warmup")
     local = json.loads(run("run", *common, "--out", tmp_path / "b").stdout)
