@@ -117,14 +117,16 @@ def target_type(method: str, pmeta: TableMeta, tmeta: TableMeta) -> str | None:
 def target_matrix(
     db: Database, spool: StackedPool, pool: str, pmeta: TableMeta, target: str | None,
     per_subtask: bool, method: str, clusters: bool = False,
+    vectors: tuple[np.ndarray, list[str | None]] | None = None,
 ) -> tuple[np.ndarray, float]:
     """The target columns Y (D, C) in the pool's stacked space, and the sampling error of
     their mean (``target_tolerance``; 0 for the in-domain target, the pool's own mean).
     ``per_subtask``: a column per subtask label; ``clusters``: a column per cluster of the
-    target's rows (:func:`target_clusters`), labels or not."""
+    target's rows (:func:`target_clusters`), labels or not. ``vectors``: the target's rows
+    and labels as :func:`target_vectors` read them (read here when not given)."""
     if target is None:
         return spool.mean()[:, None], 0.0
-    X, labels = _target_vectors(db, pool, pmeta, target, method)
+    X, labels = vectors or target_vectors(db, pool, pmeta, target, method)
     lab = None
     if clusters:
         lab = target_clusters(spool.target_rows(X)).astype(str)
@@ -136,7 +138,7 @@ def target_matrix(
     return Y, tolerance
 
 
-def _target_vectors(db: Database, pool: str, pmeta: TableMeta, target: str, method: str
+def target_vectors(db: Database, pool: str, pmeta: TableMeta, target: str, method: str
                     ) -> tuple[np.ndarray, list[str | None]]:
     """A target's stored rows (n, T*d) in the pool's checkpoint order, of the type
     ``method`` reads, and their subtask labels."""
@@ -163,14 +165,15 @@ class TargetParts:
 
 
 def target_parts(db: Database, spool: StackedPool, pool: str, pmeta: TableMeta,
-                 target: str | None, method: str, clusters: bool) -> TargetParts:
+                 target: str | None, method: str, clusters: bool,
+                 vectors: tuple[np.ndarray, list[str | None]] | None = None) -> TargetParts:
     """The parts of a target that round-robin and ``--target-mode parts`` take turns over:
     its subtasks when every row has one (and ``clusters`` is not asked for), else the
     clusters of its rows (:func:`target_clusters`; one part when they do not separate).
     In-domain selection (no target) has one part, the pool's mean."""
     if target is None:
         return TargetParts([spool.mean()[None, :]], ["pool"])
-    X, labels = _target_vectors(db, pool, pmeta, target, method)
+    X, labels = vectors or target_vectors(db, pool, pmeta, target, method)
     stacked = spool.target_rows(X)
     if not np.any(stacked):
         raise GradstoreError(f"target {target!r} has all-zero gradients; nothing to match")
@@ -448,13 +451,15 @@ def run_selection(
         spool = stacked_pool(db, pool, opts, eta, cache, scope)
         per_subtask = opts.method in COSINE_METHODS or opts.target_mode == "joint"
         clusters = opts.target_mode == "clusters"
+        read = {t: target_vectors(db, pool, pmeta, t, opts.method)  # each target read once
+                for t in dict.fromkeys(targets) if t is not None}
         found = [target_matrix(db, spool, pool, pmeta, t, per_subtask, opts.method,
-                               clusters=clusters and opts.method != "round-robin")
-                 for t in targets]
+                               clusters=clusters and opts.method != "round-robin",
+                               vectors=read.get(t)) for t in targets]
         parts = None
         if opts.method == "round-robin" or opts.target_mode == "parts":
-            parts = [target_parts(db, spool, pool, pmeta, t, opts.method, clusters)
-                     for t in targets]
+            parts = [target_parts(db, spool, pool, pmeta, t, opts.method, clusters,
+                                  vectors=read.get(t)) for t in targets]
         pairs = [(ti, bi) for ti in range(len(targets)) for bi in range(len(budgets))]
         bar = ScanProgress(n, opts.method) if opts.progress else None
         try:

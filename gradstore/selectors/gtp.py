@@ -363,24 +363,6 @@ def candidates_within(budget: int, k: int, width: int) -> int:
     return m
 
 
-def _norm_key(pool: StackedPool, row: int) -> bytes:
-    """A row's stored per-checkpoint norms: equal for rows whose stored vectors are."""
-    return pool.norms[row].tobytes()
-
-
-def _byte_copies(pool: StackedPool, st: _State, rows: np.ndarray) -> np.ndarray:
-    """Which of ``rows`` store exactly the vector of a chosen row (screened by their
-    norms, then compared value by value: only rows with a chosen row's norms are read)."""
-    twin = [st.sel.keys.get(_norm_key(pool, int(r))) for r in rows]
-    hits = np.array([t is not None for t in twin], dtype=bool)
-    if not hits.any():
-        return hits
-    mine = pool.source.take(rows[hits])
-    theirs = pool.source.take(np.array([t for t in twin if t is not None], dtype=np.int64))
-    hits[hits] = (mine == theirs).all(1).numpy()
-    return hits
-
-
 def _lengths(squares: np.ndarray) -> np.ndarray:
     """Row lengths from their squared norms (inf for a zero row: its cosines are 0)."""
     d = np.sqrt(np.clip(np.asarray(squares, dtype=np.float64), 0, None))
@@ -413,7 +395,7 @@ def _grow(pool: StackedPool, st: _State, cand: np.ndarray, _members,
         # the scan's cut-off: rows outside U scored at most this (when U is not the rest)
         floor = score.min() if len(cand) >= st.m and len(cand) < pool.num_rows - len(st.rows) \
             else -np.inf
-        used = _byte_copies(pool, st, cand)  # copies of rows chosen in earlier rounds
+        used = pool.stored_copies(cand, st.sel.keys)  # copies of rows chosen in earlier rounds
         _set_aside(st, cand[used])
         while st.growing:
             masked = np.where(used, -np.inf, score)
@@ -422,7 +404,7 @@ def _grow(pool: StackedPool, st: _State, cand: np.ndarray, _members,
                 break
             used[j] = True
             st.sel.rows.append(int(cand[j]))
-            st.sel.keys[_norm_key(pool, int(cand[j]))] = int(cand[j])
+            st.sel.keys[pool.norm_key(int(cand[j]))] = int(cand[j])
             st.sel.s += A[j].double().numpy()
             gj = (A @ A[j]).numpy()  # float32, as the products always were
             score += yU - gj
@@ -463,7 +445,7 @@ def _swap(
     correlations ``c`` with one product of the rows."""
     if len(outsiders) == 0 or len(members) == 0:
         return False
-    copy = _byte_copies(pool, st, outsiders)
+    copy = pool.stored_copies(outsiders, st.sel.keys)
     _set_aside(st, outsiders[copy])
     outsiders = outsiders[~copy]
     if len(outsiders) == 0:
@@ -488,8 +470,8 @@ def _swap(
             p = position.pop(int(both[j]))
             st.sel.rows[p] = int(both[i])
             position[int(both[i])] = p
-            st.sel.keys.pop(_norm_key(pool, int(both[j])), None)
-            st.sel.keys[_norm_key(pool, int(both[i]))] = int(both[i])
+            st.sel.keys.pop(pool.norm_key(int(both[j])), None)
+            st.sel.keys[pool.norm_key(int(both[i]))] = int(both[i])
             st.sel.s += (A[i].double() - A[j].double()).numpy()
             gi, gj = (A @ A[i]).numpy(), (A @ A[j]).numpy()
             made += 1

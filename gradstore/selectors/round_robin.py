@@ -28,12 +28,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from gradstore.selectors.gtp import DUPLICATE_COSINE
 from gradstore.selectors.scan import MAXIMUM, ScanQuery
 from gradstore.selectors.stacked import StackedPool
 
-DUPLICATE_COSINE = 0.99
-"""Two rows whose normalised stacked rows have at least this cosine are copies of one
-example: round-robin takes at most one of them (as ``gtp``'s ``DUPLICATE_COSINE``)."""
 EXTRA_DEPTH = 64
 """Candidates per part beyond 2k on the first scan (room for rows other parts took)."""
 
@@ -140,7 +138,7 @@ class _Chosen:
         gen = torch.Generator().manual_seed(0)
         self.sketch = torch.randn((pool.width, SKETCH_DIM), generator=gen) / SKETCH_DIM ** 0.5
         self.sk = torch.zeros((max(k, 1), SKETCH_DIM))
-        self.keys: dict[bytes, list[int]] = {}
+        self.keys: dict[bytes, int] = {}  # norm key -> a taken row (StackedPool.norm_key)
         self.vecs: dict[int, torch.Tensor] = {}  # unit rows read ahead, by pool row
 
     def unit_rows(self, rows: np.ndarray) -> torch.Tensor:
@@ -158,10 +156,8 @@ class _Chosen:
     def is_copy(self, row: int) -> bool:
         if not self.rows:
             return False
-        for other in self.keys.get(self.pool.norms[row].tobytes(), []):
-            if torch.equal(self.pool.source.take(np.array([row])),
-                           self.pool.source.take(np.array([other]))):
-                return True
+        if self.pool.stored_copies(np.array([row]), self.keys)[0]:
+            return True
         vec = self.vecs[row]
         near = np.flatnonzero((self.sk[: len(self.rows)] @ (vec @ self.sketch)).numpy()
                               >= SKETCH_SCREEN)
@@ -174,7 +170,7 @@ class _Chosen:
         self.sk[len(self.rows)] = self.vecs[row] @ self.sketch
         self.rows.append(row)
         self.taken.add(row)
-        self.keys.setdefault(self.pool.norms[row].tobytes(), []).append(row)
+        self.keys[self.pool.norm_key(row)] = row
 
 
 def _take_turns(pool: StackedPool, ranked: list[np.ndarray], k: int, complete: bool

@@ -189,6 +189,24 @@ class StackedPool:
                 on_done(b - a)
         return out
 
+    def norm_key(self, row: int) -> bytes:
+        """A row's per-checkpoint norms as bytes: equal for rows whose stored vectors are
+        (the screen for exact copies)."""
+        return self.norms[row].tobytes()
+
+    def stored_copies(self, rows: np.ndarray, keys: dict[bytes, int]) -> np.ndarray:
+        """Which of ``rows`` store exactly the vector of the row ``keys`` names for their
+        :meth:`norm_key` (screened by the norms, then compared value by value: only rows
+        with a named row's norms are read)."""
+        twin = [keys.get(self.norm_key(int(r))) for r in rows]
+        hits = np.array([t is not None for t in twin], dtype=bool)
+        if not hits.any():
+            return hits
+        mine = self.source.take(np.asarray(rows)[hits])
+        theirs = self.source.take(np.array([t for t in twin if t is not None], dtype=np.int64))
+        hits[hits] = (mine == theirs).all(1).numpy()
+        return hits
+
     def rows(self, positions: np.ndarray) -> torch.Tensor:
         """Stacked rows a_i for the given positions, float32 (n, T*d)."""
         positions = np.asarray(positions, dtype=np.int64)
