@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gradstore.budget import Budget, budget_count, budget_label
-from gradstore.choices import PURSUITS
+from gradstore.choices import HIDDEN_TYPE, PURSUITS
 from gradstore.config import SelectConfig
 from gradstore.devices import resolve_device
 from gradstore.errors import GradstoreError
@@ -105,12 +105,21 @@ COSINE_METHODS = ("less", "round-robin")
 """Methods that score pool rows by their cosine with the target's (plain SGD) rows."""
 
 
+def wanted_type(method: str, pool_type: str | None) -> str | None:
+    """The target type ``method`` wants against a pool of ``pool_type``: LESS and
+    round-robin score plain SGD target gradients against a gradient pool (as LESS does);
+    the pursuits fit the target with pool rows, so they read the pool's own type, and so
+    does every method on hidden-state features (a target's hidden states are its only
+    features)."""
+    if method in COSINE_METHODS and pool_type != HIDDEN_TYPE:
+        return "sgd"
+    return pool_type
+
+
 def target_type(method: str, pmeta: TableMeta, tmeta: TableMeta) -> str | None:
-    """The gradient type of a target that ``method`` reads: LESS and round-robin score
-    plain SGD target gradients against the pool (as LESS does); the pursuits fit the target
-    with pool rows, so they read the pool's own type. A target without the wanted type gives
-    what it has."""
-    wanted = "sgd" if method in COSINE_METHODS else pmeta.grad_type
+    """The type of a target's rows that ``method`` reads (:func:`wanted_type`); a target
+    without it gives what it has."""
+    wanted = wanted_type(method, pmeta.grad_type)
     return wanted if wanted in tmeta.grad_types else tmeta.grad_type
 
 
@@ -557,7 +566,7 @@ def stop_note(sel: Selection) -> str | None:
         note = (f"{sel.method} chose {len(sel.ids)} of the k={sel.k} allowed: more pool "
                 f"examples do not lower the residual ({sel.residual:.2f} of the target's norm)")
     used = sel.params.get("target_grad_type")
-    wanted = "sgd" if sel.method in COSINE_METHODS else sel.params.get("pool_grad_type")
+    wanted = wanted_type(sel.method, sel.params.get("pool_grad_type"))
     if sel.target is None or not used or not wanted or used == wanted:
         return None if note is None else f"{note}; use --method gtp to fill the budget"
     mismatch = (f"target {sel.target!r} stores only {used} gradients and {sel.method} reads "
