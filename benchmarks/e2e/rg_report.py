@@ -1,0 +1,264 @@
+"""The report of the reasoning-gym plan (``run.py --suite rg``): every arm against default
+GTP, paired by cell, per family, with intervals that are honest at a few dozen cells.
+
+A **cell** is one (target, budget) of a family; its value for an arm is the mean over the
+seeds it ran (one seed to start: the spread between cells dominates). For each family and
+arm, the paired differences ``arm - gtp`` over the cells where both ran give a mean and a
+95% t-interval (``mean +- t(0.975, n-1) * sd / sqrt(n)``): with n cells the cell means are
+what varies, and a t-interval over them does not pretend that the seeds inside a cell
+are independent evidence (a percentile bootstrap over so few cells is too narrow).
+
+Metrics, in points of teacher-forced exact match (``em``), and answer-token loss in nats
+(``loss``, lower is better):
+
+* single task and flooded pool: the task's test rows;
+* mixture: ``weighted``, each part's exact match weighted by the target's own shares (the
+  headline: the target served as given), ``worst``, the smallest part's (a guard: no arm
+  may leave a part untrained), and ``loss`` weighted by the shares.
+
+    python benchmarks/e2e/rg_report.py RESULTS/e2e_rg_jobs    # print the tables
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+FAMILIES = {"mix": "Mixtures of 2-3 tasks (unequal shares, no labels given)",
+            "single": "Single tasks", "flood": "Duplicate-flooded pool"}
+HEADLINE = {"mix": ("weighted", "worst", "loss"), "single": ("em", "loss"),
+            "flood": ("em", "loss", "unique")}
+REFERENCE = "gtp"
+
+
+def load(records: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(records.glob("*.json"))]
+
+
+def shares_of(job: dict, plan: dict) -> dict[str, float]:
+    if job["family"] != "mix":
+        return {job["target"]: 1.0}
+    mix = plan["mixture_specs"][job["target"]]
+    return {s: v / sum(mix.values()) for s, v in mix.items()}
+
+
+def metrics(record: dict, plan: dict) -> dict[str, float]:
+    """One selection job's metrics (see the module's docstring), and ``parts_empty``: the
+    target's parts the selection holds no row of."""
+    job, scores, sel = record["job"], record["scores"], record["selection"]
+    n = max(1, sel["chosen"])
+    out = {"unique": 100 * sel.get("unique", 1.0)}
+    if job["family"] != "mix":
+        s = scores[f"test-{job['target']}"]
+        return out | {"em": 100 * s["accuracy"], "loss": s["loss"],
+                      "on_task": 100 * sel["skills"].get(job["target"], 0) / n}
+    shares = shares_of(job, plan)
+    em = {t: 100 * scores[f"mixtest-{t}"]["accuracy"] for t in shares}
+    return out | {
+        "weighted": sum(shares[t] * em[t] for t in shares), "worst": min(em.values()),
+        "loss": sum(shares[t] * scores[f"mixtest-{t}"]["loss"] for t in shares),
+        "parts_empty": float(sum(sel["skills"].get(t, 0) == 0 for t in shares)),
+        **{f"share[{t}]": 100 * sel["skills"].get(t, 0) / n for t in shares}}
+
+
+def cells_of(jobs: list[dict], family: str, plan: dict) -> dict[tuple, dict[str, dict]]:
+    """(target, budget) -> arm -> metrics averaged over the seeds that ran."""
+    runs: dict = {}
+    for r in jobs:
+        job = r["job"]
+        if job["kind"] == "selection" and job["family"] == family:
+            runs.setdefault((job["target"], job["budget"]), {}).setdefault(
+                job["arm"], []).append(metrics(r, plan))
+    return {cell: {arm: {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
+                   for arm, ms in arms.items()} for cell, arms in runs.items()}
+
+
+def t_interval(diffs: list[float]) -> dict:
+    """Mean of paired differences with a 95% t-interval over them (``n`` cells)."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=float)
+    n, mean = len(d), float(d.mean())
+    if n < 2:
+        return {"n": n, "mean": mean, "lo": math.nan, "hi": math.nan}
+    half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n))
+    return {"n": n, "mean": mean, "lo": mean - half, "hi": mean + half}
+
+
+def paired(cells: dict, metric: str, arm: str) -> dict | None:
+    diffs = [c[arm][metric] - c[REFERENCE][metric] for c in cells.values()
+             if arm in c and REFERENCE in c and metric in c[arm]]
+    return t_interval(diffs) if diffs else None
+
+
+def summary(jobs: list[dict], plan: dict) -> dict:
+    out = {}
+    for family in FAMILIES:
+        cells = cells_of(jobs, family, plan)
+        if not cells:
+            continue
+        arms = list(dict.fromkeys(a for c in cells.values() for a in c))
+        means = {a: {m: float(np.mean([c[a][m] for c in cells.values() if a in c]))
+                     for m in HEADLINE[family]} | {"cells": sum(a in c for c in cells.values())}
+                 for a in arms}
+        diffs = {a: {m: paired(cells, m, a) for m in HEADLINE[family]}
+                 for a in arms if a != REFERENCE}
+        out[family] = {"cells": {f"{t}@{b}": v for (t, b), v in cells.items()},
+                       "means": means, "paired": diffs}
+    return out
+
+
+def _ci(p: dict | None, digits: int = 1) -> str:
+    if p is None:
+        return "-"
+    if math.isnan(p["lo"]):
+        return f"{p['mean']:+.{digits}f} (n={p['n']})"
+    return f"{p['mean']:+.{digits}f} [{p['lo']:+.{digits}f}, {p['hi']:+.{digits}f}] (n={p['n']})"
+
+
+def tables(summ: dict) -> list[str]:
+    lines = []
+    for family, title in FAMILIES.items():
+        block = summ.get(family)
+        if not block:
+            continue
+        ms = HEADLINE[family]
+        lines += [f"## {title}", "", f"{len(block['cells'])} cells. Arm means (exact match in "
+                  "points; loss in nats, lower is better), then each arm minus default "
+                  f"`{REFERENCE}`, paired by cell, with a 95% t-interval:", "",
+                  "| arm | cells | " + " | ".join(ms) + " | " +
+                  " | ".join(f"{m} - gtp" for m in ms) + " |",
+                  "|---|---|" + "---|" * (2 * len(ms))]
+        for arm, mean in block["means"].items():
+            diff = block["paired"].get(arm, {})
+            lines.append(f"| {arm} | {mean['cells']} | "
+                         + " | ".join(f"{mean[m]:.2f}" if m == "loss" else f"{mean[m]:.1f}"
+                                      for m in ms) + " | "
+                         + " | ".join(_ci(diff.get(m), 2 if m == "loss" else 1)
+                                      for m in ms) + " |")
+        lines.append("")
+    return lines
+
+
+def figure(summ: dict, path: Path) -> bool:
+    """Every arm's paired difference to default GTP with its interval, one panel per
+    family's exact-match headline (False when matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels = [(f, m) for f in FAMILIES if f in summ
+              for m in HEADLINE[f] if m not in ("loss", "unique")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (family, metric) in zip(axes[0], panels, strict=True):
+        rows = [(a, d[metric]) for a, d in summ[family]["paired"].items() if d.get(metric)]
+        for y, (_, p) in enumerate(rows):
+            lo, hi = (p["lo"], p["hi"]) if not math.isnan(p["lo"]) else (p["mean"],) * 2
+            ax.errorbar(p["mean"], y, xerr=[[p["mean"] - lo], [hi - p["mean"]]], fmt="o",
+                        color="tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:gray",
+                        capsize=3)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(range(len(rows)), [a for a, _ in rows])
+        ax.set_title(f"{family}: {metric} (n={len(summ[family]['cells'])})", fontsize=10)
+        ax.set_xlabel("arm - gtp, points (95% t-interval)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def setup_lines(plan: dict, timing: dict, jobs: list[dict], command: str, env: dict,
+                ) -> list[str]:
+    sel = [j for j in jobs if j["job"]["kind"] == "selection"]
+    trained = [j for j in sel if not j.get("reused_from")]
+    base = next((j for j in jobs if j["job"]["kind"] == "base"), None)
+    mixes = "; ".join(f"{m} = " + "/".join(f"{t} {v:g}" for t, v in spec.items())
+                      for m, spec in plan["mixture_specs"].items())
+    lines = [f"`{command}`", "",
+             f"{env.get('machine')}; python {env.get('python')}, torch {env.get('torch')}, "
+             f"transformers {env.get('transformers')}, peft {env.get('peft')}, gradstore "
+             f"{env.get('gradstore')} ({env.get('commit', '?')}); model "
+             f"`{Path(plan['model']).name}/{plan['gguf_file'] or ''}`, device {plan['device']}.",
+             "", "## Set-up", "",
+             f"- **Tasks** (reasoning-gym, `benchmarks/e2e/rg_tasks.py`, chosen by the "
+             f"calibration in `rg_calibration_r160_all.md`): {', '.join(plan['tasks'])}. Pool: "
+             f"{plan['pool_per_task']} rows of each ({plan['pool_per_task'] * len(plan['tasks'])}"
+             f" rows); targets {plan['target_size']} rows; test rows disjoint from both "
+             f"({plan['single_test_rows']} per single or flooded cell, "
+             f"{plan['mix_test_per_skill']} per part of a mixture).",
+             f"- **Mixtures** (the selectors see no labels): {mixes}.",
+             f"- **Flooded pool**: the first {plan['flood_size']} pool rows, >= "
+             f"{plan['flood_share']:.0%} of them copies in families of 5-50 (half exact, half "
+             "re-worded).",
+             f"- **Arms**: single {plan['single_arms']} at {plan['single_budgets']}; mixtures "
+             f"{plan['mix_arms']} at {plan['mix_budgets']}, plus {plan['mix_extra']}; flooded "
+             f"{plan['flood_arms']} at {plan['flood_budgets']}; seeds {plan['seeds']}.",
+             f"- **Features**: gradients after a warm-up on {plan['warmup_fraction']:.0%} of "
+             f"the pool ({plan['warmup_epochs']} epochs, LoRA {plan['warmup_layers'] or 'all'}"
+             f"), d={plan['proj_dim']}; hidden states of the base model (`--features hidden`)"
+             " for `rds` and `hidden-topk`.",
+             f"- **Fine-tunes**: LoRA r=8 on {plan['lora_layers'] or 'every layer'}, lr "
+             f"{plan['lr']}, batch {plan['batch_size']}, {plan['passes']} example passes asked "
+             "(whole epochs: round(passes / k) of a k-row selection); exact match "
+             "teacher-forced.", ""]
+    secs = sum(j.get("train_seconds", 0) + j.get("eval_seconds", 0) for j in jobs)
+    lines += [f"Jobs recorded: {len(sel)} selection fine-tunes ({len(trained)} trained, the "
+              f"rest identical to one of them). Time: pipeline {sum(timing.values()) / 60:.1f} "
+              f"min ({', '.join(f'{k} {v / 60:.1f}' for k, v in timing.items())}), jobs "
+              f"{secs / 60:.1f} min.", ""]
+    if base is not None:
+        lines += ["Untrained model: " + ", ".join(
+            f"{k} {100 * v['accuracy']:.1f}% / {v['loss']:.2f}"
+            for k, v in sorted(base["scores"].items())) + ".", ""]
+    return lines
+
+
+def composition_lines(summ: dict) -> list[str]:
+    block = summ.get("mix")
+    if not block:
+        return []
+    lines = ["Mixture cells where an arm left a part of the target without a single row:", "",
+             "| arm | cells with an empty part |", "|---|---|"]
+    for arm in block["means"]:
+        empty = sum(c[arm].get("parts_empty", 0) > 0 for c in block["cells"].values()
+                    if arm in c)
+        lines.append(f"| {arm} | {empty} of {block['means'][arm]['cells']} |")
+    return lines + [""]
+
+
+def write(plan: dict, timing: dict, records: Path, results: Path, name: str, command: str,
+          env: dict) -> None:
+    jobs = load(records)
+    summ = summary(jobs, plan)
+    results.mkdir(parents=True, exist_ok=True)
+    has_figure = figure(summ, results / f"{name}.png") if summ else False
+    notes_file = results / f"{name}_notes.md"
+    lines = ["# End-to-end selection quality on reasoning-gym tasks (SmolLM2-135M-Instruct, "
+             "LoRA)", "", *setup_lines(plan, timing, jobs, command, env)]
+    if notes_file.exists():
+        lines += [notes_file.read_text().strip(), ""]
+    if has_figure:
+        lines += [f"![paired differences to default GTP]({name}.png)", ""]
+    lines += tables(summ) + composition_lines(summ)
+    (results / f"{name}.json").write_text(json.dumps(
+        {"command": command, "environment": env, "plan": plan, "pipeline_seconds": timing,
+         "summary": summ}, indent=1) + "\n")
+    (results / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    records = Path((argv if argv is not None else sys.argv[1:])[0])
+    plan = json.loads((records.parent / f"{records.name.removesuffix('_jobs')}.json")
+                      .read_text())["plan"]
+    print("\n".join(tables(summary(load(records), plan))))
+
+
+if __name__ == "__main__":
+    main()
