@@ -92,10 +92,12 @@ name, kept for the five-skill plan's records."""
 FIVE = ["convert", "sort", "words", "count", "upper"]
 """Skills whose full-pool fine-tune beats the untrained model by >= 10 points of exact
 match (measured once, method-blind; `add`, `reverse` and `roman` stay near 0)."""
-RG_TASKS = ["reverse_words", "rotate_matrix", "letter_count", "aiw_siblings", "spiral_matrix",
-            "filter_numbers", "sort_words", "add_sub"]
-"""The reasoning-gym tasks of the rg plan: those the calibration kept (untrained exact match
-< 5%, a fine-tune on 160 of the task's own rows >= 30%; ``rg_calibration_r160_all.md``)."""
+RG_TARGETS = ["reverse_words", "rotate_matrix", "letter_count", "aiw_siblings", "spiral_matrix",
+              "filter_numbers", "sort_words", "add_sub"]
+"""The reasoning-gym tasks the rg plan's targets come from: those the calibration kept
+(untrained exact match < 5%, a fine-tune on 160 of the task's own rows >= 30%;
+``rg_calibration_r160_all.md``). The pool holds rows of every task in the catalogue, the
+ones the model does not learn as well: a pool is not made of the target's tasks alone."""
 
 
 def mixture_name(spec: dict[str, float]) -> str:
@@ -130,16 +132,17 @@ def rg_defaults(tiny: bool) -> dict:
                 "warmup_fraction": 0.1, "warmup_epochs": 1, "warmup_layers": None,
                 "lora_layers": None, "proj_dim": 32, "max_length": 64, "passes": 16,
                 "eval_batch": 8}
-    return {"suite": "rg", "tasks": list(RG_TASKS), "pool_per_task": 150,
-            "pool_size": 150 * len(RG_TASKS), "mixture_specs": dict(RG_MIXTURES),
+    tasks = list(rg_tasks.TASKS)
+    return {"suite": "rg", "tasks": tasks, "pool_per_task": 75,
+            "pool_size": 75 * len(tasks), "mixture_specs": dict(RG_MIXTURES),
             "mixtures": list(RG_MIXTURES), "target_size": 20, "test_size": 60,
-            "single_targets": list(RG_TASKS), "single_budgets": ["0.5%", "5%"],
+            "single_targets": list(RG_TARGETS), "single_budgets": ["0.5%", "5%"],
             "single_arms": ["gtp", "less", "rds", "hidden-topk"],
             "mix_budgets": ["2%", "5%"],
             "mix_arms": ["gtp", "gtp-exact", "gtp-parts", "less", "rr", "rds", "stratified"],
             "mix_extra": [["gtp-paper", "5%"], ["random", "5%"]],
             "mix_test_per_skill": 40, "single_test_rows": 60, "flood_size": 600,
-            "flood_targets": list(RG_TASKS), "flood_budgets": ["2%", "5%"],
+            "flood_targets": list(RG_TARGETS), "flood_budgets": ["2%", "5%"],
             "flood_arms": ["gtp", "less", "less-dedup", "rds"], "seeds": [0],
             "lora_layers": None, "lr": 2e-3, "passes": 160}
 
@@ -382,8 +385,11 @@ def target_files(plan: Plan) -> list[str]:
                                                     for m in plan.mixtures]
 
 
-def stage_pipeline(plan: Plan, work: Path, data: Path) -> dict[str, dict]:
-    """Warm-up, ingest and every selection; returns selections by ``Cell.key``."""
+def stage_pipeline(plan: Plan, work: Path, data: Path, pools_only: bool = False,
+                   ) -> dict[str, dict]:
+    """Warm-up, ingest and every selection; returns selections by ``Cell.key``.
+    ``pools_only``: the pools' part alone (the rg plan's targets can be chosen later: each
+    target is its own ingest step, on the pool's checkpoints)."""
     pipe = work / "pipeline"
     store = pipe / "store"
     timing_file = work / "pipeline_seconds.json"
@@ -404,31 +410,39 @@ def stage_pipeline(plan: Plan, work: Path, data: Path) -> dict[str, dict]:
             "--method", "gtp", "--budget", all_budgets(plan)[-1], "--quiet"]
     if plan.warmup_layers:
         args += ["--lora-layers", plan.warmup_layers]
-    for name in target_files(plan):
-        args += ["--target", str(data / name)]
-    step("warmup_and_ingest", *args)
+    targets_apart = plan.suite == "rg"
+    if not targets_apart:
+        for name in target_files(plan):
+            args += ["--target", str(data / name)]
+    step("warmup_and_ingest_pool" if targets_apart else "warmup_and_ingest", *args)
     checkpoints = json.loads((pipe / "run.json").read_text())["checkpoints"]
     same = [*model_flags(plan), "--proj-dim", str(plan.proj_dim), "--max-length",
             str(plan.max_length), "--batch-size", str(plan.batch_size), "--quiet"]
     same += [flag for c in checkpoints for flag in ("--checkpoint", c)]
-    for m in plan.mixtures:  # the same rows, labelled with their skill (LESS's subtasks)
-        step(f"ingest_labels_{m}", "ingest", str(store), f"target-mix-{m}-labels", "--kind",
-             "target", "--subtask-field", "skill", "--data", str(data / f"target-mix-{m}.jsonl"),
-             *same)
     if plan.flood_targets:
         step("ingest_flood", "ingest", str(store), "flood", "--data", str(data / "flood.jsonl"),
              *same)
+    hidden = ["--features", "hidden", *model_flags(plan), "--max-length",
+              str(plan.max_length), "--batch-size", str(plan.batch_size), "--quiet"]
     if plan.hidden():  # hidden states of the base model: forward passes, no warm-up
-        hidden = ["--features", "hidden", *model_flags(plan), "--max-length",
-                  str(plan.max_length), "--batch-size", str(plan.batch_size), "--quiet"]
-        pools = ["pool"] + (["flood"] if plan.flood_targets else [])
-        for name in pools:
+        for name in ["pool"] + (["flood"] if plan.flood_targets else []):
             step(f"hidden_{name}", "ingest", str(store), f"{name}-hidden", "--data",
                  str(data / f"{name}.jsonl"), *hidden)
-        for name in target_files(plan):
-            stem = name.removesuffix(".jsonl")
-            step(f"hidden_{stem}", "ingest", str(store), f"{stem}-hidden", "--kind", "target",
-                 "--data", str(data / name), *hidden)
+    if pools_only:
+        return {}
+    for name in target_files(plan) if targets_apart else []:
+        stem = name.removesuffix(".jsonl")
+        step(f"ingest_{stem}", "ingest", str(store), stem, "--kind", "target", "--data",
+             str(data / name), *same)
+    labelled = plan.mixtures if "less-labels" in plan.mix_arms else []
+    for m in labelled:  # the same rows, labelled with their skill (LESS's subtasks)
+        step(f"ingest_labels_{m}", "ingest", str(store), f"target-mix-{m}-labels", "--kind",
+             "target", "--subtask-field", "skill", "--data", str(data / f"target-mix-{m}.jsonl"),
+             *same)
+    for name in target_files(plan) if plan.hidden() else []:
+        stem = name.removesuffix(".jsonl")
+        step(f"hidden_{stem}", "ingest", str(store), f"{stem}-hidden", "--kind", "target",
+             "--data", str(data / name), *hidden)
     sel_dir = work / "selections"
     sel_dir.mkdir(parents=True, exist_ok=True)
     selections: dict[str, dict] = {}
@@ -787,7 +801,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gguf-file")
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--passes", type=int, help="example passes per fine-tune")
-    ap.add_argument("--stage", choices=["all", "pipeline", "report"], default="all")
+    ap.add_argument("--stage", choices=["all", "pools", "pipeline", "report"], default="all",
+                    help="pools: data and the pools' warm-up and ingestion only (the rg "
+                         "plan's targets may be chosen after)")
     a = ap.parse_args(argv)
     if a.tiny:
         from benchmarks.tiny_model import tiny_chat_model
@@ -814,8 +830,8 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     if a.stage != "report":
         data = stage_data(plan, work)
-        selections = stage_pipeline(plan, work, data)
-        if a.stage == "pipeline":
+        selections = stage_pipeline(plan, work, data, pools_only=a.stage == "pools")
+        if a.stage in ("pools", "pipeline"):
             log(f"pipeline done in {(time.perf_counter() - t0) / 60:.1f} min")
             return
         stage_jobs(plan, work, data, selections, records)
