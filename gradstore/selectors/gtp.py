@@ -42,18 +42,16 @@ is set aside for the rest of the pursuit. Measured on 40 groups of 4 identical r
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from gradstore.selectors.greedy import dot64, one_thread, squares64
-from gradstore.selectors.lockstep import lockstep
+from gradstore.selectors.pursuit import Found, PursuitState, Rounds, Wanted, run_pursuit
 from gradstore.selectors.query import MAX_CANDIDATES, PursuitResult, Query
 from gradstore.selectors.scan import MAXIMUM, ScanQuery
-from gradstore.selectors.source import TensorSource
 from gradstore.selectors.stacked import StackedPool
 
 MAX_ALPHA = 64.0
@@ -119,23 +117,34 @@ class _Stretch:
         return nxt
 
 
-class _State:
+@dataclass
+class _Settings:
+    """What every query of one gtp run shares: the pool, its rows' squared norms (the
+    scores' penalty is half of them; None when all are equal), and the swap settings."""
+
+    pool: StackedPool
+    squares: _RowSquares
+    half: np.ndarray | None
+    max_iter: int
+    tol: float
+    max_swaps: int
+
+
+class _GtpState(PursuitState):
     """One query's pursuit: its selection, the stretch of its target, and its progress."""
 
-    def __init__(self, q: Query, width: int) -> None:
-        self.q = q
+    def __init__(self, q: Query, run: _Settings) -> None:
+        super().__init__(q, max(1, min(max(int(q.m), MIN_CANDIDATES), MAX_CANDIDATES)),
+                         done=int(q.k) == 0)
+        self.run = run
         self.k = int(q.k)
-        self.m = max(1, min(max(int(q.m), MIN_CANDIDATES), MAX_CANDIDATES))
         self.y0 = np.asarray(q.Y, dtype=np.float64).mean(1)
         self.yn = float(np.linalg.norm(self.y0))
         self.y = self.y0  # what the mean is pulled toward: alpha * y0
         self.stretch = _Stretch(q.tolerance)
-        self.sel = _Selection(width)
+        self.sel = _Selection(run.pool.width)
         self.rounds = 0  # swap rounds at the current alpha
         self.copies: set[int] = set()  # rows set aside as copies of chosen ones
-        self.done = self.k == 0
-        self.history: list[float] = []
-        self.seconds_nnls = 0.0
 
     @property
     def rows(self) -> list[int]:
@@ -159,6 +168,10 @@ class _State:
     def relative_residual(self) -> float:
         return self.error() / self.yn if self.yn > 0 else 0.0
 
+    def gap(self) -> float:
+        """``||k y - s||`` for the current (stretched) target: what the swaps lower."""
+        return float(np.linalg.norm(self.residual_vector()))
+
     def settle(self) -> None:
         """The swaps at this alpha have converged: stop, or move to the next alpha."""
         nxt = self.stretch.next(self.error(), self.sel)
@@ -168,6 +181,52 @@ class _State:
             self.done = True
             return
         self.y, self.rounds = nxt * self.y0, 0
+
+    def wanted(self) -> Wanted:
+        """The best outsiders to add (always) and, at k rows, the members whose removal
+        costs least (score ``-a.r - |a|^2/2``, outsiders excluded)."""
+        chosen = np.asarray(self.rows, dtype=np.int64)
+        barred = np.concatenate([chosen, np.fromiter(self.copies, np.int64, len(self.copies))])
+        one, half = slice(0, 1), self.run.half
+        asks = [ScanQuery(one, self.m, exclude=barred, reduce=MAXIMUM, penalty=half)]
+        if not self.growing:
+            outside = np.setdiff1d(np.arange(self.run.pool.num_rows), chosen)
+            asks.append(ScanQuery(one, min(self.m, self.k), exclude=outside, reduce=MAXIMUM,
+                                  penalty=half, sign=-1.0))
+        return Wanted(self.residual_vector()[:, None], asks)
+
+    def step(self, found: Found) -> None:
+        """Grow toward k, or one swap round (and, once the swaps converge, the next stretch
+        of the target or the end)."""
+        run, outsiders = self.run, found[0][0]
+        with self.timed("seconds_steps"):
+            if self.growing:
+                _grow(run.pool, self, outsiders, run.squares)
+            else:
+                before = self.gap()
+                swapped = _swap(run.pool, self, outsiders, found[1][0], run.squares,
+                                run.max_swaps)
+                self.rounds += 1
+                if not swapped or self.gap() > before * (1 - run.tol) \
+                        or self.rounds >= run.max_iter:
+                    self.settle()
+        self.history.append(self.relative_residual())
+
+    def answer(self) -> tuple[np.ndarray, np.ndarray, float]:
+        rows = np.asarray(self.rows, dtype=np.int64)
+        return rows, np.ones((len(rows), 1)), self.relative_residual()
+
+    def details(self) -> dict:
+        return {"alpha": self.stretch.alpha, "tolerance": self.stretch.tolerance,
+                "copies_set_aside": len(self.copies)}
+
+    def result(self, rounds: Rounds) -> PursuitResult:
+        out = super().result(rounds)
+        # gtp solves no NNLS: its steps' seconds go where the pursuits' own work is
+        # reported (PursuitResult has one field for it, read by the benchmarks as the fit's
+        # share), not into ``details``, which a selection stores with its parameters
+        out.seconds_nnls = self.timings.get("seconds_steps", 0.0)
+        return out
 
 
 def gtp(
@@ -207,72 +266,20 @@ def gtp(
         rows only when the pool holds fewer distinct examples (``details``:
         ``copies_set_aside``).
     """
-    states = [_State(q, pool.width) for q in queries]
+    sq_norms = _squared_norms(pool)
+    run = _Settings(pool, _RowSquares(sq_norms, pool.num_rows),
+                    None if sq_norms is None else sq_norms / 2, max_iter, tol, max_swaps)
+    states = [_GtpState(q, run) for q in queries]
     for st in states:
         if st.k > pool.num_rows:
             raise ValueError(f"budget {st.k} exceeds the pool's {pool.num_rows} rows")
-    sq_norms = _squared_norms(pool)
-    squares = _RowSquares(sq_norms, pool.num_rows)
 
-    def report(scans: int, active: list[_State]) -> None:
+    def report(scans: int, live: list[_GtpState]) -> None:
         if progress is not None:
-            worst = max(st.relative_residual() for st in active)
-            progress(f"scan {scans}: {len(active)} active, worst residual {worst:.4f}")
+            worst = max(st.relative_residual() for st in live)
+            progress(f"scan {scans}: {len(live)} active, worst residual {worst:.4f}")
 
-    rounds = lockstep(
-        states, lambda active: _scan(pool, active, sq_norms, scan_progress),
-        lambda active, found: _steps(pool, list(zip(active, found, strict=True)), squares,
-                                     max_iter, tol, max_swaps),
-        after=report)
-    return [
-        PursuitResult(rows=np.asarray(st.rows, dtype=np.int64),
-                      weights=np.ones((len(st.rows), 1)), residual=st.relative_residual(),
-                      history=st.history, scans=rounds.scans, seconds_nnls=st.seconds_nnls,
-                      seconds_scan=rounds.scan_seconds,
-                      details={"alpha": st.stretch.alpha, "tolerance": st.stretch.tolerance,
-                               "copies_set_aside": len(st.copies)})
-        for st in states
-    ]
-
-
-def _steps(pool: StackedPool, work: list, squares: _RowSquares, max_iter: int, tol: float,
-           max_swaps: int) -> None:
-    """Every active query's step on its candidates. Queries are independent between scans,
-    so over a pool held in RAM they run in parallel threads, one BLAS thread each (as many
-    as torch's threads); a streamed or distributed pool runs them one after another (its
-    memory budget counts one round at a time)."""
-    workers = min(len(work), torch.get_num_threads())
-    if workers <= 1 or not isinstance(pool.source, TensorSource):
-        for st, cand in work:
-            _step(pool, st, cand, squares, max_iter, tol, max_swaps)
-        return
-    with one_thread(), ThreadPoolExecutor(workers) as ex:
-        done = [ex.submit(_step, pool, st, cand, squares, max_iter, tol, max_swaps)
-                for st, cand in work]
-        for d in done:
-            d.result()  # an error in a step is raised here
-
-
-def _step(pool: StackedPool, st: _State, cand, squares: _RowSquares, max_iter: int,
-          tol: float, max_swaps: int) -> None:
-    """One query's work on one scan's candidates: grow toward k, or one swap round (and,
-    once the swaps converge, the next stretch of the target or the end)."""
-    t1 = time.perf_counter()
-    if st.growing:
-        _grow(pool, st, *cand, squares)
-    else:
-        before = _gap(st)
-        swapped = _swap(pool, st, *cand, squares, max_swaps)
-        st.rounds += 1
-        if not swapped or _gap(st) > before * (1 - tol) or st.rounds >= max_iter:
-            st.settle()
-    st.seconds_nnls += time.perf_counter() - t1
-    st.history.append(st.relative_residual())
-
-
-def _gap(st: _State) -> float:
-    """``||k y - s||`` for the current (stretched) target: what the swaps lower."""
-    return float(np.linalg.norm(st.residual_vector()))
+    return run_pursuit(pool, states, threads=True, after=report, scan_progress=scan_progress)
 
 
 def _squared_norms(pool: StackedPool) -> np.ndarray | None:
@@ -282,36 +289,6 @@ def _squared_norms(pool: StackedPool) -> np.ndarray | None:
     if pool.normalize and np.allclose(sq[sq > 0], 1.0, rtol=1e-4):
         return None
     return sq
-
-
-def _scan(
-    pool: StackedPool, active: list[_State], sq_norms: np.ndarray | None, progress
-) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """One pass for every active query: the best outsiders to add (all queries) and, for
-    queries at k, the members whose removal costs least. Returns (outsiders, members)."""
-    half = None if sq_norms is None else sq_norms / 2
-    cols, qs = [], []
-    for st in active:
-        col = len(cols)
-        cols.append(st.residual_vector())
-        chosen = np.asarray(st.rows, dtype=np.int64)
-        barred = np.concatenate([chosen, np.fromiter(st.copies, np.int64, len(st.copies))])
-        qs.append(ScanQuery(slice(col, col + 1), st.m, exclude=barred, reduce=MAXIMUM,
-                            penalty=half))
-        if not st.growing:  # members: score -a.r - |a|^2/2, outsiders excluded
-            outside = np.setdiff1d(np.arange(pool.num_rows), chosen)
-            qs.append(ScanQuery(slice(col, col + 1), min(st.m, st.k), exclude=outside,
-                                reduce=MAXIMUM, penalty=half, sign=-1.0))
-    found = pool.scan(np.stack(cols, 1), qs, progress=progress)
-    out, j = [], 0
-    for st in active:
-        if st.growing:
-            out.append((found[j][0], None))
-            j += 1
-        else:
-            out.append((found[j][0], found[j + 1][0]))
-            j += 2
-    return out
 
 
 EXACT_EVERY = 32
@@ -369,12 +346,11 @@ def _lengths(squares: np.ndarray) -> np.ndarray:
     return np.where(d > 0, d, np.inf)
 
 
-def _set_aside(st: _State, rows: np.ndarray) -> None:
+def _set_aside(st: _GtpState, rows: np.ndarray) -> None:
     st.copies.update(int(r) for r in rows)
 
 
-def _grow(pool: StackedPool, st: _State, cand: np.ndarray, _members,
-          squares: _RowSquares) -> None:
+def _grow(pool: StackedPool, st: _GtpState, cand: np.ndarray, squares: _RowSquares) -> None:
     """Add rows of the candidate set greedily until it holds none better than the scan's
     cut-off (the next scan may find better ones) or the query has k rows; copies of a
     chosen row are set aside, never chosen.
@@ -434,7 +410,7 @@ def _best_exchange(X: np.ndarray, gain_out: np.ndarray, gain_in: np.ndarray,
 
 
 def _swap(
-    pool: StackedPool, st: _State, outsiders: np.ndarray, members: np.ndarray,
+    pool: StackedPool, st: _GtpState, outsiders: np.ndarray, members: np.ndarray,
     squares: _RowSquares, max_swaps: int,
 ) -> bool:
     """Apply the best improving exchanges between the cheapest members and the best

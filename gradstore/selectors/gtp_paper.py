@@ -12,40 +12,67 @@ prune-by-weight rule.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from gradstore.selectors.gram_cache import GramCache
 from gradstore.selectors.greedy import IncrementalNNLS, greedy_nnls_gram, swap_refine
-from gradstore.selectors.lockstep import lockstep
+from gradstore.selectors.pursuit import Found, PursuitState, Wanted, run_pursuit
 from gradstore.selectors.query import MAX_CANDIDATES, PursuitResult, Query, relative_residual
 from gradstore.selectors.scan import ScanQuery
 from gradstore.selectors.stacked import StackedPool
 
 
-class _State:
-    def __init__(self, q: Query, width: int) -> None:
-        self.q = q
-        self.m = max(1, min(int(q.m), MAX_CANDIDATES))  # candidates per scan
+@dataclass
+class _Settings:
+    """The step settings every query of one run shares (see :func:`gtp_paper`)."""
+
+    tol: float
+    grow_floor: float
+    swap_fraction: float | None
+    max_swaps: int
+
+
+class _PaperState(PursuitState):
+    """One query's pursuit: its support, weights and residual, the incremental solver of
+    a single-column fit, and the last merged set's Gram matrix (:class:`GramCache`)."""
+
+    def __init__(self, q: Query, pool: StackedPool, settings: _Settings) -> None:
+        super().__init__(q, max(1, min(int(q.m), MAX_CANDIDATES)), done=q.yy == 0)
+        self.pool = pool
+        self.settings = settings
         self.rows = np.zeros(0, dtype=np.int64)
         self.W = np.zeros((0, q.Y.shape[1]))
-        self.AS = torch.zeros((0, width))
+        self.AS = torch.zeros((0, pool.width))
         # the last merged set U, its rows and Gram matrix: most of the next U is in it
-        self.cache = GramCache(width)
+        self.cache = GramCache(pool.width)
         self.R = q.Y.copy()
         self.residual = 1.0 if q.yy > 0 else 0.0
-        self.history = [self.residual]
-        self.done = q.yy == 0
-        self.seconds_nnls = 0.0
+        self.history.append(self.residual)
         self.solver: IncrementalNNLS | None = None
         self.growing = True  # support still below k: grow it from each scan's candidates
 
+    def wanted(self) -> Wanted:
+        """The best new candidates for the residual's columns."""
+        return Wanted(self.R, [ScanQuery(slice(0, self.R.shape[1]), self.m, exclude=self.rows)])
+
+    def step(self, found: Found) -> None:
+        ((cand, score),) = found
+        floor = float(score[-1]) if len(cand) >= self.m else 0.0
+        s = self.settings
+        swaps = 0 if s.swap_fraction is None else \
+            min(s.max_swaps, int(np.ceil(s.swap_fraction * self.query.k)))
+        _advance(self.pool, self, cand, s.grow_floor * floor, s.tol, swaps)
+
+    def answer(self) -> tuple[np.ndarray, np.ndarray, float]:
+        return self.rows, self.W, self.residual
+
 
 def _merge(
-    pool: StackedPool, st: _State, cand: np.ndarray
+    pool: StackedPool, st: _PaperState, cand: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     """U = S + candidates (S first, in support order; then the candidates of the last U,
     then the new ones), its rows and Gram matrix (only the rows new to U are read and
@@ -93,41 +120,20 @@ def gtp_paper(
     max_swaps : int
         At most this many exchanges per step (their cost grows as swaps * k^2).
     """
-    states = [_State(q, pool.width) for q in queries]
+    settings = _Settings(tol, grow_floor, swap_fraction, max_swaps)
+    states = [_PaperState(q, pool, settings) for q in queries]
 
-    def step(active: list[_State], found: list) -> None:
-        for st, (cand, score) in zip(active, found, strict=True):
-            floor = float(score[-1]) if len(cand) >= st.m else 0.0
-            n_swaps = (
-                0 if swap_fraction is None else min(max_swaps, int(np.ceil(swap_fraction * st.q.k)))
-            )
-            _advance(pool, st, cand, grow_floor * floor, tol, n_swaps)
-
-    def report(scans: int, active: list[_State]) -> None:
+    def report(scans: int, live: list[_PaperState]) -> None:
         if progress is not None:
-            worst = max(st.residual for st in active)
-            progress(f"iteration {scans}: {len(active)} active, worst residual {worst:.4f}")
+            worst = max(st.residual for st in live)
+            progress(f"iteration {scans}: {len(live)} active, worst residual {worst:.4f}")
 
-    rounds = lockstep(states, lambda active: _scan(pool, active, scan_progress), step,
-                      max_scans=max_iter, after=report)
-    return [PursuitResult(rows=st.rows, weights=st.W, residual=st.residual,
-                          history=st.history, scans=rounds.scans, seconds_nnls=st.seconds_nnls,
-                          seconds_scan=rounds.scan_seconds) for st in states]
-
-
-def _scan(pool: StackedPool, active: list[_State], progress):
-    """One pass for every active query: the best new candidates for each residual."""
-    R = np.concatenate([st.R for st in active], 1)
-    scan_q, col = [], 0
-    for st in active:
-        C = st.R.shape[1]
-        scan_q.append(ScanQuery(slice(col, col + C), st.m, exclude=st.rows))
-        col += C
-    return pool.scan(R, scan_q, progress=progress)
+    return run_pursuit(pool, states, max_scans=max_iter, after=report,
+                       scan_progress=scan_progress)
 
 
 def _advance(
-    pool: StackedPool, st: _State, cand: np.ndarray, floor: float, tol: float, swaps: int
+    pool: StackedPool, st: _PaperState, cand: np.ndarray, floor: float, tol: float, swaps: int
 ) -> None:
     """One GTP step for one query, given the scan's new candidates.
 
@@ -141,43 +147,43 @@ def _advance(
     if len(cand) == 0 and not (st.growing and len(st.rows)):
         st.done = True
         return
+    q = st.query
     U, G, AU = _merge(pool, st, cand)
-    Y32 = torch.from_numpy(st.q.Y.astype(np.float32))
+    Y32 = torch.from_numpy(q.Y.astype(np.float32))
     B = (AU @ Y32).double().numpy()
     s = len(st.rows)
-    single = st.q.Y.shape[1] == 1
-    t0 = time.perf_counter()
-    if st.growing:
-        if single and st.solver is None:
-            st.solver = IncrementalNNLS(min(st.q.k, 256) + 1)
-        assert not single or st.solver.p == s
-        res = greedy_nnls_gram(
-            G,
-            B,
-            st.q.yy,
-            st.q.k,
-            init=s,
-            solver=st.solver.clone() if single else None,
-            init_weights=None if single else st.W,
-            floor=floor,
-        )
-        grew = len(res.support) > s or not np.array_equal(res.support, np.arange(s))
-        if len(res.support) >= st.q.k or not grew or len(cand) == 0:
-            st.growing = False
-    elif single and st.solver is not None and swaps:
-        res = swap_refine(G, B, st.q.yy, st.q.k, st.solver, swaps)
-    else:
-        res = greedy_nnls_gram(G, B, st.q.yy, st.q.k)
-    st.seconds_nnls += time.perf_counter() - t0
+    single = q.Y.shape[1] == 1
+    with st.timed("seconds_nnls"):
+        if st.growing:
+            if single and st.solver is None:
+                st.solver = IncrementalNNLS(min(q.k, 256) + 1)
+            assert not single or st.solver.p == s
+            res = greedy_nnls_gram(
+                G,
+                B,
+                q.yy,
+                q.k,
+                init=s,
+                solver=st.solver.clone() if single else None,
+                init_weights=None if single else st.W,
+                floor=floor,
+            )
+            grew = len(res.support) > s or not np.array_equal(res.support, np.arange(s))
+            if len(res.support) >= q.k or not grew or len(cand) == 0:
+                st.growing = False
+        elif single and st.solver is not None and swaps:
+            res = swap_refine(G, B, q.yy, q.k, st.solver, swaps)
+        else:
+            res = greedy_nnls_gram(G, B, q.yy, q.k)
     # the step is judged by its residual computed from the rows: the Gram form
     # (||y||^2 - 2 b.w + w.G w from float32 products) is noise below ~1e-3 of ||y||, where
     # it let near-exact fits "improve" for every remaining step
     AS = AU.index_select(0, torch.from_numpy(res.support))
-    new_res = relative_residual(AS.numpy(), res.weights, st.q.Y)
+    new_res = relative_residual(AS.numpy(), res.weights, q.Y)
     improved = new_res < st.residual * (1 - tol)
     if new_res < st.residual:
         st.rows, st.W, st.AS, st.residual = U[res.support], res.weights, AS, new_res
-        st.R = st.q.Y - st.AS.double().numpy().T @ st.W
+        st.R = q.Y - st.AS.double().numpy().T @ st.W
         if res.solver is not None:
             st.solver = res.solver
     st.history.append(st.residual)

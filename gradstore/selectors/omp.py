@@ -7,7 +7,6 @@ queries that are still growing), an O(p^2) warm-started NNLS update per step
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -21,68 +20,89 @@ from gradstore.selectors.greedy import (
     polish,
     squares64,
 )
-from gradstore.selectors.lockstep import lockstep
 from gradstore.selectors.nnls import nnls_rows
+from gradstore.selectors.pursuit import Found, PursuitState, Wanted, run_pursuit
 from gradstore.selectors.query import PursuitResult, Query, relative_residual
 from gradstore.selectors.scan import ScanQuery
 from gradstore.selectors.stacked import StackedPool
 
 
-class _OmpState:
-    def __init__(self, q: Query, width: int) -> None:
-        self.q = q
+class _OmpState(PursuitState):
+    """One query's pursuit: its support in order, the support's rows and products with
+    the target, the NNLS weights (incremental for one target column) and the residual."""
+
+    def __init__(self, q: Query, pool: StackedPool, rel_tol: float) -> None:
+        super().__init__(q, 1, done=q.yy == 0 or q.k == 0)
+        self.pool = pool
+        self.rel_tol = rel_tol
         C = q.Y.shape[1]
         self.order: list[int] = []
         self.banned: list[int] = []
-        self.AS = np.zeros((max(q.k, 1), width), dtype=np.float32)
+        self.AS = np.zeros((max(q.k, 1), pool.width), dtype=np.float32)
         self.B = np.zeros((max(q.k, 1), C))
         self.W = np.zeros((0, C))
         self.solver = IncrementalNNLS(min(q.k, 256) + 1) if C == 1 else None
         self.R = q.Y.copy()
-        self.done = q.yy == 0 or q.k == 0
-        self.seconds_nnls = 0.0
 
-    def add(self, row: int, a: np.ndarray, rel_tol: float) -> None:
+    def wanted(self) -> Wanted:
+        """The row most correlated with the residual, among rows never tried."""
+        excl = np.asarray(self.banned, dtype=np.int64)
+        return Wanted(self.R, [ScanQuery(slice(0, self.R.shape[1]), 1, exclude=excl)])
+
+    def step(self, found: Found) -> None:
+        ((cand, _),) = found
+        if not len(cand):
+            self.done = True
+            return
+        a = self.pool.rows(cand[:1]).numpy()[0]
+        with one_thread():
+            self.add(int(cand[0]), a)
+
+    def add(self, row: int, a: np.ndarray) -> None:
         p = len(self.order)
-        Y = self.q.Y
+        Y = self.query.Y
         b = a.astype(np.float64) @ Y  # (C,)
-        t0 = time.perf_counter()
-        if self.solver is not None:
-            g = self.AS[:p].astype(np.float64) @ a.astype(np.float64)
-            gamma = float(a.astype(np.float64) @ a.astype(np.float64))
-            added, removed = self.solver.add(g, gamma, float(b[0]))
-            self.banned.append(row)
-            if not added:
-                self.seconds_nnls += time.perf_counter() - t0
-                return
-            self.order.append(row)
-            self.AS[p] = a
-            self.B[p] = b
-            if removed:
-                keep = np.setdiff1d(np.arange(p + 1), removed)
-                self.order = [self.order[i] for i in keep]
-                self.AS[: len(keep)] = self.AS[keep]
-                self.B[: len(keep)] = self.B[keep]
-            self.W = self.solver.weights.reshape(-1, 1)
-        else:
-            self.banned.append(row)
-            self.order.append(row)
-            self.AS[p] = a
-            self.B[p] = b
-            AS = self.AS[: p + 1].astype(np.float64)
-            W0 = np.vstack([self.W, np.zeros((1, Y.shape[1]))])
-            W = polish(AS @ AS.T, self.B[: p + 1], np.arange(p + 1), W0)
-            alive = np.flatnonzero(W.sum(1) > 0)
-            self.order = [self.order[i] for i in alive]
-            self.AS[: len(alive)] = self.AS[alive]
-            self.B[: len(alive)] = self.B[alive]
-            self.W = W[alive]
-        self.seconds_nnls += time.perf_counter() - t0
+        with self.timed("seconds_nnls"):
+            if self.solver is not None:
+                g = self.AS[:p].astype(np.float64) @ a.astype(np.float64)
+                gamma = float(a.astype(np.float64) @ a.astype(np.float64))
+                added, removed = self.solver.add(g, gamma, float(b[0]))
+                self.banned.append(row)
+                if not added:
+                    return
+                self.order.append(row)
+                self.AS[p] = a
+                self.B[p] = b
+                if removed:
+                    keep = np.setdiff1d(np.arange(p + 1), removed)
+                    self.order = [self.order[i] for i in keep]
+                    self.AS[: len(keep)] = self.AS[keep]
+                    self.B[: len(keep)] = self.B[keep]
+                self.W = self.solver.weights.reshape(-1, 1)
+            else:
+                self.banned.append(row)
+                self.order.append(row)
+                self.AS[p] = a
+                self.B[p] = b
+                AS = self.AS[: p + 1].astype(np.float64)
+                W0 = np.vstack([self.W, np.zeros((1, Y.shape[1]))])
+                W = polish(AS @ AS.T, self.B[: p + 1], np.arange(p + 1), W0)
+                alive = np.flatnonzero(W.sum(1) > 0)
+                self.order = [self.order[i] for i in alive]
+                self.AS[: len(alive)] = self.AS[alive]
+                self.B[: len(alive)] = self.B[alive]
+                self.W = W[alive]
         n = len(self.order)
         self.R = Y - self.AS[:n].T.astype(np.float64) @ self.W
-        res = float(np.linalg.norm(self.R)) / np.sqrt(self.q.yy)
-        if n >= self.q.k or res <= rel_tol:
+        res = float(np.linalg.norm(self.R)) / np.sqrt(self.query.yy)
+        if n >= self.query.k or res <= self.rel_tol:
             self.done = True
+
+    def answer(self) -> tuple[np.ndarray, np.ndarray, float]:
+        n = len(self.order)
+        q = self.query
+        residual = relative_residual(self.AS[:n], self.W, q.Y) if q.yy > 0 else 0.0
+        return np.asarray(self.order, dtype=np.int64), self.W, residual
 
 
 def omp(
@@ -94,48 +114,9 @@ def omp(
     scan_progress: Callable[[int], None] | None = None,
 ) -> list[PursuitResult]:
     """Greedy selection, one example per scan, with NNLS weights (all queries in lockstep)."""
-    states = [_OmpState(q, pool.width) for q in queries]
-
-    def scan(active: list[_OmpState]) -> list:
-        R = np.concatenate([st.R for st in active], 1)
-        scan_q, col = [], 0
-        for st in active:
-            C = st.R.shape[1]
-            excl = np.asarray(st.banned, dtype=np.int64)
-            scan_q.append(ScanQuery(slice(col, col + C), 1, exclude=excl))
-            col += C
-        return pool.scan(R, scan_q, progress=scan_progress)
-
-    def step(active: list[_OmpState], found: list) -> None:
-        picked = [(st, int(c[0])) for st, (c, _) in zip(active, found, strict=True) if len(c)]
-        for st, (c, _) in zip(active, found, strict=True):
-            if not len(c):
-                st.done = True
-        if picked:
-            rows = np.array([r for _, r in picked], dtype=np.int64)
-            A = pool.rows(rows).numpy()
-            with one_thread():
-                for (st, r), a in zip(picked, A, strict=True):
-                    st.add(r, a, rel_tol)
-
-    rounds = lockstep(states, scan, step,
-                      after=None if progress is None else lambda _, active: progress(len(active)))
-    scans, scan_seconds = rounds.scans, rounds.scan_seconds
-    out = []
-    for st in states:
-        n = len(st.order)
-        AS = st.AS[:n]
-        out.append(
-            PursuitResult(
-                rows=np.asarray(st.order, dtype=np.int64),
-                weights=st.W,
-                residual=relative_residual(AS, st.W, st.q.Y) if st.q.yy > 0 else 0.0,
-                scans=scans,
-                seconds_nnls=st.seconds_nnls,
-                seconds_scan=scan_seconds,
-            )
-        )
-    return out
+    states = [_OmpState(q, pool, rel_tol) for q in queries]
+    return run_pursuit(pool, states, scan_progress=scan_progress,
+                       after=None if progress is None else lambda _, live: progress(len(live)))
 
 
 def fit_support(pool: StackedPool, rows: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, float]:

@@ -220,16 +220,13 @@ def test_copies_of_a_chosen_row_are_never_chosen(near, target_rows, k):
 def test_byte_copies_of_chosen_rows_are_found_outside_the_round():
     """A copy of a row chosen in an earlier round (so never in one candidate set with it) is
     recognised by its stored values: same norms, then equal value for value."""
-    from gradstore.selectors.gtp import _State
-
     rng = np.random.default_rng(4)
     X = rng.standard_normal((12, 8)).astype(np.float32)
     X[7] = X[2]  # an exact copy
     X[9] = X[2][::-1]  # same norm, other values
     pool = StackedPool(TensorSource(X, 1))
-    st = _State(Query(np.ones(8), 3), 8)
-    st.sel.keys[pool.norm_key(2)] = 2
-    got = pool.stored_copies(np.array([7, 9, 4]), st.sel.keys)  # what gtp's rounds call
+    keys = {pool.norm_key(2): 2}  # what gtp's selection keeps for a chosen row 2
+    got = pool.stored_copies(np.array([7, 9, 4]), keys)  # what gtp's rounds call
     assert got.tolist() == [True, False, False]
 
 
