@@ -19,6 +19,7 @@ from gradstore.budget import Budget
 from gradstore.config import IngestConfig, SelectConfig, with_options
 from gradstore.errors import GradstoreError
 from gradstore.grads.ingestion import IngestSummary
+from gradstore.ops import summaries
 from gradstore.ops.evaluate_selection import EvaluateOptions, Evaluation, evaluate_selection
 from gradstore.ops.export import ExportSummary, export_selection
 from gradstore.ops.importing import import_vectors
@@ -70,7 +71,7 @@ class Store:
 
     def info(self, table: str | None = None) -> dict[str, Any]:
         """Rows, dims, checkpoints, projection, gradient types, model, selections."""
-        return self.database.info(table)
+        return summaries.info(self.database, table)
 
     def vectors(self, table: str, checkpoint: str | None = None,
                 grad_type: str | None = None) -> tuple[list[str], np.ndarray]:

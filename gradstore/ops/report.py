@@ -38,6 +38,7 @@ from gradstore.errors import GradstoreError
 from gradstore.grads.data import read_records
 from gradstore.ops.export import pool_records
 from gradstore.ops.select import SourceCache, checkpoint_weights, stacked_pool, target_matrix
+from gradstore.ops.summaries import table_summary
 from gradstore.selectors.gtp import DUPLICATE_COSINE
 from gradstore.selectors.omp import fit_rows
 from gradstore.store.database import Database
@@ -243,7 +244,7 @@ def evaluation_summary(e: dict[str, Any]) -> dict[str, Any]:
 
 def provenance(db: Database, pool: str) -> dict[str, Any]:
     """How the pool's vectors were made: model, checkpoints, projection, types, version."""
-    info = db.table_summary(pool, full=True)
+    info = table_summary(db, pool, full=True)
     info.pop("selections", None)
     return info
 

@@ -1,0 +1,137 @@
+"""Reading a gradient table: its ids and subtasks, its ``row`` column (each checked
+against its checksums), its vectors (whole, or streamed as a gradient source) and losses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lance
+import numpy as np
+
+from gradstore.errors import GradstoreError
+from gradstore.store.catalog import Catalog
+from gradstore.store.integrity import (
+    ID_CHECKSUM,
+    ROW_CHECKSUM,
+    damage,
+    reading,
+    row_index_checksums,
+    text_checksums,
+)
+from gradstore.store.lance_source import LanceSource
+from gradstore.store.meta import TableMeta, loss_column
+
+
+class Reader:
+    """Reads the tables of ``catalog``, each at the version the catalog opens (checked, or
+    the one a ``pinned`` block holds)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    # ---------------------------------------------------------------- ids
+    def ids(self, table: str) -> list[str]:
+        """Example ids in storage order, the order of every vector read."""
+        return self.ids_and_subtasks(table)[0]
+
+    def subtasks(self, table: str) -> list[str | None]:
+        return self.ids_and_subtasks(table)[1]
+
+    def ids_and_subtasks(self, table: str) -> tuple[list[str], list[str | None]]:
+        """Both, checked against their checksums (tables written before them: unchecked)."""
+        return self.read_ids(table, None)
+
+    def read_ids(self, table: str, rows: np.ndarray | None
+                 ) -> tuple[list[str], list[str | None]]:
+        """Ids and subtasks of every row (``rows`` None) or of the sorted ``rows``."""
+        ds = self.catalog.dataset(table)
+        checked = ID_CHECKSUM in ds.schema.names
+        cols = ["id", "subtask"] + ([ID_CHECKSUM] if checked else [])
+        with reading(table):
+            tbl = ds.to_table(columns=cols) if rows is None else ds.take(rows, columns=cols)
+        ids, subtasks = tbl.column("id").to_pylist(), tbl.column("subtask").to_pylist()
+        if checked:
+            bad = np.flatnonzero(text_checksums(ids, subtasks)
+                                 != tbl.column(ID_CHECKSUM).to_numpy(zero_copy_only=False))
+            if len(bad):
+                raise damage(table, "id/subtask", bad if rows is None else rows[bad])
+        return ids, subtasks
+
+    def ids_at(self, table: str, rows: Sequence[int] | np.ndarray) -> list[str]:
+        """The ids at storage positions ``rows`` (in that order), checked like
+        :meth:`ids_and_subtasks`, reading only those rows: a selection names its k rows
+        without holding every id of a large pool in memory."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return []
+        order = np.unique(rows)
+        ids, _ = self.read_ids(table, order)
+        return [ids[i] for i in np.searchsorted(order, rows)]
+
+    def row_indices(self, table: str, ds: lance.LanceDataset) -> np.ndarray:
+        """The ``row`` column (each example's position in its data file), checked against
+        its checksum where the table has one."""
+        checked = ROW_CHECKSUM in ds.schema.names
+        with reading(table):
+            tbl = ds.to_table(columns=["id", "row"] + ([ROW_CHECKSUM] if checked else []))
+        rows = tbl.column("row").to_numpy()
+        if checked:
+            bad = np.flatnonzero(row_index_checksums(tbl.column("id").to_pylist(), rows)
+                                 != tbl.column(ROW_CHECKSUM).to_numpy(zero_copy_only=False))
+            if len(bad):
+                raise damage(table, "row", bad)
+        return rows
+
+    # ---------------------------------------------------------------- vectors
+    def vectors(
+        self, table: str, checkpoint: str | None = None, grad_type: str | None = None
+    ) -> tuple[list[str], np.ndarray]:
+        """``(ids, X)``: one checkpoint's vectors, or all side by side (None), float32.
+
+        ``grad_type`` picks one of the gradient types the table stores (default: its
+        primary type, ``info``'s ``grad_type``).
+        """
+        ds = self.catalog.dataset(table)
+        meta = TableMeta.from_schema(ds.schema, table)
+        cols = self.columns(table, meta, checkpoint, grad_type)
+        X = LanceSource(ds, cols, meta.dim, name=table).load().float().numpy()
+        return self.ids(table), X
+
+    def losses(self, table: str, checkpoint: str) -> np.ndarray:
+        """Each example's loss at ``checkpoint`` (storage order; NaN where unknown)."""
+        ds = self.catalog.dataset(table)
+        meta = TableMeta.from_schema(ds.schema, table)
+        self.columns(table, meta, checkpoint)  # a clear error when the checkpoint is missing
+        col = loss_column(meta.checkpoint_names.index(str(checkpoint)))
+        values = ds.to_table(columns=[col]).column(col).to_numpy(zero_copy_only=False)
+        return np.asarray(values, dtype=np.float32)
+
+    @staticmethod
+    def columns(
+        table: str, meta: TableMeta, checkpoint: str | None, grad_type: str | None = None
+    ) -> list[str]:
+        """The vector columns of ``checkpoint`` (None: every checkpoint's) and ``grad_type``
+        (None: the primary type), or an error naming what the table has."""
+        if grad_type is not None and grad_type not in meta.grad_types:
+            raise GradstoreError(
+                f"table {table!r} holds {' and '.join(meta.grad_types) or 'untyped'} gradients, "
+                f"not {grad_type}; ingest it with --grad-type {grad_type} to add them"
+            )
+        cols = meta.columns(grad_type)
+        if checkpoint is None:
+            return cols
+        for c, col in zip(meta.checkpoints, cols, strict=True):
+            if c.name == str(checkpoint):
+                return [col]
+        raise GradstoreError(
+            f"checkpoint {checkpoint!r} is not in table {table!r} (has {meta.checkpoint_names})"
+        )
+
+    def lance_source(self, table: str, grad_type: str | None = None) -> LanceSource:
+        """Every checkpoint's vectors of ``table`` (of ``grad_type``, default its primary
+        one), side by side, streamed from Lance (the gradient-source interface)."""
+        ds = self.catalog.dataset(table)
+        meta = TableMeta.from_schema(ds.schema, table)
+        if not meta.checkpoints:
+            raise GradstoreError(f"table {table!r} has no vectors")
+        return LanceSource(ds, self.columns(table, meta, None, grad_type), meta.dim, name=table)
