@@ -74,7 +74,7 @@ def default_gtp(pool: StackedPool, ys: list[np.ndarray], k: int) -> dict:
     """The default GTP on the centred pool for the given targets (one run)."""
     out, t = timed(lambda: gtp_default(pool, [Query(y, k) for y in ys]))
     return {"seconds": t, "residual": max(r.residual for r in out), "scans": out[0].scans,
-            "fit_share": max(r.seconds_nnls for r in out) / t}
+            "fit_share": max(r.seconds_fit for r in out) / t}
 
 
 def random_targets(pool: StackedPool, count: int, seed: int) -> list[np.ndarray]:
@@ -99,8 +99,8 @@ def grid(args, results):
             row = {"N": n, "budget": b, "k": k, "target": "in-domain", "mean_seconds": t_mean}
             (g,), t = timed(lambda k=k, pool=pool, y=y: gtp(pool, [Query(y, k)]))
             row["gtp"] = {"seconds": t, "residual": g.residual, "scans": g.scans,
-                          "nnls_seconds": g.seconds_nnls, "scan_seconds": g.seconds_scan,
-                          "nnls_share": g.seconds_nnls / t, "chosen": len(g.rows)}
+                          "fit_seconds": g.seconds_fit, "scan_seconds": g.seconds_scan,
+                          "fit_share": g.seconds_fit / t, "chosen": len(g.rows)}
             row["gtp_default"] = default_gtp(cpool, yc, k)
             ((rows, _),), t = timed(lambda k=k, pool=pool, y=y: less_topk(pool, [y], [k]))
             _, res = fit_support(pool, rows, y)
@@ -114,7 +114,7 @@ def grid(args, results):
             if est <= args.omp_max_seconds:
                 (o,), t = timed(lambda k=k, pool=pool, y=y: omp(pool, [Query(y, k)]))
                 row["omp"] = {"seconds": t, "residual": o.residual, "scans": o.scans,
-                              "nnls_seconds": o.seconds_nnls}
+                              "fit_seconds": o.seconds_fit}
                 row["speedup_gtp_vs_omp"] = t / row["gtp"]["seconds"]
                 row["residual_gtp_over_omp"] = g.residual / o.residual
             else:
@@ -225,7 +225,7 @@ def render(results) -> str:
              f"Machine: {results['machine']}; torch {results['torch']}; "
              f"T = {results['T']} checkpoints x d = {results['d']}; float16 pool in RAM; "
              "in-domain target (pool mean).", "",
-             "| N | k | gtp s | gtp resid | scans | NNLS share | omp s | omp resid | "
+             "| N | k | gtp s | gtp resid | scans | fit share | omp s | omp resid | "
              "speed-up | resid gtp/omp | less s | less resid | random resid |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["grid"]:
@@ -235,9 +235,10 @@ def render(results) -> str:
         o = r["omp"]
         sp = r.get("speedup_gtp_vs_omp")
         sp_txt = f(sp) if sp else f"~{f(r.get('speedup_gtp_vs_omp_estimated'))} (est.)"
+        fit_share = r["gtp"].get("fit_share", r["gtp"].get("nnls_share"))  # (older records)
         lines.append(
             f"| {r['N']} | {r['k']} | {f(r['gtp']['seconds'])} | {f(r['gtp']['residual'], 4)} | "
-            f"{r['gtp']['scans']} | {f(r['gtp']['nnls_share'], 2)} | "
+            f"{r['gtp']['scans']} | {f(fit_share, 2)} | "
             f"{f(o.get('seconds')) if not o.get('skipped') else 'skipped (est. ' + f(o['estimated_seconds']) + ')'} | "  # noqa: E501
             f"{f(o.get('residual'), 4)} | {sp_txt} | {f(r.get('residual_gtp_over_omp'), 4)} | "
             f"{f(r['less']['seconds'])} | {f(r['less']['residual'], 4)} | "

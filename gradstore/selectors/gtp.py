@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from gradstore.selectors.greedy import dot64, one_thread, squares64
-from gradstore.selectors.pursuit import Found, PursuitState, Rounds, Wanted, run_pursuit
+from gradstore.selectors.pursuit import Found, PursuitState, Wanted, run_pursuit
 from gradstore.selectors.query import MAX_CANDIDATES, PursuitResult, Query
 from gradstore.selectors.scan import MAXIMUM, ScanQuery
 from gradstore.selectors.stacked import StackedPool
@@ -219,14 +219,6 @@ class _GtpState(PursuitState):
     def details(self) -> dict:
         return {"alpha": self.stretch.alpha, "tolerance": self.stretch.tolerance,
                 "copies_set_aside": len(self.copies)}
-
-    def result(self, rounds: Rounds) -> PursuitResult:
-        out = super().result(rounds)
-        # gtp solves no NNLS: its steps' seconds go where the pursuits' own work is
-        # reported (PursuitResult has one field for it, read by the benchmarks as the fit's
-        # share), not into ``details``, which a selection stores with its parameters
-        out.seconds_nnls = self.timings.get("seconds_steps", 0.0)
-        return out
 
 
 def gtp(

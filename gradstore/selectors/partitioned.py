@@ -91,7 +91,7 @@ def partitioned_gtp(
         results.append(
             PursuitResult(
                 rows=union[final.rows], weights=final.weights, residual=final.residual,
-                history=final.history, scans=final.scans, seconds_nnls=final.seconds_nnls,
+                history=final.history, scans=final.scans, seconds_fit=final.seconds_fit,
                 seconds_scan=final.seconds_scan, candidates=len(union), details=final.details,
             )
         )

@@ -95,11 +95,12 @@ class PursuitState:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
     def result(self, rounds: Rounds) -> PursuitResult:
-        """The answer with the run's scans, their seconds, and the NNLS solves' seconds."""
+        """The answer with the run's scans, their seconds, and the seconds of the state's own
+        work between scans (every timing it kept: NNLS solves, or whole steps)."""
         rows, weights, residual = self.answer()
         return PursuitResult(rows=rows, weights=weights, residual=residual,
                              history=self.history, scans=rounds.scans,
-                             seconds_nnls=self.timings.get("seconds_nnls", 0.0),
+                             seconds_fit=sum(self.timings.values()),
                              seconds_scan=rounds.scan_seconds, details=self.details())
 
 

@@ -45,7 +45,9 @@ class PursuitResult:
     residual: float
     history: list[float] = field(default_factory=list)
     scans: int = 0
-    seconds_nnls: float = 0.0
+    seconds_fit: float = 0.0
+    """Seconds of the method's own work between scans: gtp's steps, gtp-paper's and OMP's
+    NNLS solves."""
     seconds_scan: float = 0.0
     candidates: int | None = None
     """Partitioned pursuit: size of the union of the parts' selections it chose from."""
