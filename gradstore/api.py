@@ -118,47 +118,25 @@ class Store:
         pool: str,
         target: str | None | Sequence[str | None] = None,
         budget: Budget | Sequence[Budget] = 0.05,
-        method: str = "gtp",
-        *,
-        target_mode: str = "mean",
-        part_score: str = "max",
-        tolerance: float | str = "auto",
-        normalize: bool = True,
-        m: int | None = None,
-        max_iter: int = 30,
-        tol: float = 1e-3,
-        seed: int = 0,
-        checkpoint_weights: Sequence[float] | None = None,
-        mode: str = "auto",
-        memory_budget: int | None = None,
-        partitions: int | None = None,
-        ray: str | None = None,
-        ray_tasks: int | None = None,
-        device: str = "auto",
-        progress: bool = False,
-        save: bool = True,
+        method: str | None = None,
+        config: SelectConfig | None = None,
+        **options: Any,
     ) -> Selection | list[Selection]:
         """Choose pool examples for each (target, budget); lists in, list out.
 
-        ``method``: gtp (default), gtp-paper, omp, less, round-robin or random.
-        ``target_mode='parts'`` (gtp): a pursuit per subtask (else cluster) of the target,
-        equal shares; ``part_score`` (round-robin): ``max`` or ``mean`` cosine to a part.
-        ``tolerance`` (gtp):
-        how far the selection's mean trajectory may stay from the target's (``auto``: the
-        target mean's standard error). ``mode``: ``ram``, ``stream`` or ``auto`` (RAM when
-        the pool fits ``memory_budget`` bytes). ``partitions``: the pursuit on P parts,
-        then on the union of their picks. ``ray``: the passes as Ray tasks. ``device``:
-        where the pool is scanned (``cuda``: on the GPU, kept there when it fits).
+        ``method``: gtp (default), gtp-paper, omp, less, round-robin or random. Every other
+        option is a field of :class:`SelectConfig`, by its name (``target_mode``,
+        ``part_score``, ``tolerance``, ``mode``, ``memory_budget``, ``partitions``, ``ray``,
+        ``ray_tasks``, ``device``, ``seed``, ``save``, ...: the same settings as `gradstore
+        select`'s flags), or a whole ``config`` that the options override. In Python
+        ``progress`` defaults to False.
         """
-        opts = SelectConfig(
-            method=method, target_mode=target_mode, part_score=part_score,
-            normalize=normalize, m=m,
-            max_iter=max_iter, tol=tol, tolerance=tolerance, seed=seed,
-            checkpoint_weights=None if checkpoint_weights is None else tuple(checkpoint_weights),
-            mode=mode, memory_budget=memory_budget,
-            progress=progress, save=save, partitions=partitions, ray=ray, ray_tasks=ray_tasks,
-            device=device,
-        )
+        if method is not None:
+            options["method"] = method
+        if config is None:
+            opts = SelectConfig.from_options(**({"progress": False} | options))
+        else:
+            opts = with_options(config, **options) if options else config
         many = isinstance(target, list | tuple) or isinstance(budget, list | tuple)
         targets = list(target) if isinstance(target, list | tuple) else [target]
         budgets = list(budget) if isinstance(budget, list | tuple) else [budget]

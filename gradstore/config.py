@@ -137,6 +137,23 @@ def _replace_leaves(cfg: T, options: dict[str, Any]) -> T:
     return replace(cfg, **values)
 
 
+def check_choices(cfg: Any) -> None:
+    """Every field of a config tree that declares its ``choices`` holds one of them (each of
+    its values, for a field that takes several): the declaration is the only list, for
+    Python callers as for the command line, where argparse checks the same tuple."""
+    for path, f in leaves(cfg):
+        choices = f.metadata.get("choices")
+        if not choices:
+            continue
+        value = cfg
+        for part in path:
+            value = getattr(value, part)
+        for v in value if isinstance(value, tuple) else (value,):
+            if v not in choices:
+                flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+                _bad(f"{flag} {v!r} is not one of {', '.join(map(str, choices))}")
+
+
 def settings_of(cfg: Any) -> dict[str, Any]:
     """Every leaf of a config tree by name (a name shared by several leaves: the first)."""
     out: dict[str, Any] = {}
@@ -303,14 +320,10 @@ class GradientConfig:
             if wrong or not types or len(set(types)) != len(types):
                 _bad(f"gradient type {self.grad_type!r} is not one of {', '.join(GRAD_TYPES)} "
                      "or a comma list of different ones (e.g. adam,sgd)")
-        if self.projection not in PROJECTION_KINDS:
-            _bad(f"projection {self.projection!r} is not one of {', '.join(PROJECTION_KINDS)}")
         if self.max_length < 2:
             _bad(f"--max-length {self.max_length} must be at least 2")
         _positive(proj_dim=self.proj_dim, batch_size=self.batch_size,
                   write_rows=self.write_rows)
-        if self.vector_dtype not in VECTOR_DTYPES:
-            _bad(f"vector dtype {self.vector_dtype!r} is not one of float16, float32")
 
 
 @dataclass(frozen=True)
@@ -341,7 +354,9 @@ class SelectConfig:
     m: int | None = option(None, help="GTP candidates per scan (default 2k; capped per "
                                       "round, docs/selection.md)")
     max_iter: int = option(30, help="GTP scans (rounds) at most")
-    tol: float = option(1e-3, help="GTP stops when the residual improves by less")
+    min_gain: float = option(1e-3, flag="--tol",
+                             help="GTP stops when a round improves the residual by less than "
+                                  "this share of it")
     seed: int = option(0, help="seed of the random baseline")
     checkpoint_weights: tuple[float, ...] | None = option(
         None, parse=float, many=True, metavar="W",
@@ -367,16 +382,13 @@ class SelectConfig:
     progress: bool = option(True, flag="--quiet", negate=True, help="no progress bars")
     save: bool = option(True, cli=False, help="store the selections in the log")
 
+    from_options = classmethod(from_options)
+
     def validate(self) -> None:
-        if self.method not in METHODS:
-            _bad(f"method {self.method!r} is not one of {', '.join(METHODS)}")
-        if self.target_mode not in TARGET_MODES:
-            _bad(f"target mode {self.target_mode!r} is not one of {', '.join(TARGET_MODES)}")
+        check_choices(self)
         if self.target_mode == "parts" and self.method != "gtp":
             _bad(f"--target-mode parts applies to gtp only, not {self.method}; "
                  "--method round-robin takes the parts in turn by cosine")
-        if self.part_score not in PART_SCORES:
-            _bad(f"part score {self.part_score!r} is not one of {', '.join(PART_SCORES)}")
         tol = self.tolerance
         if tol != "auto" and not (isinstance(tol, int | float) and math.isfinite(tol)
                                   and tol >= 0):
@@ -395,8 +407,6 @@ class SelectConfig:
             _bad(f"--ray-tasks {self.ray_tasks} must be at least 1")
         if self.ray_tasks is not None and self.ray is None:
             _bad("--ray-tasks applies with --ray ADDRESS")
-        if self.mode not in SCAN_MODES:
-            _bad(f"scan mode {self.mode!r} is not one of {', '.join(SCAN_MODES)}")
 
 
 @dataclass(frozen=True)
@@ -442,6 +452,7 @@ class WarmupConfig:
     from_options = classmethod(from_options)
 
     def validate(self) -> None:
+        check_choices(self)
         self.train.validate()
         if not Path(self.data).exists():
             _bad(f"data {self.data!r} does not exist; give the pool's data file")
@@ -490,8 +501,7 @@ class IngestConfig:
     def validate(self) -> None:
         if not self.table or self.table.startswith("_") or "/" in self.table:
             _bad(f"table name {self.table!r} is not allowed; use letters, digits, '-', '_'")
-        if self.kind not in ("pool", "target"):
-            _bad(f"kind {self.kind!r} is not one of pool, target")
+        check_choices(self)
         self.gradients.validate()
         self.cluster.validate()
         if self.lrs is not None and len(self.lrs) != max(1, len(self.checkpoints)):
@@ -508,8 +518,6 @@ class IngestConfig:
         self._validate_features()
 
     def _validate_features(self) -> None:
-        if self.features not in FEATURES:
-            _bad(f"features {self.features!r} is not one of {', '.join(FEATURES)}")
         if self.features != HIDDEN_TYPE:
             return
         if self.params:
@@ -564,11 +572,12 @@ class RunConfig:
 
     def validate(self) -> None:
 
+        check_choices(self)
         self.cluster.validate()
         self.train.validate()
         self.gradients.validate()
-        if not self.methods or any(m not in METHODS for m in self.methods):
-            _bad(f"--method {list(self.methods)} must name some of {', '.join(METHODS)}")
+        if not self.methods:
+            _bad(f"give at least one --method: some of {', '.join(METHODS)}")
         if not self.budgets:
             _bad("give at least one --budget, e.g. 5%")
         for b in self.budgets:

@@ -411,8 +411,10 @@ def _pursue(spool, queries, opts: SelectConfig, bar, kmax: int):
         pursuit = gtp if opts.method == "gtp" else gtp_paper
         if opts.partitions:
             return partitioned_gtp(spool, queries, opts.partitions, pursuit=pursuit,
-                                   max_iter=opts.max_iter, tol=opts.tol, part_progress=bar)
-        return pursuit(spool, queries, max_iter=opts.max_iter, tol=opts.tol, scan_progress=bar)
+                                   max_iter=opts.max_iter, min_gain=opts.min_gain,
+                                   part_progress=bar)
+        return pursuit(spool, queries, max_iter=opts.max_iter, min_gain=opts.min_gain,
+                       scan_progress=bar)
     step = tqdm(total=kmax, desc="omp", unit="pick", leave=False) if opts.progress else None
     try:
         return omp(spool, queries, progress=(lambda _: step.update(1)) if step else None)
@@ -532,7 +534,7 @@ def _params(opts: SelectConfig, eta, spool: StackedPool, pmeta: TableMeta, n: in
     """What a selection records about how it was made."""
     return {
         "target_mode": opts.target_mode, "normalize": opts.normalize, "m": opts.m,
-        "max_iter": opts.max_iter, "tol": opts.tol, "target_tolerance": opts.tolerance,
+        "max_iter": opts.max_iter, "min_gain": opts.min_gain, "target_tolerance": opts.tolerance,
         "seed": opts.seed, "checkpoint_weights": eta,
         "scan_mode": type(spool.source).__name__, "queries_in_run": queries, "pool_rows": n,
         "partitions": opts.partitions, "ray": opts.ray,

@@ -26,7 +26,7 @@ for every query at once, then work on a small candidate set only.
   ``||k y - s||^2`` by ``2 a_j.r - 2 a_i.r + ||a_i - a_j||^2``; each round scans
   for the best outsiders and the members whose removal costs least, applies the
   best improving exchanges among them, and stops when a round improves the
-  relative residual by less than ``tol``.
+  relative residual by less than ``min_gain``.
 
 With several target columns (subtask means) the target is their average: every
 subtask counts the same, as LESS's max-over-subtasks rule lets each count.
@@ -126,7 +126,7 @@ class _Settings:
     squares: _RowSquares
     half: np.ndarray | None
     max_iter: int
-    tol: float
+    min_gain: float
     max_swaps: int
 
 
@@ -207,7 +207,7 @@ class _GtpState(PursuitState):
                 swapped = _swap(run.pool, self, outsiders, found[1][0], run.squares,
                                 run.max_swaps)
                 self.rounds += 1
-                if not swapped or self.gap() > before * (1 - run.tol) \
+                if not swapped or self.gap() > before * (1 - run.min_gain) \
                         or self.rounds >= run.max_iter:
                     self.settle()
         self.history.append(self.relative_residual())
@@ -226,7 +226,7 @@ def gtp(
     queries: Sequence[Query],
     *,
     max_iter: int = 30,
-    tol: float = 1e-3,
+    min_gain: float = 1e-3,
     max_swaps: int = 256,
     progress: Callable[[str], None] | None = None,
     scan_progress: Callable[[int], None] | None = None,
@@ -245,7 +245,7 @@ def gtp(
     max_iter : int
         Most swap rounds (scans) per stretch of the target once a query has k rows;
         growing to k always completes, in as many scans as it needs.
-    tol : float
+    min_gain : float
         Stop swapping when a round improves the fit by less than this fraction.
     max_swaps : int
         Most exchanges applied per swap round.
@@ -260,7 +260,7 @@ def gtp(
     """
     sq_norms = _squared_norms(pool)
     run = _Settings(pool, _RowSquares(sq_norms, pool.num_rows),
-                    None if sq_norms is None else sq_norms / 2, max_iter, tol, max_swaps)
+                    None if sq_norms is None else sq_norms / 2, max_iter, min_gain, max_swaps)
     states = [_GtpState(q, run) for q in queries]
     for st in states:
         if st.k > pool.num_rows:

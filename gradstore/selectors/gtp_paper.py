@@ -30,7 +30,7 @@ from gradstore.selectors.stacked import StackedPool
 class _Settings:
     """The step settings every query of one run shares (see :func:`gtp_paper`)."""
 
-    tol: float
+    min_gain: float
     grow_floor: float
     swap_fraction: float | None
     max_swaps: int
@@ -65,7 +65,7 @@ class _PaperState(PursuitState):
         s = self.settings
         swaps = 0 if s.swap_fraction is None else \
             min(s.max_swaps, int(np.ceil(s.swap_fraction * self.query.k)))
-        _advance(self.pool, self, cand, s.grow_floor * floor, s.tol, swaps)
+        _advance(self.pool, self, cand, s.grow_floor * floor, s.min_gain, swaps)
 
     def answer(self) -> tuple[np.ndarray, np.ndarray, float]:
         return self.rows, self.W, self.residual
@@ -88,7 +88,7 @@ def gtp_paper(
     queries: Sequence[Query],
     *,
     max_iter: int = 30,
-    tol: float = 1e-3,
+    min_gain: float = 1e-3,
     grow_floor: float = 0.5,
     swap_fraction: float | None = 0.25,
     max_swaps: int = 256,
@@ -106,7 +106,7 @@ def gtp_paper(
         most ``MAX_CANDIDATES``).
     max_iter : int
         Most correlation scans per query.
-    tol : float
+    min_gain : float
         Stop a query when an iteration improves its relative residual by less
         than this fraction.
     grow_floor : float
@@ -120,7 +120,7 @@ def gtp_paper(
     max_swaps : int
         At most this many exchanges per step (their cost grows as swaps * k^2).
     """
-    settings = _Settings(tol, grow_floor, swap_fraction, max_swaps)
+    settings = _Settings(min_gain, grow_floor, swap_fraction, max_swaps)
     states = [_PaperState(q, pool, settings) for q in queries]
 
     def report(scans: int, live: list[_PaperState]) -> None:
@@ -133,7 +133,7 @@ def gtp_paper(
 
 
 def _advance(
-    pool: StackedPool, st: _PaperState, cand: np.ndarray, floor: float, tol: float, swaps: int
+    pool: StackedPool, st: _PaperState, cand: np.ndarray, floor: float, min_gain: float, swaps: int
 ) -> None:
     """One GTP step for one query, given the scan's new candidates.
 
@@ -180,14 +180,14 @@ def _advance(
     # it let near-exact fits "improve" for every remaining step
     AS = AU.index_select(0, torch.from_numpy(res.support))
     new_res = relative_residual(AS.numpy(), res.weights, q.Y)
-    improved = new_res < st.residual * (1 - tol)
+    improved = new_res < st.residual * (1 - min_gain)
     if new_res < st.residual:
         st.rows, st.W, st.AS, st.residual = U[res.support], res.weights, AS, new_res
         st.R = q.Y - st.AS.double().numpy().T @ st.W
         if res.solver is not None:
             st.solver = res.solver
     st.history.append(st.residual)
-    # growing or not: a step that improves the fit by less than ``tol`` ends the query (a
+    # growing or not: a step that improves the fit by less than ``min_gain`` ends the query (a
     # support that has stopped improving before k rows fits the target as well as the
     # rows can, e.g. k above the dimension: growing on cost a scan per step for nothing)
     if not improved:

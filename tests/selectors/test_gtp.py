@@ -46,7 +46,7 @@ def test_no_single_exchange_improves_the_result(normalize):
         pool = StackedPool(TensorSource(X.astype(np.float32), 2), normalize=normalize)
         A = dense(pool)
         y = A[rng.choice(120, 9, replace=False)].mean(0) + 0.05 * rng.standard_normal(A.shape[1])
-        (res,) = gtp(pool, [Query(y, 6)], tol=0.0, max_iter=100)
+        (res,) = gtp(pool, [Query(y, 6)], min_gain=0.0, max_iter=100)
         best = objective(A, res.rows, y)
         chosen = set(res.rows.tolist())
         for j in chosen:
