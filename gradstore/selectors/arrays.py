@@ -23,7 +23,7 @@ from gradstore.selectors.query import PursuitResult, Query
 from gradstore.selectors.source import TensorSource
 from gradstore.selectors.stacked import StackedPool
 
-Answer = tuple[np.ndarray, np.ndarray, float]
+ArrayAnswer = tuple[np.ndarray, np.ndarray, float]
 """Row positions in selection order, their weights, the relative residual."""
 
 
@@ -43,13 +43,13 @@ def _target(pool: StackedPool, T, labels) -> tuple[np.ndarray, float]:
     return pool.target(T, None if labels is None else np.asarray(labels))
 
 
-def _answer(r: PursuitResult) -> Answer:
+def _answer(r: PursuitResult) -> ArrayAnswer:
     return r.rows, r.total_weights, r.residual
 
 
 def gtp(X, T, k: int, *, num_checkpoints: int = 1, eta: Sequence[float] | None = None,
         labels: Sequence[str] | None = None, tolerance: float | str = "auto",
-        normalize: bool = True) -> Answer:
+        normalize: bool = True) -> ArrayAnswer:
     """gradstore's default GTP: k rows whose mean stacked row matches the target's (to
     within ``tolerance``: ``auto``, the target mean's standard error; 0: as close as
     possible). Weights are all 1."""
@@ -60,14 +60,14 @@ def gtp(X, T, k: int, *, num_checkpoints: int = 1, eta: Sequence[float] | None =
 
 
 def gtp_paper(X, T, k: int, *, num_checkpoints: int = 1, eta: Sequence[float] | None = None,
-              labels: Sequence[str] | None = None, normalize: bool = True) -> Answer:
+              labels: Sequence[str] | None = None, normalize: bool = True) -> ArrayAnswer:
     """GTP as published: at most k rows with non-negative weights fitting the target."""
     pool = _pool(X, num_checkpoints, eta, normalize, center=False)
     return _answer(gtp_paper_pursuit(pool, [Query(_target(pool, T, labels)[0], k)])[0])
 
 
 def omp(X, T, k: int, *, num_checkpoints: int = 1, eta: Sequence[float] | None = None,
-        labels: Sequence[str] | None = None, normalize: bool = True) -> Answer:
+        labels: Sequence[str] | None = None, normalize: bool = True) -> ArrayAnswer:
     """GradMatch's OMP with non-negative refits (one pass per chosen row)."""
     pool = _pool(X, num_checkpoints, eta, normalize, center=False)
     return _answer(omp_pursuit(pool, [Query(_target(pool, T, labels)[0], k)])[0])

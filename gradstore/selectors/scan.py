@@ -72,14 +72,13 @@ def _block_scores(
     Up to ``PER_CHECKPOINT_COLUMNS`` columns (one or a few targets), each checkpoint's rows
     are multiplied by its rows of R and the (b, C) products summed with the per-row,
     per-checkpoint multipliers: a streamed checkpoint is converted and multiplied while it
-    is in cache, and the rows are never scaled. A block in RAM is converted whole (its
-    checkpoints' slices converted 2.7x slower) and each product reads its columns in place.
-    Against converting, scaling and one product: a streamed 50K x 4 x 1024 pass 0.156 ->
-    0.117 s, 200K x 2 x 1024 0.280 -> 0.251 s, in RAM the same. With more columns the one
-    product over the whole block is the faster (16 columns in RAM: 0.114 s against 0.130),
-    so wider R takes it, streamed or not. Either way a streamed block and the same block in
-    RAM take the same products in the same order (equal value for value here), so an
-    answer does not depend on whether the pool was streamed. A centred pool subtracts
+    is in cache, and the rows are never scaled. A block in RAM is converted whole (slicing
+    its checkpoints before converting is slower) and each product reads its columns in
+    place. With more columns the one product over the whole block is the faster, so wider
+    R takes it, streamed or not (``benchmarks/selection_speed.py`` times both). Either way
+    a streamed block and the same block in RAM take the same products in the same order
+    (equal value for value), so an answer does not depend on whether the pool was
+    streamed. A centred pool subtracts
     ``mult @ center`` (the centre's share of each correlation, ``center`` from
     ``StackedPool.center_terms``).
     """
