@@ -8,14 +8,20 @@ with ``G = A.T @ A`` (symmetric positive semi-definite, possibly singular) and
 ``b = A.T @ y``; this is the same as ``min ||A x - y||_2`` subject to ``x >= 0``.
 
 * :func:`nnls_gram` -- Lawson-Hanson active set, exact to tolerance, warm-startable.
-  The Cholesky factor of ``G[P, P]`` is updated in place (adding a column: one
-  triangular solve; removing one: a blocked, vectorised rank-one update of the
-  trailing part), columns that are linearly dependent on ``P`` are never added,
-  and the ``O(n |P|)`` dual ``b - G x`` is shared by up to ``_MAX_BATCH``
-  additions.  Adding one column to a solved problem and warm-starting from the
-  old solution typically costs one factorisation and two inner solves.
-(An accelerated projected-gradient solver and an automatic front end, which nothing
-in the package uses, live in the tests as ``tests/selectors/nnls_reference.py``.)
+  The Cholesky factor of ``G[P, P]`` (:class:`.cholesky.BandCholesky`) is updated in
+  place (adding a column: one triangular solve; removing one: a blocked, vectorised
+  rank-one update of the trailing part), columns that are linearly dependent on ``P``
+  are never added, and the ``O(n |P|)`` dual ``b - G x`` (from the passive rows of
+  :class:`.gram_access.PassiveRows`) is shared by up to ``gram_access.MAX_BATCH``
+  additions (``WIDE_BATCH`` for rows held in float64).  Adding one column to a solved
+  problem and warm-starting from the old solution typically costs one factorisation and
+  two inner solves.
+* :func:`nnls_rows` -- the same solve for ``G = A A^T`` given the rows ``A``
+  (:class:`.gram_access.RowGram`), never forming ``G``.
+
+``tests/selectors/test_nnls.py`` checks both against ``scipy.optimize.nnls`` run on
+``A`` and ``y`` themselves (an independent Lawson-Hanson implementation that never forms
+``G``).
 
 All decisions (which column enters, dependence tests, stopping rules) are made on
 the diagonally scaled problem ``D^{-1/2} G D^{-1/2}``, ``D = diag(G)``, so the
@@ -25,13 +31,17 @@ Columns with ``G_jj == 0`` (zero columns of ``A``) always get weight 0.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
-from scipy.linalg import LinAlgError
-from scipy.linalg.blas import dtbsv
-from scipy.linalg.lapack import dpotrf, dpstrf
+
+from gradstore.selectors.cholesky import BandCholesky, factor_independent
+from gradstore.selectors.gram_access import (  # greedy reads GRAM_DTYPES from here
+    GRAM_BLOCK,
+    GRAM_DTYPES,
+    DenseGram,
+    PassiveRows,
+    RowGram,
+    scaled_block,
+)
 
 __all__ = ["nnls_gram", "nnls_rows"]
 
@@ -39,24 +49,11 @@ _EPS = float(np.finfo(np.float64).eps)
 #: A candidate column j is linearly dependent on the passive set when its Schur
 #: complement ``G_jj - G_jP G_PP^{-1} G_Pj`` is at most this times ``G_jj``.
 _DEP_TOL = 1e-12
-#: At most this many columns are added per full dual evaluation.
-_MAX_BATCH = 32
-#: Column block size of the factor update after a removal.
-_DEL_BLOCK = 128
 
 
 # --------------------------------------------------------------------------- #
 # helpers
 # --------------------------------------------------------------------------- #
-GRAM_DTYPES = (np.float32, np.float64)
-"""Dtypes a Gram matrix is used in as given; every value is read into float64 arithmetic,
-so a float32 Gram (products computed in float32 anyway) gives the float64 answer on the
-same values, in half the memory."""
-GRAM_BLOCK = 256
-"""Rows of G read at a time where a whole-G temporary would be made (the finiteness check's
-booleans, :func:`gram_times`'s float64 rows)."""
-
-
 def _check_gram(G: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     b = np.asarray(b, dtype=np.float64)
     G = np.asarray(G)
@@ -105,166 +102,31 @@ def _warm(x0: np.ndarray | None, n: int) -> np.ndarray | None:
 # --------------------------------------------------------------------------- #
 # Lawson-Hanson active set in Gram form
 # --------------------------------------------------------------------------- #
-def gram_times(G: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``G @ x`` in float64; a float32 ``G`` is read ``GRAM_BLOCK`` rows at a time (no
-    float64 copy of it)."""
-    if G.dtype == np.float64:
-        return G @ x
-    out = np.empty(G.shape[0])
-    for r in range(0, G.shape[0], GRAM_BLOCK):
-        out[r : r + GRAM_BLOCK] = G[r : r + GRAM_BLOCK].astype(np.float64) @ x
-    return out
-
-
-class _DenseGram:
-    """Entries of a Gram matrix held in memory (float32 or float64)."""
-
-    holds_rows = True  # copying rows of G is cheap: the solver caches the passive ones
-    batch = _MAX_BATCH
-
-    def __init__(self, G: np.ndarray) -> None:
-        self.G = G
-        self.rank_bound = len(G)
-        self.diag = np.diagonal(G).astype(np.float64)
-
-    def prefetch(self, cols: np.ndarray) -> None:
-        """Nothing to do: every entry is at hand."""
-
-    def entries(self, j: int, idx: np.ndarray) -> np.ndarray:
-        return np.asarray(self.G[j, idx], dtype=np.float64)
-
-    def row(self, j: int) -> np.ndarray:
-        return self.G[j]
-
-    def rows(self, idx: np.ndarray) -> np.ndarray:
-        return self.G[idx]
-
-    def block(self, cols: np.ndarray) -> np.ndarray:
-        """``G[cols, cols]`` as a new float64 array."""
-        return self.G[np.ix_(cols, cols)].astype(np.float64, copy=False)
-
-    def times(self, x: np.ndarray) -> np.ndarray:
-        return gram_times(self.G, x)
-
-
-ROWS_BLOCK = 64
-"""Rows of ``A`` a :class:`_RowGram` converts to float64 at a time."""
-WIDE_BATCH = 128
-"""Columns added per dual evaluation when a :class:`_RowGram` holds its rows in float64."""
-
-
-class _RowGram:
-    """The entries of ``G = A A^T`` computed from float32 rows ``A`` (n, D) when needed,
-    never the n x n matrix. Every entry is a float64 product of two float32 rows (exact to
-    float64 rounding, with no float32 rounding of the products). Memory: the rows,
-    ``ROWS_BLOCK`` of them in float64 at a time (all of them, held in float64, with
-    ``keep_float64``), and the rows of G of one batch of entering columns; the solver
-    holds no rows of G (``holds_rows``) and takes its dual as ``A (A^T x)``."""
-
-    holds_rows = False
-
-    def __init__(self, A: np.ndarray, keep_float64: bool = False) -> None:
-        self.A = A.astype(np.float64) if keep_float64 else A
-        # held in float64, the rows need no conversion: one block, and more entering
-        # columns share each pass over them
-        self.rows_per_block = max(1, len(A)) if keep_float64 else ROWS_BLOCK
-        self.batch = WIDE_BATCH if keep_float64 else _MAX_BATCH
-        n = len(A)
-        self.rank_bound = min(A.shape)  # no more passive columns than G's rank
-        self.diag = np.zeros(n)
-        for s, blk in self._all_blocks():
-            self.diag[s : s + len(blk)] = np.einsum("ij,ij->i", blk, blk)
-        self.cached: dict[int, np.ndarray] = {}
-
-    def _blocks(self, idx: np.ndarray):
-        for s in range(0, len(idx), self.rows_per_block):
-            yield self.A[idx[s : s + self.rows_per_block]].astype(np.float64, copy=False)
-
-    def _all_blocks(self):
-        """(first row, float64 block) over every row."""
-        for s in range(0, len(self.A), self.rows_per_block):
-            yield s, self.A[s : s + self.rows_per_block].astype(np.float64, copy=False)
-
-    def _products(self, left: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """``A[left] A[cols]^T`` in float64 (``left``: a block's length at most)."""
-        out = np.empty((len(left), len(cols)))
-        rows = self.A[left].astype(np.float64, copy=False)
-        step = self.rows_per_block
-        for s, blk in zip(range(0, len(cols), step), self._blocks(cols), strict=True):
-            out[:, s : s + len(blk)] = rows @ blk.T
-        return out
-
-    def prefetch(self, cols: np.ndarray) -> None:
-        """The rows of G of ``cols`` (the columns about to enter), in one pass over A."""
-        cols = np.asarray(cols, dtype=np.intp)
-        rows = np.empty((len(cols), len(self.A)))
-        left = self.A[cols].astype(np.float64, copy=False)
-        for s, blk in self._all_blocks():
-            rows[:, s : s + len(blk)] = left @ blk.T
-        self.cached = {int(j): rows[i] for i, j in enumerate(cols)}
-
-    def entries(self, j: int, idx: np.ndarray) -> np.ndarray:
-        if j in self.cached:
-            return self.cached[j][idx]
-        return self._products(np.array([j]), np.asarray(idx, dtype=np.intp))[0]
-
-    def block(self, cols: np.ndarray) -> np.ndarray:
-        """``G[cols, cols]`` as a new float64 array, a block of rows at a time; in Fortran
-        order, so that LAPACK factors it in place."""
-        cols = np.asarray(cols, dtype=np.intp)
-        out = np.empty((len(cols), len(cols)), order="F")
-        step = self.rows_per_block
-        for s in range(0, len(cols), step):
-            out[s : s + step] = self._products(cols[s : s + step], cols)
-        return out
-
-    def times(self, x: np.ndarray) -> np.ndarray:
-        """``A (A^T x)`` in float64, ``A^T x`` over the rows where ``x`` is non-zero."""
-        nz = np.flatnonzero(x)
-        v = np.zeros(self.A.shape[1])
-        for s, blk in zip(range(0, len(nz), self.rows_per_block), self._blocks(nz), strict=True):
-            v += x[nz[s : s + self.rows_per_block]] @ blk
-        out = np.empty(len(self.A))
-        for s, blk in self._all_blocks():
-            out[s : s + len(blk)] = blk @ v
-        return out
-
-
 class _LawsonHanson:
     """State of one Lawson-Hanson solve.
 
-    The passive set is ``pidx[:k]`` (in factor order).  The upper Cholesky factor
-    ``R`` (``R^T R = G[P, P]``) lives in ``ab``, a Fortran-ordered ``(cap, cap)``
-    array in LAPACK upper band storage with ``kd = cap - 1``: column ``j`` of ``R``
-    (rows ``0..j``) sits in the last ``j + 1`` rows of column ``j`` of ``ab``.  So
-    ``ab[:, :k]`` is contiguous and is passed to BLAS ``dtbsv`` without a copy,
-    appending a column is a contiguous write, and a removal is a few strided block
-    moves.  ``u = R^{-T} b_P`` is kept so that ``z = G_PP^{-1} b_P = R^{-1} u``
-    costs one triangular solve.  ``gp[:k]`` holds the rows ``G[j]`` of the passive
-    columns (in slot order ``gp_idx``) for the dual ``w = b - G[:, P] x_P``; once
-    P grows past n / 2 that copy is dropped and the dual is ``b - G x``.
+    The passive set is ``pidx[:k]`` (in factor order); ``factor`` is the upper Cholesky
+    factor ``R`` of ``G[P, P]`` in the same order (:class:`.cholesky.BandCholesky`).
+    ``u = R^{-T} b_P`` is kept so that ``z = G_PP^{-1} b_P = R^{-1} u`` costs one
+    triangular solve. ``rows`` (:class:`.gram_access.PassiveRows`) holds the rows ``G[j]``
+    of the passive columns for the dual ``w = b - G[:, P] x_P``; once the factor's storage
+    grows past n / 2 columns that copy is dropped and the dual is ``b - G x``.
     """
 
     def __init__(self, G, b, s, valid, tol_abs, max_iter):
-        # G: a Gram matrix, or the access to its entries (_DenseGram, _RowGram)
-        self.gram = G if isinstance(G, (_DenseGram, _RowGram)) else _DenseGram(G)
+        # G: a Gram matrix, or the access to its entries (DenseGram, RowGram)
+        self.gram = G if isinstance(G, (DenseGram, RowGram)) else DenseGram(G)
         self.b, self.s, self.valid = b, s, valid
         self.tol_abs = tol_abs
         self.max_iter = max_iter
         n = b.shape[0]
         self.n = n
-        self.k = 0
         self.pidx = np.zeros(n, dtype=np.intp)
         self.in_p = np.zeros(n, dtype=bool)
         self.u = np.zeros(n)
         self.x = np.zeros(n)
-        self.cap = 0
-        self.ab = np.zeros((0, 0), order="F")
-        self.flat = self.ab.ravel(order="F")
-        self.gp = np.zeros((0, n)) if self.gram.holds_rows else None
-        self.gp_idx = np.zeros(n, dtype=np.intp)
-        self.slot = np.full(n, -1, dtype=np.intp)
-        self.stale = False  # factor modified by updates since the last rebuild
+        self.factor = BandCholesky(n, self.gram.rank_bound)
+        self.rows = PassiveRows(self.gram)
         # Columns that may not enter for now: dependent on P (cleared when P loses
         # a column) or rejected with a non-positive weight (cleared when x moves).
         self.dep_blocked = np.zeros(n, dtype=bool)
@@ -272,149 +134,41 @@ class _LawsonHanson:
         self.iterations = 0
         self.inner_solves = 0
 
-    # ----- storage ---------------------------------------------------------- #
-    def _reserve(self, k: int) -> None:
-        if k <= self.cap:
-            return
-        # double, but not past the rank the rows allow (a factor's growth holds old and new)
-        cap = min(self.n, max(k, min(self.gram.rank_bound, 2 * self.cap), 32))
-        ab = np.zeros((cap, cap), order="F")
-        if self.k:
-            ab[cap - self.cap :, : self.k] = self.ab[:, : self.k]
-        if self.gp is not None:
-            if cap <= self.n // 2:
-                gp = np.empty((cap, self.n))
-                gp[: self.k] = self.gp[: self.k]
-                self.gp = gp
-            else:
-                self.gp = None  # k n > n^2 / 2: the full product is as cheap
-        self.ab, self.cap = ab, cap
-        self.flat = ab.ravel(order="F")  # a view: ab is Fortran-contiguous
-
-    def _square(self, i0: int, j0: int, rows: int, cols: int) -> np.ndarray:
-        """Strided view ``V`` with ``V[r, c]`` at the storage place of ``R[i0+r, j0+c]``.
-
-        Entries with ``i0 + r > j0 + c`` alias unused padding of later columns; this
-        is harmless for ``rows <= k - j0`` (see ``_delete_pos``)."""
-        cap = self.cap
-        start = cap - 1 + i0 + j0 * (cap - 1)
-        return as_strided(
-            self.flat[start:], shape=(rows, cols), strides=(8, 8 * (cap - 1)), writeable=True
-        )
-
-    def _fwd(self, rhs: np.ndarray) -> np.ndarray:
-        """``R^{-T} rhs`` for the current factor (rhs has length k)."""
-        if self.k == 0:
-            return np.zeros(0)
-        return dtbsv(self.cap - 1, self.ab[:, : self.k], rhs, lower=0, trans=1)
-
-    def _bwd(self, rhs: np.ndarray) -> np.ndarray:
-        """``R^{-1} rhs`` for the current factor (rhs has length k)."""
-        if self.k == 0:
-            return np.zeros(0)
-        return dtbsv(self.cap - 1, self.ab[:, : self.k], rhs, lower=0, trans=0)
-
-    def _gp_add(self, j: int) -> None:
-        if self.gp is None:
-            return
-        sl = self.k  # slots are compact: 0..k-1 are used
-        self.gp[sl] = self.gram.row(j)
-        self.gp_idx[sl] = j
-        self.slot[j] = sl
-
-    def _gp_remove(self, j: int, last: int) -> None:
-        """Free j's slot; ``last`` is the highest used slot before removal."""
-        if self.gp is None:
-            return
-        sl = self.slot[j]
-        if sl != last:
-            jj = self.gp_idx[last]
-            self.gp[sl] = self.gp[last]
-            self.gp_idx[sl] = jj
-            self.slot[jj] = sl
-        self.slot[j] = -1
+    @property
+    def k(self) -> int:
+        """Size of the passive set."""
+        return self.factor.k
 
     def _refresh_u(self) -> None:
         k = self.k
         if k:
-            self.u[:k] = self._fwd(self.b[self.pidx[:k]])
+            self.u[:k] = self.factor.solve_transposed(self.b[self.pidx[:k]])
 
-    # ----- factor updates --------------------------------------------------- #
+    # ----- changes of the passive set --------------------------------------- #
     def append(self, j: int) -> bool:
         """Add column j to P; False (and no change) if it is dependent on P."""
         k = self.k
-        g_jj = float(self.gram.diag[j])
-        if k:
-            r = self._fwd(self.gram.entries(j, self.pidx[:k]))
-            schur = g_jj - float(r @ r)
-        else:
-            r = np.zeros(0)
-            schur = g_jj
-        if not schur > _DEP_TOL * g_jj:
+        g = self.gram.entries(j, self.pidx[:k]) if k else np.zeros(0)
+        added = self.factor.add_column(g, float(self.gram.diag[j]), _DEP_TOL)
+        if added is None:
             return False
-        self._reserve(k + 1)
-        rjj = math.sqrt(schur)
-        col = self.ab[self.cap - 1 - k :, k]
-        col[:k] = r
-        col[k] = rjj
+        r, rjj = added
+        self.rows.fit(self.factor.cap, k)
         self.u[k] = (self.b[j] - float(r @ self.u[:k])) / rjj
-        self._gp_add(j)
+        self.rows.add(j, k)
         self.pidx[k] = j
         self.in_p[j] = True
-        self.k = k + 1
         return True
 
     def _delete_pos(self, pos: int) -> None:
         """Remove position ``pos`` of P and update the factor (``u`` is not updated)."""
         k = self.k
         j = int(self.pidx[pos])
+        self.factor.delete(pos)
         if pos < k - 1:
-            mm = k - pos - 1
-            # R = [[R11, r12, R13], [0, r22, v^T], [0, 0, R33]]; without column pos
-            # the Gram matrix of the trailing block is R33^T R33 + v v^T.
-            v = self._square(pos, pos + 1, 1, mm)[0].copy()
-            # With p = R33^{-T} v the Cholesky factor of I + p p^T is
-            # M = diag(d) + tril(p gamma^T, -1), t_i = 1 + sum_{l<=i} p_l^2,
-            # d_i = sqrt(t_i / t_{i-1}), gamma_i = p_i / sqrt(t_i t_{i-1}), and the
-            # new trailing factor is M^T R33:
-            #   R33'[j, :] = d_j R33[j, :] + gamma_j sum_{l > j} p_l R33[l, :].
-            # Band storage is invariant along diagonals, so ab[:, pos+1:k] is R33.
-            cap = self.cap
-            pv = dtbsv(cap - 1, self.ab[:, pos + 1 : k], v, lower=0, trans=1)
-            t = 1.0 + np.cumsum(pv * pv)
-            tprev = np.concatenate(([1.0], t[:-1]))
-            dd = np.sqrt(t / tprev)
-            gam = pv / np.sqrt(t * tprev)
-            if pos:
-                # R13 moves one column left: R[i, j] is stored at flat index
-                # cap - 1 + i + j (cap - 1), so the whole block shifts by cap - 1.
-                src_start = cap - 1 + (pos + 1) * (cap - 1)
-                shape, strides = (mm, pos), (8 * (cap - 1), 8)
-                src = as_strided(self.flat[src_start:], shape=shape, strides=strides).copy()
-                dst = as_strided(
-                    self.flat[src_start - (cap - 1) :], shape=shape, strides=strides, writeable=True
-                )
-                dst[...] = src
-            # Update R33 in blocks of columns (only rows 0..c1-1 are non-zero) and
-            # write R33' one row up and one column left.  Reading a block before
-            # writing it is enough: a block only overwrites columns already read,
-            # and the sub-diagonal part of a block write lands in padding rows that
-            # hold no factor data (pos + r < cap - 1 for every row r written).
-            for c0 in range(0, mm, _DEL_BLOCK):
-                c1 = min(mm, c0 + _DEL_BLOCK)
-                blk = np.triu(self._square(pos + 1, pos + 1 + c0, c1, c1 - c0), -c0)
-                q = blk * pv[:c1, None]
-                tail = np.cumsum(q[::-1], axis=0)[::-1]
-                tail -= q
-                tail *= gam[:c1, None]
-                blk *= dd[:c1, None]
-                blk += tail
-                self._square(pos, pos + c0, c1, c1 - c0)[...] = blk
             self.pidx[pos : k - 1] = self.pidx[pos + 1 : k]
-            self.stale = True
-        self._gp_remove(j, k - 1)
+        self.rows.remove(j, k - 1)
         self.in_p[j] = False
-        self.k = k - 1
 
     def rebuild(self, cols: np.ndarray, strict: bool = False) -> bool:
         """Factor ``G[cols, cols]`` from scratch; columns found dependent are left
@@ -428,62 +182,38 @@ class _LawsonHanson:
         case P is left empty and False is returned."""
         cols = np.asarray(cols, dtype=np.intp)
         self.in_p[self.pidx[: self.k]] = False
-        self.slot[self.pidx[: self.k]] = -1
-        self.k = 0
-        self.stale = False
+        self.rows.forget(self.pidx[: self.k])
+        self.factor.clear()
         if cols.size == 0:
             return True
         cols = cols[np.argsort(-self.x[cols], kind="stable")]
-        sc = self.s[cols]
-        gs = self._scaled_block(cols, sc)
-        c, info = dpotrf(gs, lower=0, clean=1, overwrite_a=1)  # in place if Fortran-ordered
-        if info == 0 and float(np.min(np.diagonal(c))) ** 2 > _DEP_TOL:
-            kept = cols
-            rank = cols.size
-            rfac = c
-        elif strict:
+        scale = self.s[cols]
+        found = factor_independent(lambda: scaled_block(self.gram, cols, scale), _DEP_TOL,
+                                   pivot=not strict)
+        if found is None:
             self.x[cols] = 0.0
             return False
-        else:
-            gs = self._scaled_block(cols, sc)  # dpotrf may have overwritten it
-            c, piv, rank, info = dpstrf(gs, tol=_DEP_TOL, lower=0)
-            if info < 0:  # pragma: no cover - invalid argument, should not happen
-                raise LinAlgError(f"dpstrf failed with info={info}")
-            rank = int(rank)
-            order = piv[:rank] - 1
-            kept = cols[order]
-            sc = sc[order]
-            rfac = np.triu(c[:rank, :rank])
+        order, rfac = found
+        rank = len(order)
+        kept = cols[order]
+        sc = scale[order]
+        if rank < cols.size:
             self.x[np.setdiff1d(cols, kept)] = 0.0
         if rank == 0:
             return True
-        self._reserve(rank)
         rfac *= sc[None, :]
-        self._square(0, 0, rank, rank)[...] = rfac
+        self.factor.load(rfac)
+        self.rows.fit(self.factor.cap, 0)
         self.pidx[:rank] = kept
         self.in_p[kept] = True
-        if self.gp is not None:
-            self.gp[:rank] = self.gram.rows(kept)
-            self.gp_idx[:rank] = kept
-            self.slot[kept] = np.arange(rank)
-        self.k = rank
+        self.rows.load(kept)
         self._refresh_u()
         return True
 
-    def _scaled_block(self, cols: np.ndarray, sc: np.ndarray) -> np.ndarray:
-        gs = self.gram.block(cols)
-        gs /= sc[:, None]
-        gs /= sc[None, :]
-        return gs
-
     # ----- Lawson-Hanson --------------------------------------------------- #
     def dual(self) -> np.ndarray:
-        k = self.k
-        if k == 0:
-            return self.b.copy()
-        if self.gp is None:
-            return self.b - self.gram.times(self.x)
-        return self.b - self.x[self.gp_idx[:k]] @ self.gp[:k]
+        """``b - G x`` (x is zero outside P)."""
+        return self.rows.dual(self.b, self.x, self.k)
 
     def inner(self, new: int | None) -> tuple[str, bool]:
         """LH inner loop.  Returns (status, removed_any) with status ``"ok"`` or
@@ -496,7 +226,7 @@ class _LawsonHanson:
             if k == 0:
                 return "ok", removed
             self.inner_solves += 1
-            z = self._bwd(self.u[:k])
+            z = self.factor.solve(self.u[:k])
             if (z > 0.0).all():
                 x[self.pidx[:k]] = z
                 return "ok", removed
@@ -530,7 +260,7 @@ class _LawsonHanson:
             return
         pset = self.pidx[:k]
         r = self.dual()[pset]
-        xn = self.x[pset] + self._bwd(self._fwd(r))
+        xn = self.x[pset] + self.factor.solve(self.factor.solve_transposed(r))
         if (xn > 0.0).all() and np.isfinite(xn).all():
             self.x[pset] = xn
 
@@ -566,7 +296,7 @@ class _LawsonHanson:
             # The computed dual carries rounding noise ~ eps (|b| + |G| |x|); never
             # ask for more than a generous multiple of it.
             tol_eff = max(self.tol_abs, 64.0 * _EPS * (bscale_noise + xs_l1))
-            if k and self.stale and not refactored:
+            if k and self.factor.stale and not refactored:
                 # Safety net: the updated factor must still solve G_PP x_P = b_P.
                 if float(np.max(np.abs(ws[pset]))) > tol_eff:
                     refactored = True
@@ -664,10 +394,10 @@ def nnls_gram(
     x0 = _warm(x0, n)
     if n == 0:
         return np.zeros(0)
-    return _active_set(_DenseGram(G), b, x0, tol, max_iter)
+    return _active_set(DenseGram(G), b, x0, tol, max_iter)
 
 
-def _active_set(gram: _DenseGram | _RowGram, b: np.ndarray, x0: np.ndarray | None,
+def _active_set(gram: DenseGram | RowGram, b: np.ndarray, x0: np.ndarray | None,
                 tol: float, max_iter: int | None) -> np.ndarray:
     """Lawson-Hanson on checked inputs (n >= 1), ``tol`` relative to the largest scaled
     ``|b|``; the solve both public functions run."""
@@ -706,4 +436,4 @@ def nnls_rows(
     x0 = _warm(x0, n)
     if n == 0:
         return np.zeros(0)
-    return _active_set(_RowGram(A, keep_float64), b, x0, tol, max_iter)
+    return _active_set(RowGram(A, keep_float64), b, x0, tol, max_iter)

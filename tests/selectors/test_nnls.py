@@ -484,8 +484,8 @@ def test_corrupted_factor_is_detected_and_rebuilt():
     lh = nnls_mod._LawsonHanson(G, b, s, valid, 1e-10 * bscale, 1000)
     lh.start(np.where(np.arange(120) < 30, 1.0, 0.0))
     k = lh.k
-    lh._square(0, 0, k, k)[...] *= 1.0 + 1e-3  # as if updates had drifted
-    lh.stale = True
+    lh.factor.view(0, 0, k, k)[...] *= 1.0 + 1e-3  # as if updates had drifted
+    lh.factor.stale = True
     lh._refresh_u()
     lh.inner(None)
     assert lh.run()
