@@ -17,6 +17,8 @@ Metrics, in points of teacher-forced exact match (``em``), and answer-token loss
   may leave a part untrained), and ``loss`` weighted by the shares.
 
     python benchmarks/e2e/rg_report.py RESULTS/e2e_rg_jobs    # print the tables
+    python benchmarks/e2e/rg_report.py --composition WORK-rg RESULTS/e2e_rg.json
+                                        # the mixture selections' composition, no fine-tune
 """
 
 from __future__ import annotations
@@ -127,9 +129,11 @@ def tables(summ: dict) -> list[str]:
         if not block:
             continue
         ms = HEADLINE[family]
-        lines += [f"## {title}", "", f"{len(block['cells'])} cells. Arm means (exact match in "
-                  "points; loss in nats, lower is better), then each arm minus default "
-                  f"`{REFERENCE}`, paired by cell, with a 95% t-interval:", "",
+        lines += [f"## {title}", "", f"{len(block['cells'])} cells. Arm means over the cells "
+                  "each arm ran (exact match in points; loss in nats, lower is better), then "
+                  f"each arm minus default `{REFERENCE}`, paired by cell, with a 95% t-interval "
+                  "over the cells both ran (too few cells for an interval to mean much below "
+                  "about 10):", "",
                   "| arm | cells | " + " | ".join(ms) + " | " +
                   " | ".join(f"{m} - gtp" for m in ms) + " |",
                   "|---|---|" + "---|" * (2 * len(ms))]
@@ -187,10 +191,12 @@ def setup_lines(plan: dict, timing: dict, jobs: list[dict], command: str, env: d
              f"{env.get('gradstore')} ({env.get('commit', '?')}); model "
              f"`{Path(plan['model']).name}/{plan['gguf_file'] or ''}`, device {plan['device']}.",
              "", "## Set-up", "",
-             f"- **Tasks** (reasoning-gym, `benchmarks/e2e/rg_tasks.py`, chosen by the "
-             f"calibration in `rg_calibration_r160_all.md`): {', '.join(plan['tasks'])}. Pool: "
-             f"{plan['pool_per_task']} rows of each ({plan['pool_per_task'] * len(plan['tasks'])}"
-             f" rows); targets {plan['target_size']} rows; test rows disjoint from both "
+             f"- **Pool**: {plan['pool_per_task']} rows of each of {len(plan['tasks'])} "
+             f"reasoning-gym tasks (`benchmarks/e2e/rg_tasks.py`; "
+             f"{plan['pool_per_task'] * len(plan['tasks'])} rows): {', '.join(plan['tasks'])}.",
+             f"- **Targets** from the tasks the calibration kept (`rg_calibration_r160_all.md`):"
+             f" {', '.join(plan['single_targets'])}; {plan['target_size']} rows each; test rows "
+             "disjoint from pool and targets "
              f"({plan['single_test_rows']} per single or flooded cell, "
              f"{plan['mix_test_per_skill']} per part of a mixture).",
              f"- **Mixtures** (the selectors see no labels): {mixes}.",
@@ -253,8 +259,56 @@ def write(plan: dict, timing: dict, records: Path, results: Path, name: str, com
     (results / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
+def composition_table(work: Path, plan: dict) -> list[str]:
+    """The mixture selections' composition, before any fine-tune: rows of each part of the
+    target (in the target's order) + rows of other tasks, per arm and budget, read from the
+    plan's selection files in ``work`` (``WORK/selections``, ``WORK/data``)."""
+    rows = {}
+    for name in ("pool", "flood"):
+        path = work / "data" / f"{name}.jsonl"
+        if path.exists():
+            rows |= {r["id"]: r for r in map(json.loads, path.open(encoding="utf-8"))}
+    sels: dict[tuple, list[str]] = {}
+    for f in sorted((work / "selections").glob("mix-*.json")):
+        arm = f.stem.removeprefix("mix-").removesuffix("-seed0")
+        for sel in json.loads(f.read_text()):
+            target = sel["target"].removeprefix("target-mix-").removesuffix("-hidden")
+            sels[(target, float(sel["budget"]) if sel["budget"][-1] != "%" else
+                  float(sel["budget"][:-1]) / 100, arm)] = sel["ids"]
+    arms = list(dict.fromkeys(a for _, _, a in sels))
+    budgets = sorted({b for _, b, _ in sels})
+    lines = ["| mixture | budget | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
+    empty = dict.fromkeys(arms, 0)
+    off = dict.fromkeys(arms, 0)
+    cells = dict.fromkeys(arms, 0)
+    for m, spec in plan["mixture_specs"].items():
+        for b in budgets:
+            out = []
+            for a in arms:
+                ids = sels.get((m, b, a))
+                if ids is None:
+                    out.append("")
+                    continue
+                per = [sum(rows[i]["skill"] == t for i in ids) for t in spec]
+                other = len(ids) - sum(per)
+                cells[a] += 1
+                empty[a] += min(per) == 0
+                off[a] += other > len(ids) / 2
+                out.append("/".join(map(str, per)) + f" +{other}")
+            lines.append(f"| {m} | {b:.0%} | " + " | ".join(out) + " |")
+    lines += ["", "| arm | cells | a part without a row | most rows off the target's tasks |",
+              "|---|---|---|---|"]
+    lines += [f"| {a} | {cells[a]} | {empty[a]} | {off[a]} |" for a in arms]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
-    records = Path((argv if argv is not None else sys.argv[1:])[0])
+    args = list(argv if argv is not None else sys.argv[1:])
+    if args and args[0] == "--composition":  # --composition WORK RESULTS_JSON
+        plan = json.loads(Path(args[2]).read_text())["plan"]
+        print("\n".join(composition_table(Path(args[1]), plan)))
+        return
+    records = Path(args[0])
     plan = json.loads((records.parent / f"{records.name.removesuffix('_jobs')}.json")
                       .read_text())["plan"]
     print("\n".join(tables(summary(load(records), plan))))
