@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -53,7 +54,7 @@ class Wanted:
     asks: list[ScanQuery] = field(default_factory=list)
 
 
-class PursuitState:
+class PursuitState(ABC):
     """One query's pursuit. A method subclasses it with :meth:`wanted`, :meth:`step` and
     :meth:`answer`; the core reads ``done`` and the rest is the state's own.
 
@@ -68,17 +69,17 @@ class PursuitState:
         self.history: list[float] = []
         self.timings: dict[str, float] = {}
 
+    @abstractmethod
     def wanted(self) -> Wanted:
         """The columns and asks of this round's scan (called only while not ``done``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def step(self, found: Found) -> None:
         """Advance on the scan's answers to :meth:`wanted`'s asks (one per ask)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def answer(self) -> tuple[np.ndarray, np.ndarray, float]:
         """The selection: rows in selection order, weights (n, C), relative residual."""
-        raise NotImplementedError
 
     def details(self) -> dict:
         """Method-specific facts for :attr:`PursuitResult.details` (a selection stores
