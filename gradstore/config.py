@@ -145,9 +145,7 @@ def check_choices(cfg: Any) -> None:
         choices = f.metadata.get("choices")
         if not choices:
             continue
-        value = cfg
-        for part in path:
-            value = getattr(value, part)
+        value = leaf_value(cfg, path)
         for v in value if isinstance(value, tuple) else (value,):
             if v not in choices:
                 flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
@@ -158,11 +156,15 @@ def settings_of(cfg: Any) -> dict[str, Any]:
     """Every leaf of a config tree by name (a name shared by several leaves: the first)."""
     out: dict[str, Any] = {}
     for path, _ in leaves(cfg):
-        obj = cfg
-        for part in path:
-            obj = getattr(obj, part)
-        out.setdefault(path[-1], obj)
+        out.setdefault(path[-1], leaf_value(cfg, path))
     return out
+
+
+def leaf_value(cfg: Any, path: tuple[str, ...]) -> Any:
+    """The value at ``path`` (as :func:`leaves` gives it) in a config tree."""
+    for part in path:
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def parse_size(text: str) -> int:

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gradstore.budget import parse_budget
+
 FAMILIES = {"mix": "Mixtures of 2-3 tasks (unequal shares, no labels given)",
             "single": "Single tasks", "flood": "Duplicate-flooded pool"}
 HEADLINE = {"mix": ("weighted", "worst", "loss"), "single": ("em", "loss"),
@@ -273,8 +275,7 @@ def composition_table(work: Path, plan: dict) -> list[str]:
         arm = f.stem.removeprefix("mix-").removesuffix("-seed0")
         for sel in json.loads(f.read_text()):
             target = sel["target"].removeprefix("target-mix-").removesuffix("-hidden")
-            sels[(target, float(sel["budget"]) if sel["budget"][-1] != "%" else
-                  float(sel["budget"][:-1]) / 100, arm)] = sel["ids"]
+            sels[(target, parse_budget(sel["budget"]), arm)] = sel["ids"]
     arms = list(dict.fromkeys(a for _, _, a in sels))
     budgets = sorted({b for _, b, _ in sels})
     lines = ["| mixture | budget | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
