@@ -171,10 +171,14 @@ def ray_reference(ref: dict) -> tuple:
     return ref["ray"]
 
 
+RAY_ADDRESS = "local"
+"""The cluster of ``select --ray`` (``--ray``; default local: a cluster of its own)."""
+
+
 def ray_answer(store: Path):
     """``select --ray local`` in a child process (a Ray session of its own)."""
     done = subprocess.run([sys.executable, "-m", "gradstore", "select", str(store), *SELECT,
-                           "--method", "gtp", "--ray", "local"],
+                           "--method", "gtp", "--ray", RAY_ADDRESS],
                           capture_output=True, text=True, timeout=600)
     return _parsed(done.returncode, done.stdout, done.stderr)
 
@@ -497,8 +501,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="write fault_soak.{json,md} here")
     ap.add_argument("--tiny", action="store_true", help="every fault kind once (make test)")
+    ap.add_argument("--ray", default="local", metavar="ADDRESS",
+                    help="the Ray cluster of the ray-flip trials (default local: a cluster of "
+                         "their own on this machine)")
     ap.add_argument("--judge", nargs="+", metavar="REF STORE", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    globals()["RAY_ADDRESS"] = args.ray
     if args.judge:
         ref = pickle.loads(Path(args.judge[0]).read_bytes())
         for i, store in enumerate(args.judge[1:]):

@@ -7,7 +7,8 @@ default gtp and gtp-paper at k = 2000, and OMP at a smaller k (``--omp-k``: OMP 
 pool once per pick, 2,000 passes would take the better part of an hour here), at each
 budget. Each command runs in a fresh process whose peak resident set (``VmHWM``:
 ``ru_maxrss`` would carry over the parent's size across fork and exec) is reported; the
-baseline is the same process running ``info`` (Python, torch, Lance and gradstore loaded).
+baseline is the same process running ``info`` with the libraries a ``select`` loads
+imported first (Python, torch, scipy, Lance and gradstore: ``SELECT_LIBRARIES``).
 The bound checked is the one gradstore aims at: import, LESS and gtp at most 30 MB above
 the budget over the baseline.
 
@@ -32,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = """
 import sys, io, contextlib, threading, time
 sys.path.insert(0, {root!r})
+for name in {preload!r}:
+    __import__(name)
 def status(key):
     return int([l for l in open("/proc/self/status") if l.startswith(key)][0].split()[1]) * 1024
 anon, done = [0], threading.Event()
@@ -54,11 +57,12 @@ also counts the pages of shared libraries' code a command touches (Lance's reade
 maps ~30 MB of it on a process's first scan), which are clean, shared and evictable."""
 
 
-def peak(*args: object) -> tuple[int, float, int]:
+def peak(*args: object, preload: tuple[str, ...] = ()) -> tuple[int, float, int]:
     """Peak RSS in bytes of one gradstore command in a fresh process, its seconds and its
     peak anonymous memory in bytes."""
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT)), *map(str, args)],
+    done = subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT), preload=preload),
+                           *map(str, args)],
                           capture_output=True, text=True)
     line = [x for x in done.stdout.splitlines() if x.startswith("PEAK")]
     if done.returncode != 0 or not line or line[0].split()[2] != "0":
@@ -77,6 +81,9 @@ def write_pool(path: Path, n: int, d: int) -> None:
     del out
 
 
+SELECT_LIBRARIES = ("torch", "scipy.optimize")
+"""What a ``select`` loads and ``info`` does not: the baseline process imports them first,
+so that it holds every library a selection holds before it reads a row."""
 SLACK = 30 << 20
 """What a command may hold above its memory budget (over the idle baseline)."""
 BOUNDED = ("import", "less", "gtp")
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
                 .astype(np.float32))
         store = tmp / "s"
         peak("import", store, "tgt", "--vectors", tmp / "tgt.npy", "--kind", "target")
-        base = peak("info", store)
+        base = peak("info", store, preload=SELECT_LIBRARIES)
         rows = [("baseline (info)", "", 0, *base),
                 ("import", "", n, *peak("import", store, "pool", "--vectors", tmp / "pool.npy"))]
         for budget in budgets:

@@ -139,7 +139,7 @@ def run(args, work: Path, jobs: Jobs) -> None:
         local, ray = (work / f"sel_{method}_{budget}.json",
                       work / f"sel_{method}_{budget}_ray.json")
         rec = jobs.run(f"select {method} {budget} --ray", lambda m=method, b=budget, o=ray:
-                       select(store, m, b, args.memory_budget, o, "--ray", "local",
+                       select(store, m, b, args.memory_budget, o, "--ray", args.ray,
                               "--ray-tasks", "2"))
         if "same_as_local" not in rec:
             rec["same_as_local"] = same_answer(local, ray)
@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--memory-budget", default="3GB")
     ap.add_argument("--ray-methods", default=",".join(METHODS),
                     help="methods run again with --ray at the first budget")
+    ap.add_argument("--ray", default="local", metavar="ADDRESS",
+                    help="the Ray cluster of the --ray selections (default local: a cluster "
+                         "of their own on this machine)")
     ap.add_argument("--work", type=Path, help="keep data, store and job records here")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--tiny", action="store_true")

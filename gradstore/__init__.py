@@ -7,6 +7,10 @@
 See the README for the command line and :mod:`gradstore.api` for the Python API.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from gradstore.api import Store, Table, open
 from gradstore.config import (
     GradientConfig,
@@ -19,14 +23,31 @@ from gradstore.config import (
     WarmupConfig,
 )
 from gradstore.errors import GradstoreError, TableConflict
-from gradstore.grads.ingestion import IngestSummary
-from gradstore.grads.warmup import WarmupSummary
 from gradstore.ops.export import ExportSummary
-from gradstore.ops.pipeline import RunSummary
 from gradstore.store.meta import ProjectionSpec, TableMeta
 from gradstore.store.selections import Selection
 
+if TYPE_CHECKING:
+    from gradstore.grads.ingestion import IngestSummary
+    from gradstore.grads.warmup import WarmupSummary
+    from gradstore.ops.pipeline import RunSummary
+
 __version__ = "0.1.0"
+
+_NEEDS_TORCH = {"IngestSummary": "gradstore.grads.ingestion",
+                "WarmupSummary": "gradstore.grads.warmup",
+                "RunSummary": "gradstore.ops.pipeline"}
+"""Names whose modules import torch and transformers: loaded when first used, so that
+``import gradstore`` and the commands that only read or write the store (info, import,
+export, verify, restore) start without them."""
+
+
+def __getattr__(name: str):
+    if name in _NEEDS_TORCH:
+        import importlib
+
+        return getattr(importlib.import_module(_NEEDS_TORCH[name]), name)
+    raise AttributeError(f"module 'gradstore' has no attribute {name!r}")
 
 __all__ = [
     "ExportSummary", "GradientConfig", "GradstoreError", "IngestConfig", "IngestSummary",

@@ -11,26 +11,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gradstore.budget import Budget
 from gradstore.config import IngestConfig, SelectConfig, with_options
 from gradstore.errors import GradstoreError
-from gradstore.grads.ingestion import IngestSummary
 from gradstore.ops import summaries
-from gradstore.ops.evaluate_selection import EvaluateOptions, Evaluation, evaluate_selection
 from gradstore.ops.export import ExportSummary, export_selection
 from gradstore.ops.importing import import_vectors
-from gradstore.ops.ingest import run_ingest
-from gradstore.ops.report import Report, build_report
-from gradstore.ops.report_page import write_report
-from gradstore.ops.select import SourceCache, pool_source, run_selection, stop_note
 from gradstore.store.database import Database
 from gradstore.store.meta import TableMeta
 from gradstore.store.repair import TableReport, repair, restore, versions
 from gradstore.store.selections import SELECTIONS_TABLE, Selection
+
+if TYPE_CHECKING:  # the operations that need torch are imported when first called
+    from gradstore.grads.ingestion import IngestSummary
+    from gradstore.ops.evaluate_selection import Evaluation
+    from gradstore.ops.report import Report
+    from gradstore.ops.select import SourceCache
 
 
 class Store:
@@ -40,7 +40,15 @@ class Store:
         self.database = Database(uri, create=create)
         """The persistence underneath (Lance tables, the selection log)."""
         self.uri = self.database.uri
-        self._cache = SourceCache()
+        self._cache: SourceCache | None = None  # made by the first selection
+
+    def _source_cache(self) -> SourceCache:
+        """The pool last read into RAM, kept for the next selection."""
+        from gradstore.ops.select import SourceCache
+
+        if self._cache is None:
+            self._cache = SourceCache()
+        return self._cache
 
     def __repr__(self) -> str:
         return f"gradstore.Store({self.uri!r})"
@@ -86,7 +94,9 @@ class Store:
         """The table's rows for the selectors: in RAM if they fit, else streamed."""
         if mode not in ("auto", "ram", "stream"):
             raise GradstoreError(f"scan mode {mode!r} is not one of auto, ram, stream")
-        return pool_source(self.database, table, mode, memory_budget, self._cache)
+        from gradstore.ops.select import pool_source
+
+        return pool_source(self.database, table, mode, memory_budget, self._source_cache())
 
     # ---------------------------------------------------------------- writing
     def import_vectors(self, table: str, vectors: Any, checkpoint: str = "0",
@@ -110,6 +120,8 @@ class Store:
             cfg = with_options(table_or_config, **options) if options else table_or_config
         else:
             cfg = IngestConfig.from_options(table=table_or_config, **options)
+        from gradstore.ops.ingest import run_ingest
+
         return run_ingest(self.database, cfg)
 
     # ---------------------------------------------------------------- select
@@ -141,7 +153,9 @@ class Store:
         targets = list(target) if isinstance(target, list | tuple) else [target]
         budgets = list(budget) if isinstance(budget, list | tuple) else [budget]
         targets = [t.name if isinstance(t, Table) else t for t in targets]
-        sels = run_selection(self.database, pool, targets, budgets, opts, self._cache)
+        from gradstore.ops.select import run_selection
+
+        sels = run_selection(self.database, pool, targets, budgets, opts, self._source_cache())
         return sels if many else sels[0]
 
     def selections(self) -> list[Selection]:
@@ -154,6 +168,8 @@ class Store:
     def stop_note(self, sel: Selection) -> str | None:
         """Why a selection holds fewer than k examples, or read a target of another gradient
         type than it needs, and what to do; None when neither."""
+        from gradstore.ops.select import stop_note
+
         return stop_note(sel)
 
     # ---------------------------------------------------------------- integrity
@@ -180,7 +196,7 @@ class Store:
     def restore(self, table: str, version: int, force: bool = False) -> TableReport:
         """Make an earlier ``version`` of ``table`` (or of ``_selections``, the selection
         log) the current one; nothing is deleted. Returns the verification of the result."""
-        self._cache = SourceCache()
+        self._cache = None
         return restore(self.database, table, version, force)
 
     # ---------------------------------------------------------------- export
@@ -197,6 +213,8 @@ class Store:
         """Fine-tune on the selection and on a baseline (``baseline="random"`` or another
         selection's id), score both on ``test``, keep the result in the store (see
         :mod:`gradstore.ops.evaluate_selection`); ``settings`` a ``TrainSettings``."""
+        from gradstore.ops.evaluate_selection import EvaluateOptions, evaluate_selection
+
         opts = EvaluateOptions(model=model, test=str(test), **options)
         return evaluate_selection(self.database, selection_id, opts)
 
@@ -209,6 +227,9 @@ class Store:
                target_data: str | Path | None = None, **options: Any) -> Report:
         """What the selections hold, side by side (see :mod:`gradstore.ops.report`); with
         ``out``, also written as one self-contained HTML page."""
+        from gradstore.ops.report import build_report
+        from gradstore.ops.report_page import write_report
+
         rep = build_report(self.database, list(selection_ids), data=data, by=by,
                            target_data=target_data, **options)
         if out is not None:

@@ -223,7 +223,7 @@ def ingest_on_ray(
         summary.rows_written = _run_shards(db, cfg, plan, spec, todo, actors, summary,
                                            on_shard, pids)
         summary.loop_seconds = time.perf_counter() - loop_start
-        summary.status = f"complete ({workers} Ray workers)"
+        summary.status = f"complete ({workers} Ray worker{'' if workers == 1 else 's'})"
         summary.seconds = time.perf_counter() - start
         return summary
 

@@ -407,6 +407,12 @@ def finish_table(
     )
     if stage_table(cfg.table) in db.all_tables():  # a distributed run's leftovers
         db.drop_table(stage_table(cfg.table))
+        # its workers' files that were never committed (a killed worker's, or shards this
+        # process computed again) are named by no version: delete them, keeping every
+        # version compaction kept (this process holds the table's write lock, and a
+        # distributed run holds it while its workers write)
+        kept = min(v["version"] for v in db.dataset(cfg.table).versions())
+        db.prune_versions(cfg.table, keep_from=kept, delete_unverified=True)
 
 
 class RowWriter:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from gradstore.errors import GradstoreError
+from gradstore.store.allocator import large_frees_released
 from gradstore.store.database import Database
 from gradstore.store.importing import (
     blockwise_max_abs,
@@ -20,7 +21,6 @@ from gradstore.store.importing import (
     validate_subtasks,
     validate_vectors,
 )
-from gradstore.store.lance_source import large_frees_released
 from gradstore.store.locks import table_lock
 from gradstore.store.meta import FLOAT16_MAX, VECTOR_DTYPES, ProjectionSpec, TableMeta
 

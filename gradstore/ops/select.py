@@ -37,13 +37,13 @@ from gradstore.selectors.round_robin import PartsQuery, part_columns, round_robi
 from gradstore.selectors.scan import ScanDevice
 from gradstore.selectors.source import TensorSource
 from gradstore.selectors.stacked import StackedPool
-from gradstore.store.database import Database
-from gradstore.store.lance_source import (
+from gradstore.store.allocator import (
     LARGE_ALLOCATION,
     SMALL_BUDGET_ALLOCATION,
-    LanceSource,
     large_frees_released,
 )
+from gradstore.store.database import Database
+from gradstore.store.lance_source import LanceSource
 from gradstore.store.meta import TableMeta
 from gradstore.store.selections import Selection
 

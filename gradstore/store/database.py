@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,12 +18,14 @@ import pyarrow.compute as pc
 from gradstore.errors import GradstoreError
 from gradstore.store import evaluations as evals
 from gradstore.store.catalog import Catalog
-from gradstore.store.lance_source import LanceSource
 from gradstore.store.log import AppendLog
 from gradstore.store.meta import TableMeta
 from gradstore.store.reader import Reader
 from gradstore.store.selections import SELECTIONS_SCHEMA, SELECTIONS_TABLE, Selection
 from gradstore.store.writer import RowBlock, Writer, record_batch
+
+if TYPE_CHECKING:
+    from gradstore.store.lance_source import LanceSource
 
 __all__ = ["Database", "RowBlock"]
 

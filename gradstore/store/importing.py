@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from gradstore.errors import GradstoreError
 
 
 def _as_matrix(obj: object, source: str) -> np.ndarray:
-    if isinstance(obj, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only where torch was imported
+    if torch is not None and isinstance(obj, torch.Tensor):
         t = obj.detach().cpu()
         if t.dtype == torch.bfloat16:
             t = t.float()
         return t.numpy()
     if isinstance(obj, np.ndarray):
         return obj
-    if isinstance(obj, (list, tuple)) and obj and all(isinstance(x, torch.Tensor) for x in obj):
+    if (torch is not None and isinstance(obj, (list, tuple)) and obj
+            and all(isinstance(x, torch.Tensor) for x in obj)):
         return torch.cat([x.detach().cpu().float().reshape(x.shape[0], -1) for x in obj]).numpy()
     if isinstance(obj, dict):
-        tensors = {k: v for k, v in obj.items() if isinstance(v, (torch.Tensor, np.ndarray))}
+        kinds = (np.ndarray,) if torch is None else (torch.Tensor, np.ndarray)
+        tensors = {k: v for k, v in obj.items() if isinstance(v, kinds)}
         if len(tensors) == 1:
             return _as_matrix(next(iter(tensors.values())), source)
         raise GradstoreError(
@@ -105,6 +108,8 @@ class NpyRows:
 
 def _torch_load(p: Path):
     """A tensor file, memory-mapped where its format allows (torch's zip format)."""
+    import torch
+
     try:
         return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:  # the legacy (pre-zip) format cannot be mapped

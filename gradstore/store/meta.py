@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from gradstore.errors import GradstoreError
@@ -230,3 +231,15 @@ def base_fields() -> list[pa.Field]:
         pa.field(ID_CHECKSUM, pa.int64()),
         pa.field(ROW_CHECKSUM, pa.int64()),
     ]
+
+
+def fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
+    """Zero-copy view of a fixed-size-list column as an (n, dim) array where possible."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    flat = col.flatten()  # respects slice offsets, unlike .values
+    try:
+        values = flat.to_numpy(zero_copy_only=True)
+    except pa.ArrowInvalid:
+        values = flat.to_numpy(zero_copy_only=False)
+    return values.reshape(len(col), dim)

@@ -4,6 +4,7 @@ against its checksums), its vectors (whole, or streamed as a gradient source) an
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import lance
 import numpy as np
@@ -18,8 +19,10 @@ from gradstore.store.integrity import (
     row_index_checksums,
     text_checksums,
 )
-from gradstore.store.lance_source import LanceSource
 from gradstore.store.meta import TableMeta, loss_column
+
+if TYPE_CHECKING:
+    from gradstore.store.lance_source import LanceSource
 
 
 class Reader:
@@ -94,6 +97,8 @@ class Reader:
         ds = self.catalog.dataset(table)
         meta = TableMeta.from_schema(ds.schema, table)
         cols = self.columns(table, meta, checkpoint, grad_type)
+        from gradstore.store.lance_source import LanceSource  # (torch: imported when read)
+
         X = LanceSource(ds, cols, meta.dim, name=table).load().float().numpy()
         return self.ids(table), X
 
@@ -134,4 +139,6 @@ class Reader:
         meta = TableMeta.from_schema(ds.schema, table)
         if not meta.checkpoints:
             raise GradstoreError(f"table {table!r} has no vectors")
+        from gradstore.store.lance_source import LanceSource
+
         return LanceSource(ds, self.columns(table, meta, None, grad_type), meta.dim, name=table)

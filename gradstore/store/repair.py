@@ -36,9 +36,14 @@ from gradstore.store.integrity import (
     text_checksums,
     unreadable,
 )
-from gradstore.store.lance_source import fixed_list_to_numpy
 from gradstore.store.locks import table_lock
-from gradstore.store.meta import INGEST_KEY, checksum_of, norm_of, unchecked_columns
+from gradstore.store.meta import (
+    INGEST_KEY,
+    checksum_of,
+    fixed_list_to_numpy,
+    norm_of,
+    unchecked_columns,
+)
 
 
 @dataclass

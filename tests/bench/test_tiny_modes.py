@@ -127,16 +127,6 @@ def test_vs_bergson_tiny():
         assert "Bergson skipped: .venv-bergson/bin/python not found" in out
 
 
-def test_million_tiny():
-    out = run_here("million.py")
-    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines()
-            if line.startswith("| ") and not line.startswith("| command")}
-    assert {"import target 0", "import pool 0", "select gtp 1%", "select less 1%",
-            "select gtp 1% --ray"} <= set(rows)  # tiny: one checkpoint
-    assert rows["select gtp 1% --ray"][-1].strip() == "yes"  # the same answer on Ray
-    assert rows["select less 1%"][1].strip() == "60"  # 1% of 6,000 rows chosen
-
-
 def test_rg_calibrate_tiny():
     pytest.importorskip("reasoning_gym")
     out = run_here("e2e/rg_calibrate.py")

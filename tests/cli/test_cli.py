@@ -223,3 +223,34 @@ def test_errors_on_existing_store_leave_it_intact(files):
     ids, X = store.vectors("pool")
     assert len(ids) == 300 and [c["name"] for c in store.info("pool")["checkpoints"]] == ["0"]
     np.testing.assert_allclose(X, np.load(files / "c1.npy").astype(np.float16).astype(np.float32))
+
+
+LIGHT = """
+import sys
+from gradstore.cli.main import main
+store, vec, data, sel_out = sys.argv[1:]
+for argv in (["import", store, "pool2", "--vectors", vec], ["info", store],
+             ["info", store, "pool2"], ["export", store, "--selection", "latest", "--data",
+             data, "--out", sel_out], ["verify", store], ["restore", store, "pool2"]):
+    assert main(argv) == 0, argv
+print(sorted(m for m in ("torch", "transformers", "peft", "scipy") if m in sys.modules))
+"""
+
+
+def test_store_commands_start_without_torch(tmp_path):
+    """import, info, export, verify and restore read and write the store only: they never
+    import torch, transformers, peft or scipy (each would add a second or more to every
+    such command's start)."""
+    np.save(tmp_path / "v.npy", np.ones((6, 4), dtype=np.float32))
+    store = tmp_path / "s"
+    st = gradstore.open(store)
+    st.import_vectors("pool", np.eye(6, 4, dtype=np.float32), ids=[str(i) for i in range(6)])
+    st.import_vectors("tgt", np.eye(2, 4, dtype=np.float32), kind="target")
+    st.select("pool", "tgt", budget=2)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": str(i), "text": "x"}) + "\n" for i in range(6)))
+    done = subprocess.run([sys.executable, "-c", LIGHT, str(store), str(tmp_path / "v.npy"),
+                           str(data), str(tmp_path / "out.jsonl")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"

@@ -415,14 +415,3 @@ def test_a_deleted_newest_manifest_is_not_a_silent_rollback(built):
     store = gradstore.open(path)
     assert store.num_rows("pool") == N - FRAG
     np.testing.assert_array_equal(store.vectors("pool")[1], X[: N - FRAG])
-
-
-def test_fault_soak_tiny_mode():
-    import importlib.util
-
-    from tests.bench.test_tiny_modes import run_here
-
-    out = run_here("fault_soak.py")  # (its commands run in child processes of their own)
-    assert "Silent wrong answers: 0; crashes: 0; lost committed rows: 0." in out
-    kinds = 19 if importlib.util.find_spec("ray") else 18  # ray-flip needs Ray
-    assert f"# Fault soak: {kinds} faults" in out  # every kind of fault once

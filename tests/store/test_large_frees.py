@@ -64,7 +64,7 @@ def probe(body: str, tmp_path: Path) -> str:
 
 def test_two_megabytes_are_mapped_only_inside(tmp_path):
     out = probe("""
-from gradstore.store.lance_source import large_frees_released
+from gradstore.store.allocator import large_frees_released
 with large_frees_released():  # a block no free chunk of the heaps can hold
     inside = mapped(free_in_heaps() + (2 << 20))
 print(inside, mapped(2 << 20), mapped(64 << 20))
