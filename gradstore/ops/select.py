@@ -214,8 +214,7 @@ class SourceCache:
 
 STREAM_IO_MIN, STREAM_IO_MAX = 8 << 20, 64 << 20
 """Lance's read-ahead, streamed or loading the pool into RAM: a quarter of the budget within
-these bounds (its default, 2 GiB, let a load peak ~400 MB above the pool; a larger
-read-ahead was not faster here)."""
+these bounds (its default, 2 GiB, lets a load peak far above the pool)."""
 SCANNER_MIN_BUDGET = 256 << 20
 """Streaming under a smaller memory budget reads row ranges instead of running Lance's
 scanner, which holds ~70 MB of decoded pages (``LanceSource.ranged_reads``)."""

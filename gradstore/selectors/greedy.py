@@ -20,8 +20,8 @@ from gradstore.selectors.nnls import GRAM_DTYPES, nnls_gram
 
 @contextmanager
 def one_thread() -> Iterator[None]:
-    """Run torch single-threaded: the O(p^2) steps are too small to share, and with
-    another busy process on a 2-core machine a second OpenMP thread made them ~50x slower."""
+    """Run torch single-threaded: the O(p^2) steps are too small to share, and a second
+    OpenMP thread spins while it waits for a core that another busy process holds."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -74,8 +74,8 @@ class IncrementalNNLS:
     The support is kept equal to the passive set: a column whose weight falls to
     zero is removed (and reported), so every weight is > 0 and the solution is
     the least-squares fit on the support, i.e. the NNLS optimum over it.
-    Buffers are torch float64 so that rank-one updates run in place on views
-    (numpy's outer products allocated p^2 fresh memory per step and ran ~10x slower).
+    Buffers are torch float64 so that rank-one updates run in place on views (numpy's
+    outer products allocate p^2 fresh memory per step).
     """
 
     def __init__(self, capacity: int) -> None:

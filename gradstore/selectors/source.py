@@ -13,8 +13,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-# Rows per block when a source does not say (``block_rows``): 1024 x 4096 float32
-# blocks kept the convert-scale-matmul loop at matmul speed here; 4096 were ~3x slower.
+# Rows per block when a source does not say (``block_rows``): blocks that stay in cache
+# keep the convert-scale-matmul loop at matmul speed.
 DEFAULT_BLOCK_ROWS = 1024
 
 

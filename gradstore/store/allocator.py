@@ -10,9 +10,8 @@ from contextlib import contextmanager
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 LARGE_ALLOCATION = 1 << 20
 SMALL_BUDGET_ALLOCATION = 1 << 18
-"""The threshold under a small memory budget: with 256 KB a 50 MB-budget selection held
-24 MB less before its first swap round than with 1 MB, but streamed selections under a
-500 MB budget took 5-12% longer (more blocks mapped and unmapped)."""
+"""The threshold under a small memory budget: a lower one holds less before the first
+swap round, but maps and unmaps more blocks, so larger budgets keep ``LARGE_ALLOCATION``."""
 HEAP_ALLOCATION_MAX = 32 << 20
 """glibc's largest dynamic mmap threshold on 64-bit systems (what it grows to by itself,
 with a trim threshold of twice that)."""
@@ -38,12 +37,10 @@ def large_frees_released(threshold: int = LARGE_ALLOCATION) -> Iterator[None]:
     """Within: serve allocations of ``threshold`` bytes or more with their own
     mappings, so that freeing one returns it to the system. glibc raises that threshold
     each time such a block is freed and then keeps freed blocks in its heaps: the decode
-    buffers of Lance's threads stayed resident (~80 MB after one streamed pass of a
-    200K x 1024 table here, 40 MB with a 1 MB threshold; see also
-    ``SMALL_BUDGET_ALLOCATION``). For the memory-bounded work (a
-    streamed selection, an import). Afterwards blocks up to ``HEAP_ALLOCATION_MAX`` come
-    from the heaps again: left at 1 MB, every later temporary of a selection in RAM in the
-    same process was mapped and unmapped (16 targets of the default gtp took 2x as long).
+    buffers of Lance's threads stay resident (see also ``SMALL_BUDGET_ALLOCATION``). For
+    the memory-bounded work (a streamed selection, an import). Afterwards blocks up to
+    ``HEAP_ALLOCATION_MAX`` come from the heaps again: left low, every later temporary of
+    a selection in RAM in the same process would be mapped and unmapped.
     glibc only, a no-op elsewhere."""
     _glibc("mallopt", M_MMAP_THRESHOLD, threshold)
     try:

@@ -86,17 +86,16 @@ class LanceSource:
     decoded columns, side by side): a block is valid until the next one is read.
     """
 
-    block_rows = 512  # 256-512-row reads were 2-3x faster than the default here
+    block_rows = 512  # smaller reads than Lance's default batch: faster passes (storage.md)
     scan_threads = 1  # leave the other core to Lance's decode threads
     io_buffer_size: int | None = None
     """Bytes Lance may read ahead of a scan (None: Lance's default, 2 GiB); a streamed pool
     under a memory budget gets a share of it (docs/storage.md)."""
     ranged_reads = False
     """Read each block as a ``take`` of its row range instead of through Lance's scanner:
-    about 3x slower per pass here, but it holds about one block, where the scanner decodes
-    whole pages (10 MB each for a 1024-wide float16 column) ahead of the caller and peaked
-    ~70 MB above an idle process whatever its read-ahead setting. For small memory
-    budgets."""
+    slower per pass, but it holds about one block, where the scanner decodes whole pages
+    ahead of the caller whatever its read-ahead setting. For small memory budgets
+    (``SCANNER_MIN_BUDGET``; measured in docs/storage.md)."""
 
     def __init__(
         self,

@@ -127,6 +127,14 @@ def test_vs_bergson_tiny():
         assert "Bergson skipped: .venv-bergson/bin/python not found" in out
 
 
+def test_same_selections_tiny():
+    out = run_here("same_selections.py")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 22  # 11 selections of the grid without Ray, at 2 budgets
+    assert all(r[5].strip() == "yes" and r[6].strip() == "0" for r in rows)  # same code
+    assert "22 of 22 selections chose the same ids in the same order; 22 of them" in out
+
+
 def test_rg_calibrate_tiny():
     pytest.importorskip("reasoning_gym")
     out = run_here("e2e/rg_calibrate.py")

@@ -3,7 +3,8 @@ pytest worker that runs any of them.
 
 Under pytest-xdist (``make test`` runs several workers, ``--dist loadgroup``) the tests here
 run in two groups: the ingestion tests (``ray-ingest``: Ray workers that load a model) and
-the rest (``ray``: scans, selections, the CLI, the benchmark's tiny mode). Each group runs
+the rest (``ray``: scans, selections, the CLI, and the tiny modes of the benchmarks that
+use Ray, whose ``select --ray`` children join this cluster by its address). Each group runs
 in one worker, with one cluster for its tests; two groups on two workers are two clusters
 (each ``ray.init`` in its own process starts its own), which halves the longest chain of
 the suite."""
