@@ -254,3 +254,29 @@ def test_store_commands_start_without_torch(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "[]"
+
+
+def test_torch_bound_names_load_when_first_used():
+    from gradstore.grads.ingestion import IngestSummary
+    from gradstore.ops.pipeline import RunSummary
+
+    assert gradstore.IngestSummary is IngestSummary and gradstore.RunSummary is RunSummary
+    with pytest.raises(AttributeError, match="has no attribute 'Stor'"):
+        gradstore.Stor  # noqa: B018 - the attribute lookup is the test
+
+
+def test_tensor_files_of_every_shape_import_as_their_matrix(tmp_path):
+    """.pt files as tools write them: a tensor (bfloat16 too), a dict holding one tensor,
+    a list of per-batch tensors; a dict of several is refused with its keys."""
+    from gradstore.store.importing import read_vector_file
+
+    X = np.arange(12, dtype=np.float32).reshape(4, 3)
+    t = torch.from_numpy(X)
+    cases = {"plain": t, "bf16": t.bfloat16(), "dict": {"grads": t, "meta": "x"},
+             "list": [t[:1], t[1:]]}
+    for name, obj in cases.items():
+        torch.save(obj, tmp_path / f"{name}.pt")
+        np.testing.assert_array_equal(read_vector_file(tmp_path / f"{name}.pt"), X)
+    torch.save({"a": t, "b": t}, tmp_path / "two.pt")
+    with pytest.raises(gradstore.GradstoreError, match=r"dict with 2 tensors \(\['a', 'b'\]"):
+        read_vector_file(tmp_path / "two.pt")
