@@ -24,7 +24,9 @@ checkpoints; a target; a stored selection) and injects one fault:
   Ray is not installed): its answer, or its one-line refusal, from Ray workers.
 
 Then ``select`` (gtp and less), ``export`` of the stored selection and ``vectors`` run, and
-each outcome is classed against the healthy store's answers:
+each outcome is classed against the healthy store's answers (the damaged stores of the
+first pass are judged in a child process while the later trials run, and the ``--ray``
+select runs beside them too: the soak's wall time, not what it checks):
 
 * ``correct``: exit 0 and the same answer;  ``refused``: exit 2 with one line;
 * ``WRONG``: exit 0 with another answer (a silent wrong answer);
@@ -176,11 +178,20 @@ RAY_ADDRESS = "local"
 
 
 def ray_answer(store: Path):
-    """``select --ray local`` in a child process (a Ray session of its own)."""
-    done = subprocess.run([sys.executable, "-m", "gradstore", "select", str(store), *SELECT,
-                           "--method", "gtp", "--ray", RAY_ADDRESS],
-                          capture_output=True, text=True, timeout=600)
-    return _parsed(done.returncode, done.stdout, done.stderr)
+    """``select --ray`` in a child process (with ``local``, a Ray session of its own)."""
+    return ray_outcome(ray_child(store))
+
+
+def ray_child(store: Path) -> subprocess.Popen:
+    """``select --ray`` started in a child process (:func:`ray_outcome` waits for it)."""
+    return subprocess.Popen([sys.executable, "-m", "gradstore", "select", str(store), *SELECT,
+                             "--method", "gtp", "--ray", RAY_ADDRESS],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def ray_outcome(proc: subprocess.Popen):
+    out, err = proc.communicate(timeout=600)
+    return _parsed(proc.returncode, out, err)
 
 
 def _parsed(code: int, out: str, err: str):
@@ -408,9 +419,12 @@ def inline(ref: dict, store: Path, kind: str, rng: np.random.Generator):
         return kill_lock_holder(store)
     if kind == "ray-flip":
         what = damage(store, "flip", rng, table="pool")
-        got = ray_answer(store)
-        return what, [("select-ray", _class(got, ray_reference(ref) if got[0] == 0 else None))]
+        return what, ray_judged(ref, ray_answer(store))
     return kind, interrupt(ref, store, kind, rng)
+
+
+def ray_judged(ref: dict, got) -> list[tuple[str, str]]:
+    return [("select-ray", _class(got, ray_reference(ref) if got[0] == 0 else None))]
 
 
 def tamper(ref: dict, store: Path, kind: str, rng: np.random.Generator):
@@ -516,7 +530,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.tiny:
         globals().update(TINY)
     ray = _have_ray()
-    kinds = [*DAMAGE, *TAMPER, *INTERRUPT, *(RAY if ray else ())]
+    kinds = [*(RAY if ray else ()), *DAMAGE, *TAMPER, *INTERRUPT]  # (slow children first)
     n = len(kinds) if args.tiny else args.faults
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
@@ -544,7 +558,8 @@ def run_trials(ref: dict, ref_file: Path, work: Path, kinds: list[str], n: int,
     """``n`` trials: every kind once, then kinds drawn by :data:`WEIGHT`. Damaged stores
     are judged together at the end, in child processes; the other kinds inline."""
     p = np.array([WEIGHT[k] for k in kinds])
-    trials, damaged = [], []
+    trials, damaged, running = [], [], []
+    early = None  # the first pass's damaged stores, judged while the next trials run
     for i in range(n):
         kind = kinds[i] if i < len(kinds) else str(rng.choice(kinds, p=p / p.sum()))
         store = shutil.copytree(ref["store"], work / f"t{i}" / "s")
@@ -552,16 +567,52 @@ def run_trials(ref: dict, ref_file: Path, work: Path, kinds: list[str], n: int,
             trials.append({"fault": kind, "what": damage(store, kind, rng)})
             damaged.append((trials[-1], store))
             continue
+        if early is None and damaged:
+            early = _judging(ref_file, damaged)
+            damaged = []
+        if kind == "ray-flip":  # its child runs beside the next trials (it waits on Ray)
+            trials.append({"fault": kind, "what": damage(store, "flip", rng, table="pool")})
+            running.append((trials[-1], ray_child(store)))
+            continue
         what, outcomes = inline(ref, store, kind, rng)
         trials.append({"fault": kind, "what": what, "outcomes": outcomes})
         _show(len(trials), n, trials[-1])
         shutil.rmtree(store.parent)
-    print(f"judging {len(damaged)} damaged stores ...", flush=True)
-    judged = judge_isolated(ref_file, [store for _, store in damaged])
-    for (trial, _), outcomes in zip(damaged, judged, strict=True):
-        trial["outcomes"] = outcomes
+    for trial, proc in running:
+        trial["outcomes"] = ray_judged(ref, ray_outcome(proc))
         _show(trials.index(trial) + 1, n, trial)
+    for judging in [early, _judging(ref_file, damaged) if damaged else None]:
+        if judging is None:
+            continue
+        for trial, outcomes in judging():
+            trial["outcomes"] = outcomes
+            _show(trials.index(trial) + 1, n, trial)
     return trials
+
+
+def _judging(ref_file: Path, damaged: list[tuple[dict, Path]]):
+    """:func:`judge_isolated` of ``damaged`` started in a thread; returns the function that
+    waits for it and gives (trial, outcomes) pairs."""
+    import threading
+
+    got: list = []
+
+    def run() -> None:
+        try:
+            got.append(judge_isolated(ref_file, [store for _, store in damaged]))
+        except BaseException as exc:  # noqa: BLE001 - raised in the waiting thread
+            got.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    print(f"judging {len(damaged)} damaged stores ...", flush=True)
+
+    def wait() -> list:
+        thread.join()
+        if isinstance(got[0], BaseException):
+            raise got[0]
+        return list(zip([t for t, _ in damaged], got[0], strict=True))
+    return wait
 
 
 def _show(i: int, n: int, trial: dict) -> None:

@@ -453,10 +453,18 @@ def main(argv: list[str] | None = None) -> None:
         return work / "runs" / f"{kind}-{re.sub('[^A-Za-z0-9]+', '_', s.name).strip('_')}"
 
     speed: dict[str, list[dict]] = {s.name: [] for s in exact + timed}
+    # tiny, gradstore alone: pool and targets ingested as one table (two processes fewer;
+    # each setting's vectors are read back by id either way)
+    one_table = args.tiny and bool(skipped)
+    if one_table:
+        both = work / "both.jsonl"
+        both.write_text(data["pool"][0].read_text() + data["targets"][0].read_text())
+        data["pool"] = (both, data["pool"][1])
     # targets of every setting and the exact pools, once (not timed rounds; the exact runs'
     # figures are reported from this single run)
     for s in exact + timed:
-        run_setting(s, data_for(s, "targets"), out_dir(s, "targets"), ctx)
+        if not one_table:
+            run_setting(s, data_for(s, "targets"), out_dir(s, "targets"), ctx)
     for s in exact:
         m = run_setting(s, data_for(s, "pool"), out_dir(s, "pool"), ctx)
         speed[s.name].append({"dim": s.dim, **asdict(m)})
@@ -476,7 +484,8 @@ def main(argv: list[str] | None = None) -> None:
     pool_skill = [r["skill"] for r in pool_rec]
     target_skill = [r["skill"] for r in target_rec]
     vecs = {s.name: (read_vectors(s, out_dir(s, "pool"), pool_ids),
-                     read_vectors(s, out_dir(s, "targets"), target_ids))
+                     read_vectors(s, out_dir(s, "pool" if one_table else "targets"),
+                                  target_ids))
             for s in exact + timed}
     ref = pair_cosines(vecs[exact[0].name][0])
     quality: dict = {"exact_from": exact[0].name, "settings": {}}
