@@ -25,8 +25,7 @@ TAKE_ROWS = 1024
 """Rows a ``take`` reads from Lance at a time (bounds the decoded table it holds)."""
 SMALL_TAKE_ROWS = 256
 """``TAKE_ROWS`` under a small memory budget (``ranged_reads``): Lance's reading threads
-keep freed buffers in their own heaps, and reading a LESS selection's 2,000 rows of a
-200K x 1024 table 256 at a time left 11 MB resident instead of 15 (8 MB of them the rows)."""
+keep freed buffers in their own heaps, so smaller takes leave less resident after them."""
 PREFETCH = 2
 """Blocks a streamed pass reads ahead of its caller (each a block_rows x T*d buffer)."""
 
