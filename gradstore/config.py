@@ -381,6 +381,14 @@ class SelectConfig:
     device: str = option("auto", help="where the pool is scanned: cpu, cuda, cuda:N or auto "
                                       "(kept on the GPU when it fits; with --ray the scans "
                                       "run in the cluster's CPU tasks)")
+    where: str | None = option(None, metavar="SQL",
+                               help="choose only among the pool rows this SQL predicate keeps "
+                                    "(over the pool's stored columns, e.g. \"subtask = "
+                                    "'math'\"); budgets in %% count those rows")
+    exclude: tuple[str, ...] = option((), repeat=True, metavar="SELECTION|FILE",
+                                      help="never choose the rows of this stored selection "
+                                           "(its id, or latest) or of this file of ids, one "
+                                           "per line (repeatable)")
     progress: bool = option(True, flag="--quiet", negate=True, help="no progress bars")
     save: bool = option(True, cli=False, help="store the selections in the log")
 
@@ -409,6 +417,11 @@ class SelectConfig:
             _bad(f"--ray-tasks {self.ray_tasks} must be at least 1")
         if self.ray_tasks is not None and self.ray is None:
             _bad("--ray-tasks applies with --ray ADDRESS")
+        if self.where is not None and not str(self.where).strip():
+            _bad("--where is empty; give a predicate such as \"subtask = 'math'\"")
+        if (self.where is not None or self.exclude) and self.ray is not None:
+            _bad("--where and --exclude do not run on Ray yet; drop --ray (the rows they "
+                 "keep are selected in this process)")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from gradstore.choices import HIDDEN_TYPE, PURSUITS
 from gradstore.config import SelectConfig
 from gradstore.devices import resolve_device
 from gradstore.errors import GradstoreError
+from gradstore.ops.query import allowed_rows, query_params
 from gradstore.pause import pause_point
 from gradstore.selectors.clusters import target_clusters
 from gradstore.selectors.gtp import candidates_within, gtp
@@ -228,19 +229,29 @@ streamed selection's rounds get their share less these (at least their minimum).
 
 
 def pool_source(db: Database, table: str, mode: str, memory_budget: int | None,
-                cache: SourceCache, scope: ExitStack | None = None
-                ) -> TensorSource | LanceSource:
+                cache: SourceCache, scope: ExitStack | None = None,
+                rows: np.ndarray | None = None) -> TensorSource | LanceSource:
     """The pool's rows in RAM when they take at most half of ``memory_budget`` (the rest
     is the selection's, ``ROUND_SHARE``), or with ``mode='ram'``; else streamed from Lance,
     large blocks returned to the system as they are freed for as long as ``scope`` lasts
-    (``large_frees_released``)."""
+    (``large_frees_released``). ``rows``: only these storage positions (a query's allowed
+    rows), read by position into RAM."""
     lsrc = db.lance_source(table)
     budget = default_memory_budget() if memory_budget is None else memory_budget
+    n = lsrc.num_rows if rows is None else len(rows)
     if mode == "auto":
         meta = db.meta(table)
         itemsize = 2 if meta.vector_dtype == "float16" else 4
-        need = lsrc.num_rows * lsrc.num_checkpoints * lsrc.dim * itemsize
+        need = n * lsrc.num_checkpoints * lsrc.dim * itemsize
         mode = "ram" if need <= budget * (1 - ROUND_SHARE) else "stream"
+    if rows is not None:
+        if mode == "stream":
+            raise GradstoreError(
+                f"the {n} rows --where/--exclude keep of pool {table!r} do not fit in RAM "
+                "under the memory budget, and a streamed selection over part of a pool is "
+                "not supported yet; give a larger --memory-budget (or --scan-mode ram)")
+        return TensorSource(lsrc.take(rows).to(lsrc.dtype), lsrc.num_checkpoints,
+                            lsrc.row_norms()[rows])
     lsrc.io_buffer_size = min(STREAM_IO_MAX, max(STREAM_IO_MIN, budget // 4))
     if mode == "stream":
         lsrc.ranged_reads = budget < SCANNER_MIN_BUDGET
@@ -265,12 +276,15 @@ def checkpoint_weights(pmeta: TableMeta, given: Sequence[float] | None) -> list[
 
 
 def stacked_pool(db: Database, pool: str, opts: SelectConfig, eta,
-                 cache: SourceCache, scope: ExitStack | None = None) -> StackedPool:
-    """The pool in the method's stacked space: local, or with its passes on Ray; centred
-    on its mean row for gtp (``scope``: see :func:`pool_source`)."""
+                 cache: SourceCache, scope: ExitStack | None = None,
+                 rows: np.ndarray | None = None) -> StackedPool:
+    """The pool (``rows``: only those storage positions) in the method's stacked space:
+    local, or with its passes on Ray; centred on its mean row for gtp (``scope``: see
+    :func:`pool_source`)."""
     norm = True if opts.method in COSINE_METHODS else opts.normalize
     if opts.ray is None:
-        spool = StackedPool(pool_source(db, pool, opts.mode, opts.memory_budget, cache, scope),
+        spool = StackedPool(pool_source(db, pool, opts.mode, opts.memory_budget, cache, scope,
+                                        rows),
                             eta, normalize=norm, device=ScanDevice(resolve_device(opts.device)))
     else:
         from gradstore.distributed import DistributedPool, cluster_resources
@@ -454,11 +468,12 @@ def run_selection(
         pause_point("select-pinned")
         pmeta = db.meta(pool)
         check_complete(pool, pmeta)
-        n = db.num_rows(pool)
+        allowed = allowed_rows(db, pool, opts)  # None: every row may be chosen
+        n = db.num_rows(pool) if allowed is None else len(allowed)
         ks = [budget_count(b, n) for b in budgets]
         eta = checkpoint_weights(pmeta, opts.checkpoint_weights)
         t0 = time.perf_counter()
-        spool = stacked_pool(db, pool, opts, eta, cache, scope)
+        spool = stacked_pool(db, pool, opts, eta, cache, scope, allowed)
         per_subtask = opts.method in COSINE_METHODS or opts.target_mode == "joint"
         clusters = opts.target_mode == "clusters"
         read = {t: target_vectors(db, pool, pmeta, t, opts.method)  # each target read once
@@ -479,10 +494,14 @@ def run_selection(
             if bar is not None:
                 bar.close()
         pause_point("select-computed")
+        if allowed is not None:  # rows of the allowed rows' pool -> rows of the stored pool
+            answers = [replace(a, rows=allowed[np.asarray(a.rows, dtype=np.int64)])
+                       for a in answers]
         run = SelectionRun(pool, list(targets), list(budgets), ks, pairs, eta, spool, pmeta)
         sels = _selections(db, run, answers, opts, time.perf_counter() - t0)
         for s in sels:
             s.params["versions"] = versions
+            s.params.update(query_params(opts, allowed))
         if opts.save:
             pause_point("save-selection")
             db.save_selections(sels)

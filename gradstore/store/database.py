@@ -55,6 +55,12 @@ class Database(Catalog):
     def subtasks(self, table: str) -> list[str | None]:
         return self.reader.subtasks(table)
 
+    def rows_where(self, table: str, where: str) -> np.ndarray:
+        return self.reader.rows_where(table, where)
+
+    def positions_of(self, table: str, ids: Sequence[str]) -> np.ndarray:
+        return self.reader.positions_of(table, ids)
+
     def ids_at(self, table: str, rows: Sequence[int] | np.ndarray) -> list[str]:
         """The ids at storage positions ``rows``, reading only those rows."""
         return self.reader.ids_at(table, rows)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import lance
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from gradstore.errors import GradstoreError
 from gradstore.store.catalog import Catalog
@@ -15,6 +17,7 @@ from gradstore.store.integrity import (
     ID_CHECKSUM,
     ROW_CHECKSUM,
     damage,
+    first_line,
     reading,
     row_index_checksums,
     text_checksums,
@@ -70,6 +73,32 @@ class Reader:
         order = np.unique(rows)
         ids, _ = self.read_ids(table, order)
         return [ids[i] for i in np.searchsorted(order, rows)]
+
+    # ---------------------------------------------------------------- queries
+    def rows_where(self, table: str, where: str) -> np.ndarray:
+        """Storage positions (sorted) of the rows the SQL predicate ``where`` keeps: Lance
+        evaluates it inside its scan, reading only the columns it names and the ids."""
+        ds = self.catalog.dataset(table)
+        try:  # planning parses the predicate and resolves its columns, reading no data
+            scanner = ds.scanner(columns=["id"], filter=where)
+            scanner.explain_plan()
+        except Exception as exc:  # noqa: BLE001 - Lance's parse errors have several types
+            names = [n for n in ds.schema.names if not n.startswith(("vec_", "crc_", "norm_"))]
+            raise GradstoreError(
+                f"--where {where!r} is not a predicate over table {table!r} "
+                f"({first_line(exc)}); its columns: {', '.join(names)}"
+            ) from None
+        with reading(table):
+            kept = scanner.to_table().column("id")
+        return self.positions_of(table, kept)
+
+    def positions_of(self, table: str, ids: Sequence[str] | pa.ChunkedArray) -> np.ndarray:
+        """Storage positions (sorted) of the stored rows whose id is one of ``ids`` (ids
+        the table does not hold are left out)."""
+        stored = pa.array(self.ids(table), pa.string())
+        given = ids if isinstance(ids, pa.ChunkedArray) else pa.array(list(ids), pa.string())
+        hit = pc.is_in(stored, value_set=given.cast(pa.string()))
+        return np.flatnonzero(hit.to_numpy(zero_copy_only=False)).astype(np.int64)
 
     def row_indices(self, table: str, ds: lance.LanceDataset) -> np.ndarray:
         """The ``row`` column (each example's position in its data file), checked against

@@ -1,0 +1,112 @@
+"""Queries that restrict the pool (``--where``, ``--exclude``) against their independent
+computation: the same selection on a store whose pool holds only the allowed rows."""
+
+import json
+
+import numpy as np
+import pytest
+
+import gradstore
+from gradstore.choices import METHODS
+from tests.cli.test_cli import run
+
+N, T, D = 300, 2, 16
+SUBTASKS = [f"s{i % 3}" for i in range(N)]
+IDS = [f"p{i}" for i in range(N)]
+
+
+def _store(path, keep=None):
+    """A pool of clustered rows (two checkpoints, subtask labels) and a 6-row target;
+    ``keep``: only those pool rows, imported as a pool of their own."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((N, T, D)).astype(np.float32)
+    X[:, :, 0] += 3 * np.array([int(s[1]) for s in SUBTASKS])[:, None]  # subtasks differ
+    rows = list(range(N)) if keep is None else list(keep)
+    st = gradstore.open(path)
+    for c in range(T):
+        st.import_vectors("pool", X[rows, c], str(c), ids=[IDS[i] for i in rows], lr=1.0,
+                          subtasks=[SUBTASKS[i] for i in rows])
+        st.import_vectors("tgt", X[[1, 4, 7, 10, 2, 5], c] + 0.1, str(c), lr=1.0,
+                          kind="target")
+    return st
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    return _store(tmp_path_factory.mktemp("q") / "whole")
+
+
+@pytest.fixture(scope="module")
+def only_s1(tmp_path_factory):
+    return _store(tmp_path_factory.mktemp("q") / "s1", [i for i in range(N) if SUBTASKS[i] == "s1"])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_where_selects_as_a_pool_of_only_the_rows_it_keeps(whole, only_s1, method):
+    """Every method: the same ids and weights as on a pool imported with only the rows
+    the predicate keeps (the budget in % counts them; gtp's centring uses them)."""
+    got = whole.select("pool", "tgt", budget=["5%", 7], method=method,
+                       where="subtask = 's1'", save=False)
+    want = only_s1.select("pool", "tgt", budget=["5%", 7], method=method, save=False)
+    for g, w in zip(got, want, strict=True):
+        assert g.ids == w.ids and g.k == w.k
+        np.testing.assert_array_equal(g.weights, w.weights)
+        assert g.residual == w.residual
+    assert got[0].k == 5  # 5% of the 100 rows kept, not of the 300 stored
+    assert got[0].params["where"] == "subtask = 's1'" and got[0].params["rows_allowed"] == 100
+    assert all(i in {IDS[r] for r in range(1, N, 3)} for s in got for i in s.ids)
+
+
+def test_exclude_selections_and_files_of_ids(whole, tmp_path):
+    first = whole.select("pool", "tgt", budget=10)
+    again = whole.select("pool", "tgt", budget=10, exclude=[first.selection_id], save=False)
+    assert not set(again.ids) & set(first.ids) and len(again.ids) == 10
+    rest = [i for i in range(N) if IDS[i] not in set(first.ids)]
+    want = _store(tmp_path / "rest", rest).select("pool", "tgt", budget=10, save=False)
+    assert again.ids == want.ids
+    np.testing.assert_array_equal(again.weights, want.weights)
+    ids_file = tmp_path / "trained.txt"
+    ids_file.write_text("\n".join(first.ids) + "\nnot-in-the-pool\n\n")
+    by_file = whole.select("pool", "tgt", budget=10, exclude=str(ids_file), save=False)
+    latest = whole.select("pool", "tgt", budget=10, exclude=["latest"], save=False)
+    assert by_file.ids == latest.ids == again.ids
+    assert by_file.params["exclude"] == [str(ids_file)]
+
+
+def _one(out: str) -> dict:
+    got = json.loads(out)
+    return got[0] if isinstance(got, list) else got
+
+
+def test_where_and_exclude_on_the_command_line(whole):
+    store = whole.uri
+    first = _one(run("select", store, "--pool", "pool", "--target", "tgt", "--budget",
+                           "6", "--where", "subtask = 's2'", "--format", "json",
+                           "--quiet").stdout)
+    assert all(SUBTASKS[IDS.index(i)] == "s2" for i in first["ids"])
+    second = _one(run("select", store, "--pool", "pool", "--target", "tgt", "--budget",
+                            "6", "--where", "subtask = 's2'", "--exclude",
+                            first["selection_id"], "--exclude", "latest", "--format", "json",
+                            "--quiet").stdout)
+    assert not set(second["ids"]) & set(first["ids"])
+    stored = whole.selection(second["selection_id"]).params
+    assert stored["where"] == "subtask = 's2'" and stored["rows_allowed"] == 100 - 6
+    assert stored["exclude"] == [first["selection_id"], "latest"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--where", "subtask = "], "is not a predicate over table 'pool' (Invalid user input"),
+    (["--where", "licence = 'mit'"], "its columns: id, row, subtask"),
+    (["--where", "subtask = 'nope'"], "keeps no row of pool 'pool' (300 rows)"),
+    (["--where", "  "], "--where is empty"),
+    (["--exclude", "0123456789ab"], "--exclude '0123456789ab' is neither a file of ids"),
+    (["--where", "subtask = 's1'", "--ray", "local"], "do not run on Ray yet"),
+    (["--where", "subtask = 's1'", "--scan-mode", "stream"], "not supported yet"),
+])
+def test_bad_queries_are_one_line_and_change_nothing(whole, args, message):
+    before = len(whole.selections())
+    res = run("select", whole.uri, "--pool", "pool", "--target", "tgt", "--budget", "5",
+              "--quiet", *args, ok=False)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert len(whole.selections()) == before
