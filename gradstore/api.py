@@ -29,6 +29,7 @@ from gradstore.store.selections import SELECTIONS_TABLE, Selection
 if TYPE_CHECKING:  # the operations that need torch are imported when first called
     from gradstore.grads.ingestion import IngestSummary
     from gradstore.ops.evaluate_selection import Evaluation
+    from gradstore.ops.neighbors import Neighbor
     from gradstore.ops.report import Report
     from gradstore.ops.select import SourceCache
 
@@ -157,6 +158,18 @@ class Store:
 
         sels = run_selection(self.database, pool, targets, budgets, opts, self._source_cache())
         return sels if many else sels[0]
+
+    def neighbors(self, pool: str, target: str, k: int = 5, *, row: str | None = None,
+                  of: str | None = None, mode: str = "auto",
+                  memory_budget: int | None = None) -> list[Neighbor]:
+        """For each row of ``target`` (or its row ``row``) the ``k`` pool rows most aligned
+        with it in LESS's space, with their scores (one pass over the pool for all target
+        rows); ``of=POOL_ID``: the reverse, the target rows that pool row serves best. See
+        :mod:`gradstore.ops.neighbors`."""
+        from gradstore.ops.neighbors import neighbors
+
+        return neighbors(self.database, pool, target, k, row=row, of=of, mode=mode,
+                         memory_budget=memory_budget, cache=self._source_cache())
 
     def selections(self) -> list[Selection]:
         """Every stored selection, oldest first."""

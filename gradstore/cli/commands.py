@@ -237,6 +237,40 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_neighbors(sub) -> None:
+    p = _parser(sub, "neighbors",
+                "the pool rows most aligned with each target row (LESS's space), or the "
+                "target rows a pool row serves", examples.NEIGHBORS_EXAMPLES)
+    p.add_argument("store", help="store path")
+    p.add_argument("--pool", required=True, help="pool table")
+    p.add_argument("--target", required=True, help="target table")
+    p.add_argument("--k", type=int, default=5, help="neighbours per row (default 5)")
+    p.add_argument("--row", help="one target row, by id (default: every target row)")
+    p.add_argument("--of", metavar="POOL_ID",
+                   help="the reverse: the target rows closest to this pool row")
+    p.add_argument("--scan-mode", default="auto", choices=("auto", "ram", "stream"),
+                   help="pool in RAM or streamed from Lance (auto: by --memory-budget)")
+    p.add_argument("--memory-budget", help="largest pool held in RAM, e.g. 8GB")
+    _format_flag(p)
+    p.set_defaults(func=cmd_neighbors)
+
+
+def cmd_neighbors(args: argparse.Namespace) -> int:
+    import gradstore
+    from gradstore.config import parse_size
+
+    store = gradstore.open(args.store, create=False)
+    budget = None if args.memory_budget is None else parse_size(args.memory_budget)
+    found = store.neighbors(args.pool, args.target, args.k, row=args.row, of=args.of,
+                            mode=args.scan_mode, memory_budget=budget)
+    if args.format == "json":
+        print(json.dumps([vars(n) for n in found], indent=1))
+        return 0
+    for n in found:
+        print(f"{n.target_id:<24} {n.rank:>3}  {n.pool_id:<24} {n.score:+.4f}")
+    return 0
+
+
 def add_evaluate(sub) -> None:
     p = _parser(sub, "evaluate", "fine-tune on a selection and on a baseline, score both",
                 examples.EVALUATE_EXAMPLES)
@@ -464,7 +498,7 @@ def _print_selection_line(s: dict, pool: bool = False) -> None:
           f"residual={s['residual']:.4f}")
 
 
-COMMANDS = (add_import, add_select, add_warmup, add_ingest, add_export, add_report,
-            add_evaluate, add_run, add_info, add_verify, add_restore)
+COMMANDS = (add_import, add_select, add_warmup, add_ingest, add_export, add_neighbors,
+            add_report, add_evaluate, add_run, add_info, add_verify, add_restore)
 
 __all__ = ["COMMANDS", "UsageError"]

@@ -77,6 +77,13 @@ EXPORT_EXAMPLES = """examples:
 Rows keep every original field, in selection order, plus `rank` and `weight`.
 """
 
+NEIGHBORS_EXAMPLES = """examples:
+  gradstore neighbors ./store --pool pool --target mmlu --k 3
+  gradstore neighbors ./store --pool pool --target mmlu --row mmlu-17 --k 10
+  gradstore neighbors ./store --pool pool --target mmlu --of pool-0042
+Scores are LESS's: the checkpoints' cosines weighted by their learning rates (sum 1).
+"""
+
 EVALUATE_EXAMPLES = """examples:
   gradstore evaluate ./store --selection latest --model ./smollm2 \\
       --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf --test test.jsonl
