@@ -389,6 +389,13 @@ class SelectConfig:
                                       help="never choose the rows of this stored selection "
                                            "(its id, or latest) or of this file of ids, one "
                                            "per line (repeatable)")
+    exclude_near: tuple[str, ...] = option((), repeat=True, metavar="TABLE[:COSINE]",
+                                           help="decontaminate: never choose pool rows "
+                                                "whose content equals a row of TABLE (e.g. "
+                                                "a test set ingested as a target), nor, with "
+                                                ":COSINE, rows whose cosine (LESS's space) "
+                                                "with one of its rows reaches COSINE "
+                                                "(repeatable)")
     progress: bool = option(True, flag="--quiet", negate=True, help="no progress bars")
     save: bool = option(True, cli=False, help="store the selections in the log")
 
@@ -419,9 +426,9 @@ class SelectConfig:
             _bad("--ray-tasks applies with --ray ADDRESS")
         if self.where is not None and not str(self.where).strip():
             _bad("--where is empty; give a predicate such as \"subtask = 'math'\"")
-        if (self.where is not None or self.exclude) and self.ray is not None:
-            _bad("--where and --exclude do not run on Ray yet; drop --ray (the rows they "
-                 "keep are selected in this process)")
+        if (self.where is not None or self.exclude or self.exclude_near) and self.ray:
+            _bad("--where, --exclude and --exclude-near do not run on Ray yet; drop --ray "
+                 "(the rows they keep are selected in this process)")
 
 
 @dataclass(frozen=True)

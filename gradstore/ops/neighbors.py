@@ -14,13 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradstore.errors import GradstoreError
-from gradstore.ops.select import (
-    SourceCache,
-    check_complete,
-    checkpoint_weights,
-    pool_source,
-    target_vectors,
-)
+from gradstore.ops.query import checkpoint_weights
+from gradstore.ops.select import SourceCache, check_complete, pool_source, target_vectors
 from gradstore.selectors.scan import MAXIMUM, ScanQuery
 from gradstore.selectors.stacked import StackedPool
 from gradstore.store.database import Database

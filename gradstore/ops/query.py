@@ -2,7 +2,9 @@
 
 ``--where SQL`` keeps the rows a predicate over the pool's stored columns keeps (Lance
 evaluates it in its scan: :meth:`gradstore.store.reader.Reader.rows_where`); ``--exclude``
-removes the rows of earlier selections or of files of ids. The selectors never see either:
+removes the rows of earlier selections or of files of ids; ``--exclude-near TABLE[:COSINE]``
+removes the copies of a table's rows (same content hash) and, with a cosine, the rows
+that close to one of them in LESS's space (decontamination). The selectors never see either:
 they get a pool made of the allowed rows only (:func:`gradstore.ops.select.pool_source`),
 so a selection with a query is the selection on a pool that holds just those rows (its
 centring, normalisation and fractional budgets included), and its row numbers are mapped
@@ -18,14 +20,29 @@ import numpy as np
 
 from gradstore.config import SelectConfig
 from gradstore.errors import GradstoreError
+from gradstore.selectors.scan import MAXIMUM, ScanQuery
+from gradstore.selectors.stacked import StackedPool
 from gradstore.store.database import Database
+from gradstore.store.meta import TableMeta
 
 
-def allowed_rows(db: Database, pool: str, opts: SelectConfig) -> np.ndarray | None:
+def checkpoint_weights(pmeta: TableMeta, given: Sequence[float] | None) -> list[float] | None:
+    """The checkpoints' weights: as given, else the stored learning rates, else equal."""
+    if given is not None:
+        return list(given)
+    if all(lr is not None for lr in pmeta.lrs) and sum(pmeta.lrs) > 0:  # type: ignore[arg-type]
+        return list(pmeta.lrs)  # type: ignore[arg-type]
+    return None
+
+
+def allowed_rows(db: Database, pool: str, opts: SelectConfig,
+                 dropped: dict | None = None) -> np.ndarray | None:
     """Storage positions (sorted) of the pool rows the query lets a selection choose, or
-    None when it restricts nothing (no ``where``, no ``exclude``)."""
+    None when it restricts nothing (no ``where``, ``exclude`` or ``exclude_near``).
+    ``dropped``: filled with what each ``exclude_near`` table removed."""
     where, exclude = opts.where, exclude_entries(opts.exclude)
-    if where is None and not exclude:
+    near = exclude_entries(opts.exclude_near)
+    if where is None and not exclude and not near:
         return None
     n = db.num_rows(pool)
     keep = np.ones(n, dtype=bool)
@@ -39,6 +56,17 @@ def allowed_rows(db: Database, pool: str, opts: SelectConfig) -> np.ndarray | No
             )
     for entry in exclude:
         keep[db.positions_of(pool, excluded_ids(db, entry))] = False
+    for entry in near:
+        table, cosine = near_entry(entry)
+        copies = same_content(db, pool, table)
+        close = (np.zeros(0, dtype=np.int64) if cosine is None
+                 else rows_near(db, pool, table, cosine))
+        if dropped is not None:
+            dropped[entry] = {"same_content": int(len(copies)),
+                              "cosine": None if cosine is None else int(len(close)),
+                              "dropped": int(len(np.union1d(copies, close)))}
+        keep[copies] = False
+        keep[close] = False
     if not keep.any():
         raise GradstoreError(f"--where and --exclude leave no row of pool {pool!r} to choose")
     return np.flatnonzero(keep).astype(np.int64)
@@ -69,7 +97,52 @@ def excluded_ids(db: Database, entry: str) -> list[str]:
         ) from None
 
 
-def query_params(opts: SelectConfig, allowed: np.ndarray | None) -> dict:
+def near_entry(entry: str) -> tuple[str, float | None]:
+    """``TABLE[:COSINE]`` as (table, cosine or None)."""
+    table, sep, tail = entry.rpartition(":")
+    if not sep:
+        return entry, None
+    try:
+        cosine = float(tail)
+    except ValueError:
+        return entry, None
+    if not -1.0 <= cosine <= 1.0:
+        raise GradstoreError(f"--exclude-near {entry!r}: the cosine {cosine} is not in [-1, 1]")
+    return table, cosine
+
+
+def same_content(db: Database, pool: str, table: str) -> np.ndarray:
+    """Storage positions of the pool rows whose content hash (token ids and loss mask, as
+    ingestion computed it) equals one of ``table``'s."""
+    theirs = {h for h in db.content_hashes(table) if h is not None}
+    mine = db.content_hashes(pool)
+    return np.array([i for i, h in enumerate(mine) if h is not None and h in theirs],
+                    dtype=np.int64)
+
+
+def rows_near(db: Database, pool: str, table: str, cosine: float) -> np.ndarray:
+    """Storage positions of the pool rows whose cosine in LESS's space (each checkpoint's
+    cosine, weighted by the learning rates) with some row of ``table`` reaches ``cosine``:
+    one streamed pass over the pool, every row's best match among ``table``'s rows."""
+    pmeta, tmeta = db.meta(pool), db.meta(table)
+    if tmeta.checkpoint_names != pmeta.checkpoint_names or tmeta.dim != pmeta.dim:
+        raise GradstoreError(
+            f"--exclude-near {table!r}: its checkpoints {tmeta.checkpoint_names} (dim "
+            f"{tmeta.dim}) are not the pool's {pmeta.checkpoint_names} (dim {pmeta.dim}); "
+            "ingest it with the pool's checkpoints and projection")
+    gtype = pmeta.grad_type if pmeta.grad_type in tmeta.grad_types else None
+    X = np.hstack([db.vectors(table, name, grad_type=gtype)[1]
+                   for name in pmeta.checkpoint_names])
+    spool = StackedPool(db.lance_source(pool), checkpoint_weights(pmeta, None), normalize=True)
+    R = spool.target_rows(X).T  # (D, rows of table)
+    ((rows, scores),) = spool.scan(R, [ScanQuery(slice(0, R.shape[1]), spool.num_rows,
+                                                 reduce=MAXIMUM)])
+    return np.sort(np.asarray(rows)[np.asarray(scores) >= cosine]).astype(np.int64)
+
+
+def query_params(opts: SelectConfig, allowed: np.ndarray | None,
+                 dropped: dict | None = None) -> dict:
     """What a selection records of its query."""
     return {"where": opts.where, "exclude": list(exclude_entries(opts.exclude)),
+            "exclude_near": dropped or {},
             "rows_allowed": None if allowed is None else int(len(allowed))}

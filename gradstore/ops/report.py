@@ -37,7 +37,8 @@ from gradstore.config import SelectConfig
 from gradstore.errors import GradstoreError
 from gradstore.grads.data import read_records
 from gradstore.ops.export import pool_records
-from gradstore.ops.select import SourceCache, checkpoint_weights, stacked_pool, target_matrix
+from gradstore.ops.query import checkpoint_weights
+from gradstore.ops.select import SourceCache, stacked_pool, target_matrix
 from gradstore.ops.summaries import table_summary
 from gradstore.selectors.gtp import DUPLICATE_COSINE
 from gradstore.selectors.omp import fit_rows

@@ -24,7 +24,7 @@ from gradstore.choices import HIDDEN_TYPE, PURSUITS
 from gradstore.config import SelectConfig
 from gradstore.devices import resolve_device
 from gradstore.errors import GradstoreError
-from gradstore.ops.query import allowed_rows, query_params
+from gradstore.ops.query import allowed_rows, checkpoint_weights, query_params
 from gradstore.pause import pause_point
 from gradstore.selectors.clusters import target_clusters
 from gradstore.selectors.gtp import candidates_within, gtp
@@ -266,15 +266,6 @@ def pool_source(db: Database, table: str, mode: str, memory_budget: int | None,
     return cache.source
 
 
-def checkpoint_weights(pmeta: TableMeta, given: Sequence[float] | None) -> list[float] | None:
-    """The checkpoints' weights: as given, else the stored learning rates, else equal."""
-    if given is not None:
-        return list(given)
-    if all(lr is not None for lr in pmeta.lrs) and sum(pmeta.lrs) > 0:  # type: ignore[arg-type]
-        return list(pmeta.lrs)  # type: ignore[arg-type]
-    return None
-
-
 def stacked_pool(db: Database, pool: str, opts: SelectConfig, eta,
                  cache: SourceCache, scope: ExitStack | None = None,
                  rows: np.ndarray | None = None) -> StackedPool:
@@ -468,7 +459,8 @@ def run_selection(
         pause_point("select-pinned")
         pmeta = db.meta(pool)
         check_complete(pool, pmeta)
-        allowed = allowed_rows(db, pool, opts)  # None: every row may be chosen
+        dropped: dict = {}  # what each --exclude-near table removed
+        allowed = allowed_rows(db, pool, opts, dropped)  # None: every row may be chosen
         n = db.num_rows(pool) if allowed is None else len(allowed)
         ks = [budget_count(b, n) for b in budgets]
         eta = checkpoint_weights(pmeta, opts.checkpoint_weights)
@@ -501,7 +493,7 @@ def run_selection(
         sels = _selections(db, run, answers, opts, time.perf_counter() - t0)
         for s in sels:
             s.params["versions"] = versions
-            s.params.update(query_params(opts, allowed))
+            s.params.update(query_params(opts, allowed, dropped))
         if opts.save:
             pause_point("save-selection")
             db.save_selections(sels)

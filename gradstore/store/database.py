@@ -58,6 +58,9 @@ class Database(Catalog):
     def rows_where(self, table: str, where: str) -> np.ndarray:
         return self.reader.rows_where(table, where)
 
+    def content_hashes(self, table: str) -> list[str | None]:
+        return self.reader.content_hashes(table)
+
     def positions_of(self, table: str, ids: Sequence[str]) -> np.ndarray:
         return self.reader.positions_of(table, ids)
 

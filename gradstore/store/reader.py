@@ -92,6 +92,15 @@ class Reader:
             kept = scanner.to_table().column("id")
         return self.positions_of(table, kept)
 
+    def content_hashes(self, table: str) -> list[str | None]:
+        """Each row's content hash (storage order; None where the table has none: imported
+        vectors, or a table ingested before gradstore kept them)."""
+        ds = self.catalog.dataset(table)
+        if "content_hash" not in ds.schema.names:
+            return [None] * ds.count_rows()
+        with reading(table):
+            return ds.to_table(columns=["content_hash"]).column("content_hash").to_pylist()
+
     def positions_of(self, table: str, ids: Sequence[str] | pa.ChunkedArray) -> np.ndarray:
         """Storage positions (sorted) of the stored rows whose id is one of ``ids`` (ids
         the table does not hold are left out)."""
