@@ -98,6 +98,29 @@ def evaluate_gtp(args: argparse.Namespace, run_json: Path) -> None:
         sys.exit(done.returncode)
 
 
+def queries(out: Path, run_json: Path) -> None:
+    """`select --where` and `--exclude` on the same store: GTP again, among the short pool
+    rows only, leaving out what GTP chose above (no ingestion again)."""
+    gtp = next(s for s in json.loads(run_json.read_text())["selections"]
+               if s["method"] == "gtp")
+    first = {json.loads(x)["id"] for x in Path(gtp["export"]).open()}
+    cmd = [sys.executable, "-m", "gradstore", "select", str(out / "store"), "--pool", "pool",
+           "--target", gtp["target"], "--budget", "5%", "--where", "tokens <= 48",
+           "--exclude", gtp["selection_id"], "--format", "json", "--quiet"]
+    print("\n$ " + " ".join(cmd[1:]), flush=True)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"demo: {done.stderr.strip()}")
+    got = json.loads(done.stdout)
+    sel = got[0] if isinstance(got, list) else got
+    pool = {r["id"]: r for r in (json.loads(x) for x in (HERE / "demo_pool.jsonl").open())}
+    hits = sum(pool[i]["skill"] == TARGET_SKILL for i in sel["ids"])
+    print(f"GTP among the pool rows of at most 48 tokens, none of its first picks: "
+          f"{len(sel['ids'])} rows (5% of the rows the query keeps), {hits} of "
+          f"them {TARGET_SKILL!r}, none of the first selection's: "
+          f"{not set(sel['ids']) & first}")
+
+
 def html_report(out: Path) -> None:
     """`gradstore report`: the three selections side by side, residuals on one footing."""
     page = out / "report.html"
@@ -121,6 +144,7 @@ def main() -> None:
     args.model = args.model or str(smollm2_dir())
     run_json = run_pipeline(args)
     report(run_json)
+    queries(Path(args.out), run_json)
     if not args.no_evaluate:
         evaluate_gtp(args, run_json)
     html_report(Path(args.out))
