@@ -159,6 +159,15 @@ class Store:
         sels = run_selection(self.database, pool, targets, budgets, opts, self._source_cache())
         return sels if many else sels[0]
 
+    def select_again(self, selection_id: str, **options: Any) -> Selection:
+        """Run a stored selection's query again (its pool, target, budget, method, query
+        and options) against its tables' current versions; ``options`` override it."""
+        from gradstore.ops.query import again_options
+
+        sel = self.database.selection(selection_id)
+        return self.select(sel.pool, sel.target, sel.budget, sel.method,
+                           **(again_options(sel.params) | options))
+
     def neighbors(self, pool: str, target: str, k: int = 5, *, row: str | None = None,
                   of: str | None = None, mode: str = "auto",
                   memory_budget: int | None = None) -> list[Neighbor]:

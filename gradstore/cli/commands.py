@@ -90,11 +90,15 @@ def add_select(sub) -> None:
                 "choose training examples (gtp, gtp-paper, omp, less, round-robin, random)",
                 examples.SELECT_EXAMPLES)
     p.add_argument("store", help="store path")
-    p.add_argument("--pool", required=True, help="pool table")
+    p.add_argument("--pool", help="pool table (required unless --again)")
     p.add_argument("--target", action="append",
                    help="target table (repeat for several; omit for in-domain selection)")
-    p.add_argument("--budget", action="append", required=True,
-                   help="count (1000), fraction (0.05) or percentage (5%%); repeatable")
+    p.add_argument("--budget", action="append",
+                   help="count (1000), fraction (0.05) or percentage (5%%); repeatable "
+                        "(required unless --again)")
+    p.add_argument("--again", metavar="SELECTION",
+                   help="run a stored selection's query again (its pool, target, budget, "
+                        "method and options) on the tables' current versions")
     add_config_flags(p, SelectConfig, skip=("save",))
     _format_flag(p)
     p.add_argument("--out", help="also write the selections as JSON to this file")
@@ -106,11 +110,20 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     import gradstore
 
-    cfg = config_from_args(SelectConfig, args)
-    cfg.validate()
     store = gradstore.open(args.store, create=False)
-    sels = store.select(args.pool, target=list(args.target or [None]),
-                        budget=list(args.budget), **dataclasses.asdict(cfg))
+    if args.again is not None:
+        if args.pool or args.target or args.budget:
+            raise UsageError("gradstore select: --again reruns a stored selection as it was; "
+                             "drop --pool, --target and --budget (see `gradstore --help`)")
+        sels = [store.select_again(args.again, progress=args.progress)]
+    else:
+        if not args.pool or not args.budget:
+            raise UsageError("gradstore select: give --pool and --budget, or --again "
+                             "SELECTION (see `gradstore --help`)")
+        cfg = config_from_args(SelectConfig, args)
+        cfg.validate()
+        sels = store.select(args.pool, target=list(args.target or [None]),
+                            budget=list(args.budget), **dataclasses.asdict(cfg))
     payload = [s.to_dict() for s in sels]
     if args.out:
         Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")

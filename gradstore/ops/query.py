@@ -140,9 +140,36 @@ def rows_near(db: Database, pool: str, table: str, cosine: float) -> np.ndarray:
     return np.sort(np.asarray(rows)[np.asarray(scores) >= cosine]).astype(np.int64)
 
 
-def query_params(opts: SelectConfig, allowed: np.ndarray | None,
+def query_params(db: Database, opts: SelectConfig, allowed: np.ndarray | None,
                  dropped: dict | None = None) -> dict:
-    """What a selection records of its query."""
-    return {"where": opts.where, "exclude": list(exclude_entries(opts.exclude)),
-            "exclude_near": dropped or {},
+    """What a selection records of its query: ``exclude`` with ``latest`` resolved to the
+    selection it meant then, so that :func:`again_options` reruns the same query."""
+    exclude = [e if Path(e).is_file() or e != "latest" else db.selection(e).selection_id
+               for e in exclude_entries(opts.exclude)]
+    return {"where": opts.where, "exclude": exclude, "exclude_near": dropped or {},
             "rows_allowed": None if allowed is None else int(len(allowed))}
+
+
+AGAIN_FIELDS = {"target_mode": "target_mode", "normalize": "normalize", "m": "m",
+                "max_iter": "max_iter", "min_gain": "min_gain",
+                "target_tolerance": "tolerance", "seed": "seed",
+                "checkpoint_weights": "checkpoint_weights", "partitions": "partitions",
+                "where": "where", "exclude": "exclude"}
+"""Recorded parameter -> the ``SelectConfig`` option that set it (``--again``)."""
+
+
+def again_options(params: dict) -> dict:
+    """The options that reproduce a stored selection's run (its pool, target, budget and
+    method are the selection's own fields); a selection made before a parameter was
+    recorded runs with that option's default."""
+    opts = {opt: params[key] for key, opt in AGAIN_FIELDS.items()
+            if params.get(key) is not None}
+    if opts.get("checkpoint_weights") is not None:
+        opts["checkpoint_weights"] = tuple(opts["checkpoint_weights"])
+    if params.get("exclude_near"):
+        opts["exclude_near"] = tuple(params["exclude_near"])
+    if opts.get("exclude"):
+        opts["exclude"] = tuple(opts["exclude"])
+    else:
+        opts.pop("exclude", None)
+    return opts

@@ -493,7 +493,7 @@ def run_selection(
         sels = _selections(db, run, answers, opts, time.perf_counter() - t0)
         for s in sels:
             s.params["versions"] = versions
-            s.params.update(query_params(opts, allowed, dropped))
+            s.params.update(query_params(db, opts, allowed, dropped))
         if opts.save:
             pause_point("save-selection")
             db.save_selections(sels)

@@ -91,7 +91,7 @@ def test_where_and_exclude_on_the_command_line(whole):
     assert not set(second["ids"]) & set(first["ids"])
     stored = whole.selection(second["selection_id"]).params
     assert stored["where"] == "subtask = 's2'" and stored["rows_allowed"] == 100 - 6
-    assert stored["exclude"] == [first["selection_id"], "latest"]
+    assert stored["exclude"] == [first["selection_id"]] * 2  # latest: the one it meant
 
 
 @pytest.mark.parametrize("args, message", [
@@ -110,3 +110,24 @@ def test_bad_queries_are_one_line_and_change_nothing(whole, args, message):
     assert res.returncode == 2 and message in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert len(whole.selections()) == before
+
+
+def test_again_reruns_a_recorded_query(whole, tmp_path):
+    """--again: the same pool, target, budget, method, options and query (``latest``
+    recorded as the selection it meant) give the same answer; on a changed pool it answers
+    from the current version."""
+    base = whole.select("pool", "tgt", budget=8, method="gtp-paper")
+    sel = whole.select("pool", "tgt", budget="4%", method="gtp", where="subtask != 's0'",
+                       exclude=["latest"], max_iter=7, seed=3)
+    assert sel.params["exclude"] == [base.selection_id]
+    again = whole.select_again(sel.selection_id, save=False)
+    assert (again.ids, again.method, again.k) == (sel.ids, "gtp", 8)
+    np.testing.assert_array_equal(again.weights, sel.weights)
+    assert again.params["max_iter"] == 7 and again.params["where"] == "subtask != 's0'"
+    cli = _one(run("select", whole.uri, "--again", sel.selection_id, "--format", "json",
+                   "--quiet").stdout)
+    assert cli["ids"] == sel.ids
+    res = run("select", whole.uri, "--again", sel.selection_id, "--pool", "pool", ok=False)
+    assert res.returncode == 2 and "drop --pool" in res.stderr
+    res = run("select", whole.uri, "--pool", "pool", ok=False)
+    assert res.returncode == 2 and "give --pool and --budget, or --again" in res.stderr
