@@ -508,7 +508,8 @@ def _print_selection_line(s: dict, pool: bool = False) -> None:
     print(f"  selection {s['selection_id']}: {s['method']} "
           + (f"pool={s['pool']} " if pool else "")
           + f"target={s['target'] or '(in-domain)'} budget={s['budget']} chosen={s['k']} "
-          f"residual={s['residual']:.4f}")
+          f"residual={s['residual']:.4f}"
+          + "".join(f" {k}={v!r}" for k, v in s.get("query", {}).items()))
 
 
 COMMANDS = (add_import, add_select, add_warmup, add_ingest, add_export, add_neighbors,

@@ -85,4 +85,11 @@ def selection_summary(s: Selection) -> dict[str, Any]:
         "target": s.target,
         "k": len(s.ids),
         "residual": s.residual,
+        "query": query_of(s.params),
     }
+
+
+def query_of(params: dict[str, Any]) -> dict[str, Any]:
+    """The query a selection recorded (only its parts that were given)."""
+    keys = ("where", "exclude", "exclude_near", "rows_allowed")
+    return {k: params[k] for k in keys if params.get(k) not in (None, [], {})}

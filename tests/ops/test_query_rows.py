@@ -127,6 +127,12 @@ def test_again_reruns_a_recorded_query(whole, tmp_path):
     cli = _one(run("select", whole.uri, "--again", sel.selection_id, "--format", "json",
                    "--quiet").stdout)
     assert cli["ids"] == sel.ids
+    shown = json.loads(run("info", whole.uri, "--format", "json").stdout)
+    mine = [s for s in shown["selections"] if s["selection_id"] == sel.selection_id]
+    kept = {IDS[i] for i in range(N) if SUBTASKS[i] != "s0"} - set(base.ids)
+    assert mine[0]["query"] == {"where": "subtask != 's0'", "exclude": [base.selection_id],
+                                "rows_allowed": len(kept)}
+    assert "where=\"subtask != 's0'\"" in run("info", whole.uri).stdout
     res = run("select", whole.uri, "--again", sel.selection_id, "--pool", "pool", ok=False)
     assert res.returncode == 2 and "drop --pool" in res.stderr
     res = run("select", whole.uri, "--pool", "pool", ok=False)
