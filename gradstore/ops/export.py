@@ -11,12 +11,13 @@ import datetime
 import json
 import os
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gradstore.errors import GradstoreError
 from gradstore.grads.data import read_records
+from gradstore.ops.summaries import query_of
 from gradstore.store.database import Database
 
 OUT_SUFFIXES = (".jsonl", ".parquet")
@@ -32,13 +33,16 @@ class ExportSummary:
     method: str
     target: str | None
     budget: str
+    query: dict[str, Any] = field(default_factory=dict)
+    """The selection's query (``where``, ``exclude``...: only the parts it had)."""
 
     def lines(self) -> list[str]:
         """Human-readable report lines."""
         target = self.target if self.target is not None else "(in-domain)"
+        query = "".join(f", {k} {v!r}" for k, v in self.query.items())
         return [
             f"exported {self.rows} rows of selection {self.selection_id} to {self.out}",
-            f"method {self.method}, target {target}, budget {self.budget}",
+            f"method {self.method}, target {target}, budget {self.budget}{query}",
         ]
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,7 +83,8 @@ def export_selection(
     rows = _exported_rows(sel, by_id, weight_column, rank_column)
     _write_atomic(out_p, suffix, rows)
     return ExportSummary(selection_id=sel.selection_id, out=str(out_p), rows=len(rows),
-                         method=sel.method, target=sel.target, budget=sel.budget)
+                         method=sel.method, target=sel.target, budget=sel.budget,
+                         query=query_of(sel.params))
 
 
 def pool_records(db: Database, pool: str, ids: list[str], data=None, split=None,

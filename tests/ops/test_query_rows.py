@@ -133,6 +133,12 @@ def test_again_reruns_a_recorded_query(whole, tmp_path):
     assert mine[0]["query"] == {"where": "subtask != 's0'", "exclude": [base.selection_id],
                                 "rows_allowed": len(kept)}
     assert "where=\"subtask != 's0'\"" in run("info", whole.uri).stdout
+    data = tmp_path / "pool.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "text": i}) + "\n" for i in IDS))
+    exported = json.loads(run("export", whole.uri, "--selection", sel.selection_id, "--data",
+                              data, "--out", tmp_path / "sel.jsonl", "--format",
+                              "json").stdout)
+    assert exported["query"] == mine[0]["query"]
     res = run("select", whole.uri, "--again", sel.selection_id, "--pool", "pool", ok=False)
     assert res.returncode == 2 and "drop --pool" in res.stderr
     res = run("select", whole.uri, "--pool", "pool", ok=False)
