@@ -39,7 +39,7 @@ from gradstore.grads.data import read_records
 from gradstore.ops.export import pool_records
 from gradstore.ops.query import checkpoint_weights
 from gradstore.ops.select import SourceCache, stacked_pool, target_matrix
-from gradstore.ops.summaries import table_summary
+from gradstore.ops.summaries import query_of, table_summary
 from gradstore.selectors.gtp import DUPLICATE_COSINE
 from gradstore.selectors.omp import fit_rows
 from gradstore.store.database import Database
@@ -69,6 +69,20 @@ class SelectionFacts:
     bottom: list[dict[str, Any]] = field(default_factory=list)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     """``gradstore evaluate`` results: per baseline, each arm's mean loss and exact match."""
+
+    @property
+    def query(self) -> str:
+        """The selection's query in a line (``where``, ``exclude``, what each
+        ``--exclude-near`` table dropped, the rows it allowed); empty when it had none."""
+        q = query_of(self.selection.params)
+        parts = [f"where {q['where']}"] if "where" in q else []
+        parts += [f"exclude {e}" for e in q.get("exclude", [])]
+        parts += [f"near {t}: {d['dropped']} dropped ({d['same_content']} same content"
+                  + (f", {d['cosine']} close" if d.get("cosine") is not None else "") + ")"
+                  for t, d in q.get("exclude_near", {}).items()]
+        if "rows_allowed" in q:
+            parts.append(f"{q['rows_allowed']} rows allowed")
+        return "; ".join(parts)
 
 
 @dataclass

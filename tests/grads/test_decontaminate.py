@@ -85,3 +85,13 @@ def test_bad_decontamination_is_one_line(store, entry, message):
               "--quiet", ok=False)
     assert res.returncode == 2 and message in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_the_report_shows_what_a_query_dropped(store, tmp_path):
+    st, root = store
+    sel = st.select("pool", "test", budget=5, exclude_near="test", where="row >= 2")
+    rep = st.report([sel.selection_id], tmp_path / "report.html")
+    (facts,) = rep.selections
+    assert facts.query == ("where row >= 2; near test: 3 dropped (3 same content); "
+                           "25 rows allowed")  # rows 0 and 1 fail the predicate
+    assert "near test: 3 dropped" in (tmp_path / "report.html").read_text()
