@@ -170,7 +170,8 @@ class Store:
 
     def neighbors(self, pool: str, target: str, k: int = 5, *, row: str | None = None,
                   of: str | None = None, mode: str = "auto",
-                  memory_budget: int | None = None) -> list[Neighbor]:
+                  memory_budget: int | None = None,
+                  data: str | Path | None = None) -> list[Neighbor]:
         """For each row of ``target`` (or its row ``row``) the ``k`` pool rows most aligned
         with it in LESS's space, with their scores (one pass over the pool for all target
         rows); ``of=POOL_ID``: the reverse, the target rows that pool row serves best. See
@@ -178,7 +179,8 @@ class Store:
         from gradstore.ops.neighbors import neighbors
 
         return neighbors(self.database, pool, target, k, row=row, of=of, mode=mode,
-                         memory_budget=memory_budget, cache=self._source_cache())
+                         memory_budget=memory_budget, cache=self._source_cache(),
+                         data=None if data is None else str(data))
 
     def selections(self) -> list[Selection]:
         """Every stored selection, oldest first."""

@@ -264,6 +264,8 @@ def add_neighbors(sub) -> None:
     p.add_argument("--scan-mode", default="auto", choices=("auto", "ram", "stream"),
                    help="pool in RAM or streamed from Lance (auto: by --memory-budget)")
     p.add_argument("--memory-budget", help="largest pool held in RAM, e.g. 8GB")
+    p.add_argument("--data", help="the pool's data file, for the rows' text (default: the "
+                                  "file it was ingested from)")
     _format_flag(p)
     p.set_defaults(func=cmd_neighbors)
 
@@ -275,12 +277,13 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
     store = gradstore.open(args.store, create=False)
     budget = None if args.memory_budget is None else parse_size(args.memory_budget)
     found = store.neighbors(args.pool, args.target, args.k, row=args.row, of=args.of,
-                            mode=args.scan_mode, memory_budget=budget)
+                            mode=args.scan_mode, memory_budget=budget, data=args.data)
     if args.format == "json":
         print(json.dumps([vars(n) for n in found], indent=1))
         return 0
     for n in found:
-        print(f"{n.target_id:<24} {n.rank:>3}  {n.pool_id:<24} {n.score:+.4f}")
+        text = "" if n.text is None else "  " + " ".join(n.text.split())[:80]
+        print(f"{n.target_id:<24} {n.rank:>3}  {n.pool_id:<24} {n.score:+.4f}{text}")
     return 0
 
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradstore.errors import GradstoreError
+from gradstore.ops.export import pool_records
 from gradstore.ops.query import checkpoint_weights
+from gradstore.ops.report import row_text
 from gradstore.ops.select import SourceCache, check_complete, pool_source, target_vectors
 from gradstore.selectors.scan import MAXIMUM, ScanQuery
 from gradstore.selectors.stacked import StackedPool
@@ -29,14 +31,35 @@ class Neighbor:
     pool_id: str
     score: float
     rank: int
+    text: str | None = None
+    """The pool row as a person reads it (from its data file), when the file is known."""
 
 
 def neighbors(db: Database, pool: str, target: str, k: int = 5, *, row: str | None = None,
               of: str | None = None, mode: str = "auto", memory_budget: int | None = None,
-              cache: SourceCache | None = None) -> list[Neighbor]:
+              cache: SourceCache | None = None, data: str | None = None) -> list[Neighbor]:
     """The ``k`` pool rows closest to each target row (``row``: that target row only), in
     target-row order then rank; ``of``: the reverse, the ``k`` target rows closest to that
-    pool row."""
+    pool row. Each pool row's text comes from ``data`` (default: the file the pool was
+    ingested from; none for a pool of imported vectors)."""
+    found = _neighbors(db, pool, target, k, row, of, mode, memory_budget, cache)
+    if of is None:
+        try:
+            records = pool_records(db, pool, list(dict.fromkeys(n.pool_id for n in found)),
+                                   data)
+        except GradstoreError:
+            if data is not None:
+                raise
+            records = {}
+        for n in found:
+            if n.pool_id in records:
+                n.text = row_text(records[n.pool_id].fields)
+    return found
+
+
+def _neighbors(db: Database, pool: str, target: str, k: int, row: str | None,
+               of: str | None, mode: str, memory_budget: int | None,
+               cache: SourceCache | None) -> list[Neighbor]:
     if k < 1:
         raise GradstoreError(f"--k {k} must be at least 1")
     if row is not None and of is not None:

@@ -81,3 +81,21 @@ def test_bad_neighbour_queries_are_one_line(store, args, message):
     res = run("neighbors", store.uri, "--pool", "pool", "--target", "tgt", *args, ok=False)
     assert res.returncode == 2 and message in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_neighbours_carry_the_pool_rows_text(store, tmp_path):
+    assert all(n.text is None for n in store.neighbors("pool", "tgt", k=1))  # no data file
+    data = tmp_path / "pool.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "text": f"row {i}"}) + "\n"
+                            for i in range(N)))
+    got = store.neighbors("pool", "tgt", k=2, data=data)
+    assert [n.text for n in got[:2]] == [f"row {n.pool_id[1:]}" for n in got[:2]]
+    assert got[0].text == "row 5"
+    out = run("neighbors", store.uri, "--pool", "pool", "--target", "tgt", "--k", "1",
+              "--data", data).stdout
+    assert out.splitlines()[0].split()[-2:] == ["row", "5"]
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"id": "p0", "text": "x"}) + "\n")
+    res = run("neighbors", store.uri, "--pool", "pool", "--target", "tgt", "--data", short,
+              ok=False)
+    assert res.returncode == 2 and "are not in" in res.stderr
