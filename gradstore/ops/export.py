@@ -215,3 +215,18 @@ def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
             f"rows cannot be stored as one parquet table ({e}); export to .jsonl instead"
         ) from e
     pq.write_table(table, path)
+
+
+TEXT_CHARS = 400
+"""Characters of a row's text shown before it is cut (the report, ``neighbors``)."""
+
+
+def row_text(fields: dict[str, Any]) -> str:
+    """A row as a person reads it: chat turns, else its text field, else its fields."""
+    if isinstance(fields.get("messages"), list):
+        text = "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}"
+                         for m in fields["messages"] if isinstance(m, dict))
+    else:
+        text = next((str(fields[k]) for k in ("text", "prompt", "content") if k in fields),
+                    json.dumps(fields, ensure_ascii=False, default=str))
+    return text if len(text) <= TEXT_CHARS else text[:TEXT_CHARS] + " …"

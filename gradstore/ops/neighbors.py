@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradstore.errors import GradstoreError
-from gradstore.ops.export import pool_records
+from gradstore.ops.export import pool_records, row_text
 from gradstore.ops.query import checkpoint_weights
-from gradstore.ops.report import row_text
 from gradstore.ops.select import SourceCache, check_complete, pool_source, target_vectors
 from gradstore.selectors.scan import MAXIMUM, ScanQuery
 from gradstore.selectors.stacked import StackedPool

@@ -36,7 +36,8 @@ import torch
 from gradstore.config import SelectConfig
 from gradstore.errors import GradstoreError
 from gradstore.grads.data import read_records
-from gradstore.ops.export import pool_records
+from gradstore.ops.export import pool_records, row_text
+from gradstore.ops.neighbors import Neighbor, neighbors
 from gradstore.ops.query import checkpoint_weights
 from gradstore.ops.select import SourceCache, stacked_pool, target_matrix
 from gradstore.ops.summaries import query_of, table_summary
@@ -50,7 +51,8 @@ ENOUGH_SHARE = 0.9
 residual reduction (from 1, nothing chosen, to the residual of all k)."""
 CURVE_POINTS = 16
 SHOW_ROWS = 5
-TEXT_CHARS = 400
+NEIGHBORS = 3
+"""Pool rows shown per target row (the closest in LESS's space)."""
 
 
 @dataclass
@@ -96,6 +98,8 @@ class Report:
     by: str | None = None
     pool_composition: dict[str, int] = field(default_factory=dict)
     target_composition: dict[str, int] = field(default_factory=dict)
+    neighbors: dict[str, list[list[Neighbor]]] = field(default_factory=dict)
+    """Per target of the selections, each target row's ``NEIGHBORS`` closest pool rows."""
 
     def composition_keys(self) -> list[str]:
         """Every value of the ``by`` field seen: the selections' first, then the pool's."""
@@ -121,6 +125,8 @@ def build_report(db: Database, selection_ids: list[str], *, data: str | Path | N
     facts = [space.facts(s, duplicate_cosine) for s in sels]
     for f in facts:
         f.evaluations = [evaluation_summary(e) for e in db.evaluations(f.selection.selection_id)]
+    near = {t: _by_target_row(neighbors(db, pool, t, NEIGHBORS, data=data))
+            for t in dict.fromkeys(s.target for s in sels) if t is not None}
     if records is not None:
         for f in facts:
             f.top, f.bottom = _extremes(f.selection, records)
@@ -128,7 +134,8 @@ def build_report(db: Database, selection_ids: list[str], *, data: str | Path | N
                 f.composition = _count([records[i].fields for i in f.selection.ids], by)
     out = Report(store=db.uri, pool=pool, provenance=provenance(db, pool), selections=facts,
                  overlap=[[_jaccard(a, b) for b in sels] for a in sels],
-                 shared=[[len(set(a.ids) & set(b.ids)) for b in sels] for a in sels], by=by)
+                 shared=[[len(set(a.ids) & set(b.ids)) for b in sels] for a in sels], by=by,
+                 neighbors=near)
     if by and records is not None:
         out.pool_composition = _count([r.fields for r in records.values()
                                        if r.id in space.position], by)
@@ -203,6 +210,13 @@ class ResidualSpace:
         curve = [(j, total if j == k else self.fit(A[:j], y)[0]) for j in grid]
         pairs, spent = duplicates(sel.ids, A.double().numpy(), duplicate_cosine)
         return SelectionFacts(sel, total, per, curve, enough_at(curve), pairs, spent)
+
+
+def _by_target_row(found: list[Neighbor]) -> list[list[Neighbor]]:
+    rows: dict[str, list[Neighbor]] = {}
+    for n in found:
+        rows.setdefault(n.target_id, []).append(n)
+    return list(rows.values())
 
 
 def duplicates(ids: list[str], A: np.ndarray,
@@ -294,17 +308,6 @@ def _label(value: Any) -> str:
 def _jaccard(a: Selection, b: Selection) -> float:
     sa, sb = set(a.ids), set(b.ids)
     return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
-
-
-def row_text(fields: dict[str, Any]) -> str:
-    """A row as a person reads it: chat turns, else its text field, else its fields."""
-    if isinstance(fields.get("messages"), list):
-        text = "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}"
-                         for m in fields["messages"] if isinstance(m, dict))
-    else:
-        text = next((str(fields[k]) for k in ("text", "prompt", "content") if k in fields),
-                    json.dumps(fields, ensure_ascii=False, default=str))
-    return text if len(text) <= TEXT_CHARS else text[:TEXT_CHARS] + " …"
 
 
 def _extremes(sel: Selection, records) -> tuple[list[dict], list[dict]]:

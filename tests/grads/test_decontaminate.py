@@ -95,3 +95,10 @@ def test_the_report_shows_what_a_query_dropped(store, tmp_path):
     assert facts.query == ("where row >= 2; near test: 3 dropped (3 same content); "
                            "25 rows allowed")  # rows 0 and 1 fail the predicate
     assert "near test: 3 dropped" in (tmp_path / "report.html").read_text()
+    # each test row's 3 closest pool rows, as `neighbors` gives them (LESS's space: the
+    # pool's Adam gradients against the target's SGD ones, so a copy need not come first)
+    rows = rep.neighbors["test"]
+    assert [[(n.target_id, n.pool_id) for n in r] for r in rows] == [
+        [(n.target_id, n.pool_id) for n in st.neighbors("pool", "test", 3, row=f"ex{j}")]
+        for j in range(6)]
+    assert 'id="neighbors"' in (tmp_path / "report.html").read_text()
