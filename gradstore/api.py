@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gradstore.budget import Budget
+from gradstore.choices import SCAN_MODES
 from gradstore.config import IngestConfig, SelectConfig, with_options
 from gradstore.errors import GradstoreError
 from gradstore.ops import summaries
@@ -93,8 +94,8 @@ class Store:
 
     def source(self, table: str, mode: str = "auto", memory_budget: int | None = None):
         """The table's rows for the selectors: in RAM if they fit, else streamed."""
-        if mode not in ("auto", "ram", "stream"):
-            raise GradstoreError(f"scan mode {mode!r} is not one of auto, ram, stream")
+        if mode not in SCAN_MODES:
+            raise GradstoreError(f"scan mode {mode!r} is not one of {', '.join(SCAN_MODES)}")
         from gradstore.ops.select import pool_source
 
         return pool_source(self.database, table, mode, memory_budget, self._source_cache())

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from gradstore.choices import SCAN_MODES
 from gradstore.cli import examples
 from gradstore.cli.flags import add_config_flags, config_from_args
 from gradstore.config import IngestConfig, RunConfig, SelectConfig, TrainSettings, WarmupConfig
@@ -261,7 +262,7 @@ def add_neighbors(sub) -> None:
     p.add_argument("--row", help="one target row, by id (default: every target row)")
     p.add_argument("--of", metavar="POOL_ID",
                    help="the reverse: the target rows closest to this pool row")
-    p.add_argument("--scan-mode", default="auto", choices=("auto", "ram", "stream"),
+    p.add_argument("--scan-mode", default="auto", choices=SCAN_MODES,
                    help="pool in RAM or streamed from Lance (auto: by --memory-budget)")
     p.add_argument("--memory-budget", help="largest pool held in RAM, e.g. 8GB")
     p.add_argument("--data", help="the pool's data file, for the rows' text (default: the "

@@ -35,15 +35,18 @@ def checkpoint_weights(pmeta: TableMeta, given: Sequence[float] | None) -> list[
     return None
 
 
-def allowed_rows(db: Database, pool: str, opts: SelectConfig,
-                 dropped: dict | None = None) -> np.ndarray | None:
-    """Storage positions (sorted) of the pool rows the query lets a selection choose, or
-    None when it restricts nothing (no ``where``, ``exclude`` or ``exclude_near``).
-    ``dropped``: filled with what each ``exclude_near`` table removed."""
+def allowed_rows(db: Database, pool: str, opts: SelectConfig
+                 ) -> tuple[np.ndarray | None, dict]:
+    """Storage positions (sorted) of the pool rows the query lets a selection choose (None
+    when it restricts nothing: no ``where``, ``exclude`` or ``exclude_near``), and the
+    query as the selection records it: ``exclude`` resolved (``latest`` as the selection
+    it meant, so that :func:`again_options` reruns the same query), what each
+    ``exclude_near`` table dropped, and how many rows were allowed."""
     where, exclude = opts.where, exclude_entries(opts.exclude)
     near = exclude_entries(opts.exclude_near)
+    record: dict = {"where": where, "exclude": [], "exclude_near": {}, "rows_allowed": None}
     if where is None and not exclude and not near:
-        return None
+        return None, record
     n = db.num_rows(pool)
     keep = np.ones(n, dtype=bool)
     if where is not None:
@@ -55,21 +58,25 @@ def allowed_rows(db: Database, pool: str, opts: SelectConfig,
                 "check the values with `gradstore info STORE`"
             )
     for entry in exclude:
-        keep[db.positions_of(pool, excluded_ids(db, entry))] = False
+        label, ids = excluded_ids(db, entry)
+        record["exclude"].append(label)
+        keep[db.positions_of(pool, ids)] = False
     for entry in near:
         table, cosine = near_entry(entry)
         copies = same_content(db, pool, table)
         close = (np.zeros(0, dtype=np.int64) if cosine is None
                  else rows_near(db, pool, table, cosine))
-        if dropped is not None:
-            dropped[entry] = {"same_content": int(len(copies)),
-                              "cosine": None if cosine is None else int(len(close)),
-                              "dropped": int(len(np.union1d(copies, close)))}
+        record["exclude_near"][entry] = {
+            "same_content": int(len(copies)),
+            "cosine": None if cosine is None else int(len(close)),
+            "dropped": int(len(np.union1d(copies, close)))}
         keep[copies] = False
         keep[close] = False
     if not keep.any():
         raise GradstoreError(f"--where and --exclude leave no row of pool {pool!r} to choose")
-    return np.flatnonzero(keep).astype(np.int64)
+    allowed = np.flatnonzero(keep).astype(np.int64)
+    record["rows_allowed"] = int(len(allowed))
+    return allowed, record
 
 
 def exclude_entries(exclude: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -81,20 +88,22 @@ def exclude_entries(exclude: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(getattr(e, "selection_id", e) for e in exclude)
 
 
-def excluded_ids(db: Database, entry: str) -> list[str]:
-    """The ids ``entry`` names: a file of ids (one per line) when such a file exists, else a
-    stored selection (its id, or ``latest``)."""
+def excluded_ids(db: Database, entry: str) -> tuple[str, list[str]]:
+    """The ids ``entry`` names, and how the selection records it: a file of ids (one per
+    line) when such a file exists, else a stored selection (its id, or ``latest``: then
+    recorded as that selection's id)."""
     path = Path(entry)
     if path.is_file():
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip()]
+        return entry, [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                       if line.strip()]
     try:
-        return list(db.selection(entry).ids)
+        sel = db.selection(entry)
     except GradstoreError:
         raise GradstoreError(
             f"--exclude {entry!r} is neither a file of ids nor a stored selection; "
             "`gradstore info STORE` lists the selections"
         ) from None
+    return sel.selection_id, list(sel.ids)
 
 
 def near_entry(entry: str) -> tuple[str, float | None]:
@@ -140,16 +149,6 @@ def rows_near(db: Database, pool: str, table: str, cosine: float) -> np.ndarray:
     return np.sort(np.asarray(rows)[np.asarray(scores) >= cosine]).astype(np.int64)
 
 
-def query_params(db: Database, opts: SelectConfig, allowed: np.ndarray | None,
-                 dropped: dict | None = None) -> dict:
-    """What a selection records of its query: ``exclude`` with ``latest`` resolved to the
-    selection it meant then, so that :func:`again_options` reruns the same query."""
-    exclude = [e if Path(e).is_file() or e != "latest" else db.selection(e).selection_id
-               for e in exclude_entries(opts.exclude)]
-    return {"where": opts.where, "exclude": exclude, "exclude_near": dropped or {},
-            "rows_allowed": None if allowed is None else int(len(allowed))}
-
-
 AGAIN_FIELDS = {"target_mode": "target_mode", "normalize": "normalize", "m": "m",
                 "max_iter": "max_iter", "min_gain": "min_gain",
                 "target_tolerance": "tolerance", "seed": "seed",
@@ -161,15 +160,10 @@ AGAIN_FIELDS = {"target_mode": "target_mode", "normalize": "normalize", "m": "m"
 def again_options(params: dict) -> dict:
     """The options that reproduce a stored selection's run (its pool, target, budget and
     method are the selection's own fields); a selection made before a parameter was
-    recorded runs with that option's default."""
+    recorded runs with that option's default. (Lists become the options' tuples in
+    ``SelectConfig.from_options``.)"""
     opts = {opt: params[key] for key, opt in AGAIN_FIELDS.items()
             if params.get(key) is not None}
-    if opts.get("checkpoint_weights") is not None:
-        opts["checkpoint_weights"] = tuple(opts["checkpoint_weights"])
-    if params.get("exclude_near"):
-        opts["exclude_near"] = tuple(params["exclude_near"])
-    if opts.get("exclude"):
-        opts["exclude"] = tuple(opts["exclude"])
-    else:
-        opts.pop("exclude", None)
+    if params.get("exclude_near"):  # recorded per entry, with what each dropped
+        opts["exclude_near"] = list(params["exclude_near"])
     return opts

@@ -125,7 +125,8 @@ def build_report(db: Database, selection_ids: list[str], *, data: str | Path | N
     facts = [space.facts(s, duplicate_cosine) for s in sels]
     for f in facts:
         f.evaluations = [evaluation_summary(e) for e in db.evaluations(f.selection.selection_id)]
-    near = {t: _by_target_row(neighbors(db, pool, t, NEIGHBORS, data=data))
+    near = {t: _by_target_row(neighbors(db, pool, t, NEIGHBORS, data=data,
+                                        cache=space.cache))
             for t in dict.fromkeys(s.target for s in sels) if t is not None}
     if records is not None:
         for f in facts:
@@ -168,8 +169,10 @@ class ResidualSpace:
         self.db, self.pool = db, pool
         self.meta = db.meta(pool)
         self.opts = SelectConfig(method="gtp-paper", progress=False, save=False)
+        self.cache = SourceCache()
+        """The pool as read into RAM: the report's other passes (neighbours) reuse it."""
         self.spool = stacked_pool(db, pool, self.opts, checkpoint_weights(self.meta, None),
-                                  SourceCache())
+                                  self.cache)
         self.pool_ids = db.ids(pool)
         self.position = {i: n for n, i in enumerate(self.pool_ids)}
         self.targets: dict[str | None, np.ndarray] = {}

@@ -24,7 +24,7 @@ from gradstore.choices import HIDDEN_TYPE, PURSUITS
 from gradstore.config import SelectConfig
 from gradstore.devices import resolve_device
 from gradstore.errors import GradstoreError
-from gradstore.ops.query import allowed_rows, checkpoint_weights, query_params
+from gradstore.ops.query import allowed_rows, checkpoint_weights
 from gradstore.pause import pause_point
 from gradstore.selectors.clusters import target_clusters
 from gradstore.selectors.gtp import candidates_within, gtp
@@ -459,8 +459,7 @@ def run_selection(
         pause_point("select-pinned")
         pmeta = db.meta(pool)
         check_complete(pool, pmeta)
-        dropped: dict = {}  # what each --exclude-near table removed
-        allowed = allowed_rows(db, pool, opts, dropped)  # None: every row may be chosen
+        allowed, query = allowed_rows(db, pool, opts)  # None: every row may be chosen
         n = db.num_rows(pool) if allowed is None else len(allowed)
         ks = [budget_count(b, n) for b in budgets]
         eta = checkpoint_weights(pmeta, opts.checkpoint_weights)
@@ -493,7 +492,7 @@ def run_selection(
         sels = _selections(db, run, answers, opts, time.perf_counter() - t0)
         for s in sels:
             s.params["versions"] = versions
-            s.params.update(query_params(db, opts, allowed, dropped))
+            s.params.update(query)
         if opts.save:
             pause_point("save-selection")
             db.save_selections(sels)
