@@ -396,6 +396,11 @@ class SelectConfig:
                                                 ":COSINE, rows whose cosine (LESS's space) "
                                                 "with one of its rows reaches COSINE "
                                                 "(repeatable)")
+    extend: str | None = option(None, metavar="SELECTION",
+                                help="keep this stored selection's rows (its id, or latest; "
+                                     "of the same pool) and add rows up to the budget, the "
+                                     "best given the kept ones (gtp: fixed members of its "
+                                     "pursuit)")
     progress: bool = option(True, flag="--quiet", negate=True, help="no progress bars")
     save: bool = option(True, cli=False, help="store the selections in the log")
 
@@ -426,9 +431,15 @@ class SelectConfig:
             _bad("--ray-tasks applies with --ray ADDRESS")
         if self.where is not None and not str(self.where).strip():
             _bad("--where is empty; give a predicate such as \"subtask = 'math'\"")
-        if (self.where is not None or self.exclude or self.exclude_near) and self.ray:
-            _bad("--where, --exclude and --exclude-near do not run on Ray yet; drop --ray "
-                 "(the rows they keep are selected in this process)")
+        if (self.where is not None or self.exclude or self.exclude_near
+                or self.extend) and self.ray:
+            _bad("--where, --exclude, --exclude-near and --extend do not run on Ray yet; "
+                 "drop --ray (the rows they keep are selected in this process)")
+        if self.extend is not None and self.partitions:
+            _bad("--extend does not run with --partitions yet; drop --partitions")
+        if self.extend is not None and self.target_mode == "parts":
+            _bad("--extend does not run with --target-mode parts yet; use --method "
+                 "round-robin to extend a selection by turns over the target's parts")
 
 
 @dataclass(frozen=True)

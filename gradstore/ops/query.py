@@ -79,6 +79,45 @@ def allowed_rows(db: Database, pool: str, opts: SelectConfig
     return allowed, record
 
 
+def kept_rows(db: Database, pool: str, opts: SelectConfig) -> tuple[np.ndarray | None, dict]:
+    """``--extend``: the storage positions of the kept selection's rows, in its order (None
+    without ``extend``), and how the selection records it (the id it resolved)."""
+    if opts.extend is None:
+        return None, {}
+    try:
+        sel = db.selection(getattr(opts.extend, "selection_id", opts.extend))
+    except GradstoreError:
+        raise GradstoreError(
+            f"--extend {opts.extend!r} is not a stored selection; `gradstore info STORE` "
+            "lists the selections") from None
+    if sel.pool != pool:
+        raise GradstoreError(
+            f"--extend {sel.selection_id}: that selection chose from pool {sel.pool!r}, not "
+            f"{pool!r}; extend a selection of the same pool")
+    ids = list(dict.fromkeys(sel.ids))
+    found = db.positions_of(pool, ids)
+    if len(found) != len(ids):
+        raise GradstoreError(
+            f"--extend {sel.selection_id}: {len(ids) - len(found)} of its {len(ids)} rows are "
+            f"no longer in pool {pool!r}; extend a selection made on the pool as it is now")
+    at = dict(zip(db.ids_at(pool, found), found.tolist(), strict=True))
+    kept = np.array([at[i] for i in ids], dtype=np.int64)  # in the selection's order
+    return kept, {"extend": sel.selection_id, "rows_kept": len(kept)}
+
+
+def with_kept(allowed: np.ndarray | None, kept: np.ndarray | None
+              ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The rows a selection's pool holds once the kept rows join the allowed ones (a kept
+    row stays whatever ``where``/``exclude`` say), and the kept rows' positions in that
+    pool (None without ``--extend``)."""
+    if kept is None:
+        return allowed, None
+    if allowed is None:
+        return None, kept
+    allowed = np.union1d(allowed, kept).astype(np.int64)
+    return allowed, np.searchsorted(allowed, kept).astype(np.int64)
+
+
 def exclude_entries(exclude: str | Sequence[str] | None) -> tuple[str, ...]:
     """``exclude`` as a tuple of entries (one string in Python is one entry)."""
     if exclude is None:
@@ -153,7 +192,7 @@ AGAIN_FIELDS = {"target_mode": "target_mode", "normalize": "normalize", "m": "m"
                 "max_iter": "max_iter", "min_gain": "min_gain",
                 "target_tolerance": "tolerance", "seed": "seed",
                 "checkpoint_weights": "checkpoint_weights", "partitions": "partitions",
-                "where": "where", "exclude": "exclude"}
+                "where": "where", "exclude": "exclude", "extend": "extend"}
 """Recorded parameter -> the ``SelectConfig`` option that set it (``--again``)."""
 
 

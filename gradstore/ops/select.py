@@ -24,7 +24,7 @@ from gradstore.choices import HIDDEN_TYPE, PURSUITS
 from gradstore.config import SelectConfig
 from gradstore.devices import resolve_device
 from gradstore.errors import GradstoreError
-from gradstore.ops.query import allowed_rows, checkpoint_weights
+from gradstore.ops.query import allowed_rows, checkpoint_weights, kept_rows, with_kept
 from gradstore.pause import pause_point
 from gradstore.selectors.clusters import target_clusters
 from gradstore.selectors.gtp import candidates_within, gtp
@@ -301,27 +301,26 @@ class Answer:
 
 def answer_queries(spool: StackedPool, Ys: list[np.ndarray], tols: list[float],
                    ks: list[int], pairs: list[tuple[int, int]], opts: SelectConfig,
-                   bar: ScanProgress | None, parts: list[TargetParts] | None = None
-                   ) -> list[Answer]:
+                   bar: ScanProgress | None, parts: list[TargetParts] | None = None,
+                   fixed: np.ndarray | None = None) -> list[Answer]:
     """Every (target, budget) pair's answer, in ``pairs`` order, sharing the passes
-    (``parts``: each target's parts, for round-robin and ``--target-mode parts``)."""
+    (``parts``: each target's parts, for round-robin and ``--target-mode parts``;
+    ``fixed``: rows every answer keeps, ``--extend``, the new rows the best given them)."""
     method = opts.method
     if parts is not None:
-        return _answer_by_parts(spool, Ys, parts, ks, pairs, opts, bar)
+        return _answer_by_parts(spool, Ys, parts, ks, pairs, opts, bar, fixed)
     if method in ("gtp", "gtp-paper", "omp"):
-        queries = [Query(Ys[ti], ks[bi], m=_candidates(opts, spool, ks[bi]),
-                         tolerance=_tolerance(opts, tols[ti])) for ti, bi in pairs]
-        return [Answer(r.rows, r.total_weights, r.residual, r.history,
-                       ({"candidates": r.candidates} if r.candidates is not None else {})
-                       | {"candidates_per_scan": q.m} | r.details)
-                for q, r in zip(queries, _pursue(spool, queries, opts, bar, max(ks)),
-                                strict=True)]
+        return _answer_pursuits(spool, Ys, tols, ks, pairs, opts, bar, fixed)
+    nk = 0 if fixed is None else len(fixed)
     if method == "less":
-        found = less_topk(spool, [Ys[ti] for ti, _ in pairs], [ks[bi] for _, bi in pairs],
-                          scan_progress=bar)
+        found = less_topk(spool, [Ys[ti] for ti, _ in pairs], [ks[bi] - nk for _, bi in pairs],
+                          scan_progress=bar, exclude=fixed)
         rows_of = [rows for rows, _ in found]
     else:
-        rows_of = [random_subset(spool.num_rows, ks[bi], seed=opts.seed) for _, bi in pairs]
+        rows_of = [random_subset(spool.num_rows, ks[bi] - nk, seed=opts.seed, exclude=fixed)
+                   for _, bi in pairs]
+    if fixed is not None:
+        rows_of = [np.concatenate([fixed, rows]) for rows in rows_of]
     out = []
     for (ti, _), rows in zip(pairs, rows_of, strict=True):
         _, res = fit_support(spool, rows, Ys[ti])
@@ -329,14 +328,48 @@ def answer_queries(spool: StackedPool, Ys: list[np.ndarray], tols: list[float],
     return out
 
 
+def _answer_pursuits(spool: StackedPool, Ys: list[np.ndarray], tols: list[float],
+                     ks: list[int], pairs: list[tuple[int, int]], opts: SelectConfig,
+                     bar: ScanProgress | None, fixed: np.ndarray | None) -> list[Answer]:
+    """gtp, gtp-paper and omp, every pair in one lockstep run. With ``fixed`` rows, gtp
+    keeps them as members its swaps never remove; gtp-paper and omp fit what the kept
+    rows' NNLS fit leaves of the target with k minus their count new rows, and the
+    answer's weights are the NNLS fit of kept and new rows together."""
+    keep = fixed is not None and opts.method != "gtp"
+    queries = []
+    for ti, bi in pairs:
+        Y, k = Ys[ti], ks[bi]
+        if keep:
+            W, _ = fit_support(spool, fixed, Y)
+            Y = Y - spool.rows(fixed).double().numpy().T @ W
+            k -= len(fixed)
+        queries.append(Query(Y, k, m=_candidates(opts, spool, k),
+                             tolerance=_tolerance(opts, tols[ti]),
+                             fixed=fixed if not keep else None,
+                             exclude=fixed if keep else None))
+    out = []
+    for (ti, _), q, r in zip(pairs, queries, _pursue(spool, queries, opts, bar, max(ks)),
+                             strict=True):
+        rows, weights, residual = r.rows, r.total_weights, r.residual
+        if keep:
+            rows = np.concatenate([fixed, rows])
+            W, residual = fit_support(spool, rows, Ys[ti])
+            weights = W.sum(1)
+        out.append(Answer(rows, weights, residual, r.history,
+                          ({"candidates": r.candidates} if r.candidates is not None else {})
+                          | {"candidates_per_scan": q.m} | r.details))
+    return out
+
+
 def _answer_by_parts(spool: StackedPool, Ys: list[np.ndarray], parts: list[TargetParts],
                      ks: list[int], pairs: list[tuple[int, int]], opts: SelectConfig,
-                     bar: ScanProgress | None) -> list[Answer]:
+                     bar: ScanProgress | None, fixed: np.ndarray | None = None
+                     ) -> list[Answer]:
     """Round-robin (one scan for every pair), or a gtp pursuit per part with equal shares
     of the budget (``--target-mode parts``), their picks taken in turn. Each answer
     records its parts, how many rows each took and the copies passed over."""
     if opts.method == "round-robin":
-        queries = [PartsQuery(part_columns(parts[ti].rows, opts.part_score), ks[bi])
+        queries = [PartsQuery(part_columns(parts[ti].rows, opts.part_score), ks[bi], fixed)
                    for ti, bi in pairs]
         found = round_robin(spool, queries, scan_progress=bar)
         taken = [(r.rows, r.per_part, {"copies_set_aside": r.copies_set_aside,
@@ -460,8 +493,16 @@ def run_selection(
         pmeta = db.meta(pool)
         check_complete(pool, pmeta)
         allowed, query = allowed_rows(db, pool, opts)  # None: every row may be chosen
+        kept, extended = kept_rows(db, pool, opts)
+        allowed, fixed = with_kept(allowed, kept)  # fixed: kept rows' places in the pool
+        query |= extended
         n = db.num_rows(pool) if allowed is None else len(allowed)
         ks = [budget_count(b, n) for b in budgets]
+        if fixed is not None and min(ks) <= len(fixed):
+            raise GradstoreError(
+                f"--extend keeps {len(fixed)} rows and the budget "
+                f"{budget_label(budgets[ks.index(min(ks))])} is {min(ks)} rows: nothing to "
+                "add; give a budget above the kept rows")
         eta = checkpoint_weights(pmeta, opts.checkpoint_weights)
         t0 = time.perf_counter()
         spool = stacked_pool(db, pool, opts, eta, cache, scope, allowed)
@@ -480,7 +521,7 @@ def run_selection(
         bar = ScanProgress(n, opts.method) if opts.progress else None
         try:
             answers = answer_queries(spool, [f[0] for f in found], [f[1] for f in found], ks,
-                                     pairs, opts, bar, parts)
+                                     pairs, opts, bar, parts, fixed)
         finally:
             if bar is not None:
                 bar.close()

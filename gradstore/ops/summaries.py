@@ -91,5 +91,6 @@ def selection_summary(s: Selection) -> dict[str, Any]:
 
 def query_of(params: dict[str, Any]) -> dict[str, Any]:
     """The query a selection recorded (only its parts that were given)."""
-    keys = ("where", "exclude", "exclude_near", "rows_allowed")
+    keys = ("where", "exclude", "exclude_near", "extend", "rows_kept", "max_share",
+            "rows_allowed")
     return {k: params[k] for k in keys if params.get(k) not in (None, [], {})}

@@ -145,6 +145,11 @@ class _GtpState(PursuitState):
         self.sel = _Selection(run.pool.width)
         self.rounds = 0  # swap rounds at the current alpha
         self.copies: set[int] = set()  # rows set aside as copies of chosen ones
+        if len(q.fixed):  # --extend: the kept rows start the selection and stay in it
+            self.sel.rows = [int(r) for r in q.fixed]
+            self.sel.s = run.pool.rows(q.fixed).double().sum(0).numpy()
+            self.sel.keys = {run.pool.norm_key(int(r)): int(r) for r in q.fixed}
+            self.done = len(q.fixed) >= self.k
 
     @property
     def rows(self) -> list[int]:
@@ -189,10 +194,10 @@ class _GtpState(PursuitState):
         barred = np.concatenate([chosen, np.fromiter(self.copies, np.int64, len(self.copies))])
         one, half = slice(0, 1), self.run.half
         asks = [ScanQuery(one, self.m, exclude=barred, reduce=MAXIMUM, penalty=half)]
-        if not self.growing:
+        if not self.growing:  # (the core bars the fixed rows from both asks)
             outside = np.setdiff1d(np.arange(self.run.pool.num_rows), chosen)
-            asks.append(ScanQuery(one, min(self.m, self.k), exclude=outside, reduce=MAXIMUM,
-                                  penalty=half, sign=-1.0))
+            asks.append(ScanQuery(one, min(self.m, self.k - len(self.query.fixed)),
+                                  exclude=outside, reduce=MAXIMUM, penalty=half, sign=-1.0))
         return Wanted(self.residual_vector()[:, None], asks)
 
     def step(self, found: Found) -> None:

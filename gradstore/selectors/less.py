@@ -22,8 +22,10 @@ def less_topk(
     ks: list[int],
     *,
     scan_progress: Callable[[int], None] | None = None,
+    exclude: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Top-k rows and their LESS scores for each (Y (D, S), k), in one scan.
+    """Top-k rows and their LESS scores for each (Y (D, S), k), in one scan, never a row
+    of ``exclude``.
 
     ``pool`` must be normalised (LESS scores are cosines).
     """
@@ -33,7 +35,8 @@ def less_topk(
     R = np.concatenate(cols, 1)
     queries, start = [], 0
     for Y, k in zip(cols, ks, strict=True):
-        queries.append(ScanQuery(slice(start, start + Y.shape[1]), k, reduce=MAXIMUM))
+        queries.append(ScanQuery(slice(start, start + Y.shape[1]), k, reduce=MAXIMUM,
+                                 exclude=exclude))
         start += Y.shape[1]
     return pool.scan(R, queries, progress=scan_progress)
 

@@ -32,6 +32,9 @@ class _OmpState(PursuitState):
     the target, the NNLS weights (incremental for one target column) and the residual."""
 
     def __init__(self, q: Query, pool: StackedPool, rel_tol: float) -> None:
+        if len(q.fixed):
+            raise ValueError("fixed rows (--extend) are a gtp pursuit's; give the others "
+                             "the kept rows' residual as their target")
         super().__init__(q, 1, done=q.yy == 0 or q.k == 0)
         self.pool = pool
         self.rel_tol = rel_tol

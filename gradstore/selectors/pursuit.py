@@ -10,8 +10,9 @@ pass over the pool for all of them, and hands each state the answers to its own 
 differ in their states only: what they ask of a scan, what a step does with the answer,
 and what they report (:meth:`PursuitState.result`).
 
-What every selection must respect whatever its method (rows a query may not choose, rows
-it must keep) belongs here, beside the offsetting of the asks, not in each method.
+What every selection must respect whatever its method belongs here, beside the offsetting
+of the asks, not in each method: no ask returns a row the query excludes or keeps fixed
+(``Query.barred``), so a kept row is never offered as a new one nor as one to swap out.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class Wanted:
 
     columns: np.ndarray
     asks: list[ScanQuery] = field(default_factory=list)
+    barred: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """Rows none of the asks may return (the query's ``barred`` rows: set by the core)."""
 
 
 class PursuitState(ABC):
@@ -127,7 +130,8 @@ def run_pursuit(
         if not live:
             break
         t0 = time.perf_counter()
-        found = scan_for(pool, [st.wanted() for st in live], scan_progress)
+        found = scan_for(pool, [dataclasses.replace(st.wanted(), barred=st.query.barred)
+                                for st in live], scan_progress)
         rounds.scan_seconds += time.perf_counter() - t0
         rounds.scans += 1
         _steps(pool, live, found, threads)
@@ -144,7 +148,11 @@ def scan_for(pool: StackedPool, wanted: Sequence[Wanted],
     for w in wanted:
         for q in w.asks:
             start, stop, _ = q.columns.indices(w.columns.shape[1])
-            asks.append(dataclasses.replace(q, columns=slice(start + offset, stop + offset)))
+            exclude = q.exclude
+            if len(w.barred):
+                exclude = w.barred if exclude is None else np.union1d(exclude, w.barred)
+            asks.append(dataclasses.replace(q, columns=slice(start + offset, stop + offset),
+                                            exclude=exclude))
         counts.append(len(w.asks))
         offset += w.columns.shape[1]
     found = pool.scan(np.concatenate([w.columns for w in wanted], 1), asks, progress=progress)

@@ -18,18 +18,35 @@ class Query:
     ``tolerance`` (gtp only): how far the selection's mean may stay from the target's
     mean, the target mean's own sampling error (``target_tolerance``); 0: match it as
     closely as possible.
+
+    ``exclude``: pool rows the query may not choose (no scan returns them to it).
+    ``fixed`` (gtp only; ``--extend``): rows the selection starts with and keeps; they
+    count toward ``k``, and no scan returns them either, so no swap removes them.
     """
 
     Y: np.ndarray
     k: int
     m: int | None = None
     tolerance: float = 0.0
+    exclude: np.ndarray | None = None
+    fixed: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         Y = np.asarray(self.Y, dtype=np.float64)
         self.Y = Y[:, None] if Y.ndim == 1 else Y
         if self.m is None:
             self.m = 2 * self.k
+        self.fixed = np.zeros(0, dtype=np.int64) if self.fixed is None \
+            else np.asarray(self.fixed, dtype=np.int64)
+        self.exclude = np.zeros(0, dtype=np.int64) if self.exclude is None \
+            else np.asarray(self.exclude, dtype=np.int64)
+        if len(self.fixed) > self.k:
+            raise ValueError(f"{len(self.fixed)} fixed rows exceed the budget k={self.k}")
+
+    @property
+    def barred(self) -> np.ndarray:
+        """Rows no scan returns to this query: its exclusions and its fixed rows."""
+        return np.union1d(self.exclude, self.fixed).astype(np.int64)
 
     @property
     def yy(self) -> float:

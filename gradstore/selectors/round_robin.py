@@ -44,10 +44,15 @@ class PartsQuery:
 
     parts: list[np.ndarray]
     k: int
+    fixed: np.ndarray | None = None
+    """Rows already chosen (``--extend``): they count toward k, no part takes them again
+    and no copy of one is taken."""
 
     def __post_init__(self) -> None:
         self.parts = [np.asarray(P, dtype=np.float64).reshape(P.shape[0], -1)
                       for P in self.parts]
+        self.fixed = np.zeros(0, dtype=np.int64) if self.fixed is None \
+            else np.asarray(self.fixed, dtype=np.int64)
 
 
 @dataclass
@@ -93,7 +98,7 @@ def round_robin(
         lists = _scan_parts(pool, [queries[i] for i in open_], depth, scan_progress)
         scans += 1
         for i, ranked in zip(open_, lists, strict=True):
-            res = _take_turns(pool, ranked, queries[i].k, complete=depth >= n)
+            res = _take_turns(pool, ranked, queries[i], complete=depth >= n)
             if res is not None:
                 res.scans = scans
                 results[i] = res
@@ -107,7 +112,8 @@ def _scan_parts(pool: StackedPool, queries: Sequence[PartsQuery], depth: int,
     for q in queries:
         for P in q.parts:
             cols.append(P)
-            scan_q.append(ScanQuery(slice(start, start + P.shape[1]), depth, reduce=MAXIMUM))
+            scan_q.append(ScanQuery(slice(start, start + P.shape[1]), depth, reduce=MAXIMUM,
+                                    exclude=q.fixed if len(q.fixed) else None))
             start += P.shape[1]
     found = pool.scan(np.concatenate(cols, 1), scan_q, progress=progress)
     out, at = [], 0
@@ -173,11 +179,17 @@ class _Chosen:
         self.keys[self.pool.norm_key(row)] = row
 
 
-def _take_turns(pool: StackedPool, ranked: list[np.ndarray], k: int, complete: bool
+def _take_turns(pool: StackedPool, ranked: list[np.ndarray], q: PartsQuery, complete: bool
                 ) -> PartsResult | None:
-    """Parts take turns over their ranked lists; None when a list ran out before k rows
-    were taken and a deeper scan could still find more (``complete`` is False)."""
+    """Parts take turns over their ranked lists, after the query's fixed rows; None when a
+    list ran out before k rows were taken and a deeper scan could still find more
+    (``complete`` is False)."""
+    k = q.k
     chosen = _Chosen(pool, k)
+    chosen.read_ahead(q.fixed)
+    for row in q.fixed:
+        chosen.add(int(row))
+        chosen.vecs.pop(int(row))
     part_of: list[int] = []
     at = [0] * len(ranked)
     copies: set[int] = set()
