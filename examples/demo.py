@@ -99,26 +99,38 @@ def evaluate_gtp(args: argparse.Namespace, run_json: Path) -> None:
 
 
 def queries(out: Path, run_json: Path) -> None:
-    """`select --where` and `--exclude` on the same store: GTP again, among the short pool
-    rows only, leaving out what GTP chose above (no ingestion again)."""
+    """`select --where` and `--exclude`, then `--extend`, on the same store (no ingestion
+    again): GTP among the short pool rows only, leaving out what GTP chose above; then
+    GTP's selection kept and grown to twice its budget."""
     gtp = next(s for s in json.loads(run_json.read_text())["selections"]
                if s["method"] == "gtp")
     first = {json.loads(x)["id"] for x in Path(gtp["export"]).open()}
-    cmd = [sys.executable, "-m", "gradstore", "select", str(out / "store"), "--pool", "pool",
-           "--target", gtp["target"], "--budget", "5%", "--where", "tokens <= 48",
-           "--exclude", gtp["selection_id"], "--format", "json", "--quiet"]
-    print("\n$ " + " ".join(cmd[1:]), flush=True)
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"demo: {done.stderr.strip()}")
-    got = json.loads(done.stdout)
-    sel = got[0] if isinstance(got, list) else got
     pool = {r["id"]: r for r in (json.loads(x) for x in (HERE / "demo_pool.jsonl").open())}
+    sel = _select(out, "--target", gtp["target"], "--budget", "5%", "--where",
+                  "tokens <= 48", "--exclude", gtp["selection_id"])
     hits = sum(pool[i]["skill"] == TARGET_SKILL for i in sel["ids"])
     print(f"GTP among the pool rows of at most 48 tokens, none of its first picks: "
           f"{len(sel['ids'])} rows (5% of the rows the query keeps), {hits} of "
           f"them {TARGET_SKILL!r}, none of the first selection's: "
           f"{not set(sel['ids']) & first}")
+    grown = _select(out, "--target", gtp["target"], "--budget", "10%", "--extend",
+                    gtp["selection_id"])
+    hits = sum(pool[i]["skill"] == TARGET_SKILL for i in grown["ids"])
+    print(f"GTP's selection kept and extended to 10% of the pool: {len(grown['ids'])} rows, "
+          f"all {len(first)} first picks kept: {first <= set(grown['ids'])}, {hits} of them "
+          f"{TARGET_SKILL!r}")
+
+
+def _select(out: Path, *args: str) -> dict:
+    """`gradstore select` on the demo's pool with ``args``; its one selection."""
+    cmd = [sys.executable, "-m", "gradstore", "select", str(out / "store"), "--pool", "pool",
+           *args, "--format", "json", "--quiet"]
+    print("\n$ " + " ".join(cmd[1:]), flush=True)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"demo: {done.stderr.strip()}")
+    got = json.loads(done.stdout)
+    return got[0] if isinstance(got, list) else got
 
 
 def html_report(out: Path) -> None:

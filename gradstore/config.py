@@ -104,11 +104,12 @@ def _build(cls: type[T], options: dict[str, Any]) -> T:
 
 
 def _normalise(f, value: Any) -> Any:
-    """Lists become tuples (configs are frozen and hashable); paths become strings."""
+    """Lists become tuples (configs are frozen and hashable), one string given to a
+    repeatable option a tuple of it; paths become strings."""
     if isinstance(value, list):
         value = tuple(value)
-    if isinstance(value, str) and f.name == "params":  # one pattern, given alone
-        value = (value,)
+    if isinstance(value, str) and (f.name == "params" or f.metadata.get("repeat")):
+        value = (value,)  # one value of a repeatable option, given alone
     if isinstance(value, tuple) and f.name in ("checkpoints", "targets"):
         value = tuple(str(v) for v in value)
     if isinstance(value, Path):
@@ -401,6 +402,11 @@ class SelectConfig:
                                      "of the same pool) and add rows up to the budget, the "
                                      "best given the kept ones (gtp: fixed members of its "
                                      "pursuit)")
+    max_share: tuple[str, ...] = option((), repeat=True, metavar="FIELD=SHARE",
+                                        help="no value of the pool's stored column FIELD "
+                                             "takes more than SHARE (0-1] of the budget, "
+                                             "e.g. subtask=0.3; kept inside the method, not "
+                                             "by trimming afterwards (repeatable)")
     progress: bool = option(True, flag="--quiet", negate=True, help="no progress bars")
     save: bool = option(True, cli=False, help="store the selections in the log")
 
@@ -435,11 +441,34 @@ class SelectConfig:
                 or self.extend) and self.ray:
             _bad("--where, --exclude, --exclude-near and --extend do not run on Ray yet; "
                  "drop --ray (the rows they keep are selected in this process)")
+        for entry in self.max_share:
+            parse_share(entry)
+        if self.max_share and (self.method == "gtp-paper" or self.target_mode == "parts"
+                               or self.partitions or self.ray):
+            _bad("--max-share runs with gtp, omp, less, round-robin and random, not with "
+                 "gtp-paper, --target-mode parts, --partitions or --ray yet; drop it or "
+                 "choose one of those")
+        if self.max_share and self.extend is not None and self.method == "omp":
+            _bad("--max-share with --extend runs with gtp, less, round-robin and random, "
+                 "not omp yet")
         if self.extend is not None and self.partitions:
             _bad("--extend does not run with --partitions yet; drop --partitions")
         if self.extend is not None and self.target_mode == "parts":
             _bad("--extend does not run with --target-mode parts yet; use --method "
                  "round-robin to extend a selection by turns over the target's parts")
+
+
+def parse_share(entry: str) -> tuple[str, float]:
+    """``FIELD=SHARE`` (``--max-share``) as (field, share), the share in (0, 1]."""
+    field_, sep, tail = str(entry).rpartition("=")
+    try:
+        share = float(tail)
+    except ValueError:
+        share = math.nan
+    if not sep or not field_.strip() or not 0 < share <= 1:
+        _bad(f"--max-share {entry!r}: give FIELD=SHARE with SHARE in (0, 1], e.g. "
+             "subtask=0.3")
+    return field_.strip(), share
 
 
 @dataclass(frozen=True)

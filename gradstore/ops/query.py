@@ -14,12 +14,14 @@ back to the stored pool's before the selection names its ids.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from gradstore.config import SelectConfig
+from gradstore.config import SelectConfig, parse_share
 from gradstore.errors import GradstoreError
+from gradstore.selectors.quotas import Quota
 from gradstore.selectors.scan import MAXIMUM, ScanQuery
 from gradstore.selectors.stacked import StackedPool
 from gradstore.store.database import Database
@@ -118,6 +120,49 @@ def with_kept(allowed: np.ndarray | None, kept: np.ndarray | None
     return allowed, np.searchsorted(allowed, kept).astype(np.int64)
 
 
+@dataclass
+class ShareField:
+    """A ``--max-share`` field: each row of the selection's pool's group code, the values
+    in code order, and the share of the budget one value may take."""
+
+    name: str
+    codes: np.ndarray
+    values: list
+    share: float
+
+
+def share_fields(db: Database, pool: str, opts: SelectConfig, rows: np.ndarray | None
+                 ) -> list[ShareField]:
+    """The ``--max-share`` fields over the selection's pool (``rows``: its storage
+    positions; None: every row)."""
+    out = []
+    for entry in opts.max_share:
+        name, share = parse_share(entry)
+        codes, values = db.group_codes(pool, name)
+        out.append(ShareField(name, codes if rows is None else codes[rows], values, share))
+    return out
+
+
+def quotas_for(fields: Sequence[ShareField], k: int) -> tuple[Quota, ...]:
+    """The caps at budget ``k``: ``floor(share * k)`` rows per value of each field."""
+    out = []
+    for f in fields:
+        cap = int(np.floor(f.share * k + 1e-9))
+        if cap < 1:
+            raise GradstoreError(
+                f"--max-share {f.name}={f.share:g} allows no row of a value at budget {k} "
+                f"({f.share:g} x {k} < 1); give a larger share or budget")
+        out.append(Quota(f.codes, cap))
+    return tuple(out)
+
+
+def shares_taken(fields: Sequence[ShareField], rows: np.ndarray) -> dict:
+    """Per field, the rows of each value a selection took (what it records)."""
+    return {f.name: {str(f.values[c]): int(n) for c, n in
+                     zip(*np.unique(f.codes[rows], return_counts=True), strict=True)}
+            for f in fields}
+
+
 def exclude_entries(exclude: str | Sequence[str] | None) -> tuple[str, ...]:
     """``exclude`` as a tuple of entries (one string in Python is one entry)."""
     if exclude is None:
@@ -192,7 +237,8 @@ AGAIN_FIELDS = {"target_mode": "target_mode", "normalize": "normalize", "m": "m"
                 "max_iter": "max_iter", "min_gain": "min_gain",
                 "target_tolerance": "tolerance", "seed": "seed",
                 "checkpoint_weights": "checkpoint_weights", "partitions": "partitions",
-                "where": "where", "exclude": "exclude", "extend": "extend"}
+                "where": "where", "exclude": "exclude", "extend": "extend",
+                "max_share": "max_share"}
 """Recorded parameter -> the ``SelectConfig`` option that set it (``--again``)."""
 
 

@@ -24,12 +24,20 @@ from gradstore.choices import HIDDEN_TYPE, PURSUITS
 from gradstore.config import SelectConfig
 from gradstore.devices import resolve_device
 from gradstore.errors import GradstoreError
-from gradstore.ops.query import allowed_rows, checkpoint_weights, kept_rows, with_kept
+from gradstore.ops.query import (
+    allowed_rows,
+    checkpoint_weights,
+    kept_rows,
+    quotas_for,
+    share_fields,
+    shares_taken,
+    with_kept,
+)
 from gradstore.pause import pause_point
 from gradstore.selectors.clusters import target_clusters
 from gradstore.selectors.gtp import candidates_within, gtp
 from gradstore.selectors.gtp_paper import gtp_paper
-from gradstore.selectors.less import less_topk
+from gradstore.selectors.less import less_topk, less_within_quotas
 from gradstore.selectors.omp import fit_support, omp
 from gradstore.selectors.partitioned import partitioned_gtp
 from gradstore.selectors.query import Query, target_tolerance
@@ -302,23 +310,29 @@ class Answer:
 def answer_queries(spool: StackedPool, Ys: list[np.ndarray], tols: list[float],
                    ks: list[int], pairs: list[tuple[int, int]], opts: SelectConfig,
                    bar: ScanProgress | None, parts: list[TargetParts] | None = None,
-                   fixed: np.ndarray | None = None) -> list[Answer]:
+                   fixed: np.ndarray | None = None, quotas: list[tuple] | None = None
+                   ) -> list[Answer]:
     """Every (target, budget) pair's answer, in ``pairs`` order, sharing the passes
     (``parts``: each target's parts, for round-robin and ``--target-mode parts``;
-    ``fixed``: rows every answer keeps, ``--extend``, the new rows the best given them)."""
+    ``fixed``: rows every answer keeps, ``--extend``, the new rows the best given them;
+    ``quotas``: per budget, the ``--max-share`` caps the method keeps to)."""
     method = opts.method
+    quotas = quotas or [()] * len(ks)
     if parts is not None:
-        return _answer_by_parts(spool, Ys, parts, ks, pairs, opts, bar, fixed)
+        return _answer_by_parts(spool, Ys, parts, ks, pairs, opts, bar, fixed, quotas)
     if method in ("gtp", "gtp-paper", "omp"):
-        return _answer_pursuits(spool, Ys, tols, ks, pairs, opts, bar, fixed)
+        return _answer_pursuits(spool, Ys, tols, ks, pairs, opts, bar, fixed, quotas)
     nk = 0 if fixed is None else len(fixed)
-    if method == "less":
+    if method == "less" and any(quotas):
+        rows_of = [less_within_quotas(spool, Ys[ti], ks[bi], list(quotas[bi]), fixed=fixed,
+                                      scan_progress=bar) for ti, bi in pairs]
+    elif method == "less":
         found = less_topk(spool, [Ys[ti] for ti, _ in pairs], [ks[bi] - nk for _, bi in pairs],
                           scan_progress=bar, exclude=fixed)
         rows_of = [rows for rows, _ in found]
     else:
-        rows_of = [random_subset(spool.num_rows, ks[bi] - nk, seed=opts.seed, exclude=fixed)
-                   for _, bi in pairs]
+        rows_of = [random_subset(spool.num_rows, ks[bi] - nk, seed=opts.seed, exclude=fixed,
+                                 quotas=quotas[bi]) for _, bi in pairs]
     if fixed is not None:
         rows_of = [np.concatenate([fixed, rows]) for rows in rows_of]
     out = []
@@ -330,7 +344,8 @@ def answer_queries(spool: StackedPool, Ys: list[np.ndarray], tols: list[float],
 
 def _answer_pursuits(spool: StackedPool, Ys: list[np.ndarray], tols: list[float],
                      ks: list[int], pairs: list[tuple[int, int]], opts: SelectConfig,
-                     bar: ScanProgress | None, fixed: np.ndarray | None) -> list[Answer]:
+                     bar: ScanProgress | None, fixed: np.ndarray | None,
+                     quotas: list[tuple]) -> list[Answer]:
     """gtp, gtp-paper and omp, every pair in one lockstep run. With ``fixed`` rows, gtp
     keeps them as members its swaps never remove; gtp-paper and omp fit what the kept
     rows' NNLS fit leaves of the target with k minus their count new rows, and the
@@ -346,7 +361,7 @@ def _answer_pursuits(spool: StackedPool, Ys: list[np.ndarray], tols: list[float]
         queries.append(Query(Y, k, m=_candidates(opts, spool, k),
                              tolerance=_tolerance(opts, tols[ti]),
                              fixed=fixed if not keep else None,
-                             exclude=fixed if keep else None))
+                             exclude=fixed if keep else None, quotas=quotas[bi]))
     out = []
     for (ti, _), q, r in zip(pairs, queries, _pursue(spool, queries, opts, bar, max(ks)),
                              strict=True):
@@ -363,14 +378,14 @@ def _answer_pursuits(spool: StackedPool, Ys: list[np.ndarray], tols: list[float]
 
 def _answer_by_parts(spool: StackedPool, Ys: list[np.ndarray], parts: list[TargetParts],
                      ks: list[int], pairs: list[tuple[int, int]], opts: SelectConfig,
-                     bar: ScanProgress | None, fixed: np.ndarray | None = None
-                     ) -> list[Answer]:
+                     bar: ScanProgress | None, fixed: np.ndarray | None = None,
+                     quotas: list[tuple] | None = None) -> list[Answer]:
     """Round-robin (one scan for every pair), or a gtp pursuit per part with equal shares
     of the budget (``--target-mode parts``), their picks taken in turn. Each answer
     records its parts, how many rows each took and the copies passed over."""
     if opts.method == "round-robin":
-        queries = [PartsQuery(part_columns(parts[ti].rows, opts.part_score), ks[bi], fixed)
-                   for ti, bi in pairs]
+        queries = [PartsQuery(part_columns(parts[ti].rows, opts.part_score), ks[bi], fixed,
+                              () if quotas is None else quotas[bi]) for ti, bi in pairs]
         found = round_robin(spool, queries, scan_progress=bar)
         taken = [(r.rows, r.per_part, {"copies_set_aside": r.copies_set_aside,
                                        "scans": r.scans}) for r in found]
@@ -498,6 +513,10 @@ def run_selection(
         query |= extended
         n = db.num_rows(pool) if allowed is None else len(allowed)
         ks = [budget_count(b, n) for b in budgets]
+        shares = share_fields(db, pool, opts, allowed)
+        quotas = [quotas_for(shares, k) for k in ks]  # per budget
+        if shares:
+            query["max_share"] = {f.name: f.share for f in shares}
         if fixed is not None and min(ks) <= len(fixed):
             raise GradstoreError(
                 f"--extend keeps {len(fixed)} rows and the budget "
@@ -521,11 +540,13 @@ def run_selection(
         bar = ScanProgress(n, opts.method) if opts.progress else None
         try:
             answers = answer_queries(spool, [f[0] for f in found], [f[1] for f in found], ks,
-                                     pairs, opts, bar, parts, fixed)
+                                     pairs, opts, bar, parts, fixed, quotas)
         finally:
             if bar is not None:
                 bar.close()
         pause_point("select-computed")
+        for a in answers if shares else []:
+            a.extra["shares_taken"] = shares_taken(shares, np.asarray(a.rows, dtype=np.int64))
         if allowed is not None:  # rows of the allowed rows' pool -> rows of the stored pool
             answers = [replace(a, rows=allowed[np.asarray(a.rows, dtype=np.int64)])
                        for a in answers]
@@ -610,6 +631,11 @@ def stop_note(sel: Selection) -> str | None:
                 f"aside: identical vectors or cosine >= 0.99), and {sel.method} takes each "
                 "example once; use a smaller budget, or --method gtp-paper / less to take "
                 "copies")
+    if len(sel.ids) < sel.k and sel.params.get("max_share"):
+        return (f"{sel.method} chose {len(sel.ids)} of the k={sel.k} allowed: --max-share "
+                f"{sel.params['max_share']} caps each value at its share of k, and the values "
+                f"the pool holds cannot fill it ({sel.params.get('shares_taken')}); raise "
+                "the share or lower the budget")
     if len(sel.ids) < sel.k and sel.params.get("parts_overlap"):
         return (f"{sel.method} chose {len(sel.ids)} of the k={sel.k} allowed: "
                 f"{sel.params['parts_overlap']} of the rows the target's parts chose were "

@@ -51,6 +51,7 @@ import torch
 from gradstore.selectors.greedy import dot64, one_thread, squares64
 from gradstore.selectors.pursuit import Found, PursuitState, Wanted, run_pursuit
 from gradstore.selectors.query import MAX_CANDIDATES, PursuitResult, Query
+from gradstore.selectors.quotas import QuotaCounts
 from gradstore.selectors.scan import MAXIMUM, ScanQuery
 from gradstore.selectors.stacked import StackedPool
 
@@ -145,11 +146,14 @@ class _GtpState(PursuitState):
         self.sel = _Selection(run.pool.width)
         self.rounds = 0  # swap rounds at the current alpha
         self.copies: set[int] = set()  # rows set aside as copies of chosen ones
+        self.quota = QuotaCounts(q.quotas)  # rows per group of each --max-share field
         if len(q.fixed):  # --extend: the kept rows start the selection and stay in it
             self.sel.rows = [int(r) for r in q.fixed]
             self.sel.s = run.pool.rows(q.fixed).double().sum(0).numpy()
             self.sel.keys = {run.pool.norm_key(int(r)): int(r) for r in q.fixed}
             self.done = len(q.fixed) >= self.k
+            for r in q.fixed:
+                self.quota.add(int(r))
 
     @property
     def rows(self) -> list[int]:
@@ -192,6 +196,8 @@ class _GtpState(PursuitState):
         costs least (score ``-a.r - |a|^2/2``, outsiders excluded)."""
         chosen = np.asarray(self.rows, dtype=np.int64)
         barred = np.concatenate([chosen, np.fromiter(self.copies, np.int64, len(self.copies))])
+        if self.quota and self.growing:  # rows of a full group cannot be added
+            barred = np.concatenate([barred, self.quota.blocked()])
         one, half = slice(0, 1), self.run.half
         asks = [ScanQuery(one, self.m, exclude=barred, reduce=MAXIMUM, penalty=half)]
         if not self.growing:  # (the core bars the fixed rows from both asks)
@@ -371,11 +377,13 @@ def _grow(pool: StackedPool, st: _GtpState, cand: np.ndarray, squares: _RowSquar
         used = pool.stored_copies(cand, st.sel.keys)  # copies of rows chosen in earlier rounds
         _set_aside(st, cand[used])
         while st.growing:
-            masked = np.where(used, -np.inf, score)
+            full = ~st.quota.allowed(cand) if st.quota else np.zeros_like(used)
+            masked = np.where(used | full, -np.inf, score)
             j = int(np.argmax(masked))
-            if used.all() or (used.any() and masked[j] < floor):
+            if (used | full).all() or ((used | full).any() and masked[j] < floor):
                 break
             used[j] = True
+            st.quota.add(int(cand[j]))
             st.sel.rows.append(int(cand[j]))
             st.sel.keys[pool.norm_key(int(cand[j]))] = int(cand[j])
             st.sel.s += A[j].double().numpy()
@@ -387,10 +395,12 @@ def _grow(pool: StackedPool, st: _GtpState, cand: np.ndarray, squares: _RowSquar
 
 
 def _best_exchange(X: np.ndarray, gain_out: np.ndarray, gain_in: np.ndarray,
-                   len_mem: np.ndarray, len_out: np.ndarray) -> tuple[int, int, float]:
+                   len_mem: np.ndarray, len_out: np.ndarray, valid: np.ndarray | None = None
+                   ) -> tuple[int, int, float]:
     """The (member slot, outsider slot) pair with the smallest change of ``||k y - s||^2``,
     ``gain_out[a] + gain_in[b] - 2 X[a, b]``, over outsiders that copy no member (cosine
-    below DUPLICATE_COSINE), and that change; read a block of member rows at a time."""
+    below DUPLICATE_COSINE) and pairs the quotas allow (``valid``), and that change; read a
+    block of member rows at a time."""
     barred = np.zeros(X.shape[1], dtype=bool)
     for s in range(0, len(X), EXCHANGE_BLOCK):
         rows = slice(s, s + EXCHANGE_BLOCK)
@@ -400,6 +410,8 @@ def _best_exchange(X: np.ndarray, gain_out: np.ndarray, gain_in: np.ndarray,
     for s in range(0, len(X), EXCHANGE_BLOCK):
         rows = slice(s, s + EXCHANGE_BLOCK)
         d = gain_out[rows, None] + gain_in[None, :] - 2 * X[rows]
+        if valid is not None:
+            d = np.where(valid[rows], d, np.inf)
         i = int(np.argmin(d))
         if d.flat[i] < best:  # strict: the first of equal changes, as one argmin over all
             best, at = float(d.flat[i]), (s + i // d.shape[1], i % d.shape[1])
@@ -436,10 +448,13 @@ def _swap(
         while made < max_swaps:
             # change of ||k y - s||^2 when member j leaves and outsider i enters
             a, b, best = _best_exchange(X, 2 * c[mem] + n[mem], n[out] - 2 * c[out],
-                                        lengths[mem], lengths[out])
+                                        lengths[mem], lengths[out],
+                                        st.quota.exchanges(both[mem], both[out]))
             if not best < -1e-12 * max(1.0, st.k * st.yn) ** 2:
                 break
             j, i = mem[a], out[b]
+            st.quota.remove(int(both[j]))
+            st.quota.add(int(both[i]))
             p = position.pop(int(both[j]))
             st.sel.rows[p] = int(both[i])
             position[int(both[i])] = p

@@ -41,9 +41,9 @@ class _PaperState(PursuitState):
     a single-column fit, and the last merged set's Gram matrix (:class:`GramCache`)."""
 
     def __init__(self, q: Query, pool: StackedPool, settings: _Settings) -> None:
-        if len(q.fixed):
-            raise ValueError("fixed rows (--extend) are a gtp pursuit's; give the others "
-                             "the kept rows' residual as their target")
+        if len(q.fixed) or q.quotas:
+            raise ValueError("fixed rows (--extend) and quotas are gtp's and omp's; give "
+                             "gtp-paper the kept rows' residual as its target")
         super().__init__(q, max(1, min(int(q.m), MAX_CANDIDATES)), done=q.yy == 0)
         self.pool = pool
         self.settings = settings

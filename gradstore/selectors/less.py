@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from gradstore.selectors.quotas import Quota, QuotaCounts
 from gradstore.selectors.scan import MAXIMUM, ScanQuery
 from gradstore.selectors.stacked import StackedPool
 
@@ -40,3 +41,30 @@ def less_topk(
         start += Y.shape[1]
     return pool.scan(R, queries, progress=scan_progress)
 
+
+
+def less_within_quotas(
+    pool: StackedPool,
+    Y: np.ndarray,
+    k: int,
+    quotas: list[Quota],
+    *,
+    fixed: np.ndarray | None = None,
+    scan_progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """LESS's k - len(fixed) best rows that the quotas allow (``--max-share``), counting the
+    ``fixed`` rows first: rows in score order, each taken unless one of its groups is full.
+    The scan looks 2k deep, then twice as deep until the caps are met or the pool is
+    exhausted (a quota that cannot fill k gives fewer rows)."""
+    fixed = np.zeros(0, dtype=np.int64) if fixed is None else fixed
+    depth = min(pool.num_rows, 2 * k)
+    while True:
+        ((order, _),) = less_topk(pool, [Y], [depth], scan_progress=scan_progress,
+                                  exclude=fixed if len(fixed) else None)
+        counts = QuotaCounts(quotas)
+        for r in fixed:
+            counts.add(int(r))
+        taken = counts.take(order, k, start=fixed.tolist())
+        if len(taken) + len(fixed) >= k or depth >= pool.num_rows - len(fixed):
+            return np.asarray(taken, dtype=np.int64)
+        depth = min(pool.num_rows, 2 * depth)

@@ -23,6 +23,7 @@ from gradstore.selectors.greedy import (
 from gradstore.selectors.nnls import nnls_rows
 from gradstore.selectors.pursuit import Found, PursuitState, Wanted, run_pursuit
 from gradstore.selectors.query import PursuitResult, Query, relative_residual
+from gradstore.selectors.quotas import QuotaCounts
 from gradstore.selectors.scan import ScanQuery
 from gradstore.selectors.stacked import StackedPool
 
@@ -50,6 +51,11 @@ class _OmpState(PursuitState):
     def wanted(self) -> Wanted:
         """The row most correlated with the residual, among rows never tried."""
         excl = np.asarray(self.banned, dtype=np.int64)
+        if self.query.quotas:  # rows of a group the support has filled cannot join
+            counts = QuotaCounts(self.query.quotas)
+            for row in self.order:
+                counts.add(row)
+            excl = np.union1d(excl, counts.blocked())
         return Wanted(self.R, [ScanQuery(slice(0, self.R.shape[1]), 1, exclude=excl)])
 
     def step(self, found: Found) -> None:

@@ -22,6 +22,7 @@ class Query:
     ``exclude``: pool rows the query may not choose (no scan returns them to it).
     ``fixed`` (gtp only; ``--extend``): rows the selection starts with and keeps; they
     count toward ``k``, and no scan returns them either, so no swap removes them.
+    ``quotas`` (gtp and omp): the caps the pursuit keeps to as it adds and swaps rows.
     """
 
     Y: np.ndarray
@@ -30,6 +31,8 @@ class Query:
     tolerance: float = 0.0
     exclude: np.ndarray | None = None
     fixed: np.ndarray | None = None
+    quotas: tuple = ()
+    """``Quota``s (``--max-share``): caps on the rows one value of a field may take."""
 
     def __post_init__(self) -> None:
         Y = np.asarray(self.Y, dtype=np.float64)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from gradstore.selectors.gtp import DUPLICATE_COSINE
+from gradstore.selectors.quotas import QuotaCounts
 from gradstore.selectors.scan import MAXIMUM, ScanQuery
 from gradstore.selectors.stacked import StackedPool
 
@@ -47,6 +48,8 @@ class PartsQuery:
     fixed: np.ndarray | None = None
     """Rows already chosen (``--extend``): they count toward k, no part takes them again
     and no copy of one is taken."""
+    quotas: tuple = ()
+    """``Quota``s (``--max-share``): a part passes over a row whose group is full."""
 
     def __post_init__(self) -> None:
         self.parts = [np.asarray(P, dtype=np.float64).reshape(P.shape[0], -1)
@@ -137,8 +140,9 @@ class _Chosen:
     """The rows taken so far: a random sketch of their unit rows (the near-copy screen,
     ``SKETCH_DIM`` floats a row) and their stored norms (the key of an exact copy)."""
 
-    def __init__(self, pool: StackedPool, k: int) -> None:
+    def __init__(self, pool: StackedPool, k: int, quota: QuotaCounts) -> None:
         self.pool = pool
+        self.quota = quota
         self.rows: list[int] = []
         self.taken: set[int] = set()
         gen = torch.Generator().manual_seed(0)
@@ -173,6 +177,7 @@ class _Chosen:
         return bool((full >= DUPLICATE_COSINE).any())
 
     def add(self, row: int) -> None:
+        self.quota.add(row)
         self.sk[len(self.rows)] = self.vecs[row] @ self.sketch
         self.rows.append(row)
         self.taken.add(row)
@@ -185,7 +190,7 @@ def _take_turns(pool: StackedPool, ranked: list[np.ndarray], q: PartsQuery, comp
     list ran out before k rows were taken and a deeper scan could still find more
     (``complete`` is False)."""
     k = q.k
-    chosen = _Chosen(pool, k)
+    chosen = _Chosen(pool, k, QuotaCounts(q.quotas))
     chosen.read_ahead(q.fixed)
     for row in q.fixed:
         chosen.add(int(row))
@@ -221,6 +226,8 @@ def _next_row(order: np.ndarray, at: list[int], p: int, copies: set[int],
         at[p] += 1
         if row in chosen.taken or row in copies:
             continue
+        if chosen.quota and not chosen.quota.allowed(np.array([row]))[0]:
+            continue  # its group is full (and stays so): never taken
         if row not in chosen.vecs:
             ahead = order[at[p] - 1 : at[p] - 1 + READ_ROWS]
             chosen.read_ahead(ahead[[int(r) not in chosen.taken for r in ahead]])

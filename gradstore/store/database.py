@@ -61,6 +61,9 @@ class Database(Catalog):
     def content_hashes(self, table: str) -> list[str | None]:
         return self.reader.content_hashes(table)
 
+    def group_codes(self, table: str, column: str) -> tuple[np.ndarray, list]:
+        return self.reader.group_codes(table, column)
+
     def positions_of(self, table: str, ids: Sequence[str]) -> np.ndarray:
         return self.reader.positions_of(table, ids)
 

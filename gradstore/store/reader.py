@@ -83,7 +83,7 @@ class Reader:
             scanner = ds.scanner(columns=["id"], filter=where)
             scanner.explain_plan()
         except Exception as exc:  # noqa: BLE001 - Lance's parse errors have several types
-            names = [n for n in ds.schema.names if not n.startswith(("vec_", "crc_", "norm_"))]
+            names = scalar_columns(ds.schema)
             raise GradstoreError(
                 f"--where {where!r} is not a predicate over table {table!r} "
                 f"({first_line(exc)}); its columns: {', '.join(names)}"
@@ -91,6 +91,21 @@ class Reader:
         with reading(table):
             kept = scanner.to_table().column("id")
         return self.positions_of(table, kept)
+
+    def group_codes(self, table: str, column: str) -> tuple[np.ndarray, list]:
+        """Each row's group under the scalar ``column`` (storage order; one code per
+        distinct value, a missing value its own) and the values in code order."""
+        ds = self.catalog.dataset(table)
+        names = scalar_columns(ds.schema)
+        if column not in names:
+            raise GradstoreError(
+                f"--max-share: table {table!r} has no column {column!r}; its columns: "
+                f"{', '.join(names)}")
+        with reading(table):
+            values = ds.to_table(columns=[column]).column(column)
+        encoded = pc.dictionary_encode(values.combine_chunks(), null_encoding="encode")
+        return (encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+                encoded.dictionary.to_pylist())
 
     def content_hashes(self, table: str) -> list[str | None]:
         """Each row's content hash (storage order; None where the table has none: imported
@@ -180,3 +195,10 @@ class Reader:
         from gradstore.store.lance_source import LanceSource
 
         return LanceSource(ds, self.columns(table, meta, None, grad_type), meta.dim, name=table)
+
+
+def scalar_columns(schema: pa.Schema) -> list[str]:
+    """The columns a query may name: every stored column but the vectors, their norms and
+    the checksums."""
+    return [f.name for f in schema if not f.name.startswith(("vec_", "crc_", "norm_"))
+            and not pa.types.is_list(f.type) and not pa.types.is_fixed_size_list(f.type)]

@@ -1,0 +1,84 @@
+"""Quotas (``--max-share FIELD=SHARE``): no value of a field takes more than its cap of a
+selection's rows.
+
+The selectors see a quota as arrays only: a group code per pool row (one per value of the
+field) and a cap, the most rows of one group a selection may hold. :class:`QuotaCounts`
+follows a selection's rows as a method adds and removes them, and answers the three
+questions the methods ask of it: may this row join (its groups are below their caps), which
+rows may no scan return now (their group is full), and may member j leave for outsider i
+(same group, or the outsider's group below its cap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Quota:
+    """``codes`` (N,) int: each pool row's group; ``cap``: most rows of one group."""
+
+    codes: np.ndarray
+    cap: int
+
+
+class QuotaCounts:
+    """How many chosen rows each quota's groups hold."""
+
+    def __init__(self, quotas: Sequence[Quota]) -> None:
+        self.quotas = list(quotas)
+        self.counts = [np.zeros(int(q.codes.max(initial=-1)) + 1, dtype=np.int64)
+                       for q in self.quotas]
+
+    def __bool__(self) -> bool:
+        return bool(self.quotas)
+
+    def add(self, row: int) -> None:
+        for q, c in zip(self.quotas, self.counts, strict=True):
+            c[q.codes[row]] += 1
+
+    def remove(self, row: int) -> None:
+        for q, c in zip(self.quotas, self.counts, strict=True):
+            c[q.codes[row]] -= 1
+
+    def allowed(self, rows: np.ndarray) -> np.ndarray:
+        """True where a row may join: each of its groups is below its cap."""
+        ok = np.ones(len(rows), dtype=bool)
+        for q, c in zip(self.quotas, self.counts, strict=True):
+            ok &= c[q.codes[rows]] < q.cap
+        return ok
+
+    def blocked(self) -> np.ndarray:
+        """Pool rows no scan should return now: a group of theirs is full."""
+        if not self.quotas:
+            return np.zeros(0, dtype=np.int64)
+        full = np.zeros(len(self.quotas[0].codes), dtype=bool)
+        for q, c in zip(self.quotas, self.counts, strict=True):
+            full |= (c >= q.cap)[q.codes]
+        return np.flatnonzero(full).astype(np.int64)
+
+    def exchanges(self, members: np.ndarray, outsiders: np.ndarray) -> np.ndarray | None:
+        """(members, outsiders) True where member j may leave for outsider i: for each
+        quota, the same group, or the outsider's group below its cap; None: no quota."""
+        if not self.quotas:
+            return None
+        ok = np.ones((len(members), len(outsiders)), dtype=bool)
+        for q, c in zip(self.quotas, self.counts, strict=True):
+            gm, go = q.codes[members], q.codes[outsiders]
+            ok &= (gm[:, None] == go[None, :]) | (c[go] < q.cap)[None, :]
+        return ok
+
+    def take(self, order: np.ndarray, k: int, start: Sequence[int] = ()) -> list[int]:
+        """Rows of ``order`` in turn, each that the caps allow, until ``k`` rows (counting
+        ``start``, already chosen and counted here) are held."""
+        chosen = [int(r) for r in start]
+        for r in order:
+            if len(chosen) >= k:
+                break
+            if self.allowed(np.array([r]))[0]:
+                chosen.append(int(r))
+                self.add(int(r))
+        return chosen[len(start):]

@@ -1,0 +1,83 @@
+"""``select --max-share FIELD=SHARE`` through Python and the command line: every method keeps
+each value within ``floor(SHARE * k)`` rows, LESS's answer is its order over the pool with
+full values passed over, and a quota that cannot fill k gives fewer rows and says why."""
+
+import numpy as np
+import pytest
+
+from gradstore.choices import METHODS
+from tests.cli.test_cli import run
+from tests.ops.test_query_rows import IDS, SUBTASKS, _one, _store
+
+SUB = dict(zip(IDS, SUBTASKS, strict=True))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return _store(tmp_path_factory.mktemp("share") / "s")
+
+
+def _per_value(ids):
+    return {s: sum(SUB[i] == s for i in ids) for s in ("s0", "s1", "s2")}
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "gtp-paper"])
+def test_no_value_takes_more_than_its_share(store, method):
+    free = store.select("pool", "tgt", budget=20, method=method, save=False)
+    capped = store.select("pool", "tgt", budget=[20, "4%"], method=method,
+                          max_share="subtask=0.4", save=False)
+    for sel, cap in zip(capped, (8, 4), strict=True):
+        assert max(_per_value(sel.ids).values()) <= cap, (method, _per_value(sel.ids))
+        assert len(sel.ids) == sel.k or method == "omp"
+        assert sel.params["max_share"] == {"subtask": 0.4}
+        assert sel.params["shares_taken"] == {"subtask": {
+            s: n for s, n in _per_value(sel.ids).items() if n}}
+    if method in ("gtp", "less"):  # the unconstrained answer breaks the cap: it binds
+        assert max(_per_value(free.ids).values()) > 8
+
+
+def test_less_within_a_share_is_its_order_with_full_values_passed_over(store):
+    order = store.select("pool", "tgt", budget=300, method="less", save=False).ids
+    want, seen = [], dict.fromkeys(("s0", "s1", "s2"), 0)
+    for i in order:
+        if len(want) < 15 and seen[SUB[i]] < 6:
+            want.append(i)
+            seen[SUB[i]] += 1
+    got = store.select("pool", "tgt", budget=15, method="less", max_share="subtask=0.4",
+                       save=False)
+    assert sorted(got.ids) == sorted(want)
+
+
+def test_a_share_that_cannot_fill_the_budget_gives_fewer_rows_and_a_note(store):
+    res = run("select", store.uri, "--pool", "pool", "--target", "tgt", "--budget", "10",
+              "--max-share", "subtask=0.2", "--format", "json", "--quiet")
+    sel = _one(res.stdout)
+    assert len(sel["ids"]) == 6 and max(_per_value(sel["ids"]).values()) == 2
+    assert "chose 6 of the k=10 allowed: --max-share {'subtask': 0.2}" in res.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-share", "subtask=0"], "give FIELD=SHARE with SHARE in (0, 1]"),
+    (["--max-share", "subtask=1.5"], "give FIELD=SHARE with SHARE in (0, 1]"),
+    (["--max-share", "subtask"], "give FIELD=SHARE"),
+    (["--max-share", "licence=0.3"], "has no column 'licence'; its columns: id, row, subtask"),
+    (["--max-share", "subtask=0.1"], "allows no row of a value at budget 5"),
+    (["--max-share", "subtask=0.5", "--method", "gtp-paper"], "not with gtp-paper"),
+])
+def test_bad_shares_are_one_line_and_change_nothing(store, args, message):
+    before = len(store.selections())
+    res = run("select", store.uri, "--pool", "pool", "--target", "tgt", "--budget", "5",
+              "--quiet", *args, ok=False)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert len(store.selections()) == before
+
+
+def test_share_with_where_and_extend(store):
+    """The caps count the kept rows; the new rows come from the predicate's rows."""
+    first = store.select("pool", "tgt", budget=4, where="subtask = 's0'")
+    sel = store.select("pool", "tgt", budget=12, extend=first.selection_id,
+                       where="subtask != 's0'", max_share="subtask=0.5", save=False)
+    assert sel.ids[:4] == first.ids and len(sel.ids) == 12
+    assert _per_value(sel.ids)["s0"] == 4 and max(_per_value(sel.ids).values()) <= 6
+    np.testing.assert_array_equal(sel.weights, np.ones(12))
