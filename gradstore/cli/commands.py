@@ -504,6 +504,11 @@ def _print_table(t: dict) -> None:
         ing = t["ingest"]
         print(f"  ingested from {ing['source']} ({ing['expected_rows']} examples, max length "
               f"{ing['max_length']}, dtype {ing['dtype']}), {t['rows']} rows stored")
+    if t.get("fields"):
+        print(f"  fields: {', '.join(t['fields'])}")
+    elif "ingest" in t and t["ingest"].get("source"):
+        print("  fields: none kept (to query the data's own fields, run the same `gradstore "
+              "ingest` command again: it adds them as columns without recomputing gradients)")
     for s in t.get("selections", []):
         _print_selection_line(s)
 

@@ -63,6 +63,8 @@ class IngestSummary:
     """The gradient types stored, e.g. ``adam`` or ``adam+sgd``."""
     projection: dict = field(default_factory=dict)
     status: str = ""
+    fields: list[str] = field(default_factory=list)
+    """The data's fields this run added as columns (``--fields``)."""
 
     @property
     def examples_per_second(self) -> float:
@@ -84,6 +86,8 @@ class IngestSummary:
                else f"gradients {self.grad_type}") + "; "
             f"projection {self.projection.get('kind')} to {self.projection.get('dim')} dims",
         ]
+        if self.fields:
+            out.append(f"kept the data's fields as columns: {', '.join(self.fields)}")
         if self.truncated:
             out.append(f"{self.truncated} examples truncated to --max-length (response kept)")
         for reason, count in self.skipped.items():

@@ -120,7 +120,9 @@ def build_report(db: Database, selection_ids: list[str], *, data: str | Path | N
     if not 0 < duplicate_cosine <= 1:
         raise GradstoreError(f"duplicate cosine {duplicate_cosine} is not in (0, 1]; "
                              "use e.g. 0.99")
-    records = _records(db, pool, [i for s in sels for i in s.ids], data, by)
+    stored_by = by is not None and by in db.data_fields(pool)  # counted from the store
+    records = _records(db, pool, [i for s in sels for i in s.ids], data,
+                       None if stored_by else by)
     space = ResidualSpace(db, pool)
     facts = [space.facts(s, duplicate_cosine) for s in sels]
     for f in facts:
@@ -131,13 +133,19 @@ def build_report(db: Database, selection_ids: list[str], *, data: str | Path | N
     if records is not None:
         for f in facts:
             f.top, f.bottom = _extremes(f.selection, records)
-            if by:
+            if by and not stored_by:
                 f.composition = _count([records[i].fields for i in f.selection.ids], by)
+    if stored_by:
+        value_of = _stored_values(db, pool, by)
+        for f in facts:
+            f.composition = _count([{by: value_of[i]} for i in f.selection.ids], by)
     out = Report(store=db.uri, pool=pool, provenance=provenance(db, pool), selections=facts,
                  overlap=[[_jaccard(a, b) for b in sels] for a in sels],
                  shared=[[len(set(a.ids) & set(b.ids)) for b in sels] for a in sels], by=by,
                  neighbors=near)
-    if by and records is not None:
+    if stored_by:
+        out.pool_composition = _count([{by: v} for v in value_of.values()], by)
+    elif by and records is not None:
         out.pool_composition = _count([r.fields for r in records.values()
                                        if r.id in space.position], by)
     if by and target_data is not None:
@@ -294,6 +302,12 @@ def _records(db: Database, pool: str, ids: list[str], data, by: str | None):
         raise GradstoreError(f"the pool's rows have no field {by!r} (fields: "
                              f"{', '.join(fields)}); pass --by with one of them")
     return records
+
+
+def _stored_values(db: Database, pool: str, name: str) -> dict[str, Any]:
+    """Each pool row's value of a kept field, by id (read from the store)."""
+    codes, values = db.group_codes(pool, name)
+    return dict(zip(db.ids(pool), (values[c] for c in codes), strict=True))
 
 
 def _count(rows: list[dict[str, Any]], name: str) -> dict[str, int]:

@@ -49,6 +49,7 @@ def table_summary(db: Database, table: str, full: bool = False) -> dict[str, Any
         "grad_types": meta.grad_types,
         "model": meta.model,
         "status": "damaged" if problems else meta.ingest.get("status", "imported"),
+        "fields": [n for n in ds.schema.names if n in set(db.data_fields(table))],
     }
     if problems:
         out["problems"] = problems + [

@@ -64,6 +64,16 @@ class Database(Catalog):
     def group_codes(self, table: str, column: str) -> tuple[np.ndarray, list]:
         return self.reader.group_codes(table, column)
 
+    def column_names(self, table: str) -> list[str]:
+        return self.reader.column_names(table)
+
+    def data_fields(self, table: str) -> list[str]:
+        """The columns kept from the data rows' own fields (``ingest --fields``)."""
+        return self.reader.data_fields(table)
+
+    def add_fields(self, table: str, values: dict[str, pa.Array]) -> None:
+        self.writer.add_fields(table, values)
+
     def positions_of(self, table: str, ids: Sequence[str]) -> np.ndarray:
         return self.reader.positions_of(table, ids)
 

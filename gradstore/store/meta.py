@@ -233,6 +233,16 @@ def base_fields() -> list[pa.Field]:
     ]
 
 
+FIELD_PREFIXES = ("vec_", "norm_", "crc_", "loss_")
+"""Prefixes of the columns gradstore computes per checkpoint (no data field may take one)."""
+
+
+def is_data_field(name: str) -> bool:
+    """A column kept from the data rows' own fields (``ingest --fields``), not one gradstore
+    computes."""
+    return name not in {f.name for f in base_fields()} and not name.startswith(FIELD_PREFIXES)
+
+
 def fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
     """Zero-copy view of a fixed-size-list column as an (n, dim) array where possible."""
     if isinstance(col, pa.ChunkedArray):

@@ -136,6 +136,9 @@ def record_batch(schema: pa.Schema, meta: TableMeta, block: RowBlock) -> pa.Reco
             norms = _norms(stored)
             cols[norm_of(name)] = pa.array(norms)
             cols[checksum_of(name)] = pa.array(row_checksums(stored, norms))
+    for f in schema:  # the data's kept fields (added after ingestion): none for these rows
+        if f.name not in cols:
+            cols[f.name] = pa.nulls(n, f.type)
     return pa.RecordBatch.from_arrays([cols[f.name] for f in schema], schema=schema)
 
 
@@ -267,6 +270,20 @@ class Writer:
                 "a checkpoint must cover the same examples"
             )
         return pos.to_numpy().astype(np.int64)
+
+    def add_fields(self, table: str, values: dict[str, pa.Array]) -> None:
+        """Add the data's fields as columns in one column addition: ``values[name][r]`` is
+        the value of the data file's row ``r`` (rows matched by the ``row`` column)."""
+        ds = self.catalog.dataset(table)
+        out_schema = pa.schema([pa.field(name, v.type) for name, v in values.items()])
+
+        def udf(batch: pa.RecordBatch) -> pa.RecordBatch:
+            rows = pa.array(batch.column("row").to_numpy())
+            return pa.RecordBatch.from_arrays([v.take(rows) for v in values.values()],
+                                              schema=out_schema)
+
+        ds.add_columns(lance.batch_udf(output_schema=out_schema)(udf), read_columns=["row"])
+        self.catalog.committed(table)
 
     def add_columns(
         self, table: str, meta: TableMeta, fields: list[pa.Field],
