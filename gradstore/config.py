@@ -437,17 +437,13 @@ class SelectConfig:
             _bad("--ray-tasks applies with --ray ADDRESS")
         if self.where is not None and not str(self.where).strip():
             _bad("--where is empty; give a predicate such as \"subtask = 'math'\"")
-        if (self.where is not None or self.exclude or self.exclude_near
-                or self.extend) and self.ray:
-            _bad("--where, --exclude, --exclude-near and --extend do not run on Ray yet; "
-                 "drop --ray (the rows they keep are selected in this process)")
         for entry in self.max_share:
             parse_share(entry)
         if self.max_share and (self.method == "gtp-paper" or self.target_mode == "parts"
-                               or self.partitions or self.ray):
+                               or self.partitions):
             _bad("--max-share runs with gtp, omp, less, round-robin and random, not with "
-                 "gtp-paper, --target-mode parts, --partitions or --ray yet; drop it or "
-                 "choose one of those")
+                 "gtp-paper, --target-mode parts or --partitions yet; drop it or choose one "
+                 "of those")
         if self.max_share and self.extend is not None and self.method == "omp":
             _bad("--max-share with --extend runs with gtp, less, round-robin and random, "
                  "not omp yet")
@@ -547,6 +543,10 @@ class IngestConfig:
     subtask_field: str | None = option(None, help="data field holding subtask labels")
     split: str | None = option(None, help="split of a saved DatasetDict")
     encoding: str = option("utf-8", help="text encoding of a .jsonl/.json data file")
+    fields: str = option("all", metavar="all|none|NAME,...",
+                         help="the data rows' scalar fields (string, number, bool) kept as "
+                              "columns of the table, for --where, --max-share and report "
+                              "--by: all of them (not the example's text), none, or these")
     lrs: tuple[float, ...] | None = option(
         None, flag="--lr", repeat=True, parse=float,
         help="learning rate per checkpoint, in order (default: from its saved state)")

@@ -35,6 +35,9 @@ class TableSnapshot:
     dim: int
     eta: tuple[float, ...] | None
     normalize: bool
+    positions: np.ndarray | None = None
+    """Only these storage positions (a query's allowed rows); a part's ``start:stop`` then
+    indexes them."""
 
     @property
     def table(self) -> str:
@@ -49,8 +52,12 @@ class TableSnapshot:
         ds = lance.dataset(self.uri, version=self.version)  # (callers read inside `reading`)
         # every task checks what it reads against the checksums (the files may have changed
         # since the driver read them, or differ on another node)
-        src = LanceSource(ds, list(self.columns), self.dim, (start, stop), norms,
-                          name=self.table, verify=True)
+        if self.positions is None:
+            src = LanceSource(ds, list(self.columns), self.dim, (start, stop), norms,
+                              name=self.table, verify=True)
+        else:
+            src = LanceSource(ds, list(self.columns), self.dim, None, norms, name=self.table,
+                              verify=True, subset=self.positions[start:stop])
         eta = None if self.eta is None else list(self.eta)
         if center is None:
             return StackedPool(src, eta, self.normalize)
@@ -109,6 +116,7 @@ class DistributedPool(StackedPool):
         self.snapshot = TableSnapshot(
             uri=ds.uri, version=ds.version, columns=tuple(source.columns), dim=source.dim,
             eta=None if self.eta is None else tuple(self.eta), normalize=normalize,
+            positions=source.positions,
         )
         self.tasks = max(1, int(tasks))
         self.bounds = part_bounds(self.num_rows, self.tasks)

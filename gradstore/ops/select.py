@@ -243,7 +243,8 @@ def pool_source(db: Database, table: str, mode: str, memory_budget: int | None,
     is the selection's, ``ROUND_SHARE``), or with ``mode='ram'``; else streamed from Lance,
     large blocks returned to the system as they are freed for as long as ``scope`` lasts
     (``large_frees_released``). ``rows``: only these storage positions (a query's allowed
-    rows), read by position into RAM."""
+    rows), read by position into RAM, or streamed: each pass then reads those rows'
+    vectors by position and no others (``LanceSource.restricted``)."""
     lsrc = db.lance_source(table)
     budget = default_memory_budget() if memory_budget is None else memory_budget
     n = lsrc.num_rows if rows is None else len(rows)
@@ -252,14 +253,11 @@ def pool_source(db: Database, table: str, mode: str, memory_budget: int | None,
         itemsize = 2 if meta.vector_dtype == "float16" else 4
         need = n * lsrc.num_checkpoints * lsrc.dim * itemsize
         mode = "ram" if need <= budget * (1 - ROUND_SHARE) else "stream"
-    if rows is not None:
-        if mode == "stream":
-            raise GradstoreError(
-                f"the {n} rows --where/--exclude keep of pool {table!r} do not fit in RAM "
-                "under the memory budget, and a streamed selection over part of a pool is "
-                "not supported yet; give a larger --memory-budget (or --scan-mode ram)")
+    if rows is not None and mode != "stream":
         return TensorSource(lsrc.take(rows).to(lsrc.dtype), lsrc.num_checkpoints,
                             lsrc.row_norms()[rows])
+    if rows is not None:  # each pass reads the allowed rows' vectors, by position, only
+        lsrc = lsrc.restricted(rows)
     lsrc.io_buffer_size = min(STREAM_IO_MAX, max(STREAM_IO_MIN, budget // 4))
     if mode == "stream":
         lsrc.ranged_reads = budget < SCANNER_MIN_BUDGET
@@ -288,11 +286,13 @@ def stacked_pool(db: Database, pool: str, opts: SelectConfig, eta,
     else:
         from gradstore.distributed import DistributedPool, cluster_resources
 
-        n = db.num_rows(pool)
+        lsrc = db.lance_source(pool)
+        if rows is not None:  # each task reads its share of the allowed rows, by position
+            lsrc = lsrc.restricted(rows)
         # default: one task per CPU, but none smaller than MIN_TASK_ROWS rows
         tasks = opts.ray_tasks or max(1, min(int(cluster_resources()["CPU"]),
-                                             -(-n // MIN_TASK_ROWS)))
-        spool = DistributedPool(db.lance_source(pool), eta, normalize=norm, tasks=tasks)
+                                             -(-lsrc.num_rows // MIN_TASK_ROWS)))
+        spool = DistributedPool(lsrc, eta, normalize=norm, tasks=tasks)
     return spool.centered() if opts.method == "gtp" else spool
 
 

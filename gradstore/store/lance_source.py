@@ -105,6 +105,7 @@ class LanceSource:
         norms: np.ndarray | None = None,
         name: str = "?",
         verify: bool = True,
+        subset: np.ndarray | None = None,
     ) -> None:
         self.dataset = dataset
         self.columns = columns
@@ -121,7 +122,12 @@ class LanceSource:
         if not 0 <= self._start <= stop <= total:
             raise ValueError(f"rows {rows} outside the table's {total} rows")
         self._n = stop - self._start
-        self._whole = self._n == total
+        self._subset = None if subset is None else np.asarray(subset, dtype=np.int64)
+        """Only these storage positions (sorted; a query's allowed rows), read by position:
+        no other row's vectors are read."""
+        if self._subset is not None:
+            self._start, self._n = 0, len(self._subset)
+        self._whole = self._n == total and self._subset is None
         self._norms: np.ndarray | None = norms
         self._piece_cache: list | None = None
         value_type = dataset.schema.field(columns[0]).type.value_type
@@ -131,13 +137,27 @@ class LanceSource:
         """The rows ``start:stop`` of this source as a source of their own."""
         if norms is None and self._norms is not None:
             norms = self._norms[start:stop]
-        part = LanceSource(
-            self.dataset, self.columns, self._dim, (self._start + start, self._start + stop),
-            norms, self.name, self.verify_next_pass,
-        )
-        part.io_buffer_size = self.io_buffer_size
-        part.ranged_reads = self.ranged_reads
-        return part
+        if self._subset is not None:
+            return self._like(None, norms, self._subset[start:stop])
+        return self._like((self._start + start, self._start + stop), norms, None)
+
+    def restricted(self, rows: np.ndarray) -> LanceSource:
+        """Only the rows at positions ``rows`` of this source (sorted), as a source of their
+        own: its passes read those rows' vectors by position and no others."""
+        rows = np.asarray(rows, dtype=np.int64)
+        norms = None if self._norms is None else self._norms[rows]
+        return self._like(None, norms, self._positions(rows))
+
+    def _like(self, rows, norms, subset) -> LanceSource:
+        out = LanceSource(self.dataset, self.columns, self._dim, rows, norms, self.name,
+                          self.verify_next_pass, subset)
+        out.io_buffer_size, out.ranged_reads = self.io_buffer_size, self.ranged_reads
+        return out
+
+    def _positions(self, rows: np.ndarray) -> np.ndarray:
+        """Storage positions of this source's rows ``rows``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return self._subset[rows] if self._subset is not None else self._start + rows
 
     def _pieces(self) -> list[tuple[lance.LanceFragment, int, int]]:
         """(fragment, offset, count) pieces covering this source's rows, in storage order."""
@@ -160,6 +180,11 @@ class LanceSource:
         """Record batches of ``columns`` in row order; a file Lance cannot read is reported
         as damage (exit status 2), not a traceback."""
         try:
+            if self._subset is not None:
+                for s in range(0, self._n, batch_size):
+                    yield from self.dataset.take(self._subset[s : s + batch_size],
+                                                 columns=columns).to_batches()
+                return
             if self.ranged_reads:
                 stop = self._start + self._n
                 for s in range(self._start, stop, batch_size):
@@ -203,12 +228,18 @@ class LanceSource:
             norms = batch.column(norm_of(col)).to_numpy(zero_copy_only=False)
             bad = bad_rows(arr, sums, norms)
             if len(bad):
-                where = bad if rows is None else rows[bad]
-                raise damage(self.name, col, where, self._start + first_row)
+                if rows is not None:  # storage positions
+                    raise damage(self.name, col, self._positions(rows[bad]), 0)
+                raise damage(self.name, col, bad, self._start + first_row)
 
     @property
     def num_rows(self) -> int:
         return self._n
+
+    @property
+    def positions(self) -> np.ndarray | None:
+        """The storage positions a restricted source reads (None: a range of rows)."""
+        return self._subset
 
     @property
     def num_checkpoints(self) -> int:
@@ -265,7 +296,8 @@ class LanceSource:
             if batch.num_rows == 0:
                 continue
             if verify:
-                self._verify(batch, start)
+                self._verify(batch, start, None if self._subset is None else
+                             np.arange(start, start + batch.num_rows))
             yield start, [_tensor(fixed_list_to_numpy(batch.column(c), self._dim))
                           for c in self.columns]
             start += batch.num_rows
@@ -297,7 +329,7 @@ class LanceSource:
         for s in range(0, len(rows), step):
             part = order[s : s + step]
             try:
-                tbl = self.dataset.take(self._start + rows[part],
+                tbl = self.dataset.take(self._positions(rows[part]),
                                         columns=self._read_columns(True))
             except BaseException as exc:  # noqa: BLE001 - Lance panics are BaseExceptions
                 if not read_failure(exc):

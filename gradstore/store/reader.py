@@ -22,7 +22,7 @@ from gradstore.store.integrity import (
     row_index_checksums,
     text_checksums,
 )
-from gradstore.store.meta import TableMeta, loss_column
+from gradstore.store.meta import TableMeta, is_data_field, loss_column
 
 if TYPE_CHECKING:
     from gradstore.store.lance_source import LanceSource
@@ -77,10 +77,11 @@ class Reader:
     # ---------------------------------------------------------------- queries
     def rows_where(self, table: str, where: str) -> np.ndarray:
         """Storage positions (sorted) of the rows the SQL predicate ``where`` keeps: Lance
-        evaluates it inside its scan, reading only the columns it names and the ids."""
+        evaluates it inside its scan, reading only the columns it names (and ``row``), and
+        the rows' addresses give their positions."""
         ds = self.catalog.dataset(table)
         try:  # planning parses the predicate and resolves its columns, reading no data
-            scanner = ds.scanner(columns=["id"], filter=where)
+            scanner = ds.scanner(columns=["row"], filter=where, with_row_address=True)
             scanner.explain_plan()
         except Exception as exc:  # noqa: BLE001 - Lance's parse errors have several types
             names = scalar_columns(ds.schema)
@@ -89,8 +90,8 @@ class Reader:
                 f"({first_line(exc)}); its columns: {', '.join(names)}"
             ) from None
         with reading(table):
-            kept = scanner.to_table().column("id")
-        return self.positions_of(table, kept)
+            found = scanner.to_table().column("_rowaddr")
+        return positions_at(ds, found.to_numpy()) if len(found) else np.zeros(0, np.int64)
 
     def group_codes(self, table: str, column: str) -> tuple[np.ndarray, list]:
         """Each row's group under the scalar ``column`` (storage order; one code per
@@ -106,6 +107,14 @@ class Reader:
         encoded = pc.dictionary_encode(values.combine_chunks(), null_encoding="encode")
         return (encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64),
                 encoded.dictionary.to_pylist())
+
+    def column_names(self, table: str) -> list[str]:
+        return list(self.catalog.dataset(table).schema.names)
+
+    def data_fields(self, table: str) -> list[str]:
+        """The scalar columns kept from the data rows' own fields."""
+        return [n for n in scalar_columns(self.catalog.dataset(table).schema)
+                if is_data_field(n)]
 
     def content_hashes(self, table: str) -> list[str | None]:
         """Each row's content hash (storage order; None where the table has none: imported
@@ -202,3 +211,31 @@ def scalar_columns(schema: pa.Schema) -> list[str]:
     the checksums."""
     return [f.name for f in schema if not f.name.startswith(("vec_", "crc_", "norm_"))
             and not pa.types.is_list(f.type) and not pa.types.is_fixed_size_list(f.type)]
+
+
+def positions_at(ds: lance.LanceDataset, addresses: np.ndarray) -> np.ndarray:
+    """Storage positions (sorted) of the rows at Lance row ``addresses`` (fragment id in
+    the high 32 bits, the row's offset in its fragment's file in the low): a fragment's
+    first position is the live rows of the fragments before it. A fragment with deleted
+    rows shifts its offsets: its live rows' addresses, read in order, place them."""
+    addresses = np.asarray(addresses, dtype=np.uint64)
+    fids = (addresses >> np.uint64(32)).astype(np.int64)
+    offsets = (addresses & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    out, start = [], 0
+    for frag in ds.get_fragments():
+        mine = fids == frag.fragment_id
+        if mine.any():
+            if frag.metadata.deletion_file is not None:
+                out.append(_live_positions(frag, offsets[mine]) + start)
+            else:
+                out.append(offsets[mine] + start)
+        start += frag.count_rows()
+    return np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
+
+def _live_positions(frag, offsets: np.ndarray) -> np.ndarray:
+    """Positions among a fragment's live rows of the rows at physical ``offsets``: the
+    fragment's live rows' addresses, read in order, give each its place."""
+    live = frag.scanner(columns=["row"], with_row_address=True).to_table().column("_rowaddr")
+    physical = (live.to_numpy().astype(np.uint64) & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    return np.searchsorted(physical, offsets).astype(np.int64)

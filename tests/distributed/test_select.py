@@ -92,6 +92,26 @@ def test_store_select_on_ray_equals_local(ray_cluster, store):
             assert b.params["ray"] == "local" and b.params["ray_tasks"] == 3
 
 
+@pytest.mark.parametrize("method", ["gtp", "gtp-paper", "omp", "less", "round-robin",
+                                    "random"])
+def test_a_query_on_ray_equals_the_query_local(ray_cluster, store, method):
+    """--where, --exclude, --extend and --max-share with every pass as Ray tasks (each
+    reading its share of the allowed rows by position) against the same query in RAM."""
+    first = store.select("pool", "tgt", 12, method="less")
+    query = dict(where="id LIKE '%3' OR id LIKE '%5'", exclude=[first.selection_id],
+                 extend=first.selection_id if method != "gtp-paper" else None,
+                 max_share="subtask=0.5" if method not in ("gtp-paper", "omp") else ())
+    local = store.select("pool", "tgt", [0.05, 30], method=method, save=False, **query)
+    dist = store.select("pool", "tgt", [0.05, 30], method=method, save=False,
+                        ray="local", ray_tasks=3, **query)
+    for a, b in zip(local, dist, strict=True):
+        assert b.ids == a.ids, method
+        np.testing.assert_allclose(b.weights, a.weights, rtol=1e-4, atol=1e-7)
+        assert b.params["rows_allowed"] == a.params["rows_allowed"]
+        new = b.ids[12:] if query["extend"] else b.ids
+        assert new and all(i[-1] in "35" and i not in first.ids for i in new)
+
+
 @pytest.mark.parametrize("method", ["gtp", "gtp-paper"])
 def test_partitioned_select_on_ray_equals_partitioned_local(ray_cluster, store, method):
     local = store.select("pool", "tgt", 30, partitions=4, save=False, method=method)

@@ -81,3 +81,18 @@ def test_share_with_where_and_extend(store):
     assert sel.ids[:4] == first.ids and len(sel.ids) == 12
     assert _per_value(sel.ids)["s0"] == 4 and max(_per_value(sel.ids).values()) <= 6
     np.testing.assert_array_equal(sel.weights, np.ones(12))
+
+
+@pytest.mark.parametrize("method", ["gtp", "less", "round-robin", "random"])
+def test_a_whole_query_streamed_answers_as_in_ram(store, method):
+    """--where, --extend and --max-share together: the pool streamed from Lance (only the
+    allowed rows read, by position) gives the selection the pool in RAM gives."""
+    first = store.select("pool", "tgt", budget=3, where="subtask = 's0'")
+    got = {mode: store.select("pool", "tgt", budget=[9, "6%"], method=method, mode=mode,
+                              where="subtask != 's0'", extend=first.selection_id,
+                              max_share="subtask=0.5", save=False)
+           for mode in ("ram", "stream")}
+    for a, b in zip(got["ram"], got["stream"], strict=True):
+        assert a.ids == b.ids and a.ids[:3] == first.ids
+        np.testing.assert_array_equal(a.weights, b.weights)
+    assert got["stream"][0].params["scan_mode"] == "LanceSource"

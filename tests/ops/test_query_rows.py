@@ -41,13 +41,18 @@ def only_s1(tmp_path_factory):
     return _store(tmp_path_factory.mktemp("q") / "s1", [i for i in range(N) if SUBTASKS[i] == "s1"])
 
 
+@pytest.mark.parametrize("mode", ["ram", "stream"])
 @pytest.mark.parametrize("method", METHODS)
-def test_where_selects_as_a_pool_of_only_the_rows_it_keeps(whole, only_s1, method):
-    """Every method: the same ids and weights as on a pool imported with only the rows
-    the predicate keeps (the budget in % counts them; gtp's centring uses them)."""
-    got = whole.select("pool", "tgt", budget=["5%", 7], method=method,
+def test_where_selects_as_a_pool_of_only_the_rows_it_keeps(whole, only_s1, method, mode):
+    """Every method, in RAM and streamed: the same ids and weights as on a pool imported
+    with only the rows the predicate keeps (the budget in % counts them; gtp's centring
+    uses them)."""
+    got = whole.select("pool", "tgt", budget=["5%", 7], method=method, mode=mode,
                        where="subtask = 's1'", save=False)
-    want = only_s1.select("pool", "tgt", budget=["5%", 7], method=method, save=False)
+    want = only_s1.select("pool", "tgt", budget=["5%", 7], method=method, mode=mode,
+                          save=False)
+    assert got[0].params["scan_mode"] == ("LanceSource" if mode == "stream"
+                                          else "TensorSource")
     for g, w in zip(got, want, strict=True):
         assert g.ids == w.ids and g.k == w.k
         np.testing.assert_array_equal(g.weights, w.weights)
@@ -100,8 +105,6 @@ def test_where_and_exclude_on_the_command_line(whole):
     (["--where", "subtask = 'nope'"], "keeps no row of pool 'pool' (300 rows)"),
     (["--where", "  "], "--where is empty"),
     (["--exclude", "0123456789ab"], "--exclude '0123456789ab' is neither a file of ids"),
-    (["--where", "subtask = 's1'", "--ray", "local"], "do not run on Ray yet"),
-    (["--where", "subtask = 's1'", "--scan-mode", "stream"], "not supported yet"),
 ])
 def test_bad_queries_are_one_line_and_change_nothing(whole, args, message):
     before = len(whole.selections())
@@ -143,3 +146,14 @@ def test_again_reruns_a_recorded_query(whole, tmp_path):
     assert res.returncode == 2 and "drop --pool" in res.stderr
     res = run("select", whole.uri, "--pool", "pool", ok=False)
     assert res.returncode == 2 and "give --pool and --budget, or --again" in res.stderr
+
+
+def test_where_after_deleted_rows_counts_positions_among_the_live_rows(tmp_path):
+    """Rows dropped from a fragment (``verify --drop-damaged`` deletes them) shift the
+    storage positions after them: the predicate's rows are still the right ones."""
+    st = _store(tmp_path / "s")
+    st.database.dataset("pool").delete("id = 'p2' OR id = 'p40'")
+    sel = st.select("pool", None, budget="100%", method="random", where="subtask = 's2'",
+                    save=False)
+    want = {IDS[i] for i in range(N) if SUBTASKS[i] == "s2"} - {"p2"}
+    assert set(sel.ids) == want and sel.k == len(want) == 99

@@ -151,11 +151,13 @@ def raw_values(path: Path) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("seed", "memory"), [*[(s, None) for s in range(6)],
-                                              *[(s, "1MB") for s in range(6, 9)]])
+                                              *[(s, "1MB") for s in range(6, 9)],
+                                              *[(s, "where") for s in range(9, 12)]])
 def test_flipped_bytes_are_never_answered(built, seed, memory):
     """Random bytes flipped in a random data file: select refuses (exit 2, one line) and
     verify names exactly the rows whose values changed (or the fragment it cannot read);
-    also streamed by row ranges under a small memory budget."""
+    also streamed by row ranges under a small memory budget, and streamed by position
+    (a --where that keeps every row: a query's restricted source)."""
     path, X = built
     r = np.random.default_rng(100 + seed)
     files = data_files(path / "pool.lance")
@@ -166,6 +168,8 @@ def test_flipped_bytes_are_never_answered(built, seed, memory):
         raw[i] ^= 0xA5
     f.write_bytes(bytes(raw))
     extra = [] if memory is None else ["--scan-mode", "stream", "--memory-budget", memory]
+    if memory == "where":
+        extra = ["--scan-mode", "stream", "--where", "id LIKE 'p%'"]
     res = run("select", path, "--pool", "pool", "--target", "tgt", "--budget", "20", *extra,
               ok=False)
     report = gradstore.open(path).verify("pool")[0]

@@ -122,3 +122,23 @@ def test_take_reads_in_chunks_into_place(fragmented, rng, monkeypatch):
         src.ranged_reads = ranged
         np.testing.assert_array_equal(src.take(rows).numpy(), X[rows])
         assert src.take(np.array([], dtype=np.int64)).shape == (0, X.shape[1])
+
+
+def test_a_restricted_source_reads_only_its_rows(fragmented, rng):
+    """``restricted`` (a query's allowed rows, streamed): blocks, parts, takes and norms
+    are the plain matrix's rows at those positions, across fragments (damage read this
+    way: tests/store/test_integrity.py)."""
+    src, X = fragmented
+    rows = np.sort(rng.choice(230, 57, replace=False))
+    sub = src.restricted(rows)
+    assert sub.num_rows == 57
+    got = np.concatenate([blk.float().numpy().copy() for _, blk in sub.iter_blocks(16)])
+    np.testing.assert_array_equal(got, X[rows])
+    np.testing.assert_array_equal(sub.load().float().numpy(), X[rows])
+    np.testing.assert_allclose(sub.row_norms(),
+                               np.linalg.norm(X[rows].reshape(57, 2, 24), axis=2), rtol=1e-6)
+    pick = np.array([56, 0, 20])
+    np.testing.assert_array_equal(sub.take(pick).numpy(), X[rows[pick]])
+    np.testing.assert_array_equal(sub.part(10, 30).load().float().numpy(), X[rows[10:30]])
+    np.testing.assert_array_equal(src.part(40, 200).restricted(np.array([0, 5])).load()
+                                  .float().numpy(), X[[40, 45]])
