@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gradstore.api import Store, Table, open
+from gradstore.api import PoolQuery, Store, Table, open
 from gradstore.config import (
     GradientConfig,
     IngestConfig,
@@ -51,9 +51,9 @@ def __getattr__(name: str):
 
 __all__ = [
     "ExportSummary", "GradientConfig", "GradstoreError", "IngestConfig", "IngestSummary",
-    "ModelConfig", "ProjectionSpec", "RayConfig", "RunConfig", "RunSummary", "SelectConfig",
-    "Selection", "Store", "Table", "TableConflict", "TableMeta", "TrainConfig", "WarmupConfig",
-    "WarmupSummary", "__version__", "open", "run", "warmup",
+    "ModelConfig", "PoolQuery", "ProjectionSpec", "RayConfig", "RunConfig", "RunSummary",
+    "SelectConfig", "Selection", "Store", "Table", "TableConflict", "TableMeta", "TrainConfig",
+    "WarmupConfig", "WarmupSummary", "__version__", "open", "run", "warmup",
 ]
 
 

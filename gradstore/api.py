@@ -79,6 +79,10 @@ class Store:
     def subtasks(self, table: str) -> list[str | None]:
         return self.database.subtasks(table)
 
+    def fields(self, table: str) -> list[str]:
+        """The data rows' own fields the table keeps as columns (``ingest --fields``)."""
+        return self.database.data_fields(table)
+
     def info(self, table: str | None = None) -> dict[str, Any]:
         """Rows, dims, checkpoints, projection, gradient types, model, selections."""
         return summaries.info(self.database, table)
@@ -298,6 +302,90 @@ class Table:
         """This table as the pool: ``store.table("pool").select("mmlu", "5%")``; the
         options are :meth:`Store.select`'s."""
         return self.store.select(self.name, target, budget, method, **options)
+
+    def fields(self) -> list[str]:
+        return self.store.fields(self.name)
+
+    def query(self) -> PoolQuery:
+        """An empty query over this table (every row may be chosen)."""
+        return PoolQuery(self)
+
+    def where(self, sql: str) -> PoolQuery:
+        return self.query().where(sql)
+
+    def exclude(self, *selections: str | Selection) -> PoolQuery:
+        return self.query().exclude(*selections)
+
+    def extend(self, selection: str | Selection) -> PoolQuery:
+        return self.query().extend(selection)
+
+    def max_share(self, field: str, share: float) -> PoolQuery:
+        return self.query().max_share(field, share)
+
+    def exclude_near(self, table: str | Table, cosine: float | None = None) -> PoolQuery:
+        return self.query().exclude_near(table, cosine)
+
+
+class PoolQuery:
+    """A query over a pool table, as a value built step by step (each step a new query,
+    the one before unchanged), then answered by :meth:`select`::
+
+        pool.where("tokens < 1024").exclude(sel).max_share("source", 0.3).select("mmlu", "5%")
+
+    Each step is one flag of ``gradstore select``: ``where`` (``--where``; two of them
+    must both hold), ``exclude`` (``--exclude``, a selection or a file of ids),
+    ``extend`` (``--extend``), ``max_share`` (``--max-share FIELD=SHARE``),
+    ``exclude_near`` (``--exclude-near TABLE[:COSINE]``). The selection records the query.
+    """
+
+    def __init__(self, table: Table, options: dict[str, Any] | None = None) -> None:
+        self.table = table
+        self.options: dict[str, Any] = dict(options or {})
+
+    def _with(self, **changes: Any) -> PoolQuery:
+        return PoolQuery(self.table, self.options | changes)
+
+    def where(self, sql: str) -> PoolQuery:
+        before = self.options.get("where")
+        return self._with(where=sql if before is None else f"({before}) AND ({sql})")
+
+    def exclude(self, *selections: str | Selection) -> PoolQuery:
+        named = [getattr(s, "selection_id", s) for s in selections]
+        return self._with(exclude=[*self.options.get("exclude", []), *map(str, named)])
+
+    def extend(self, selection: str | Selection) -> PoolQuery:
+        return self._with(extend=str(getattr(selection, "selection_id", selection)))
+
+    def max_share(self, field: str, share: float) -> PoolQuery:
+        return self._with(max_share=[*self.options.get("max_share", []), f"{field}={share!r}"])
+
+    def exclude_near(self, table: str | Table, cosine: float | None = None) -> PoolQuery:
+        name = getattr(table, "name", table)
+        entry = str(name) if cosine is None else f"{name}:{cosine!r}"
+        return self._with(exclude_near=[*self.options.get("exclude_near", []), entry])
+
+    def flags(self) -> list[str]:
+        """The query as ``gradstore select`` flags."""
+        out = [] if "where" not in self.options else ["--where", self.options["where"]]
+        for key in ("exclude", "exclude_near", "max_share"):
+            for v in self.options.get(key, []):
+                out += [f"--{key.replace('_', '-')}", v]
+        return out + ([] if "extend" not in self.options else ["--extend",
+                                                               self.options["extend"]])
+
+    def __repr__(self) -> str:
+        return f"gradstore.PoolQuery({self.table.name!r}: {' '.join(self.flags()) or 'all rows'})"
+
+    def select(self, target: str | Table | None | Sequence[str | Table | None] = None,
+               budget: Budget | Sequence[Budget] = 0.05, method: str = "gtp",
+               **options: Any) -> Selection | list[Selection]:
+        """The selection(s) over the rows the query allows (options: :meth:`Store.select`'s;
+        an option the query also sets is refused)."""
+        both = sorted(set(options) & set(self.options))
+        if both:
+            raise GradstoreError(f"{', '.join(both)} given twice: in the query and to select; "
+                                 "give each once")
+        return self.table.select(target, budget, method, **self.options, **options)
 
 
 def open(uri: str | Path, create: bool = True) -> Store:  # noqa: A001 - the public name
