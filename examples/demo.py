@@ -99,9 +99,10 @@ def evaluate_gtp(args: argparse.Namespace, run_json: Path) -> None:
 
 
 def queries(out: Path, run_json: Path) -> None:
-    """`select --where` and `--exclude`, then `--extend`, on the same store (no ingestion
-    again): GTP among the short pool rows only, leaving out what GTP chose above; then
-    GTP's selection kept and grown to twice its budget."""
+    """`select --where` and `--exclude`, `--max-share`, then `--extend`, on the same store
+    (no ingestion again): GTP among the short pool rows only, leaving out what GTP chose
+    above; GTP with no skill above half the budget; GTP's selection kept and grown to twice
+    its budget."""
     gtp = next(s for s in json.loads(run_json.read_text())["selections"]
                if s["method"] == "gtp")
     first = {json.loads(x)["id"] for x in Path(gtp["export"]).open()}
@@ -113,6 +114,11 @@ def queries(out: Path, run_json: Path) -> None:
           f"{len(sel['ids'])} rows (5% of the rows the query keeps), {hits} of "
           f"them {TARGET_SKILL!r}, none of the first selection's: "
           f"{not set(sel['ids']) & first}")
+    capped = _select(out, "--target", gtp["target"], "--budget", "10%", "--max-share",
+                     "skill=0.5")
+    per = Counter(pool[i]["skill"] for i in capped["ids"])
+    print(f"GTP with no skill above half of a 10% budget: {len(capped['ids'])} rows, "
+          f"{dict(per.most_common())}")
     grown = _select(out, "--target", gtp["target"], "--budget", "10%", "--extend",
                     gtp["selection_id"])
     hits = sum(pool[i]["skill"] == TARGET_SKILL for i in grown["ids"])
