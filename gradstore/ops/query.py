@@ -68,10 +68,12 @@ def allowed_rows(db: Database, pool: str, opts: SelectConfig
         copies = same_content(db, pool, table)
         close = (np.zeros(0, dtype=np.int64) if cosine is None
                  else rows_near(db, pool, table, cosine))
+        dropped = np.union1d(copies, close).astype(np.int64)
         record["exclude_near"][entry] = {
             "same_content": int(len(copies)),
             "cosine": None if cosine is None else int(len(close)),
-            "dropped": int(len(np.union1d(copies, close)))}
+            "dropped": int(len(dropped)),
+            "ids": db.ids_at(pool, dropped[:DROPPED_IDS])}
         keep[copies] = False
         keep[close] = False
     if not keep.any():
@@ -161,6 +163,11 @@ def shares_taken(fields: Sequence[ShareField], rows: np.ndarray) -> dict:
     return {f.name: {str(f.values[c]): int(n) for c, n in
                      zip(*np.unique(f.codes[rows], return_counts=True), strict=True)}
             for f in fields}
+
+
+DROPPED_IDS = 1000
+"""Most ids of the rows an ``--exclude-near`` table dropped that a selection records (the
+report lists them; the count is always whole)."""
 
 
 def exclude_entries(exclude: str | Sequence[str] | None) -> tuple[str, ...]:

@@ -82,9 +82,19 @@ class SelectionFacts:
         parts += [f"near {t}: {d['dropped']} dropped ({d['same_content']} same content"
                   + (f", {d['cosine']} close" if d.get("cosine") is not None else "") + ")"
                   for t, d in q.get("exclude_near", {}).items()]
+        if "extend" in q:
+            parts.append(f"extends {q['extend']} ({q.get('rows_kept')} rows kept)")
+        parts += [f"max share {k}={v:g}" for k, v in q.get("max_share", {}).items()]
         if "rows_allowed" in q:
             parts.append(f"{q['rows_allowed']} rows allowed")
         return "; ".join(parts)
+
+    @property
+    def dropped(self) -> dict[str, list[str]]:
+        """Per ``--exclude-near`` entry, the ids of the pool rows it dropped (the first
+        ``DROPPED_IDS``, as recorded)."""
+        near = self.selection.params.get("exclude_near") or {}
+        return {entry: list(d.get("ids", [])) for entry, d in near.items() if d.get("dropped")}
 
 
 @dataclass

@@ -54,7 +54,8 @@ def test_copies_of_the_test_rows_are_never_chosen(store):
     sel = st.select("pool", None, budget=27, method="less", exclude_near="test", save=False)
     assert sorted(set(ids) - set(sel.ids)) == copies  # every row but the 3 copies
     assert sel.params["exclude_near"] == {"test": {"same_content": 3, "cosine": None,
-                                                   "dropped": 3}}
+                                                   "dropped": 3,
+                                                   "ids": ["ex3", "ex11", "ex17"]}}
 
 
 def test_a_cosine_drops_the_rows_that_close_and_selects_as_excluding_them(store):
@@ -94,7 +95,10 @@ def test_the_report_shows_what_a_query_dropped(store, tmp_path):
     (facts,) = rep.selections
     assert facts.query == ("where row >= 2; near test: 3 dropped (3 same content); "
                            "25 rows allowed")  # rows 0 and 1 fail the predicate
-    assert "near test: 3 dropped" in (tmp_path / "report.html").read_text()
+    page = (tmp_path / "report.html").read_text()
+    assert "near test: 3 dropped" in page
+    assert facts.dropped == {"test": ["ex3", "ex11", "ex17"]}  # each dropped row, listed
+    assert 'id="decontamination"' in page and "<code>ex17</code>" in page
     # each test row's 3 closest pool rows, as `neighbors` gives them (LESS's space: the
     # pool's Adam gradients against the target's SGD ones, so a copy need not come first)
     rows = rep.neighbors["test"]

@@ -157,3 +157,12 @@ def test_where_after_deleted_rows_counts_positions_among_the_live_rows(tmp_path)
                     save=False)
     want = {IDS[i] for i in range(N) if SUBTASKS[i] == "s2"} - {"p2"}
     assert set(sel.ids) == want and sel.k == len(want) == 99
+
+
+@pytest.mark.parametrize("method", ["gtp", "gtp-paper"])
+def test_where_with_partitions_selects_as_the_subset_pool_partitioned(whole, only_s1, method):
+    got = whole.select("pool", "tgt", budget=8, method=method, partitions=3,
+                       where="subtask = 's1'", save=False)
+    want = only_s1.select("pool", "tgt", budget=8, method=method, partitions=3, save=False)
+    assert got.ids == want.ids and got.params["partitions"] == 3
+    np.testing.assert_array_equal(got.weights, want.weights)
