@@ -254,7 +254,7 @@ def pool_source(db: Database, table: str, mode: str, memory_budget: int | None,
         need = n * lsrc.num_checkpoints * lsrc.dim * itemsize
         mode = "ram" if need <= budget * (1 - ROUND_SHARE) else "stream"
     if rows is not None and mode != "stream":
-        return TensorSource(lsrc.take(rows).to(lsrc.dtype), lsrc.num_checkpoints,
+        return TensorSource(lsrc.take(rows, lsrc.dtype), lsrc.num_checkpoints,
                             lsrc.row_norms()[rows])
     if rows is not None:  # each pass reads the allowed rows' vectors, by position, only
         lsrc = lsrc.restricted(rows)

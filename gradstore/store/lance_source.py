@@ -318,12 +318,13 @@ class LanceSource:
             self._place(parts, block)
             yield start, block
 
-    def take(self, rows: np.ndarray) -> torch.Tensor:
-        """The rows at storage positions ``rows`` (in that order), float32 (n, T*d); read
-        ``TAKE_ROWS`` (``SMALL_TAKE_ROWS``) at a time, in storage order, each written straight
-        to its place."""
+    def take(self, rows: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The rows at positions ``rows`` (in that order), (n, T*d) in ``dtype`` (the stored
+        dtype, ``self.dtype``, holds them at half the size of float32 for a float16 table);
+        read ``TAKE_ROWS`` (``SMALL_TAKE_ROWS``) at a time, in storage order, each written
+        straight to its place."""
         rows = np.asarray(rows, dtype=np.int64)
-        out = torch.empty((len(rows), self.num_checkpoints * self._dim))
+        out = torch.empty((len(rows), self.num_checkpoints * self._dim), dtype=dtype)
         order = np.argsort(rows, kind="stable")
         step = SMALL_TAKE_ROWS if self.ranged_reads else TAKE_ROWS
         for s in range(0, len(rows), step):
@@ -340,7 +341,7 @@ class LanceSource:
             place = torch.from_numpy(part)
             for t, name in enumerate(self.columns):
                 arr = _tensor(fixed_list_to_numpy(tbl.column(name), d))
-                out[:, t * d : (t + 1) * d].index_copy_(0, place, arr.float())
+                out[:, t * d : (t + 1) * d].index_copy_(0, place, arr.to(dtype))
         if self.ranged_reads:  # a small budget: what the reads freed goes back
             release_free_pages()
         return out
