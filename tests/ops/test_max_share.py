@@ -56,23 +56,6 @@ def test_a_share_that_cannot_fill_the_budget_gives_fewer_rows_and_a_note(store):
     assert "chose 6 of the k=10 allowed: --max-share {'subtask': 0.2}" in res.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--max-share", "subtask=0"], "give FIELD=SHARE with SHARE in (0, 1]"),
-    (["--max-share", "subtask=1.5"], "give FIELD=SHARE with SHARE in (0, 1]"),
-    (["--max-share", "subtask"], "give FIELD=SHARE"),
-    (["--max-share", "licence=0.3"], "has no column 'licence'; its columns: id, row, subtask"),
-    (["--max-share", "subtask=0.1"], "allows no row of a value at budget 5"),
-    (["--max-share", "subtask=0.5", "--method", "gtp-paper"], "not with gtp-paper"),
-])
-def test_bad_shares_are_one_line_and_change_nothing(store, args, message):
-    before = len(store.selections())
-    res = run("select", store.uri, "--pool", "pool", "--target", "tgt", "--budget", "5",
-              "--quiet", *args, ok=False)
-    assert res.returncode == 2 and message in res.stderr, res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
-    assert len(store.selections()) == before
-
-
 def test_share_with_where_and_extend(store):
     """The caps count the kept rows; the new rows come from the predicate's rows."""
     first = store.select("pool", "tgt", budget=4, where="subtask = 's0'")

@@ -105,6 +105,12 @@ def test_where_and_exclude_on_the_command_line(whole):
     (["--where", "subtask = 'nope'"], "keeps no row of pool 'pool' (300 rows)"),
     (["--where", "  "], "--where is empty"),
     (["--exclude", "0123456789ab"], "--exclude '0123456789ab' is neither a file of ids"),
+    (["--max-share", "subtask=0"], "give FIELD=SHARE with SHARE in (0, 1]"),
+    (["--max-share", "subtask=1.5"], "give FIELD=SHARE with SHARE in (0, 1]"),
+    (["--max-share", "subtask"], "give FIELD=SHARE"),
+    (["--max-share", "licence=0.3"], "has no column 'licence'; its columns: id, row, subtask"),
+    (["--max-share", "subtask=0.1"], "allows no row of a value at budget 5"),
+    (["--max-share", "subtask=0.5", "--method", "gtp-paper"], "not with gtp-paper"),
 ])
 def test_bad_queries_are_one_line_and_change_nothing(whole, args, message):
     before = len(whole.selections())
