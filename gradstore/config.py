@@ -439,14 +439,12 @@ class SelectConfig:
             _bad("--where is empty; give a predicate such as \"subtask = 'math'\"")
         for entry in self.max_share:
             parse_share(entry)
-        if self.max_share and (self.method == "gtp-paper" or self.target_mode == "parts"
-                               or self.partitions):
-            _bad("--max-share runs with gtp, omp, less, round-robin and random, not with "
-                 "gtp-paper, --target-mode parts or --partitions yet; drop it or choose one "
-                 "of those")
-        if self.max_share and self.extend is not None and self.method == "omp":
+        if self.max_share and (self.target_mode == "parts" or self.partitions):
+            _bad("--max-share does not run with --target-mode parts or --partitions yet; "
+                 "drop one of them")
+        if self.max_share and self.extend is not None and self.method in ("omp", "gtp-paper"):
             _bad("--max-share with --extend runs with gtp, less, round-robin and random, "
-                 "not omp yet")
+                 f"not {self.method} yet")
         if self.extend is not None and self.partitions:
             _bad("--extend does not run with --partitions yet; drop --partitions")
         if self.extend is not None and self.target_mode == "parts":

@@ -197,7 +197,8 @@ def setup_lines(plan: dict, timing: dict, jobs: list[dict], command: str, env: d
              f"reasoning-gym tasks (`benchmarks/e2e/rg_tasks.py`; "
              f"{plan['pool_per_task'] * len(plan['tasks'])} rows): {', '.join(plan['tasks'])}.",
              f"- **Targets** from the tasks the calibration kept (`rg_calibration_r160_all.md`):"
-             f" {', '.join(plan['single_targets'])}; {plan['target_size']} rows each; test rows "
+             f" {', '.join(targets_of(plan))} (single-task and flooded cells: "
+             f"{', '.join(plan['single_targets'])}); {plan['target_size']} rows each; test rows "
              "disjoint from pool and targets "
              f"({plan['single_test_rows']} per single or flooded cell, "
              f"{plan['mix_test_per_skill']} per part of a mixture).",
@@ -226,6 +227,13 @@ def setup_lines(plan: dict, timing: dict, jobs: list[dict], command: str, env: d
             f"{k} {100 * v['accuracy']:.1f}% / {v['loss']:.2f}"
             for k, v in sorted(base["scores"].items())) + ".", ""]
     return lines
+
+
+def targets_of(plan: dict) -> list[str]:
+    """Every task a target of the plan draws on: the single and flooded families' and the
+    mixtures' parts."""
+    parts = [t for m in plan["mixtures"] for t in plan["mixture_specs"][m]]
+    return list(dict.fromkeys([*plan["single_targets"], *plan["flood_targets"], *parts]))
 
 
 def composition_lines(summ: dict) -> list[str]:

@@ -22,6 +22,7 @@ from gradstore.selectors.gram_cache import GramCache
 from gradstore.selectors.greedy import IncrementalNNLS, greedy_nnls_gram, swap_refine
 from gradstore.selectors.pursuit import Found, PursuitState, Wanted, run_pursuit
 from gradstore.selectors.query import MAX_CANDIDATES, PursuitResult, Query, relative_residual
+from gradstore.selectors.quotas import QuotaCounts
 from gradstore.selectors.scan import ScanQuery
 from gradstore.selectors.stacked import StackedPool
 
@@ -41,9 +42,9 @@ class _PaperState(PursuitState):
     a single-column fit, and the last merged set's Gram matrix (:class:`GramCache`)."""
 
     def __init__(self, q: Query, pool: StackedPool, settings: _Settings) -> None:
-        if len(q.fixed) or q.quotas:
-            raise ValueError("fixed rows (--extend) and quotas are gtp's and omp's; give "
-                             "gtp-paper the kept rows' residual as its target")
+        if len(q.fixed):
+            raise ValueError("fixed rows (--extend) are gtp's; give gtp-paper the kept rows' "
+                             "residual as its target")
         super().__init__(q, max(1, min(int(q.m), MAX_CANDIDATES)), done=q.yy == 0)
         self.pool = pool
         self.settings = settings
@@ -59,12 +60,25 @@ class _PaperState(PursuitState):
         self.growing = True  # support still below k: grow it from each scan's candidates
 
     def wanted(self) -> Wanted:
-        """The best new candidates for the residual's columns."""
-        return Wanted(self.R, [ScanQuery(slice(0, self.R.shape[1]), self.m, exclude=self.rows)])
+        """The best new candidates for the residual's columns (none of a group the support
+        has filled, ``--max-share``)."""
+        exclude = self.rows
+        if self.query.quotas:
+            exclude = np.union1d(exclude, self._counts().blocked())
+        return Wanted(self.R, [ScanQuery(slice(0, self.R.shape[1]), self.m, exclude=exclude)])
+
+    def _counts(self) -> QuotaCounts:
+        counts = QuotaCounts(self.query.quotas)
+        for row in self.rows:
+            counts.add(int(row))
+        return counts
 
     def step(self, found: Found) -> None:
         ((cand, score),) = found
         floor = float(score[-1]) if len(cand) >= self.m else 0.0
+        if self.query.quotas:  # U holds at most each group's room: no step can overfill one
+            cand = np.asarray(self._counts().take(cand, len(self.rows) + len(cand),
+                                                  start=list(self.rows)), dtype=np.int64)
         s = self.settings
         swaps = 0 if s.swap_fraction is None else \
             min(s.max_swaps, int(np.ceil(s.swap_fraction * self.query.k)))

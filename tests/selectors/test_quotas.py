@@ -6,6 +6,7 @@ import itertools
 import numpy as np
 
 from gradstore.selectors.gtp import gtp
+from gradstore.selectors.gtp_paper import gtp_paper
 from gradstore.selectors.less import less_topk, less_within_quotas
 from gradstore.selectors.omp import omp
 from gradstore.selectors.query import Query
@@ -60,10 +61,11 @@ def test_every_method_keeps_every_group_within_its_cap(rng):
     quotas = (Quota(codes, 7),)
     (g,) = gtp(pool.centered(), [Query(y, 20, quotas=quotas)], max_iter=50)
     (o,) = omp(pool, [Query(y, 20, quotas=quotas)])
+    (p,) = gtp_paper(pool, [Query(y, 20, quotas=quotas)])
     (r,) = round_robin(pool, [PartsQuery([y[:, None], A[300:305].T], 20, quotas=quotas)])
     rand = random_subset(400, 20, seed=1, quotas=quotas)
     less = less_within_quotas(pool, y[:, None], 20, list(quotas))
-    for rows in (g.rows, o.rows, r.rows, rand, less):
+    for rows in (g.rows, o.rows, p.rows, r.rows, rand, less):
         assert len(set(rows.tolist())) == len(rows) and _counts(codes, rows).max() <= 7
     assert len(g.rows) == len(r.rows) == len(rand) == len(less) == 20
     # LESS within the caps: LESS's order over the whole pool, each row taken unless full
