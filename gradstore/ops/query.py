@@ -77,7 +77,11 @@ def allowed_rows(db: Database, pool: str, opts: SelectConfig
         keep[copies] = False
         keep[close] = False
     if not keep.any():
-        raise GradstoreError(f"--where and --exclude leave no row of pool {pool!r} to choose")
+        near_dropped = "".join(f"; --exclude-near {e} dropped {d['dropped']}"
+                               for e, d in record["exclude_near"].items())
+        raise GradstoreError(
+            f"--where, --exclude and --exclude-near leave no row of pool {pool!r} ({n} rows) "
+            f"to choose{near_dropped}; loosen them (a higher cosine drops fewer rows)")
     allowed = np.flatnonzero(keep).astype(np.int64)
     record["rows_allowed"] = int(len(allowed))
     return allowed, record
@@ -202,10 +206,12 @@ def near_entry(entry: str) -> tuple[str, float | None]:
     table, sep, tail = entry.rpartition(":")
     if not sep:
         return entry, None
-    try:
+    try:  # (a table's name has no ':': letters, digits, '-' and '_')
         cosine = float(tail)
     except ValueError:
-        return entry, None
+        raise GradstoreError(
+            f"--exclude-near {entry!r}: {tail!r} is not a cosine; give TABLE or "
+            "TABLE:COSINE, e.g. test:0.9") from None
     if not -1.0 <= cosine <= 1.0:
         raise GradstoreError(f"--exclude-near {entry!r}: the cosine {cosine} is not in [-1, 1]")
     return table, cosine

@@ -85,9 +85,10 @@ class Reader:
             scanner.explain_plan()
         except Exception as exc:  # noqa: BLE001 - Lance's parse errors have several types
             names = scalar_columns(ds.schema)
+            why = first_line(exc).split(". Valid fields are")[0]  # (vectors and checksums too)
             raise GradstoreError(
-                f"--where {where!r} is not a predicate over table {table!r} "
-                f"({first_line(exc)}); its columns: {', '.join(names)}"
+                f"--where {where!r} is not a predicate over table {table!r} ({why}); its "
+                f"columns: {', '.join(names)}"
             ) from None
         with reading(table):
             found = scanner.to_table().column("_rowaddr")

@@ -79,6 +79,7 @@ def test_a_cosine_drops_the_rows_that_close_and_selects_as_excluding_them(store)
 @pytest.mark.parametrize("entry, message", [
     ("nope", "nope"),
     ("test:1.5", "the cosine 1.5 is not in [-1, 1]"),
+    ("test:high", "'high' is not a cosine; give TABLE or TABLE:COSINE"),
 ])
 def test_bad_decontamination_is_one_line(store, entry, message):
     st, _ = store

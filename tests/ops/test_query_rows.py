@@ -101,10 +101,12 @@ def test_where_and_exclude_on_the_command_line(whole):
 
 @pytest.mark.parametrize("args, message", [
     (["--where", "subtask = "], "is not a predicate over table 'pool' (Invalid user input"),
-    (["--where", "licence = 'mit'"], "its columns: id, row, subtask"),
+    (["--where", "licence = 'mit'"], "No field named licence); its columns: id, row, subtask"),
     (["--where", "subtask = 'nope'"], "keeps no row of pool 'pool' (300 rows)"),
     (["--where", "  "], "--where is empty"),
     (["--exclude", "0123456789ab"], "--exclude '0123456789ab' is neither a file of ids"),
+    (["--where", "subtask = 's1'", "--exclude", "EVERY_S1"],
+     "--where, --exclude and --exclude-near leave no row of pool 'pool' (300 rows)"),
     (["--max-share", "subtask=0"], "give FIELD=SHARE with SHARE in (0, 1]"),
     (["--max-share", "subtask=1.5"], "give FIELD=SHARE with SHARE in (0, 1]"),
     (["--max-share", "subtask"], "give FIELD=SHARE"),
@@ -112,7 +114,10 @@ def test_where_and_exclude_on_the_command_line(whole):
     (["--max-share", "subtask=0.1"], "allows no row of a value at budget 5"),
     (["--max-share", "subtask=0.5", "--partitions", "2"], "not run with --target-mode parts"),
 ])
-def test_bad_queries_are_one_line_and_change_nothing(whole, args, message):
+def test_bad_queries_are_one_line_and_change_nothing(whole, args, message, tmp_path):
+    every_s1 = tmp_path / "s1.txt"
+    every_s1.write_text("\n".join(IDS[i] for i in range(N) if SUBTASKS[i] == "s1"))
+    args = [str(every_s1) if a == "EVERY_S1" else a for a in args]
     before = len(whole.selections())
     res = run("select", whole.uri, "--pool", "pool", "--target", "tgt", "--budget", "5",
               "--quiet", *args, ok=False)
