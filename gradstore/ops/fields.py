@@ -1,7 +1,7 @@
 """The data rows' own fields kept as columns of their table (``ingest --fields``).
 
-Every scalar field of the data rows (a string, number or bool in every row that has it)
-becomes a column, so that ``select --where`` and ``--max-share`` can name it and
+Every scalar field of the data rows (a string, number or bool in every row that has it;
+its name without a '.', which Lance reads as a path into a struct) becomes a column, so that ``select --where`` and ``--max-share`` can name it and
 ``report --by`` counts it from the store. The example's own text (``messages``, ``prompt``,
 ``completion``, ``instruction``, ``input``, ``output``, ``text``) and its ``id`` are not
 fields. The columns are added after the gradients, in one column addition matched by each
@@ -54,6 +54,12 @@ def field_arrays(records: Sequence[Record], names: list[str] | None,
                 f"their fields: {', '.join(sorted(found))}")
     out = {}
     for key in (sorted(found) if names is None else names):
+        if "." in key or not key.strip():  # Lance reads a dot as a path into a struct
+            if names is not None:
+                raise GradstoreError(
+                    f"--fields {key!r}: a column name cannot hold '.' (Lance reads it as a "
+                    "path into a struct); rename the field in the data")
+            continue
         if key in CONTENT_FIELDS or key in stored or not is_data_field(key):
             if names is not None:
                 raise GradstoreError(

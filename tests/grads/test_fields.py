@@ -27,7 +27,8 @@ def store(llama_dir, tmp_path_factory):
     rows = _rows(pool)
     for i, r in enumerate(rows):
         r |= {"source": SOURCES[i % 3], "n": i, "score": i / 4, "ok": i % 2 == 0,
-              "meta": {"a": i}}  # an object: not a field
+              "meta": {"a": i},  # an object: not a field
+              "meta.b": i}  # a name Lance cannot hold: not kept
         if i % 5 == 0:
             r["licence"] = "mit"  # in some rows only: null in the others
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -81,7 +82,8 @@ def test_bad_fields_are_one_line(store, llama_dir):
     st, root, rows, _ = store
     for value, message in [("nope", "the data rows have no field 'nope'"),
                            ("meta", "holds lists or objects"),
-                           ("messages", "is the example's text")]:
+                           ("messages", "is the example's text"),
+                           ("meta.b", "a column name cannot hold '.'")]:
         res = run("ingest", st.uri, "pool", "--model", llama_dir, "--data",
                   root / "pool.jsonl", "--checkpoint", root / "warmup" / "checkpoint-1",
                   "--checkpoint", root / "warmup" / "checkpoint-2", "--proj-dim", "32",
