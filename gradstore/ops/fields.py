@@ -1,8 +1,9 @@
 """The data rows' own fields kept as columns of their table (``ingest --fields``).
 
 Every scalar field of the data rows (a string, number or bool in every row that has it;
-its name without a '.', which Lance reads as a path into a struct) becomes a column, so that ``select --where`` and ``--max-share`` can name it and
-``report --by`` counts it from the store. The example's own text (``messages``, ``prompt``,
+its name without a '.', which Lance reads as a path into a struct) becomes a column, so
+that ``select --where`` and ``--max-share`` can name it and ``report --by`` counts it from
+the store. The example's own text (``messages``, ``prompt``,
 ``completion``, ``instruction``, ``input``, ``output``, ``text``) and its ``id`` are not
 fields. The columns are added after the gradients, in one column addition matched by each
 row's position in the data file, so a table ingested before gradstore kept them gets them
