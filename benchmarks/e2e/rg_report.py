@@ -208,7 +208,10 @@ def setup_lines(plan: dict, timing: dict, jobs: list[dict], command: str, env: d
              "re-worded).",
              f"- **Arms**: single {plan['single_arms']} at {plan['single_budgets']}; mixtures "
              f"{plan['mix_arms']} at {plan['mix_budgets']}, plus {plan['mix_extra']}; flooded "
-             f"{plan['flood_arms']} at {plan['flood_budgets']}; seeds {plan['seeds']}.",
+             f"{plan['flood_arms']} at {plan['flood_budgets']}; seeds {plan['seeds']}"
+             + "".join(f"; seed {sd} also for {', '.join(arms)} on {fam} at {b}"
+                       for fam, b, sd, arms in plan.get("extra_seeds", []))
+             + " (a cell's scores: the mean over its seeds).",
              f"- **Features**: gradients after a warm-up on {plan['warmup_fraction']:.0%} of "
              f"the pool ({plan['warmup_epochs']} epochs, LoRA {plan['warmup_layers'] or 'all'}"
              f"), d={plan['proj_dim']}; hidden states of the base model (`--features hidden`)"

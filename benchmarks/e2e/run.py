@@ -136,6 +136,7 @@ def rg_defaults(tiny: bool) -> dict:
                 "mix_test_per_skill": 2, "single_test_rows": 4, "flood_size": 60,
                 "flood_targets": ["add_sub"], "flood_budgets": ["10%"],
                 "flood_arms": ["gtp", "less-dedup"], "seeds": [0],
+                "extra_seeds": [["single", "10%", 1, ["gtp"]]],
                 "warmup_fraction": 0.1, "warmup_epochs": 1, "warmup_layers": None,
                 "lora_layers": None, "proj_dim": 32, "max_length": 64, "passes": 16,
                 "eval_batch": 8}
@@ -152,7 +153,7 @@ def rg_defaults(tiny: bool) -> dict:
             "mix_test_per_skill": 40, "single_test_rows": 60, "flood_size": 600,
             "flood_targets": list(RG_FAMILY_TARGETS), "flood_budgets": ["2%", "5%", "10%"],
             "flood_arms": ["gtp", "less-dedup", "rds"], "flood_extra": [["less", "5%"]],
-            "seeds": [0],
+            "seeds": [0], "extra_seeds": [["single", "0.5%", 1, ["gtp", "less"]]],
             "lora_layers": None, "lr": 2e-3, "passes": 160}
 
 
@@ -202,6 +203,10 @@ class Plan:
     dedup_cosine: float = 0.95
     """less-dedup skips a candidate whose cosine (LESS's space) to a kept row is >= this."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    extra_seeds: list = field(default_factory=list)
+    """More seeds for some cells, where a comparison is close: ``[family, budget, seed,
+    arms]`` runs those arms' cells of that family and budget again with that seed (the
+    report averages each cell over the seeds it ran)."""
     references: bool = True
     """The untrained model, scored on every test set."""
     # gradstore run (warm-up + ingest)
@@ -574,11 +579,13 @@ def plan_jobs(plan: Plan) -> list[Job]:
     partial run answers the mixture question first, for every seed it reached)."""
     sets = list(eval_names(plan))
     jobs = [Job("base", "base", sets)] if plan.references else []
-    for seed in plan.seeds:
-        for c in cells(plan):
-            jobs.append(Job(f"{c.scenario}-{c.arm}-{c.budget}-seed{seed}", "selection",
-                            cell_evals(c, plan), seed, c.family, c.scenario, c.target, c.arm,
-                            c.budget, c.key(seed)))
+    runs = [(c, seed) for seed in plan.seeds for c in cells(plan)]
+    runs += [(c, seed) for family, budget, seed, arms in plan.extra_seeds
+             for c in cells(plan) if (c.family, c.budget) == (family, budget) and c.arm in arms]
+    for c, seed in runs:
+        jobs.append(Job(f"{c.scenario}-{c.arm}-{c.budget}-seed{seed}", "selection",
+                        cell_evals(c, plan), seed, c.family, c.scenario, c.target, c.arm,
+                        c.budget, c.key(seed)))
     return jobs
 
 

@@ -73,7 +73,8 @@ def test_e2e_rg_tiny():
     """The reasoning-gym plan: every family, a gradient arm, a hidden-state arm and a
     benchmark baseline in each kind of family, the report with its paired tables."""
     out = run_here("e2e/run.py", "--suite", "rg", "--tiny")
-    assert "job 10/10" in out and "10 of 10 fine-tune/eval jobs already recorded" in out
+    assert "job 11/11" in out and "11 of 11 fine-tune/eval jobs already recorded" in out
+    assert "-gtp-10%-seed1:" in out  # the extra seed of a close comparison
     assert "--pool pool-hidden --method round-robin" in out  # RDS+: hidden states
     assert "stores only" not in out  # every arm read the features it asked for
     results = Path(re.search(r"results in (\S+)", out).group(1))
@@ -81,6 +82,7 @@ def test_e2e_rg_tiny():
     for family in ("Mixtures of 2-3 tasks", "Single tasks", "Duplicate-flooded pool"):
         assert f"## {family}" in md
     assert "| rds | 1 |" in md and "| less-dedup | 1 |" in md and "| stratified | 1 |" in md
+    assert "seed 1 also for gtp on single at 10%" in md
 
 
 def test_memory_tiny():
