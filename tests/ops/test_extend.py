@@ -9,12 +9,12 @@ import pytest
 
 from gradstore.choices import METHODS
 from tests.cli.test_cli import run
-from tests.ops.test_query_rows import IDS, SUBTASKS, _one, _store
+from tests.ops.test_query_rows import IDS, SUBTASKS, one_selection, query_store
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return _store(tmp_path_factory.mktemp("ext") / "s")
+    return query_store(tmp_path_factory.mktemp("ext") / "s")
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -49,13 +49,13 @@ def test_extend_with_a_where_keeps_rows_the_predicate_drops(store):
 
 
 def test_extend_on_the_command_line_and_again(store):
-    first = _one(run("select", store.uri, "--pool", "pool", "--target", "tgt", "--budget",
+    first = one_selection(run("select", store.uri, "--pool", "pool", "--target", "tgt", "--budget",
                      "5", "--format", "json", "--quiet").stdout)
-    out = _one(run("select", store.uri, "--pool", "pool", "--target", "tgt", "--budget",
+    out = one_selection(run("select", store.uri, "--pool", "pool", "--target", "tgt", "--budget",
                    "9", "--extend", first["selection_id"], "--format", "json",
                    "--quiet").stdout)
     assert out["ids"][:5] == first["ids"] and len(out["ids"]) == 9
-    again = _one(run("select", store.uri, "--again", out["selection_id"], "--format",
+    again = one_selection(run("select", store.uri, "--again", out["selection_id"], "--format",
                      "json", "--quiet").stdout)
     assert again["ids"] == out["ids"]
     assert store.selection(again["selection_id"]).params["extend"] == first["selection_id"]

@@ -7,14 +7,14 @@ import pytest
 
 from gradstore.choices import METHODS
 from tests.cli.test_cli import run
-from tests.ops.test_query_rows import IDS, SUBTASKS, _one, _store
+from tests.ops.test_query_rows import IDS, SUBTASKS, one_selection, query_store
 
 SUB = dict(zip(IDS, SUBTASKS, strict=True))
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return _store(tmp_path_factory.mktemp("share") / "s")
+    return query_store(tmp_path_factory.mktemp("share") / "s")
 
 
 def _per_value(ids):
@@ -51,7 +51,7 @@ def test_less_within_a_share_is_its_order_with_full_values_passed_over(store):
 def test_a_share_that_cannot_fill_the_budget_gives_fewer_rows_and_a_note(store):
     res = run("select", store.uri, "--pool", "pool", "--target", "tgt", "--budget", "10",
               "--max-share", "subtask=0.2", "--format", "json", "--quiet")
-    sel = _one(res.stdout)
+    sel = one_selection(res.stdout)
     assert len(sel["ids"]) == 6 and max(_per_value(sel["ids"]).values()) == 2
     assert "chose 6 of the k=10 allowed: --max-share {'subtask': 0.2}" in res.stderr
 

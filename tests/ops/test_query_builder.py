@@ -8,12 +8,12 @@ import pytest
 
 import gradstore
 from tests.cli.test_cli import run
-from tests.ops.test_query_rows import _one, _store
+from tests.ops.test_query_rows import one_selection, query_store
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return _store(tmp_path_factory.mktemp("builder") / "s")
+    return query_store(tmp_path_factory.mktemp("builder") / "s")
 
 
 def test_a_built_query_selects_as_its_flags(store):
@@ -24,7 +24,7 @@ def test_a_built_query_selects_as_its_flags(store):
     assert q.flags() == ["--where", "subtask != 's0'", "--exclude", first.selection_id,
                          "--max-share", "subtask=0.6"]
     got = q.select("tgt", budget=10, save=False)
-    cli = _one(run("select", store.uri, "--pool", "pool", "--target", "tgt", "--budget",
+    cli = one_selection(run("select", store.uri, "--pool", "pool", "--target", "tgt", "--budget",
                    "10", *q.flags(), "--format", "json", "--quiet").stdout)
     assert got.ids == cli["ids"] and not set(got.ids) & set(first.ids)
     np.testing.assert_array_equal(got.weights, cli["weights"])

@@ -15,7 +15,7 @@ SUBTASKS = [f"s{i % 3}" for i in range(N)]
 IDS = [f"p{i}" for i in range(N)]
 
 
-def _store(path, keep=None):
+def query_store(path, keep=None):
     """A pool of clustered rows (two checkpoints, subtask labels) and a 6-row target;
     ``keep``: only those pool rows, imported as a pool of their own."""
     rng = np.random.default_rng(0)
@@ -33,12 +33,13 @@ def _store(path, keep=None):
 
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
-    return _store(tmp_path_factory.mktemp("q") / "whole")
+    return query_store(tmp_path_factory.mktemp("q") / "whole")
 
 
 @pytest.fixture(scope="module")
 def only_s1(tmp_path_factory):
-    return _store(tmp_path_factory.mktemp("q") / "s1", [i for i in range(N) if SUBTASKS[i] == "s1"])
+    return query_store(tmp_path_factory.mktemp("q") / "s1",
+                       [i for i in range(N) if SUBTASKS[i] == "s1"])
 
 
 @pytest.mark.parametrize("mode", ["ram", "stream"])
@@ -67,7 +68,7 @@ def test_exclude_selections_and_files_of_ids(whole, tmp_path):
     again = whole.select("pool", "tgt", budget=10, exclude=[first.selection_id], save=False)
     assert not set(again.ids) & set(first.ids) and len(again.ids) == 10
     rest = [i for i in range(N) if IDS[i] not in set(first.ids)]
-    want = _store(tmp_path / "rest", rest).select("pool", "tgt", budget=10, save=False)
+    want = query_store(tmp_path / "rest", rest).select("pool", "tgt", budget=10, save=False)
     assert again.ids == want.ids
     np.testing.assert_array_equal(again.weights, want.weights)
     ids_file = tmp_path / "trained.txt"
@@ -78,18 +79,18 @@ def test_exclude_selections_and_files_of_ids(whole, tmp_path):
     assert by_file.params["exclude"] == [str(ids_file)]
 
 
-def _one(out: str) -> dict:
+def one_selection(out: str) -> dict:
     got = json.loads(out)
     return got[0] if isinstance(got, list) else got
 
 
 def test_where_and_exclude_on_the_command_line(whole):
     store = whole.uri
-    first = _one(run("select", store, "--pool", "pool", "--target", "tgt", "--budget",
+    first = one_selection(run("select", store, "--pool", "pool", "--target", "tgt", "--budget",
                            "6", "--where", "subtask = 's2'", "--format", "json",
                            "--quiet").stdout)
     assert all(SUBTASKS[IDS.index(i)] == "s2" for i in first["ids"])
-    second = _one(run("select", store, "--pool", "pool", "--target", "tgt", "--budget",
+    second = one_selection(run("select", store, "--pool", "pool", "--target", "tgt", "--budget",
                             "6", "--where", "subtask = 's2'", "--exclude",
                             first["selection_id"], "--exclude", "latest", "--format", "json",
                             "--quiet").stdout)
@@ -138,7 +139,7 @@ def test_again_reruns_a_recorded_query(whole, tmp_path):
     assert (again.ids, again.method, again.k) == (sel.ids, "gtp", 8)
     np.testing.assert_array_equal(again.weights, sel.weights)
     assert again.params["max_iter"] == 7 and again.params["where"] == "subtask != 's0'"
-    cli = _one(run("select", whole.uri, "--again", sel.selection_id, "--format", "json",
+    cli = one_selection(run("select", whole.uri, "--again", sel.selection_id, "--format", "json",
                    "--quiet").stdout)
     assert cli["ids"] == sel.ids
     shown = json.loads(run("info", whole.uri, "--format", "json").stdout)
@@ -162,7 +163,7 @@ def test_again_reruns_a_recorded_query(whole, tmp_path):
 def test_where_after_deleted_rows_counts_positions_among_the_live_rows(tmp_path):
     """Rows dropped from a fragment (``verify --drop-damaged`` deletes them) shift the
     storage positions after them: the predicate's rows are still the right ones."""
-    st = _store(tmp_path / "s")
+    st = query_store(tmp_path / "s")
     st.database.dataset("pool").delete("id = 'p2' OR id = 'p40'")
     sel = st.select("pool", None, budget="100%", method="random", where="subtask = 's2'",
                     save=False)

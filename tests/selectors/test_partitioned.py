@@ -11,7 +11,7 @@ from gradstore.selectors.query import Query
 from gradstore.selectors.source import TensorSource
 from gradstore.selectors.stacked import StackedPool
 from tests.conftest import clustered_rows, unit_rows
-from tests.selectors.test_pursuit import _best_subset
+from tests.selectors.test_pursuit import best_subset
 
 
 def noisy_planted(seed, n=3000, T=2, d=512, k=20, noise=0.3):
@@ -129,7 +129,7 @@ def test_close_to_brute_force_on_tiny_pools():
         pool = StackedPool(TensorSource(X, 1))
         A = pool.rows(np.arange(16)).double().numpy()
         y = np.abs(rng.standard_normal(12)) + A.mean(0)
-        best = _best_subset(A, y, 3)
+        best = best_subset(A, y, 3)
         (res,) = partitioned_gtp(pool, [Query(y, 3)], 2)
         within += res.residual * np.linalg.norm(y) <= 1.05 * best
     assert within / total >= 0.75, f"{within}/{total} within 5% of the best 3-subset"

@@ -52,7 +52,7 @@ def test_planted_weights_and_residual():
     assert np.linalg.norm(A.T @ res.weights[:, 0] - y) / np.linalg.norm(y) < 1e-5
 
 
-def _best_subset(A, y, k):
+def best_subset(A, y, k):
     best = np.inf
     for size in range(1, k + 1):
         for sub in itertools.combinations(range(A.shape[0]), size):
@@ -69,7 +69,7 @@ def test_gtp_close_to_brute_force_on_tiny_pools():
         pool = StackedPool(TensorSource(X, 1))
         y = np.abs(rng.standard_normal(12)) + pool.rows(np.arange(15)).double().numpy().mean(0)
         A = pool.rows(np.arange(15)).double().numpy()
-        best = _best_subset(A, y, 3)
+        best = best_subset(A, y, 3)
         (res,) = gtp(pool, [Query(y, 3)])
         obj = res.residual * np.linalg.norm(y)
         ratio = obj / best if best > 0 else (1.0 if obj < 1e-9 else np.inf)
