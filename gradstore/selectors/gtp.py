@@ -146,14 +146,12 @@ class _GtpState(PursuitState):
         self.sel = _Selection(run.pool.width)
         self.rounds = 0  # swap rounds at the current alpha
         self.copies: set[int] = set()  # rows set aside as copies of chosen ones
-        self.quota = QuotaCounts(q.quotas)  # rows per group of each --max-share field
+        self.quota = QuotaCounts(q.quotas, q.fixed)  # rows per group of each --max-share field
         if len(q.fixed):  # --extend: the kept rows start the selection and stay in it
             self.sel.rows = [int(r) for r in q.fixed]
             self.sel.s = run.pool.rows(q.fixed).double().sum(0).numpy()
             self.sel.keys = {run.pool.norm_key(int(r)): int(r) for r in q.fixed}
             self.done = len(q.fixed) >= self.k
-            for r in q.fixed:
-                self.quota.add(int(r))
 
     @property
     def rows(self) -> list[int]:

@@ -64,21 +64,15 @@ class _PaperState(PursuitState):
         has filled, ``--max-share``)."""
         exclude = self.rows
         if self.query.quotas:
-            exclude = np.union1d(exclude, self._counts().blocked())
+            exclude = np.union1d(exclude, QuotaCounts(self.query.quotas, self.rows).blocked())
         return Wanted(self.R, [ScanQuery(slice(0, self.R.shape[1]), self.m, exclude=exclude)])
-
-    def _counts(self) -> QuotaCounts:
-        counts = QuotaCounts(self.query.quotas)
-        for row in self.rows:
-            counts.add(int(row))
-        return counts
 
     def step(self, found: Found) -> None:
         ((cand, score),) = found
         floor = float(score[-1]) if len(cand) >= self.m else 0.0
         if self.query.quotas:  # U holds at most each group's room: no step can overfill one
-            cand = np.asarray(self._counts().take(cand, len(self.rows) + len(cand),
-                                                  start=list(self.rows)), dtype=np.int64)
+            cand = np.asarray(QuotaCounts(self.query.quotas, self.rows).take(cand, len(cand)),
+                              dtype=np.int64)
         s = self.settings
         swaps = 0 if s.swap_fraction is None else \
             min(s.max_swaps, int(np.ceil(s.swap_fraction * self.query.k)))

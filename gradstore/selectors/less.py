@@ -61,10 +61,7 @@ def less_within_quotas(
     while True:
         ((order, _),) = less_topk(pool, [Y], [depth], scan_progress=scan_progress,
                                   exclude=fixed if len(fixed) else None)
-        counts = QuotaCounts(quotas)
-        for r in fixed:
-            counts.add(int(r))
-        taken = counts.take(order, k, start=fixed.tolist())
+        taken = QuotaCounts(quotas, fixed).take(order, k - len(fixed))
         if len(taken) + len(fixed) >= k or depth >= pool.num_rows - len(fixed):
             return np.asarray(taken, dtype=np.int64)
         depth = min(pool.num_rows, 2 * depth)

@@ -52,10 +52,7 @@ class _OmpState(PursuitState):
         """The row most correlated with the residual, among rows never tried."""
         excl = np.asarray(self.banned, dtype=np.int64)
         if self.query.quotas:  # rows of a group the support has filled cannot join
-            counts = QuotaCounts(self.query.quotas)
-            for row in self.order:
-                counts.add(row)
-            excl = np.union1d(excl, counts.blocked())
+            excl = np.union1d(excl, QuotaCounts(self.query.quotas, self.order).blocked())
         return Wanted(self.R, [ScanQuery(slice(0, self.R.shape[1]), 1, exclude=excl)])
 
     def step(self, found: Found) -> None:

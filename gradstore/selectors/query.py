@@ -22,7 +22,8 @@ class Query:
     ``exclude``: pool rows the query may not choose (no scan returns them to it).
     ``fixed`` (gtp only; ``--extend``): rows the selection starts with and keeps; they
     count toward ``k``, and no scan returns them either, so no swap removes them.
-    ``quotas`` (gtp and omp): the caps the pursuit keeps to as it adds and swaps rows.
+    ``quotas`` (gtp, gtp-paper and omp): the caps the pursuit keeps to as it adds and
+    swaps rows.
     """
 
     Y: np.ndarray

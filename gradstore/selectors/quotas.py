@@ -26,12 +26,14 @@ class Quota:
 
 
 class QuotaCounts:
-    """How many chosen rows each quota's groups hold."""
+    """How many chosen rows each quota's groups hold (``chosen``: the rows held already)."""
 
-    def __init__(self, quotas: Sequence[Quota]) -> None:
+    def __init__(self, quotas: Sequence[Quota], chosen: Sequence[int] = ()) -> None:
         self.quotas = list(quotas)
         self.counts = [np.zeros(int(q.codes.max(initial=-1)) + 1, dtype=np.int64)
                        for q in self.quotas]
+        for row in chosen:
+            self.add(int(row))
 
     def __bool__(self) -> bool:
         return bool(self.quotas)
@@ -43,6 +45,11 @@ class QuotaCounts:
     def remove(self, row: int) -> None:
         for q, c in zip(self.quotas, self.counts, strict=True):
             c[q.codes[row]] -= 1
+
+    def admits(self, row: int) -> bool:
+        """Whether ``row`` may join: each of its groups is below its cap."""
+        return all(c[q.codes[row]] < q.cap for q, c in zip(self.quotas, self.counts,
+                                                           strict=True))
 
     def allowed(self, rows: np.ndarray) -> np.ndarray:
         """True where a row may join: each of its groups is below its cap."""
@@ -71,14 +78,14 @@ class QuotaCounts:
             ok &= (gm[:, None] == go[None, :]) | (c[go] < q.cap)[None, :]
         return ok
 
-    def take(self, order: np.ndarray, k: int, start: Sequence[int] = ()) -> list[int]:
-        """Rows of ``order`` in turn, each that the caps allow, until ``k`` rows (counting
-        ``start``, already chosen and counted here) are held."""
-        chosen = [int(r) for r in start]
+    def take(self, order: np.ndarray, limit: int) -> list[int]:
+        """Rows of ``order`` in turn, each that the caps allow (and now counted), at most
+        ``limit`` of them."""
+        taken: list[int] = []
         for r in order:
-            if len(chosen) >= k:
+            if len(taken) >= limit:
                 break
-            if self.allowed(np.array([r]))[0]:
-                chosen.append(int(r))
+            if self.admits(int(r)):
+                taken.append(int(r))
                 self.add(int(r))
-        return chosen[len(start):]
+        return taken

@@ -22,7 +22,5 @@ def random_subset(num_rows: int, k: int, seed: int = 0,
     rest = np.arange(num_rows) if exclude is None else np.setdiff1d(np.arange(num_rows), exclude)
     if not quotas:
         return np.sort(rng.choice(rest, size=k, replace=False)).astype(np.int64)
-    counts = QuotaCounts(quotas)
-    for r in [] if exclude is None else exclude:
-        counts.add(int(r))
+    counts = QuotaCounts(quotas, () if exclude is None else exclude)
     return np.sort(np.asarray(counts.take(rng.permutation(rest), k), dtype=np.int64))

@@ -226,7 +226,7 @@ def _next_row(order: np.ndarray, at: list[int], p: int, copies: set[int],
         at[p] += 1
         if row in chosen.taken or row in copies:
             continue
-        if chosen.quota and not chosen.quota.allowed(np.array([row]))[0]:
+        if not chosen.quota.admits(row):
             continue  # its group is full (and stays so): never taken
         if row not in chosen.vecs:
             ahead = order[at[p] - 1 : at[p] - 1 + READ_ROWS]

@@ -86,7 +86,9 @@ def test_exchanges_respect_the_caps():
     # member 0 (group 0) may leave for row 1 (group 0) or row 4 (group 2, empty), not row 3
     assert ok.tolist() == [[True, False, True], [False, True, True]]
     assert counts.blocked().tolist() == [0, 1, 2, 3]
-    assert counts.take(np.array([1, 3, 4]), 3, start=[0, 2]) == [4]
+    assert counts.take(np.array([1, 3, 4]), 1) == [4]
+    assert QuotaCounts(counts.quotas, [0, 2, 4]).counts[0].tolist() == [1, 1, 1]
+    assert not counts.admits(1) and not counts.admits(4)
 
 
 def test_a_quota_that_cannot_fill_k_gives_fewer_rows(rng):
