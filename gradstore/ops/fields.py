@@ -37,11 +37,11 @@ def wanted_fields(choice: str) -> list[str] | None:
     return [n.strip() for n in choice.split(",") if n.strip()]
 
 
-def field_arrays(records: Sequence[Record], names: list[str] | None,
-                 stored: set[str]) -> dict[str, pa.Array]:
+def field_arrays(records: Sequence[Record], names: list[str] | None) -> dict[str, pa.Array]:
     """One array per kept field, indexed by the row's position in the data file: every
     scalar field (``names`` None) or the fields named, each typed by its values (bool, int,
-    float, else string; a row without it holds null)."""
+    float, else string; a row without it holds null). A name gradstore gives a column of
+    its own (``is_data_field``) is not a field."""
     n = max(r.index for r in records) + 1
     found: dict[str, list[Any]] = {}
     for r in records:
@@ -61,7 +61,7 @@ def field_arrays(records: Sequence[Record], names: list[str] | None,
                     f"--fields {key!r}: a column name cannot hold '.' (Lance reads it as a "
                     "path into a struct); rename the field in the data")
             continue
-        if key in CONTENT_FIELDS or key in stored or not is_data_field(key):
+        if key in CONTENT_FIELDS or not is_data_field(key):
             if names is not None:
                 raise GradstoreError(
                     f"--fields {key!r} is the example's text, its id or a column gradstore "
@@ -99,16 +99,18 @@ def _as(typ: pa.DataType, value: Any) -> Any:
     return value if isinstance(value, str) else str(value)
 
 
-def keep_fields(db: Database, table: str, data: str, choice: str, split: str | None = None,
-                encoding: str = "utf-8") -> list[str]:
-    """Add the ``--fields`` the table does not hold yet as columns (under its write lock);
-    returns the names added."""
+def data_field_arrays(data: str, choice: str, split: str | None = None,
+                      encoding: str = "utf-8") -> dict[str, pa.Array]:
+    """The ``--fields`` of the data file as :func:`field_arrays` (none for ``none``);
+    named fields that cannot be kept are refused here, before any gradient is computed."""
     names = wanted_fields(choice)
-    if names == []:
-        return []
+    return {} if names == [] else field_arrays(read_records(data, split, encoding), names)
+
+
+def keep_fields(db: Database, table: str, arrays: dict[str, pa.Array]) -> list[str]:
+    """Add the fields of ``arrays`` the table does not hold yet as columns (under its write
+    lock); returns the names added."""
     stored = set(db.column_names(table))
-    arrays = field_arrays(read_records(data, split, encoding), names, stored - set(
-        db.data_fields(table)))
     arrays = {k: v for k, v in arrays.items() if k not in stored}
     if arrays:
         with table_lock(db.uri, table, False):

@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 from gradstore.config import IngestConfig, with_options
 from gradstore.devices import resolve_device
 from gradstore.errors import GradstoreError
-from gradstore.grads.data import read_records
 from gradstore.grads.examples import data_fingerprint
 from gradstore.grads.hidden import HiddenStateRunner
 from gradstore.grads.ingestion import (
@@ -49,7 +48,7 @@ from gradstore.grads.model import (
     resolve_dtype,
 )
 from gradstore.grads.runner import GradientRunner, make_runner
-from gradstore.ops.fields import field_arrays, keep_fields, wanted_fields
+from gradstore.ops.fields import data_field_arrays, keep_fields
 from gradstore.ops.importing import import_vectors
 from gradstore.store.database import Database
 from gradstore.store.locks import table_lock
@@ -58,9 +57,8 @@ from gradstore.store.locks import table_lock
 def run_ingest(db: Database, cfg: IngestConfig) -> IngestSummary:
     """One ingestion, in this process or (``cfg.cluster.ray``: ``local`` or a cluster
     address) sharded over Ray workers."""
-    if wanted_fields(cfg.fields):  # named fields: checked before any gradient is computed
-        field_arrays(read_records(cfg.data, cfg.split, cfg.encoding),
-                     wanted_fields(cfg.fields), set())
+    # the data's fields, read (and named ones checked) before any gradient is computed
+    fields = data_field_arrays(cfg.data, cfg.fields, cfg.split, cfg.encoding)
     if cfg.cluster.ray is None:
         summary = ingest(db, cfg)
     else:
@@ -68,8 +66,7 @@ def run_ingest(db: Database, cfg: IngestConfig) -> IngestSummary:
 
         summary = ingest_on_ray(db, cfg)
     if summary.status.startswith("complete"):  # the data's fields, once every row is in
-        summary.fields = keep_fields(db, cfg.table, cfg.data, cfg.fields, cfg.split,
-                                     cfg.encoding)
+        summary.fields = keep_fields(db, cfg.table, fields)
     return summary
 
 
