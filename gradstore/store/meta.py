@@ -233,7 +233,9 @@ def base_fields() -> list[pa.Field]:
     ]
 
 
-FIELD_PREFIXES = ("vec_", "norm_", "crc_", "loss_")
+VECTOR_PREFIXES = ("vec_", "norm_", "crc_")
+"""Prefixes of the vector columns, their norms and the checksums (no query names them)."""
+FIELD_PREFIXES = (*VECTOR_PREFIXES, "loss_")
 """Prefixes of the columns gradstore computes per checkpoint (no data field may take one)."""
 
 

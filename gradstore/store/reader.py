@@ -22,7 +22,7 @@ from gradstore.store.integrity import (
     row_index_checksums,
     text_checksums,
 )
-from gradstore.store.meta import TableMeta, is_data_field, loss_column
+from gradstore.store.meta import VECTOR_PREFIXES, TableMeta, is_data_field, loss_column
 
 if TYPE_CHECKING:
     from gradstore.store.lance_source import LanceSource
@@ -210,7 +210,7 @@ class Reader:
 def scalar_columns(schema: pa.Schema) -> list[str]:
     """The columns a query may name: every stored column but the vectors, their norms and
     the checksums."""
-    return [f.name for f in schema if not f.name.startswith(("vec_", "crc_", "norm_"))
+    return [f.name for f in schema if not f.name.startswith(VECTOR_PREFIXES)
             and not pa.types.is_list(f.type) and not pa.types.is_fixed_size_list(f.type)]
 
 
