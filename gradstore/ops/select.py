@@ -378,14 +378,14 @@ def _answer_pursuits(spool: StackedPool, Ys: list[np.ndarray], tols: list[float]
 
 def _answer_by_parts(spool: StackedPool, Ys: list[np.ndarray], parts: list[TargetParts],
                      ks: list[int], pairs: list[tuple[int, int]], opts: SelectConfig,
-                     bar: ScanProgress | None, fixed: np.ndarray | None = None,
-                     quotas: list[tuple] | None = None) -> list[Answer]:
+                     bar: ScanProgress | None, fixed: np.ndarray | None,
+                     quotas: list[tuple]) -> list[Answer]:
     """Round-robin (one scan for every pair), or a gtp pursuit per part with equal shares
     of the budget (``--target-mode parts``), their picks taken in turn. Each answer
     records its parts, how many rows each took and the copies passed over."""
     if opts.method == "round-robin":
         queries = [PartsQuery(part_columns(parts[ti].rows, opts.part_score), ks[bi], fixed,
-                              () if quotas is None else quotas[bi]) for ti, bi in pairs]
+                              quotas[bi]) for ti, bi in pairs]
         found = round_robin(spool, queries, scan_progress=bar)
         taken = [(r.rows, r.per_part, {"copies_set_aside": r.copies_set_aside,
                                        "scans": r.scans}) for r in found]
