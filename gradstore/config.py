@@ -442,9 +442,6 @@ class SelectConfig:
         if self.max_share and (self.target_mode == "parts" or self.partitions):
             _bad("--max-share does not run with --target-mode parts or --partitions yet; "
                  "drop one of them")
-        if self.max_share and self.extend is not None and self.method in ("omp", "gtp-paper"):
-            _bad("--max-share with --extend runs with gtp, less, round-robin and random, "
-                 f"not {self.method} yet")
         if self.extend is not None and self.partitions:
             _bad("--extend does not run with --partitions yet; drop --partitions")
         if self.extend is not None and self.target_mode == "parts":

@@ -353,15 +353,16 @@ def _answer_pursuits(spool: StackedPool, Ys: list[np.ndarray], tols: list[float]
     keep = fixed is not None and opts.method != "gtp"
     queries = []
     for ti, bi in pairs:
-        Y, k = Ys[ti], ks[bi]
+        Y, k, caps = Ys[ti], ks[bi], quotas[bi]
         if keep:
             W, _ = fit_support(spool, fixed, Y)
             Y = Y - spool.rows(fixed).double().numpy().T @ W
             k -= len(fixed)
+            caps = tuple(replace(q, kept=fixed) for q in caps)  # the kept rows fill them too
         queries.append(Query(Y, k, m=_candidates(opts, spool, k),
                              tolerance=_tolerance(opts, tols[ti]),
                              fixed=fixed if not keep else None,
-                             exclude=fixed if keep else None, quotas=quotas[bi]))
+                             exclude=fixed if keep else None, quotas=caps))
     out = []
     for (ti, _), q, r in zip(pairs, queries, _pursue(spool, queries, opts, bar, max(ks)),
                              strict=True):

@@ -19,10 +19,14 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Quota:
-    """``codes`` (N,) int: each pool row's group; ``cap``: most rows of one group."""
+    """``codes`` (N,) int: each pool row's group; ``cap``: most rows of one group;
+    ``kept``: rows the selection holds that the method does not choose or see as its own
+    (``--extend``'s rows where a method fits only what they leave): counted from the
+    start."""
 
     codes: np.ndarray
     cap: int
+    kept: np.ndarray | None = None
 
 
 class QuotaCounts:
@@ -30,8 +34,10 @@ class QuotaCounts:
 
     def __init__(self, quotas: Sequence[Quota], chosen: Sequence[int] = ()) -> None:
         self.quotas = list(quotas)
-        self.counts = [np.zeros(int(q.codes.max(initial=-1)) + 1, dtype=np.int64)
-                       for q in self.quotas]
+        self.counts = [np.bincount(q.codes[q.kept] if q.kept is not None else
+                                   np.zeros(0, dtype=np.int64),
+                                   minlength=int(q.codes.max(initial=-1)) + 1)
+                       .astype(np.int64) for q in self.quotas]
         for row in chosen:
             self.add(int(row))
 

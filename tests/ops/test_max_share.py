@@ -79,3 +79,18 @@ def test_a_whole_query_streamed_answers_as_in_ram(store, method):
         assert a.ids == b.ids and a.ids[:3] == first.ids
         np.testing.assert_array_equal(a.weights, b.weights)
     assert got["stream"][0].params["scan_mode"] == "LanceSource"
+
+
+@pytest.mark.parametrize("method", ["omp", "gtp-paper"])
+def test_share_counts_the_kept_rows_where_a_method_fits_what_they_leave(store, method):
+    """omp and gtp-paper extend by fitting what the kept rows leave of the target, so the
+    kept rows are not their own members: the caps still count them. Four kept rows of s0
+    fill its cap of 4 (0.4 of 10), so every new row comes from s1 or s2."""
+    first = store.select("pool", "tgt", budget=4, where="subtask = 's0'")
+    free = store.select("pool", "tgt", budget=10, method=method, extend=first.selection_id,
+                        save=False)
+    assert _per_value(free.ids)["s0"] > 4  # uncapped, the new rows take s0 too
+    sel = store.select("pool", "tgt", budget=10, method=method, extend=first.selection_id,
+                       max_share="subtask=0.4", save=False)
+    assert sel.ids[:4] == first.ids and len(sel.ids) > 4
+    assert _per_value(sel.ids)["s0"] == 4 and max(_per_value(sel.ids).values()) <= 4
