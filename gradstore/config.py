@@ -439,11 +439,9 @@ class SelectConfig:
             _bad("--where is empty; give a predicate such as \"subtask = 'math'\"")
         for entry in self.max_share:
             parse_share(entry)
-        if self.max_share and (self.target_mode == "parts" or self.partitions):
-            _bad("--max-share does not run with --target-mode parts or --partitions yet; "
-                 "drop one of them")
-        if self.extend is not None and self.partitions:
-            _bad("--extend does not run with --partitions yet; drop --partitions")
+        if self.max_share and self.target_mode == "parts":
+            _bad("--max-share does not run with --target-mode parts yet; use --method "
+                 "round-robin to take the target's parts in turn within the caps")
         if self.extend is not None and self.target_mode == "parts":
             _bad("--extend does not run with --target-mode parts yet; use --method "
                  "round-robin to extend a selection by turns over the target's parts")

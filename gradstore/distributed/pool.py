@@ -71,9 +71,9 @@ def _scan_part(snap: TableSnapshot, start: int, stop: int, norms: np.ndarray, ce
 
 
 def _map_part(snap: TableSnapshot, start: int, stop: int, norms: np.ndarray, center,
-              fn: Callable) -> Any:
+              fn: Callable, args: tuple = ()) -> Any:
     with reading(snap.table):
-        return fn(snap.open_part(start, stop, norms, center))
+        return fn(snap.open_part(start, stop, norms, center), *args)
 
 
 def task_failure(exc: BaseException) -> BaseException:
@@ -189,11 +189,13 @@ class DistributedPool(StackedPool):
         sums = self.map_parts(_part_sum, self.bounds)
         return np.sum(sums, axis=0) / max(self.num_rows, 1)
 
-    def map_parts(self, fn, bounds: list[tuple[int, int]], on_done=None) -> list:
+    def map_parts(self, fn, bounds: list[tuple[int, int]], on_done=None,
+                  per_part: list | None = None) -> list:
         center = None if self.center is None else self.center
         futures = [
             self._map_task.remote(self._snap_ref, a, b, self._norms_of(a, b),
-                                  None if center is None else (center, self.norms[a:b]), fn)
-            for a, b in bounds
+                                  None if center is None else (center, self.norms[a:b]), fn,
+                                  () if per_part is None else (per_part[i],))
+            for i, (a, b) in enumerate(bounds)
         ]
         return self._gather(futures, [b - a for a, b in bounds], on_done)

@@ -358,7 +358,7 @@ def _answer_pursuits(spool: StackedPool, Ys: list[np.ndarray], tols: list[float]
             W, _ = fit_support(spool, fixed, Y)
             Y = Y - spool.rows(fixed).double().numpy().T @ W
             k -= len(fixed)
-            caps = tuple(replace(q, kept=fixed) for q in caps)  # the kept rows fill them too
+            caps = tuple(q.holding(fixed) for q in caps)  # the kept rows fill them too
         queries.append(Query(Y, k, m=_candidates(opts, spool, k),
                              tolerance=_tolerance(opts, tols[ti]),
                              fixed=fixed if not keep else None,

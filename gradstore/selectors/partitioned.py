@@ -32,14 +32,27 @@ def part_bounds(num_rows: int, parts: int) -> list[tuple[int, int]]:
 Pursuit = Callable[..., list[PursuitResult]]
 
 
+def within(q: Query, rows: np.ndarray, k: int) -> Query:
+    """``q`` over the pool rows ``rows`` (sorted) only, with budget ``k``: its fixed and
+    excluded rows among them, at their places there; its caps over their codes, holding
+    its fixed rows that are not among them."""
+    def local(which: np.ndarray) -> np.ndarray:
+        at = np.searchsorted(rows, which)
+        inside = (at < len(rows)) & (rows[np.minimum(at, len(rows) - 1)] == which)
+        return at[inside].astype(np.int64)
+
+    outside = np.setdiff1d(q.fixed, rows)
+    quotas = tuple(c.holding(outside).restricted(rows) for c in q.quotas)
+    return Query(q.Y, k, q.m, q.tolerance, exclude=local(q.exclude), fixed=local(q.fixed),
+                 quotas=quotas)
+
+
 def part_candidates(
     part: StackedPool, queries: Sequence[Query], pursuit: Pursuit, options: dict[str, Any]
 ) -> list[np.ndarray]:
     """Each query's selection (row positions within ``part``) with its full budget k (at
-    most the part's size)."""
-    found = pursuit(part, [Query(q.Y, min(q.k, part.num_rows), q.m, q.tolerance)
-                           for q in queries], **options)
-    return [r.rows for r in found]
+    most the part's size); ``queries`` are already over the part's rows (:func:`within`)."""
+    return [r.rows for r in pursuit(part, list(queries), **options)]
 
 
 def partitioned_gtp(
@@ -75,18 +88,19 @@ def partitioned_gtp(
         Per query, rows are positions in ``pool``; ``candidates`` is the union's size.
     """
     bounds = part_bounds(pool.num_rows, partitions)
-    fn = partial(part_candidates, queries=list(queries), pursuit=pursuit, options=options)
-    per_part = pool.map_parts(fn, bounds, on_done=part_progress)
+    asked = [[within(q, np.arange(a, b), min(q.k, b - a)) for q in queries] for a, b in bounds]
+    per_part = pool.map_parts(partial(part_candidates, pursuit=pursuit, options=options),
+                              bounds, on_done=part_progress, per_part=asked)
     results = []
     for j, q in enumerate(queries):
         chosen = [rows[j] + start for rows, (start, _) in zip(per_part, bounds, strict=True)]
-        union = np.unique(np.concatenate(chosen)).astype(np.int64)
+        union = np.unique(np.concatenate([q.fixed, *chosen])).astype(np.int64)
         if len(union) == 0:
             C = q.Y.shape[1]
             res = 0.0 if q.yy == 0 else 1.0
             results.append(PursuitResult(union, np.zeros((0, C)), res, [res], candidates=0))
             continue
-        final = pursuit(pool.subset(union), [Query(q.Y, min(q.k, len(union)), q.m, q.tolerance)],
+        final = pursuit(pool.subset(union), [within(q, union, min(q.k, len(union)))],
                         **options)[0]
         results.append(
             PursuitResult(

@@ -12,7 +12,7 @@ rows may no scan return now (their group is full), and may member j leave for ou
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -20,13 +20,26 @@ import numpy as np
 @dataclass(frozen=True)
 class Quota:
     """``codes`` (N,) int: each pool row's group; ``cap``: most rows of one group;
-    ``kept``: rows the selection holds that the method does not choose or see as its own
-    (``--extend``'s rows where a method fits only what they leave): counted from the
-    start."""
+    ``held``: rows per group the selection holds that the method does not see as its own
+    (``--extend``'s rows where a method fits only what they leave, or those outside one
+    part of a partitioned pool), counted from the start."""
 
     codes: np.ndarray
     cap: int
-    kept: np.ndarray | None = None
+    held: np.ndarray | None = None
+
+    def restricted(self, rows: np.ndarray) -> Quota:
+        """This quota over the pool rows ``rows`` only (their codes, in that order)."""
+        return replace(self, codes=self.codes[rows])
+
+    def holding(self, rows: np.ndarray) -> Quota:
+        """This quota with the pool rows ``rows`` held as well."""
+        groups = max(int(self.codes.max(initial=-1)) + 1,
+                     0 if self.held is None else len(self.held))
+        held = np.bincount(self.codes[np.asarray(rows, dtype=np.int64)], minlength=groups)
+        if self.held is not None:
+            held[: len(self.held)] += self.held
+        return replace(self, held=held)
 
 
 class QuotaCounts:
@@ -34,10 +47,7 @@ class QuotaCounts:
 
     def __init__(self, quotas: Sequence[Quota], chosen: Sequence[int] = ()) -> None:
         self.quotas = list(quotas)
-        self.counts = [np.bincount(q.codes[q.kept] if q.kept is not None else
-                                   np.zeros(0, dtype=np.int64),
-                                   minlength=int(q.codes.max(initial=-1)) + 1)
-                       .astype(np.int64) for q in self.quotas]
+        self.counts = [_held(q) for q in self.quotas]
         for row in chosen:
             self.add(int(row))
 
@@ -95,3 +105,12 @@ class QuotaCounts:
                 taken.append(int(r))
                 self.add(int(r))
         return taken
+
+
+def _held(q: Quota) -> np.ndarray:
+    """Rows per group at the start: ``held``, over every group the codes name."""
+    out = np.zeros(max(int(q.codes.max(initial=-1)) + 1,
+                       0 if q.held is None else len(q.held)), dtype=np.int64)
+    if q.held is not None:
+        out[: len(q.held)] = q.held
+    return out

@@ -179,12 +179,15 @@ class StackedPool:
             self.normalize, self.center, self.norms[positions], device=self.device,
         )
 
-    def map_parts(self, fn, bounds: list[tuple[int, int]], on_done=None) -> list:
+    def map_parts(self, fn, bounds: list[tuple[int, int]], on_done=None,
+                  per_part: list | None = None) -> list:
         """``fn(part)`` for each (start, stop) part, results in order (a distributed pool
-        runs them as parallel tasks); ``on_done(rows)`` after each part."""
+        runs them as parallel tasks); ``on_done(rows)`` after each part. ``per_part``: one
+        item for each part, passed as ``fn(part, item)``."""
         out = []
-        for a, b in bounds:
-            out.append(fn(self.part(a, b)))
+        for i, (a, b) in enumerate(bounds):
+            out.append(fn(self.part(a, b)) if per_part is None else
+                       fn(self.part(a, b), per_part[i]))
             if on_done is not None:
                 on_done(b - a)
         return out

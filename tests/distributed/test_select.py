@@ -99,8 +99,7 @@ def test_a_query_on_ray_equals_the_query_local(ray_cluster, store, method):
     reading its share of the allowed rows by position) against the same query in RAM."""
     first = store.select("pool", "tgt", 12, method="less")
     query = dict(where="id LIKE '%3' OR id LIKE '%5'", exclude=[first.selection_id],
-                 extend=first.selection_id if method != "gtp-paper" else None,
-                 max_share="subtask=0.5" if method not in ("gtp-paper", "omp") else ())
+                 extend=first.selection_id, max_share="subtask=0.5")
     local = store.select("pool", "tgt", [0.05, 30], method=method, save=False, **query)
     dist = store.select("pool", "tgt", [0.05, 30], method=method, save=False,
                         ray="local", ray_tasks=3, **query)
@@ -108,7 +107,8 @@ def test_a_query_on_ray_equals_the_query_local(ray_cluster, store, method):
         assert b.ids == a.ids, method
         np.testing.assert_allclose(b.weights, a.weights, rtol=1e-4, atol=1e-7)
         assert b.params["rows_allowed"] == a.params["rows_allowed"]
-        new = b.ids[12:] if query["extend"] else b.ids
+        new = b.ids[12:]
+        assert b.ids[:12] == first.ids
         assert new and all(i[-1] in "35" and i not in first.ids for i in new)
 
 
@@ -122,6 +122,13 @@ def test_partitioned_select_on_ray_equals_partitioned_local(ray_cluster, store, 
     assert 30 <= dist.params["candidates"] <= 4 * 30
     whole = store.select("pool", "tgt", 30, save=False, method=method)
     assert dist.residual <= whole.residual * 1.2  # clustered pool: close to one pursuit
+    # a query: each part task gets its share of the kept rows and the caps
+    first = store.select("pool", "tgt", 8, method="less")
+    query = dict(partitions=4, method=method, extend=first.selection_id,
+                 max_share="subtask=0.5", save=False)
+    local = store.select("pool", "tgt", 30, **query)
+    dist = store.select("pool", "tgt", 30, ray="local", **query)
+    assert dist.ids == local.ids and dist.ids[:8] == first.ids
 
 
 @pytest.mark.parametrize("pursuit", [gtp, gtp_paper], ids=["gtp", "gtp-paper"])

@@ -30,6 +30,19 @@ def test_extend_keeps_the_rows_and_fills_the_budget(store, method):
     assert len(more[1].ids) == 20 or method in ("gtp-paper", "omp")
 
 
+@pytest.mark.parametrize("method", ["gtp", "gtp-paper"])
+def test_extend_over_a_partitioned_pool(store, method):
+    """--partitions: each part's pursuit keeps the kept rows that fall in it, the final
+    pursuit keeps them all (its candidates include them), and the budget is filled."""
+    first = store.select("pool", "tgt", budget=6, method="less")
+    sel = store.select("pool", "tgt", budget=15, method=method, partitions=3,
+                       extend=first.selection_id, save=False)
+    assert sel.ids[:6] == first.ids and len(sel.ids) == len(set(sel.ids))
+    assert len(sel.ids) == 15 or method == "gtp-paper"
+    assert sel.params["partitions"] == 3 and sel.params["rows_kept"] == 6
+    assert np.all(sel.weights >= 0) and len(sel.weights) == len(sel.ids)
+
+
 def test_extended_less_is_less_over_the_rows_not_kept(store):
     first = store.select("pool", "tgt", budget=5, method="less")
     grown = store.select("pool", "tgt", budget=12, method="less", extend="latest", save=False)
@@ -68,7 +81,6 @@ def test_extend_on_the_command_line_and_again(store):
 @pytest.mark.parametrize("args, message", [
     (["--extend", "0123456789ab"], "--extend '0123456789ab' is not a stored selection"),
     (["--extend", "latest", "--budget", "3"], "nothing to add; give a budget above"),
-    (["--extend", "latest", "--partitions", "2"], "--extend does not run with --partitions"),
     (["--extend", "latest", "--target-mode", "parts"], "--extend does not run with"),
 ])
 def test_bad_extensions_are_one_line_and_change_nothing(store, args, message):

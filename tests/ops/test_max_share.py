@@ -81,6 +81,23 @@ def test_a_whole_query_streamed_answers_as_in_ram(store, method):
     assert got["stream"][0].params["scan_mode"] == "LanceSource"
 
 
+@pytest.mark.parametrize("method", ["gtp", "gtp-paper"])
+def test_share_over_a_partitioned_pool(store, method):
+    """--partitions: each part's pursuit keeps the caps over its rows, holding the kept
+    rows of the other parts, and the final one over the union of their picks: kept rows of
+    s0 that fill its cap leave every new row to s1 and s2."""
+    free = store.select("pool", "tgt", budget=20, method=method, partitions=3, save=False)
+    assert max(_per_value(free.ids).values()) > 8  # the cap binds
+    sel = store.select("pool", "tgt", budget=20, method=method, partitions=3,
+                       max_share="subtask=0.4", save=False)
+    assert max(_per_value(sel.ids).values()) <= 8 and len(sel.ids) > 8
+    first = store.select("pool", "tgt", budget=4, where="subtask = 's0'")
+    grown = store.select("pool", "tgt", budget=10, method=method, partitions=3,
+                         extend=first.selection_id, max_share="subtask=0.4", save=False)
+    assert grown.ids[:4] == first.ids and len(grown.ids) > 4
+    assert _per_value(grown.ids)["s0"] == 4 and max(_per_value(grown.ids).values()) <= 4
+
+
 @pytest.mark.parametrize("method", ["omp", "gtp-paper"])
 def test_share_counts_the_kept_rows_where_a_method_fits_what_they_leave(store, method):
     """omp and gtp-paper extend by fitting what the kept rows leave of the target, so the
