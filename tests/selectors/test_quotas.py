@@ -96,3 +96,18 @@ def test_a_quota_that_cannot_fill_k_gives_fewer_rows(rng):
     codes = np.arange(60) % 2
     (res,) = gtp(pool, [Query(dense(pool)[:5].mean(0), 10, quotas=(Quota(codes, 3),))])
     assert len(res.rows) == 6 and _counts(codes, res.rows).tolist() == [3, 3]
+
+
+def test_held_rows_count_from_the_start_and_follow_a_restriction():
+    """``Quota.holding`` counts rows the method does not see (kept rows, another part's
+    rows) per group; ``restricted`` keeps those counts over fewer rows' codes."""
+    q = Quota(np.array([0, 0, 1, 1, 2, 2, 0]), cap=2)
+    held = q.holding([0, 6]).holding([2])  # two rows of group 0, one of group 1
+    np.testing.assert_array_equal(held.held, [2, 1, 0])
+    counts = QuotaCounts([held])
+    assert [counts.admits(r) for r in range(7)] == [False, False, True, True, True, True,
+                                                    False]
+    part = held.restricted(np.array([3, 4, 5]))  # codes 1, 2, 2: group 0 is not among them
+    counts = QuotaCounts([part], chosen=[0])
+    np.testing.assert_array_equal(counts.counts[0], [2, 2, 0])
+    np.testing.assert_array_equal(counts.blocked(), [0])
