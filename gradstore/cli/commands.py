@@ -236,6 +236,9 @@ def add_export(sub) -> None:
     p.add_argument("--weight-column", default="weight", help="name of the weight column")
     p.add_argument("--rank-column", default="rank", help="name of the rank column")
     p.add_argument("--encoding", default="utf-8", help="text encoding of a .jsonl/.json file")
+    p.add_argument("--from-store", action="store_true",
+                   help="no data file: each row is its id and the fields the store kept "
+                        "of it (ingest --fields), for a pool whose data file is gone")
     _format_flag(p)
     p.set_defaults(func=cmd_export)
 
@@ -246,7 +249,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     store = gradstore.open(args.store, create=False)
     summary = store.export(args.selection, args.out, data=args.data, split=args.split,
                            weight_column=args.weight_column, rank_column=args.rank_column,
-                           encoding=args.encoding)
+                           encoding=args.encoding, from_store=args.from_store)
     print_summary(summary, args.format)
     return 0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gradstore.errors import GradstoreError
-from gradstore.grads.data import read_records
+from gradstore.grads.data import Record, read_records
 from gradstore.ops.summaries import query_of
 from gradstore.store.database import Database
 
@@ -59,10 +59,13 @@ def export_selection(
     rank_column: str = "rank",
     overwrite: bool = True,
     encoding: str = "utf-8",
+    from_store: bool = False,
 ) -> ExportSummary:
     """Write the rows of ``data`` chosen by selection ``selection_id`` to ``out``.
 
     ``data`` (and ``split``) default to the file the pool table was ingested from.
+    ``from_store``: no data file; each row is its id and the fields the store kept of it
+    (``ingest --fields``), for a pool whose data file is gone.
     """
     sel = db.selection(selection_id)
     out_p = Path(out)
@@ -72,14 +75,23 @@ def export_selection(
             f"weight column {weight_column!r} and rank column {rank_column!r} must differ "
             "from each other and from 'id'; pick other --weight-column/--rank-column names"
         )
-    data_p, split, _ = pool_data_file(db, sel.pool, data, split)
-    if out_p.resolve() == data_p.resolve():
-        raise GradstoreError(f"output {out_p} is the input data file; choose another output path")
+    if from_store:
+        by_id = stored_records(db, sel.pool, sel.ids, data)
+    else:
+        try:
+            data_p, split, _ = pool_data_file(db, sel.pool, data, split)
+        except GradstoreError as exc:
+            raise GradstoreError(f"{exc} (or --from-store: the fields the store kept)") \
+                from None
+        if out_p.resolve() == data_p.resolve():
+            raise GradstoreError(f"output {out_p} is the input data file; choose another "
+                                 "output path")
     if out_p.is_dir():
         raise GradstoreError(f"output {out_p} is a directory; give a file path ending in {suffix}")
     if out_p.exists() and not overwrite:
         raise GradstoreError(f"output {out_p} exists; remove it or allow overwriting")
-    by_id = pool_records(db, sel.pool, sel.ids, data, split, encoding)
+    if not from_store:
+        by_id = pool_records(db, sel.pool, sel.ids, data, split, encoding)
     rows = _exported_rows(sel, by_id, weight_column, rank_column)
     _write_atomic(out_p, suffix, rows)
     return ExportSummary(selection_id=sel.selection_id, out=str(out_p), rows=len(rows),
@@ -102,6 +114,24 @@ def pool_records(db: Database, pool: str, ids: list[str], data=None, split=None,
             f"{pool!r} was ingested from{hint}"
         )
     return by_id
+
+
+def stored_records(db: Database, pool: str, ids: list[str], data=None) -> dict[str, Record]:
+    """The selected rows as the store keeps them: each its id and kept fields, by id."""
+    if data is not None:
+        raise GradstoreError("--from-store reads no data file; drop --data (or drop "
+                             "--from-store to export the data file's rows)")
+    if not db.data_fields(pool):
+        raise GradstoreError(
+            f"pool table {pool!r} keeps none of its rows' fields (ingested before gradstore "
+            "kept them, or with --fields none); export with --data, or run the same ingest "
+            "again to add them")
+    rows = db.field_rows(pool, ids)
+    missing = [i for i in ids if i not in rows]
+    if missing:  # a selection outlived its rows (a table replaced since)
+        raise GradstoreError(f"{len(missing)} selected ids are no longer in pool table "
+                             f"{pool!r} (e.g. {missing[0]!r}); select again")
+    return {i: Record(i, n, f"stored row {i!r}", rows[i]) for n, i in enumerate(ids)}
 
 
 def pool_data_file(db: Database, pool: str, data, split) -> tuple[Path, str | None, str | None]:

@@ -71,6 +71,10 @@ class Database(Catalog):
         """The columns kept from the data rows' own fields (``ingest --fields``)."""
         return self.reader.data_fields(table)
 
+    def field_rows(self, table: str, ids: Sequence[str]) -> dict[str, dict]:
+        """The stored rows of ``ids``: each its id and kept fields, by id."""
+        return self.reader.field_rows(table, ids)
+
     def add_fields(self, table: str, values: dict[str, pa.Array]) -> None:
         self.writer.add_fields(table, values)
 

@@ -71,11 +71,36 @@ def test_max_share_and_report_by_read_the_store(store, tmp_path):
     (root / "pool.jsonl").rename(root / "moved.jsonl")  # --by needs no data file now
     try:
         rep = st.report([sel.selection_id], tmp_path / "r.html", by="source")
+        gone = run("export", st.uri, "--selection", sel.selection_id, "--out",
+                   tmp_path / "x.jsonl", ok=False)
+        run("export", st.uri, "--selection", sel.selection_id, "--out", tmp_path / "x.jsonl",
+            "--from-store")
     finally:
         (root / "moved.jsonl").rename(root / "pool.jsonl")
+    assert gone.returncode == 2 and "or --from-store" in gone.stderr
+    # each exported row: its id and kept fields as the data file has them, rank, weight
+    kept = ("licence", "n", "ok", "score", "source")
+    by_id = {r["id"]: r for r in rows}
+    assert _rows(tmp_path / "x.jsonl") == [
+        {"id": i, **{k: by_id[i][k] for k in kept if k in by_id[i]}, "rank": n + 1,
+         "weight": float(w)}
+        for n, (i, w) in enumerate(zip(sel.ids, sel.weights, strict=True))]
     assert rep.pool_composition == {"books": 8, "code": 8, "web": 8}
     assert rep.selections[0].composition == {k: v for k, v in sorted(
         counts.items(), key=lambda kv: (-kv[1], kv[0]))}
+
+
+def test_export_from_the_store_needs_kept_fields(store, tmp_path):
+    st, root, rows, _ = store
+    st.import_vectors("bare", np.ones((4, 8), np.float32), "c", ids=list("abcd"))
+    sel = st.select("bare", None, budget=2, method="random")
+    for extra, message in [([], "keeps none of its rows' fields"),
+                           (["--data", root / "pool.jsonl"], "--from-store reads no data")]:
+        res = run("export", st.uri, "--selection", sel.selection_id, "--out",
+                  tmp_path / "y.jsonl", "--from-store", *extra, ok=False)
+        assert res.returncode == 2 and message in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "y.jsonl").exists()
 
 
 def test_bad_fields_are_one_line(store, llama_dir):
