@@ -442,9 +442,6 @@ class SelectConfig:
         if self.max_share and self.target_mode == "parts":
             _bad("--max-share does not run with --target-mode parts yet; use --method "
                  "round-robin to take the target's parts in turn within the caps")
-        if self.extend is not None and self.target_mode == "parts":
-            _bad("--extend does not run with --target-mode parts yet; use --method "
-                 "round-robin to extend a selection by turns over the target's parts")
 
 
 def parse_share(entry: str) -> tuple[str, float]:

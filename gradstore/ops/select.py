@@ -391,7 +391,7 @@ def _answer_by_parts(spool: StackedPool, Ys: list[np.ndarray], parts: list[Targe
         taken = [(r.rows, r.per_part, {"copies_set_aside": r.copies_set_aside,
                                        "scans": r.scans}) for r in found]
     else:
-        taken = _gtp_by_parts(spool, parts, ks, pairs, opts, bar)
+        taken = _gtp_by_parts(spool, parts, ks, pairs, opts, bar, fixed)
     out = []
     for (ti, _), (rows, per_part, extra) in zip(pairs, taken, strict=True):
         _, res = fit_support(spool, rows, Ys[ti])
@@ -402,28 +402,35 @@ def _answer_by_parts(spool: StackedPool, Ys: list[np.ndarray], parts: list[Targe
 
 
 def _gtp_by_parts(spool: StackedPool, parts: list[TargetParts], ks: list[int],
-                  pairs: list[tuple[int, int]], opts: SelectConfig, bar) -> list[tuple]:
+                  pairs: list[tuple[int, int]], opts: SelectConfig, bar,
+                  fixed: np.ndarray | None = None) -> list[tuple]:
     """A gtp query per (pair, part): the part's mean, ``ceil``/``floor`` of k over the
     parts (larger parts first), its own tolerance; all in one lockstep run. A row two
-    parts chose counts once (the selection then holds fewer than k: recorded)."""
+    parts chose counts once (the selection then holds fewer than k: recorded). ``fixed``
+    (``--extend``): every part's pursuit starts from the kept rows and keeps them, its
+    new rows a share of what the budget leaves; the answer is the kept rows, then the
+    parts' new rows in turn."""
+    kept = np.zeros(0, dtype=np.int64) if fixed is None else fixed
     queries, owner = [], []
     for j, (ti, bi) in enumerate(pairs):
-        P = len(parts[ti].rows)
+        P, room = len(parts[ti].rows), ks[bi] - len(kept)
         for p, rows in enumerate(parts[ti].rows):
-            k = ks[bi] // P + (p < ks[bi] % P)
+            k = room // P + (p < room % P)
             if k == 0:
                 continue
             Y = rows.mean(0)[:, None]
             tol = _tolerance(opts, target_tolerance(rows))
-            queries.append(Query(Y, k, m=_candidates(opts, spool, k), tolerance=tol))
+            queries.append(Query(Y, k + len(kept), m=_candidates(opts, spool, k + len(kept)),
+                                 tolerance=tol, fixed=kept))
             owner.append((j, p))
     found = _pursue(spool, queries, opts, bar, max(q.k for q in queries))
     picks: list[list[list[int]]] = [[[] for _ in parts[ti].rows] for ti, _ in pairs]
+    held = {int(x) for x in kept}
     for (j, p), r in zip(owner, found, strict=True):
-        picks[j][p] = [int(x) for x in r.rows]
+        picks[j][p] = [int(x) for x in r.rows if int(x) not in held]
     out = []
     for lists in picks:
-        rows, part_of, seen = [], [], set()
+        rows, part_of, seen = [int(x) for x in kept], [], set(held)
         for turn in range(max(len(x) for x in lists)):
             for p, chosen in enumerate(lists):
                 if turn < len(chosen) and chosen[turn] not in seen:
@@ -431,7 +438,7 @@ def _gtp_by_parts(spool: StackedPool, parts: list[TargetParts], ks: list[int],
                     rows.append(chosen[turn])
                     part_of.append(p)
         per_part = np.bincount(np.asarray(part_of, dtype=np.int64), minlength=len(lists))
-        overlap = sum(len(x) for x in lists) - len(rows)
+        overlap = sum(len(x) for x in lists) - (len(rows) - len(kept))
         out.append((np.asarray(rows, dtype=np.int64), per_part, {"parts_overlap": overlap}))
     return out
 

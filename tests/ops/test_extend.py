@@ -43,6 +43,20 @@ def test_extend_over_a_partitioned_pool(store, method):
     assert np.all(sel.weights >= 0) and len(sel.weights) == len(sel.ids)
 
 
+def test_extend_by_the_targets_parts(store):
+    """--target-mode parts: every part's gtp pursuit starts from the kept rows and keeps
+    them; the answer is the kept rows, then the parts' new rows in turn, no row twice."""
+    first = store.select("pool", "tgt", budget=5, method="less")
+    sel = store.select("pool", "tgt", budget=14, target_mode="parts", extend=first.selection_id,
+                       save=False)
+    assert sel.ids[:5] == first.ids and len(set(sel.ids)) == len(sel.ids)
+    per_part = sel.params["per_part"]
+    assert len(per_part) == len(sel.params["parts"]) >= 2
+    assert sum(per_part) == len(sel.ids) - 5
+    assert len(sel.ids) + sel.params["parts_overlap"] == 14
+    assert sel.params["rows_kept"] == 5
+
+
 def test_extended_less_is_less_over_the_rows_not_kept(store):
     first = store.select("pool", "tgt", budget=5, method="less")
     grown = store.select("pool", "tgt", budget=12, method="less", extend="latest", save=False)
@@ -81,7 +95,6 @@ def test_extend_on_the_command_line_and_again(store):
 @pytest.mark.parametrize("args, message", [
     (["--extend", "0123456789ab"], "--extend '0123456789ab' is not a stored selection"),
     (["--extend", "latest", "--budget", "3"], "nothing to add; give a budget above"),
-    (["--extend", "latest", "--target-mode", "parts"], "--extend does not run with"),
 ])
 def test_bad_extensions_are_one_line_and_change_nothing(store, args, message):
     store.select("pool", "tgt", budget=4)
