@@ -439,9 +439,9 @@ class SelectConfig:
             _bad("--where is empty; give a predicate such as \"subtask = 'math'\"")
         for entry in self.max_share:
             parse_share(entry)
-        if self.max_share and self.target_mode == "parts":
-            _bad("--max-share does not run with --target-mode parts yet; use --method "
-                 "round-robin to take the target's parts in turn within the caps")
+        if self.max_share and self.target_mode == "parts" and self.partitions:
+            _bad("--max-share with --target-mode parts does not run with --partitions (the "
+                 "parts' pursuits share their counts of the caps); drop --partitions")
 
 
 def parse_share(entry: str) -> tuple[str, float]:

@@ -41,6 +41,7 @@ from gradstore.selectors.less import less_topk, less_within_quotas
 from gradstore.selectors.omp import fit_support, omp
 from gradstore.selectors.partitioned import partitioned_gtp
 from gradstore.selectors.query import Query, target_tolerance
+from gradstore.selectors.quotas import QuotaCounts
 from gradstore.selectors.random_subset import random_subset
 from gradstore.selectors.round_robin import PartsQuery, part_columns, round_robin
 from gradstore.selectors.scan import ScanDevice
@@ -391,7 +392,7 @@ def _answer_by_parts(spool: StackedPool, Ys: list[np.ndarray], parts: list[Targe
         taken = [(r.rows, r.per_part, {"copies_set_aside": r.copies_set_aside,
                                        "scans": r.scans}) for r in found]
     else:
-        taken = _gtp_by_parts(spool, parts, ks, pairs, opts, bar, fixed)
+        taken = _gtp_by_parts(spool, parts, ks, pairs, opts, bar, fixed, quotas)
     out = []
     for (ti, _), (rows, per_part, extra) in zip(pairs, taken, strict=True):
         _, res = fit_support(spool, rows, Ys[ti])
@@ -403,17 +404,22 @@ def _answer_by_parts(spool: StackedPool, Ys: list[np.ndarray], parts: list[Targe
 
 def _gtp_by_parts(spool: StackedPool, parts: list[TargetParts], ks: list[int],
                   pairs: list[tuple[int, int]], opts: SelectConfig, bar,
-                  fixed: np.ndarray | None = None) -> list[tuple]:
+                  fixed: np.ndarray | None = None, quotas: list[tuple] | None = None
+                  ) -> list[tuple]:
     """A gtp query per (pair, part): the part's mean, ``ceil``/``floor`` of k over the
     parts (larger parts first), its own tolerance; all in one lockstep run. A row two
     parts chose counts once (the selection then holds fewer than k: recorded). ``fixed``
     (``--extend``): every part's pursuit starts from the kept rows and keeps them, its
     new rows a share of what the budget leaves; the answer is the kept rows, then the
-    parts' new rows in turn."""
+    parts' new rows in turn. ``quotas`` (per budget): a pair's part pursuits share one
+    count of the caps (the kept rows counted once), so no step of one can fill a value
+    the others hold, and the answer keeps the caps."""
     kept = np.zeros(0, dtype=np.int64) if fixed is None else fixed
     queries, owner = [], []
     for j, (ti, bi) in enumerate(pairs):
         P, room = len(parts[ti].rows), ks[bi] - len(kept)
+        caps = () if quotas is None else quotas[bi]
+        counts = QuotaCounts(caps, kept) if caps else None
         for p, rows in enumerate(parts[ti].rows):
             k = room // P + (p < room % P)
             if k == 0:
@@ -421,7 +427,7 @@ def _gtp_by_parts(spool: StackedPool, parts: list[TargetParts], ks: list[int],
             Y = rows.mean(0)[:, None]
             tol = _tolerance(opts, target_tolerance(rows))
             queries.append(Query(Y, k + len(kept), m=_candidates(opts, spool, k + len(kept)),
-                                 tolerance=tol, fixed=kept))
+                                 tolerance=tol, fixed=kept, quotas=caps, counts=counts))
             owner.append((j, p))
     found = _pursue(spool, queries, opts, bar, max(q.k for q in queries))
     picks: list[list[list[int]]] = [[[] for _ in parts[ti].rows] for ti, _ in pairs]

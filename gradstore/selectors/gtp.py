@@ -146,7 +146,8 @@ class _GtpState(PursuitState):
         self.sel = _Selection(run.pool.width)
         self.rounds = 0  # swap rounds at the current alpha
         self.copies: set[int] = set()  # rows set aside as copies of chosen ones
-        self.quota = QuotaCounts(q.quotas, q.fixed)  # rows per group of each --max-share field
+        # rows per group of each --max-share field (shared: with the other parts' pursuits)
+        self.quota = q.counts if q.counts is not None else QuotaCounts(q.quotas, q.fixed)
         if len(q.fixed):  # --extend: the kept rows start the selection and stay in it
             self.sel.rows = [int(r) for r in q.fixed]
             self.sel.s = run.pool.rows(q.fixed).double().sum(0).numpy()

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gradstore.selectors.quotas import QuotaCounts
+
 MAX_CANDIDATES = 4096
 """Most candidate rows a pursuit's round takes from one scan (its rows, Gram matrix or
 products grow with it: 2k candidates at k = 50,000 would be a 100,000-row Gram matrix)."""
@@ -34,6 +36,10 @@ class Query:
     fixed: np.ndarray | None = None
     quotas: tuple = ()
     """``Quota``s (``--max-share``): caps on the rows one value of a field may take."""
+    counts: QuotaCounts | None = None
+    """gtp: the counts of ``quotas`` this query shares with others whose selections make
+    one answer together (``--target-mode parts``: each part's pursuit sees the rows the
+    other parts hold); None: its own, from its fixed rows."""
 
     def __post_init__(self) -> None:
         Y = np.asarray(self.Y, dtype=np.float64)

@@ -111,3 +111,20 @@ def test_share_counts_the_kept_rows_where_a_method_fits_what_they_leave(store, m
                        max_share="subtask=0.4", save=False)
     assert sel.ids[:4] == first.ids and len(sel.ids) > 4
     assert _per_value(sel.ids)["s0"] == 4 and max(_per_value(sel.ids).values()) <= 4
+
+
+def test_share_by_the_targets_parts(store):
+    """--target-mode parts: the parts' pursuits share one count of the caps (the kept rows
+    counted once), so their answer together keeps them; with kept rows of s0 filling its
+    cap, no part adds an s0 row."""
+    free = store.select("pool", "tgt", budget=20, target_mode="parts", save=False)
+    assert max(_per_value(free.ids).values()) > 8  # the cap binds
+    sel = store.select("pool", "tgt", budget=20, target_mode="parts",
+                       max_share="subtask=0.4", save=False)
+    assert max(_per_value(sel.ids).values()) <= 8
+    assert len(sel.ids) + sel.params["parts_overlap"] == 20
+    first = store.select("pool", "tgt", budget=4, where="subtask = 's0'")
+    grown = store.select("pool", "tgt", budget=10, target_mode="parts",
+                         extend=first.selection_id, max_share="subtask=0.4", save=False)
+    assert grown.ids[:4] == first.ids and len(grown.ids) > 4
+    assert _per_value(grown.ids)["s0"] == 4 and max(_per_value(grown.ids).values()) <= 4

@@ -113,7 +113,8 @@ def test_where_and_exclude_on_the_command_line(whole):
     (["--max-share", "subtask"], "give FIELD=SHARE"),
     (["--max-share", "licence=0.3"], "has no column 'licence'; its columns: id, row, subtask"),
     (["--max-share", "subtask=0.1"], "allows no row of a value at budget 5"),
-    (["--max-share", "subtask=0.5", "--target-mode", "parts"], "not run with --target-mode parts"),
+    (["--max-share", "subtask=0.5", "--target-mode", "parts", "--partitions", "2"],
+     "does not run with --partitions"),
 ])
 def test_bad_queries_are_one_line_and_change_nothing(whole, args, message, tmp_path):
     every_s1 = tmp_path / "s1.txt"
