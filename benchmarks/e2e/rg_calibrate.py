@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import sys
 import tempfile
@@ -46,9 +47,17 @@ class Settings:
     seed: int = 0
 
     def key(self, task: str) -> str:
-        spec = json.dumps([task, asdict(self), asdict(rg_tasks.TASKS[task])], sort_keys=True,
-                          default=str)
+        spec = json.dumps([task, asdict(self), asdict(rg_tasks.spec(task))], sort_keys=True,
+                          default=_stable)
         return hashlib.blake2b(spec.encode(), digest_size=8).hexdigest()
+
+
+def _stable(value) -> str:
+    """A task's ``keep``/``instance`` function as its source text (its ``str`` holds its
+    address, new in every process: a record keyed by it would never be found again)."""
+    if callable(value):
+        return inspect.getsource(value).strip()
+    return str(value)
 
 
 def calibrate(task: str, s: Settings, model: str, gguf: str | None, work: Path,

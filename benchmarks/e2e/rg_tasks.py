@@ -9,7 +9,9 @@ prompts are shortened to their essential instruction (``Task.shorten``; where th
 format stays unambiguous). The answer is reasoning-gym's own answer, stripped: scoring is
 teacher-forced exact match of that one string, so no alternative form is accepted (even
 where reasoning-gym's ``score_answer`` would accept one: case for ``spell_backward``,
-``+01``/``1.0`` for the arithmetic tasks).
+``+01``/``1.0`` for the arithmetic tasks). ``TASKS`` is the catalogue (the benchmark's pool
+takes every entry); ``CANDIDATES`` are tasks under calibration, outside the pool;
+``spec(name)`` finds a name in either.
 
 Rows (``make_pool.row``) carry ``id``, ``skill`` (the task: the label that the selectors
 never read unless told to, as with ``make_pool``'s skills), ``messages`` (user prompt,
@@ -65,7 +67,8 @@ class Task:
     """Drop items whose answer already makes up this share of the rows so far (an answer
     that a constant guess gets right most of the time leaves nothing to learn)."""
     keep: Callable[[dict], bool] | None = None
-    """Items to keep (others dropped): where reasoning-gym's answer is wrong."""
+    """Items to keep (others dropped): where reasoning-gym's answer is wrong, or where its
+    config cannot rule out a variant of the task."""
     instance: Callable[[dict], Any] | None = None
     """The instance of reasoning-gym's item, where one instance has several prompts (other
     phrasings, another order): a prompt of a seen instance is dropped as well."""
@@ -168,6 +171,96 @@ TASKS: dict[str, Task] = {
                                    r"from the top left):\n\1")),
 }
 
+# Tasks under calibration, not in the plan's pool: the pool is built from every entry of
+# TASKS, so promoting one (moving it into TASKS) changes the pool and so every recorded job.
+# ``spec(name)`` finds a name in either dict; the two never share a name.
+CANDIDATES: dict[str, Task] = {
+    # Mirror a 2x2 digit matrix one of 4 ways (horizontally, vertically, along the diagonal
+    # or the counterdiagonal; named in the prompt): 4 fixed permutations, like
+    # rotate_matrix. Other transforms get weight -50 (the config's weights go through a
+    # softmax, so 0 is not "never"); the shortened prompt drops the identity step.
+    "mirror_matrix": Task("manipulate_matrix", {
+        "min_rows": 2, "max_rows": 2, "min_cols": 2, "max_cols": 2, "min_transforms": 1,
+        "max_transforms": 1, "w_rotate": -50, "w_hmirror": 1, "w_vmirror": 1, "w_dmirror": 1,
+        "w_cmirror": 1, "w_map": -50, "w_crop": -50, "w_remove_every_nth_row": -50,
+        "w_remove_every_nth_col": -50, "w_zero_divisible": -50},
+        shorten=(r"For the following matrix:\n(.+?)\n\nPerform the following series of "
+                 r"operations in order:\n- Identity transformation, i\.e\. no change\n- "
+                 r"(.+?)\n?", r"\2:\n\1")),
+    # Max pooling of a 4x4 digit matrix with a 2x2 kernel: the largest digit of each
+    # block, copied into a 2x2 answer (7 tokens). reasoning-gym draws max or average
+    # pooling (no config for it): average pooling (decimals) is dropped.
+    "max_pool": Task("pool_matrix", {"min_rows": 4, "max_rows": 4, "min_cols": 4,
+                                     "max_cols": 4, "min_pool_size": 2, "max_pool_size": 2},
+                     shorten=(r".*\nPerform (max|average) pooling on the following matrix "
+                              r"with a kernel size of 2:\n(.+?)\n?",
+                              r"Perform \1 pooling on this matrix with a 2x2 kernel and "
+                              r"stride 2:\n\2"),
+                     keep=lambda it: it["metadata"]["pool_type"] == "max"),
+    # Sort 3 whole numbers below 100 ascending or descending, answered as reasoning-gym's
+    # list of strings ("['25.0', '56.0', '75.0']"): compare tens digits, copy the numbers.
+    "sort_numbers": Task("number_sorting", {"min_numbers": 3, "max_numbers": 3,
+                                            "min_decimals": 0, "max_decimals": 0,
+                                            "min_value": 0, "max_value": 99},
+                         shorten=(r"Sort these numbers in (ascending|descending) order: "
+                                  r"(.+?)\nPlease follow the instruction below:\n.*",
+                                  r"Sort these numbers in \1 order, as a list of strings "
+                                  r"like ['1.0', '7.0']: \2")),
+    # A palindrome of 3 given letters (2 alike): the odd letter goes in the middle, a
+    # unique answer ("t, t, z" -> "tzt"); one instance per multiset of letters.
+    "palindrome3": Task("palindrome_generation", {"min_length": 3, "max_length": 3},
+                        shorten=(r".*\nNow, form a valid palindrome using the following "
+                                 r"letters: (.+?)\n?",
+                                 r"Form a palindrome from all of these letters: \1"),
+                        instance=lambda it: sorted(it["metadata"]["letters"])),
+    # Unscramble one 4-7 letter word of a book ("tbuoa" -> "about"): the model knows the
+    # words; items whose scramble is the word itself are dropped, frequent words capped.
+    "unscramble_word": Task("letter_jumble", {"min_words": 1, "max_words": 1,
+                                              "min_word_len": 4, "max_word_len": 7},
+                            shorten=(r".*\nNow, unscramble these words: (.+?)\n?",
+                                     r"Unscramble this word: \1"),
+                            keep=lambda it: (it["metadata"]["scrambled_words"]
+                                             != it["metadata"]["original_words"]),
+                            max_answer_share=0.05),
+    # Replace one digit by another in a 2x3 digit matrix ("Map each occurrence of 7 to
+    # 8"): a copy with a substitution; items where the digit does not occur (the answer a
+    # copy of the matrix) are dropped. Other transforms get weight -50, as in mirror_matrix.
+    "replace_digit": Task("manipulate_matrix", {
+        "min_rows": 2, "max_rows": 2, "min_cols": 3, "max_cols": 3, "min_transforms": 1,
+        "max_transforms": 1, "w_rotate": -50, "w_hmirror": -50, "w_vmirror": -50,
+        "w_dmirror": -50, "w_cmirror": -50, "w_map": 1, "w_crop": -50,
+        "w_remove_every_nth_row": -50, "w_remove_every_nth_col": -50,
+        "w_zero_divisible": -50},
+        shorten=(r"For the following matrix:\n(.+?)\n\nPerform the following series of "
+                 r"operations in order:\n- Identity transformation, i\.e\. no change\n- "
+                 r"(.+?)\n?", r"\2:\n\1"),
+        keep=lambda it: it["metadata"]["solution"] != it["metadata"]["matrix"]),
+    # Insert a letter after each ABCD (A), BCDE (B), CDEA (C), DEAB (D) or EABC (E) in a
+    # 5-8 letter string of A-E: copy with one insertion; items with none are dropped.
+    "insert_char": Task("string_insertion", {"min_string_length": 5, "max_string_length": 8},
+                        shorten=(r".*\nGiven the following string, provide the answer after "
+                                 r"inserting the characters according to the pattern: "
+                                 r"([A-E]+)\n?",
+                                 r"After each ABCD insert A, after BCDE B, after CDEA C, after "
+                                 r"DEAB D, after EABC E (then go on after the insertion): \1"),
+                        keep=lambda it: it["answer"] != it["metadata"]["string"]),
+    # The third angle of a triangle given two (180 - a - b, answers 3-160): two-digit
+    # subtraction like add_sub; 3 phrasings, one instance per pair of angles.
+    "triangle_angle": Task("simple_geometry", {"min_sides": 3, "max_sides": 3},
+                           instance=lambda it: it["metadata"]["known_angles"]),
+}
+
+
+def spec(name: str) -> Task:
+    """The task called ``name``: the catalogue's (``TASKS``) or a candidate's."""
+    if name in TASKS:
+        return TASKS[name]
+    if name in CANDIDATES:
+        return CANDIDATES[name]
+    raise KeyError(f"rg_tasks: unknown task {name!r}; known: {', '.join(TASKS)} "
+                   f"(candidates: {', '.join(CANDIDATES)})")
+
+
 def _rg():
     try:
         import reasoning_gym
@@ -202,12 +295,12 @@ def dataset(task: str, seed: int):
 
 @cache
 def _dataset(task: str, seed_value: int):
-    t = TASKS[task]
+    t = spec(task)
     return _rg().create_dataset(t.dataset, size=10**9, seed=seed_value, **_kwargs(t))
 
 
 def prompt_of(task: str, question: str) -> str:
-    t = TASKS[task]
+    t = spec(task)
     if t.shorten is None:
         return question.strip()
     pattern, template = t.shorten
@@ -221,7 +314,7 @@ def prompt_of(task: str, question: str) -> str:
 def _stream(task: str, seed: int) -> Iterator[dict]:
     """The (task, seed) stream's rows, in order: reasoning-gym's items 0, 1, ... with
     repeated prompts and instances, wrong answers and over-represented answers dropped."""
-    t, ds = TASKS[task], dataset(task, seed)
+    t, ds = spec(task), dataset(task, seed)
     seen: set[Any] = set()
     answers: Counter[str] = Counter()
     idx = i = last = 0
@@ -250,8 +343,7 @@ def _stream(task: str, seed: int) -> Iterator[dict]:
 def examples(task: str, n: int, seed: int = 0) -> list[dict]:
     """``task``'s first ``n`` rows for ``seed`` (``make_pool.row``s, ids
     ``<task>-s<seed>-<index>``). Deterministic; a prefix of any longer call's rows."""
-    if task not in TASKS:
-        raise KeyError(f"rg_tasks: unknown task {task!r}; known: {', '.join(TASKS)}")
+    spec(task)  # a KeyError for an unknown name
     out = []
     for r in _stream(task, seed):
         if len(out) == n:
@@ -391,7 +483,9 @@ def list_catalogue() -> None:
     unit = "tokens" if tok is not None else "chars"
     print(f"{'task':16} {'reasoning-gym':24} prompt {unit} (med/max)  answer {unit} (med/max)"
           f"  top answer  shortened  config")
-    for name, t in TASKS.items():
+    for name, t in [*TASKS.items(), *CANDIDATES.items()]:
+        if name == next(iter(CANDIDATES), None):
+            print("candidates (under calibration, not in the pool):")
         n = lengths(name, tokenizer=tok)
         print(f"{name:16} {t.dataset:24} {n['prompt_median']:>6}/{n['prompt_max']:<16} "
               f"{n['answer_median']:>6}/{n['answer_max']:<16} {n['top_answer_share']:>9.0%}  "
@@ -433,7 +527,8 @@ def tiny() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--list", action="store_true", help="the catalogue with median lengths")
+    ap.add_argument("--list", action="store_true",
+                    help="the catalogue and the candidates with median lengths")
     ap.add_argument("--tiny", action="store_true",
                     help="seconds: 2 tasks' pool/target/test in a temporary folder, checked")
     a = ap.parse_args(argv)
