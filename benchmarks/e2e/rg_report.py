@@ -196,16 +196,16 @@ def setup_lines(plan: dict, timing: dict, jobs: list[dict], command: str, env: d
              f"- **Pool**: {plan['pool_per_task']} rows of each of {len(plan['tasks'])} "
              f"reasoning-gym tasks (`benchmarks/e2e/rg_tasks.py`; "
              f"{plan['pool_per_task'] * len(plan['tasks'])} rows): {', '.join(plan['tasks'])}.",
-             f"- **Targets** from the tasks the calibration kept (`rg_calibration_r160_all.md`):"
-             f" {', '.join(targets_of(plan))} (single-task and flooded cells: "
+             f"- **Targets** from the tasks the calibration kept (`{CALIBRATION[plan['suite']]}`"
+             f"): {', '.join(targets_of(plan))} (single-task and flooded cells: "
              f"{', '.join(plan['single_targets'])}); {plan['target_size']} rows each; test rows "
              "disjoint from pool and targets "
              f"({plan['single_test_rows']} per single or flooded cell, "
              f"{plan['mix_test_per_skill']} per part of a mixture).",
              f"- **Mixtures** (the selectors see no labels): {mixes}.",
-             f"- **Flooded pool**: the first {plan['flood_size']} pool rows, >= "
-             f"{plan['flood_share']:.0%} of them copies in families of 5-50 (half exact, half "
-             "re-worded).",
+             *([f"- **Flooded pool**: the first {plan['flood_size']} pool rows, >= "
+                f"{plan['flood_share']:.0%} of them copies in families of 5-50 (half exact, "
+                "half re-worded)."] if plan["flood_targets"] else []),
              f"- **Arms**: single {plan['single_arms']} at {plan['single_budgets']}; mixtures "
              f"{plan['mix_arms']} at {plan['mix_budgets']}, plus {plan['mix_extra']}; flooded "
              f"{plan['flood_arms']} at {plan['flood_budgets']}; seeds {plan['seeds']}"
@@ -230,6 +230,12 @@ def setup_lines(plan: dict, timing: dict, jobs: list[dict], command: str, env: d
             f"{k} {100 * v['accuracy']:.1f}% / {v['loss']:.2f}"
             for k, v in sorted(base["scores"].items())) + ".", ""]
     return lines
+
+
+CALIBRATION = {"rg": "rg_calibration_r160_all.md",
+               "rg-heldout": "rg_calibration_r160_candidates.md"}
+"""Where each plan's targets were calibrated."""
+TITLE_TAIL = {"rg": "", "rg-heldout": ": the held-out re-check"}
 
 
 def targets_of(plan: dict) -> list[str]:
@@ -260,7 +266,8 @@ def write(plan: dict, timing: dict, records: Path, results: Path, name: str, com
     has_figure = figure(summ, results / f"{name}.png") if summ else False
     notes_file = results / f"{name}_notes.md"
     lines = ["# End-to-end selection quality on reasoning-gym tasks (SmolLM2-135M-Instruct, "
-             "LoRA)", "", *setup_lines(plan, timing, jobs, command, env)]
+             f"LoRA){TITLE_TAIL[plan['suite']]}", "", *setup_lines(plan, timing, jobs, command,
+                                                                    env)]
     if notes_file.exists():
         lines += [notes_file.read_text().strip(), ""]
     if has_figure:

