@@ -187,6 +187,7 @@ def setup_lines(plan: dict, timing: dict, jobs: list[dict], command: str, env: d
     base = next((j for j in jobs if j["job"]["kind"] == "base"), None)
     mixes = "; ".join(f"{m} = " + "/".join(f"{t} {v:g}" for t, v in spec.items())
                       for m, spec in plan["mixture_specs"].items())
+    alone = "single-task and flooded" if plan["flood_targets"] else "single-task"
     lines = [f"`{command}`", "",
              f"{env.get('machine')}; python {env.get('python')}, torch {env.get('torch')}, "
              f"transformers {env.get('transformers')}, peft {env.get('peft')}, gradstore "
@@ -197,18 +198,19 @@ def setup_lines(plan: dict, timing: dict, jobs: list[dict], command: str, env: d
              f"reasoning-gym tasks (`benchmarks/e2e/rg_tasks.py`; "
              f"{plan['pool_per_task'] * len(plan['tasks'])} rows): {', '.join(plan['tasks'])}.",
              f"- **Targets** from the tasks the calibration kept (`{CALIBRATION[plan['suite']]}`"
-             f"): {', '.join(targets_of(plan))} (single-task and flooded cells: "
+             f"): {', '.join(targets_of(plan))} ({alone} cells: "
              f"{', '.join(plan['single_targets'])}); {plan['target_size']} rows each; test rows "
              "disjoint from pool and targets "
-             f"({plan['single_test_rows']} per single or flooded cell, "
+             f"({plan['single_test_rows']} per {alone} cell, "
              f"{plan['mix_test_per_skill']} per part of a mixture).",
              f"- **Mixtures** (the selectors see no labels): {mixes}.",
              *([f"- **Flooded pool**: the first {plan['flood_size']} pool rows, >= "
                 f"{plan['flood_share']:.0%} of them copies in families of 5-50 (half exact, "
                 "half re-worded)."] if plan["flood_targets"] else []),
              f"- **Arms**: single {plan['single_arms']} at {plan['single_budgets']}; mixtures "
-             f"{plan['mix_arms']} at {plan['mix_budgets']}, plus {plan['mix_extra']}; flooded "
-             f"{plan['flood_arms']} at {plan['flood_budgets']}; seeds {plan['seeds']}"
+             f"{plan['mix_arms']} at {plan['mix_budgets']}, plus {plan['mix_extra']}"
+             + (f"; flooded {plan['flood_arms']} at {plan['flood_budgets']}"
+                if plan["flood_targets"] else "") + f"; seeds {plan['seeds']}"
              + "".join(f"; seed {sd} also for {', '.join(arms)} on {fam} at {b}"
                        for fam, b, sd, arms in plan.get("extra_seeds", []))
              + " (a cell's scores: the mean over its seeds).",
