@@ -75,9 +75,7 @@ def export_selection(
             f"weight column {weight_column!r} and rank column {rank_column!r} must differ "
             "from each other and from 'id'; pick other --weight-column/--rank-column names"
         )
-    if from_store:
-        by_id = stored_records(db, sel.pool, sel.ids, data)
-    else:
+    if not from_store:
         try:
             data_p, split, _ = pool_data_file(db, sel.pool, data, split)
         except GradstoreError as exc:
@@ -90,8 +88,8 @@ def export_selection(
         raise GradstoreError(f"output {out_p} is a directory; give a file path ending in {suffix}")
     if out_p.exists() and not overwrite:
         raise GradstoreError(f"output {out_p} exists; remove it or allow overwriting")
-    if not from_store:
-        by_id = pool_records(db, sel.pool, sel.ids, data, split, encoding)
+    by_id = (stored_records(db, sel.pool, sel.ids, data) if from_store else
+             pool_records(db, sel.pool, sel.ids, data, split, encoding))
     rows = _exported_rows(sel, by_id, weight_column, rank_column)
     _write_atomic(out_p, suffix, rows)
     return ExportSummary(selection_id=sel.selection_id, out=str(out_p), rows=len(rows),

@@ -436,7 +436,7 @@ def _gtp_by_parts(spool: StackedPool, parts: list[TargetParts], ks: list[int],
         picks[j][p] = [int(x) for x in r.rows if int(x) not in held]
     out = []
     for lists in picks:
-        rows, part_of, seen = [int(x) for x in kept], [], set(held)
+        rows, part_of, seen = [int(x) for x in kept], [], set()  # (picks hold no kept row)
         for turn in range(max(len(x) for x in lists)):
             for p, chosen in enumerate(lists):
                 if turn < len(chosen) and chosen[turn] not in seen:

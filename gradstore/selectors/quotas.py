@@ -34,11 +34,8 @@ class Quota:
 
     def holding(self, rows: np.ndarray) -> Quota:
         """This quota with the pool rows ``rows`` held as well."""
-        groups = max(int(self.codes.max(initial=-1)) + 1,
-                     0 if self.held is None else len(self.held))
-        held = np.bincount(self.codes[np.asarray(rows, dtype=np.int64)], minlength=groups)
-        if self.held is not None:
-            held[: len(self.held)] += self.held
+        held = _held(self)
+        np.add.at(held, self.codes[np.asarray(rows, dtype=np.int64)], 1)
         return replace(self, held=held)
 
 

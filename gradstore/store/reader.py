@@ -120,10 +120,10 @@ class Reader:
     def field_rows(self, table: str, ids: Sequence[str]) -> dict[str, dict]:
         """The stored rows whose id is one of ``ids``: each its id and kept fields (a field
         the row lacked, null in the store, left out), by id."""
-        ds = self.catalog.dataset(table)
-        columns = ["id", *[n for n in scalar_columns(ds.schema) if is_data_field(n)]]
+        columns = ["id", *self.data_fields(table)]
         with reading(table):
-            rows = ds.take(self.positions_of(table, ids), columns=columns).to_pylist()
+            rows = self.catalog.dataset(table).take(self.positions_of(table, ids),
+                                                    columns=columns).to_pylist()
         return {r["id"]: {k: v for k, v in r.items() if v is not None} for r in rows}
 
     def content_hashes(self, table: str) -> list[str | None]:
