@@ -235,9 +235,11 @@ def setup_lines(plan: dict, timing: dict, jobs: list[dict], command: str, env: d
 
 
 CALIBRATION = {"rg": "rg_calibration_r160_all.md",
-               "rg-heldout": "rg_calibration_r160_candidates.md"}
+               "rg-heldout": "rg_calibration_r160_candidates.md",
+               "rg12": "rg_calibration_r160_all.md` and `rg_calibration_r160_candidates.md"}
 """Where each plan's targets were calibrated."""
-TITLE_TAIL = {"rg": "", "rg-heldout": ": the held-out re-check"}
+TITLE_TAIL = {"rg": "", "rg-heldout": ": the held-out re-check",
+              "rg12": ": every calibrated task"}
 
 
 def targets_of(plan: dict) -> list[str]:

