@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -237,15 +239,26 @@ and lancedb's 5, from /proc/self/smaps; docs/storage.md). The budget covers them
 streamed selection's rounds get their share less these (at least their minimum)."""
 
 
+MANY_PASS_METHODS = ("gtp", "gtp-paper", "omp")
+"""Methods that pass over the pool more than once (the default pursuit: the centring's
+two passes, then one scan a round): a streamed ``--where`` pool is spilled for them."""
+SPILL_PREFIX = "gradstore-spill-"
+"""The temporary folder (in ``TMPDIR``) that holds a streamed query's rows for a selection."""
+
+
 def pool_source(db: Database, table: str, mode: str, memory_budget: int | None,
                 cache: SourceCache, scope: ExitStack | None = None,
-                rows: np.ndarray | None = None) -> TensorSource | LanceSource:
+                rows: np.ndarray | None = None, spill: bool = False,
+                ) -> TensorSource | LanceSource:
     """The pool's rows in RAM when they take at most half of ``memory_budget`` (the rest
     is the selection's, ``ROUND_SHARE``), or with ``mode='ram'``; else streamed from Lance,
     large blocks returned to the system as they are freed for as long as ``scope`` lasts
     (``large_frees_released``). ``rows``: only these storage positions (a query's allowed
     rows), read by position into RAM, or streamed: each pass then reads those rows'
-    vectors by position and no others (``LanceSource.restricted``)."""
+    vectors by position and no others (``LanceSource.restricted``); with ``spill`` (a
+    method of many passes) the first pass also writes them to a temporary file that the
+    later passes read in order (``LanceSource.spill_path``; removed when ``scope``
+    ends)."""
     lsrc = db.lance_source(table)
     budget = default_memory_budget() if memory_budget is None else memory_budget
     n = lsrc.num_rows if rows is None else len(rows)
@@ -259,6 +272,9 @@ def pool_source(db: Database, table: str, mode: str, memory_budget: int | None,
                             lsrc.row_norms()[rows])
     if rows is not None:  # each pass reads the allowed rows' vectors, by position, only
         lsrc = lsrc.restricted(rows)
+        if spill and scope is not None:
+            spill_dir = scope.enter_context(tempfile.TemporaryDirectory(prefix=SPILL_PREFIX))
+            lsrc.spill_path = Path(spill_dir) / "rows.bin"
     lsrc.io_buffer_size = min(STREAM_IO_MAX, max(STREAM_IO_MIN, budget // 4))
     if mode == "stream":
         lsrc.ranged_reads = budget < SCANNER_MIN_BUDGET
@@ -282,7 +298,7 @@ def stacked_pool(db: Database, pool: str, opts: SelectConfig, eta,
     norm = True if opts.method in COSINE_METHODS else opts.normalize
     if opts.ray is None:
         spool = StackedPool(pool_source(db, pool, opts.mode, opts.memory_budget, cache, scope,
-                                        rows),
+                                        rows, spill=opts.method in MANY_PASS_METHODS),
                             eta, normalize=norm, device=ScanDevice(resolve_device(opts.device)))
     else:
         from gradstore.distributed import DistributedPool, cluster_resources

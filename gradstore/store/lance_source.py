@@ -6,6 +6,7 @@ import queue
 import threading
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import lance
 import numpy as np
@@ -90,6 +91,15 @@ class LanceSource:
     io_buffer_size: int | None = None
     """Bytes Lance may read ahead of a scan (None: Lance's default, 2 GiB); a streamed pool
     under a memory budget gets a share of it (docs/storage.md)."""
+    spill_path: Path | None = None
+    """A restricted source (``restricted``) whose passes will be many: its first complete
+    pass also writes the rows it read, side by side in the stored dtype, to this file (the
+    caller's, removed by the caller), and every later pass reads them back from it in row
+    order. Rows a query keeps that lie scattered over the table cost Lance a read by
+    position each, every pass (about as much as a full scan for a tenth of the rows,
+    docs/storage.md); read back in order they cost a sequential read. The file holds
+    ``num_rows * T * d`` values; a write that fails (no space) drops it and the passes go
+    on from Lance."""
     ranged_reads = False
     """Read each block as a ``take`` of its row range instead of through Lance's scanner:
     slower per pass, but it holds about one block, where the scanner decodes whole pages
@@ -130,6 +140,7 @@ class LanceSource:
         self._whole = self._n == total and self._subset is None
         self._norms: np.ndarray | None = norms
         self._piece_cache: list | None = None
+        self._spilled = False  # spill_path holds every row (a pass wrote it to the end)
         value_type = dataset.schema.field(columns[0]).type.value_type
         self.dtype = torch.float16 if value_type == pa.float16() else torch.float32
 
@@ -290,7 +301,59 @@ class LanceSource:
     def _part_blocks(self, block_rows: int, verify: bool
                      ) -> Iterator[tuple[int, list[torch.Tensor]]]:
         """``(start, parts)``: each batch's checkpoints as (b, d) tensors over Lance's
-        arrays, the batch checked first when ``verify``."""
+        arrays, the batch checked first when ``verify`` (or, once spilled, views of the
+        rows read back from ``spill_path``)."""
+        if self._spilled:
+            d = self._dim
+            for start, block in self._spilled_blocks(block_rows, None):
+                yield start, [block[:, t * d : (t + 1) * d] for t in range(len(self.columns))]
+            return
+        if self.spill_path is not None and self._subset is not None:
+            yield from self._spilling(self._lance_part_blocks(block_rows, verify))
+            return
+        yield from self._lance_part_blocks(block_rows, verify)
+
+    def _spilling(self, blocks: Iterator[tuple[int, list[torch.Tensor]]]
+                  ) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        """``blocks``, each also written to ``spill_path`` side by side; the file counts as
+        spilled once the pass reaches the end."""
+        try:
+            out = open(self.spill_path, "wb")  # noqa: SIM115 - closed below, or on failure
+        except OSError:
+            out = None
+        written = 0
+        try:
+            for start, parts in blocks:
+                if out is not None:
+                    try:
+                        out.write(torch.cat(parts, 1).numpy().data)
+                        written += parts[0].shape[0]
+                    except OSError:  # no space: the passes go on from Lance
+                        out.close()
+                        out = None
+                        self.spill_path.unlink(missing_ok=True)
+                yield start, parts
+        finally:
+            if out is not None:
+                out.close()
+                self._spilled = written == self._n
+
+    def _spilled_blocks(self, block_rows: int, bufs: list[torch.Tensor] | None
+                        ) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(start, block)`` read back from ``spill_path`` in row order: into ``bufs`` in
+        turn, or each into a tensor of its own."""
+        width = self.num_checkpoints * self._dim
+        with open(self.spill_path, "rb") as f:
+            for i, start in enumerate(range(0, self._n, block_rows)):
+                b = min(block_rows, self._n - start)
+                block = (torch.empty((b, width), dtype=self.dtype) if bufs is None
+                         else bufs[i % len(bufs)][:b])
+                if f.readinto(block.numpy()) != block.numel() * block.element_size():
+                    raise OSError(f"{self.spill_path} ended early")
+                yield start, block
+
+    def _lance_part_blocks(self, block_rows: int, verify: bool
+                           ) -> Iterator[tuple[int, list[torch.Tensor]]]:
         start = 0
         for batch in self._batches(self._read_columns(verify), block_rows):
             if batch.num_rows == 0:
@@ -309,6 +372,9 @@ class LanceSource:
         width = self.num_checkpoints * self._dim
         bufs = [torch.empty((block_rows, width), dtype=self.dtype)
                 for _ in range(PREFETCH + 2)]
+        if self._spilled:  # read straight into the buffers
+            yield from self._spilled_blocks(block_rows, bufs)
+            return
         for i, (start, parts) in enumerate(self._part_blocks(block_rows, verify)):
             b = parts[0].shape[0]
             slot = i % len(bufs)

@@ -179,3 +179,28 @@ def test_where_with_partitions_selects_as_the_subset_pool_partitioned(whole, onl
     want = only_s1.select("pool", "tgt", budget=8, method=method, partitions=3, save=False)
     assert got.ids == want.ids and got.params["partitions"] == 3
     np.testing.assert_array_equal(got.weights, want.weights)
+
+
+def test_a_streamed_query_spills_its_rows_for_gtp_and_removes_the_file(whole, only_s1,
+                                                                       tmp_path, monkeypatch):
+    """gtp passes over a streamed --where pool many times: its rows are spilled to a
+    temporary file (in TMPDIR) for the later passes, the answer is the same, and the file
+    is gone when the selection ends."""
+    import tempfile
+
+    seen = []
+    real = tempfile.TemporaryDirectory
+
+    def spy(*args, **kwargs):
+        made = real(*args, **kwargs)
+        seen.append(made.name)
+        return made
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", spy)
+    got = whole.select("pool", "tgt", budget=7, mode="stream", where="subtask = 's1'",
+                       save=False)
+    want = only_s1.select("pool", "tgt", budget=7, mode="stream", save=False)
+    assert got.ids == want.ids and got.residual == want.residual
+    assert [n for n in seen if "gradstore-spill-" in n]
+    assert not list(tmp_path.glob("gradstore-spill-*"))

@@ -142,3 +142,41 @@ def test_a_restricted_source_reads_only_its_rows(fragmented, rng):
     np.testing.assert_array_equal(sub.part(10, 30).load().float().numpy(), X[rows[10:30]])
     np.testing.assert_array_equal(src.part(40, 200).restricted(np.array([0, 5])).load()
                                   .float().numpy(), X[[40, 45]])
+
+
+def _pass(src, parts: bool = False) -> np.ndarray:
+    if parts:
+        return np.concatenate([np.concatenate([p.float().numpy() for p in ps], 1)
+                               for _, ps in src.iter_parts(16)])
+    return np.concatenate([blk.float().numpy().copy() for _, blk in src.iter_blocks(16)])
+
+
+def test_a_spilled_source_reads_its_later_passes_back_from_the_file(fragmented, rng, tmp_path):
+    """``spill_path``: the first complete pass writes the rows side by side (n * T * d
+    stored values) and the later passes read that file, not Lance: a file changed on
+    purpose is what they return. A pass stopped early spills nothing."""
+    src, X = fragmented
+    rows = np.sort(rng.choice(230, 57, replace=False))
+    sub = src.restricted(rows)
+    sub.spill_path = tmp_path / "rows.bin"
+    for _, _blk in sub.iter_blocks(16):
+        break  # an abandoned pass: the next one reads Lance again
+    np.testing.assert_array_equal(_pass(sub), X[rows])
+    assert sub.spill_path.stat().st_size == 57 * 2 * 24 * 4  # float32 table
+    np.testing.assert_array_equal(_pass(sub), X[rows])  # read back
+    np.testing.assert_array_equal(_pass(sub, parts=True), X[rows])
+    planted = np.zeros((57, 48), np.float32)
+    planted[3, 5] = 7.0
+    sub.spill_path.write_bytes(planted.tobytes())
+    np.testing.assert_array_equal(_pass(sub), planted)
+    np.testing.assert_array_equal(_pass(sub, parts=True), planted)
+
+
+def test_a_spill_that_cannot_be_written_leaves_the_passes_on_lance(fragmented, rng, tmp_path):
+    src, X = fragmented
+    rows = np.sort(rng.choice(230, 40, replace=False))
+    sub = src.restricted(rows)
+    sub.spill_path = tmp_path / "no such folder" / "rows.bin"
+    for _ in range(2):
+        np.testing.assert_array_equal(_pass(sub), X[rows])
+    assert not sub.spill_path.exists()
