@@ -186,8 +186,9 @@ class StackedPool:
         item for each part, passed as ``fn(part, item)``."""
         out = []
         for i, (a, b) in enumerate(bounds):
-            out.append(fn(self.part(a, b)) if per_part is None else
-                       fn(self.part(a, b), per_part[i]))
+            # the whole pool is itself (its source's state, e.g. a spilled file, carries over)
+            part = self if (a, b) == (0, self.num_rows) else self.part(a, b)
+            out.append(fn(part) if per_part is None else fn(part, per_part[i]))
             if on_done is not None:
                 on_done(b - a)
         return out

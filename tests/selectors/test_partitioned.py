@@ -147,3 +147,15 @@ def test_zero_target_and_empty_candidates():
     pool = StackedPool(TensorSource(X, 1))
     (res,) = partitioned_gtp(pool, [Query(y, 5)], 3)
     assert len(res.rows) == 0 and res.residual == pytest.approx(1.0)
+
+
+def test_a_pass_over_the_whole_pool_runs_on_the_pool_itself(rng):
+    """``map_parts`` over one part that is the whole pool hands ``fn`` the pool itself, so
+    what its source learnt in a pass (a streamed query's spilled rows) serves the next one;
+    smaller parts are pools of their own rows."""
+    X = unit_rows(rng, 30, 2, 4)
+    pool = StackedPool(TensorSource(X, 2))
+    assert pool.map_parts(lambda p: p is pool, [(0, 30)]) == [True]
+    parts = pool.map_parts(lambda p: p, [(0, 12), (12, 30)])
+    assert [p.num_rows for p in parts] == [12, 18] and all(p is not pool for p in parts)
+    np.testing.assert_array_equal(parts[1].source.take(np.arange(18)).numpy(), X[12:])
