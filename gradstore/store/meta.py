@@ -234,7 +234,10 @@ def base_fields() -> list[pa.Field]:
 
 
 VECTOR_PREFIXES = ("vec_", "norm_", "crc_")
-"""Prefixes of the vector columns, their norms and the checksums (no query names them)."""
+"""Prefixes of the vector columns, their norms and the checksums (not data fields)."""
+UNQUERIED_PREFIXES = ("vec_", "crc_")
+"""Prefixes of the columns no ``--where`` may name: the vectors and the checksums (the
+per-checkpoint norms and losses it may)."""
 FIELD_PREFIXES = (*VECTOR_PREFIXES, "loss_")
 """Prefixes of the columns gradstore computes per checkpoint (no data field may take one)."""
 

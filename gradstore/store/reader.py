@@ -3,6 +3,7 @@ against its checksums), its vectors (whole, or streamed as a gradient source) an
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,13 @@ from gradstore.store.integrity import (
     row_index_checksums,
     text_checksums,
 )
-from gradstore.store.meta import VECTOR_PREFIXES, TableMeta, is_data_field, loss_column
+from gradstore.store.meta import (
+    UNQUERIED_PREFIXES,
+    VECTOR_PREFIXES,
+    TableMeta,
+    is_data_field,
+    loss_column,
+)
 
 if TYPE_CHECKING:
     from gradstore.store.lance_source import LanceSource
@@ -80,11 +87,12 @@ class Reader:
         evaluates it inside its scan, reading only the columns it names (and ``row``), and
         the rows' addresses give their positions."""
         ds = self.catalog.dataset(table)
+        names = query_columns(ds.schema)
+        check_predicate(where, table, ds.schema.names, names)
         try:  # planning parses the predicate and resolves its columns, reading no data
             scanner = ds.scanner(columns=["row"], filter=where, with_row_address=True)
             scanner.explain_plan()
         except Exception as exc:  # noqa: BLE001 - Lance's parse errors have several types
-            names = scalar_columns(ds.schema)
             why = first_line(exc).split(". Valid fields are")[0]  # (vectors and checksums too)
             raise GradstoreError(
                 f"--where {where!r} is not a predicate over table {table!r} ({why}); its "
@@ -214,6 +222,38 @@ class Reader:
         from gradstore.store.lance_source import LanceSource
 
         return LanceSource(ds, self.columns(table, meta, None, grad_type), meta.dim, name=table)
+
+
+def query_columns(schema: pa.Schema) -> list[str]:
+    """The columns a ``--where`` may name: every stored column but the vectors and the
+    checksums (the per-checkpoint norms and losses among them)."""
+    return [f.name for f in schema if not f.name.startswith(UNQUERIED_PREFIXES)
+            and not pa.types.is_list(f.type) and not pa.types.is_fixed_size_list(f.type)]
+
+
+SQL_STRING = re.compile(r"'(?:[^']|'')*'")
+SQL_QUOTED_NAME = re.compile(r'"((?:[^"]|"")*)"')
+SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_predicate(where: str, table: str, columns: Sequence[str],
+                    allowed: Sequence[str]) -> None:
+    """Refuse a ``--where`` that is more than one SQL expression (Lance's parser would read
+    the first statement before a ``;`` and drop the rest) or that names a stored column no
+    query may (``UNQUERIED_PREFIXES``): one line, before Lance plans it."""
+    bare = SQL_STRING.sub("''", where)  # string literals may hold anything
+    if ";" in bare:
+        raise GradstoreError(
+            f"--where {where!r} is more than one SQL expression (a ';' outside quotes); "
+            "give one predicate, e.g. \"tokens < 1024 AND subtask = 'math'\"")
+    names = {m.group(1).replace('""', '"') for m in SQL_QUOTED_NAME.finditer(bare)}
+    names |= set(SQL_NAME.findall(SQL_QUOTED_NAME.sub(" ", bare)))
+    hidden = sorted((names & set(columns)) - set(allowed))
+    if hidden:
+        raise GradstoreError(
+            f"--where {where!r} names {', '.join(hidden)} of table {table!r}: a query reads "
+            f"the stored scalar columns, not the vectors or their checksums; its columns: "
+            f"{', '.join(allowed)}")
 
 
 def scalar_columns(schema: pa.Schema) -> list[str]:

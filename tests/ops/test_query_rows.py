@@ -104,6 +104,9 @@ def test_where_and_exclude_on_the_command_line(whole):
     (["--where", "subtask = "], "is not a predicate over table 'pool' (Invalid user input"),
     (["--where", "licence = 'mit'"], "No field named licence); its columns: id, row, subtask"),
     (["--where", "subtask = 'nope'"], "keeps no row of pool 'pool' (300 rows)"),
+    (["--where", "1=1; DROP TABLE pool"], "is more than one SQL expression (a ';' outside"),
+    (["--where", "vec_0 IS NOT NULL"], "names vec_0 of table 'pool': a query reads the stored"),
+    (["--where", '"crc_0" > 0'], "names crc_0 of table 'pool'"),
     (["--where", "  "], "--where is empty"),
     (["--exclude", "0123456789ab"], "--exclude '0123456789ab' is neither a file of ids"),
     (["--where", "subtask = 's1'", "--exclude", "EVERY_S1"],
@@ -204,3 +207,17 @@ def test_a_streamed_query_spills_its_rows_for_gtp_and_removes_the_file(whole, on
     assert got.ids == want.ids and got.residual == want.residual
     assert [n for n in seen if "gradstore-spill-" in n]
     assert not list(tmp_path.glob("gradstore-spill-*"))
+
+
+def test_where_names_norms_and_keeps_semicolons_inside_strings(whole, tmp_path):
+    """A predicate over a per-checkpoint norm keeps the rows its stored norms say (read
+    back from the table here, compared in numpy), and a ';' inside a string literal is
+    part of the value, not the end of the predicate."""
+    norms = whole.database.lance_source("pool").row_norms()[:, 0]
+    cut = float(np.median(norms))
+    got = whole.select("pool", "tgt", budget=5, method="less", where=f"norm_0 > {cut!r}",
+                       save=False)
+    assert got.params["rows_allowed"] == int((norms > cut).sum())
+    assert {IDS.index(i) for i in got.ids} <= set(np.flatnonzero(norms > cut))
+    with pytest.raises(gradstore.GradstoreError, match="keeps no row"):
+        whole.select("pool", "tgt", budget=5, where="subtask = 's1; s2'", save=False)
