@@ -109,13 +109,18 @@ def mixture_name(spec: dict[str, float]) -> str:
     return "-".join(f"{t}{round(v)}" for t, v in spec.items())
 
 
-RG_MIXTURES = {mixture_name(m): m for m in (
+def named(*specs: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Mixtures by their names (``mixture_name``), in the order given."""
+    return {mixture_name(m): m for m in specs}
+
+
+RG_MIXTURES = named(
     {"reverse_words": 60, "rotate_matrix": 40}, {"letter_count": 70, "aiw_siblings": 30},
     {"spiral_matrix": 60, "number_sequence": 40}, {"add_sub": 70, "reverse_words": 30},
     {"rotate_matrix": 50, "letter_count": 30, "spiral_matrix": 20},
     {"aiw_siblings": 60, "number_sequence": 30, "add_sub": 10},
     {"number_sequence": 50, "reverse_words": 30, "letter_count": 20},
-    {"spiral_matrix": 60, "add_sub": 30, "rotate_matrix": 10})}
+    {"spiral_matrix": 60, "add_sub": 30, "rotate_matrix": 10})
 """Four pairs and four triples of the targets' tasks in unequal shares (the smallest part
 10-40%); every task in two or three of them. Written out, so that a task added to
 ``RG_TARGETS`` later leaves the recorded mixtures as they are."""
@@ -127,10 +132,10 @@ re-check on tasks it never used) and ``rg12`` (every calibrated task, sized for 
 RG_HELDOUT_TARGETS = ["mirror_matrix", "replace_digit", "max_pool", "palindrome3", "sort_numbers"]
 """Tasks the rg plan never used (``rg_tasks.CANDIDATES``) that the calibration keeps
 (``rg_calibration_r160_candidates.md``): the held-out re-check's targets."""
-RG_HELDOUT_MIXTURES = {mixture_name(m): m for m in (
+RG_HELDOUT_MIXTURES = named(
     {"mirror_matrix": 70, "replace_digit": 30}, {"replace_digit": 60, "max_pool": 40},
     {"max_pool": 70, "palindrome3": 30}, {"palindrome3": 60, "mirror_matrix": 40},
-    {"mirror_matrix": 50, "max_pool": 30, "replace_digit": 20})}
+    {"mirror_matrix": 50, "max_pool": 30, "replace_digit": 20})
 """The held-out re-check's mixtures, in unequal shares, of held-out tasks only."""
 
 
@@ -146,13 +151,13 @@ calibration: no room to separate the arms)."""
 RG12_FLOOD = ["letter_count", "add_sub", "mirror_matrix", "palindrome3", "sort_numbers"]
 """The ``rg12`` flooded-pool targets (5 x 3 budgets = 15 cells), single-task targets too, so
 they need no table of their own."""
-RG12_MIXTURES = {mixture_name(m): m for m in (
+RG12_MIXTURES = named(
     {"reverse_words": 60, "mirror_matrix": 40}, {"letter_count": 70, "sort_numbers": 30},
     {"max_pool": 60, "number_sequence": 40}, {"add_sub": 70, "palindrome3": 30},
     {"rotate_matrix": 50, "replace_digit": 30, "letter_count": 20},
     {"aiw_siblings": 60, "spiral_matrix": 30, "sort_numbers": 10},
     {"palindrome3": 50, "add_sub": 30, "reverse_words": 20},
-    {"spiral_matrix": 60, "max_pool": 30, "aiw_siblings": 10})}
+    {"spiral_matrix": 60, "max_pool": 30, "aiw_siblings": 10})
 """Four pairs and four triples over all 12 tasks, in unequal shares (the smallest part
 10-40%): each task a part of one to three of them, the catalogue's and the candidates'
 tasks mixed (e.g. three matrix tasks in one triple: parts that are hard to tell apart)."""
