@@ -180,7 +180,8 @@ def report(args, jobs: Jobs) -> str:
              f"{args.rows * args.dim * CHECKPOINTS * 2 / GB:.1f} GB stored as float16)", "",
              f"`python benchmarks/million.py --rows {args.rows} --dim {args.dim} "
              f"--budgets {args.budgets} --methods {args.methods} --memory-budget "
-             f"{args.memory_budget} --ray-methods {args.ray_methods}` ({platform.node()}, "
+             f"{args.memory_budget} --ray-methods '{args.ray_methods}' --where-methods "
+             f"'{args.where_methods}' --name {args.name}` ({platform.node()}, "
              f"{platform.machine()}; each command a fresh process, peak RSS = VmHWM; bound "
              "4 GB)", "",
              "| command | budget | chosen | seconds | peak RSS (MB) | within 4 GB | residual | "
