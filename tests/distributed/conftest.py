@@ -2,14 +2,12 @@
 pytest worker that runs any of them.
 
 Under pytest-xdist (``make test`` runs several workers, ``--dist loadgroup``) the tests here
-run in three groups: the ingestion tests (``ray-ingest``: Ray workers that load a model),
-the tiny modes of the benchmarks that use Ray (``ray-bench``) and the rest (``ray``: scans,
-selections, the CLI). Each group runs in one worker; a worker starts one cluster for all
-the groups it runs, so there are at most as many clusters as workers, and three groups
-balance better between two workers than two uneven ones. The CLI's children (``--ray
-ADDRESS``, the ``ray_address`` fixture) join the worker's cluster instead of each
-starting one; one test starts its own (``--ray local``), as a user without a cluster
-does."""
+run in two groups: the ingestion tests (``ray-ingest``: Ray workers that load a model) and
+the rest (``ray``: scans, selections, the CLI, and the tiny modes of the benchmarks that
+use Ray, whose ``select --ray`` children join this cluster by its address). Each group runs
+in one worker, with one cluster for its tests; two groups on two workers are two clusters
+(each ``ray.init`` in its own process starts its own), which halves the longest chain of
+the suite."""
 
 import pytest
 
@@ -24,13 +22,6 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.fixture
-def ray_address(ray_cluster) -> str:
-    """The tests' running cluster's address, for a CLI child (``--ray ADDRESS``) to join
-    instead of starting a cluster of its own."""
-    return ray_cluster.get_runtime_context().gcs_address
-
-
 from tests.grads.conftest import chat_tokenizer, llama_dir  # noqa: E402, F401 - shared fixtures
 
 
@@ -38,6 +29,5 @@ def pytest_collection_modifyitems(items):
     for item in items:
         path = str(item.fspath)
         if "tests/distributed/" in path:
-            group = ("ray-ingest" if path.endswith("test_ingest.py") else
-                     "ray-bench" if path.endswith("test_bench_tiny.py") else "ray")
+            group = "ray-ingest" if path.endswith("test_ingest.py") else "ray"
             item.add_marker(pytest.mark.xdist_group(group))
