@@ -170,15 +170,20 @@ def rg12_defaults() -> dict:
     tasks). Against the rg plan: singles at 0.5% and 5% (the issue's two budgets) with RDS+
     and hidden-state top-k at 5% only; no random arm (the rg plan measured it) and no RDS+ on
     the flooded pool (filtering is that family's question)."""
-    tasks = list(rg_tasks.TASKS) + list(rg_tasks.CANDIDATES)
-    return rg_defaults(False) | {
-        "suite": "rg12", "tasks": tasks, "pool_per_task": 50, "pool_size": 50 * len(tasks),
-        "mixture_specs": dict(RG12_MIXTURES), "mixtures": list(RG12_MIXTURES),
+    return rg_defaults(False) | heldout_pool() | {
+        "suite": "rg12", "mixture_specs": dict(RG12_MIXTURES), "mixtures": list(RG12_MIXTURES),
         "single_targets": list(RG12_SINGLE), "single_budgets": ["0.5%", "5%"],
         "single_arms": ["gtp", "less"], "single_extra": [["rds", "5%"], ["hidden-topk", "5%"]],
         "mix_extra": [["gtp-exact", "5%"], ["gtp-paper", "5%"]],
         "flood_targets": list(RG12_FLOOD), "flood_arms": ["gtp", "less-dedup"],
         "flood_extra": [], "extra_seeds": []}
+
+
+def heldout_pool() -> dict:
+    """The pool of the held-out re-check and of the rg12 plan: 50 rows of every catalogue
+    and candidate task."""
+    tasks = list(rg_tasks.TASKS) + list(rg_tasks.CANDIDATES)
+    return {"tasks": tasks, "pool_per_task": 50, "pool_size": 50 * len(tasks)}
 
 
 def rg_heldout_defaults() -> dict:
@@ -187,10 +192,8 @@ def rg_heldout_defaults() -> dict:
     held-out tasks among them); mixtures of the held-out tasks at 2% and 5% with the arms
     the rg plan's mixture verdicts rest on, and each held-out task alone at 2% with gtp
     and LESS. No flooded pool."""
-    tasks = list(rg_tasks.TASKS) + list(rg_tasks.CANDIDATES)
-    return rg_defaults(False) | {
-        "suite": "rg-heldout", "tasks": tasks, "pool_per_task": 50,
-        "pool_size": 50 * len(tasks), "mixture_specs": dict(RG_HELDOUT_MIXTURES),
+    return rg_defaults(False) | heldout_pool() | {
+        "suite": "rg-heldout", "mixture_specs": dict(RG_HELDOUT_MIXTURES),
         "mixtures": list(RG_HELDOUT_MIXTURES), "single_targets": list(RG_HELDOUT_TARGETS),
         "single_budgets": ["2%"], "single_arms": ["gtp", "less"], "single_extra": [],
         "mix_arms": ["gtp", "less", "rr", "rds", "stratified"], "mix_extra": [],

@@ -257,10 +257,9 @@ def check_predicate(where: str, table: str, columns: Sequence[str],
 
 
 def scalar_columns(schema: pa.Schema) -> list[str]:
-    """The columns a query may name: every stored column but the vectors, their norms and
-    the checksums."""
-    return [f.name for f in schema if not f.name.startswith(VECTOR_PREFIXES)
-            and not pa.types.is_list(f.type) and not pa.types.is_fixed_size_list(f.type)]
+    """The columns a query may name but the per-checkpoint norms (what ``--max-share`` and
+    the kept data fields draw on)."""
+    return [n for n in query_columns(schema) if not n.startswith(VECTOR_PREFIXES)]
 
 
 def positions_at(ds: lance.LanceDataset, addresses: np.ndarray) -> np.ndarray:
