@@ -22,6 +22,14 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.fixture
+def ray_address(ray_cluster) -> str:
+    """The tests' cluster's address, for a child process (``--ray ADDRESS``) to join it
+    instead of starting a cluster of its own (a cluster's start and its workers' imports
+    are seconds of CPU each time)."""
+    return ray_cluster.get_runtime_context().gcs_address
+
+
 from tests.grads.conftest import chat_tokenizer, llama_dir  # noqa: E402, F401 - shared fixtures
 
 

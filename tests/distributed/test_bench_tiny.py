@@ -19,12 +19,8 @@ def test_distributed_tiny(ray_cluster):
     assert ray_cluster.is_initialized(), "the benchmark leaves the tests' cluster running"
 
 
-def _address(ray_cluster) -> str:
-    return ray_cluster.get_runtime_context().gcs_address
-
-
-def test_million_tiny(ray_cluster):
-    out = run_here("million.py", "--ray", _address(ray_cluster))
+def test_million_tiny(ray_address):
+    out = run_here("million.py", "--ray", ray_address)
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines()
             if line.startswith("| ") and not line.startswith("| command")}
     assert {"import target 0", "import pool 0", "select gtp 1%", "select less 1%",
@@ -33,8 +29,8 @@ def test_million_tiny(ray_cluster):
     assert rows["select less 1%"][1].strip() == "60"  # 1% of 6,000 rows chosen
 
 
-def test_fault_soak_tiny_mode(ray_cluster):
-    out = run_here("fault_soak.py", "--ray", _address(ray_cluster))
+def test_fault_soak_tiny_mode(ray_address):
+    out = run_here("fault_soak.py", "--ray", ray_address)
     # (its commands run in child processes of their own)
     assert "Silent wrong answers: 0; crashes: 0; lost committed rows: 0." in out
     assert "# Fault soak: 19 faults" in out  # every kind of fault once, ray-flip included

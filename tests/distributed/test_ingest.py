@@ -84,22 +84,6 @@ def _assert_same_table(got: dict, want: dict) -> None:
     assert gm.ingest["data_fingerprint"] == wm.ingest["data_fingerprint"]
 
 
-def test_distributed_ingest_equals_single_process(ray_cluster, setup, reference, tmp_path):
-    store = gradstore.open(tmp_path / "s")
-    shards = []
-    summary = ingest_on_ray(store.database, ray(_cfg(setup), workers=2),
-                            on_shard=shards.append)
-    assert summary.rows_written == N and summary.rows_present == 0
-    assert len(shards) >= 4 and len({s["pid"] for s in shards}) == 2  # both workers worked
-    assert sorted(r for s in shards for r in s["rows"]) == list(range(N))
-    _assert_same_table(_table(store), reference)
-    assert stage_table("pool") not in store.database.all_tables()
-    again = store.ingest(_cfg(setup), ray="local", workers=2)  # the Store API's way in
-    assert again.rows_written == 0 and "nothing to do" in again.status
-    with pytest.raises(GradstoreError, match="add --ray ADDRESS"):
-        store.ingest(_cfg(setup), workers=2)
-
-
 def test_hidden_features_on_ray_equal_single_process(ray_cluster, setup, tmp_path):
     """``--features hidden`` shares the runner's interface: the workers compute the same
     rows (checkpoints' adapters loaded on each worker) as one process does."""
@@ -107,7 +91,7 @@ def test_hidden_features_on_ray_equal_single_process(ray_cluster, setup, tmp_pat
     single = gradstore.open(tmp_path / "single")
     single.ingest(cfg)
     store = gradstore.open(tmp_path / "s")
-    summary = ingest_on_ray(store.database, ray(cfg, workers=1))  # (sharding: tested above)
+    summary = ingest_on_ray(store.database, ray(cfg, workers=1))  # (sharding: tested below)
     assert summary.rows_written == N and store.meta("pool").grad_type == "hidden"
     _assert_same_table(_table(store), _table(single))
 
@@ -120,15 +104,31 @@ def _kill_one_worker(rec: dict, killed: list) -> None:
         killed.append(others[0])
 
 
-def test_killed_worker_is_restarted_and_its_shard_retried(ray_cluster, setup, reference,
-                                                          tmp_path):
+def test_two_workers_equal_one_process_with_a_worker_killed_and_restarted(
+        ray_cluster, setup, reference, tmp_path):
+    """Two workers share the shards; one is killed mid-shard and restarted, its shard
+    retried: the same table as one process's, row for row, nothing staged or orphaned.
+    (One Ray run for both points: each run starts workers that load the model.)"""
     store = gradstore.open(tmp_path / "s")
     killed: list[int] = []
+    shards = []
+
+    def record_and_kill(rec):
+        shards.append(rec)
+        _kill_one_worker(rec, killed)
+
     summary = ingest_on_ray(store.database, ray(_cfg(setup), workers=2, worker_retries=2),
-                            on_shard=lambda rec: _kill_one_worker(rec, killed))
-    assert killed and summary.rows_written == N
+                            on_shard=record_and_kill)
+    assert killed and summary.rows_written == N and summary.rows_present == 0
+    assert len(shards) >= 4 and len({s["pid"] for s in shards}) >= 2  # both workers worked
+    assert sorted(r for s in shards for r in s["rows"]) == list(range(N))  # each row once
     _assert_same_table(_table(store), reference)
     _assert_no_orphan_files(store)
+    assert stage_table("pool") not in store.database.all_tables()
+    again = store.ingest(_cfg(setup), ray="local", workers=2)  # the Store API's way in
+    assert again.rows_written == 0 and "nothing to do" in again.status
+    with pytest.raises(GradstoreError, match="add --ray ADDRESS"):
+        store.ingest(_cfg(setup), workers=2)
 
 
 def test_killed_worker_then_single_process_rerun_gives_the_same_table(ray_cluster, setup,
