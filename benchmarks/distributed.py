@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -309,7 +310,8 @@ def report(res: dict) -> str:
             x = ing[name]
             label = name
             if name == "ray" and "ray_workers" in ing:
-                label = f"ray ({ing['ray_workers']} workers)"
+                n = ing["ray_workers"]
+                label = f"ray ({n} worker{'s' if n != 1 else ''})"
             lines.append(f"| {label} | {x['total_s']} | {x['loop_s']} | "
                          f"{x['examples_per_s_in_loop']} |")
         lines += ["", f"Same ids in the same order: {ing['same_ids']}; smallest cosine between "
@@ -340,10 +342,20 @@ def main(argv: list[str] | None = None) -> None:
                    help="seconds: 3,000 rows of 64 dims, a tiny model, in a temporary folder "
                         "(checks the script runs; run by make test)")
     args = p.parse_args(argv)
+    tmp = None
     if args.tiny:
-        args.store = str(Path(tempfile.mkdtemp(prefix="distributed_tiny_")) / "store")
+        tmp = Path(tempfile.mkdtemp(prefix="distributed_tiny_"))
+        args.store = str(tmp / "store")
         args.rows, args.dim, args.targets, args.budget = 3000, 64, 2, 20
         args.repeat, args.select_repeat, args.ingest_examples = 1, 1, 8
+    try:
+        run(args, argv)
+    finally:  # the tiny mode's folder goes (make test runs it every time)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, argv: list[str] | None) -> None:
     torch.set_num_threads(2)
     res: dict = {"args": vars(args), "command": "python " + " ".join(
                      ["benchmarks/distributed.py", *(argv or sys.argv[1:])]),

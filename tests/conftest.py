@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -22,6 +23,16 @@ def clustered_rows(rng, n, T, d, clusters=20, spread=0.5):
     x = centers[lab] + spread * rng.standard_normal((n, T, d))
     x /= np.linalg.norm(x, axis=2, keepdims=True)
     return x.reshape(n, T * d).astype(np.float32)
+
+
+@pytest.fixture
+def tmp_tempdir(tmp_path, monkeypatch):
+    """``tempfile``'s folders under the test's ``tmp_path`` (pytest keeps the last three
+    runs'), in this process (not TMPDIR: a Ray driver looks its cluster's files up there):
+    a benchmark's tiny mode run here that leaves its temporary folder behind does not leave
+    one more in /tmp each run."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
 
 
 @pytest.fixture

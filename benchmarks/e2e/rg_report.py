@@ -150,6 +150,33 @@ def tables(summ: dict) -> list[str]:
     return lines
 
 
+def budget_lines(summ: dict) -> list[str]:
+    """Each family's exact-match headline again, budget by budget: every arm minus default
+    GTP over the cells of that budget (which method for a small or a large budget)."""
+    lines = []
+    for family, title in FAMILIES.items():
+        block = summ.get(family)
+        if not block:
+            continue
+        metric = HEADLINE[family][0]
+        by_budget: dict[str, dict] = {}
+        for key, cell in block["cells"].items():
+            by_budget.setdefault(key.rsplit("@", 1)[1], {})[key] = cell
+        rows = []
+        for budget, cells in sorted(by_budget.items(), key=lambda kv: parse_budget(kv[0])):
+            for arm in block["means"]:
+                p = paired(cells, metric, arm) if arm != REFERENCE else None
+                mine = [c[arm][metric] for c in cells.values() if arm in c]
+                if mine and (p or arm == REFERENCE):
+                    rows.append(f"| {budget} | {arm} | {len(mine)} | {np.mean(mine):.1f} | "
+                                f"{_ci(p) if p else '-'} |")
+        if rows:
+            lines += [f"### {title}, by budget ({metric})", "",
+                      f"| budget | arm | cells | {metric} | {metric} - gtp |",
+                      "|---|---|---|---|---|", *rows, ""]
+    return lines
+
+
 def figure(summ: dict, path: Path) -> bool:
     """Every arm's paired difference to default GTP with its interval, one panel per
     family's exact-match headline (False when matplotlib is missing)."""
@@ -276,7 +303,7 @@ def write(plan: dict, timing: dict, records: Path, results: Path, name: str, com
         lines += [notes_file.read_text().strip(), ""]
     if has_figure:
         lines += [f"![paired differences to default GTP]({name}.png)", ""]
-    lines += tables(summ) + composition_lines(summ)
+    lines += tables(summ) + composition_lines(summ) + budget_lines(summ)
     (results / f"{name}.json").write_text(json.dumps(
         {"command": command, "environment": env, "plan": plan, "pipeline_seconds": timing,
          "summary": summ}, indent=1) + "\n")

@@ -16,6 +16,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
+pytestmark = pytest.mark.usefixtures("tmp_tempdir")  # tiny modes' folders: tmp_path
+
+
 def run(script: str, *args: str) -> str:
     """The script's tiny mode in a fresh interpreter (scripts that measure processes, or
     change this process's state)."""
@@ -83,6 +86,7 @@ def test_e2e_rg_tiny():
         assert f"## {family}" in md
     assert "| rds | 1 |" in md and "| less-dedup | 1 |" in md and "| stratified | 1 |" in md
     assert "seed 1 also for gtp on single at 10%" in md
+    assert "### Single tasks, by budget (em)" in md  # the headline again, budget by budget
 
 
 def test_memory_tiny():

@@ -5,18 +5,30 @@ children join the tests' cluster by its address instead of each starting one."""
 
 import contextlib
 import io
+import tempfile
+from pathlib import Path
+
+import pytest
 
 from benchmarks import distributed
 from tests.bench.test_tiny_modes import run_here
 
+pytestmark = pytest.mark.usefixtures("tmp_tempdir")  # tiny modes' folders: tmp_path
+
 
 def test_distributed_tiny(ray_cluster):
+    def folders() -> set[Path]:
+        return set(Path(tempfile.gettempdir()).glob("distributed_tiny_*"))
+
+    before = folders()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         distributed.main(["--tiny"])
     text = out.getvalue()
     assert "Same ids in the same order: True" in text
+    assert "| ray (1 worker) |" in text
     assert ray_cluster.is_initialized(), "the benchmark leaves the tests' cluster running"
+    assert folders() <= before, "the tiny mode leaves its temporary folder behind"
 
 
 def test_million_tiny(ray_address):
