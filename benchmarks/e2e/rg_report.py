@@ -19,6 +19,8 @@ Metrics, in points of teacher-forced exact match (``em``), and answer-token loss
     python benchmarks/e2e/rg_report.py RESULTS/e2e_rg_jobs    # print the tables
     python benchmarks/e2e/rg_report.py --composition WORK-rg RESULTS/e2e_rg.json
                                         # the mixture selections' composition, no fine-tune
+    python benchmarks/e2e/rg_report.py --pooled RESULTS/e2e_rg_jobs RESULTS/e2e_rg12_jobs \
+        [RESULTS/e2e_rg_pooled.md]      # several plans' cells as one set
 """
 
 from __future__ import annotations
@@ -100,9 +102,17 @@ def paired(cells: dict, metric: str, arm: str) -> dict | None:
 
 
 def summary(jobs: list[dict], plan: dict) -> dict:
+    return pooled_summary([("", jobs, plan)])
+
+
+def pooled_summary(sources: list[tuple[str, list[dict], dict]]) -> dict:
+    """Per family: the cells of every (name, jobs, plan) source together (a cell's target
+    prefixed with its source's name where there is one), each arm's means and its paired
+    differences to default GTP over them."""
     out = {}
     for family in FAMILIES:
-        cells = cells_of(jobs, family, plan)
+        cells = {(f"{name}:{t}" if name else t, b): v for name, jobs, plan in sources
+                 for (t, b), v in cells_of(jobs, family, plan).items()}
         if not cells:
             continue
         arms = list(dict.fromkeys(a for c in cells.values() for a in c))
@@ -114,6 +124,32 @@ def summary(jobs: list[dict], plan: dict) -> dict:
         out[family] = {"cells": {f"{t}@{b}": v for (t, b), v in cells.items()},
                        "means": means, "paired": diffs}
     return out
+
+
+def plan_of(records: Path) -> dict:
+    """The plan a folder of job records ran (``NAME_jobs`` -> ``NAME.json``'s)."""
+    return json.loads((records.parent / f"{records.name.removesuffix('_jobs')}.json")
+                      .read_text())["plan"]
+
+
+def pooled_report(folders: list[Path]) -> str:
+    """Every plan's cells together: the same tables over all of them (``--pooled``)."""
+    sources = [(f.name.removesuffix("_jobs").removeprefix("e2e_"), load(f), plan_of(f))
+               for f in folders]
+    summ = pooled_summary(sources)
+    command = "python benchmarks/e2e/rg_report.py --pooled " + " ".join(
+        f"benchmarks/results/{f.name}" for f in folders)
+    return "\n".join([
+        "# Every reasoning-gym plan's cells together", "", f"`{command}`", "",
+        "Each plan's cells (" + ", ".join(f"{name}: {len(plan_cells(jobs, plan))}"
+                                          for name, jobs, plan in sources)
+        + ") as one set: a cell is one target at one budget in one plan's pool. The plans "
+        "differ in pool, tasks and arms, so an arm's row counts the cells it ran.", "",
+        *tables(summ), *composition_lines(summ), *budget_lines(summ)]) + "\n"
+
+
+def plan_cells(jobs: list[dict], plan: dict) -> dict:
+    return {(f, *k): v for f in FAMILIES for k, v in cells_of(jobs, f, plan).items()}
 
 
 def _ci(p: dict | None, digits: int = 1) -> str:
@@ -358,11 +394,16 @@ def main(argv: list[str] | None = None) -> None:
         plan = json.loads(Path(args[2]).read_text())["plan"]
         print("\n".join(composition_table(Path(args[1]), plan)))
         return
+    if args and args[0] == "--pooled":  # --pooled RECORDS... [--out FILE]
+        folders = [Path(a) for a in args[1:] if not a.startswith("--")]
+        text = pooled_report([f for f in folders if f.suffix != ".md"])
+        out = next((Path(f) for f in folders if f.suffix == ".md"), None)
+        if out is not None:
+            out.write_text(text)
+        print(text)
+        return
     records = Path(args[0])
-    plan = json.loads((records.parent / f"{records.name.removesuffix('_jobs')}.json")
-                      .read_text())["plan"]
-    print("\n".join(tables(summary(load(records), plan))))
-
+    print("\n".join(tables(summary(load(records), plan_of(records)))))
 
 if __name__ == "__main__":
     main()
