@@ -348,6 +348,20 @@ class Plan:
                 *(a for a, _ in self.mix_extra + self.single_extra + self.flood_extra)}
         return bool(arms & set(HIDDEN_ARMS))
 
+    def hidden_pools(self) -> list[str]:
+        """The pools whose hidden states some arm reads: ``pool`` for the single-task and
+        mixture families, ``flood`` for the flooded pool's (no other pool is ingested
+        twice: the rg12 plan's flooded pool had its hidden states ingested, 1.2 min, and
+        read by no arm)."""
+        def reads(arms: list[str], extra: list) -> bool:
+            return bool({*arms, *(a for a, _ in extra)} & set(HIDDEN_ARMS))
+
+        return [name for name, used in (
+            ("pool", reads(self.single_arms, self.single_extra)
+             or reads(self.mix_arms, self.mix_extra)),
+            ("flood", bool(self.flood_targets) and reads(self.flood_arms, self.flood_extra)))
+            if used]
+
     def training_key(self) -> str:
         """A hash of what a fine-tune's result depends on besides its selection and seed."""
         keys = ("model", "gguf_file", "device", "pool_size", "dup_share", "target_size",
@@ -526,10 +540,9 @@ def stage_pipeline(plan: Plan, work: Path, data: Path, pools_only: bool = False,
              *same)
     hidden = ["--features", "hidden", *model_flags(plan), "--max-length",
               str(plan.max_length), "--batch-size", str(plan.batch_size), "--quiet"]
-    if plan.hidden():  # hidden states of the base model: forward passes, no warm-up
-        for name in ["pool"] + (["flood"] if plan.flood_targets else []):
-            step(f"hidden_{name}", "ingest", str(store), f"{name}-hidden", "--data",
-                 str(data / f"{name}.jsonl"), *hidden)
+    for name in plan.hidden_pools():  # hidden states of the base model: forward passes only
+        step(f"hidden_{name}", "ingest", str(store), f"{name}-hidden", "--data",
+             str(data / f"{name}.jsonl"), *hidden)
     if pools_only:
         return {}
     for name in target_files(plan) if targets_apart else []:

@@ -250,6 +250,17 @@ def test_the_rg12_plan_draws_on_every_calibrated_task_with_15_cells_a_family():
     by_family = {f: sum(j.family == f for j in jobs) for f in ("single", "mix", "flood")}
     assert by_family == {"single": 48, "mix": 112, "flood": 30}
     assert len(jobs) == 191
+    assert plan.hidden_pools() == ["pool"]  # no flooded-pool arm reads hidden states
+
+
+def test_hidden_states_are_ingested_for_the_pools_whose_arms_read_them():
+    rg = run.Plan.for_device("cpu", suite="rg", model="m", gguf_file=None)
+    assert "rds" in rg.flood_arms and rg.hidden_pools() == ["pool", "flood"]
+    no_hidden = replace(rg, single_arms=["gtp"], single_extra=[], mix_arms=["gtp"],
+                        mix_extra=[], flood_arms=["gtp"], flood_extra=[])
+    assert no_hidden.hidden_pools() == [] and not no_hidden.hidden()
+    flood_only = replace(no_hidden, flood_extra=[["hidden-topk", "5%"]])
+    assert flood_only.hidden_pools() == ["flood"] and flood_only.hidden()
 
 
 def test_jobs_wait_while_the_pause_file_exists(tmp_path):
