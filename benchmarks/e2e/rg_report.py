@@ -141,15 +141,12 @@ def pooled_report(folders: list[Path]) -> str:
         f"benchmarks/results/{f.name}" for f in folders)
     return "\n".join([
         "# Every reasoning-gym plan's cells together", "", f"`{command}`", "",
-        "Each plan's cells (" + ", ".join(f"{name}: {len(plan_cells(jobs, plan))}"
-                                          for name, jobs, plan in sources)
+        "Each plan's cells (" + ", ".join(
+            f"{name}: {sum(len(cells_of(jobs, f, plan)) for f in FAMILIES)}"
+            for name, jobs, plan in sources)
         + ") as one set: a cell is one target at one budget in one plan's pool. The plans "
         "differ in pool, tasks and arms, so an arm's row counts the cells it ran.", "",
         *tables(summ), *composition_lines(summ), *budget_lines(summ)]) + "\n"
-
-
-def plan_cells(jobs: list[dict], plan: dict) -> dict:
-    return {(f, *k): v for f in FAMILIES for k, v in cells_of(jobs, f, plan).items()}
 
 
 def _ci(p: dict | None, digits: int = 1) -> str:
@@ -394,16 +391,16 @@ def main(argv: list[str] | None = None) -> None:
         plan = json.loads(Path(args[2]).read_text())["plan"]
         print("\n".join(composition_table(Path(args[1]), plan)))
         return
-    if args and args[0] == "--pooled":  # --pooled RECORDS... [--out FILE]
-        folders = [Path(a) for a in args[1:] if not a.startswith("--")]
-        text = pooled_report([f for f in folders if f.suffix != ".md"])
-        out = next((Path(f) for f in folders if f.suffix == ".md"), None)
-        if out is not None:
+    if args and args[0] == "--pooled":  # --pooled RECORDS... [OUT.md]
+        paths = [Path(a) for a in args[1:]]
+        text = pooled_report([p for p in paths if p.suffix != ".md"])
+        for out in (p for p in paths if p.suffix == ".md"):
             out.write_text(text)
         print(text)
         return
     records = Path(args[0])
     print("\n".join(tables(summary(load(records), plan_of(records)))))
+
 
 if __name__ == "__main__":
     main()

@@ -344,9 +344,7 @@ class Plan:
 
     def hidden(self) -> bool:
         """Whether any arm reads hidden-state tables (they are ingested only then)."""
-        arms = {*self.single_arms, *self.mix_arms, *self.flood_arms,
-                *(a for a, _ in self.mix_extra + self.single_extra + self.flood_extra)}
-        return bool(arms & set(HIDDEN_ARMS))
+        return bool(self.hidden_pools())
 
     def hidden_pools(self) -> list[str]:
         """The pools whose hidden states some arm reads: ``pool`` for the single-task and
