@@ -26,9 +26,9 @@ $(VENV)/.demo-installed: $(VENV)/.installed
 demo: $(VENV)/.demo-installed
 	$(PY) examples/demo.py --out demo-out
 
-# Two pytest-xdist workers (the Ray tests together in one of them, see
+# Two pytest-xdist workers (each starts its own Ray cluster for the Ray tests it runs, see
 # tests/distributed/conftest.py); the 15 slowest tests are printed at the end.
-PYTEST := $(PY) -m pytest -q -m "not benchmark" -n 2 --dist loadgroup --durations 15
+PYTEST := $(PY) -m pytest -q -m "not benchmark" -n 2 --dist load --durations 15
 
 # Headless Chromium for the report's browser test, from Debian's packages; without root or
 # apt-get the browser test is skipped and says why.

@@ -1,13 +1,12 @@
 """A real local Ray cluster for the distributed tests: ``ray.init(num_cpus=2)``, once per
 pytest worker that runs any of them.
 
-Under pytest-xdist (``make test`` runs several workers, ``--dist loadgroup``) the tests here
-run in two groups: the ingestion tests (``ray-ingest``: Ray workers that load a model) and
-the rest (``ray``: scans, selections, the CLI, and the tiny modes of the benchmarks that
-use Ray, whose ``select --ray`` children join this cluster by its address). Each group runs
-in one worker, with one cluster for its tests; two groups on two workers are two clusters
-(each ``ray.init`` in its own process starts its own), which halves the longest chain of
-the suite."""
+Under pytest-xdist (``make test`` runs two workers) these tests are spread over both
+workers like the rest, and each worker starts its own cluster at its first Ray test. (They
+were once kept in groups with ``xdist_group`` marks, which ``--dist loadgroup`` reads from a
+suffix of the test's id; pytest 9.2 builds ids in a way that drops the suffix, so the groups
+had no effect, and the suite ran as fast without them: ``docs/measurements.md``.) A CLI
+child process joins its worker's cluster by address (``ray_address``)."""
 
 import pytest
 
@@ -32,10 +31,3 @@ def ray_address(ray_cluster) -> str:
 
 from tests.grads.conftest import chat_tokenizer, llama_dir  # noqa: E402, F401 - shared fixtures
 
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        path = str(item.fspath)
-        if "tests/distributed/" in path:
-            group = "ray-ingest" if path.endswith("test_ingest.py") else "ray"
-            item.add_marker(pytest.mark.xdist_group(group))

@@ -131,50 +131,54 @@ def test_two_workers_equal_one_process_with_a_worker_killed_and_restarted(
         store.ingest(_cfg(setup), workers=2)
 
 
-def test_killed_worker_then_single_process_rerun_gives_the_same_table(ray_cluster, setup,
-                                                                     reference, tmp_path):
-    """Started on Ray, a worker killed with no retries left, finished without Ray: the
-    same table, nothing half-written visible meanwhile, no staging or orphan files left."""
+def test_a_failed_ray_run_resumes_on_ray_then_finishes_in_one_process(ray_cluster, setup,
+                                                                      reference, tmp_path):
+    """One table through three runs (each Ray run starts workers that load the model, so
+    the three points share two of them):
+
+    1. on Ray, a worker killed with no retries left: the run fails with the one-line error,
+       nothing half-written is visible, its recorded shard stays staged;
+    2. rerun on Ray with another worker count, the driver interrupted after one shard: it
+       computed only rows that no shard of the first run had recorded;
+    3. finished in one process without Ray (which drops the staged shards and recomputes
+       their rows): the same table as one process's, no staging or orphan files left."""
     store = gradstore.open(tmp_path / "s")
     killed: list[int] = []
+    first: list[dict] = []
+
+    def record_and_kill(rec):
+        first.append(rec)
+        _kill_one_worker(rec, killed)
+
     with pytest.raises(GradstoreError, match="rerun the same command") as failed:
         ingest_on_ray(store.database, ray(_cfg(setup), workers=2, worker_retries=0),
-                      on_shard=lambda rec: _kill_one_worker(rec, killed))
+                      on_shard=record_and_kill)
+    assert killed and first
     assert "after 0 were done" not in str(failed.value)  # the recorded shard is counted
     # nothing half-written is visible: the table exists, empty and marked incomplete
     assert store.num_rows("pool") == 0
     assert store.meta("pool").incomplete
     with pytest.raises(GradstoreError, match="incomplete"):
         store.select("pool", budget=3)
-    staged = store.database.dataset(stage_table("pool")).count_rows()
-    assert staged >= 1
-    # finished in one process, without Ray (which recomputes the staged shards' rows and
-    # drops them); rerun on Ray with another worker count: the next test
+    assert store.database.dataset(stage_table("pool")).count_rows() >= 1
+    recorded = {r for rec in first for r in rec["rows"]}
+
+    second: list[dict] = []
+
+    def stop_after_one(rec):
+        second.append(rec)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest_on_ray(store.database, ray(_cfg(setup), workers=1), on_shard=stop_after_one)
+    assert len(second) == 1 and not recorded & set(second[0]["rows"])  # resumed, not redone
+    assert store.num_rows("pool") == 0
+
     summary = store.ingest(_cfg(setup))
     assert summary.rows_written + summary.rows_present == N
     _assert_same_table(_table(store), reference)
     _assert_no_orphan_files(store)
     assert stage_table("pool") not in store.database.all_tables()
-
-
-def test_interrupted_driver_resumes_from_recorded_shards(ray_cluster, setup, reference,
-                                                         tmp_path):
-    store = gradstore.open(tmp_path / "s")
-    seen = []
-
-    def stop_after_two(rec):
-        seen.append(rec)
-        if len(seen) == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        ingest_on_ray(store.database, ray(_cfg(setup), workers=2),
-                      on_shard=stop_after_two)
-    assert store.num_rows("pool") == 0
-    done = sum(len(r["ids"]) for r in seen)
-    summary = ingest_on_ray(store.database, ray(_cfg(setup), workers=1))  # (another count)
-    assert summary.rows_present == done and summary.rows_written == N - done
-    _assert_same_table(_table(store), reference)
 
 
 def test_bad_model_fails_cleanly_and_keeps_the_old_table(ray_cluster, setup, tmp_path):
