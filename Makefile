@@ -28,7 +28,7 @@ demo: $(VENV)/.demo-installed
 
 # Two pytest-xdist workers (each starts its own Ray cluster for the Ray tests it runs, see
 # tests/distributed/conftest.py); the 15 slowest tests are printed at the end.
-PYTEST := $(PY) -m pytest -q -m "not benchmark" -n 2 --dist load --durations 15
+PYTEST := $(PY) -m pytest -q -m "not benchmark" -n 2 --dist worksteal --durations 15
 
 # Headless Chromium for the report's browser test, from Debian's packages; without root or
 # apt-get the browser test is skipped and says why.
