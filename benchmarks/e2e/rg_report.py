@@ -21,6 +21,8 @@ Metrics, in points of teacher-forced exact match (``em``), and answer-token loss
                                         # the mixture selections' composition, no fine-tune
     python benchmarks/e2e/rg_report.py --pooled RESULTS/e2e_rg_jobs RESULTS/e2e_rg12_jobs \
         [RESULTS/e2e_rg_pooled.md]      # several plans' cells as one set
+    python benchmarks/e2e/rg_report.py --rerun RESULTS/e2e_rg12_jobs OTHER/e2e_rg12_jobs
+                                        # a second run of a plan against the first
 """
 
 from __future__ import annotations
@@ -385,6 +387,39 @@ def composition_table(work: Path, plan: dict) -> list[str]:
     return lines
 
 
+def rerun_check(first: Path, second: Path) -> dict:
+    """A second run of a plan against the first, job by job: the jobs both recorded, those
+    whose selection (fingerprint) and every score (loss and exact match, exactly) agree, the
+    largest score difference, and each run's job seconds (the second's jobs reused from
+    another job's record count no seconds, as in the first)."""
+    a = {j["job"]["name"]: j for j in load(first)}
+    b = {j["job"]["name"]: j for j in load(second)}
+    both = sorted(a.keys() & b.keys())
+    differ, largest = [], 0.0
+    for name in both:
+        x, y = a[name], b[name]
+        gap = max((abs(x["scores"][s][m] - y["scores"][s][m]) for s in x["scores"]
+                   for m in ("loss", "accuracy")), default=0.0)
+        same = (x.get("selection_fingerprint") == y.get("selection_fingerprint")
+                and x["scores"].keys() == y["scores"].keys() and gap == 0.0)
+        largest = max(largest, gap)
+        if not same:
+            differ.append(name)
+    seconds = [sum(j.get("train_seconds", 0) + j.get("eval_seconds", 0) for j in run.values())
+               for run in (a, b)]
+    return {"jobs": [len(a), len(b)], "both": len(both), "differ": differ,
+            "largest_gap": largest, "seconds": seconds}
+
+
+def rerun_lines(first: Path, second: Path) -> list[str]:
+    r = rerun_check(first, second)
+    return [f"Jobs: {r['jobs'][0]} in {first}, {r['jobs'][1]} in {second}; {r['both']} in "
+            f"both, {r['both'] - len(r['differ'])} with the same selection and the same "
+            f"scores (largest score difference {r['largest_gap']:.3g}).",
+            f"Job seconds: {r['seconds'][0] / 60:.1f} min, then {r['seconds'][1] / 60:.1f} "
+            "min.", *(f"differs: {n}" for n in r["differ"])]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(argv if argv is not None else sys.argv[1:])
     if args and args[0] == "--composition":  # --composition WORK RESULTS_JSON
@@ -397,6 +432,9 @@ def main(argv: list[str] | None = None) -> None:
         for out in (p for p in paths if p.suffix == ".md"):
             out.write_text(text)
         print(text)
+        return
+    if args and args[0] == "--rerun":  # --rerun FIRST_RECORDS SECOND_RECORDS
+        print("\n".join(rerun_lines(Path(args[1]), Path(args[2]))))
         return
     records = Path(args[0])
     print("\n".join(tables(summary(load(records), plan_of(records)))))

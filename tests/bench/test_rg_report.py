@@ -1,5 +1,6 @@
 """The reasoning-gym report's pooled view (``rg_report.py --pooled``) on the committed job
-records of two plans, against the paired differences computed here from the raw records."""
+records of two plans, against the paired differences computed here from the raw records;
+and its check of a second run against the first (``--rerun``)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,35 @@ def test_pooled_report_names_its_command_and_every_plan():
     assert "rg_report.py --pooled benchmarks/results/e2e_rg_jobs" in text
     assert "rg: 46" in text and "rg_heldout: 15" in text  # 16+15+15 cells; 10+5
     assert "## Mixtures of 2-3 tasks" in text and "by budget (weighted)" in text
+
+
+def test_a_rerun_is_checked_job_by_job(tmp_path):
+    """A copy of three committed records is the same run; a changed exact match, a changed
+    selection and a job only one run has are each found."""
+    names = ["add_sub-gtp-5%-seed0", "add_sub-less-5%-seed0", "add_sub-gtp-0.5%-seed0"]
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    recs = {n: json.loads((RESULTS / "e2e_rg12_jobs" / f"{n}.json").read_text())
+            for n in names}
+    for n, rec in recs.items():
+        (first / f"{n}.json").write_text(json.dumps(rec))
+        (second / f"{n}.json").write_text(json.dumps(rec))
+    same = rg_report.rerun_check(first, second)
+    assert same["both"] == 3 and same["differ"] == [] and same["largest_gap"] == 0.0
+    seconds = sum(r["train_seconds"] + r["eval_seconds"] for r in recs.values())
+    assert same["seconds"] == [pytest.approx(seconds)] * 2
+
+    moved = dict(recs[names[0]])
+    moved["scores"] = {"test-add_sub": dict(moved["scores"]["test-add_sub"],
+                                            accuracy=moved["scores"]["test-add_sub"]["accuracy"]
+                                            + 1 / 60)}
+    (second / f"{names[0]}.json").write_text(json.dumps(moved))
+    (second / f"{names[1]}.json").write_text(json.dumps(
+        recs[names[1]] | {"selection_fingerprint": "0" * 16}))
+    (second / "extra-gtp-5%-seed0.json").write_text(json.dumps(
+        recs[names[2]] | {"job": dict(recs[names[2]]["job"], name="extra-gtp-5%-seed0")}))
+    got = rg_report.rerun_check(first, second)
+    assert got["jobs"] == [3, 4] and got["both"] == 3
+    assert got["differ"] == names[:2] and got["largest_gap"] == pytest.approx(1 / 60)
+    assert "2 with the same selection" not in "\n".join(rg_report.rerun_lines(first, second))
+    assert "1 with the same selection" in "\n".join(rg_report.rerun_lines(first, second))
