@@ -10,6 +10,31 @@ import torch
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
+RAY_TESTS = "tests/distributed/"
+"""Where the tests that run on a local Ray cluster live (``tests/distributed/conftest.py``)."""
+FIRST_WORKERS_RAY_TESTS = ("test_bench_tiny.py", "test_select.py")
+"""The Ray test modules put at the front of the collection (about half of the Ray tests'
+time); the others (the CLI and ingestion on Ray) start at its middle."""
+
+
+def pytest_collection_modifyitems(items):
+    """Half of the Ray tests first, the other half from the middle of the collection on.
+
+    pytest-xdist's work stealing (``make test``: two workers) hands one worker the front
+    half of the collection and the other the back half, and steals from the back of a
+    queue. So each worker starts on its share of the Ray tests, one after another on one
+    cluster, which stops after the last of them (``tests/distributed/conftest.py``). Spread
+    at random, each worker's cluster idled on for the whole session; all in one worker, they
+    were a chain of 222 s in a suite of 256 s; split so, 230 s (``docs/measurements.md``).
+    Without xdist the order changes nothing."""
+    first = [i for i in items if RAY_TESTS in i.nodeid
+             and i.nodeid.split("::")[0].endswith(FIRST_WORKERS_RAY_TESTS)]
+    second = [i for i in items if RAY_TESTS in i.nodeid and i not in first]
+    rest = [i for i in items if RAY_TESTS not in i.nodeid]
+    fill = max(0, len(items) // 2 - len(first))
+    items[:] = first + rest[:fill] + second + rest[fill:]
+
+
 def unit_rows(rng: np.random.Generator, n: int, T: int, d: int) -> np.ndarray:
     """n rows of T unit-norm checkpoint blocks, shape (n, T*d) float32."""
     x = rng.standard_normal((n, T, d))
