@@ -11,11 +11,12 @@ from tests.grads.test_ingest import write_chat_data
 
 
 def test_run_and_select_on_ray_equal_one_process(ray_address, llama_dir, tmp_path):
-    """`gradstore run --ray local` (a cluster of its own: the warm-up here, ingestion and
-    selection on Ray) gives the answers of the same run in one process. On its store,
-    `select --ray ADDRESS --partitions 2` (a running cluster, joined by its address) at two
-    budgets equals the same select without Ray. (Every command is a fresh process: one
-    test for all of them, as each that loads the model costs seconds.)"""
+    """`gradstore run --ray local` (the warm-up here, ingestion and selection on Ray) gives
+    the answers of the same run without Ray; on its store, `select --ray ADDRESS
+    --partitions 2` at two budgets equals the same select without Ray; `ingest --ray
+    ADDRESS --workers 3` is refused by a 2-CPU cluster before any model loads. (The CLI
+    runs in this process, which holds the tests' cluster: `--ray local` uses it as it would
+    a notebook's Ray; `--ray ADDRESS` checks that the address answers, then joins it.)"""
     pool = write_chat_data(tmp_path / "pool.jsonl", 24, seed=3)
     target = write_chat_data(tmp_path / "target.jsonl", 4, seed=5)
     common = ["--model", llama_dir, "--data", pool, "--target", target, "--fraction", "0.25",
@@ -48,3 +49,6 @@ def test_run_and_select_on_ray_equal_one_process(ray_address, llama_dir, tmp_pat
         assert abs(s["residual"] - t["residual"]) < 1e-5
     res = run("run", *common, "--out", tmp_path / "c", "--workers", "2", ok=False)
     assert res.returncode == 2 and "--ray" in res.stderr
+    res = run("ingest", tmp_path / "d", "pool", "--data", pool, "--model", llama_dir,
+              "--ray", ray_address, "--workers", "3", ok=False)
+    assert res.returncode == 2 and "need 3 CPUs but the cluster has 2" in res.stderr
