@@ -332,8 +332,19 @@ def _summary_of(path: Path) -> CheckpointSummary:
     )
 
 
-def warmup(cfg: WarmupConfig | None = None, /, **options: Any) -> WarmupSummary:
-    """Run (or resume, or recognise as finished) a LoRA warm-up; see the module docstring."""
+KEEP_EVERY_EPOCH, KEEP_LAST = "every-epoch", "last"
+"""What :func:`warmup` saves: a checkpoint after every epoch (the trajectory that ingestion
+reads, and a run that resumes where it stopped), or only the final one (a plain fine-tune,
+``gradstore.ops.evaluate.finetune``: the same weights, without writing an adapter and its
+optimizer state once per epoch; an interrupted run starts again)."""
+
+
+def warmup(cfg: WarmupConfig | None = None, /, *, keep: str = KEEP_EVERY_EPOCH,
+           **options: Any) -> WarmupSummary:
+    """Run (or resume, or recognise as finished) a LoRA warm-up; see the module docstring.
+    ``keep``: :data:`KEEP_EVERY_EPOCH` or :data:`KEEP_LAST`."""
+    if keep not in (KEEP_EVERY_EPOCH, KEEP_LAST):
+        raise GradstoreError(f"keep={keep!r} is not {KEEP_EVERY_EPOCH!r} or {KEEP_LAST!r}")
     if cfg is None:
         cfg = WarmupConfig.from_options(**options)
     elif options:
@@ -354,14 +365,9 @@ def warmup(cfg: WarmupConfig | None = None, /, **options: Any) -> WarmupSummary:
             f"({', '.join(report.skipped)}); check the data format or raise --max-length"
         )
     weights = loss_weights(subset, report.examples, train.weight_field)
-    settings = training_settings(cfg) | {
-        "examples": [e.id for e in report.examples],
-        "data_fingerprint": data_fingerprint(report.examples),
-    }
-    if weights is not None:
-        settings["loss_weights"] = [round(weights[e.id], 9) for e in report.examples]
+    settings = _run_settings(cfg, report.examples, weights, keep)
     done = _prepare_out(out, settings, cfg.overwrite)
-    if len(done) >= train.epochs:
+    if len(done) >= train.epochs or (keep == KEEP_LAST and done):  # (its final one alone)
         cks = [_summary_of(p) for _, p in done[: train.epochs]]
         return WarmupSummary(str(out), cks, len(report.examples), report.skipped, cks[-1].step,
                              train.epochs, time.perf_counter() - started, "already complete")
@@ -377,7 +383,8 @@ def warmup(cfg: WarmupConfig | None = None, /, **options: Any) -> WarmupSummary:
     try:
         for epoch in range(start_epoch, train.epochs):
             lr, lr_end, loss = trainer.epoch(epoch, bar)
-            trainer.save(out, epoch, lr, lr_end, loss, settings)
+            if keep == KEEP_EVERY_EPOCH or epoch == train.epochs - 1:
+                trainer.save(out, epoch, lr, lr_end, loss, settings)
     finally:
         bar.close()
     if train.gradient_checkpointing:
@@ -387,6 +394,22 @@ def warmup(cfg: WarmupConfig | None = None, /, **options: Any) -> WarmupSummary:
     cks = [_summary_of(p) for _, p in _completed(out)]
     return WarmupSummary(str(out), cks, len(report.examples), report.skipped, trainer.step,
                          start_epoch, time.perf_counter() - started)
+
+
+def _run_settings(cfg: WarmupConfig, examples: list[TokenizedExample],
+                  weights: dict[str, float] | None, keep: str) -> dict:
+    """What identifies a run: its training settings, examples and loss weights, and (for a
+    run that keeps its last checkpoint only) that, so a folder of the other kind is refused
+    as another run's."""
+    settings = training_settings(cfg) | {
+        "examples": [e.id for e in examples],
+        "data_fingerprint": data_fingerprint(examples),
+    }
+    if weights is not None:
+        settings["loss_weights"] = [round(weights[e.id], 9) for e in examples]
+    if keep == KEEP_LAST:
+        settings["keep"] = KEEP_LAST
+    return settings
 
 
 def _prepare_out(out: Path, settings: dict, overwrite: bool) -> list[tuple[int, Path]]:

@@ -38,7 +38,7 @@ from gradstore.grads.data import Record
 from gradstore.grads.examples import TokenizedExample, tokenize_records
 from gradstore.grads.model import load_model, release_model, resolve_dtype
 from gradstore.grads.per_example import collate, example_losses
-from gradstore.grads.warmup import warmup
+from gradstore.grads.warmup import KEEP_LAST, warmup
 
 
 def finetune(model: str, gguf_file: str | None, data: Path, out: Path, settings: TrainSettings,
@@ -49,7 +49,7 @@ def finetune(model: str, gguf_file: str | None, data: Path, out: Path, settings:
     ``weight_field`` names the rows' loss-weight field (an export's ``weight``).
 
     Always from scratch: a job interrupted before its result was written is redone
-    (only its last checkpoint is kept, which a resumed warm-up could not continue from).
+    (only its final checkpoint is written, which a resumed warm-up could not continue from).
     """
     shutil.rmtree(out, ignore_errors=True)
     cfg = WarmupConfig.from_options(
@@ -60,11 +60,8 @@ def finetune(model: str, gguf_file: str | None, data: Path, out: Path, settings:
         lora_alpha=settings.lora_alpha, lora_layers=settings.lora_layers, seed=seed,
         device=device, weight_field=weight_field, progress=False,
     )
-    summary = warmup(cfg)
-    last = Path(summary.checkpoints[-1].path)
-    for ck in summary.checkpoints[:-1]:  # only the final adapter is evaluated
-        shutil.rmtree(ck.path, ignore_errors=True)
-    return last
+    summary = warmup(cfg, keep=KEEP_LAST)  # only the final adapter is evaluated
+    return Path(summary.checkpoints[-1].path)
 
 
 class Adapted:

@@ -280,3 +280,35 @@ def test_gradient_checkpointing_trains_the_same_weights(tmp_path, llama_dir):
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-7)
     assert float(wa[next(k for k in wa if "lora_B" in k)].abs().max()) > 0  # it trained
+
+
+def test_keeping_the_last_checkpoint_only_trains_the_same_weights(tmp_path, llama_dir,
+                                                                  monkeypatch):
+    """``keep="last"`` (the fine-tunes of ``gradstore evaluate``) saves once, at the end:
+    bit for bit the final checkpoint of the run that saves every epoch (saving reads no
+    random state). Run again it is found complete; a run of the other kind is refused as
+    another run's."""
+    data = write_chat_data(tmp_path / "pool.jsonl", 24)
+    kw = dict(lora_dropout=0.2, epochs=3)
+    every = warmup(base(llama_dir, data, tmp_path / "a", **kw))
+    saves = []
+    real_save = warmup_module.Trainer.save
+    monkeypatch.setattr(warmup_module.Trainer, "save",
+                        lambda self, *a, **k: saves.append(a[1]) or real_save(self, *a, **k))
+    last = warmup(base(llama_dir, data, tmp_path / "b", **kw), keep="last")
+    assert saves == [2]  # the third epoch's, alone
+    assert [c.step for c in last.checkpoints] == [every.checkpoints[-1].step]
+    assert [p.name for p in (tmp_path / "b").glob("checkpoint-*")] == [
+        f"checkpoint-{every.checkpoints[-1].step}"]
+    wa = load_peft_weights(every.checkpoints[-1].path, device="cpu")
+    wb = load_peft_weights(last.checkpoints[0].path, device="cpu")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
+    assert last.checkpoints[0].lr == every.checkpoints[-1].lr
+    assert warmup(base(llama_dir, data, tmp_path / "b", **kw), keep="last").status == (
+        "already complete")
+    with pytest.raises(GradstoreError, match="other settings.*keep"):
+        warmup(base(llama_dir, data, tmp_path / "b", **kw))
+    with pytest.raises(GradstoreError, match="keep='some'"):
+        warmup(base(llama_dir, data, tmp_path / "c", **kw), keep="some")
