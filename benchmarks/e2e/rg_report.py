@@ -398,7 +398,8 @@ def rerun_check(first: Path, second: Path) -> dict:
     differ, largest = [], 0.0
     for name in both:
         x, y = a[name], b[name]
-        gap = max((abs(x["scores"][s][m] - y["scores"][s][m]) for s in x["scores"]
+        gap = max((abs(x["scores"][s][m] - y["scores"][s][m])
+                   for s in x["scores"].keys() & y["scores"].keys()
                    for m in ("loss", "accuracy")), default=0.0)
         same = (x.get("selection_fingerprint") == y.get("selection_fingerprint")
                 and x["scores"].keys() == y["scores"].keys() and gap == 0.0)
