@@ -27,10 +27,11 @@ def pytest_collection_modifyitems(items):
     at random, each worker's cluster idled on for the whole session; all in one worker, they
     were a chain of 222 s in a suite of 256 s; split so, 230 s (``docs/measurements.md``).
     Without xdist the order changes nothing."""
-    first = [i for i in items if RAY_TESTS in i.nodeid
-             and i.nodeid.split("::")[0].endswith(FIRST_WORKERS_RAY_TESTS)]
-    second = [i for i in items if RAY_TESTS in i.nodeid and i not in first]
+    ray = [i for i in items if RAY_TESTS in i.nodeid]
     rest = [i for i in items if RAY_TESTS not in i.nodeid]
+    front = [i.nodeid.split("::")[0].endswith(FIRST_WORKERS_RAY_TESTS) for i in ray]
+    first = [i for i, f in zip(ray, front, strict=True) if f]
+    second = [i for i, f in zip(ray, front, strict=True) if not f]
     fill = max(0, len(items) // 2 - len(first))
     items[:] = first + rest[:fill] + second + rest[fill:]
 

@@ -151,6 +151,11 @@ def pooled_report(folders: list[Path]) -> str:
         *tables(summ), *composition_lines(summ), *budget_lines(summ)]) + "\n"
 
 
+def job_seconds(jobs: list[dict]) -> float:
+    """The jobs' fine-tune and scoring seconds (a job reused from another's record: none)."""
+    return sum(j.get("train_seconds", 0) + j.get("eval_seconds", 0) for j in jobs)
+
+
 def _ci(p: dict | None, digits: int = 1) -> str:
     if p is None:
         return "-"
@@ -284,7 +289,7 @@ def setup_lines(plan: dict, timing: dict, jobs: list[dict], command: str, env: d
              f"{plan['lr']}, batch {plan['batch_size']}, {plan['passes']} example passes asked "
              "(whole epochs: round(passes / k) of a k-row selection); exact match "
              "teacher-forced.", ""]
-    secs = sum(j.get("train_seconds", 0) + j.get("eval_seconds", 0) for j in jobs)
+    secs = job_seconds(jobs)
     lines += [f"Jobs recorded: {len(sel)} selection fine-tunes ({len(trained)} trained, the "
               f"rest identical to one of them). Time: pipeline {sum(timing.values()) / 60:.1f} "
               f"min ({', '.join(f'{k} {v / 60:.1f}' for k, v in timing.items())}), jobs "
@@ -406,8 +411,7 @@ def rerun_check(first: Path, second: Path) -> dict:
         largest = max(largest, gap)
         if not same:
             differ.append(name)
-    seconds = [sum(j.get("train_seconds", 0) + j.get("eval_seconds", 0) for j in run.values())
-               for run in (a, b)]
+    seconds = [job_seconds(list(run.values())) for run in (a, b)]
     return {"jobs": [len(a), len(b)], "both": len(both), "differ": differ,
             "largest_gap": largest, "seconds": seconds}
 

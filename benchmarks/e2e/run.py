@@ -839,9 +839,11 @@ def wait_while_paused(work: Path) -> float:
 
 
 def stage_jobs(plan: Plan, work: Path, data: Path, selections: dict, records: Path) -> None:
+    """Every fine-tune/eval job not recorded yet (``main`` runs it inside the pipeline's
+    ``shared_models`` block: the base model loads once for every job)."""
     import torch
 
-    from gradstore.grads.model import load_tokenizer, shared_models
+    from gradstore.grads.model import load_tokenizer
 
     if plan.device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
@@ -865,29 +867,28 @@ def stage_jobs(plan: Plan, work: Path, data: Path, selections: dict, records: Pa
             + "; ".join(changed))
     env = environment_fingerprint()
     started = time.perf_counter()
-    with shared_models():
-        tokenizer = load_tokenizer(plan.model, plan.gguf_file)
-        for n, job in enumerate(todo, 1):
-            paused = wait_while_paused(work)
-            started += paused  # a job's ETA and seconds leave the pause out
-            res = reuse(job, keys[job.name], records, keys)
-            if res is None:
-                res = run_job(job, plan, work, selections, pools, sets, tokenizer)
-                res["environment"] = env
-            if job.kind == "selection":  # this job's own selection statistics
-                sel = selections[job.selection]
-                res["selection"] = selection_stats(sel, pools) | {
-                    "params": sel.get("params", {})}
-                res["selection_fingerprint"] = selection_fingerprint(sel)
-            res["key"] = keys[job.name]
-            write_json(records / f"{job.name}.json", res)
-            acc = ", ".join(f"{k} acc {v['accuracy']:.3f} loss {v['loss']:.3f}"
-                            for k, v in res["scores"].items())
-            spent = time.perf_counter() - started
-            how = (f"same run as {res['reused_from']}" if res.get("reused_from") else
-                   f"train {res['train_seconds']:.0f}s, eval {res['eval_seconds']:.0f}s")
-            log(f"job {n}/{len(todo)} {job.name}: {acc}  ({how}; "
-                f"ETA {spent / n * (len(todo) - n) / 60:.0f} min)")
+    tokenizer = load_tokenizer(plan.model, plan.gguf_file)
+    for n, job in enumerate(todo, 1):
+        paused = wait_while_paused(work)
+        started += paused  # a job's ETA and seconds leave the pause out
+        res = reuse(job, keys[job.name], records, keys)
+        if res is None:
+            res = run_job(job, plan, work, selections, pools, sets, tokenizer)
+            res["environment"] = env
+        if job.kind == "selection":  # this job's own selection statistics
+            sel = selections[job.selection]
+            res["selection"] = selection_stats(sel, pools) | {
+                "params": sel.get("params", {})}
+            res["selection_fingerprint"] = selection_fingerprint(sel)
+        res["key"] = keys[job.name]
+        write_json(records / f"{job.name}.json", res)
+        acc = ", ".join(f"{k} acc {v['accuracy']:.3f} loss {v['loss']:.3f}"
+                        for k, v in res["scores"].items())
+        spent = time.perf_counter() - started
+        how = (f"same run as {res['reused_from']}" if res.get("reused_from") else
+               f"train {res['train_seconds']:.0f}s, eval {res['eval_seconds']:.0f}s")
+        log(f"job {n}/{len(todo)} {job.name}: {acc}  ({how}; "
+            f"ETA {spent / n * (len(todo) - n) / 60:.0f} min)")
 
 
 # ---------------------------------------------------------------- main
