@@ -226,7 +226,7 @@ def test_the_held_out_plan_uses_only_tasks_the_rg_plan_never_did():
 def test_the_rg12_plan_draws_on_every_calibrated_task_with_15_cells_a_family():
     """``--suite rg12``: every task the calibration kept (its records: untrained < 5%,
     fine-tuned >= 30%) is a target of some cell, every family has >= 15 cells, and the
-    jobs are the ones its 4-hour sizing counts (1 + 48 single + 112 mixture + 30 flooded)."""
+    jobs are the ones its 4-hour sizing counts (1 + 40 single + 96 mixture + 30 flooded)."""
     import rg_tasks
 
     plan = run.Plan.for_device("cpu", suite="rg12", model="m", gguf_file=None)
@@ -248,9 +248,36 @@ def test_the_rg12_plan_draws_on_every_calibrated_task_with_15_cells_a_family():
         assert min(plan.mixture(m).values()) <= 0.4 and len(set(plan.mixture(m))) >= 2
     jobs = run.plan_jobs(plan)
     by_family = {f: sum(j.family == f for j in jobs) for f in ("single", "mix", "flood")}
-    assert by_family == {"single": 48, "mix": 112, "flood": 30}
-    assert len(jobs) == 191
+    assert by_family == {"single": 40, "mix": 96, "flood": 30}
+    assert len(jobs) == 167
     assert plan.hidden_pools() == ["pool"]  # no flooded-pool arm reads hidden states
+    for family, arm in (("mix", "rr"), ("mix", "gtp-parts"), ("mix", "less"),
+                        ("single", "less"), ("flood", "less-dedup")):
+        got = {(c.target, c.budget) for c in cells if c.family == family and c.arm == arm}
+        assert len(got) >= 15, (family, arm)
+
+
+def test_a_rebuilt_report_describes_the_plan_that_ran_its_jobs(tmp_path):
+    """``--stage report`` on the first rg12 run's committed records: the report keeps the
+    recorded plan (191 jobs, RDS+ on mixtures at 2%), not today's smaller one, and counts
+    every record."""
+    src = run.HERE.parent / "results"
+    results = tmp_path / "results"
+    (results / "e2e_rg12_jobs").mkdir(parents=True)
+    old = json.loads((src / "e2e_rg12.json").read_text())
+    (results / "e2e_rg12.json").write_text(json.dumps(old))
+    names = sorted(p.name for p in (src / "e2e_rg12_jobs").glob("mix-*rds-2%*.json"))[:2]
+    names += ["base.json", "add_sub-gtp-5%-seed0.json", "add_sub-less-5%-seed0.json"]
+    for n in names:
+        (results / "e2e_rg12_jobs" / n).write_text((src / "e2e_rg12_jobs" / n).read_text())
+    run.main(["--suite", "rg12", "--stage", "report", "--model", "m", "--work",
+              str(tmp_path / "work"), "--results", str(results)])
+    new = json.loads((results / "e2e_rg12.json").read_text())
+    assert new["plan"] == old["plan"] and ["rds", "2%"] not in new["plan"]["mix_extra"]
+    assert "rds" in new["plan"]["mix_arms"] and new["command"] == old["command"]
+    text = (results / "e2e_rg12.md").read_text()
+    assert "Jobs recorded: 4 selection fine-tunes" in text
+    assert "'rds', 'stratified'] at ['2%', '5%']" in text
 
 
 def test_hidden_states_are_ingested_for_the_pools_whose_arms_read_them():
