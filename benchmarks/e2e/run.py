@@ -977,14 +977,14 @@ def main(argv: list[str] | None = None) -> None:
         work = work.with_name(f"{work.name}-{a.suite}")
         name = "e2e_" + a.suite.replace("-", "_")
     records = a.results / f"{name}_jobs"
-    work.mkdir(parents=True, exist_ok=True)
-    plan_file = work / "plan.json"
-    if plan_file.exists() and not plan_matches(json.loads(plan_file.read_text()), plan):
-        sys.exit(f"bench-e2e: {work} holds a store built for another plan ({plan_file}); "
-                 "use another --work directory or delete it")
-    write_json(plan_file, asdict(plan))
     t0 = time.perf_counter()
-    if a.stage != "report":
+    if a.stage != "report":  # (a report is rebuilt from the records alone: no work folder)
+        work.mkdir(parents=True, exist_ok=True)
+        plan_file = work / "plan.json"
+        if plan_file.exists() and not plan_matches(json.loads(plan_file.read_text()), plan):
+            sys.exit(f"bench-e2e: {work} holds a store built for another plan ({plan_file}); "
+                     "use another --work directory or delete it")
+        write_json(plan_file, asdict(plan))
         from gradstore.grads.model import shared_models
 
         data = stage_data(plan, work)

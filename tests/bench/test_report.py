@@ -241,9 +241,11 @@ def test_the_rg12_plan_draws_on_every_calibrated_task_with_15_cells_a_family():
         assert rec["untrained"]["exact_match"] < 0.05 <= 0.30 <= rec["trained"]["exact_match"]
     assert set(plan.flood_targets) <= set(plan.single_targets)
     cells = run.cells(plan)
-    for family in ("single", "mix", "flood"):
-        core = {(c.target, c.budget) for c in cells if c.family == family and c.arm == "gtp"}
-        assert len(core) >= 15, family
+    for family, arm in (("single", "gtp"), ("mix", "gtp"), ("flood", "gtp"), ("mix", "rr"),
+                        ("mix", "gtp-parts"), ("mix", "less"), ("single", "less"),
+                        ("flood", "less-dedup")):
+        got = {(c.target, c.budget) for c in cells if c.family == family and c.arm == arm}
+        assert len(got) >= 15, (family, arm)
     for m in plan.mixtures:
         assert min(plan.mixture(m).values()) <= 0.4 and len(set(plan.mixture(m))) >= 2
     jobs = run.plan_jobs(plan)
@@ -251,10 +253,6 @@ def test_the_rg12_plan_draws_on_every_calibrated_task_with_15_cells_a_family():
     assert by_family == {"single": 40, "mix": 96, "flood": 30}
     assert len(jobs) == 167
     assert plan.hidden_pools() == ["pool"]  # no flooded-pool arm reads hidden states
-    for family, arm in (("mix", "rr"), ("mix", "gtp-parts"), ("mix", "less"),
-                        ("single", "less"), ("flood", "less-dedup")):
-        got = {(c.target, c.budget) for c in cells if c.family == family and c.arm == arm}
-        assert len(got) >= 15, (family, arm)
 
 
 def test_a_rebuilt_report_describes_the_plan_that_ran_its_jobs(tmp_path):
@@ -272,6 +270,7 @@ def test_a_rebuilt_report_describes_the_plan_that_ran_its_jobs(tmp_path):
         (results / "e2e_rg12_jobs" / n).write_text((src / "e2e_rg12_jobs" / n).read_text())
     run.main(["--suite", "rg12", "--stage", "report", "--model", "m", "--work",
               str(tmp_path / "work"), "--results", str(results)])
+    assert not (tmp_path / "work-rg12").exists()  # a rebuild reads no store: no work folder
     new = json.loads((results / "e2e_rg12.json").read_text())
     assert new["plan"] == old["plan"] and ["rds", "2%"] not in new["plan"]["mix_extra"]
     assert "rds" in new["plan"]["mix_arms"] and new["command"] == old["command"]
